@@ -1,0 +1,65 @@
+"""``lesiongen_plan_and_preprocess`` and its three steps as separate commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lesiongen import workflow
+from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+
+DEFAULT_PROCESSES = max(1, min(8, os.cpu_count() or 1))
+
+
+def _parser(description: str, fingerprint: bool, plan: bool, preprocess: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-d", "--dataset", nargs="+", required=True,
+                        help="dataset ID(s) or name(s), e.g. 501 or Dataset501_DemoMS")
+    if fingerprint or preprocess:
+        parser.add_argument("-np", "--num_processes", type=positive_int, default=DEFAULT_PROCESSES,
+                            help=f"worker processes (default {DEFAULT_PROCESSES})")
+    if fingerprint:
+        parser.add_argument("--verify_dataset_integrity", action="store_true",
+                            help="also read every voxel of the healthy and test scans to check them")
+    if fingerprint or preprocess:
+        parser.add_argument("--clean", action="store_true",
+                            help="redo the work even where earlier outputs are up to date")
+    if plan:
+        parser.add_argument("--gpu_memory_target", type=float, default=8.0,
+                            help="GPU memory (GB) the planned patch and batch sizes should fit (default 8)")
+    add_common_arguments(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bool) -> None:
+    for identifier in args.dataset:
+        dataset = workflow.open_dataset(identifier)
+        fp = plans = None
+        if fingerprint:
+            fp = workflow.run_fingerprint(dataset, args.num_processes, args.clean, args.verify_dataset_integrity)
+        if plan:
+            plans = workflow.run_planning(dataset, fp, args.gpu_memory_target)
+        if preprocess:
+            workflow.run_preprocessing(dataset, plans, args.num_processes, args.clean)
+
+
+def _main(description: str, fingerprint: bool, plan: bool, preprocess: bool, argv: list[str] | None) -> int:
+    parser = _parser(description, fingerprint, plan, preprocess)
+    return run_command(lambda args: _run(args, fingerprint, plan, preprocess), parser, argv)
+
+
+def main_plan_and_preprocess(argv: list[str] | None = None) -> None:
+    sys.exit(_main("Fingerprint, plan and preprocess a raw dataset.", True, True, True, argv))
+
+
+def main_extract_fingerprint(argv: list[str] | None = None) -> None:
+    sys.exit(_main("Check a raw dataset and write its fingerprint.", True, False, False, argv))
+
+
+def main_plan(argv: list[str] | None = None) -> None:
+    sys.exit(_main("Plan from an existing fingerprint.", False, True, False, argv))
+
+
+def main_preprocess(argv: list[str] | None = None) -> None:
+    sys.exit(_main("Preprocess a dataset following its existing plans.", False, False, True, argv))

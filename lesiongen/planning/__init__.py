@@ -1,0 +1,1 @@
+"""Planning: target spacing, normalisation, patch and batch sizes, topologies, sphere priors."""

@@ -1,0 +1,267 @@
+"""From a fingerprint to plans: spacing, normalisation, patch and batch sizes, topologies, sphere priors."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from lesiongen import __version__
+from lesiongen.fingerprint.fingerprint import DatasetFingerprint
+from lesiongen.io.dataset import DatasetInfo
+from lesiongen.planning import topology as topo
+from lesiongen.planning.plans import (
+    CT,
+    NO_NORM,
+    PLANS_NAME,
+    RESCALE_0_1,
+    ZSCORE,
+    ChannelNormalization,
+    NetworkPlan,
+    Plans,
+    StagePlan,
+)
+from lesiongen.planning.priors import fit_sphere_prior
+
+logger = logging.getLogger(__name__)
+
+ANISOTROPY_THRESHOLD = 3.0  # nnU-Net: an axis this much coarser than the others is treated separately
+LESION_PATCH_QUANTILE = 95.0
+LESION_PATCH_DIVISOR = 8  # diffusion UNets halve the patch three times
+LESION_PATCH_MIN = 16
+LESION_PATCH_MAX = 128
+MAX_DATASET_FRACTION_PER_BATCH = 0.05  # nnU-Net: a batch covers at most 5 % of the dataset's voxels
+MAX_LESION_BATCH = 64
+
+# training length per stage: (epochs, iterations per epoch); segmentation as nnU-Net
+TRAINING_LENGTH = {
+    "segmentation": (1000, 250),
+    "mask_generation": (200, 250),
+    "inpainting": (400, 250),
+}
+
+
+def target_spacing(spacings: list[list[float]], shapes: list[list[int]]) -> tuple[list[float], bool, list[str]]:
+    """Median spacing; for a strongly anisotropic axis with few slices the 10th percentile (nnU-Net's rule)."""
+    spacings_arr = np.asarray(spacings, dtype=float)
+    target = np.percentile(spacings_arr, 50, axis=0)
+    median_shape = np.percentile(np.asarray(shapes, dtype=float), 50, axis=0)
+    coarse = int(np.argmax(target))
+    others = [a for a in range(len(target)) if a != coarse]
+    notes = [f"median spacing {target.round(4).tolist()} mm"]
+    anisotropic_spacing = target[coarse] > ANISOTROPY_THRESHOLD * max(target[others])
+    anisotropic_voxels = median_shape[coarse] * ANISOTROPY_THRESHOLD < min(median_shape[others])
+    anisotropic = bool(anisotropic_spacing and anisotropic_voxels)
+    if anisotropic:
+        coarse_target = float(np.percentile(spacings_arr[:, coarse], 10))
+        # never finer than the in-plane spacing, which would invent slices
+        if coarse_target < max(target[others]):
+            coarse_target = max(max(target[others]), coarse_target) + 1e-5
+        target[coarse] = coarse_target
+        notes.append(f"anisotropic: axis {coarse} spacing set to its 10th percentile {coarse_target:.4g} mm")
+    return [float(s) for s in target], anisotropic, notes
+
+
+def normalization_schemes(fingerprint: DatasetFingerprint, has_brain_masks: bool) -> tuple[list[ChannelNormalization], list[str]]:
+    """Scheme by channel name as nnU-Net; z-score within the brain when the brain is a clear subset of the box."""
+    # nnU-Net uses the nonzero mask when cropping removed a lot; skull-stripped MRI also has many zeros
+    # inside the crop box, which would otherwise bias mean and std towards background
+    use_mask = bool(
+        has_brain_masks
+        or fingerprint.median_relative_size_after_cropping < 0.75
+        or fingerprint.median_brain_fraction_after_cropping < 0.9
+    )
+    result, notes = [], []
+    for key, name in fingerprint.channel_names.items():
+        lowered = name.lower()
+        if lowered == "ct":
+            props = fingerprint.foreground_intensity_properties_per_channel[key]
+            result.append(ChannelNormalization(int(key), name, CT, False, props.percentile_00_5,
+                                               props.percentile_99_5, props.mean, props.std))
+        elif lowered == "nonorm":
+            result.append(ChannelNormalization(int(key), name, NO_NORM, False))
+        elif lowered in ("rescale_to_0_1", "rgb_to_0_1"):
+            result.append(ChannelNormalization(int(key), name, RESCALE_0_1, False))
+        else:
+            result.append(ChannelNormalization(int(key), name, ZSCORE, use_mask))
+        notes.append(f"channel {key} ({name}): {result[-1].scheme}, brain mask {result[-1].use_brain_mask}")
+    return result, notes
+
+
+def lesion_patch_size(fingerprint: DatasetFingerprint, spacing: list[float], median_shape: list[int]) -> tuple[list[int], float, float]:
+    """Cube-in-mm patch so that the 95th-percentile lesion (bounding sphere plus margin) fits; (patch, margin, share)."""
+    radii = np.asarray([l.bounding_radius_mm for c in fingerprint.cases for l in c.lesions], dtype=float)
+    r95 = float(np.percentile(radii, LESION_PATCH_QUANTILE)) if radii.size else 5.0
+    margin = max(4.0, 2 * max(spacing), 0.25 * r95)  # context around the lesion for the generators
+    edge_mm = 2 * (r95 + margin)
+    patch = []
+    for s, m in zip(spacing, median_shape):
+        voxels = math.ceil(edge_mm / s / LESION_PATCH_DIVISOR) * LESION_PATCH_DIVISOR
+        limit = max(LESION_PATCH_MIN, int(m) // LESION_PATCH_DIVISOR * LESION_PATCH_DIVISOR)
+        patch.append(int(min(max(voxels, LESION_PATCH_MIN), LESION_PATCH_MAX, limit)))
+    patch_mm = np.asarray(patch) * np.asarray(spacing)
+    fits = float(np.mean(2 * (radii + margin) <= patch_mm.min())) if radii.size else 1.0
+    return patch, float(margin), fits
+
+
+def _segmentation_stage(fingerprint: DatasetFingerprint, spacing: list[float], median_shape: list[int],
+                        memory_gb: float, n_channels: int, n_classes: int) -> StagePlan:
+    # nnU-Net's start: a 256^3-voxel-volume patch with the spacing's aspect ratio, clipped to the median shape
+    inverse = 1 / np.asarray(spacing)
+    initial = inverse * (256**3 / np.prod(inverse)) ** (1 / 3)
+    initial = [int(min(round(i), m)) for i, m in zip(initial, median_shape)]
+    unet = topo.shrink_until_fits(spacing, initial, median_shape, memory_gb, n_channels, n_classes)
+    elements = topo.unet_activation_elements(unet, n_channels, n_classes)
+    dataset_voxels = float(np.sum([np.prod(s) for s in fingerprint.shapes_after_crop]))
+    cap = max(2, int(round(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / np.prod(unet.patch_size))))
+    batch = topo.unet_batch_size(elements, memory_gb, cap)
+    epochs, iterations = TRAINING_LENGTH["segmentation"]
+    return StagePlan(
+        patch_size=unet.patch_size,
+        batch_size=batch,
+        networks={"unet": _plain_unet_plan(unet, n_channels, n_classes)},
+        num_epochs=epochs,
+        iterations_per_epoch=iterations,
+        estimated_memory_gb=round(topo.unet_memory_gb(elements, batch), 3),
+    )
+
+
+def _plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -> NetworkPlan:
+    """Keyword arguments of dynamic_network_architectures' PlainConvUNet."""
+    return NetworkPlan(
+        architecture="dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        kwargs={
+            "input_channels": in_channels,
+            "n_stages": unet.n_stages,
+            "features_per_stage": unet.features_per_stage,
+            "kernel_sizes": unet.kernel_sizes,
+            "strides": unet.strides,
+            "n_conv_per_stage": [2] * unet.n_stages,
+            "num_classes": n_classes,
+            "n_conv_per_stage_decoder": [2] * (unet.n_stages - 1),
+            "conv_bias": True,
+            "norm_op": "InstanceNorm3d",
+            "nonlin": "LeakyReLU",
+            "deep_supervision": True,
+        },
+    )
+
+
+def _diffusion_plan(patch: list[int], in_channels: int, out_channels: int, condition_dim: int = 0) -> tuple[NetworkPlan, topo.DiffusionTopology]:
+    """Keyword arguments of MONAI's DiffusionModelUNet (3D in all axes)."""
+    net = topo.diffusion_topology(patch)
+    kwargs = {
+        "spatial_dims": 3,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "channels": net.channels,
+        "attention_levels": net.attention_levels,
+        "num_res_blocks": net.num_res_blocks,
+        "num_head_channels": net.num_head_channels,
+        "norm_num_groups": net.norm_num_groups,
+    }
+    if condition_dim:
+        kwargs["num_class_embeds"] = None
+        kwargs["condition_dim"] = condition_dim  # consumed by lesiongen's conditioning wrapper
+    return NetworkPlan("monai.networks.nets.DiffusionModelUNet", kwargs), net
+
+
+def _lesion_stage(name: str, patch: list[int], networks: dict[str, tuple[NetworkPlan, topo.DiffusionTopology | None, int]],
+                  memory_gb: float, n_lesions: int) -> StagePlan:
+    """Batch size from the largest network of a lesion-patch stage."""
+    cap = int(min(MAX_LESION_BATCH, max(2, n_lesions)))
+    batches, memories = [], []
+    for plan, diffusion, in_channels in networks.values():
+        if diffusion is not None:
+            batch = topo.diffusion_batch_size(diffusion, patch, in_channels, memory_gb, cap)
+            batches.append(batch)
+            memories.append(lambda b, d=diffusion, c=in_channels: topo.diffusion_memory_gb(d, patch, c, b))
+        else:
+            unet = topo.UNetTopology(patch, plan.kwargs["strides"], plan.kwargs["kernel_sizes"], plan.kwargs["features_per_stage"])
+            elements = topo.unet_activation_elements(unet, in_channels, plan.kwargs["num_classes"])
+            batches.append(topo.unet_batch_size(elements, memory_gb, cap))
+            memories.append(lambda b, e=elements: topo.unet_memory_gb(e, b))
+    batch = min(batches)
+    epochs, iterations = TRAINING_LENGTH[name]
+    return StagePlan(
+        patch_size=list(patch),
+        batch_size=batch,
+        networks={k: v[0] for k, v in networks.items()},
+        num_epochs=epochs,
+        iterations_per_epoch=iterations,
+        estimated_memory_gb=round(max(m(batch) for m in memories), 3),
+    )
+
+
+def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_target_gb: float = 8.0,
+                 has_brain_masks: bool = False) -> Plans:
+    """Every planning decision for one dataset; pure computation on the fingerprint."""
+    spacing, anisotropic, notes = target_spacing(fingerprint.spacings, fingerprint.shapes_after_crop)
+    original_spacing = [float(s) for s in np.median(np.asarray(fingerprint.spacings), axis=0)]
+    original_shape = [int(s) for s in np.median(np.asarray(fingerprint.shapes_after_crop), axis=0)]
+    resampled = [
+        np.asarray(shape) * np.asarray(sp) / np.asarray(spacing)
+        for shape, sp in zip(fingerprint.shapes_after_crop, fingerprint.spacings)
+    ]
+    median_shape = [int(round(s)) for s in np.median(np.asarray(resampled), axis=0)]
+    normalization, norm_notes = normalization_schemes(fingerprint, has_brain_masks)
+    notes += norm_notes
+
+    n_channels = info.num_channels
+    n_classes = len(info.labels)
+    tissue_channels = 1 if fingerprint.has_tissue_maps else 0
+    segmentation = _segmentation_stage(fingerprint, spacing, median_shape, gpu_memory_target_gb, n_channels, n_classes)
+
+    patch, margin, fits = lesion_patch_size(fingerprint, spacing, median_shape)
+    mask_unet = topo.unet_topology(spacing, patch)
+    patch = mask_unet.patch_size  # deep pooling may round the patch up; every lesion stage shares it
+    notes.append(f"lesion patch {patch} voxels: {fits:.1%} of lesions fit with a {margin:.1f} mm margin")
+    if fits < 0.95:
+        logger.warning("only %.1f%% of lesions fit the largest allowed lesion patch %s", 100 * fits, patch)
+    n_lesions = sum(c.lesion_count for c in fingerprint.cases)
+    n_lesion_classes = len(info.lesion_labels)
+
+    # mask generation: noisy mask + sphere control (+ tissue map) for diffusion; image + tissue for the UNet
+    mask_diffusion, mask_diffusion_topology = _diffusion_plan(patch, n_lesion_classes + 1 + tissue_channels, n_lesion_classes)
+    mask_unet_in = n_channels + tissue_channels
+    mask_stage = _lesion_stage(
+        "mask_generation", patch,
+        {
+            "diffusion": (mask_diffusion, mask_diffusion_topology, n_lesion_classes + 1 + tissue_channels),
+            "unet": (_plain_unet_plan(mask_unet, mask_unet_in, n_classes), None, mask_unet_in),
+        },
+        gpu_memory_target_gb, n_lesions,
+    )
+    # inpainting: noisy image + masked image + lesion mask per class; contrast vector as condition
+    inpaint_in = 2 * n_channels + n_lesion_classes
+    inpaint_net, inpaint_topology = _diffusion_plan(patch, inpaint_in, n_channels, condition_dim=n_channels * n_lesion_classes)
+    inpaint_stage = _lesion_stage("inpainting", patch, {"diffusion": (inpaint_net, inpaint_topology, inpaint_in)},
+                                  gpu_memory_target_gb, n_lesions)
+
+    patch_mm = np.asarray(patch) * np.asarray(spacing)
+    priors = {str(label): fit_sphere_prior(fingerprint, label, patch_mm, min(spacing)) for label in info.lesion_labels}
+    return Plans(
+        dataset_name=fingerprint.dataset_name,
+        plans_name=PLANS_NAME,
+        lesiongen_version=__version__,
+        fingerprint_signature=fingerprint.input_signature,
+        channel_names=dict(info.channel_names),
+        labels=dict(info.labels),
+        tissue_labels=dict(info.tissue_labels),
+        has_tissue_maps=fingerprint.has_tissue_maps,
+        image_reader=info.reader,
+        original_median_spacing=original_spacing,
+        original_median_shape=original_shape,
+        target_spacing=spacing,
+        anisotropic=anisotropic,
+        median_shape_at_target_spacing=median_shape,
+        normalization=normalization,
+        gpu_memory_target_gb=float(gpu_memory_target_gb),
+        lesion_patch_size=patch,
+        lesion_patch_margin_mm=margin,
+        lesion_fraction_fitting=fits,
+        stages={"segmentation": segmentation, "mask_generation": mask_stage, "inpainting": inpaint_stage},
+        sphere_priors=priors,
+        notes=notes,
+    )

@@ -1,0 +1,138 @@
+"""Typed plans (``lesiongen_plans.json``): every decision the planner makes, readable by every later stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lesiongen.utilities.serialization import load_dataclass, save_dataclass
+
+PLANS_FILE = "lesiongen_plans.json"
+PLANS_NAME = "lesiongenPlans"
+
+# normalisation schemes, picked from channel names as in nnU-Net
+ZSCORE = "zscore"
+CT = "ct"
+NO_NORM = "none"
+RESCALE_0_1 = "rescale_0_1"
+
+
+@dataclass
+class ChannelNormalization:
+    channel: int
+    name: str
+    scheme: str
+    use_brain_mask: bool  # statistics from, and values set only inside, the brain / nonzero region
+    # CT only: dataset-wide clip range and statistics from the fingerprint
+    clip_lower: float | None = None
+    clip_upper: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class NetworkPlan:
+    """A network class and the JSON-able keyword arguments to build it."""
+
+    architecture: str
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class StagePlan:
+    patch_size: list[int]  # (z, y, x) voxels at the plans' target spacing
+    batch_size: int
+    networks: dict[str, NetworkPlan]
+    num_epochs: int
+    iterations_per_epoch: int
+    estimated_memory_gb: float
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_epochs * self.iterations_per_epoch
+
+
+@dataclass
+class Categorical:
+    """A discrete distribution: value (as string key) -> probability."""
+
+    probabilities: dict[str, float]
+
+
+@dataclass
+class LogNormal:
+    """log(x) ~ N(mu, sigma), truncated to [minimum, maximum]; quantiles of the data kept for reference."""
+
+    mu: float
+    sigma: float
+    minimum: float
+    maximum: float
+    quantiles: dict[str, float]
+
+
+@dataclass
+class Beta:
+    alpha: float
+    beta: float
+
+
+@dataclass
+class SpherePrior:
+    """What a lesion of one class looks like, as sampling distributions for the mask generators."""
+
+    label: int
+    n_lesions_observed: int
+    lesions_per_case: Categorical
+    lesions_per_patch: Categorical  # lesion centroids inside a lesion-centred patch, counting the centre one
+    radius_mm: LogNormal  # bounding-sphere radius
+    volume_mm3: LogNormal
+    axis_ratio_middle: Beta  # second / first ellipsoid semi-axis
+    axis_ratio_minor: Beta  # third / second semi-axis
+    tissue_probability: Categorical  # tissue class under the lesion ("0" when no tissue maps)
+    location_bins: int
+    location_histogram: list[float]  # bins**3 probabilities of the centroid in the brain box, (z, y, x) C order
+    min_lesion_voxels: int
+    min_lesion_volume_mm3: float
+
+
+@dataclass
+class Plans:
+    dataset_name: str
+    plans_name: str
+    lesiongen_version: str
+    fingerprint_signature: str
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    tissue_labels: dict[str, int]
+    has_tissue_maps: bool
+    image_reader: str | None
+    original_median_spacing: list[float]  # (z, y, x) mm
+    original_median_shape: list[int]  # after cropping
+    target_spacing: list[float]
+    anisotropic: bool
+    median_shape_at_target_spacing: list[int]
+    normalization: list[ChannelNormalization]
+    gpu_memory_target_gb: float
+    lesion_patch_size: list[int]
+    lesion_patch_margin_mm: float
+    lesion_fraction_fitting: float  # share of lesions whose bounding sphere plus margin fits the lesion patch
+    stages: dict[str, StagePlan]
+    sphere_priors: dict[str, SpherePrior]
+    notes: list[str] = field(default_factory=list)  # why the planner did what it did, in words
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def lesion_labels(self) -> list[int]:
+        return sorted(v for v in self.labels.values() if v != 0)
+
+
+def save_plans(plans: Plans, path: Path) -> None:
+    save_dataclass(path, plans)
+
+
+def load_plans(path: Path) -> Plans:
+    return load_dataclass(Plans, path)

@@ -1,0 +1,88 @@
+"""Sphere priors: distributions fitted to the fingerprint's lesions, used by the mask samplers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lesiongen.fingerprint.fingerprint import DatasetFingerprint
+from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
+
+LOCATION_BINS = 4
+LOCATION_PSEUDO_COUNT = 0.05  # lets sampling reach bins next to observed ones, rarely
+
+
+def categorical(values: list) -> Categorical:
+    if not values:
+        return Categorical({})
+    keys, counts = np.unique(np.asarray(values), return_counts=True)
+    total = counts.sum()
+    return Categorical({str(k): float(c / total) for k, c in zip(keys.tolist(), counts)})
+
+
+def fit_lognormal(values: list[float], floor: float) -> LogNormal:
+    data = np.maximum(np.asarray(values, dtype=float), floor)
+    if data.size == 0:
+        return LogNormal(float(np.log(floor)), 0.0, floor, floor, {})
+    logs = np.log(data)
+    quantiles = {f"q{int(q):02d}": float(np.percentile(data, q)) for q in (5, 25, 50, 75, 95)}
+    return LogNormal(float(logs.mean()), float(logs.std()), float(data.min()), float(data.max()), quantiles)
+
+
+def fit_beta(values: list[float]) -> Beta:
+    """Method of moments on (0, 1); a flat-ish Beta(2, 2) when too few or degenerate values."""
+    data = np.clip(np.asarray(values, dtype=float), 1e-3, 1 - 1e-3)
+    if data.size < 2 or data.var() <= 1e-8:
+        mean = float(data.mean()) if data.size else 0.5
+        concentration = 20.0  # a confident but not degenerate peak at the one value seen
+        return Beta(max(mean * concentration, 1e-2), max((1 - mean) * concentration, 1e-2))
+    mean, var = data.mean(), data.var()
+    common = mean * (1 - mean) / var - 1
+    if common <= 0:
+        return Beta(2.0, 2.0)
+    return Beta(float(mean * common), float((1 - mean) * common))
+
+
+def lesions_per_patch(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray) -> list[int]:
+    """For each lesion, the lesions of its case whose centroids fall in the patch centred on it (itself included)."""
+    counts = []
+    for case in fingerprint.cases:
+        centres = np.array([np.asarray(l.centroid_voxel) * case.spacing for l in case.lesions if l.label == label])
+        if centres.size == 0:
+            continue
+        half = patch_mm / 2
+        for centre in centres:
+            inside = np.all(np.abs(centres - centre) <= half, axis=1)
+            counts.append(int(inside.sum()))
+    return counts
+
+
+def location_histogram(relative_centroids: list[list[float]], bins: int = LOCATION_BINS) -> list[float]:
+    hist = np.full((bins,) * 3, LOCATION_PSEUDO_COUNT)
+    for rel in relative_centroids:
+        index = tuple(min(int(np.clip(r, 0, 1) * bins), bins - 1) for r in rel)
+        hist[index] += 1
+    return (hist / hist.sum()).ravel().tolist()
+
+
+def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray, finest_spacing: float) -> SpherePrior:
+    pairs = fingerprint.lesions_of_class(label)
+    lesions = [l for _, l in pairs]
+    voxel_volume = min(float(np.prod(c.spacing)) for c in fingerprint.cases)
+    ratios_middle = [l.semi_axes_mm[1] / l.semi_axes_mm[0] for l in lesions if l.semi_axes_mm[0] > 0]
+    ratios_minor = [l.semi_axes_mm[2] / l.semi_axes_mm[1] for l in lesions if l.semi_axes_mm[1] > 0]
+    return SpherePrior(
+        label=label,
+        n_lesions_observed=len(lesions),
+        lesions_per_case=categorical([c.lesion_count_per_class[str(label)] for c in fingerprint.cases]),
+        lesions_per_patch=categorical(lesions_per_patch(fingerprint, label, patch_mm)),
+        # a single voxel has radius 0; half the finest spacing keeps the log defined and the size honest
+        radius_mm=fit_lognormal([l.bounding_radius_mm for l in lesions], floor=finest_spacing / 2),
+        volume_mm3=fit_lognormal([l.volume_mm3 for l in lesions], floor=voxel_volume),
+        axis_ratio_middle=fit_beta(ratios_middle),
+        axis_ratio_minor=fit_beta(ratios_minor),
+        tissue_probability=categorical([l.tissue_class for l in lesions]),
+        location_bins=LOCATION_BINS,
+        location_histogram=location_histogram([l.centroid_relative for l in lesions]),
+        min_lesion_voxels=int(min((l.voxel_count for l in lesions), default=1)),
+        min_lesion_volume_mm3=float(min((l.volume_mm3 for l in lesions), default=voxel_volume)),
+    )

@@ -1,0 +1,1 @@
+"""Preprocessing: crop, normalise, resample, save; lesion-centred patches."""

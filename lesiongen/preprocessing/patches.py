@@ -1,0 +1,106 @@
+"""Lesion-centred patches for the mask generation and inpainting stages.
+
+One patch per lesion component (26-connectivity, per class), centred on the component's centroid, of the planned
+lesion patch size. Other lesions that the patch border cuts are **zeroed in the patch's mask** (set to 0, as the
+earlier prototypes did), so every mask holds only whole lesions; the image patch is left as it is and the number of
+zeroed lesions is recorded. A centre lesion that does not fit into the patch itself is skipped and counted.
+Voxels beyond the image border are padded with 0 in the image and -1 (outside the brain) in the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass
+class LesionPatch:
+    centre: list[int]  # (z, y, x) in the preprocessed case
+    label: int  # class of the centre lesion
+    lesion_voxels: int
+    lesions_in_patch: int  # whole lesions kept in the mask, the centre one included
+    cut_lesions_zeroed: int
+
+
+@dataclass
+class PatchSet:
+    images: np.ndarray  # (n, c, z, y, x) float32
+    masks: np.ndarray  # (n, z, y, x) int8: 0 background, 1..K lesions, -1 outside brain
+    tissue: np.ndarray | None  # (n, z, y, x) uint8
+    patches: list[LesionPatch]
+    skipped_too_large: int
+
+
+def _crop_padded(array: np.ndarray, start: np.ndarray, size: list[int], fill) -> np.ndarray:
+    """array[..., start:start+size] over the last three axes, padded with ``fill`` outside the array."""
+    spatial = array.shape[-3:]
+    out = np.full(array.shape[:-3] + tuple(size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, spatial):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    lead = (slice(None),) * (array.ndim - 3)
+    out[lead + tuple(dst)] = array[lead + tuple(src)]
+    return out
+
+
+def _components(seg: np.ndarray, lesion_labels: list[int]):
+    """Yield (label, component mask slices, component id map, count) per lesion class."""
+    for label in lesion_labels:
+        ids, count = ndimage.label(seg == label, structure=CONNECTIVITY_26)
+        if count:
+            yield label, ids, count
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
+                or mask[:, :, 0].any() or mask[:, :, -1].any())
+
+
+def extract_lesion_patches(images: np.ndarray, seg: np.ndarray, tissue: np.ndarray | None,
+                           patch_size: list[int], lesion_labels: list[int]) -> PatchSet:
+    size = np.asarray(patch_size)
+    image_patches, mask_patches, tissue_patches, records = [], [], [], []
+    skipped = 0
+    for label, ids, count in _components(seg, lesion_labels):
+        centroids = ndimage.center_of_mass(np.ones_like(ids, dtype=np.uint8), ids, range(1, count + 1))
+        sizes = ndimage.sum_labels(np.ones_like(ids, dtype=np.uint8), ids, range(1, count + 1))
+        for component, (centroid, voxels) in enumerate(zip(centroids, sizes), start=1):
+            centre = np.round(centroid).astype(int)
+            start = centre - size // 2
+            centre_ids = _crop_padded(ids, start, patch_size, 0)
+            if _touches_border(centre_ids == component):
+                skipped += 1
+                continue
+            mask = _crop_padded(seg, start, patch_size, -1).astype(np.int8)
+            # every lesion (any class) in the patch that the border cuts is removed from the mask
+            lesion, n = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
+            cut = 0
+            if n:
+                objects = ndimage.find_objects(lesion)
+                for index, box in enumerate(objects, start=1):
+                    on_border = any(s.start == 0 or s.stop == dim for s, dim in zip(box, mask.shape))
+                    if on_border and _touches_border(lesion == index):
+                        mask[lesion == index] = 0
+                        cut += 1
+            image_patches.append(_crop_padded(images, start, patch_size, 0.0))
+            mask_patches.append(mask)
+            if tissue is not None:
+                tissue_patches.append(_crop_padded(tissue, start, patch_size, 0))
+            records.append(LesionPatch(centre.tolist(), int(label), int(voxels), int(n - cut), int(cut)))
+    n_channels = images.shape[0]
+    empty_images = np.zeros((0, n_channels, *patch_size), dtype=np.float32)
+    return PatchSet(
+        images=np.stack(image_patches).astype(np.float32) if image_patches else empty_images,
+        masks=np.stack(mask_patches) if mask_patches else np.zeros((0, *patch_size), dtype=np.int8),
+        tissue=(np.stack(tissue_patches) if tissue_patches else np.zeros((0, *patch_size), np.uint8)) if tissue is not None else None,
+        patches=records,
+        skipped_too_large=skipped,
+    )

@@ -1,0 +1,98 @@
+"""Atomic writes and JSON helpers.
+
+Every output goes through a temporary file in the same folder followed by ``os.replace`` so that a killed run
+never leaves a half-written file under the final name. Temporary names end in ``.partial`` so a later run can
+clean them up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # the real ending is kept last so that writers which infer the format from the name still work
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{_ending(path)}")
+
+
+def _ending(path: Path) -> str:
+    name = path.name
+    for double in (".nii.gz", ".b2nd"):
+        if name.endswith(double):
+            return double
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_partial_files(folder: str | Path) -> int:
+    """Delete leftovers of killed runs below ``folder``; returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for leftover in folder.rglob(f"*{PARTIAL_SUFFIX}*"):
+        if leftover.is_file() and leftover.name.startswith("."):
+            leftover.unlink()
+            removed += 1
+    return removed
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` (dataclasses, numpy scalars and arrays allowed) as JSON, atomically."""
+    text = json.dumps(obj, default=_json_default, indent=indent, sort_keys=False, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def file_signature(paths: list[str | Path]) -> list[list[Any]]:
+    """A cheap fingerprint of input files (name, size, mtime) to decide whether an output is up to date."""
+    signature = []
+    for p in paths:
+        st = os.stat(p)
+        signature.append([Path(p).name, st.st_size, st.st_mtime_ns])
+    return signature

@@ -1,0 +1,115 @@
+"""The plan-and-preprocess workflow over the standard folders: fingerprint -> plans -> preprocessed data.
+
+Each step reads what the previous one wrote, so the CLI can run them together or one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from lesiongen.fingerprint.fingerprint import (
+    FINGERPRINT_FILE,
+    DatasetFingerprint,
+    extract_fingerprint,
+    input_signature,
+    load_fingerprint,
+    save_fingerprint,
+)
+from lesiongen.io.dataset import RawDataset, load_dataset
+from lesiongen.io.integrity import verify_dataset
+from lesiongen.paths import preprocessed_root
+from lesiongen.planning.plans import PLANS_FILE, PLANS_NAME, Plans, load_plans, save_plans
+from lesiongen.planning.planner import plan_dataset
+from lesiongen.preprocessing.preprocessor import preprocess_dataset
+from lesiongen.utilities.errors import DatasetError, LesiongenError
+from lesiongen.utilities.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+def preprocessed_folder(dataset: RawDataset) -> Path:
+    return preprocessed_root() / dataset.name
+
+
+def plans_data_folder(dataset: RawDataset, plans_name: str = PLANS_NAME) -> Path:
+    return preprocessed_folder(dataset) / plans_name
+
+
+def open_dataset(identifier: str | int) -> RawDataset:
+    dataset, warnings = load_dataset(identifier)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return dataset
+
+
+def check_dataset(dataset: RawDataset, full: bool, num_processes: int) -> None:
+    """Headers of every case always; with ``full`` the voxels of healthy and test scans too.
+
+    Training cases' voxels are checked while fingerprinting, which reads them anyway.
+    """
+    problems = verify_dataset(dataset, full=False, num_processes=num_processes)
+    if full:
+        problems += verify_dataset(dataset, full=True, num_processes=num_processes, splits=("healthy", "test"))
+    errors = [p for p in problems if not p.is_warning]
+    if errors:
+        raise DatasetError(problems)
+    for warning in problems:
+        logger.warning("%s", warning)
+
+
+def run_fingerprint(dataset: RawDataset, num_processes: int = 1, clean: bool = False,
+                    verify: bool = False) -> DatasetFingerprint:
+    check_dataset(dataset, verify, num_processes)
+    folder = preprocessed_folder(dataset)
+    path = folder / FINGERPRINT_FILE
+    if path.is_file() and not clean:
+        existing = load_fingerprint(path)
+        if existing.input_signature == input_signature(dataset):
+            logger.info("fingerprint is up to date: %s", path)
+            return existing
+        logger.info("training data changed since the last fingerprint; extracting again")
+    logger.info("extracting the fingerprint of %s (%d cases)", dataset.name, len(dataset.training))
+    fingerprint = extract_fingerprint(dataset, num_processes)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "dataset.json") as tmp:
+        shutil.copyfile(dataset.folder / "dataset.json", tmp)
+    save_fingerprint(fingerprint, path)
+    logger.info("wrote %s", path)
+    return fingerprint
+
+
+def run_planning(dataset: RawDataset, fingerprint: DatasetFingerprint | None = None,
+                 gpu_memory_target_gb: float = 8.0) -> Plans:
+    folder = preprocessed_folder(dataset)
+    if fingerprint is None:
+        path = folder / FINGERPRINT_FILE
+        if not path.is_file():
+            raise LesiongenError(f"{path}: no fingerprint yet; run lesiongen_extract_fingerprint -d {dataset.dataset_id} first")
+        fingerprint = load_fingerprint(path)
+    has_masks = all(c.brain_mask is not None for c in dataset.training)
+    plans = plan_dataset(fingerprint, dataset.info, gpu_memory_target_gb, has_brain_masks=has_masks)
+    save_plans(plans, folder / PLANS_FILE)
+    for note in plans.notes:
+        logger.info("plan: %s", note)
+    logger.info("wrote %s", folder / PLANS_FILE)
+    return plans
+
+
+def run_preprocessing(dataset: RawDataset, plans: Plans | None = None, num_processes: int = 1,
+                      clean: bool = False) -> dict[str, int]:
+    folder = preprocessed_folder(dataset)
+    if plans is None:
+        path = folder / PLANS_FILE
+        if not path.is_file():
+            raise LesiongenError(f"{path}: no plans yet; run lesiongen_plan -d {dataset.dataset_id} first")
+        plans = load_plans(path)
+    output = plans_data_folder(dataset, plans.plans_name)
+    if clean and output.exists():
+        logger.info("--clean: removing %s", output)
+        shutil.rmtree(output)
+    counts = preprocess_dataset(dataset, plans, output, num_processes)
+    logger.info("preprocessed %d case(s), skipped %d up-to-date case(s), %d lesion patches -> %s",
+                counts["done"], counts["skipped"], counts["lesion_patches"], output)
+    return counts
