@@ -104,8 +104,8 @@ def shrink_until_fits(
         elements = unet_activation_elements(topology, in_channels, n_classes)
         if unet_memory_gb(elements, min_batch) <= memory_gb or all(p <= 2 * MIN_FEATURE_MAP for p in patch):
             return topology
-        ratios = [p / m for p, m in zip(topology.patch_size, median_shape)]
-        axis = int(np.argmax(ratios))
+        ratios = np.asarray([p / m for p, m in zip(topology.patch_size, median_shape)])
+        axis = int(np.flatnonzero(ratios == ratios.max())[-1])  # ties: the last axis, as nnU-Net
         step = int(np.prod([s[axis] for s in topology.strides]))
         patch = list(topology.patch_size)
         patch[axis] = max(2 * MIN_FEATURE_MAP, patch[axis] - step)

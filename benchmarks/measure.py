@@ -1,0 +1,59 @@
+"""Wall time and peak memory of a command and all its child processes (Linux /proc, no extra packages)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Measurement:
+    command: list[str]
+    returncode: int
+    wall_seconds: float
+    peak_rss_mib: float  # peak of the summed resident memory of the process tree
+    output_tail: str
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _tree_rss_kib(root: int) -> int:
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+        stack.extend(_children(pid))
+    return total
+
+
+def run_measured(command: list[str], env: dict[str, str] | None = None, interval: float = 0.05) -> Measurement:
+    """Run ``command`` and sample its process tree's memory every ``interval`` seconds."""
+    peak = 0
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    while process.poll() is None:
+        peak = max(peak, _tree_rss_kib(process.pid))
+        time.sleep(interval)
+    wall = time.perf_counter() - start
+    reader.join(timeout=5)
+    return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-30:]))

@@ -1,0 +1,1 @@
+"""Dataset fingerprint: image properties and per-lesion geometry and contrast statistics."""

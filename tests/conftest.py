@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny procedural dataset in the raw layout, and isolated lesiongen folders."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
+
+TINY = DemoConfig(n_lesion_cases=4, n_healthy=2, n_test=1, shape=(36, 44, 36), spacing=(3.0, 3.0, 3.0),
+                  lesion_radius_mm=(3.0, 8.0), seed=7)
+
+
+@pytest.fixture(scope="session")
+def _tiny_dataset_template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("template_raw")
+    write_demo_dataset(root, TINY)
+    return root
+
+
+@pytest.fixture
+def lesiongen_folders(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Fresh raw/preprocessed/results folders in the environment variables lesiongen reads."""
+    folders = {name: tmp_path / name for name in ("raw", "preprocessed", "results")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        monkeypatch.setenv(f"lesiongen_{name}", str(folder))
+    return folders
+
+
+@pytest.fixture
+def tiny_dataset(_tiny_dataset_template, lesiongen_folders) -> Path:
+    """A writable copy of the tiny demo dataset inside this test's raw folder."""
+    name = f"Dataset{TINY.dataset_id:03d}_{TINY.dataset_name}"
+    target = lesiongen_folders["raw"] / name
+    shutil.copytree(_tiny_dataset_template / name, target)
+    return target
+
+
+def folder_digest(folder: Path) -> str:
+    """Content hash of every file below ``folder`` (to prove nothing was written or changed)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

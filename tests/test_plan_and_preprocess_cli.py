@@ -1,0 +1,151 @@
+"""End to end through the installed command on a tiny generated dataset; reruns, interruption, patches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesiongen.cli.plan_and_preprocess import main_plan_and_preprocess
+from lesiongen.fingerprint.fingerprint import load_fingerprint
+from lesiongen.planning.plans import load_plans
+from lesiongen.preprocessing import preprocessor
+from lesiongen.preprocessing.patches import extract_lesion_patches
+from lesiongen.preprocessing.resampling import resample_images, resample_labels
+from lesiongen.preprocessing.storage import load_array
+
+COMMAND = Path(sys.executable).parent / "lesiongen_plan_and_preprocess"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMMAND), *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+
+
+def test_end_to_end(tiny_dataset, lesiongen_folders):
+    result = _cli("-d", "501", "-np", "2", "--verify_dataset_integrity")
+    assert result.returncode == 0, result.stderr
+    out = lesiongen_folders["preprocessed"] / tiny_dataset.name
+
+    fingerprint = load_fingerprint(out / "dataset_fingerprint.json")
+    assert len(fingerprint.cases) == 4
+    lesions = [l for c in fingerprint.cases for l in c.lesions]
+    assert lesions and all(l.bounding_radius_mm >= 0 and l.volume_mm3 > 0 for l in lesions)
+    assert fingerprint.has_tissue_maps
+
+    plans = load_plans(out / "lesiongen_plans.json")
+    assert plans.target_spacing == pytest.approx([3.0, 3.0, 3.0])
+    assert set(plans.stages) == {"segmentation", "mask_generation", "inpainting"}
+    assert plans.sphere_priors["1"].n_lesions_observed == len(lesions)
+
+    data = out / "lesiongenPlans"
+    for split, n in (("training", 4), ("healthy", 2)):
+        properties = sorted((data / split).glob("*.json"))
+        assert len(properties) == n
+        for p in properties:
+            case = json.loads(p.read_text())["case_id"]
+            images = load_array(data / split / f"{case}.b2nd")
+            seg = load_array(data / split / f"{case}_seg.b2nd")
+            assert images.shape[0] == 2 and images.shape[1:] == seg.shape
+            assert np.isfinite(images).all()
+            assert set(np.unique(seg)) <= {-1, 0, 1}
+            brain = seg >= 0
+            # z-scored inside the brain: mean 0, std 1 per channel
+            assert abs(images[0][brain].mean()) < 0.05 and abs(images[0][brain].std() - 1) < 0.05
+            assert (images[:, ~brain] == 0).all()
+            if split == "healthy":
+                assert not (seg > 0).any()
+
+    patch_info = [json.loads(p.read_text()) for p in (data / "lesion_patches").glob("*_patches.json")]
+    n_patches = sum(p["n_patches"] for p in patch_info)
+    assert n_patches + sum(p["skipped_too_large"] for p in patch_info) >= 1
+    first = next(p for p in patch_info if p["n_patches"])
+    masks = load_array(data / "lesion_patches" / f"{first['case_id']}_masks.b2nd")
+    images = load_array(data / "lesion_patches" / f"{first['case_id']}_images.b2nd")
+    assert masks.shape == (first["n_patches"], *plans.lesion_patch_size)
+    assert images.shape == (first["n_patches"], 2, *plans.lesion_patch_size)
+    centre = tuple(s // 2 for s in plans.lesion_patch_size)
+    assert all(m[centre] > 0 or (m > 0).any() for m in masks)
+
+    # a rerun skips everything; touching one input redoes exactly that case
+    again = _cli("-d", "501", "-np", "1")
+    assert again.returncode == 0 and "skipped 6 up-to-date" in again.stderr and "preprocessed 0 case" in again.stderr
+    label = tiny_dataset / "labelsTr" / "demo_002.nii.gz"
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    third = _cli("-d", "501", "-np", "1")
+    assert third.returncode == 0 and "preprocessed 1 case" in third.stderr, third.stderr
+    assert "extracting the fingerprint" in third.stderr  # training data changed -> fingerprint redone
+
+
+def test_interrupted_run_leaves_no_partial_file_and_resumes(tiny_dataset, lesiongen_folders, monkeypatch, capsys):
+    calls = {"n": 0}
+    real_save = preprocessor.save_array
+
+    def failing_save(path, array):
+        calls["n"] += 1
+        if calls["n"] == 8:  # second case (six arrays per lesion case)
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of a case
+        real_save(path, array)
+
+    monkeypatch.setattr(preprocessor, "save_array", failing_save)
+    with pytest.raises(SystemExit) as exit_info:
+        main_plan_and_preprocess(["-d", "501", "-np", "1"])
+    assert exit_info.value.code == 130
+    out = lesiongen_folders["preprocessed"] / tiny_dataset.name
+    assert not [p for p in out.rglob("*") if "partial" in p.name]
+    done = list((out / "lesiongenPlans" / "training").glob("*.json"))
+    assert len(done) == 1  # the first case finished, the interrupted one has no properties file
+
+    monkeypatch.setattr(preprocessor, "save_array", real_save)
+    with pytest.raises(SystemExit) as exit_info:
+        main_plan_and_preprocess(["-d", "501", "-np", "1"])
+    assert exit_info.value.code == 0
+    assert "skipped 1 up-to-date" in capsys.readouterr().err
+
+    # the resumed output equals a clean run's
+    resumed = {p.name: load_array(p) for p in (out / "lesiongenPlans" / "training").glob("*.b2nd")}
+    shutil.rmtree(out)
+    with pytest.raises(SystemExit):
+        main_plan_and_preprocess(["-d", "501", "-np", "1"])
+    for name, array in resumed.items():
+        np.testing.assert_array_equal(load_array(out / "lesiongenPlans" / "training" / name), array)
+
+
+def test_lesion_patches_zero_cut_lesions_and_skip_oversized():
+    seg = np.zeros((40, 40, 40), dtype=np.int8)
+    seg[18:22, 18:22, 18:22] = 1  # centre lesion, fits a 16^3 patch
+    seg[24:30, 19:21, 19:21] = 1  # next to it, crossing the patch border of the first
+    seg[0:2, 0:2, 0:2] = 1  # tiny lesion at the image corner: its patch is padded
+    images = np.random.default_rng(0).random((2, 40, 40, 40)).astype(np.float32)
+    result = extract_lesion_patches(images, seg, None, [16, 16, 16], [1])
+    first = result.patches[0]
+    assert first.cut_lesions_zeroed == 1 and first.lesions_in_patch == 1
+    assert result.masks[0].sum() == 4**3  # only the whole centre lesion remains
+    corner = next(i for i, p in enumerate(result.patches) if p.centre == [0, 0, 0] or p.centre == [1, 1, 1])
+    assert (result.masks[corner] == -1).any()  # padding outside the image is marked outside-brain
+    assert result.images.shape == (len(result.patches), 2, 16, 16, 16)
+
+    big = np.zeros((40, 40, 40), dtype=np.int8)
+    big[5:35, 5:35, 5:35] = 1
+    oversized = extract_lesion_patches(images, big, None, [16, 16, 16], [1])
+    assert oversized.skipped_too_large == 1 and not oversized.patches
+
+
+def test_resampling_changes_shape_and_keeps_labels():
+    images = np.random.default_rng(0).random((2, 10, 40, 40)).astype(np.float32)
+    resampled = resample_images(images, [4.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+    assert resampled.shape == (2, 20, 20, 20)
+    labels = np.zeros((10, 40, 40), dtype=np.int8)
+    labels[4:6, 10:30, 10:30] = 1
+    labels[:, :2] = -1
+    out = resample_labels(labels, [4.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+    assert out.shape == (20, 20, 20)
+    assert set(np.unique(out)) == {-1, 0, 1}
+    volume_before = (labels == 1).sum() * 4.0
+    volume_after = (out == 1).sum() * 8.0
+    assert abs(volume_after - volume_before) / volume_before < 0.15

@@ -1,0 +1,151 @@
+"""The planner on synthetic fingerprints: spacing rules, anisotropy, patch/batch sizes, priors, JSON round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lesiongen.fingerprint.fingerprint import CaseFingerprint, DatasetFingerprint, IntensityProperties
+from lesiongen.fingerprint.lesions import LesionComponent
+from lesiongen.io.dataset import DatasetInfo
+from lesiongen.planning import topology
+from lesiongen.planning.planner import plan_dataset, target_spacing
+from lesiongen.planning.plans import CT, ZSCORE, load_plans, save_plans
+
+
+def _lesion(radius: float, centre, tissue: int = 2) -> LesionComponent:
+    voxels = int(4 / 3 * np.pi * radius**3)
+    return LesionComponent(
+        label=1, voxel_count=voxels, volume_mm3=float(voxels), bounding_radius_mm=radius,
+        centroid_voxel=list(map(float, centre)), centroid_relative=[0.5, 0.4, 0.6],
+        extent_voxels=[int(2 * radius)] * 3, extent_mm=[2 * radius] * 3,
+        semi_axes_mm=[radius, 0.8 * radius, 0.6 * radius], tissue_class=tissue,
+        contrast=[2.0, -1.0], intensity_ratio=[1.5, 0.7],
+    )
+
+
+def _fingerprint(spacings, shapes, channel_names=None, radii=(2.0, 3.0, 4.0, 6.0)) -> DatasetFingerprint:
+    cases = []
+    for i, (sp, sh) in enumerate(zip(spacings, shapes)):
+        lesions = [_lesion(r, (sh[0] / 2, sh[1] / 2 + 10 * k, sh[2] / 2), tissue=2 if k else 1)
+                   for k, r in enumerate(radii)]
+        cases.append(CaseFingerprint(
+            case_id=f"c{i}", spacing=list(sp), shape_before_crop=list(sh), shape_after_crop=list(sh),
+            crop_bbox=[[0, s] for s in sh], relative_size_after_crop=0.6, brain_fraction_after_crop=0.7,
+            lesion_count=len(lesions), lesion_count_per_class={"1": len(lesions)},
+            total_lesion_volume_mm3=float(sum(l.volume_mm3 for l in lesions)), lesions=lesions,
+        ))
+    channel_names = channel_names or {"0": "T1", "1": "FLAIR"}
+    props = IntensityProperties(100.0, 90.0, 20.0, -1000.0, 3000.0, 400.0, -50.0)
+    return DatasetFingerprint(
+        dataset_name="Dataset900_Test", lesiongen_version="test", input_signature="x",
+        channel_names=channel_names, lesion_labels=[1], tissue_labels={"GM": 1, "WM": 2, "CSF": 3},
+        has_tissue_maps=True, spacings=[list(s) for s in spacings], shapes_after_crop=[list(s) for s in shapes],
+        median_relative_size_after_cropping=0.6, median_brain_fraction_after_cropping=0.7,
+        foreground_intensity_properties_per_channel={k: props for k in channel_names},
+        brain_intensity_properties_per_channel={k: props for k in channel_names},
+        cases=cases,
+    )
+
+
+def _info(channel_names=None) -> DatasetInfo:
+    return DatasetInfo(channel_names=channel_names or {"0": "T1", "1": "FLAIR"},
+                       labels={"background": 0, "lesion": 1}, num_training=4, file_ending=".nii.gz")
+
+
+def test_isotropic_target_spacing_is_the_median():
+    spacings = [[1.0, 1.0, 1.0], [1.2, 0.9, 0.9], [0.8, 1.1, 1.0]]
+    spacing, anisotropic, _ = target_spacing(spacings, [[150, 200, 180]] * 3)
+    assert spacing == pytest.approx([1.0, 1.0, 1.0])
+    assert not anisotropic
+
+
+def test_anisotropic_target_spacing_uses_the_10th_percentile_of_the_coarse_axis():
+    z = [4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5]
+    spacings = [[s, 0.5, 0.5] for s in z]
+    shapes = [[30, 400, 400]] * len(z)
+    spacing, anisotropic, notes = target_spacing(spacings, shapes)
+    assert anisotropic
+    assert spacing[0] == pytest.approx(np.percentile(z, 10))
+    assert spacing[1:] == pytest.approx([0.5, 0.5])
+    assert any("anisotropic" in n for n in notes)
+
+
+def test_anisotropic_spacing_but_many_slices_keeps_the_median():
+    # nnU-Net's rule needs both: coarse spacing and few voxels along that axis
+    spacings = [[s, 0.5, 0.5] for s in (4.0, 5.0, 6.0)]
+    _, anisotropic, _ = target_spacing(spacings, [[300, 400, 400]] * 3)
+    assert not anisotropic
+
+
+def test_plan_on_anisotropic_data_avoids_pooling_the_thick_axis_first():
+    spacings = [[5.0, 0.6, 0.6]] * 6
+    shapes = [[28, 380, 380]] * 6
+    plans = plan_dataset(_fingerprint(spacings, shapes), _info(), gpu_memory_target_gb=8)
+    assert plans.anisotropic
+    seg = plans.stages["segmentation"]
+    kwargs = seg.networks["unet"].kwargs
+    assert kwargs["kernel_sizes"][0][0] == 1 and kwargs["kernel_sizes"][0][1:] == [3, 3]
+    assert kwargs["strides"][1][0] == 1 and kwargs["strides"][1][1:] == [2, 2]
+    assert seg.patch_size[0] <= 32 and seg.patch_size[1] > seg.patch_size[0]
+    # the patch is divisible by the total stride on every axis
+    total = np.prod(np.asarray(kwargs["strides"]), axis=0)
+    assert all(p % t == 0 for p, t in zip(seg.patch_size, total))
+    assert plans.lesion_patch_size[0] < plans.lesion_patch_size[1]  # fewer voxels along the thick axis
+
+
+def test_patch_and_batch_fit_the_memory_target():
+    spacings = [[1.0, 1.0, 1.0]] * 10
+    shapes = [[180, 210, 170]] * 10
+    for memory in (4.0, 8.0, 24.0):
+        plans = plan_dataset(_fingerprint(spacings, shapes), _info(), gpu_memory_target_gb=memory)
+        seg = plans.stages["segmentation"]
+        assert seg.batch_size >= 2
+        assert seg.estimated_memory_gb <= memory * 1.01
+    small = plan_dataset(_fingerprint(spacings, shapes), _info(), gpu_memory_target_gb=4.0).stages["segmentation"]
+    large = plan_dataset(_fingerprint(spacings, shapes), _info(), gpu_memory_target_gb=24.0).stages["segmentation"]
+    assert np.prod(small.patch_size) * small.batch_size < np.prod(large.patch_size) * large.batch_size
+
+
+def test_lesion_patch_fits_95_percent_of_lesions_with_margin():
+    radii = tuple(np.linspace(1.0, 12.0, 40))
+    fingerprint = _fingerprint([[1.0, 1.0, 1.0]] * 3, [[160, 190, 160]] * 3, radii=radii)
+    plans = plan_dataset(fingerprint, _info())
+    patch_mm = np.asarray(plans.lesion_patch_size) * np.asarray(plans.target_spacing)
+    fitting = np.mean([2 * (r + plans.lesion_patch_margin_mm) <= patch_mm.min() for r in radii])
+    assert fitting >= 0.95
+    assert plans.lesion_fraction_fitting == pytest.approx(fitting)
+    assert all(p % 8 == 0 for p in plans.lesion_patch_size)
+
+
+def test_normalisation_follows_channel_names():
+    names = {"0": "CT", "1": "FLAIR"}
+    plans = plan_dataset(_fingerprint([[1.0] * 3] * 3, [[100] * 3] * 3, names), _info(names))
+    ct, flair = plans.normalization
+    assert ct.scheme == CT and ct.clip_lower == -50.0 and ct.clip_upper == 400.0 and not ct.use_brain_mask
+    assert flair.scheme == ZSCORE and flair.use_brain_mask
+
+
+def test_sphere_priors_describe_the_lesions():
+    radii = (2.0, 3.0, 4.0, 6.0)
+    plans = plan_dataset(_fingerprint([[1.0] * 3] * 5, [[120, 140, 120]] * 5, radii=radii), _info())
+    prior = plans.sphere_priors["1"]
+    assert prior.n_lesions_observed == 20
+    assert np.exp(prior.radius_mm.mu) == pytest.approx(np.exp(np.mean(np.log(radii))))
+    assert prior.tissue_probability.probabilities == {"1": 0.25, "2": 0.75}
+    assert prior.lesions_per_case.probabilities == {"4": 1.0}
+    assert sum(prior.lesions_per_patch.probabilities.values()) == pytest.approx(1.0)
+    assert sum(prior.location_histogram) == pytest.approx(1.0)
+    assert 0.7 < prior.axis_ratio_middle.alpha / (prior.axis_ratio_middle.alpha + prior.axis_ratio_middle.beta) < 0.9
+
+
+def test_plans_round_trip_through_json(tmp_path):
+    plans = plan_dataset(_fingerprint([[1.0] * 3] * 3, [[100] * 3] * 3), _info())
+    save_plans(plans, tmp_path / "plans.json")
+    assert load_plans(tmp_path / "plans.json") == plans
+
+
+def test_unet_topology_respects_minimum_feature_map():
+    topo = topology.unet_topology([1.0, 1.0, 1.0], [128, 128, 128])
+    assert topo.n_stages == 6  # 128 -> 4 after five poolings
+    assert topo.features_per_stage[-1] == topology.MAX_FEATURES_3D
