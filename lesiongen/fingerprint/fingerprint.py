@@ -19,6 +19,7 @@ from lesiongen import __version__
 from lesiongen.fingerprint.lesions import LesionComponent, analyse_lesions, summarise
 from lesiongen.io.dataset import CaseFiles, DatasetInfo, RawDataset
 from lesiongen.io.integrity import empty_label_warning, load_case
+from lesiongen.utilities.cropping import bbox_slices, brain_region, mask_bbox
 from lesiongen.utilities.errors import DatasetError, Problem
 from lesiongen.utilities.files import file_signature
 from lesiongen.utilities.parallel import map_cases
@@ -96,25 +97,6 @@ class DatasetFingerprint:
         return [(case, lesion) for case in self.cases for lesion in case.lesions if lesion.label == label]
 
 
-def nonzero_bbox(images: np.ndarray) -> list[list[int]]:
-    """Bounding box of voxels that are nonzero in any channel, as [[start, stop], ...] (whole image if empty).
-
-    Projections instead of ``np.nonzero`` keep this one cheap pass; the box equals that of the hole-filled mask
-    nnU-Net uses, since filling holes never extends a bounding box.
-    """
-    nonzero = np.any(images != 0, axis=0)
-    bbox = []
-    for axis in range(nonzero.ndim):
-        other = tuple(a for a in range(nonzero.ndim) if a != axis)
-        hits = np.flatnonzero(nonzero.any(axis=other))
-        bbox.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, nonzero.shape[axis]])
-    return bbox
-
-
-def bbox_slices(bbox: list[list[int]]) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in bbox)
-
-
 def _sample(values: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     if values.size <= n:
         return values.astype(np.float32)
@@ -127,13 +109,13 @@ def _fingerprint_case(case: CaseFiles, info: DatasetInfo, seed: int):
         return None, problems, None, None, False
     rng = np.random.default_rng(seed)
     spacing = [float(s) for s in loaded.geometry.spacing_zyx]
-    crop_source = loaded.brain_mask[None] if loaded.brain_mask is not None else loaded.images
-    bbox = nonzero_bbox(crop_source)
+    brain = brain_region(loaded.images, loaded.brain_mask)
+    bbox = mask_bbox(brain)
     crop = bbox_slices(bbox)
     images = loaded.images[(slice(None), *crop)]
+    brain = brain[crop]
     label = loaded.label[crop]
     tissue = loaded.tissue[crop] if loaded.tissue is not None else None
-    brain = loaded.brain_mask[crop] if loaded.brain_mask is not None else np.any(images != 0, axis=0)
 
     foreground = label > 0
     fg_samples = np.stack([_sample(images[c][foreground], rng, SAMPLES_PER_CASE) for c in range(len(images))])

@@ -177,7 +177,7 @@ def _describe(
     idx = np.argwhere(comp)
     count = len(idx)
     centroid = idx.mean(axis=0) + offset
-    # Voxels as unit cells: a centroid in the middle of the brain box is 0.5, at its edge voxels' outer faces 0/1.
+    # Voxels as unit cells: the middle of the brain box is 0.5, the outer faces of its edge voxels 0 and 1.
     relative = np.clip((centroid - brain_lo + 0.5) / brain_size, 0.0, 1.0)
     extent = idx.max(axis=0) - idx.min(axis=0) + 1
 

@@ -132,7 +132,9 @@ def verify_dataset(dataset: RawDataset, full: bool, num_processes: int = 1,
                    splits: tuple[str, ...] = ("training", "healthy", "test")) -> list[Problem]:
     """Header checks of every case (and voxel checks with ``full``); returns problems, errors and warnings."""
     cases = [c for split in splits for c in dataset.split(split)]
-    results = map_cases(_verify_case_worker, cases, num_processes, "checking dataset", (dataset.info, full))
+    # header reads take milliseconds: a process pool would cost more than it saves
+    workers = num_processes if full else 1
+    results = map_cases(_verify_case_worker, cases, workers, "checking dataset", (dataset.info, full))
     problems = [p for case_problems, _ in results for p in case_problems]
     training = {id(c) for c in dataset.training}
     empty = [c.case_id for c, (_, is_empty) in zip(cases, results) if is_empty and id(c) in training]

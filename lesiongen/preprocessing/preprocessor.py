@@ -22,10 +22,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from lesiongen import __version__
-from lesiongen.fingerprint.fingerprint import bbox_slices, nonzero_bbox
 from lesiongen.io.dataset import CaseFiles, DatasetInfo, RawDataset
 from lesiongen.io.integrity import load_case
 from lesiongen.planning.plans import Plans
@@ -33,6 +31,7 @@ from lesiongen.preprocessing.normalization import normalize
 from lesiongen.preprocessing.patches import extract_lesion_patches
 from lesiongen.preprocessing.resampling import resample_images, resample_labels
 from lesiongen.preprocessing.storage import save_array
+from lesiongen.utilities.cropping import bbox_slices, brain_region, mask_bbox
 from lesiongen.utilities.errors import DatasetError, Problem
 from lesiongen.utilities.files import atomic_path, file_signature, read_json, remove_partial_files, write_json
 from lesiongen.utilities.parallel import map_cases
@@ -70,13 +69,6 @@ def is_up_to_date(properties_file: Path, signature: str) -> bool:
     return properties.get("signature") == signature and all(p.exists() for p in outputs)
 
 
-def brain_region(images: np.ndarray, brain_mask: np.ndarray | None) -> np.ndarray:
-    """The given brain mask, else the hole-filled nonzero region of all channels (as nnU-Net's crop mask)."""
-    if brain_mask is not None:
-        return brain_mask
-    return ndimage.binary_fill_holes(np.any(images != 0, axis=0))
-
-
 def _class_locations(seg: np.ndarray, labels: list[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
     locations = {}
     for label in labels:
@@ -87,20 +79,22 @@ def _class_locations(seg: np.ndarray, labels: list[int], rng: np.random.Generato
     return locations
 
 
+def _properties_file(output: Path, split: str, case: CaseFiles) -> Path:
+    return output / split / f"{case.case_id}.json"
+
+
 def preprocess_case(case: CaseFiles, split: str, info: DatasetInfo, plans: Plans, output: Path,
-                    plans_sig: str) -> tuple[str, list[Problem], dict | None]:
-    """Returns (status: 'done' | 'skipped' | 'failed', problems, summary)."""
+                    plans_sig: str) -> tuple[list[Problem], dict | None]:
+    """Preprocess one case; returns (problems, summary or None when the case failed)."""
     folder = output / split
-    properties_file = folder / f"{case.case_id}.json"
+    properties_file = _properties_file(output, split, case)
     signature = _case_signature(case, plans_sig)
-    if is_up_to_date(properties_file, signature):
-        return "skipped", [], None
     loaded, problems = load_case(case, info)
     if loaded is None:
-        return "failed", problems, None
+        return problems, None
 
     brain = brain_region(loaded.images, loaded.brain_mask)
-    bbox = nonzero_bbox(brain[None])
+    bbox = mask_bbox(brain)
     crop = bbox_slices(bbox)
     images = np.ascontiguousarray(loaded.images[(slice(None), *crop)])
     brain = brain[crop]
@@ -148,7 +142,7 @@ def preprocess_case(case: CaseFiles, split: str, info: DatasetInfo, plans: Plans
         "files": files,
     }
     write_json(properties_file, properties)  # last: marks the case complete
-    return "done", [], summary
+    return [], summary
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -179,20 +173,21 @@ def _save_lesion_patches(case_id: str, images: np.ndarray, seg: np.ndarray, tiss
 
 def preprocess_dataset(dataset: RawDataset, plans: Plans, output: Path, num_processes: int = 1,
                        splits: tuple[str, ...] = ("training", "healthy")) -> dict[str, int]:
-    """Preprocess every case of ``splits``; returns counts of done / skipped cases and lesion patches."""
+    """Preprocess every case of ``splits`` not yet up to date; returns counts of done / skipped cases and patches."""
     remove_partial_files(output)
     sig = plans_signature(plans)
     jobs = [(case, split) for split in splits for case in dataset.split(split)]
-    results = map_cases(_preprocess_job, jobs, num_processes, "preprocessing", (dataset.info, plans, output, sig))
-    problems = [p for _, case_problems, _ in results for p in case_problems]
+    # deciding what is up to date here keeps a no-op rerun from starting a process pool
+    todo = [(c, s) for c, s in jobs if not is_up_to_date(_properties_file(output, s, c), _case_signature(c, sig))]
+    results = map_cases(_preprocess_job, todo, num_processes, "preprocessing", (dataset.info, plans, output, sig))
+    problems = [p for case_problems, _ in results for p in case_problems]
     if problems:
         raise DatasetError(problems)
-    counts = {"done": 0, "skipped": 0, "lesion_patches": 0}
-    for status, _, summary in results:
-        counts[status] += 1
-        if summary:
-            counts["lesion_patches"] += summary["lesion_patches"]
-    return counts
+    return {
+        "done": len(todo),
+        "skipped": len(jobs) - len(todo),
+        "lesion_patches": sum(summary["lesion_patches"] for _, summary in results),
+    }
 
 
 def _preprocess_job(job: tuple[CaseFiles, str], info: DatasetInfo, plans: Plans, output: Path, sig: str):
