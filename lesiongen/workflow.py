@@ -38,18 +38,17 @@ def plans_data_folder(dataset: RawDataset, plans_name: str = PLANS_NAME) -> Path
 
 
 def open_dataset(identifier: str | int) -> RawDataset:
-    dataset, warnings = load_dataset(identifier)
-    for warning in warnings:
-        logger.warning("%s", warning)
-    return dataset
+    return load_dataset(identifier)
 
 
-def check_dataset(dataset: RawDataset, full: bool, num_processes: int) -> None:
-    """Headers of every case always; with ``full`` the voxels of healthy and test scans too.
+def check_dataset(dataset: RawDataset, full: bool = False, num_processes: int = 1) -> None:
+    """Names and counts, headers of every case always; with ``full`` the voxels of healthy and test scans too.
 
-    Training cases' voxels are checked while fingerprinting, which reads them anyway.
+    Training cases' voxels are checked while fingerprinting, which reads them anyway. Raises DatasetError with
+    every problem found; logs warnings.
     """
-    problems = verify_dataset(dataset, full=False, num_processes=num_processes)
+    problems = list(dataset.layout_problems)
+    problems += verify_dataset(dataset, full=False, num_processes=num_processes)
     if full:
         problems += verify_dataset(dataset, full=True, num_processes=num_processes, splits=("healthy", "test"))
     errors = [p for p in problems if not p.is_warning]
@@ -59,9 +58,8 @@ def check_dataset(dataset: RawDataset, full: bool, num_processes: int) -> None:
         logger.warning("%s", warning)
 
 
-def run_fingerprint(dataset: RawDataset, num_processes: int = 1, clean: bool = False,
-                    verify: bool = False) -> DatasetFingerprint:
-    check_dataset(dataset, verify, num_processes)
+def run_fingerprint(dataset: RawDataset, num_processes: int = 1, clean: bool = False) -> DatasetFingerprint:
+    """Fingerprint the training cases (reusing an up-to-date one); call :func:`check_dataset` first."""
     folder = preprocessed_folder(dataset)
     path = folder / FINGERPRINT_FILE
     if path.is_file() and not clean:

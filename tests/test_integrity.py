@@ -81,7 +81,7 @@ CASES = {
     "extra channel": (lambda d: (d / f"imagesTr/demo_000_0002{ENDING}").write_bytes((d / f"imagesTr/demo_000_0001{ENDING}").read_bytes()),
                       f"imagesTr/demo_000_0002{ENDING}", "extra channel 2", False),
     "missing label": (lambda d: (d / f"labelsTr/demo_001{ENDING}").unlink(),
-                      f"labelsTr/demo_001{ENDING}", "missing label map", False),
+                      f"labelsTr/demo_001{ENDING}", "missing label of case demo_001", False),
     "label without image": (lambda d: (d / f"labelsTr/stray{ENDING}").write_bytes((d / f"labelsTr/demo_001{ENDING}").read_bytes()),
                             f"labelsTr/stray{ENDING}", "without a matching image", False),
     "shape mismatch": (lambda d: _rewrite(d / f"labelsTr/demo_002{ENDING}", _change_shape),
@@ -165,7 +165,7 @@ def test_all_problems_are_listed_in_one_run(tiny_dataset, lesiongen_folders, cap
     _rewrite(tiny_dataset / f"imagesTr/demo_002_0001{ENDING}", _change_spacing)
     code, err = _run(tiny_dataset, capsys)
     assert code == 1
-    assert "missing label map of case demo_001" in err and "spacing" in err
+    assert "missing label of case demo_001" in err and "spacing" in err
 
 
 def test_unknown_dataset_id_is_a_clear_error(lesiongen_folders, capsys):

@@ -91,3 +91,14 @@ def test_2d_and_4d_are_rejected(tmp_path):
         read_geometry(tmp_path / "flat.nii.gz")
     with pytest.raises(FileError, match="4D"):
         read_image(tmp_path / "time.nii.gz")
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_nan_and_inf_survive_reading(tmp_path, ending):
+    # ITK alone turns NaN into 0 when reading NIfTI, which would hide broken scans
+    array = np.ones((4, 5, 6), np.float32)
+    array[1, 2, 3] = np.nan
+    array[2, 2, 2] = np.inf
+    write_image(tmp_path / f"n{ending}", array, ImageGeometry.simple(array.shape, (1, 1, 1)))
+    back, _ = read_image(tmp_path / f"n{ending}")
+    assert np.isnan(back[1, 2, 3]) and np.isinf(back[2, 2, 2])

@@ -35,9 +35,11 @@ def _parser(description: str, fingerprint: bool, plan: bool, preprocess: bool) -
 def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bool) -> None:
     for identifier in args.dataset:
         dataset = workflow.open_dataset(identifier)
+        workflow.check_dataset(dataset, getattr(args, "verify_dataset_integrity", False),
+                               getattr(args, "num_processes", 1))
         fp = plans = None
         if fingerprint:
-            fp = workflow.run_fingerprint(dataset, args.num_processes, args.clean, args.verify_dataset_integrity)
+            fp = workflow.run_fingerprint(dataset, args.num_processes, args.clean)
         if plan:
             plans = workflow.run_planning(dataset, fp, args.gpu_memory_target)
         if preprocess:

@@ -69,6 +69,7 @@ class RawDataset:
     training: list[CaseFiles]
     healthy: list[CaseFiles]
     test: list[CaseFiles]
+    layout_problems: list[Problem] = field(default_factory=list)  # names and counts, from scan_dataset
 
     @property
     def name(self) -> str:
@@ -275,15 +276,16 @@ def scan_dataset(folder: Path) -> tuple[RawDataset | None, list[Problem]]:
     if info.num_healthy is not None and len(splits["healthy"]) != info.num_healthy:
         problems.append(Problem(str(folder / "dataset.json"),
                                 f"numHealthy is {info.num_healthy} but imagesHealthy holds {len(splits['healthy'])} case(s)"))
-    dataset = RawDataset(folder, dataset_id_of(folder), info, splits["training"], splits["healthy"], splits["test"])
+    dataset = RawDataset(folder, dataset_id_of(folder), info, splits["training"], splits["healthy"], splits["test"],
+                         layout_problems=problems)
     return dataset, problems
 
 
-def load_dataset(identifier: str | int, root: Path | None = None) -> tuple[RawDataset, list[Problem]]:
-    """Find and scan a dataset; raises DatasetError when the layout itself is broken, returns warnings."""
+def load_dataset(identifier: str | int, root: Path | None = None) -> RawDataset:
+    """Find and scan a dataset. Raises DatasetError only when dataset.json is unusable; problems with
+    case files stay in ``layout_problems`` so that the integrity check can report them with its own."""
     folder = find_dataset_folder(identifier, root)
     dataset, problems = scan_dataset(folder)
-    errors = [p for p in problems if not p.is_warning]
-    if dataset is None or errors:
+    if dataset is None:
         raise DatasetError(problems)
-    return dataset, problems
+    return dataset

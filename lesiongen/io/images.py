@@ -165,6 +165,14 @@ def _sitk_read_geometry(path: Path) -> ImageGeometry:
 
 
 def _sitk_read(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+    if file_ending(path) in NIFTI_ENDINGS:
+        # ITK's NIfTI reader silently turns NaN into 0, which would hide broken scans from the integrity
+        # check; nibabel reads the same voxel order untouched, so ITK gives the geometry and nibabel the voxels
+        geometry = _sitk_read_geometry(path)
+        array = _nib_voxels(path, _nib_load(path))
+        if array.shape != geometry.shape:
+            raise FileError(path, f"voxel data shape {array.shape} disagrees with the header {geometry.shape}")
+        return array, geometry
     sitk = _sitk()
     try:
         img = sitk.ReadImage(str(path))
@@ -185,39 +193,13 @@ def _sitk_write(path: Path, array: np.ndarray, geometry: ImageGeometry) -> None:
 
 
 def _check_complete(path: Path, data_bytes: int) -> None:
-    """Detect truncated files, which ITK reads silently, zero-filling what is missing.
-
-    NIfTI: the stored size (plain) or the gzip trailer's uncompressed size must cover header plus voxels.
-    Uncompressed MetaImage / NRRD: the file must be at least as large as the voxel data.
-    """
-    size = path.stat().st_size
-    ending = file_ending(path)
-    if ending in NIFTI_ENDINGS:
-        expected = _nifti_data_offset(path) + data_bytes
-        if ending == ".nii.gz":
-            with open(path, "rb") as handle:
-                handle.seek(max(size - 4, 0))
-                stored = int.from_bytes(handle.read(4), "little")
-            complete = stored == expected % 2**32
-        else:
-            complete = size >= expected
-    else:
-        with open(path, "rb") as handle:
-            head = handle.read(4096).decode("latin-1").lower()
-        compressed = "compresseddata = true" in head or "encoding: gz" in head or "encoding: bz" in head
-        detached = "elementdatafile = " in head and "elementdatafile = local" not in head
-        complete = compressed or detached or size >= data_bytes
-    if not complete:
+    """Detect truncated MetaImage / NRRD files, which ITK may read without complaint."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096).decode("latin-1").lower()
+    compressed = "compresseddata = true" in head or "encoding: gz" in head or "encoding: bz" in head
+    detached = "elementdatafile = " in head and "elementdatafile = local" not in head
+    if not (compressed or detached or path.stat().st_size >= data_bytes):
         raise FileError(path, "truncated image (file ends before all voxels)")
-
-
-def _nifti_data_offset(path: Path) -> int:
-    import nibabel as nib
-
-    try:
-        return int(nib.load(str(path)).dataobj.offset)
-    except Exception as exc:
-        raise FileError(path, f"unreadable image header ({_first_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------------------------- nibabel
@@ -259,14 +241,19 @@ def _nib_read_geometry(path: Path) -> ImageGeometry:
     return _geometry_from_affine(img.affine, img.shape)
 
 
-def _nib_read(path: Path) -> tuple[np.ndarray, ImageGeometry]:
-    img = _nib_load(path)
+def _nib_voxels(path: Path, img) -> np.ndarray:
     _check_dimension(path, len(img.shape), 1)
     try:
         data = np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise FileError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), _geometry_from_affine(img.affine, img.shape)
+    # NIfTI stores x fastest; transposing gives ITK's (z, y, x) index order
+    return np.ascontiguousarray(data.transpose(2, 1, 0))
+
+
+def _nib_read(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+    img = _nib_load(path)
+    return _nib_voxels(path, img), _geometry_from_affine(img.affine, img.shape)
 
 
 def _nib_write(path: Path, array: np.ndarray, geometry: ImageGeometry) -> None:

@@ -72,7 +72,7 @@ def _as_integer_map(array: np.ndarray, path: Path, what: str, problems: list[Pro
 
 def _unexpected_values(array: np.ndarray, allowed: set[int]) -> list[int]:
     counts = np.bincount(array.ravel(), minlength=1)
-    return [v for v in np.flatnonzero(counts) if int(v) not in allowed]
+    return [int(v) for v in np.flatnonzero(counts) if int(v) not in allowed]
 
 
 def load_case(case: CaseFiles, info: DatasetInfo) -> tuple[LoadedCase | None, list[Problem]]:

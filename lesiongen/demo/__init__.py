@@ -1,0 +1,1 @@
+"""Procedural demo data: an MS-like brain MRI phantom and a raw dataset built from it."""
