@@ -58,6 +58,13 @@ def check_dataset(dataset: RawDataset, full: bool = False, num_processes: int = 
         logger.warning("%s", warning)
 
 
+def _require(path: Path, producer: str, dataset: RawDataset) -> Path:
+    """``path`` if an earlier step wrote it, else a clear error naming the command that writes it."""
+    if not path.is_file():
+        raise LesiongenError(f"{path}: not found; run {producer} -d {dataset.dataset_id} first")
+    return path
+
+
 def run_fingerprint(dataset: RawDataset, num_processes: int = 1, clean: bool = False) -> DatasetFingerprint:
     """Fingerprint the training cases (reusing an up-to-date one); call :func:`check_dataset` first."""
     folder = preprocessed_folder(dataset)
@@ -82,10 +89,7 @@ def run_planning(dataset: RawDataset, fingerprint: DatasetFingerprint | None = N
                  gpu_memory_target_gb: float = 8.0) -> Plans:
     folder = preprocessed_folder(dataset)
     if fingerprint is None:
-        path = folder / FINGERPRINT_FILE
-        if not path.is_file():
-            raise LesiongenError(f"{path}: no fingerprint yet; run lesiongen_extract_fingerprint -d {dataset.dataset_id} first")
-        fingerprint = load_fingerprint(path)
+        fingerprint = load_fingerprint(_require(folder / FINGERPRINT_FILE, "lesiongen_extract_fingerprint", dataset))
     has_masks = all(c.brain_mask is not None for c in dataset.training)
     plans = plan_dataset(fingerprint, dataset.info, gpu_memory_target_gb, has_brain_masks=has_masks)
     save_plans(plans, folder / PLANS_FILE)
@@ -99,10 +103,7 @@ def run_preprocessing(dataset: RawDataset, plans: Plans | None = None, num_proce
                       clean: bool = False) -> dict[str, int]:
     folder = preprocessed_folder(dataset)
     if plans is None:
-        path = folder / PLANS_FILE
-        if not path.is_file():
-            raise LesiongenError(f"{path}: no plans yet; run lesiongen_plan -d {dataset.dataset_id} first")
-        plans = load_plans(path)
+        plans = load_plans(_require(folder / PLANS_FILE, "lesiongen_plan", dataset))
     output = plans_data_folder(dataset, plans.plans_name)
     if clean and output.exists():
         logger.info("--clean: removing %s", output)

@@ -83,8 +83,9 @@ def _report(name, fingerprint, plans, counts, folder: Path) -> None:
                      f"~{stage_plan.estimated_memory_gb:.1f} GB")
     for label, prior in plans.sphere_priors.items():
         r = prior.radius_mm.quantiles
+        tissue = {k: round(v, 2) for k, v in prior.tissue_probability.probabilities.items()}
         lines.append(f"  class {label} sphere prior: radius median {r.get('q50', 0):.1f} mm "
-                     f"(5-95 %: {r.get('q05', 0):.1f}-{r.get('q95', 0):.1f}), tissue {prior.tissue_probability.probabilities}")
+                     f"(5-95 %: {r.get('q05', 0):.1f}-{r.get('q95', 0):.1f}), tissue {tissue}")
     lines.append(f"  preprocessed: {counts['done']} new, {counts['skipped']} up to date, "
                  f"{counts['lesion_patches']} new lesion patches")
     lines.append(f"  outputs: {folder}")

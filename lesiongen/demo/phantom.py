@@ -528,7 +528,9 @@ def _acquire(rng: np.random.Generator, clean: np.ndarray, brain_flat: np.ndarray
     """Partial volume, bias field, Rician noise and scanner scaling; exactly 0 outside the brain."""
     shape = clean.shape
     image = ndimage.gaussian_filter(clean, sigma=0.5, truncate=3.0)  # partial volume at tissue borders
-    image *= 1 + 0.1 * np.tanh(_random_field(rng, shape, spacing, 2.0 * float(np.max(np.asarray(shape) * spacing))))
+    # a head-sized bias field within ±10 %; linear in the field (a tanh would flatten it into plateaus with edges)
+    bias = _random_field(rng, shape, spacing, 2.0 * float(np.max(np.asarray(shape) * spacing)))
+    image *= 1 + 0.1 * np.clip(bias / 2.5, -1, 1)
     values = image.ravel()[brain_flat]
     sigma = reference * rng.uniform(0.02, 0.03)
     real = values + sigma * rng.standard_normal(values.shape, dtype=np.float32)

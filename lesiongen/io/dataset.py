@@ -26,6 +26,11 @@ SPLIT_FOLDERS = {
 }
 
 
+def lesion_values(labels: dict[str, int]) -> list[int]:
+    """The lesion classes of a ``labels`` mapping: every value but background (0), sorted."""
+    return sorted(v for v in labels.values() if v != 0)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """The typed content of dataset.json."""
@@ -44,7 +49,7 @@ class DatasetInfo:
 
     @property
     def lesion_labels(self) -> list[int]:
-        return sorted(v for v in self.labels.values() if v != 0)
+        return lesion_values(self.labels)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lesiongen.io.dataset import lesion_values
 from lesiongen.utilities.serialization import load_dataclass, save_dataclass
 
 PLANS_FILE = "lesiongen_plans.json"
@@ -127,7 +128,7 @@ class Plans:
 
     @property
     def lesion_labels(self) -> list[int]:
-        return sorted(v for v in self.labels.values() if v != 0)
+        return lesion_values(self.labels)
 
 
 def save_plans(plans: Plans, path: Path) -> None:
