@@ -275,8 +275,9 @@ def _fold_field(rng: np.random.Generator, grid: _Grid, radii: np.ndarray, wavele
     return _upsample(values / scale, grid.shape)
 
 
-def _ellipsoid_crop(grid: _Grid, centre: np.ndarray, radii: np.ndarray, wobble: np.ndarray | None = None,
-                    ) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+def _ellipsoid_crop(grid: _Grid, centre: np.ndarray, radii: np.ndarray,
+                    wobble: np.ndarray | None = None) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """The crop around an ellipsoid and its mask there; ``wobble`` (a full-size field) roughens the wall."""
     box = grid.box(centre, radii * 1.15 + grid.spacing)
     z, y, x = grid.local(box, centre)
     rho = np.sqrt((z / radii[0]) ** 2 + (y / radii[1]) ** 2 + (x / radii[2]) ** 2)
@@ -316,9 +317,11 @@ def _build_anatomy(shape: tuple[int, int, int], spacing: np.ndarray, rng: np.ran
     size = rng.uniform(0.75, 1.45)
     sx = float(spacing[2])
     v_radii = np.array([0.10 * az * size, 0.34 * ay * np.sqrt(size), max(0.075 * ax * size, 1.2 * sx)])
-    v_centre_x = v_radii[2] + max(1.0, 0.6 * sx)  # half the septum: the two ventricles must not fuse
+    # half the septum plus room for the wall's wobble: the two ventricles must not fuse
+    v_centre_x = 1.06 * v_radii[2] + max(1.0, 0.6 * sx)
     ventricles = [
-        _Ventricle(np.array([0.10 * az, -0.03 * ay, side * v_centre_x]), v_radii * rng.uniform(0.92, 1.08, 3),
+        _Ventricle(np.array([0.10 * az, -0.03 * ay, side * v_centre_x]),
+                   v_radii * np.append(rng.uniform(0.92, 1.08, 2), 1.0),
                    bend=rng.uniform(0.5, 1.0), drift=rng.uniform(0.05, 0.15))
         for side in (-1, 1)
     ]
@@ -371,8 +374,7 @@ def _build_anatomy(shape: tuple[int, int, int], spacing: np.ndarray, rng: np.ran
     for v in ventricles:
         box = grid.box(v.centre, v.half_extent(pv_margin + float(spacing.max())))
         lz, ly, lx = grid.local(box, np.zeros(3))
-        rho_v = v.rho(lz, ly, lx)
-        csf[box] |= rho_v < 1 + 0.1 * shape_noise[box]
+        csf[box] |= v.rho(lz, ly, lx) < 1 + 0.05 * np.clip(shape_noise[box], -1, 1)
         pv_boxes.append((box, v.rho(lz, ly, lx, grow_mm=pv_margin) < 1))
     del shape_noise
 
@@ -478,11 +480,13 @@ def _add_lesions(rng: np.random.Generator, anatomy: _Anatomy, n_lesions: int, ra
             crop_shape = rho.shape
             wobble = ndimage.zoom(rng.standard_normal((5, 5, 5)), np.array(crop_shape) / 5, order=3, mode="mirror")
             boundary = 1 + amplitude * np.clip(wobble[: crop_shape[0], : crop_shape[1], : crop_shape[2]], -2, 2)
-            membership = np.clip(0.5 + (boundary - rho) * radius / edge_mm, 0, 1)
+            inside_mm = (boundary - rho) * radius  # ~signed distance to the lesion wall
+            # the soft edge sits mostly outside the label, so even small labelled lesions keep most of their contrast
+            membership = np.clip(0.7 + inside_mm / edge_mm, 0, 1)
             tissue = anatomy.tissue[box]
             # lesions stay out of CSF; only juxtacortical ones may reach into the cortex
             allowed = (tissue == WM) | ((tissue == GM) & (kind == "juxtacortical"))
-            lesion = (membership >= 0.5) & allowed
+            lesion = (inside_mm >= 0) & allowed
             # clipping to white matter can cut off slivers; a lesion is one piece, so keep the largest
             pieces, n_pieces = ndimage.label(lesion)
             if n_pieces > 1:
