@@ -167,7 +167,8 @@ def test_same_seed_same_arrays_other_seed_different(tmp_path):
     a = write_demo_dataset(tmp_path / "a", config)
     b = write_demo_dataset(tmp_path / "b", config)
     c = write_demo_dataset(tmp_path / "c", DemoConfig(**{**config.__dict__, "seed": 6}))
-    for rel in (f"imagesTr/demo_000_0001{ENDING}", f"labelsTr/demo_000{ENDING}", f"imagesHealthy/healthy_000_0000{ENDING}"):
+    files = (f"imagesTr/demo_000_0001{ENDING}", f"labelsTr/demo_000{ENDING}", f"imagesHealthy/healthy_000_0000{ENDING}")
+    for rel in files:
         np.testing.assert_array_equal(read_image(a / rel)[0], read_image(b / rel)[0])
         assert not np.array_equal(read_image(a / rel)[0], read_image(c / rel)[0])
 

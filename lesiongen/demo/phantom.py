@@ -91,7 +91,7 @@ class DemoConfig:
             problems.append(f"spacing must be 3 positive values, got {self.spacing}")
         low, high = self.lesions_per_case
         if not 1 <= low <= high:
-            problems.append(f"lesions_per_case must be an inclusive range 1 <= low <= high, got {self.lesions_per_case}")
+            problems.append(f"lesions_per_case must be a range 1 <= low <= high, got {self.lesions_per_case}")
         r_low, r_high = self.lesion_radius_mm
         if not 0 < r_low <= r_high:
             problems.append(f"lesion_radius_mm must be a range 0 < low <= high, got {self.lesion_radius_mm}")
