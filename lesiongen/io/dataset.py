@@ -89,7 +89,7 @@ def find_dataset_folder(identifier: str | int, root: Path | None = None) -> Path
     root = Path(root) if root is not None else raw_root()
     text = str(identifier).strip()
     if not root.is_dir():
-        raise LesiongenError(f"{root}: raw data folder does not exist (set lesiongen_raw)")
+        raise LesiongenError(f"{root}: data folder does not exist (check lesiongen_raw / lesiongen_preprocessed)")
     if text.isdigit():
         wanted = int(text)
         matches = sorted(

@@ -224,12 +224,13 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
 
     # mask generation: noisy mask + sphere control (+ tissue map) for diffusion; image + tissue for the UNet
     mask_diffusion, mask_diffusion_topology = _diffusion_plan(patch, n_lesion_classes + 1 + tissue_channels, n_lesion_classes)
-    mask_unet_in = n_channels + tissue_channels
+    # the mask UNet sees the (lesion-filled) image, tissue map and a sphere cue; one sigmoid output per lesion class
+    mask_unet_in = n_channels + tissue_channels + 1
     mask_stage = _lesion_stage(
         "mask_generation", patch,
         {
             "diffusion": (mask_diffusion, mask_diffusion_topology, n_lesion_classes + 1 + tissue_channels),
-            "unet": (_plain_unet_plan(mask_unet, mask_unet_in, n_classes), None, mask_unet_in),
+            "unet": (_plain_unet_plan(mask_unet, mask_unet_in, n_lesion_classes), None, mask_unet_in),
         },
         gpu_memory_target_gb, n_lesions,
     )

@@ -1,0 +1,67 @@
+"""``lesiongen_train DATASET TRAINER FOLD``: train one fold of one trainer (works under ``torchrun`` too)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+
+
+def parse_setting(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train one fold of a lesiongen trainer on a preprocessed dataset.")
+    parser.add_argument("dataset", help="dataset ID (501) or name (Dataset501_Name)")
+    parser.add_argument("trainer", help="spheremask, unetmask or diffmask")
+    parser.add_argument("fold", help="0-4, or 'all' to train on every case")
+    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--c", dest="resume", action="store_true",
+                        help="continue from checkpoint_latest.pt exactly where the run stopped")
+    parser.add_argument("-pretrained_weights", type=Path, default=None, help="initialise from this checkpoint")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="total optimiser steps (default: the plans' epochs x iterations per epoch)")
+    parser.add_argument("--save_every", type=positive_int, default=None,
+                        help="steps between checkpoint_latest.pt saves (default: one planned epoch)")
+    parser.add_argument("--batch_size", type=positive_int, default=None, help="override the planned batch size")
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
+                        metavar="NAME=VALUE", help="trainer setting, e.g. lesion_loss_weight=5 (diffmask)")
+    add_common_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import parse_fold, pick_device, trainer_class
+    from lesiongen.utilities.errors import LesiongenError
+
+    cls = trainer_class(args.trainer)
+    fold = parse_fold(args.fold)
+    device = pick_device(args.device)
+    if args.pretrained_weights is not None and not args.pretrained_weights.is_file():
+        raise LesiongenError(f"{args.pretrained_weights}: pretrained weights not found")
+    dataset = open_preprocessed(args.dataset)
+    options = TrainingOptions(total_steps=args.steps, save_every=args.save_every, seed=args.seed,
+                              batch_size=args.batch_size)
+    trainer = cls(dataset, fold, device, options)
+    trainer.apply_settings(dict(args.settings))
+    trainer.run_training(resume=args.resume, pretrained_weights=args.pretrained_weights)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

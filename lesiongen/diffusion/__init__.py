@@ -1,0 +1,1 @@
+"""Noise schedules and sampling loops (diffusers schedulers), kept apart from the networks."""

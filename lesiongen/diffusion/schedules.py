@@ -1,0 +1,70 @@
+"""Noise schedules from diffusers: DDPM for training, a few-step DDIM / DPM-Solver++ schedule for sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+SAMPLERS = ("dpm_solver", "ddim", "ddpm")
+
+
+@dataclass
+class ScheduleConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"  # MONAI's 3D diffusion tutorials and LDM use it
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    sampler: str = "dpm_solver"
+    num_inference_steps: int = 20  # network evaluations per sample with dpm_solver / ddim
+
+
+def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+
+
+def sampling_scheduler(config: ScheduleConfig):
+    common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                  beta_start=config.beta_start, beta_end=config.beta_end)
+    if config.sampler == "dpm_solver":
+        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    elif config.sampler == "ddim":
+        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    elif config.sampler == "ddpm":
+        scheduler = DDPMScheduler(**common, clip_sample=False)
+    else:
+        raise ValueError(f"unknown sampler {config.sampler}; choose one of {SAMPLERS}")
+    steps = config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy, noise, timesteps) for a training batch; randomness from ``generator`` (on CPU) so runs resume exactly."""
+    noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+    timesteps = timesteps.to(clean.device)
+    return scheduler.add_noise(clean, noise, timesteps), noise, timesteps
+
+
+@torch.no_grad()
+def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+           config: ScheduleConfig, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Run the reverse process from pure noise; returns the sample and the number of network evaluations.
+
+    ``denoise(x_t, t)`` predicts the noise; conditioning is the caller's business (it closes over it).
+    """
+    scheduler = sampling_scheduler(config)
+    x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
+    evaluations = 0
+    for t in scheduler.timesteps:
+        timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        noise = denoise(scheduler.scale_model_input(x, t), timestep)
+        evaluations += 1
+        # the step's own noise (DDPM) must come from the seeded generator too, for reproducible samples
+        step_kwargs = {"generator": generator} if config.sampler == "ddpm" else {}
+        x = scheduler.step(noise.float(), t, x, **step_kwargs).prev_sample
+    return x, evaluations

@@ -1,0 +1,1 @@
+"""Evaluation of generated lesion masks against real ones."""

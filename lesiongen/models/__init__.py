@@ -1,0 +1,1 @@
+"""Lesion mask generators: sphere/ellipsoid samplers and, later, learned models."""

@@ -1,0 +1,49 @@
+"""Networks built from the plans' ``NetworkPlan`` entries (class path + JSON keyword arguments)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lesiongen.planning.plans import NetworkPlan
+
+PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+DIFFUSION_UNET = "monai.networks.nets.DiffusionModelUNet"
+
+# plans store layer types by name so they stay JSON; these are the ones the planner writes
+_NORMS = {"InstanceNorm3d": (nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}),
+          "BatchNorm3d": (nn.BatchNorm3d, {"eps": 1e-5, "affine": True})}
+_NONLINS = {"LeakyReLU": (nn.LeakyReLU, {"inplace": True}), "ReLU": (nn.ReLU, {"inplace": True})}
+# keys of the plans that lesiongen's own wrappers consume, not the network class
+_WRAPPER_KEYS = ("condition_dim",)
+
+
+def build_network(plan: NetworkPlan, **overrides: Any) -> nn.Module:
+    kwargs = {k: v for k, v in plan.kwargs.items() if k not in _WRAPPER_KEYS}
+    kwargs.update(overrides)
+    if plan.architecture == PLAIN_CONV_UNET:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+        norm, norm_kwargs = _NORMS[kwargs.pop("norm_op")]
+        nonlin, nonlin_kwargs = _NONLINS[kwargs.pop("nonlin")]
+        return PlainConvUNet(conv_op=nn.Conv3d, norm_op=norm, norm_op_kwargs=norm_kwargs,
+                             nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, **kwargs)
+    if plan.architecture == DIFFUSION_UNET:
+        from monai.networks.nets import DiffusionModelUNet
+
+        return DiffusionModelUNet(**kwargs)
+    raise ValueError(f"unknown network architecture {plan.architecture}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe(module: nn.Module) -> str:
+    return f"{type(module).__name__} with {count_parameters(module) / 1e6:.2f} M parameters"
+
+
+def to_device_dtype(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True)

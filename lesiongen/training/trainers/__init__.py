@@ -1,0 +1,1 @@
+"""The fixed trainers, by the name ``lesiongen_train`` takes."""
