@@ -32,7 +32,7 @@ from lesiongen.training.distributed import Distributed, init_distributed
 from lesiongen.training.progress import plot_progress
 from lesiongen.training.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.files import write_json
+from lesiongen.utilities.files import json_plain, write_json
 from lesiongen.utilities.serialization import from_dict
 
 logger = logging.getLogger("lesiongen.training")
@@ -207,8 +207,8 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else {},
             "scaler": self.scaler.state_dict(),
             "rng": rng,
-            "history": self.history,
-            "extra": self.extra,
+            "history": json_plain(self.history),
+            "extra": json_plain(self.extra),
         }
 
     def save(self, final: bool = False) -> None:

@@ -84,6 +84,14 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
         tmp.write_text(text + "\n")
 
 
+def json_plain(obj: Any) -> Any:
+    """``obj`` as plain JSON types (dicts with string keys, lists, str, int, float, bool, None).
+
+    Checkpoints carry such values next to tensors, and ``torch.load(weights_only=True)`` refuses numpy scalars.
+    """
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def read_json(path: str | Path) -> Any:
     with open(path) as handle:
         return json.load(handle)

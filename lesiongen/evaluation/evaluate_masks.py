@@ -1,0 +1,77 @@
+"""Mask realism of trained generators against the fold's held-out real lesions, side by side.
+
+Every generator gets the same conditioning: the validation lesion patches with their lesions filled in
+(healthy-looking images), their tissue maps and brain masks. The generated masks' per-lesion statistics are
+compared with the real validation masks' by 1-D Wasserstein distances (see ``mask_metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lesiongen.evaluation.mask_metrics import mask_statistics, write_report
+from lesiongen.models.conditioning import MaskConditioning
+from lesiongen.paths import results_root
+from lesiongen.preprocessing.dataset import PreprocessedDataset
+from lesiongen.training.checkpoint import FINAL
+from lesiongen.training.data import fill_lesions, load_lesion_patches
+from lesiongen.training.registry import MASK_GENERATORS, load_trained, trainer_class
+from lesiongen.training.base import trainer_folder
+from lesiongen.training.splits import fold_cases, load_or_create_splits
+from lesiongen.utilities.errors import LesiongenError
+
+logger = logging.getLogger(__name__)
+
+
+def evaluation_folder(dataset: PreprocessedDataset, fold: int | str) -> Path:
+    return results_root() / dataset.name / "mask_evaluation" / f"fold_{fold}"
+
+
+def trained_generators(dataset: PreprocessedDataset, fold: int | str) -> list[str]:
+    return [name for name in MASK_GENERATORS
+            if (trainer_folder(dataset.name, name, dataset.plans.plans_name) / f"fold_{fold}" / FINAL).is_file()]
+
+
+def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trainers: list[str] | None = None,
+                             n_masks: int | None = None, seed: int = 0, device: str = "cpu",
+                             output: Path | None = None) -> dict:
+    trainers = trainers or trained_generators(dataset, fold)
+    if not trainers:
+        raise LesiongenError(f"no trained mask generator for {dataset.name} fold {fold}; run e.g. "
+                             f"lesiongen_train {dataset.name} spheremask {fold} first")
+    for name in trainers:
+        trainer_class(name)
+        checkpoint = trainer_folder(dataset.name, name, dataset.plans.plans_name) / f"fold_{fold}" / FINAL
+        if not checkpoint.is_file():
+            raise LesiongenError(f"{checkpoint}: not found; run lesiongen_train {dataset.name} {name} {fold} first")
+    _, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
+    real = load_lesion_patches(dataset.lesion_patch_folder, val_cases)
+    n = n_masks or len(real)
+    index = np.arange(n) % len(real)  # more masks than held-out patches reuse the conditioning in turn
+    tissue = real.tissue[index] if real.tissue is not None else None
+    filled = np.stack([fill_lesions(real.images[i], real.masks[i], real.brain[i],
+                                    None if real.tissue is None else real.tissue[i]) for i in index])
+    conditioning = MaskConditioning(brain=real.brain[index], tissue=tissue, images=filled)
+    spacing = dataset.plans.target_spacing
+    reference = mask_statistics(real.masks, spacing, real.tissue)
+    generated, galleries, timing = {}, {}, {}
+    for name in trainers:
+        generator = load_trained(dataset, name, fold, device)
+        start = time.perf_counter()
+        masks = generator.sample_masks(n, conditioning, seed=seed)
+        seconds = time.perf_counter() - start
+        timing[name] = {"seconds_per_mask": seconds / max(n, 1),
+                        "network_evaluations_per_mask": getattr(generator, "last_evaluations", 0)}
+        generated[name] = mask_statistics(masks, spacing, tissue)
+        galleries[name] = masks
+        logger.info("%s: %d masks in %.1f s", name, n, seconds)
+    folder = output or evaluation_folder(dataset, fold)
+    report = write_report(folder, reference, generated, galleries, real.masks,
+                          extra={"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
+                                 "n_masks": n, "seed": seed, "spacing_mm": spacing, "timing": timing})
+    logger.info("wrote %s", folder)
+    return report

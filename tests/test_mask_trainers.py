@@ -1,0 +1,215 @@
+"""Trainer base and the three mask generators on a tiny preprocessed dataset, on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from lesiongen.cli import evaluate_masks as evaluate_cli
+from lesiongen.cli import plan_and_preprocess
+from lesiongen.cli import train as train_cli
+from lesiongen.demo.phantom import write_demo_dataset
+from lesiongen.models.conditioning import MaskConditioning
+from lesiongen.preprocessing.dataset import open_preprocessed
+from lesiongen.training.checkpoint import FINAL, LATEST, load_checkpoint
+from lesiongen.training.data import load_lesion_patches
+from lesiongen.training.registry import load_trained
+from lesiongen.training.splits import fold_cases, load_or_create_splits, make_splits
+
+DATASET = f"Dataset{TINY.dataset_id:03d}_{TINY.dataset_name}"
+GENERATORS = ("spheremask", "unetmask", "diffmask")
+
+
+def shrink_networks(plans_file: Path) -> None:
+    """CPU-test-sized networks: users may edit the plans the same way."""
+    plans = json.loads(plans_file.read_text())
+    stage = plans["stages"]["mask_generation"]
+    stage["networks"]["diffusion"]["kwargs"].update(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8,
+                                                    num_res_blocks=1)
+    stage["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16])
+    stage["batch_size"] = 4
+    plans_file.write_text(json.dumps(plans))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny preprocessed dataset with all three generators trained 4 steps on fold 0."""
+    root = tmp_path_factory.mktemp("mask_trainers")
+    folders = {name: root / name for name in ("raw", "preprocessed", "results")}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, folder in folders.items():
+            folder.mkdir()
+            patch.setenv(f"lesiongen_{name}", str(folder))
+        write_demo_dataset(folders["raw"], TINY)
+        with pytest.raises(SystemExit) as exit_info:
+            plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id)])
+        assert exit_info.value.code == 0
+        shrink_networks(folders["preprocessed"] / DATASET / "lesiongen_plans.json")
+        for name in GENERATORS:
+            assert train_cli.main([str(TINY.dataset_id), name, "0", "-device", "cpu", "--steps", "4",
+                                   "--save_every", "2"]) == 0
+        yield folders, patch
+
+
+def fold_folder(folders, trainer: str, fold: str = "0") -> Path:
+    return folders["results"] / DATASET / f"{trainer}__lesiongenPlans" / f"fold_{fold}"
+
+
+def validation_conditioning(dataset, n: int) -> tuple[MaskConditioning, np.ndarray]:
+    _, val = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
+    real = load_lesion_patches(dataset.lesion_patch_folder, val)
+    index = np.arange(n) % len(real)
+    return MaskConditioning(brain=real.brain[index], tissue=real.tissue[index], images=real.images[index]), real.brain[index]
+
+
+def env_of(folders) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({f"lesiongen_{k}": str(v) for k, v in folders.items()})
+    return env
+
+
+# ------------------------------------------------------------------------------------------------------ splits
+def test_splits_cover_every_case_once_and_are_reused(tmp_path):
+    cases = [f"c{i}" for i in range(12)]
+    splits = make_splits(cases)
+    assert len(splits) == 5
+    validated = sorted(c for s in splits for c in s["val"])
+    assert validated == sorted(cases)
+    for s in splits:
+        assert not set(s["train"]) & set(s["val"])
+    assert make_splits(cases) == splits  # seeded
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": ["c1"], "val": ["c0"]}] * 2))
+    assert load_or_create_splits(tmp_path, cases)[0] == {"train": ["c1"], "val": ["c0"]}  # written once, then read
+    assert fold_cases(splits, "all")[0] == sorted(cases)
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("name", GENERATORS)
+def test_trainer_writes_final_checkpoint_log_and_progress(trained, name):
+    folders, _ = trained
+    folder = fold_folder(folders, name)
+    assert (folder / FINAL).is_file()
+    assert not (folder / LATEST).exists()  # superseded by the final checkpoint
+    assert (folder / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "finished" in (folder / "training_log.txt").read_text()
+    state = torch.load(folder / FINAL, weights_only=True)
+    assert state["step"] == (0 if name == "spheremask" else 4)
+    summary = json.loads((folder / "training_summary.json").read_text())
+    assert set(summary["val_cases"]).isdisjoint(summary["train_cases"])
+    if name == "diffmask":
+        assert -1 < state["extra"]["threshold"] < 1
+        assert state["extra"]["calibration"]["evaluations_per_mask"] == 20
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = load_trained(dataset, name, 0, "cpu")
+    conditioning, brain = validation_conditioning(dataset, 3)
+    masks = generator.sample_masks(3, conditioning, seed=11)
+    assert masks.shape == (3, *dataset.plans.lesion_patch_size)
+    assert masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, *dataset.plans.lesion_labels}
+    assert not masks[~brain].any()
+    np.testing.assert_array_equal(masks, generator.sample_masks(3, conditioning, seed=11))
+
+
+def test_spheremask_seed_changes_masks_and_lesions_are_not_empty(trained):
+    generator = load_trained(open_preprocessed(TINY.dataset_id), "spheremask", 0, "cpu")
+    a = generator.sample_masks(6, seed=1)
+    b = generator.sample_masks(6, seed=2)
+    assert not np.array_equal(a, b)
+    assert all(m.any() for m in a)
+
+
+def test_unetmask_needs_images(trained, capsys):
+    generator = load_trained(open_preprocessed(TINY.dataset_id), "unetmask", 0, "cpu")
+    with pytest.raises(Exception, match="conditioning images"):
+        generator.sample_masks(2, MaskConditioning(), seed=0)
+
+
+def test_resume_after_kill_reaches_the_same_weights(trained, tmp_path):
+    folders, _ = trained
+    args = [sys.executable, "-m", "lesiongen.cli.train", str(TINY.dataset_id), "diffmask", "0", "-device", "cpu",
+            "--steps", "16", "--save_every", "2"]
+    straight = dict(folders, results=tmp_path / "straight")
+    subprocess.run(args, env=env_of(straight), check=True, capture_output=True)
+    killed = dict(folders, results=tmp_path / "killed")
+    latest = fold_folder(killed, "diffmask") / LATEST
+    process = subprocess.Popen(args, env=env_of(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (fold_folder(killed, "diffmask") / FINAL).exists(), "run finished before it could be killed"
+    stopped_at = load_checkpoint(latest)["step"]
+    assert 0 < stopped_at < 16
+    subprocess.run(args + ["--c"], env=env_of(killed), check=True, capture_output=True)
+    a = load_checkpoint(fold_folder(straight, "diffmask") / FINAL)
+    b = load_checkpoint(fold_folder(killed, "diffmask") / FINAL)
+    assert a["step"] == b["step"] == 16
+    for part in ("networks", "ema"):
+        for key, tensor in a[part]["denoiser"].items():
+            assert torch.equal(tensor, b[part]["denoiser"][key]), f"{part} {key} differs after resume"
+    assert a["history"]["loss"] == b["history"]["loss"]
+    assert a["extra"]["threshold"] == b["extra"]["threshold"]
+
+
+def test_torchrun_two_processes_on_cpu(trained, tmp_path):
+    folders, _ = trained
+    run = dict(folders, results=tmp_path / "ddp")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "lesiongen.cli.train", str(TINY.dataset_id), "unetmask", "0", "-device", "cpu", "--steps", "3"],
+        env=env_of(run), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = load_checkpoint(fold_folder(run, "unetmask") / FINAL)
+    assert state["world_size"] == 2 and state["step"] == 3
+    assert len(state["rng"]) == 2  # each process's generator state, for an exact resume
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("argv, message", [
+    (["501", "nosuchtrainer", "0"], "unknown trainer 'nosuchtrainer'"),
+    (["501", "spheremask", "9"], "fold 9 does not exist"),
+    (["501", "spheremask", "x"], "fold must be 0-4 or 'all'"),
+    (["777", "spheremask", "0"], "no dataset folder with ID 777"),
+    (["501", "diffmask", "0", "--set", "nonsense=1"], "diffmask has no such setting"),
+])
+def test_bad_arguments_give_one_line(trained, capsys, argv, message):
+    assert train_cli.main(argv + ["-device", "cpu", "--steps", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1]
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert train_cli.main(["501", "unetmask", "0", "-device", "cpu", "--steps", "1",
+                           "-pretrained_weights", str(bad)]) == 1
+    assert "not a readable lesiongen checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def test_evaluate_masks_compares_all_generators(trained, tmp_path):
+    out = tmp_path / "evaluation"
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "-n", "4", "-device", "cpu",
+                              "-o", str(out)]) == 0
+    report = json.loads((out / "mask_evaluation.json").read_text())
+    assert list(report["methods"]) == list(GENERATORS)
+    assert report["timing"]["diffmask"]["network_evaluations_per_mask"] == 20
+    table = (out / "mask_evaluation.md").read_text()
+    assert all(f"| {name} |" in table for name in GENERATORS)
+    assert (out / "mask_evaluation.png").stat().st_size > 1000
