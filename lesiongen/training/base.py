@@ -232,6 +232,8 @@ class Trainer:
         if self.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            # continuing a finished run to more steps stretches the schedule instead of keeping the LR at 0
+            self.lr_scheduler.total_iters = max(self.total_steps, 1)
         self.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"][self.distributed.rank], self.data_rng, self.generator)
         self.step = state["step"]
