@@ -27,6 +27,7 @@ from lesiongen.utilities.errors import LesiongenError
 logger = logging.getLogger("lesiongen.training")
 
 PROBABILITY_THRESHOLD = 0.5
+INITIAL_LESION_FRACTION = 0.01
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
@@ -47,10 +48,17 @@ def deep_supervision_weights(n: int) -> list[float]:
 
 class UNetMaskTrainer(MaskTrainer):
     name = "unetmask"
-    learning_rate = 3e-4
+    learning_rate = 1e-3
 
     def build_networks(self) -> dict[str, nn.Module]:
-        return {"unet": build_network(self.stage_plan.networks["unet"])}
+        unet = build_network(self.stage_plan.networks["unet"])
+        # start every output at the lesion prior (~1 % of patch voxels) instead of p = 0.5 everywhere: otherwise
+        # the first few hundred steps only learn "mostly background" (the prior-bias init of RetinaNet)
+        with torch.no_grad():
+            for layer in getattr(unet.decoder, "seg_layers", []):
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias.fill_(float(np.log(INITIAL_LESION_FRACTION / (1 - INITIAL_LESION_FRACTION))))
+        return {"unet": unet}
 
     def load_training_data(self) -> None:
         super().load_training_data()
