@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from lesiongen.planning.plans import NetworkPlan
@@ -16,13 +15,10 @@ DIFFUSION_UNET = "monai.networks.nets.DiffusionModelUNet"
 _NORMS = {"InstanceNorm3d": (nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}),
           "BatchNorm3d": (nn.BatchNorm3d, {"eps": 1e-5, "affine": True})}
 _NONLINS = {"LeakyReLU": (nn.LeakyReLU, {"inplace": True}), "ReLU": (nn.ReLU, {"inplace": True})}
-# keys of the plans that lesiongen's own wrappers consume, not the network class
-_WRAPPER_KEYS = ("condition_dim",)
 
 
 def build_network(plan: NetworkPlan, **overrides: Any) -> nn.Module:
-    kwargs = {k: v for k, v in plan.kwargs.items() if k not in _WRAPPER_KEYS}
-    kwargs.update(overrides)
+    kwargs = {**plan.kwargs, **overrides}
     if plan.architecture == PLAIN_CONV_UNET:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
@@ -43,7 +39,3 @@ def count_parameters(module: nn.Module) -> int:
 
 def describe(module: nn.Module) -> str:
     return f"{type(module).__name__} with {count_parameters(module) / 1e6:.2f} M parameters"
-
-
-def to_device_dtype(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x.to(device, non_blocking=True)

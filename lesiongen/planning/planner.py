@@ -148,7 +148,7 @@ def _plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) 
     )
 
 
-def _diffusion_plan(patch: list[int], in_channels: int, out_channels: int, condition_dim: int = 0) -> tuple[NetworkPlan, topo.DiffusionTopology]:
+def _diffusion_plan(patch: list[int], in_channels: int, out_channels: int) -> tuple[NetworkPlan, topo.DiffusionTopology]:
     """Keyword arguments of MONAI's DiffusionModelUNet (3D in all axes)."""
     net = topo.diffusion_topology(patch)
     kwargs = {
@@ -161,9 +161,6 @@ def _diffusion_plan(patch: list[int], in_channels: int, out_channels: int, condi
         "num_head_channels": net.num_head_channels,
         "norm_num_groups": net.norm_num_groups,
     }
-    if condition_dim:
-        kwargs["num_class_embeds"] = None
-        kwargs["condition_dim"] = condition_dim  # consumed by lesiongen's conditioning wrapper
     return NetworkPlan("monai.networks.nets.DiffusionModelUNet", kwargs), net
 
 
@@ -234,9 +231,10 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
         },
         gpu_memory_target_gb, n_lesions,
     )
-    # inpainting: noisy image + masked image + lesion mask per class; contrast vector as condition
-    inpaint_in = 2 * n_channels + n_lesion_classes
-    inpaint_net, inpaint_topology = _diffusion_plan(patch, inpaint_in, n_channels, condition_dim=n_channels * n_lesion_classes)
+    # inpainting: noisy image + known image + region per lesion class + a "heal" region (pseudo-healthy mode) +
+    # the contrast condition broadcast as channels (per channel and class) + a "no condition" flag for CFG
+    inpaint_in = 2 * n_channels + n_lesion_classes + 1 + n_channels * n_lesion_classes + 1
+    inpaint_net, inpaint_topology = _diffusion_plan(patch, inpaint_in, n_channels)
     inpaint_stage = _lesion_stage("inpainting", patch, {"diffusion": (inpaint_net, inpaint_topology, inpaint_in)},
                                   gpu_memory_target_gb, n_lesions)
 

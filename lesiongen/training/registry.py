@@ -7,11 +7,12 @@ import torch
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.training.base import Trainer
 from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+from lesiongen.training.trainers.inpaint import InpaintTrainer
 from lesiongen.training.trainers.spheremask import SphereMaskTrainer
 from lesiongen.training.trainers.unetmask import UNetMaskTrainer
 from lesiongen.utilities.errors import LesiongenError
 
-TRAINERS: dict[str, type[Trainer]] = {t.name: t for t in (SphereMaskTrainer, UNetMaskTrainer, DiffMaskTrainer)}
+TRAINERS: dict[str, type[Trainer]] = {t.name: t for t in (SphereMaskTrainer, UNetMaskTrainer, DiffMaskTrainer, InpaintTrainer)}
 MASK_GENERATORS = ("spheremask", "unetmask", "diffmask")
 
 
