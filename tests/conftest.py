@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,37 @@ def folder_digest(folder: Path) -> str:
         if path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+TINY_NAME = f"Dataset{TINY.dataset_id:03d}_{TINY.dataset_name}"
+
+
+def shrink_networks(plans_file: Path) -> None:
+    """CPU-test-sized diffusion and UNet networks; users may edit the plans the same way."""
+    plans = json.loads(plans_file.read_text())
+    for stage in ("mask_generation", "inpainting"):
+        networks = plans["stages"][stage]["networks"]
+        networks["diffusion"]["kwargs"].update(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8,
+                                               num_res_blocks=1)
+        plans["stages"][stage]["batch_size"] = 4
+    plans["stages"]["mask_generation"]["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16])
+    plans_file.write_text(json.dumps(plans))
+
+
+@pytest.fixture(scope="module")
+def tiny_preprocessed(tmp_path_factory):
+    """The tiny dataset planned and preprocessed (small networks) in its own folders; env set for the module."""
+    from lesiongen.cli import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("pipeline")
+    folders = {name: root / name for name in ("raw", "preprocessed", "results")}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, folder in folders.items():
+            folder.mkdir()
+            patch.setenv(f"lesiongen_{name}", str(folder))
+        write_demo_dataset(folders["raw"], TINY)
+        with pytest.raises(SystemExit) as exit_info:
+            plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id)])
+        assert exit_info.value.code == 0
+        shrink_networks(folders["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
+        yield folders

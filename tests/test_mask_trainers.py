@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, TINY_NAME
 from lesiongen.cli import evaluate_masks as evaluate_cli
-from lesiongen.cli import plan_and_preprocess
 from lesiongen.cli import train as train_cli
-from lesiongen.demo.phantom import write_demo_dataset
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.training.checkpoint import FINAL, LATEST, load_checkpoint
@@ -26,39 +24,17 @@ from lesiongen.training.data import load_lesion_patches
 from lesiongen.training.registry import load_trained
 from lesiongen.training.splits import fold_cases, load_or_create_splits, make_splits
 
-DATASET = f"Dataset{TINY.dataset_id:03d}_{TINY.dataset_name}"
+DATASET = TINY_NAME
 GENERATORS = ("spheremask", "unetmask", "diffmask")
 
 
-def shrink_networks(plans_file: Path) -> None:
-    """CPU-test-sized networks: users may edit the plans the same way."""
-    plans = json.loads(plans_file.read_text())
-    stage = plans["stages"]["mask_generation"]
-    stage["networks"]["diffusion"]["kwargs"].update(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8,
-                                                    num_res_blocks=1)
-    stage["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16])
-    stage["batch_size"] = 4
-    plans_file.write_text(json.dumps(plans))
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny preprocessed dataset with all three generators trained 4 steps on fold 0."""
-    root = tmp_path_factory.mktemp("mask_trainers")
-    folders = {name: root / name for name in ("raw", "preprocessed", "results")}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, folder in folders.items():
-            folder.mkdir()
-            patch.setenv(f"lesiongen_{name}", str(folder))
-        write_demo_dataset(folders["raw"], TINY)
-        with pytest.raises(SystemExit) as exit_info:
-            plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id)])
-        assert exit_info.value.code == 0
-        shrink_networks(folders["preprocessed"] / DATASET / "lesiongen_plans.json")
-        for name in GENERATORS:
-            assert train_cli.main([str(TINY.dataset_id), name, "0", "-device", "cpu", "--steps", "4",
-                                   "--save_every", "2"]) == 0
-        yield folders, patch
+def trained(tiny_preprocessed):
+    """All three generators trained 4 steps on fold 0 of the tiny dataset."""
+    for name in GENERATORS:
+        assert train_cli.main([str(TINY.dataset_id), name, "0", "-device", "cpu", "--steps", "4",
+                               "--save_every", "2"]) == 0
+    return tiny_preprocessed, None
 
 
 def fold_folder(folders, trainer: str, fold: str = "0") -> Path:

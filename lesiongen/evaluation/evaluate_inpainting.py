@@ -1,0 +1,164 @@
+"""Quality of the inpainter on the fold's validation lesion patches (never seen in its training).
+
+(a) remove mode — on real lesions (no ground truth: how much lesion contrast is left) and on healthy tissue
+    under fake masks (a validation lesion's shape moved onto lesion-free brain of the same patch: the tissue that
+    was there is the ground truth), scored with MSE / PSNR / SSIM inside the mask after BraTS-style normalisation;
+(b) insert mode — into the same healthy places: SSIM outside the dilated mask (must be 1.0), DiffMapIoU (did the
+    change happen where the mask is) and the inserted lesions' contrast against the real validation contrasts;
+(c) the same for the full DDPM + jumps schedule on a few patches, so the fast sampler's quality loss is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.stats import wasserstein_distance
+
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
+from lesiongen.evaluation.inpainting_metrics import diff_map_iou, inpainting_metrics, lesion_contrast, ssim_outside
+from lesiongen.paths import results_root
+from lesiongen.preprocessing.dataset import PreprocessedDataset
+from lesiongen.training.data import load_lesion_patches
+from lesiongen.training.registry import load_trained
+from lesiongen.training.trainers.inpaint import INSERT, REMOVE
+from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.files import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON = "inpainting_evaluation.json"
+REPORT_PNG = "inpainting_evaluation.png"
+
+
+def moved_masks(masks: np.ndarray, brain: np.ndarray, margin: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each patch's lesion shape moved onto lesion-free brain (fake masks on healthy tissue); and which worked."""
+    out = np.zeros_like(masks)
+    ok = np.zeros(len(masks), dtype=bool)
+    for i, mask in enumerate(masks):
+        labels, count = ndimage.label(mask > 0)
+        if count == 0:
+            continue
+        centre = labels[tuple(np.asarray(mask.shape) // 2)]
+        lesion = labels == (centre if centre else 1)
+        avoid = edit_region(mask > 0, margin + 2)
+        for _ in range(32):
+            shift = rng.integers(-np.asarray(mask.shape) // 2, np.asarray(mask.shape) // 2 + 1)
+            moved = ndimage.shift(lesion.astype(np.uint8), shift, order=0, mode="constant").astype(bool)
+            if moved.sum() == lesion.sum() and not (moved & avoid).any() and brain[i][moved].all():
+                out[i][moved] = mask[lesion].max()
+                ok[i] = True
+                break
+    return out, ok
+
+
+def _remove_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dict, np.ndarray]:
+    healed = inpainter.inpaint(images, masks, REMOVE, seed=seed, schedule=schedule, brain=brain)
+    scores = [inpainting_metrics(images[i], healed[i], masks[i] > 0, brain[i]) for i in range(len(images))]
+    return _mean(scores, ("mse", "psnr", "ssim")), healed
+
+
+def _insert_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dict, np.ndarray, list]:
+    inserted = inpainter.inpaint(images, masks, INSERT, seed=seed, schedule=schedule, brain=brain)
+    rows, contrasts = [], []
+    for i in range(len(images)):
+        lesion = masks[i] > 0
+        rows.append({"ssim_outside": ssim_outside(images[i], inserted[i], lesion, inpainter.margin_voxels),
+                     "diff_map_iou": diff_map_iou(images[i], inserted[i], lesion)})
+        contrasts.append(lesion_contrast(inserted[i], lesion, brain[i]))
+    return _mean(rows, ("ssim_outside", "diff_map_iou")), inserted, contrasts
+
+
+def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) if rows else None for k in keys} | {"n": len(rows)}
+
+
+def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: str = "cpu", seed: int = 0,
+                        max_patches: int = 16, full_patches: int = 2, output: Path | None = None) -> dict:
+    inpainter = load_trained(dataset, "inpaint", fold, device)
+    real = load_lesion_patches(dataset.lesion_patch_folder, inpainter.val_cases)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(real))[:max_patches]
+    real = real.subset(pick)
+    fake, ok = moved_masks(real.masks, real.brain, inpainter.margin_voxels, rng)
+    if not ok.any():
+        raise LesiongenError(f"{dataset.name} fold {fold}: no validation patch has room for a fake mask on healthy "
+                             "tissue; the patches are too full of lesions")
+    healthy = real.subset(np.flatnonzero(ok))
+    fake = fake[ok]
+    fast, full = InpaintSchedule.fast(), InpaintSchedule.full()
+    report: dict = {"dataset": dataset.name, "fold": str(fold), "validation_cases": inpainter.val_cases,
+                    "patches_real_lesions": len(real), "patches_fake_masks": len(healthy), "seed": seed}
+
+    start = time.perf_counter()
+    removed_real = inpainter.inpaint(real.images, real.masks, REMOVE, seed=seed, schedule=fast, brain=real.brain)
+    before = [lesion_contrast(real.images[i], real.masks[i] > 0, real.brain[i]) for i in range(len(real))]
+    after = [lesion_contrast(removed_real[i], real.masks[i] > 0, real.brain[i]) for i in range(len(real))]
+    report["remove_real_lesions"] = {"mean_abs_contrast_before": float(np.mean(np.abs(before))),
+                                     "mean_abs_contrast_after": float(np.mean(np.abs(after)))}
+    report["remove_fake_masks"], healed = _remove_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
+    report["insert"], inserted, contrasts = _insert_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
+    real_contrast = np.asarray(before)
+    report["insert"]["contrast_wasserstein_per_channel"] = [
+        float(wasserstein_distance(real_contrast[:, c], np.asarray(contrasts)[:, c])) for c in range(real_contrast.shape[1])]
+    report["insert"]["contrast_real_mean"] = real_contrast.mean(axis=0).tolist()
+    report["insert"]["contrast_inserted_mean"] = np.asarray(contrasts).mean(axis=0).tolist()
+    report["fast_schedule"] = {"network_evaluations_per_patch_insert": int(inpainter.last_evaluations),
+                               "seconds": time.perf_counter() - start}
+
+    if full_patches > 0:
+        k = min(full_patches, len(healthy))
+        subset = slice(0, k)
+        fast_remove, _ = _remove_scores(inpainter, healthy.images[subset], fake[subset], healthy.brain[subset], fast, seed)
+        start = time.perf_counter()
+        full_remove, _ = _remove_scores(inpainter, healthy.images[subset], fake[subset], healthy.brain[subset], full, seed)
+        full_insert, _, _ = _insert_scores(inpainter, healthy.images[subset], fake[subset], healthy.brain[subset], full, seed)
+        report["full_schedule"] = {"patches": k, "remove_fake_masks": full_remove, "insert": full_insert,
+                                   "fast_remove_fake_masks_same_patches": fast_remove,
+                                   "in_mask_ssim_loss_of_fast": full_remove["ssim"] - fast_remove["ssim"],
+                                   "network_evaluations_per_patch_insert": int(inpainter.last_evaluations),
+                                   "seconds": time.perf_counter() - start}
+    folder = output or results_root() / dataset.name / "inpainting_evaluation" / f"fold_{fold}"
+    _figure(folder / REPORT_PNG, healthy.images, fake, inserted, healed, real.images, real.masks, removed_real)
+    write_json(folder / REPORT_JSON, report)
+    logger.info("wrote %s", folder)
+    return report
+
+
+def _figure(path: Path, images, fake, inserted, healed, real_images, real_masks, removed_real, n: int = 4) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = min(n, len(images)) + min(n, len(real_images))
+    fig = Figure(figsize=(10, 2.4 * max(rows, 1)))
+    FigureCanvasAgg(fig)
+    columns = ("input", "mask", "insert", "remove (fake mask)")
+    channel = images.shape[1] - 1  # the last channel (e.g. FLAIR) shows MS lesions best
+    row = 0
+    for i in range(min(n, len(images))):
+        z = int(np.argmax((fake[i] > 0).sum(axis=(1, 2))))
+        for col, (title, img) in enumerate(zip(columns, (images[i], images[i], inserted[i], healed[i]))):
+            ax = fig.add_subplot(rows, 4, row * 4 + col + 1)
+            ax.imshow(img[channel, z], cmap="gray")
+            if col == 1:
+                ax.contour(fake[i][z] > 0, levels=[0.5], colors="r", linewidths=0.8)
+            ax.set_title(f"{title} z={z}", fontsize=8)
+            ax.axis("off")
+        row += 1
+    for i in range(min(n, len(real_images))):
+        z = int(np.argmax((real_masks[i] > 0).sum(axis=(1, 2))))
+        for col, (title, img) in enumerate((("real lesion", real_images[i]), ("lesion mask", real_images[i]),
+                                            ("remove (real)", removed_real[i]))):
+            ax = fig.add_subplot(rows, 4, row * 4 + col + 1)
+            ax.imshow(img[channel, z], cmap="gray")
+            if col == 1:
+                ax.contour(real_masks[i][z] > 0, levels=[0.5], colors="r", linewidths=0.8)
+            ax.set_title(f"{title} z={z}", fontsize=8)
+            ax.axis("off")
+        row += 1
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
