@@ -1,0 +1,114 @@
+"""The inpaint trainer, its RePaint sampler and the exact paste, on CPU with a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, TINY_NAME
+from lesiongen.cli import evaluate_inpainting as evaluate_cli
+from lesiongen.cli import train as train_cli
+from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, state_sequence
+from lesiongen.preprocessing.dataset import open_preprocessed
+from lesiongen.training.data import load_lesion_patches
+from lesiongen.training.registry import load_trained
+
+
+@pytest.fixture(scope="module")
+def inpainter(tiny_preprocessed):
+    assert train_cli.main([str(TINY.dataset_id), "inpaint", "0", "-device", "cpu", "--steps", "4"]) == 0
+    dataset = open_preprocessed(TINY.dataset_id)
+    model = load_trained(dataset, "inpaint", 0, "cpu")
+    patches = load_lesion_patches(dataset.lesion_patch_folder, model.val_cases)
+    return model, patches, tiny_preprocessed
+
+
+def test_state_sequence_visits_every_state_and_counts_jumps():
+    seq = state_sequence(16, 2, 3)
+    assert seq[0] == 0 and seq[-1] == 16
+    assert set(seq) == set(range(17))
+    assert all(abs(b - a) == 1 for a, b in zip(seq, seq[1:]))
+    forward = sum(1 for a, b in zip(seq, seq[1:]) if b == a + 1)
+    assert forward == 16 + 3 * 2
+    assert state_sequence(10, 2, 0) == list(range(11))
+
+
+def test_fast_schedule_stays_within_50_evaluations_full_is_ddpm():
+    fast = InpaintSchedule.fast()
+    assert denoising_steps(fast) * (2 if fast.guidance_scale != 1 else 1) <= 50
+    assert denoising_steps(InpaintSchedule.full()) >= 1000
+
+
+def test_feather_blend_keeps_far_voxels_bit_identical():
+    rng = np.random.default_rng(0)
+    known = rng.normal(size=(2, 12, 12, 12)).astype(np.float32)
+    generated = rng.normal(size=known.shape).astype(np.float32)
+    mask = np.zeros((12, 12, 12), bool)
+    mask[5:7, 5:7, 5:7] = True
+    out = feather_blend(known, generated, mask, 2)
+    far = ~edit_region(mask, 2)
+    assert np.array_equal(out[:, far], known[:, far])
+    np.testing.assert_array_equal(out[:, mask], generated[:, mask])
+    ring = edit_region(mask, 1) & ~mask
+    assert not np.array_equal(out[:, ring], known[:, ring])  # the ramp mixes generated content in
+
+
+def test_training_wrote_contrast_bank_and_network_input_has_cfg_flag(inpainter):
+    model, patches, _ = inpainter
+    bank = model.extra["contrast_bank"]["1"]
+    assert len(bank) > 0 and len(bank[0]) == model.n_channels
+    n = 2
+    noisy = torch.zeros((n, model.n_channels, *model.patch_size))
+    known = np.zeros((n, model.n_channels, *model.patch_size), np.float32)
+    lesion = np.zeros((n, *model.patch_size), np.uint8)
+    contrast = np.ones((n, 1, model.n_channels), np.float32)
+    x = model.network_input(noisy, known, lesion, np.zeros_like(lesion, bool), contrast, np.array([False, True]))
+    assert x.shape[1] == model.stage_plan.networks["diffusion"].kwargs["in_channels"]
+    assert float(x[0, -1].max()) == 0.0 and float(x[1, -1].min()) == 1.0  # the "no condition" flag
+    assert float(x[1, -1 - model.n_channels:-1].abs().max()) == 0.0  # its condition values are blanked
+
+
+@pytest.mark.parametrize("mode", ["insert", "remove"])
+def test_inpaint_changes_only_near_the_mask_and_is_seeded(inpainter, mode):
+    model, patches, _ = inpainter
+    images, masks, brain = patches.images[:2], patches.masks[:2], patches.brain[:2]
+    out = model.inpaint(images, masks, mode, seed=5, brain=brain)
+    assert out.shape == images.shape and out.dtype == np.float32
+    for i in range(2):
+        far = ~edit_region(masks[i] > 0, model.margin_voxels)
+        assert np.array_equal(out[i][:, far], images[i][:, far])
+        assert not np.array_equal(out[i][:, masks[i] > 0], images[i][:, masks[i] > 0])
+    np.testing.assert_array_equal(out, model.inpaint(images, masks, mode, seed=5, brain=brain))
+    assert not np.array_equal(out, model.inpaint(images, masks, mode, seed=6, brain=brain))
+    assert model.last_evaluations <= 50
+
+
+def test_heal_shapes_land_on_lesion_free_brain(inpainter):
+    model, patches, _ = inpainter
+    rng = np.random.default_rng(0)
+    moved_any = False
+    for i in range(len(patches)):
+        lesion = patches.masks[i] > 0
+        moved = model._heal_shape(lesion, patches.brain[i], rng)
+        if moved is None:
+            continue
+        moved_any = True
+        assert moved.sum() == lesion.sum()
+        assert not (moved & edit_region(lesion, model.margin_voxels)).any()
+        assert patches.brain[i][moved].all()
+    assert moved_any
+
+
+def test_evaluate_inpainting_report(inpainter, tmp_path):
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--full_patches", "0", "--max_patches", "16",
+                              "-device", "cpu", "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "inpainting_evaluation.json").read_text())
+    assert report["insert"]["ssim_outside"] == 1.0
+    assert 0 <= report["insert"]["diff_map_iou"] <= 1
+    assert report["remove_fake_masks"]["mse"] >= 0
+    assert report["fast_schedule"]["network_evaluations_per_patch_insert"] <= 50
+    assert (tmp_path / "inpainting_evaluation.png").stat().st_size > 1000
+    assert TINY_NAME == report["dataset"]
