@@ -112,3 +112,68 @@ def test_evaluate_inpainting_report(inpainter, tmp_path):
     assert report["fast_schedule"]["network_evaluations_per_patch_insert"] <= 50
     assert (tmp_path / "inpainting_evaluation.png").stat().st_size > 1000
     assert TINY_NAME == report["dataset"]
+
+
+# ------------------------------------------------------------------------------------------ whole-scan synthesis
+def _healthy_scan(folders, case: str = "healthy_000"):
+    from lesiongen.io.images import read_channels, read_image
+
+    raw = folders["raw"] / TINY_NAME
+    files = sorted((raw / "imagesHealthy").glob(f"{case}_*"))
+    images, geometry = read_channels(files)
+    tissue, _ = read_image(raw / "tissueHealthy" / f"{case}.nii.gz")
+    brain, _ = read_image(raw / "brainmasksHealthy" / f"{case}.nii.gz")
+    return images, geometry, tissue.astype(np.uint8), brain.astype(bool)
+
+
+def test_synthesize_keeps_geometry_and_far_voxels_and_is_seeded(inpainter, tmp_path):
+    from scipy import ndimage
+
+    from lesiongen.inference.synthesis import synthesize
+    from lesiongen.io.images import read_channels, write_image
+
+    model, _, folders = inpainter
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = _spheremask(dataset)
+    images, geometry, tissue, brain = _healthy_scan(folders)
+    spacing = list(geometry.spacing_zyx)
+    result = synthesize(images, spacing, dataset.plans, model, generator, n_lesions=3, seed=4, tissue=tissue,
+                        brain_mask=brain)
+    assert result.images.shape == images.shape and result.images.dtype == images.dtype
+    assert result.label.shape == images.shape[1:] and result.label.any()
+    assert not result.label[~brain].any()
+    near = ndimage.binary_dilation(result.label > 0, iterations=model.margin_voxels + 2)
+    assert np.array_equal(result.images[:, ~near], images[:, ~near])
+    assert (result.images[:, result.label > 0] != images[:, result.label > 0]).any()
+    again = synthesize(images, spacing, dataset.plans, model, generator, n_lesions=3, seed=4, tissue=tissue,
+                       brain_mask=brain)
+    np.testing.assert_array_equal(again.images, result.images)
+    np.testing.assert_array_equal(again.label, result.label)
+    write_image(tmp_path / "out_0000.nii.gz", result.images[0], geometry)
+    _, written = read_channels([tmp_path / "out_0000.nii.gz"])
+    assert written.matches(geometry) is None
+
+
+def test_synthesize_with_given_masks_and_remove_them_again(inpainter):
+    from scipy import ndimage
+
+    from lesiongen.inference.synthesis import remove_lesions, synthesize
+
+    model, _, folders = inpainter
+    dataset = open_preprocessed(TINY.dataset_id)
+    images, geometry, tissue, brain = _healthy_scan(folders, "healthy_001")
+    spacing = list(geometry.spacing_zyx)
+    masks = np.zeros(images.shape[1:], np.uint8)
+    centre = [int(c) for c in np.argwhere(brain).mean(axis=0)]
+    masks[tuple(slice(c - 1, c + 2) for c in centre)] = 1
+    result = synthesize(images, spacing, dataset.plans, model, masks=masks, seed=0, brain_mask=brain)
+    np.testing.assert_array_equal(result.label, masks)
+    healed = remove_lesions(result.images, spacing, result.label, dataset.plans, model, seed=0, brain_mask=brain)
+    near = ndimage.binary_dilation(masks > 0, iterations=model.margin_voxels + 2)
+    assert np.array_equal(healed[:, ~near], result.images[:, ~near])
+    assert (healed[:, masks > 0] != result.images[:, masks > 0]).any()
+
+
+def _spheremask(dataset):
+    assert train_cli.main([str(TINY.dataset_id), "spheremask", "0", "-device", "cpu"]) == 0
+    return load_trained(dataset, "spheremask", 0, "cpu")

@@ -1,0 +1,196 @@
+"""Whole-scan synthesis: plausible lesions put into a healthy scan, or lesions removed, at the scan's own geometry.
+
+``synthesize`` maps the scan to model space (crop, normalise, resample as in preprocessing), draws lesion placements
+from the sphere priors (location histogram within the brain box x tissue probability), generates each lesion's mask
+with a mask generator (or takes the masks it is given), inpaints every lesion patch in turn (so overlapping lesions
+see each other and merge into one label map), and writes only the changed region back into the original array.
+Voxels away from the lesions are bit-identical to the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
+from lesiongen.inference.scan_space import (
+    ModelSpaceScan,
+    extract_patch,
+    insert_patch,
+    paste_back,
+    region_to_original,
+    to_model_space,
+)
+from lesiongen.models.conditioning import MaskConditioning
+from lesiongen.models.spheres import sample_sphere_lesions
+from lesiongen.planning.plans import Categorical, Plans, SpherePrior
+from lesiongen.preprocessing.resampling import resample_labels
+from lesiongen.utilities.cropping import bbox_slices
+from lesiongen.utilities.errors import LesiongenError
+
+logger = logging.getLogger(__name__)
+
+MASK_RETRIES = 3  # a generator may return an empty mask (e.g. all components below the minimum lesion size)
+
+
+@dataclass
+class SynthesisResult:
+    images: np.ndarray  # (c, z, y, x), the input's grid and dtype
+    label: np.ndarray  # (z, y, x) uint8 lesion labels on the input's grid
+    lesions: list[dict] = field(default_factory=list)  # per placed lesion: class, model-space centre, voxels
+
+
+def _lesion_counts(priors: dict[str, SpherePrior], n_lesions: int | None, rng: np.random.Generator) -> list[int]:
+    """Lesion class per lesion to place: ``n_lesions`` split by class frequency, else drawn per class per case."""
+    labels = sorted(priors, key=int)
+    weights = np.array([max(priors[k].n_lesions_observed, 0) for k in labels], dtype=float)
+    if weights.sum() == 0:
+        raise LesiongenError("the sphere priors hold no lesions; nothing to sample from")
+    if n_lesions is not None:
+        return [int(labels[i]) for i in rng.choice(len(labels), size=n_lesions, p=weights / weights.sum())]
+    classes: list[int] = []
+    for k in labels:
+        options = priors[k].lesions_per_case.probabilities
+        if options:
+            keys = list(options)
+            count = int(keys[rng.choice(len(keys), p=np.asarray(list(options.values())) / sum(options.values()))])
+            classes += [int(k)] * count
+    return classes or [int(labels[int(np.argmax(weights))])]
+
+
+def placement_weights(scan: ModelSpaceScan, prior: SpherePrior, tissue_classes: list[int] | None) -> np.ndarray:
+    """Per brain voxel of the model-space scan: location-histogram x tissue probability (flattened brain order)."""
+    brain = scan.brain
+    coords = np.argwhere(brain)
+    lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
+    bins = prior.location_bins
+    relative = (coords - lo) / np.maximum(hi - lo, 1)
+    index = np.minimum((relative * bins).astype(int), bins - 1)
+    histogram = np.asarray(prior.location_histogram).reshape((bins,) * 3)
+    weights = histogram[index[:, 0], index[:, 1], index[:, 2]]
+    if scan.tissue is not None:
+        tissue = scan.tissue[brain]
+        probabilities = prior.tissue_probability.probabilities
+        if tissue_classes:
+            weights = weights * np.isin(tissue, tissue_classes)
+        elif set(probabilities) - {"0"}:
+            lookup = np.full(int(tissue.max()) + 1, 1e-3)
+            for key, p in probabilities.items():
+                if int(key) < len(lookup):
+                    lookup[int(key)] = max(p, 1e-3)
+            weights = weights * lookup[tissue]
+    if weights.sum() <= 0:
+        raise LesiongenError(f"no brain voxel of tissue class {tissue_classes} to place a lesion in")
+    return weights / weights.sum()
+
+
+def _single_lesion_priors(priors: dict[str, SpherePrior], label: int) -> dict[str, SpherePrior]:
+    """The class's prior with exactly one lesion per patch: whole-scan placement decides the count."""
+    prior = dataclasses.replace(priors[str(label)], lesions_per_patch=Categorical({"1": 1.0}))
+    return {str(label): prior}
+
+
+def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter, mask_generator=None,
+               masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
+               brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
+               tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None) -> SynthesisResult:
+    """Put lesions into a healthy (c, z, y, x) scan; ``masks`` (a label map on the scan's grid) or generated ones."""
+    if masks is None and mask_generator is None:
+        raise LesiongenError("synthesis needs lesion masks or a mask generator")
+    rng = np.random.default_rng(seed)
+    scan = to_model_space(images, spacing, plans, brain_mask, tissue)
+    patch = plans.lesion_patch_size
+    edited = scan.images.copy()
+    label_model = np.zeros(scan.model_shape, dtype=np.uint8)
+    changed = np.zeros(scan.model_shape, dtype=bool)
+    records: list[dict] = []
+
+    if masks is not None:
+        placements = _given_lesions(masks, scan, patch)
+    else:
+        priors = mask_generator.priors
+        placements = []
+        brain_coords = np.argwhere(scan.brain)
+        for label in _lesion_counts(priors, n_lesions, rng):
+            weights = placement_weights(scan, priors[str(label)], tissue_classes)
+            placements.append((label, brain_coords[rng.choice(len(brain_coords), p=weights)], None))
+
+    for number, (label, centre, given) in enumerate(placements):
+        image_patch = extract_patch(edited, centre, patch, fill=0.0)
+        brain_patch = extract_patch(scan.brain, centre, patch, fill=False)
+        tissue_patch = None if scan.tissue is None else extract_patch(scan.tissue, centre, patch, fill=0)
+        if given is not None:
+            mask = given
+        else:
+            mask = _generate_mask(mask_generator, label, image_patch, brain_patch, tissue_patch, rng)
+            if mask is None:
+                logger.warning("lesion %d: the mask generator gave no lesion after %d tries; skipped", number,
+                               MASK_RETRIES)
+                continue
+        result = inpainter.inpaint(image_patch[None], mask[None], "insert", seed=int(rng.integers(2**31)),
+                                   schedule=schedule, brain=brain_patch[None])[0]
+        insert_patch(edited, result, centre)
+        existing = extract_patch(label_model, centre, patch, fill=0)
+        insert_patch(label_model, np.where(mask > 0, mask, existing).astype(np.uint8), centre)
+        region = extract_patch(changed, centre, patch, fill=False) | edit_region(mask > 0, inpainter.margin_voxels)
+        insert_patch(changed, region, centre)
+        records.append({"label": int(label), "centre_model_voxel": [int(c) for c in centre],
+                        "voxels_model": int((mask > 0).sum())})
+    out = paste_back(images, edited, changed, scan, margin_voxels=1)
+    return SynthesisResult(out, region_to_original(label_model, scan).astype(np.uint8), records)
+
+
+def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, rng) -> np.ndarray | None:
+    priors = _single_lesion_priors(generator.priors, label)
+    for _ in range(MASK_RETRIES):
+        spheres = sample_sphere_lesions(priors, generator.patch_size, generator.spacing, rng, brain=brain_patch,
+                                        tissue=tissue_patch)
+        conditioning = MaskConditioning(brain=brain_patch[None], tissue=None if tissue_patch is None else
+                                        tissue_patch[None], images=image_patch[None], spheres=[spheres])
+        mask = generator.sample_masks(1, conditioning, seed=int(rng.integers(2**31)))[0]
+        if mask.any():
+            return mask
+    return None
+
+
+def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan, patch_size: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(class, model-space centre, patch mask) per connected lesion of a label map on the scan's grid."""
+    cropped = np.asarray(masks)[bbox_slices(scan.crop_bbox)].astype(np.uint8)
+    model = resample_labels(cropped, scan.original_spacing, scan.target_spacing)
+    if list(model.shape) != scan.model_shape:  # rounding of the resampled shape: pad / cut to the model grid
+        fixed = np.zeros(scan.model_shape, np.uint8)
+        common = tuple(slice(0, min(a, b)) for a, b in zip(model.shape, scan.model_shape))
+        fixed[common] = model[common]
+        model = fixed
+    out = []
+    for value in np.unique(model[model > 0]):
+        ids, count = ndimage.label(model == value, structure=np.ones((3, 3, 3), bool))
+        for index, centre in enumerate(ndimage.center_of_mass(np.ones_like(ids), ids, range(1, count + 1)), 1):
+            centre = np.round(centre).astype(int)
+            patch_mask = np.where(extract_patch(ids, centre, patch_size, fill=0) == index, value, 0)
+            out.append((int(value), centre, patch_mask.astype(np.uint8)))
+    return out
+
+
+def remove_lesions(images: np.ndarray, spacing: list[float], label: np.ndarray, plans: Plans, inpainter,
+                   seed: int = 0, brain_mask: np.ndarray | None = None,
+                   schedule: InpaintSchedule | None = None) -> np.ndarray:
+    """A pseudo-healthy version of a (c, z, y, x) scan: every lesion of ``label`` filled with healthy tissue."""
+    rng = np.random.default_rng(seed)
+    scan = to_model_space(images, spacing, plans, brain_mask)
+    edited = scan.images.copy()
+    changed = np.zeros(scan.model_shape, dtype=bool)
+    for _, centre, mask in _given_lesions(label, scan, plans.lesion_patch_size):
+        image_patch = extract_patch(edited, centre, plans.lesion_patch_size, fill=0.0)
+        brain_patch = extract_patch(scan.brain, centre, plans.lesion_patch_size, fill=False)
+        healed = inpainter.inpaint(image_patch[None], mask[None], "remove", seed=int(rng.integers(2**31)),
+                                   schedule=schedule, brain=brain_patch[None])[0]
+        insert_patch(edited, healed, centre)
+        region = extract_patch(changed, centre, plans.lesion_patch_size, fill=False) | \
+            edit_region(mask > 0, inpainter.margin_voxels)
+        insert_patch(changed, region, centre)
+    return paste_back(images, edited, changed, scan, margin_voxels=1)
