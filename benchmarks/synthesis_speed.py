@@ -1,0 +1,92 @@
+"""Inpainting cost per lesion patch and per whole scan, fast vs full schedule, on the current device.
+
+    python benchmarks/synthesis_speed.py [-d 501] [--train_steps 20] [--lesions 6] [-device cpu]
+
+Without ``-d`` it writes the default demo dataset into a temporary folder, plans and preprocesses it and trains the
+demo-size ``inpaint`` model and ``spheremask`` briefly (speed does not depend on how well a model is trained).
+It then prints network evaluations and wall time per lesion patch for the fast (DDIM + jumps + CFG) and full
+(DDPM + jumps + CFG) schedules, and the wall time to put ``--lesions`` lesions into one 1 mm brain scan of
+180x210x170 voxels (a fresh phantom) with the fast schedule; the target is <= 60 s on CPU. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def prepare(root: Path, train_steps: int, device: str) -> str:
+    env = dict(os.environ, lesiongen_raw=str(root / "raw"), lesiongen_preprocessed=str(root / "preprocessed"),
+               lesiongen_results=str(root / "results"))
+    os.environ.update(env)
+    subprocess.run(["lesiongen_make_demo_dataset"], check=True, env=env)
+    subprocess.run(["lesiongen_plan_and_preprocess", "-d", "501", "-np", "2"], check=True, env=env)
+    subprocess.run(["lesiongen_train", "501", "spheremask", "0", "-device", device], check=True, env=env)
+    subprocess.run(["lesiongen_train", "501", "inpaint", "0", "-device", device, "--steps", str(train_steps),
+                    "--batch_size", "4"], check=True, env=env)
+    return "501"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", dest="dataset", default=None, help="a dataset with trained inpaint + spheremask fold 0")
+    parser.add_argument("--train_steps", type=int, default=20)
+    parser.add_argument("--lesions", type=int, default=6)
+    parser.add_argument("--patches", type=int, default=4, help="patches timed with the fast schedule")
+    parser.add_argument("--full_patches", type=int, default=1, help="patches timed with the full schedule")
+    parser.add_argument("-device", default="cpu")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset_id = args.dataset or prepare(Path(tmp), args.train_steps, args.device)
+        run(dataset_id, args)
+
+
+def run(dataset_id: str, args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from lesiongen.demo.phantom import make_phantom
+    from lesiongen.diffusion.inpainting import InpaintSchedule
+    from lesiongen.inference.synthesis import synthesize
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.data import load_lesion_patches
+    from lesiongen.training.registry import load_trained
+
+    dataset = open_preprocessed(dataset_id)
+    inpainter = load_trained(dataset, "inpaint", 0, args.device)
+    generator = load_trained(dataset, "spheremask", 0, args.device)
+    patches = load_lesion_patches(dataset.lesion_patch_folder, inpainter.val_cases)
+    rows = []
+    for name, schedule, n in (("fast", InpaintSchedule.fast(), args.patches),
+                              ("full", InpaintSchedule.full(), args.full_patches)):
+        if n <= 0:
+            continue
+        n = min(n, len(patches))
+        start = time.perf_counter()
+        for i in range(n):
+            inpainter.inpaint(patches.images[i:i + 1], patches.masks[i:i + 1], "insert", seed=i, schedule=schedule,
+                              brain=patches.brain[i:i + 1])
+        rows.append((name, inpainter.last_evaluations, (time.perf_counter() - start) / n))
+    print(f"device {args.device}; lesion patch {dataset.plans.lesion_patch_size} at {dataset.plans.target_spacing} mm; "
+          f"inpaint network {sum(p.numel() for p in inpainter.networks['denoiser'].parameters()) / 1e6:.2f} M params")
+    print(f"{'schedule':<8} {'evaluations / patch':>20} {'seconds / patch':>16}")
+    for name, evaluations, seconds in rows:
+        print(f"{name:<8} {evaluations:>20} {seconds:>16.2f}")
+    if len(rows) == 2:
+        print(f"full / fast: {rows[1][1] / rows[0][1]:.0f}x evaluations, {rows[1][2] / rows[0][2]:.0f}x time")
+
+    subject = make_phantom((180, 210, 170), (1.0, 1.0, 1.0), np.random.default_rng(0), 0)
+    images = np.stack([subject.t1, subject.flair]).astype(np.float32)
+    start = time.perf_counter()
+    result = synthesize(images, [1.0, 1.0, 1.0], dataset.plans, inpainter, generator, n_lesions=args.lesions, seed=0,
+                        brain_mask=subject.brain_mask.astype(bool), tissue=subject.tissue)
+    seconds = time.perf_counter() - start
+    print(f"whole scan 180x210x170 at 1 mm, {len(result.lesions)} lesions, fast schedule: {seconds:.1f} s "
+          f"(target <= 60 s on CPU: {seconds / 60:.2f}x of it)")
+
+
+if __name__ == "__main__":
+    main()
