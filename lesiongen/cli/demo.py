@@ -70,7 +70,8 @@ def _demo(args: argparse.Namespace) -> None:
     lines = _report(dataset.name, fingerprint, plans, counts, workflow.preprocessed_folder(dataset))
     if args.mask_steps > 0:
         lines += _mask_generators(dataset.name, args)
-    lines.append("  (inpainting, segmentation and prediction are not built yet)")
+        lines += _synthesis(dataset, args)
+    lines.append("  (segmentation folds and lesiongen_predict are not built yet)")
     print("\n".join(lines))
 
 
@@ -102,6 +103,41 @@ def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
     lines.append(f"  mask report (table, histograms, gallery): {evaluation_folder(dataset, 0)}")
     lines.append("  the demo's runs are tiny: they show the machinery, not the quality of a full training")
     return lines
+
+
+def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
+    """Train the inpainter briefly and put lesions into the first healthy scan, written next to the results."""
+    from lesiongen.inference.synthesis import synthesize
+    from lesiongen.io.integrity import load_case
+    from lesiongen.io.images import write_image
+    from lesiongen.paths import results_root
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.checkpoint import FINAL
+    from lesiongen.training.registry import load_trained, pick_device, trainer_class
+
+    dataset = open_preprocessed(raw_dataset.name)
+    device = pick_device(args.device)
+    options = TrainingOptions(total_steps=args.mask_steps, batch_size=args.batch_size,
+                              save_every=max(1, args.mask_steps // 4))
+    trainer = trainer_class("inpaint")(dataset, 0, device, options)
+    if not (trainer.output_folder / FINAL).is_file():
+        trainer.run_training()
+    healthy = raw_dataset.split("healthy")
+    if not healthy:
+        return ["  no healthy scans: synthesis skipped"]
+    case, _ = load_case(healthy[0], raw_dataset.info)
+    inpainter = load_trained(dataset, "inpaint", 0, device)
+    generator = load_trained(dataset, "diffmask", 0, device)
+    result = synthesize(case.images, list(case.geometry.spacing_zyx), dataset.plans, inpainter, generator,
+                        n_lesions=3, seed=0, brain_mask=case.brain_mask, tissue=case.tissue)
+    folder = results_root() / dataset.name / "demo_synthesis"
+    ending = raw_dataset.info.file_ending
+    for channel, image in enumerate(result.images):
+        write_image(folder / f"{healthy[0].case_id}_{channel:04d}{ending}", image, case.geometry)
+    write_image(folder / f"{healthy[0].case_id}{ending}", result.label, case.geometry)
+    return [f"  inpainter trained {args.mask_steps} steps; {len(result.lesions)} diffmask lesions put into "
+            f"{healthy[0].case_id}: {folder}"]
 
 
 def _fmt(value: float | None) -> str:
