@@ -189,3 +189,22 @@ def test_evaluate_masks_compares_all_generators(trained, tmp_path):
     table = (out / "mask_evaluation.md").read_text()
     assert all(f"| {name} |" in table for name in GENERATORS)
     assert (out / "mask_evaluation.png").stat().st_size > 1000
+
+
+def test_pretrained_weights_initialise_another_fold(trained):
+    folders, _ = trained
+    source = fold_folder(folders, "unetmask") / FINAL
+    assert train_cli.main([str(TINY.dataset_id), "unetmask", "1", "-device", "cpu", "--steps", "1",
+                           "-pretrained_weights", str(source)]) == 0
+    log = (fold_folder(folders, "unetmask", "1") / "training_log.txt").read_text()
+    assert f"initialised from pretrained weights {source}" in log
+
+
+def test_fold_priors_count_only_training_lesions(trained):
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = load_trained(dataset, "spheremask", 0, "cpu")
+    train = set(generator.train_cases)
+    expected = sum(1 for case in dataset.fingerprint.cases if case.case_id in train for lesion in case.lesions
+                   if lesion.label == 1)
+    assert generator.priors["1"].n_lesions_observed == expected
+    assert expected < dataset.plans.sphere_priors["1"].n_lesions_observed  # the validation case's lesions are out
