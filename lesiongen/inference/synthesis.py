@@ -62,9 +62,9 @@ def _lesion_counts(priors: dict[str, SpherePrior], n_lesions: int | None, rng: n
     return classes or [int(labels[int(np.argmax(weights))])]
 
 
-def placement_weights(scan: ModelSpaceScan, prior: SpherePrior, tissue_classes: list[int] | None) -> np.ndarray:
-    """Per brain voxel of the model-space scan: location-histogram x tissue probability (flattened brain order)."""
-    brain = scan.brain
+def placement_weights(brain: np.ndarray, tissue: np.ndarray | None, prior: SpherePrior,
+                      tissue_classes: list[int] | None) -> np.ndarray:
+    """Per brain voxel (``np.argwhere`` order): location histogram x tissue probability, normalised."""
     coords = np.argwhere(brain)
     lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
     bins = prior.location_bins
@@ -72,8 +72,8 @@ def placement_weights(scan: ModelSpaceScan, prior: SpherePrior, tissue_classes: 
     index = np.minimum((relative * bins).astype(int), bins - 1)
     histogram = np.asarray(prior.location_histogram).reshape((bins,) * 3)
     weights = histogram[index[:, 0], index[:, 1], index[:, 2]]
-    if scan.tissue is not None:
-        tissue = scan.tissue[brain]
+    if tissue is not None:
+        tissue = tissue[brain]
         probabilities = prior.tissue_probability.probabilities
         if tissue_classes:
             weights = weights * np.isin(tissue, tissue_classes)
@@ -94,35 +94,43 @@ def _single_lesion_priors(priors: dict[str, SpherePrior], label: int) -> dict[st
     return {str(label): prior}
 
 
-def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter, mask_generator=None,
-               masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
-               brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
-               tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None) -> SynthesisResult:
-    """Put lesions into a healthy (c, z, y, x) scan; ``masks`` (a label map on the scan's grid) or generated ones."""
-    if masks is None and mask_generator is None:
-        raise LesiongenError("synthesis needs lesion masks or a mask generator")
-    rng = np.random.default_rng(seed)
-    scan = to_model_space(images, spacing, plans, brain_mask, tissue)
-    patch = plans.lesion_patch_size
-    edited = scan.images.copy()
-    label_model = np.zeros(scan.model_shape, dtype=np.uint8)
-    changed = np.zeros(scan.model_shape, dtype=bool)
-    records: list[dict] = []
+@dataclass
+class ModelSpaceEdit:
+    images: np.ndarray  # (c, z, y, x) model-space image after editing
+    label: np.ndarray  # (z, y, x) uint8 lesion labels in model space
+    changed: np.ndarray  # (z, y, x) bool voxels the edit may have changed
+    lesions: list[dict]
 
-    if masks is not None:
-        placements = _given_lesions(masks, scan, patch)
-    else:
+
+def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, plans: Plans,
+                           inpainter, mask_generator=None, placements: list | None = None,
+                           n_lesions: int | None = None, seed: int = 0, tissue_classes: list[int] | None = None,
+                           schedule: InpaintSchedule | None = None) -> ModelSpaceEdit:
+    """Lesions into a preprocessed (normalised, target-spacing) scan; what ``synthesize`` runs in model space.
+
+    ``placements`` are (class, centre, patch mask or None) tuples; without them they are drawn from the generator's
+    priors. Preprocessed healthy scans (e.g. for synthetic training cases) go through here directly.
+    """
+    rng = np.random.default_rng(seed)
+    patch = plans.lesion_patch_size
+    edited = images.copy()
+    label_model = np.zeros(brain.shape, dtype=np.uint8)
+    changed = np.zeros(brain.shape, dtype=bool)
+    records: list[dict] = []
+    if placements is None:
+        if mask_generator is None:
+            raise LesiongenError("synthesis needs lesion masks or a mask generator")
         priors = mask_generator.priors
+        brain_coords = np.argwhere(brain)
         placements = []
-        brain_coords = np.argwhere(scan.brain)
         for label in _lesion_counts(priors, n_lesions, rng):
-            weights = placement_weights(scan, priors[str(label)], tissue_classes)
+            weights = placement_weights(brain, tissue, priors[str(label)], tissue_classes)
             placements.append((label, brain_coords[rng.choice(len(brain_coords), p=weights)], None))
 
     for number, (label, centre, given) in enumerate(placements):
         image_patch = extract_patch(edited, centre, patch, fill=0.0)
-        brain_patch = extract_patch(scan.brain, centre, patch, fill=False)
-        tissue_patch = None if scan.tissue is None else extract_patch(scan.tissue, centre, patch, fill=0)
+        brain_patch = extract_patch(brain, centre, patch, fill=False)
+        tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
         if given is not None:
             mask = given
         else:
@@ -140,8 +148,22 @@ def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter
         insert_patch(changed, region, centre)
         records.append({"label": int(label), "centre_model_voxel": [int(c) for c in centre],
                         "voxels_model": int((mask > 0).sum())})
-    out = paste_back(images, edited, changed, scan, margin_voxels=1)
-    return SynthesisResult(out, region_to_original(label_model, scan).astype(np.uint8), records)
+    return ModelSpaceEdit(edited, label_model, changed, records)
+
+
+def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter, mask_generator=None,
+               masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
+               brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
+               tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None) -> SynthesisResult:
+    """Put lesions into a healthy (c, z, y, x) scan; ``masks`` (a label map on the scan's grid) or generated ones."""
+    if masks is None and mask_generator is None:
+        raise LesiongenError("synthesis needs lesion masks or a mask generator")
+    scan = to_model_space(images, spacing, plans, brain_mask, tissue)
+    placements = _given_lesions(masks, scan, plans.lesion_patch_size) if masks is not None else None
+    edit = synthesize_model_space(scan.images, scan.brain, scan.tissue, plans, inpainter, mask_generator,
+                                  placements, n_lesions, seed, tissue_classes, schedule)
+    out = paste_back(images, edit.images, edit.changed, scan, margin_voxels=1)
+    return SynthesisResult(out, region_to_original(edit.label, scan).astype(np.uint8), edit.lesions)
 
 
 def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, rng) -> np.ndarray | None:
