@@ -21,7 +21,7 @@ def parse_setting(text: str) -> tuple[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train one fold of a lesiongen trainer on a preprocessed dataset.")
     parser.add_argument("dataset", help="dataset ID (501) or name (Dataset501_Name)")
-    parser.add_argument("trainer", help="spheremask, unetmask or diffmask")
+    parser.add_argument("trainer", help="spheremask, unetmask, diffmask, inpaint or seg")
     parser.add_argument("fold", help="0-4, or 'all' to train on every case")
     parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
                         help="default: cuda when available, else cpu")
@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps between checkpoint_latest.pt saves (default: one planned epoch)")
     parser.add_argument("--batch_size", type=positive_int, default=None, help="override the planned batch size")
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--synthetic", default="none",
+                        help="seg only: synthetic lesion strategy none, sphere, unetmask, diffmask or copy_paste")
+    parser.add_argument("--synthetic_ratio", type=float, default=None,
+                        help="seg only: synthetic cases per real training case (default 1)")
     parser.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
                         metavar="NAME=VALUE", help="trainer setting, e.g. lesion_loss_weight=5 (diffmask)")
     add_common_arguments(parser)
@@ -54,8 +58,16 @@ def run(args: argparse.Namespace) -> None:
     dataset = open_preprocessed(args.dataset)
     options = TrainingOptions(total_steps=args.steps, save_every=args.save_every, seed=args.seed,
                               batch_size=args.batch_size)
-    trainer = cls(dataset, fold, device, options)
-    trainer.apply_settings(dict(args.settings))
+    settings = dict(args.settings)
+    variant = {}
+    if args.trainer == "seg":
+        variant["strategy"] = args.synthetic
+        if args.synthetic_ratio is not None:
+            settings["synthetic_ratio"] = args.synthetic_ratio
+    elif args.synthetic != "none" or args.synthetic_ratio is not None:
+        raise LesiongenError("--synthetic and --synthetic_ratio apply to the seg trainer only")
+    trainer = cls(dataset, fold, device, options, **variant)
+    trainer.apply_settings(settings)
     trainer.run_training(resume=args.resume, pretrained_weights=args.pretrained_weights)
 
 

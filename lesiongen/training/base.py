@@ -100,7 +100,7 @@ class Trainer:
 
     @property
     def output_folder(self) -> Path:
-        return trainer_folder(self.dataset.name, self.name, self.plans.plans_name) / f"fold_{self.fold}"
+        return trainer_folder(self.dataset.name, self.folder_name, self.plans.plans_name) / f"fold_{self.fold}"
 
     @property
     def total_steps(self) -> int:
@@ -169,11 +169,20 @@ class Trainer:
                     for k, v in self.networks.items()}
         parameters = [p for net in self.networks.values() for p in net.parameters()]
         if parameters:
-            self.optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+            self.optimizer = self.configure_optimizer(parameters)
             self.lr_scheduler = torch.optim.lr_scheduler.PolynomialLR(
                 self.optimizer, total_iters=max(self.total_steps, 1), power=0.9)
         self.trained = {k: DistributedDataParallel(v) if self.distributed.enabled else v
                         for k, v in self.networks.items()}
+
+    def configure_optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW by default (diffusion and mask models); the poly LR schedule is the base's."""
+        return torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    @property
+    def folder_name(self) -> str:
+        """The results folder's trainer part; a trainer with variants (e.g. seg strategies) names them here."""
+        return self.name
 
     def load_pretrained_weights(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path)

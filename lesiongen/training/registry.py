@@ -8,11 +8,12 @@ from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.training.base import Trainer
 from lesiongen.training.trainers.diffmask import DiffMaskTrainer
 from lesiongen.training.trainers.inpaint import InpaintTrainer
+from lesiongen.training.trainers.seg import SegTrainer
 from lesiongen.training.trainers.spheremask import SphereMaskTrainer
 from lesiongen.training.trainers.unetmask import UNetMaskTrainer
 from lesiongen.utilities.errors import LesiongenError
 
-TRAINERS: dict[str, type[Trainer]] = {t.name: t for t in (SphereMaskTrainer, UNetMaskTrainer, DiffMaskTrainer, InpaintTrainer)}
+TRAINERS: dict[str, type[Trainer]] = {t.name: t for t in (SphereMaskTrainer, UNetMaskTrainer, DiffMaskTrainer, InpaintTrainer, SegTrainer)}
 MASK_GENERATORS = ("spheremask", "unetmask", "diffmask")
 
 
@@ -22,9 +23,13 @@ def trainer_class(name: str) -> type[Trainer]:
     return TRAINERS[name]
 
 
-def load_trained(dataset: PreprocessedDataset, name: str, fold: int | str, device: torch.device | str = "cpu") -> Trainer:
-    """The trainer ``name`` of ``fold`` with its final (EMA) weights loaded, ready to sample."""
-    trainer = trainer_class(name)(dataset, fold, device)
+def load_trained(dataset: PreprocessedDataset, name: str, fold: int | str, device: torch.device | str = "cpu",
+                 **variant) -> Trainer:
+    """The trainer ``name`` of ``fold`` with its final (EMA) weights loaded, ready to sample / predict.
+
+    ``variant`` selects a trainer variant, e.g. ``strategy="diffmask"`` for ``seg``.
+    """
+    trainer = trainer_class(name)(dataset, fold, device, **variant)
     trainer.load_for_inference()
     return trainer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -84,12 +85,23 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
         tmp.write_text(text + "\n")
 
 
+def nan_to_none(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by None (JSON has no NaN); dict keys become strings."""
+    if isinstance(obj, dict):
+        return {str(k): nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def json_plain(obj: Any) -> Any:
-    """``obj`` as plain JSON types (dicts with string keys, lists, str, int, float, bool, None).
+    """``obj`` as plain JSON types (string keys, lists, str, int, float, bool, None; NaN becomes None).
 
     Checkpoints carry such values next to tensors, and ``torch.load(weights_only=True)`` refuses numpy scalars.
     """
-    return json.loads(json.dumps(obj, default=_json_default))
+    return nan_to_none(json.loads(json.dumps(obj, default=_json_default)))
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,0 +1,122 @@
+"""Segmentation training batches: nnU-Net-style patch sampling with foreground oversampling, batchgenerators
+augmentation, in background workers when asked.
+
+Cases are read lazily from the preprocessed blosc2 arrays (real training cases and cached synthetic ones), so a
+fold never has to fit in memory. A batch's ``force_fg`` share of samples is centred on a random lesion voxel (from
+the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import DataLoader
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+from lesiongen.inference.scan_space import extract_patch
+from lesiongen.preprocessing.storage import open_array
+
+FOREGROUND_OVERSAMPLING = 0.33  # nnU-Net's share of patches forced onto foreground
+
+
+@dataclass
+class SegCase:
+    """One training case on disk: ``{stem}.b2nd`` images, ``{stem}_seg.b2nd`` labels, ``{stem}_locations.npz``."""
+
+    case_id: str
+    stem: Path
+    synthetic: bool = False
+
+    def arrays(self):
+        return open_array(f"{self.stem}.b2nd"), open_array(f"{self.stem}_seg.b2nd")
+
+    def lesion_voxels(self) -> np.ndarray:
+        path = Path(f"{self.stem}_locations.npz")
+        if not path.is_file():
+            return np.zeros((0, 3), dtype=np.int64)
+        with np.load(path) as locations:
+            arrays = [locations[k] for k in locations.files if len(locations[k])]
+        return np.concatenate(arrays) if arrays else np.zeros((0, 3), dtype=np.int64)
+
+
+class SegPatchLoader(DataLoader):
+    """Random patches of real and synthetic cases; ``synthetic_share`` of samples come from synthetic cases.
+
+    Randomness comes from numpy's global generator, which batchgenerators seeds in every worker process (its own
+    ``self.rs`` would be a copy of one seed in all workers, giving identical batches).
+    """
+
+    def __init__(self, real: list[SegCase], synthetic: list[SegCase], patch_size: list[int], batch_size: int,
+                 synthetic_share: float, seed: int):
+        super().__init__(real + synthetic, batch_size, 1, seed_for_shuffle=seed, infinite=True)
+        self.real, self.synthetic = real, synthetic
+        self.patch_size = list(patch_size)
+        self.synthetic_share = synthetic_share if synthetic else 0.0
+        self._locations: dict[str, np.ndarray] = {}
+
+    def _case(self) -> SegCase:
+        pool = self.synthetic if np.random.random_sample() < self.synthetic_share else self.real
+        return pool[np.random.randint(len(pool))]
+
+    def _centre(self, case: SegCase, shape: tuple[int, ...], force_fg: bool) -> np.ndarray:
+        if force_fg:
+            if case.case_id not in self._locations:
+                self._locations[case.case_id] = case.lesion_voxels()
+            voxels = self._locations[case.case_id]
+            if len(voxels):
+                return voxels[np.random.randint(len(voxels))]
+        return np.array([np.random.randint(0, s) for s in shape])
+
+    def generate_train_batch(self) -> dict:
+        data, seg = [], []
+        for index in range(self.batch_size):
+            case = self._case()
+            images, labels = case.arrays()
+            force_fg = index >= round(self.batch_size * (1 - FOREGROUND_OVERSAMPLING))
+            centre = self._centre(case, labels.shape, force_fg)
+            data.append(extract_patch(images, centre, self.patch_size, fill=0.0))
+            seg.append(extract_patch(labels, centre, self.patch_size, fill=0)[None])
+        seg_array = np.maximum(np.stack(seg).astype(np.int16), 0)  # -1 (outside brain) is background for the loss
+        return {"data": np.stack(data).astype(np.float32), "seg": seg_array.astype(np.float32)}
+
+
+def augmentation(patch_size: list[int], anisotropic: bool) -> Compose:
+    """nnU-Net's default 3D augmentation, without the elastic deformation it also leaves off."""
+    angle = (-30 / 360 * 2 * np.pi, 30 / 360 * 2 * np.pi)
+    # on anisotropic data rotate in-plane only, as nnU-Net does (its "do_dummy_2d" variant is not needed here)
+    angle_z = (0.0, 0.0) if anisotropic else angle
+    return Compose([
+        SpatialTransform(patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
+                         do_rotation=True, angle_x=angle_z, angle_y=angle_z, angle_z=angle,
+                         do_scale=True, scale=(0.7, 1.4), border_mode_data="constant", border_cval_data=0,
+                         order_data=3, border_mode_seg="constant", border_cval_seg=0, order_seg=1,
+                         random_crop=False, p_el_per_sample=0, p_scale_per_sample=0.2, p_rot_per_sample=0.2,
+                         independent_scale_for_each_axis=False),
+        GaussianNoiseTransform(p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+        ContrastAugmentationTransform(p_per_sample=0.15),
+        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+        MirrorTransform((0, 1, 2)),
+    ])
+
+
+def batch_stream(loader: SegPatchLoader, transforms: Compose, num_workers: int, seed: int):
+    """An endless iterator of augmented batches, computed in ``num_workers`` background processes (0: inline)."""
+    if num_workers <= 0:
+        np.random.seed(seed)  # batchgenerators' transforms draw from numpy's global generator
+        return SingleThreadedAugmenter(loader, transforms)
+    return MultiThreadedAugmenter(loader, transforms, num_workers, num_cached_per_queue=2,
+                                  seeds=[seed + i for i in range(num_workers)])
