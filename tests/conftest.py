@@ -63,6 +63,7 @@ def shrink_networks(plans_file: Path) -> None:
                                                num_res_blocks=1)
         plans["stages"][stage]["batch_size"] = 4
     plans["stages"]["mask_generation"]["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16])
+    plans["stages"]["segmentation"]["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16, 32])
     plans_file.write_text(json.dumps(plans))
 
 

@@ -95,6 +95,9 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
         else:
             edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter, generator, seed=rng_seed)
             out, label, records = edit.images, edit.label, edit.lesions
+        if not label.any():
+            logger.warning("synthetic case %s (%s from %s) has no lesion: the generator gave none", cases[i].case_id,
+                           strategy, source)
         _save_case(cases[i], out, label, brain, {"source_healthy_case": source, "strategy": strategy,
                                                  "fold": str(fold), "seed": rng_seed, "lesions": records})
     return cases
@@ -135,6 +138,7 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         shift = recipient[:, shell].mean(axis=1) - donors.images[donor][:, donor_shell].mean(axis=1)
         pasted = donors.images[donor] + shift[:, None, None, None]
         blended = feather_blend(recipient, pasted.astype(recipient.dtype), lesion > 0, margin)
+        blended = np.where(recipient_brain[None], blended, recipient)  # the ramp must not spill out of the brain
         insert_patch(out, blended, centre)
         existing = extract_patch(label, centre, patch_size, fill=0)
         insert_patch(label, np.where(lesion > 0, lesion, existing).astype(np.uint8), centre)
