@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesiongen.evaluation.segmentation_metrics import aggregate, case_metrics
+from lesiongen.inference.segment import probabilities_to_labels
 from lesiongen.inference.sliding_window import predict_sliding_window
 from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import ImageGeometry, read_image, write_image
@@ -56,6 +57,7 @@ class SegTrainer(Trainer):
     grad_clip = 12.0
     synthetic_ratio = 1.0  # synthetic cases per real training case (when a strategy is chosen)
     num_workers = -1  # background augmentation processes; -1: nnU-Net's rule from the CPU count and device
+    mirror_validation = 1  # mirroring test-time augmentation when predicting the validation cases (0: off)
 
     def __init__(self, *args, strategy: str = "none", **kwargs):
         if strategy not in STRATEGIES:
@@ -159,7 +161,8 @@ class SegTrainer(Trainer):
         for case_id in self.val_cases:
             stem = self.dataset.data_folder / "training" / case_id
             properties = read_json(f"{stem}.json")
-            prediction = self.export_prediction(self.predict_case(load_array(f"{stem}.b2nd")), properties)
+            probabilities = self.predict_case(load_array(f"{stem}.b2nd"), mirror=bool(self.mirror_validation))
+            prediction = self.export_prediction(probabilities, properties)
             geometry = ImageGeometry.from_json(properties["original_geometry"])
             write_image(folder / f"{case_id}{ending}", prediction, geometry)
             reference, _ = read_image(cases[case_id].label, raw.info.reader)
@@ -172,14 +175,6 @@ class SegTrainer(Trainer):
 
     def export_prediction(self, probabilities: np.ndarray, properties: dict) -> np.ndarray:
         """Probabilities at the target spacing -> label map on the case's original grid."""
-        from lesiongen.inference.sliding_window import resample_logits_to_shape
-
-        cropped_shape = properties["shape_after_crop"]
-        if list(probabilities.shape[1:]) != list(cropped_shape):
-            probabilities = resample_logits_to_shape(torch.from_numpy(probabilities), cropped_shape).numpy()
-        labels = np.asarray(sorted(self.plans.labels.values()), dtype=np.uint8)[probabilities.argmax(axis=0)]
         geometry = ImageGeometry.from_json(properties["original_geometry"])
-        full = np.zeros(geometry.shape, dtype=np.uint8)
-        full[tuple(slice(a, b) for a, b in properties["crop_bbox"])] = labels
-        return full
-
+        return probabilities_to_labels(probabilities, list(self.plans.labels.values()), properties["crop_bbox"],
+                                       properties["shape_after_crop"], list(geometry.shape))
