@@ -1,0 +1,82 @@
+"""``lesiongen_predict -d 501 -i IN -o OUT -m synth|seg|remove``: apply trained models to new scans."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+
+MASK_CHOICES = ("spheremask", "unetmask", "diffmask")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Put plausible lesions into healthy scans (synth), segment lesions (seg) or remove them "
+                    "(remove). Outputs keep each input's geometry and file format.")
+    parser.add_argument("-d", dest="dataset", required=True, help="dataset ID or name the models were trained on")
+    parser.add_argument("-i", dest="input", type=Path, required=True, help="folder of CASE_XXXX scans")
+    parser.add_argument("-o", dest="output", type=Path, required=True, help="output folder (never an input)")
+    parser.add_argument("-m", dest="mode", choices=("synth", "seg", "remove"), required=True)
+    parser.add_argument("-f", dest="folds", nargs="+", default=None,
+                        help="folds (0-4 or all); seg ensembles them; synth/remove use the first. Default: all "
+                             "when trained, else 0")
+    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
+    parser.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose outputs exist")
+    parser.add_argument("--seed", type=int, default=0)
+    synth = parser.add_argument_group("synth")
+    synth.add_argument("--masks", choices=MASK_CHOICES, default="diffmask", help="mask generator (default diffmask)")
+    synth.add_argument("--n_lesions", type=positive_int, default=None,
+                       help="lesions per scan (default: drawn from the fold's lesions-per-case prior)")
+    synth.add_argument("--volume_range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                       help="accepted total lesion volume per scan in mm3 (redrawn up to 5 times)")
+    synth.add_argument("--tissue_classes", type=int, nargs="+", default=None,
+                       help="place lesions only in these tissue classes (needs --tissue)")
+    synth.add_argument("--n_variants", type=positive_int, default=1, help="synthetic versions per scan")
+    synth.add_argument("--preview", action="store_true", help="a PNG per case and a gallery of the run")
+    maps = parser.add_argument_group("per-case maps (files named CASE + ending, same grid as the scan)")
+    maps.add_argument("--labels", type=Path, default=None, help="remove: the lesion label maps")
+    maps.add_argument("--brain_masks", type=Path, default=None)
+    maps.add_argument("--tissue", type=Path, default=None)
+    seg = parser.add_argument_group("seg")
+    seg.add_argument("--save_probabilities", action="store_true", help="also CASE.npz with class probabilities")
+    seg.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    seg.add_argument("--synthetic", default="none",
+                     help="which seg models: those trained with this synthetic strategy (default none)")
+    add_common_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from lesiongen.inference.predict import PredictOptions, find_input_cases
+    from lesiongen.inference.run_predict import predict
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.registry import parse_fold, pick_device
+    from lesiongen.utilities.errors import LesiongenError
+
+    if args.mode == "remove" and args.labels is None:
+        raise LesiongenError("-m remove needs --labels DIR with the lesion label maps to remove")
+    if args.tissue_classes and args.tissue is None:
+        raise LesiongenError("--tissue_classes needs --tissue DIR with tissue maps")
+    if args.volume_range and args.volume_range[0] > args.volume_range[1]:
+        raise LesiongenError(f"--volume_range: minimum {args.volume_range[0]} is above maximum {args.volume_range[1]}")
+    device = pick_device(args.device)
+    dataset = open_preprocessed(args.dataset)
+    folds = [parse_fold(f) for f in args.folds] if args.folds else None
+    cases = find_input_cases(args.input, dataset.plans.num_channels, args.labels, args.brain_masks, args.tissue)
+    options = PredictOptions(mode=args.mode, resume=args.resume, seed=args.seed, n_variants=args.n_variants,
+                             n_lesions=args.n_lesions,
+                             volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
+                             tissue_classes=args.tissue_classes, save_probabilities=args.save_probabilities,
+                             mirror=not args.disable_tta, preview=args.preview,
+                             extra={"masks": args.masks, "synthetic": args.synthetic})
+    counts = predict(dataset, cases, args.output, options, folds, str(device))
+    print(f"{counts['done']} case(s) written to {args.output}, {counts['skipped']} already done")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
