@@ -13,6 +13,7 @@ from lesiongen.cli.plan_and_preprocess import DEFAULT_PROCESSES
 from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
 from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import raw_root
+from lesiongen.planning.plans import PLANS_FILE
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger("lesiongen.demo")
@@ -69,9 +70,14 @@ def _demo(args: argparse.Namespace) -> None:
     counts = workflow.run_preprocessing(dataset, plans, args.num_processes)
     lines = _report(dataset.name, fingerprint, plans, counts, workflow.preprocessed_folder(dataset))
     if args.mask_steps > 0:
+        if not args.full_size_networks:
+            from lesiongen.demo.cpu_plans import write_cpu_sized_networks
+
+            write_cpu_sized_networks(workflow.preprocessed_folder(dataset) / PLANS_FILE)
+            lines.append("  networks: CPU-sized for the demo (--full_size_networks keeps the planned ones)")
         lines += _mask_generators(dataset.name, args)
         lines += _synthesis(dataset, args)
-    lines.append("  (segmentation folds and lesiongen_predict are not built yet)")
+        lines += _segmentation(dataset.name, args)
     print("\n".join(lines))
 
 
@@ -79,20 +85,12 @@ def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
     """Train the three mask generators briefly on fold 0 and compare their masks with held-out lesions."""
     from lesiongen.evaluation.evaluate_masks import evaluate_mask_generators, evaluation_folder
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.base import TrainingOptions
-    from lesiongen.training.checkpoint import FINAL
-    from lesiongen.training.registry import MASK_GENERATORS, pick_device, trainer_class
+    from lesiongen.training.registry import MASK_GENERATORS, pick_device
 
     dataset = open_preprocessed(name)
     device = pick_device(args.device)
     for trainer_name in MASK_GENERATORS:
-        options = TrainingOptions(total_steps=args.mask_steps, batch_size=args.batch_size,
-                                  save_every=max(1, args.mask_steps // 4))
-        trainer = trainer_class(trainer_name)(dataset, 0, device, options)
-        if (trainer.output_folder / FINAL).is_file():
-            logger.info("%s fold 0 already trained (%s)", trainer_name, trainer.output_folder)
-            continue
-        trainer.run_training()
+        _train(dataset, trainer_name, args.mask_steps, args)
     report = evaluate_mask_generators(dataset, 0, list(MASK_GENERATORS), device=str(device))
     lines = [f"  mask generators trained {args.mask_steps} steps (batch {args.batch_size}) on fold 0; "
              "Wasserstein distances to the held-out lesions (lower is closer):"]
@@ -101,43 +99,61 @@ def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
         lines.append(f"    {method:<10} log-volume {_fmt(w['log_volume_mm3'])}, radius {_fmt(w['radius_mm'])} mm, "
                      f"sphericity {_fmt(w['sphericity'])}, lesions/patch {_fmt(w['lesions_per_patch'])}")
     lines.append(f"  mask report (table, histograms, gallery): {evaluation_folder(dataset, 0)}")
-    lines.append("  the demo's runs are tiny: they show the machinery, not the quality of a full training")
     return lines
 
 
 def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
-    """Train the inpainter briefly and put lesions into the first healthy scan, written next to the results."""
-    from lesiongen.inference.synthesis import synthesize
-    from lesiongen.io.integrity import load_case
-    from lesiongen.io.images import write_image
+    """Train the inpainter briefly, then put diffmask lesions into every healthy scan with previews."""
+    from lesiongen.inference.predict import PredictOptions, find_input_cases
+    from lesiongen.inference.run_predict import predict
     from lesiongen.paths import results_root
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.base import TrainingOptions
-    from lesiongen.training.checkpoint import FINAL
-    from lesiongen.training.registry import load_trained, pick_device, trainer_class
+    from lesiongen.training.registry import pick_device
 
     dataset = open_preprocessed(raw_dataset.name)
     device = pick_device(args.device)
-    options = TrainingOptions(total_steps=args.mask_steps, batch_size=args.batch_size,
-                              save_every=max(1, args.mask_steps // 4))
-    trainer = trainer_class("inpaint")(dataset, 0, device, options)
-    if not (trainer.output_folder / FINAL).is_file():
-        trainer.run_training()
+    _train(dataset, "inpaint", args.inpaint_steps, args)
     healthy = raw_dataset.split("healthy")
     if not healthy:
         return ["  no healthy scans: synthesis skipped"]
-    case, _ = load_case(healthy[0], raw_dataset.info)
-    inpainter = load_trained(dataset, "inpaint", 0, device)
-    generator = load_trained(dataset, "diffmask", 0, device)
-    result = synthesize(case.images, list(case.geometry.spacing_zyx), dataset.plans, inpainter, generator,
-                        n_lesions=3, seed=0, brain_mask=case.brain_mask, tissue=case.tissue)
-    folder = results_root() / dataset.name / "demo_synthesis"
-    ending = raw_dataset.info.file_ending
-    for channel, image in enumerate(result.images):
-        write_image(folder / f"{healthy[0].case_id}_{channel:04d}{ending}", image, case.geometry)
-    write_image(folder / f"{healthy[0].case_id}{ending}", result.label, case.geometry)
-    return [f"  inpainter trained {args.mask_steps} steps; {len(result.lesions)} diffmask lesions put into "
-            f"{healthy[0].case_id}: {folder}"]
+    folder = healthy[0].images[0].parent
+    masks = healthy[0].brain_mask.parent if healthy[0].brain_mask else None
+    tissue = healthy[0].tissue.parent if healthy[0].tissue else None
+    cases = find_input_cases(folder, dataset.plans.num_channels, brain_masks=masks, tissue=tissue)
+    out = results_root() / dataset.name / "demo_synthesis"
+    options = PredictOptions(mode="synth", resume=True, preview=True, extra={"masks": "diffmask"})
+    counts = predict(dataset, cases, out, options, [0], str(device))
+    return [f"  inpainter trained {args.inpaint_steps} steps; diffmask lesions put into {len(cases)} healthy "
+            f"scan(s) ({counts['done']} new): {out}", f"  previews: {out / 'previews'} (gallery.png)"]
+
+
+def _train(dataset, name: str, steps: int | None, args: argparse.Namespace, **variant) -> None:
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.checkpoint import FINAL
+    from lesiongen.training.registry import pick_device, trainer_class
+
+    options = TrainingOptions(total_steps=steps, batch_size=args.batch_size if name != "seg" else None,
+                              save_every=max(1, (steps or 1) // 4))
+    trainer = trainer_class(name)(dataset, 0, pick_device(args.device), options, **variant)
+    if (trainer.output_folder / FINAL).is_file():
+        logger.info("%s fold 0 already trained (%s)", trainer.folder_name, trainer.output_folder)
+        return
+    trainer.run_training()
+
+
+def _segmentation(name: str, args: argparse.Namespace) -> list[str]:
+    """A short seg fold with real data only and one with diffmask synthetic cases, and the comparison table."""
+    from lesiongen.evaluation.compare import run_comparison
+    from lesiongen.preprocessing.dataset import open_preprocessed
+
+    dataset = open_preprocessed(name)
+    for strategy in ("none", "diffmask"):
+        _train(dataset, "seg", args.seg_steps, args, strategy=strategy)
+    _, paths = run_comparison(dataset.name, dataset.plans.plans_name, ["0"])
+    return [f"  seg fold 0 trained {args.seg_steps} steps with real data only and with diffmask synthetic cases:",
+            *("    " + line for line in paths["markdown"].read_text().splitlines() if line.startswith("|")),
+            f"  comparison: {paths['markdown'].parent}",
+            "  the demo's runs are tiny: they show the machinery, not what synthetic lesions are worth"]
 
 
 def _fmt(value: float | None) -> str:
@@ -169,9 +185,14 @@ def _report(name, fingerprint, plans, counts, folder: Path) -> list[str]:
 def main_demo(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Make the demo dataset (if missing) and run the pipeline on it.")
     parser.add_argument("-np", "--num_processes", type=positive_int, default=DEFAULT_PROCESSES)
-    parser.add_argument("--mask_steps", type=int, default=100,
+    parser.add_argument("--mask_steps", type=int, default=200,
                         help="training steps of unetmask and diffmask (0: stop after preprocessing)")
-    parser.add_argument("--batch_size", type=positive_int, default=8, help="batch size of the demo's short runs")
+    parser.add_argument("--inpaint_steps", type=positive_int, default=200, help="training steps of the inpainter")
+    parser.add_argument("--seg_steps", type=positive_int, default=60, help="training steps of each seg fold")
+    parser.add_argument("--batch_size", type=positive_int, default=8,
+                        help="batch size of the mask generators and the inpainter")
+    parser.add_argument("--full_size_networks", action="store_true",
+                        help="train the planned networks instead of CPU-sized ones")
     parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
     _add_dataset_arguments(parser)
     add_common_arguments(parser)
