@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise LesiongenError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file; say which and why in one line
-        raise LesiongenError(f"{path}: not a readable lesiongen checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # a truncated, foreign or pickle-bearing file; say which and why in one line
+        reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
+                      str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)  # torch colours parts of its message
+        raise LesiongenError(f"{path}: not a readable lesiongen checkpoint ({type(exc).__name__}: {reason})") \
+            from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise LesiongenError(f"{path}: not a lesiongen checkpoint (format {FORMAT_VERSION} expected)")
     return state
