@@ -28,11 +28,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated, foreign or pickle-bearing file; say which and why in one line
-        reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
-                      str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)  # torch colours parts of its message
-        raise LesiongenError(f"{path}: not a readable lesiongen checkpoint ({type(exc).__name__}: {reason})") \
-            from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours parts of its message
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe:
+            reason = f"holds pickled Python objects that weights-only loading refuses ({unsafe.group(1)})"
+        else:
+            reason = f"{type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+        raise LesiongenError(f"{path}: not a readable lesiongen checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise LesiongenError(f"{path}: not a lesiongen checkpoint (format {FORMAT_VERSION} expected)")
     return state
