@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
 
 from lesiongen.cli.common import add_common_arguments, positive_int, run_command
 

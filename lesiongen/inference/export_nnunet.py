@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS, ImageGeometry, read_geometry, read_image, write_image
+from lesiongen.inference.predict import cast_like, read_case_channels, read_map
+from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS, read_geometry, read_image, write_image
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import write_json
 
@@ -86,39 +87,6 @@ def _trained_fold(dataset, names: list[str], fold: int | str | None) -> int | st
         raise LesiongenError(f"no trained {' and '.join(missing)} for fold {fold} of {dataset.name} "
                              f"({final(missing[0], fold)} not found); run {commands}")
     return fold
-
-
-def _read_case(case, reader: str | None) -> tuple[np.ndarray, ImageGeometry, list[np.dtype]]:
-    """(c, z, y, x) float32 channels, their shared geometry and each file's dtype (outputs keep it)."""
-    arrays, dtypes, geometry = [], [], None
-    for path in case.images:
-        array, geo = read_image(path, reader)
-        if geometry is None:
-            geometry = geo
-        elif (mismatch := geo.matches(geometry)) is not None:
-            raise LesiongenError(f"{path}: {mismatch} of {case.images[0].name}")
-        if not np.all(np.isfinite(array)):
-            raise LesiongenError(f"{path}: contains NaN or Inf")
-        dtypes.append(array.dtype)
-        arrays.append(array.astype(np.float32, copy=False))
-    return np.stack(arrays), geometry, dtypes
-
-
-def _read_map(path: Path | None, geometry: ImageGeometry, reader: str | None, what: str) -> np.ndarray | None:
-    if path is None:
-        return None
-    array, geo = read_image(path, reader)
-    if (mismatch := geo.matches(geometry)) is not None:
-        raise LesiongenError(f"{path}: {what} does not match its scan ({mismatch})")
-    return array
-
-
-def _cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Back to an input file's dtype: rounded and clipped for integers."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
-    return image.astype(dtype, copy=False)
 
 
 def _nnunet_json(source_json: dict, info, folder_name: str, num_training: int, record: dict) -> dict:
@@ -204,9 +172,9 @@ def export_nnunet(source: str | int, strategy: str, n: int, out_root: str | Path
 
         for i in tqdm(range(n), desc="lesiongen_export_nnunet", unit="case"):
             healthy = raw.healthy[i % len(raw.healthy)]
-            images, geometry, dtypes = _read_case(healthy, reader)
-            brain = _read_map(healthy.brain_mask, geometry, reader, "brain mask")
-            tissue = _read_map(healthy.tissue, geometry, reader, "tissue map")
+            images, geometry, dtypes = read_case_channels(healthy.images, reader)
+            brain = read_map(healthy.brain_mask, geometry, "brain mask", reader)
+            tissue = read_map(healthy.tissue, geometry, "tissue map", reader)
             case_seed = seed * 100_003 + i
             for attempt in range(EMPTY_RETRIES):
                 used_seed = case_seed + attempt * 104_729
@@ -220,7 +188,7 @@ def export_nnunet(source: str | int, strategy: str, n: int, out_root: str | Path
                                SYNTHETIC_PREFIX, i, healthy.case_id, EMPTY_RETRIES)
             case_id = f"{SYNTHETIC_PREFIX}{i:04d}"
             for c, image in enumerate(result.images):
-                write_image(images_tr / f"{case_id}_{c:04d}{ending}", _cast_like(image, dtypes[c]), geometry, reader)
+                write_image(images_tr / f"{case_id}_{c:04d}{ending}", cast_like(image, dtypes[c]), geometry, reader)
             write_image(labels_tr / f"{case_id}{ending}", result.label.astype(np.uint8), geometry, reader)
             record["synthetic_cases"].append({"case": case_id, "source_healthy_case": healthy.case_id,
                                               "seed": used_seed, "lesions": len(result.lesions),

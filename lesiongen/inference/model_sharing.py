@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lesiongen
 from lesiongen.paths import results_root as default_results_root
-from lesiongen.training.checkpoint import FINAL, LATEST, load_checkpoint
+from lesiongen.training.checkpoint import FINAL, load_checkpoint
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import PARTIAL_SUFFIX, atomic_path
 

@@ -95,13 +95,14 @@ def find_input_cases(folder: Path, n_channels: int, labels: Path | None = None, 
     return result
 
 
-def _read_map(path: Path | None, geometry: ImageGeometry, what: str) -> np.ndarray | None:
+def read_map(path: Path | None, geometry: ImageGeometry, what: str, reader: str | None = None) -> np.ndarray | None:
+    """A per-case map (label, brain mask, tissue) that must lie on its scan's grid; None when not given."""
     if path is None:
         return None
-    array, geo = read_image(path)
+    array, geo = read_image(path, reader)
     mismatch = geo.matches(geometry)
     if mismatch:
-        raise LesiongenError(f"{path}: {what} does not match the image ({mismatch})")
+        raise LesiongenError(f"{path}: {what} does not match its scan ({mismatch})")
     return array
 
 
@@ -139,27 +140,26 @@ def run_cases(cases: list[InputCase], out: Path, options: PredictOptions, n_chan
             skipped += 1
             continue
         images, geometry, dtypes = read_case_channels(case.images)
-        for c, path in enumerate(case.images):
-            if not np.all(np.isfinite(images[c])):
-                raise LesiongenError(f"{path}: contains NaN or Inf")
-        label = _read_map(case.label, geometry, "label")
-        brain = _read_map(case.brain_mask, geometry, "brain mask")
-        tissue = _read_map(case.tissue, geometry, "tissue map")
+        label = read_map(case.label, geometry, "label")
+        brain = read_map(case.brain_mask, geometry, "brain mask")
+        tissue = read_map(case.tissue, geometry, "tissue map")
         work(case, images, geometry, dtypes, None if label is None else label.astype(np.uint8),
              None if brain is None else brain > 0, None if tissue is None else tissue.astype(np.uint8))
         done += 1
     return {"done": done, "skipped": skipped}
 
 
-def read_case_channels(paths: list[Path]) -> tuple[np.ndarray, ImageGeometry, list[np.dtype]]:
+def read_case_channels(paths: list[Path], reader: str | None = None) -> tuple[np.ndarray, ImageGeometry, list[np.dtype]]:
     """(c, z, y, x) float32 channels, their shared geometry and each file's own dtype (outputs keep it)."""
     arrays, dtypes, geometry = [], [], None
     for path in paths:
-        array, geo = read_image(path)
+        array, geo = read_image(path, reader)
         if geometry is None:
             geometry = geo
         elif (mismatch := geo.matches(geometry)) is not None:
             raise LesiongenError(f"{path}: {mismatch} of {paths[0].name}")
+        if not np.all(np.isfinite(array)):
+            raise LesiongenError(f"{path}: contains NaN or Inf")
         dtypes.append(array.dtype)
         arrays.append(array.astype(np.float32, copy=False))
     return np.stack(arrays), geometry, dtypes

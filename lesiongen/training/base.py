@@ -28,7 +28,7 @@ from lesiongen.planning.plans import SpherePrior, StagePlan
 from lesiongen.planning.priors import fit_sphere_prior
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.training import checkpoint as ckpt
-from lesiongen.training.distributed import Distributed, init_distributed
+from lesiongen.training.distributed import init_distributed
 from lesiongen.training.progress import plot_progress
 from lesiongen.training.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.errors import LesiongenError
