@@ -208,3 +208,13 @@ def test_fold_priors_count_only_training_lesions(trained):
                    if lesion.label == 1)
     assert generator.priors["1"].n_lesions_observed == expected
     assert expected < dataset.plans.sphere_priors["1"].n_lesions_observed  # the validation case's lesions are out
+
+
+def test_continuing_a_finished_run_to_more_steps_keeps_learning(trained):
+    folders, _ = trained
+    args = [str(TINY.dataset_id), "unetmask", "all", "-device", "cpu", "--save_every", "2"]
+    assert train_cli.main(args + ["--steps", "2"]) == 0
+    assert train_cli.main(args + ["--steps", "4", "--c"]) == 0
+    state = load_checkpoint(fold_folder(folders, "unetmask", "all") / FINAL)
+    assert state["step"] == 4
+    assert state["history"]["lr"][1] == 0.0 < state["history"]["lr"][2]  # the schedule restarts over 4 steps

@@ -241,8 +241,13 @@ class Trainer:
         if self.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-            # continuing a finished run to more steps stretches the schedule instead of keeping the LR at 0
-            self.lr_scheduler.total_iters = max(self.total_steps, 1)
+            if state["total_steps"] != self.total_steps:
+                # a run continued to another length: the poly schedule over the new length, from where it stands
+                # (PolynomialLR updates multiplicatively, so an LR that reached 0 would otherwise stay 0)
+                total = max(self.total_steps, 1)
+                self.lr_scheduler.total_iters = total
+                for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
+                    group["lr"] = base * max(0.0, 1 - min(self.step, total) / total) ** 0.9
         self.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"][self.distributed.rank], self.data_rng, self.generator)
         self.step = state["step"]
