@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from lesiongen.utilities.files import nan_to_none
 from lesiongen.cli import evaluate as evaluate_cli
 from lesiongen.evaluation.segmentation_metrics import (
     METRIC_NAMES,
@@ -344,6 +345,6 @@ def test_cli_missing_folder_is_one_line_error(tmp_path, capsys):
 
 
 def test_nan_to_none_makes_strict_json_possible():
-    converted = evaluate_cli.nan_to_none({1: {"hd95": math.nan, "x": [1.0, math.inf]}})
+    converted = nan_to_none({1: {"hd95": math.nan, "x": [1.0, math.inf]}})
     assert converted == {"1": {"hd95": None, "x": [1.0, None]}}
     json.dumps(converted, allow_nan=False)
