@@ -103,7 +103,7 @@ def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
 
 
 def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
-    """Train the inpainter briefly, then put diffmask lesions into every healthy scan with previews."""
+    """Train the inpainter briefly, then put spheremask lesions into every healthy scan with previews."""
     from lesiongen.inference.predict import PredictOptions, find_input_cases
     from lesiongen.inference.run_predict import predict
     from lesiongen.paths import results_root
@@ -121,13 +121,15 @@ def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
     tissue = healthy[0].tissue.parent if healthy[0].tissue else None
     cases = find_input_cases(folder, dataset.plans.num_channels, brain_masks=masks, tissue=tissue)
     out = results_root() / dataset.name / "demo_synthesis"
-    options = PredictOptions(mode="synth", resume=True, preview=True, extra={"masks": "diffmask"})
+    # spheremask masks: the demo's briefly trained diffmask is not worth waiting for on a CPU
+    options = PredictOptions(mode="synth", resume=True, preview=True, extra={"masks": "spheremask"})
     counts = predict(dataset, cases, out, options, [0], str(device))
-    return [f"  inpainter trained {args.inpaint_steps} steps; diffmask lesions put into {len(cases)} healthy "
+    return [f"  inpainter trained {args.inpaint_steps} steps; spheremask lesions put into {len(cases)} healthy "
             f"scan(s) ({counts['done']} new): {out}", f"  previews: {out / 'previews'} (gallery.png)"]
 
 
-def _train(dataset, name: str, steps: int | None, args: argparse.Namespace, **variant) -> None:
+def _train(dataset, name: str, steps: int | None, args: argparse.Namespace, synthetic_ratio: float | None = None,
+           **variant) -> None:
     from lesiongen.training.base import TrainingOptions
     from lesiongen.training.checkpoint import FINAL
     from lesiongen.training.registry import pick_device, trainer_class
@@ -135,6 +137,8 @@ def _train(dataset, name: str, steps: int | None, args: argparse.Namespace, **va
     options = TrainingOptions(total_steps=steps, batch_size=args.batch_size if name != "seg" else None,
                               save_every=max(1, (steps or 1) // 4))
     trainer = trainer_class(name)(dataset, 0, pick_device(args.device), options, **variant)
+    if synthetic_ratio is not None:
+        trainer.apply_settings({"synthetic_ratio": synthetic_ratio})
     if (trainer.output_folder / FINAL).is_file():
         logger.info("%s fold 0 already trained (%s)", trainer.folder_name, trainer.output_folder)
         return
@@ -142,15 +146,15 @@ def _train(dataset, name: str, steps: int | None, args: argparse.Namespace, **va
 
 
 def _segmentation(name: str, args: argparse.Namespace) -> list[str]:
-    """A short seg fold with real data only and one with diffmask synthetic cases, and the comparison table."""
+    """A short seg fold with real data only and one with synthetic cases (sphere masks + inpainter), compared."""
     from lesiongen.evaluation.compare import run_comparison
     from lesiongen.preprocessing.dataset import open_preprocessed
 
     dataset = open_preprocessed(name)
-    for strategy in ("none", "diffmask"):
-        _train(dataset, "seg", args.seg_steps, args, strategy=strategy)
+    for strategy in ("none", "sphere"):
+        _train(dataset, "seg", args.seg_steps, args, strategy=strategy, synthetic_ratio=0.5)
     _, paths = run_comparison(dataset.name, dataset.plans.plans_name, ["0"])
-    return [f"  seg fold 0 trained {args.seg_steps} steps with real data only and with diffmask synthetic cases:",
+    return [f"  seg fold 0 trained {args.seg_steps} steps with real data only and with synthetic cases (sphere):",
             *("    " + line for line in paths["markdown"].read_text().splitlines() if line.startswith("|")),
             f"  comparison: {paths['markdown'].parent}",
             "  the demo's runs are tiny: they show the machinery, not what synthetic lesions are worth"]
