@@ -19,6 +19,9 @@ class ScheduleConfig:
     beta_end: float = 0.0195
     sampler: str = "dpm_solver"
     num_inference_steps: int = 20  # network evaluations per sample with dpm_solver / ddim
+    # bounded data (masks in [-1, 1]): clip each step's x0 estimate; without it an imperfect noise estimate at high
+    # noise levels is amplified by 1 / sqrt(alpha_bar) and the chain diverges
+    clip_sample: bool = True
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
@@ -30,11 +33,13 @@ def sampling_scheduler(config: ScheduleConfig):
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                   beta_start=config.beta_start, beta_end=config.beta_end)
     if config.sampler == "dpm_solver":
-        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+        # dpmsolver++ works on x0; thresholding with a maximum of 1 is plain clipping to [-1, 1]
+        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                                thresholding=config.clip_sample, sample_max_value=1.0)
     elif config.sampler == "ddim":
-        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+        scheduler = DDIMScheduler(**common, clip_sample=config.clip_sample, set_alpha_to_one=False)
     elif config.sampler == "ddpm":
-        scheduler = DDPMScheduler(**common, clip_sample=False)
+        scheduler = DDPMScheduler(**common, clip_sample=config.clip_sample)
     else:
         raise ValueError(f"unknown sampler {config.sampler}; choose one of {SAMPLERS}")
     steps = config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps
