@@ -55,7 +55,7 @@ def analyse_lesions(
     (or the whole volume) is used. The contrast shell is the brain voxels within ``shell_mm`` mm of the
     component that belong to no lesion. Components are ordered by class, then by component index.
     """
-    label = _as_label_array(label)
+    label = as_label_array(label)
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     if spacing_arr.shape != (3,) or not np.all(spacing_arr > 0):
         raise ValueError(f"spacing must be 3 positive values (z, y, x), got {spacing}")
@@ -126,7 +126,7 @@ def summarise(values: list[float]) -> dict:
     return {"count": int(arr.size), **{k: float(v) for k, v in zip(keys, stats)}}
 
 
-def _as_label_array(label: np.ndarray) -> np.ndarray:
+def as_label_array(label: np.ndarray) -> np.ndarray:
     """The label map as an integer array, negative values treated as background."""
     label = np.asarray(label)
     if label.ndim != 3:

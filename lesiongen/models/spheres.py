@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from lesiongen.fingerprint.lesions import as_label_array
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere, voxel_points_mm
 from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
 
@@ -385,18 +386,8 @@ def _as_spacing(spacing: Sequence[float]) -> np.ndarray:
 
 
 def _as_label_array(mask: np.ndarray) -> np.ndarray:
-    """The mask as a non-negative integer array: floats rounded, negatives (outside the brain) set to 0."""
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
-    if mask.dtype.kind == "b":
-        return mask.astype(np.uint8)
-    if mask.dtype.kind == "f":
-        mask = np.rint(mask).astype(np.int64)
-    elif mask.dtype.kind not in "iu":
-        raise ValueError(f"mask must be an integer array, got dtype {mask.dtype}")
-    if mask.dtype.kind == "i":
-        mask = np.maximum(mask, 0)
+    """The fingerprint's label convention (floats rounded, negatives = background), bounded to uint8 labels."""
+    mask = as_label_array(mask)
     if mask.size and mask.max() > _MAX_LABEL:
         raise ValueError(f"lesion label {int(mask.max())} does not fit a uint8 label map")
     return mask
