@@ -30,23 +30,13 @@ from lesiongen.io.images import ImageGeometry, read_image, write_image
 from lesiongen.models.networks import build_network
 from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import Trainer
+from lesiongen.training.losses import deep_supervision_loss, softmax_dice_loss
 from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
 from lesiongen.training.synthetic import STRATEGIES, make_synthetic_cases
-from lesiongen.training.trainers.unetmask import deep_supervision_weights
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import json_plain, read_json, write_json
 
 logger = logging.getLogger("lesiongen.training")
-
-
-def soft_dice_softmax(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """1 - batch soft Dice over the foreground classes of softmax outputs (nnU-Net's do_bg=False, batch_dice)."""
-    probabilities = torch.softmax(logits, dim=1)[:, 1:]
-    onehot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1)[:, 1:].float()
-    axes = (0, *range(2, logits.ndim))
-    intersection = (probabilities * onehot).sum(axes)
-    total = probabilities.sum(axes) + onehot.sum(axes)
-    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
 
 
 class SegTrainer(Trainer):
@@ -114,20 +104,11 @@ class SegTrainer(Trainer):
     def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         batch = next(self.batches)
         data = self.to_device(batch["data"].astype(np.float32))
-        target = self.to_device(batch["seg"][:, 0].round().astype(np.int64))
-        outputs = self.trained["unet"](data)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        loss = torch.zeros((), device=self.device)
-        ce_total = dice_total = 0.0
-        for weight, logits in zip(deep_supervision_weights(len(outputs)), outputs):
-            scaled = target if logits.shape[2:] == target.shape[1:] else \
-                F.interpolate(target[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
-            ce = F.cross_entropy(logits.float(), scaled)
-            dice = soft_dice_softmax(logits.float(), scaled)
-            loss = loss + weight * (ce + dice)
-            ce_total += weight * float(ce.detach())
-            dice_total += weight * float(dice.detach())
-        return loss, {"ce": ce_total, "dice": dice_total}
+        target = self.to_device(batch["seg"].round().astype(np.int64))  # (b, 1, ...) labels
+        return deep_supervision_loss(self.trained["unet"](data), target, {
+            "ce": lambda logits, labels: F.cross_entropy(logits, labels[:, 0]),
+            "dice": lambda logits, labels: softmax_dice_loss(logits, labels[:, 0]),
+        })
 
     # ---------------------------------------------------------------------------------------- validation
     def finish_training(self) -> None:

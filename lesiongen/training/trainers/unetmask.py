@@ -21,6 +21,7 @@ from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.networks import build_network
 from lesiongen.models.spheres import SphereLesion
 from lesiongen.training.data import draw_batch, fill_lesions, mirrored
+from lesiongen.training.losses import deep_supervision_loss, sigmoid_dice_loss
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.errors import LesiongenError
 
@@ -28,22 +29,6 @@ logger = logging.getLogger("lesiongen.training")
 
 PROBABILITY_THRESHOLD = 0.5
 INITIAL_LESION_FRACTION = 0.01
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """1 - batch soft Dice per class (nnU-Net's batch Dice: sums over the whole batch), averaged over classes."""
-    probabilities = torch.sigmoid(logits)
-    axes = (0, *range(2, logits.ndim))
-    intersection = (probabilities * target).sum(axes)
-    total = probabilities.sum(axes) + target.sum(axes)
-    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
-
-
-def deep_supervision_weights(n: int) -> list[float]:
-    """nnU-Net's: halve per resolution, ignore the lowest, normalise to 1."""
-    weights = [1 / 2**i if i < n - 1 or n == 1 else 0.0 for i in range(n)]
-    total = sum(weights)
-    return [w / total for w in weights]
 
 
 class UNetMaskTrainer(MaskTrainer):
@@ -86,20 +71,10 @@ class UNetMaskTrainer(MaskTrainer):
         x = self.to_device(self.inputs(mirrored(self.filled[index], flips), tissue,
                                        mirrored(self.controls[index], flips)))
         target = self.to_device(self.targets(mirrored(self.data.masks[index], flips)))
-        outputs = self.trained["unet"](x)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        loss = torch.zeros((), device=self.device)
-        bce_total = dice_total = 0.0
-        # zero-weighted outputs stay in the graph: DDP expects a gradient for every parameter
-        for weight, logits in zip(deep_supervision_weights(len(outputs)), outputs):
-            scaled = target if logits.shape[2:] == target.shape[2:] else \
-                F.interpolate(target, size=logits.shape[2:], mode="nearest")
-            bce = F.binary_cross_entropy_with_logits(logits.float(), scaled)
-            dice = soft_dice_loss(logits.float(), scaled)
-            loss = loss + weight * (bce + dice)
-            bce_total += weight * float(bce.detach())
-            dice_total += weight * float(dice.detach())
-        return loss, {"bce": bce_total, "dice": dice_total}
+        return deep_supervision_loss(self.trained["unet"](x), target, {
+            "bce": F.binary_cross_entropy_with_logits,
+            "dice": sigmoid_dice_loss,
+        })
 
     @torch.no_grad()
     def generate(self, spheres: list[list[SphereLesion]], conditioning: MaskConditioning,
