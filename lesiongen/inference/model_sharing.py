@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import lesiongen
+from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import results_root as default_results_root
 from lesiongen.training.checkpoint import FINAL, load_checkpoint
 from lesiongen.utilities.errors import LesiongenError
@@ -46,28 +47,7 @@ _FOLD_FOLDER = re.compile(r"^fold_(\d+|all)$")
 # ------------------------------------------------------------------------------------------------------ export
 def resolve_results_dataset(identifier: str | int, root: Path | None = None) -> Path:
     """``501``, ``"501"`` or ``"Dataset501_Name"`` to the dataset's folder below the results root."""
-    root = Path(root) if root is not None else default_results_root()
-    text = str(identifier).strip()
-    if not root.is_dir():
-        raise LesiongenError(f"{root}: results folder does not exist (check lesiongen_results)")
-    if text.isdigit():
-        wanted = int(text)
-        matches = sorted(p for p in root.iterdir()
-                         if p.is_dir() and (m := _DATASET_FOLDER.match(p.name)) and int(m.group(1)) == wanted)
-        if not matches:
-            raise LesiongenError(f"{root}: no trained models for dataset ID {wanted:03d} "
-                                 f"(expected a folder Dataset{wanted:03d}_Name)")
-        if len(matches) > 1:
-            raise LesiongenError(f"{root}: dataset ID {wanted:03d} is ambiguous "
-                                 f"({', '.join(p.name for p in matches)})")
-        return matches[0]
-    if not _DATASET_FOLDER.match(text):
-        raise LesiongenError(f"{root / text}: not a dataset name; expected an ID like 501 or a name like "
-                             f"Dataset501_Name")
-    folder = root / text
-    if not folder.is_dir():
-        raise LesiongenError(f"{folder}: no trained models for this dataset (folder not found)")
-    return folder
+    return find_dataset_folder(identifier, Path(root) if root is not None else default_results_root())
 
 
 def _is_plain_file(path: Path) -> bool:

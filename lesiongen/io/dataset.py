@@ -85,11 +85,11 @@ class RawDataset:
 
 
 def find_dataset_folder(identifier: str | int, root: Path | None = None) -> Path:
-    """Resolve ``501``, ``"501"`` or ``"Dataset501_Name"`` to the dataset folder below the raw root."""
+    """Resolve ``501``, ``"501"`` or ``"Dataset501_Name"`` to the dataset folder below ``root`` (default: raw)."""
     root = Path(root) if root is not None else raw_root()
     text = str(identifier).strip()
     if not root.is_dir():
-        raise LesiongenError(f"{root}: data folder does not exist (check lesiongen_raw / lesiongen_preprocessed)")
+        raise LesiongenError(f"{root}: folder does not exist (check lesiongen_raw / _preprocessed / _results)")
     if text.isdigit():
         wanted = int(text)
         matches = sorted(
