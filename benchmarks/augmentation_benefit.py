@@ -87,7 +87,7 @@ def test_scores(strategy: str, device: str) -> dict[str, float]:
     per_case = {}
     for case in raw.split("test"):
         images, geometry = read_channels(case.images)
-        label, _ = segment(images, list(geometry.spacing_zyx), [model])
+        label, _, _ = segment(images, list(geometry.spacing_zyx), [model])
         reference, _ = read_image(case.label)
         per_case[case.case_id] = case_metrics(reference.astype(np.uint8), label, geometry.spacing_zyx,
                                               dataset.plans.lesion_labels)

@@ -22,7 +22,7 @@ from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
 from lesiongen.evaluation.inpainting_metrics import diff_map_iou, inpainting_metrics, lesion_contrast, ssim_outside
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
-from lesiongen.training.data import load_lesion_patches
+from lesiongen.training.data import load_lesion_patches, relocate_shape
 from lesiongen.training.registry import load_trained
 from lesiongen.training.trainers.inpaint import INSERT, REMOVE
 from lesiongen.utilities.errors import LesiongenError
@@ -44,14 +44,10 @@ def moved_masks(masks: np.ndarray, brain: np.ndarray, margin: int, rng: np.rando
             continue
         centre = labels[tuple(np.asarray(mask.shape) // 2)]
         lesion = labels == (centre if centre else 1)
-        avoid = edit_region(mask > 0, margin + 2)
-        for _ in range(32):
-            shift = rng.integers(-np.asarray(mask.shape) // 2, np.asarray(mask.shape) // 2 + 1)
-            moved = ndimage.shift(lesion.astype(np.uint8), shift, order=0, mode="constant").astype(bool)
-            if moved.sum() == lesion.sum() and not (moved & avoid).any() and brain[i][moved].all():
-                out[i][moved] = mask[lesion].max()
-                ok[i] = True
-                break
+        moved = relocate_shape(lesion, edit_region(mask > 0, margin + 2), brain[i], rng, tries=32)
+        if moved is not None:
+            out[i][moved] = mask[lesion].max()
+            ok[i] = True
     return out, ok
 
 
@@ -135,30 +131,26 @@ def _figure(path: Path, images, fake, inserted, healed, real_images, real_masks,
     rows = min(n, len(images)) + min(n, len(real_images))
     fig = Figure(figsize=(10, 2.4 * max(rows, 1)))
     FigureCanvasAgg(fig)
-    columns = ("input", "mask", "insert", "remove (fake mask)")
     channel = images.shape[1] - 1  # the last channel (e.g. FLAIR) shows MS lesions best
-    row = 0
-    for i in range(min(n, len(images))):
-        z = int(np.argmax((fake[i] > 0).sum(axis=(1, 2))))
-        for col, (title, img) in enumerate(zip(columns, (images[i], images[i], inserted[i], healed[i]))):
+
+    def draw_row(row: int, mask: np.ndarray, panels: list[tuple[str, np.ndarray]]) -> None:
+        """One example: the panels' slices through the mask's fullest axial slice; the second panel outlines it."""
+        z = int(np.argmax((mask > 0).sum(axis=(1, 2))))
+        for col, (title, img) in enumerate(panels):
             ax = fig.add_subplot(rows, 4, row * 4 + col + 1)
             ax.imshow(img[channel, z], cmap="gray")
             if col == 1:
-                ax.contour(fake[i][z] > 0, levels=[0.5], colors="r", linewidths=0.8)
+                ax.contour(mask[z] > 0, levels=[0.5], colors="r", linewidths=0.8)
             ax.set_title(f"{title} z={z}", fontsize=8)
             ax.axis("off")
-        row += 1
+
+    shown_fake = min(n, len(images))
+    for i in range(shown_fake):
+        draw_row(i, fake[i], [("input", images[i]), ("mask", images[i]), ("insert", inserted[i]),
+                              ("remove (fake mask)", healed[i])])
     for i in range(min(n, len(real_images))):
-        z = int(np.argmax((real_masks[i] > 0).sum(axis=(1, 2))))
-        for col, (title, img) in enumerate((("real lesion", real_images[i]), ("lesion mask", real_images[i]),
-                                            ("remove (real)", removed_real[i]))):
-            ax = fig.add_subplot(rows, 4, row * 4 + col + 1)
-            ax.imshow(img[channel, z], cmap="gray")
-            if col == 1:
-                ax.contour(real_masks[i][z] > 0, levels=[0.5], colors="r", linewidths=0.8)
-            ax.set_title(f"{title} z={z}", fontsize=8)
-            ax.axis("off")
-        row += 1
+        draw_row(shown_fake + i, real_masks[i], [("real lesion", real_images[i]), ("lesion mask", real_images[i]),
+                                                 ("remove (real)", removed_real[i])])
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from lesiongen.inference.predict import InputCase, PredictOptions, run_cases, write_channels
-from lesiongen.inference.scan_space import to_model_space
 from lesiongen.inference.segment import segment
 from lesiongen.inference.sliding_window import resample_logits_to_shape
 from lesiongen.inference.synthesis import remove_lesions, synthesize
@@ -108,9 +107,8 @@ def _seg_work(models, out: Path, options: PredictOptions):
 
     def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
         spacing = list(geometry.spacing_zyx)
-        prediction, probabilities = segment(images, spacing, models, brain, mirror=options.mirror)
+        prediction, probabilities, scan = segment(images, spacing, models, brain, mirror=options.mirror)
         if options.save_probabilities:
-            scan = to_model_space(images, spacing, plans, brain)
             full = _probabilities_on_original_grid(probabilities, scan)
             with atomic_path(out / f"{case.case_id}.npz") as tmp:
                 with open(tmp, "wb") as handle:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lesiongen.inference.scan_space import to_model_space
+from lesiongen.inference.scan_space import ModelSpaceScan, to_model_space
 from lesiongen.inference.sliding_window import resample_logits_to_shape
 
 
@@ -21,8 +21,8 @@ def probabilities_to_labels(probabilities: np.ndarray, label_values: list[int], 
 
 
 def segment(images: np.ndarray, spacing: list[float], models: list, brain_mask: np.ndarray | None = None,
-            mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(label map on the input grid, mean model-space probabilities) of a (c, z, y, x) scan.
+            mirror: bool = True) -> tuple[np.ndarray, np.ndarray, ModelSpaceScan]:
+    """(label map on the input grid, mean model-space probabilities, the model-space scan) of a (c, z, y, x) scan.
 
     ``models`` are trained ``seg`` trainers (e.g. one per fold) of one plans file; their softmax outputs are
     averaged before the argmax, as nnU-Net ensembles folds.
@@ -32,4 +32,4 @@ def segment(images: np.ndarray, spacing: list[float], models: list, brain_mask: 
     probabilities = np.mean([m.predict_case(scan.images, mirror=mirror) for m in models], axis=0)
     label = probabilities_to_labels(probabilities, list(plans.labels.values()), scan.crop_bbox, scan.cropped_shape,
                                     scan.original_shape)
-    return label, probabilities
+    return label, probabilities, scan

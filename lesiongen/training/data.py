@@ -105,3 +105,16 @@ def fill_lesions(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, tissu
         for c in range(image.shape[0]):
             out[c][target] = np.median(image[c][source]) if source.any() else 0.0
     return out
+
+
+def relocate_shape(shape: np.ndarray, avoid: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
+                   tries: int) -> np.ndarray | None:
+    """``shape`` (bool) shifted to a random place in the patch, whole, inside ``brain`` and off ``avoid``; None
+    when ``tries`` shifts find none. Gives fake lesion masks over tissue whose true (healthy) look is known."""
+    size = np.asarray(shape.shape)
+    for _ in range(tries):
+        shift = rng.integers(-size // 2, size // 2 + 1)
+        moved = ndimage.shift(shape.astype(np.uint8), shift, order=0, mode="constant", cval=0).astype(bool)
+        if moved.sum() == shape.sum() and not (moved & avoid).any() and brain[moved].all():
+            return moved
+    return None

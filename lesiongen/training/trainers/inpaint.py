@@ -32,7 +32,7 @@ from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edi
 from lesiongen.diffusion.schedules import ScheduleConfig, add_noise, training_scheduler
 from lesiongen.models.networks import build_network
 from lesiongen.training.base import Trainer
-from lesiongen.training.data import LesionPatches, draw_batch, load_lesion_patches, mirrored
+from lesiongen.training.data import LesionPatches, draw_batch, load_lesion_patches, mirrored, relocate_shape
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger("lesiongen.training")
@@ -105,14 +105,7 @@ class InpaintTrainer(Trainer):
         """The lesion's shape moved onto lesion-free brain of the same patch; None when it does not fit."""
         if not lesion.any():
             return None
-        avoid = edit_region(lesion, self.margin_voxels + 1)
-        size = np.asarray(lesion.shape)
-        for _ in range(8):
-            shift = rng.integers(-size // 2, size // 2 + 1)
-            moved = ndimage.shift(lesion.astype(np.uint8), shift, order=0, mode="constant", cval=0).astype(bool)
-            if moved.sum() == lesion.sum() and not (moved & avoid).any() and brain[moved].all():
-                return moved
-        return None
+        return relocate_shape(lesion, edit_region(lesion, self.margin_voxels + 1), brain, rng, tries=8)
 
     def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         rng = self.data_rng
