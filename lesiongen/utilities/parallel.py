@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from tqdm import tqdm
+
+from lesiongen.utilities.errors import LesiongenError
 
 T = TypeVar("T")
 
@@ -23,7 +27,8 @@ def map_cases(
 
     Spawn (not fork) keeps workers free of whatever the parent imported (threads, CUDA); the functions run here
     import only numpy/scipy/SimpleITK, so start-up stays cheap. With one process it runs inline, which keeps
-    tracebacks simple when debugging.
+    tracebacks simple when debugging. A worker that dies (killed for memory, say) ends the call with an error;
+    ``multiprocessing.Pool`` would replace the worker and wait forever for its lost result.
     """
     extra = tuple(extra_args)
     bar = tqdm(total=len(items), desc=description, disable=not progress, unit="case", leave=False)
@@ -35,12 +40,18 @@ def map_cases(
                 bar.update()
             return results
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(num_processes, len(items))) as pool:
-            pending = [pool.apply_async(function, (item, *extra)) for item in items]
+        pool = ProcessPoolExecutor(min(num_processes, len(items)), mp_context=context)
+        try:
+            pending = [pool.submit(function, item, *extra) for item in items]
             results = []
             for job in pending:
-                results.append(job.get())
+                results.append(job.result())
                 bar.update()
             return results
+        except BrokenProcessPool as error:
+            raise LesiongenError(f"{description}: a worker process died (killed for lack of memory? try fewer "
+                                 "processes with -np)") from error
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # after an error: no new cases start
     finally:
         bar.close()
