@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +217,36 @@ def test_invalid_config_is_a_user_error():
         DemoConfig(file_ending=".png")
     with pytest.raises(LesiongenError):
         DemoConfig(dataset_name="has space")
+
+
+def test_nibabel_dataset_needs_no_simpleitk(tmp_path):
+    """A dataset written with NibabelIO records it and goes through planning and preprocessing without SimpleITK
+    (a machine without that wheel can run the whole pipeline on NIfTI)."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "SimpleITK.py").write_text("raise ImportError('SimpleITK is blocked in this test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
+               lesiongen_raw=str(tmp_path / "raw"), lesiongen_preprocessed=str(tmp_path / "pre"),
+               lesiongen_results=str(tmp_path / "results"))
+    steps = (("demo:main_make_demo_dataset", "--dataset_id", "778", "--n_lesion_cases", "2", "--n_healthy", "1",
+              "--n_test", "0", "--image_reader", "NibabelIO"),
+             ("plan_and_preprocess:main_plan_and_preprocess", "-d", "778", "-np", "1"))
+    for entry, *arguments in steps:
+        module, function = entry.split(":")
+        call = f"import sys; from lesiongen.cli.{module} import {function}; {function}(sys.argv[1:])"
+        done = subprocess.run([sys.executable, "-c", call, *arguments], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "raw" / "Dataset778_DemoMS"
+    assert read_json(folder / "dataset.json")["overwrite_image_reader_writer"] == "NibabelIO"
+    nib_array, nib_geometry = read_image(folder / "labelsTr" / f"demo_000{ENDING}", "NibabelIO")
+    sitk_array, sitk_geometry = read_image(folder / "labelsTr" / f"demo_000{ENDING}")
+    np.testing.assert_array_equal(nib_array, sitk_array)
+    assert nib_geometry.matches(sitk_geometry) is None
+    assert any((tmp_path / "pre" / "Dataset778_DemoMS").rglob("*.b2nd"))
+
+
+def test_nibabel_reader_writes_nifti_only():
+    with pytest.raises(LesiongenError, match="NIfTI only"):
+        DemoConfig(image_reader="NibabelIO", file_ending=".nrrd")
+    with pytest.raises(LesiongenError, match="image_reader"):
+        DemoConfig(image_reader="PNGIO")

@@ -24,7 +24,8 @@ REALISTIC = {"shape": (180, 210, 170), "spacing": (1.0, 1.0, 1.0), "lesion_radiu
 
 def _config(args: argparse.Namespace) -> DemoConfig:
     config = DemoConfig(dataset_id=args.dataset_id, dataset_name=args.name, n_lesion_cases=args.n_lesion_cases,
-                        n_healthy=args.n_healthy, n_test=args.n_test, seed=args.seed)
+                        n_healthy=args.n_healthy, n_test=args.n_test, seed=args.seed,
+                        image_reader=args.image_reader)
     if args.realistic:
         config = DemoConfig(**{**config.__dict__, **REALISTIC})
     return config
@@ -37,6 +38,8 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n_healthy", type=int, default=6)
     parser.add_argument("--n_test", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image_reader", default="SimpleITKIO", choices=["SimpleITKIO", "NibabelIO"],
+                        help="reader/writer recorded in dataset.json and used to write the files")
     parser.add_argument("--realistic", action="store_true",
                         help="180x210x170 voxels at 1 mm instead of the small, fast default")
 

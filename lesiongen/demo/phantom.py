@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, write_image
+from lesiongen.io.images import NIBABEL, NIFTI_ENDINGS, READER_ALIASES, SUPPORTED_ENDINGS, ImageGeometry, write_image
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import write_json
 
@@ -73,6 +73,7 @@ class DemoConfig:
     lesion_radius_mm: tuple[float, float] = (1.5, 7.0)
     file_ending: str = ".nii.gz"
     seed: int = 0
+    image_reader: str = "SimpleITKIO"  # written to dataset.json; NibabelIO needs no SimpleITK (NIfTI only)
 
     def __post_init__(self) -> None:
         # lists (e.g. from JSON) become tuples so configs stay hashable and comparable
@@ -89,6 +90,10 @@ class DemoConfig:
             problems.append(f"shape must be 3 sizes of at least {_MIN_SHAPE} voxels, got {self.shape}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             problems.append(f"spacing must be 3 positive values, got {self.spacing}")
+        if self.image_reader not in READER_ALIASES:
+            problems.append(f"image_reader must be one of {sorted(READER_ALIASES)}, got {self.image_reader!r}")
+        elif READER_ALIASES[self.image_reader] == NIBABEL and self.file_ending not in NIFTI_ENDINGS:
+            problems.append(f"{self.image_reader} writes NIfTI only, not {self.file_ending}")
         low, high = self.lesions_per_case
         if not 1 <= low <= high:
             problems.append(f"lesions_per_case must be a range 1 <= low <= high, got {self.lesions_per_case}")
@@ -579,13 +584,14 @@ def _write_case(folder: Path, config: DemoConfig, case: str, phantom: Phantom, i
     for channel, image in enumerate(phantom.images):
         # float32, not rounded: ITK's NIfTI reader reads NaN as 0 in float files whose other values are all
         # integers, which would hide the NaN that integrity tests plant in demo images
-        write_image(folder / image_dir / f"{case}_{channel:04d}{ending}", image.astype(np.float32), geometry)
+        write_image(folder / image_dir / f"{case}_{channel:04d}{ending}", image.astype(np.float32), geometry,
+                    config.image_reader)
     if label_dir:
-        write_image(folder / label_dir / f"{case}{ending}", phantom.label, geometry)
+        write_image(folder / label_dir / f"{case}{ending}", phantom.label, geometry, config.image_reader)
     if tissue_dir:
-        write_image(folder / tissue_dir / f"{case}{ending}", phantom.tissue, geometry)
+        write_image(folder / tissue_dir / f"{case}{ending}", phantom.tissue, geometry, config.image_reader)
     if mask_dir:
-        write_image(folder / mask_dir / f"{case}{ending}", phantom.brain_mask, geometry)
+        write_image(folder / mask_dir / f"{case}{ending}", phantom.brain_mask, geometry, config.image_reader)
 
 
 def _dataset_json(config: DemoConfig) -> dict:
@@ -596,7 +602,7 @@ def _dataset_json(config: DemoConfig) -> dict:
         "labels": dict(LABELS),
         "numTraining": config.n_lesion_cases,
         "file_ending": config.file_ending,
-        "overwrite_image_reader_writer": "SimpleITKIO",
+        "overwrite_image_reader_writer": config.image_reader,
         "tissue_labels": dict(TISSUE_LABELS),
         "numHealthy": config.n_healthy,
         "numTest": config.n_test,

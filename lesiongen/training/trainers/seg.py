@@ -145,7 +145,7 @@ class SegTrainer(Trainer):
             probabilities = self.predict_case(load_array(f"{stem}.b2nd"), mirror=bool(self.mirror_validation))
             prediction = self.export_prediction(probabilities, properties)
             geometry = ImageGeometry.from_json(properties["original_geometry"])
-            write_image(folder / f"{case_id}{ending}", prediction, geometry)
+            write_image(folder / f"{case_id}{ending}", prediction, geometry, raw.info.reader)
             reference, _ = read_image(cases[case_id].label, raw.info.reader)
             per_case[case_id] = case_metrics(reference.astype(np.uint8), prediction, geometry.spacing_zyx,
                                              self.plans.lesion_labels)
