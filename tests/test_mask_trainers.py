@@ -100,6 +100,26 @@ def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
     np.testing.assert_array_equal(masks, generator.sample_masks(3, conditioning, seed=11))
 
 
+def test_diffmask_stores_its_prediction_type_and_old_models_still_sample(trained, tmp_path):
+    from lesiongen.training.checkpoint import save_checkpoint
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    path = fold_folder(trained[0], "diffmask") / FINAL
+    state = load_checkpoint(path)
+    assert state["extra"]["prediction_type"] == "sample"
+    generator = load_trained(dataset, "diffmask", 0, "cpu")
+    assert generator.schedule.prediction_type == "sample"
+    # a model saved before the type was stored was trained on noise: it must be sampled as such
+    del state["extra"]["prediction_type"]
+    save_checkpoint(state, tmp_path / "old.pt")
+    generator.load_for_inference(tmp_path / "old.pt")
+    assert generator.schedule.prediction_type == "epsilon"
+    assert generator.scheduler.config.prediction_type == "epsilon"
+    conditioning, _ = validation_conditioning(dataset, 2)
+    assert generator.sample_masks(2, conditioning, seed=3).shape == (2, *dataset.plans.lesion_patch_size)
+    assert type(generator).schedule.prediction_type == "sample"  # the class default is untouched
+
+
 def test_spheremask_seed_changes_masks_and_lesions_are_not_empty(trained):
     generator = load_trained(open_preprocessed(TINY.dataset_id), "spheremask", 0, "cpu")
     a = generator.sample_masks(6, seed=1)

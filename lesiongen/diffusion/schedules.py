@@ -9,6 +9,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 SAMPLERS = ("dpm_solver", "ddim", "ddpm")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for what the network predicts
 
 
 @dataclass
@@ -22,16 +23,22 @@ class ScheduleConfig:
     # bounded data (masks in [-1, 1]): clip each step's x0 estimate; without it an imperfect noise estimate at high
     # noise levels is amplified by 1 / sqrt(alpha_bar) and the chain diverges
     clip_sample: bool = True
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction type {self.prediction_type}; choose one of {PREDICTION_TYPES}")
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
+                         prediction_type=config.prediction_type)
 
 
 def sampling_scheduler(config: ScheduleConfig):
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                  beta_start=config.beta_start, beta_end=config.beta_end)
+                  beta_start=config.beta_start, beta_end=config.beta_end, prediction_type=config.prediction_type)
     if config.sampler == "dpm_solver":
         # dpmsolver++ works on x0; thresholding with a maximum of 1 is plain clipping to [-1, 1]
         scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
@@ -55,21 +62,33 @@ def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor, generator: torch.Ge
     return scheduler.add_noise(clean, noise, timesteps), noise, timesteps
 
 
+def training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
+                    timesteps: torch.Tensor) -> torch.Tensor:
+    """What the network learns to output for the scheduler's prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return clean
+    return scheduler.get_velocity(clean, noise, timesteps)
+
+
 @torch.no_grad()
 def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
            config: ScheduleConfig, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, int]:
     """Run the reverse process from pure noise; returns the sample and the number of network evaluations.
 
-    ``denoise(x_t, t)`` predicts the noise; conditioning is the caller's business (it closes over it).
+    ``denoise(x_t, t)`` predicts what ``config.prediction_type`` names (the noise by default); conditioning is the
+    caller's business (it closes over it).
     """
     scheduler = sampling_scheduler(config)
     x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
     evaluations = 0
     for t in scheduler.timesteps:
         timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        noise = denoise(scheduler.scale_model_input(x, t), timestep)
+        output = denoise(scheduler.scale_model_input(x, t), timestep)
         evaluations += 1
         # the step's own noise (DDPM) must come from the seeded generator too, for reproducible samples
         step_kwargs = {"generator": generator} if config.sampler == "ddpm" else {}
-        x = scheduler.step(noise.float(), t, x, **step_kwargs).prev_sample
+        x = scheduler.step(output.float(), t, x, **step_kwargs).prev_sample
     return x, evaluations
