@@ -60,6 +60,8 @@ def test_training_wrote_contrast_bank_and_network_input_has_cfg_flag(inpainter):
     model, patches, _ = inpainter
     bank = model.extra["contrast_bank"]["1"]
     assert len(bank) > 0 and len(bank[0]) == model.n_channels
+    # the prediction type travels with the model and sets the sampler up the same way
+    assert model.extra["prediction_type"] == model.schedule.prediction_type == model.scheduler.config.prediction_type
     n = 2
     noisy = torch.zeros((n, model.n_channels, *model.patch_size))
     known = np.zeros((n, model.n_channels, *model.patch_size), np.float32)

@@ -40,7 +40,8 @@ class InpaintSchedule:
 
 def make_scheduler(schedule: InpaintSchedule, config: ScheduleConfig):
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                  beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+                  beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
+                  prediction_type=config.prediction_type)
     if schedule.sampler == "ddim":
         scheduler = DDIMScheduler(**common, set_alpha_to_one=False)
         scheduler.set_timesteps(schedule.num_inference_steps)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -28,6 +30,13 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction type {self.prediction_type}; choose one of {PREDICTION_TYPES}")
+
+
+def stored_schedule(config: ScheduleConfig, extra: dict[str, Any]) -> ScheduleConfig:
+    """``config`` with the prediction type a checkpoint's model was trained for (noise when none is recorded: models
+    from before it was recorded). Records it in ``extra`` when missing, so the checkpoint says it from now on."""
+    stored = extra.setdefault("prediction_type", "epsilon")
+    return config if stored == config.prediction_type else dataclasses.replace(config, prediction_type=stored)
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:

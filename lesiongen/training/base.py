@@ -155,6 +155,9 @@ class Trainer:
     def finish_training(self) -> None:
         """After the last step, with the EMA weights loaded: calibrations etc. go into ``self.extra``."""
 
+    def after_load(self) -> None:
+        """After a checkpoint's state is loaded (to resume or to predict): adopt what it records in ``self.extra``."""
+
     # ------------------------------------------------------------------------------------------- seeding
     def _seed_everything(self, seed: int) -> None:
         torch.manual_seed(seed)  # network initialisation: identical on every rank
@@ -253,6 +256,7 @@ class Trainer:
         self.step = state["step"]
         self.history = state["history"]
         self.extra = state["extra"]
+        self.after_load()
 
     def resume(self) -> bool:
         """Continue from checkpoint_latest (or final); False when there is none, so training starts afresh."""
@@ -279,6 +283,7 @@ class Trainer:
             net.eval()
         self.extra = state["extra"]
         self.step = state["step"]
+        self.after_load()
 
     # ------------------------------------------------------------------------------------------ training
     def _log_file_handler(self) -> logging.Handler | None:

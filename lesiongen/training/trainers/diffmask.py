@@ -15,21 +15,19 @@ so generated lesion counts and volumes match the real ones.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
 
-from lesiongen.diffusion.schedules import ScheduleConfig, add_noise, sample, training_scheduler, training_target
+from lesiongen.diffusion.schedules import ScheduleConfig, add_noise, sample, training_target
 from lesiongen.models.conditioning import CONNECTIVITY_26, MaskConditioning, drop_small_components, min_lesion_voxels
 from lesiongen.models.networks import build_network
 from lesiongen.models.spheres import SphereLesion
 from lesiongen.training.data import draw_batch, mirrored
+from lesiongen.training.diffusion_schedule import DiffusionScheduleMixin
 from lesiongen.training.trainers.masks import MaskTrainer
 
 logger = logging.getLogger("lesiongen.training")
@@ -38,31 +36,15 @@ THRESHOLDS = np.round(np.linspace(-0.8, 0.8, 17), 3)  # candidate cut-offs on th
 CALIBRATION_PATCHES = 32
 
 
-class DiffMaskTrainer(MaskTrainer):
+class DiffMaskTrainer(DiffusionScheduleMixin, MaskTrainer):
     name = "diffmask"
     learning_rate = 1e-4
     lesion_loss_weight = 10.0
     schedule = ScheduleConfig(prediction_type="sample")
 
     def build_networks(self) -> dict[str, nn.Module]:
-        self.scheduler = training_scheduler(self.schedule)
-        self.extra["prediction_type"] = self.schedule.prediction_type  # travels in every checkpoint
+        self.init_schedule()
         return {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
-
-    def _adopt_stored_schedule(self) -> None:
-        # checkpoints from before the prediction type was stored were trained on noise
-        stored = self.extra.setdefault("prediction_type", "epsilon")
-        if stored != self.schedule.prediction_type:
-            self.schedule = dataclasses.replace(self.schedule, prediction_type=stored)
-            self.scheduler = training_scheduler(self.schedule)
-
-    def load_state(self, state: dict[str, Any], path: Path) -> None:
-        super().load_state(state, path)
-        self._adopt_stored_schedule()
-
-    def load_for_inference(self, path: Path | None = None) -> None:
-        super().load_for_inference(path)
-        self._adopt_stored_schedule()
 
     def load_training_data(self) -> None:
         super().load_training_data()

@@ -5,9 +5,12 @@ the noisy image (C), the known image with the edit region blanked (C), the lesio
 region (1), the texture condition broadcast as channels (C x K: per channel and class, the lesion-vs-surrounding
 contrast of the fingerprint's definition) and a *no condition* flag (1).
 
-Training (DDPM noise prediction, diffusers scheduler):
+Training (DDPM with diffusers' scheduler; the network predicts the clean patch, ``prediction_type="sample"``):
 
-* the loss is the noise error inside the edit region and, per lesion class, inside the lesion, plus a small
+* with noise prediction the same 1,000 CPU steps gave inserted lesions with a quarter of the real FLAIR contrast
+  and pseudo-healthy fills at PSNR 7 dB; predicting the patch gives visible lesions (DiffMapIoU 0.12 -> 0.51) and
+  19 dB. The type is stored in the checkpoint, so models trained on noise still sample correctly;
+* the loss is the squared error inside the edit region and, per lesion class, inside the lesion, plus a small
   weight outside (the known region is replaced at sampling time, so only coherence at the border matters there);
 * the condition is dropped with probability ``condition_dropout`` (flag set, values zero), so the unconditional
   model that classifier-free guidance needs is trained, unlike LeFusion's never-trained null embedding;
@@ -29,10 +32,11 @@ from scipy import ndimage
 from torch import nn
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, repaint
-from lesiongen.diffusion.schedules import ScheduleConfig, add_noise, training_scheduler
+from lesiongen.diffusion.schedules import ScheduleConfig, add_noise, training_target
 from lesiongen.models.networks import build_network
 from lesiongen.training.base import Trainer
 from lesiongen.training.data import LesionPatches, draw_batch, load_lesion_patches, mirrored, relocate_shape
+from lesiongen.training.diffusion_schedule import DiffusionScheduleMixin
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger("lesiongen.training")
@@ -53,7 +57,7 @@ def patch_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> 
     return np.where(std > 1e-6, (inside.mean(axis=1) - around.mean(axis=1)) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
 
 
-class InpaintTrainer(Trainer):
+class InpaintTrainer(DiffusionScheduleMixin, Trainer):
     name = "inpaint"
     stage = "inpainting"
     learning_rate = 1e-4
@@ -61,7 +65,7 @@ class InpaintTrainer(Trainer):
     condition_dropout = 0.15
     heal_probability = 0.25
     outside_loss_weight = 0.1
-    schedule = ScheduleConfig()
+    schedule = ScheduleConfig(prediction_type="sample")  # see the module docstring
 
     # ---------------------------------------------------------------------------------------------- set-up
     @property
@@ -73,7 +77,7 @@ class InpaintTrainer(Trainer):
         return self.plans.num_channels
 
     def build_networks(self) -> dict[str, nn.Module]:
-        self.scheduler = training_scheduler(self.schedule)
+        self.init_schedule()
         return {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
 
     def load_training_data(self) -> None:
@@ -130,7 +134,7 @@ class InpaintTrainer(Trainer):
         noisy, noise, timesteps = add_noise(self.scheduler, clean, self.generator)
         x = self.network_input(noisy, known, lesion, heal, contrast, unconditioned)
         predicted = self.trained["denoiser"](x, timesteps)
-        error = ((predicted.float() - noise) ** 2).mean(dim=1)  # (b, z, y, x)
+        error = ((predicted.float() - training_target(self.scheduler, clean, noise, timesteps)) ** 2).mean(dim=1)
         region_t = self.to_device(region.astype(np.float32))
         loss = (error * region_t).sum() / region_t.sum().clamp(min=1.0)
         parts = {"region": float(loss.detach())}
@@ -203,7 +207,7 @@ class InpaintTrainer(Trainer):
             known = images[part] * ~region[part][:, None]
             unconditioned = np.full(b, mode == REMOVE)  # remove mode heals: no lesion texture to follow
 
-            def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with torch.autocast(self.device.type, enabled=self.amp):
                     if not guided:
                         return network(self.network_input(x, known, lesion[part], heal[part], contrast[part],
@@ -212,10 +216,10 @@ class InpaintTrainer(Trainer):
                                               np.concatenate([lesion[part]] * 2), np.concatenate([heal[part]] * 2),
                                               np.concatenate([contrast[part]] * 2),
                                               np.concatenate([np.zeros(b, bool), np.ones(b, bool)]))
-                    eps_cond, eps_uncond = network(both, torch.cat([t, t])).float().chunk(2)
-                    return eps_uncond + schedule.guidance_scale * (eps_cond - eps_uncond)
+                    conditioned, unconditioned_out = network(both, torch.cat([t, t])).float().chunk(2)
+                    return unconditioned_out + schedule.guidance_scale * (conditioned - unconditioned_out)
 
-            sample, _ = repaint(predict_noise, self.to_device(images[part]),
+            sample, _ = repaint(predict, self.to_device(images[part]),
                                 self.to_device(region[part][:, None].astype(np.float32)), schedule, self.schedule,
                                 generator)
             generated = sample.float().cpu().numpy()
