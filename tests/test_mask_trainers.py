@@ -238,3 +238,6 @@ def test_continuing_a_finished_run_to_more_steps_keeps_learning(trained):
     state = load_checkpoint(fold_folder(folders, "unetmask", "all") / FINAL)
     assert state["step"] == 4
     assert state["history"]["lr"][1] == 0.0 < state["history"]["lr"][2]  # the schedule restarts over 4 steps
+    # ... from where the run stands: after step 3 of 4 the poly LR is base * (1 - 3/4) ** 0.9, not a fresh start
+    base = load_trained(open_preprocessed(TINY.dataset_id), "unetmask", "all", "cpu").learning_rate
+    assert state["history"]["lr"][2] == pytest.approx(base * (1 - 3 / 4) ** 0.9, rel=1e-6)

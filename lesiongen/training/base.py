@@ -247,10 +247,10 @@ class Trainer:
             if state["total_steps"] != self.total_steps:
                 # a run continued to another length: the poly schedule over the new length, from where it stands
                 # (PolynomialLR updates multiplicatively, so an LR that reached 0 would otherwise stay 0)
-                total = max(self.total_steps, 1)
+                total, done = max(self.total_steps, 1), min(state["step"], self.total_steps)
                 self.lr_scheduler.total_iters = total
                 for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
-                    group["lr"] = base * max(0.0, 1 - min(self.step, total) / total) ** 0.9
+                    group["lr"] = base * (1 - done / total) ** self.lr_scheduler.power
         self.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"][self.distributed.rank], self.data_rng, self.generator)
         self.step = state["step"]
