@@ -130,13 +130,14 @@ def experiment(args: argparse.Namespace, root: Path) -> tuple[dict, dict[str, fl
     minutes.update(run_phase(first, env, logs, args.parallel))
     minutes.update(run_phase(seg, env, logs, args.parallel))
     start = time.perf_counter()
-    results = {s: test_scores(s, args.device) for s in args.strategies}
+    results = test_scores(args.strategies, args.device)
     minutes["test"] = (time.perf_counter() - start) / 60
     return results, minutes
 
 
-def test_scores(strategy: str, device: str) -> dict:
-    """Per test case metrics of the ``seg`` model of ``strategy`` (fold all) at the scans' own geometry."""
+def test_scores(strategies: list[str], device: str) -> dict[str, dict]:
+    """Per strategy, per test case metrics of its ``seg`` model (fold all) at the scans' own geometry; each test
+    scan is read once and segmented by every model."""
     import numpy as np
 
     from lesiongen.evaluation.segmentation_metrics import case_metrics
@@ -147,18 +148,18 @@ def test_scores(strategy: str, device: str) -> dict:
     from lesiongen.training.registry import load_trained
 
     dataset = open_preprocessed(501)
-    model = load_trained(dataset, "seg", "all", device, strategy=strategy)
+    models = {s: load_trained(dataset, "seg", "all", device, strategy=s) for s in strategies}
     raw = load_dataset(501)
     label = int(dataset.plans.lesion_labels[0])  # the demo has one lesion class
-    per_case = {}
+    results: dict[str, dict] = {s: {} for s in strategies}
     for case in raw.split("test"):
         images, geometry = read_channels(case.images, raw.info.reader)
-        prediction, _, _ = segment(images, list(geometry.spacing_zyx), [model])
-        reference, _ = read_image(case.label, raw.info.reader)
-        metrics = case_metrics(reference.astype(np.uint8), prediction, geometry.spacing_zyx,
-                               dataset.plans.lesion_labels)
-        per_case[case.case_id] = {k: float(metrics[label][k]) for k in METRICS}
-    return per_case
+        reference = read_image(case.label, raw.info.reader)[0].astype(np.uint8)
+        for strategy, model in models.items():
+            prediction, _, _ = segment(images, list(geometry.spacing_zyx), [model])
+            metrics = case_metrics(reference, prediction, geometry.spacing_zyx, dataset.plans.lesion_labels)
+            results[strategy][case.case_id] = {k: float(metrics[label][k]) for k in METRICS}
+    return results
 
 
 METRICS = ("dice", "lesion_f1", "lesion_recall", "lesion_precision")
