@@ -39,7 +39,7 @@ def main() -> None:
         export_root = root / "nnUNet_raw"
         run("lesiongen_export_nnunet", "-d", "501", "--synthetic", args.synthetic, "--n", str(args.n), "-o",
             str(export_root), "--id", "601", "-f", "0")
-        from lesiongen.inference.export_nnunet import check_nnunet_layout
+        from lesiongen.sharing.export_nnunet import check_nnunet_layout
 
         folder = next(export_root.glob("Dataset601_*"))
         problems = check_nnunet_layout(folder)

@@ -130,7 +130,7 @@ def write_nnunet_model(results: Path, dataset_name: str, raw_dataset: Path, lesi
     """nnUNet_results/DATASET/nnUNetTrainer__nnUNetPlans__3d_fullres with lesiongen's fold-0 EMA weights."""
     import torch
 
-    from lesiongen.training.checkpoint import ema_weights
+    from lesiongen.models.checkpoint import ema_weights
 
     plans = json.loads((lesiongen_model / "plans.json").read_text())
     folder = results / dataset_name / TRAINER_FOLDER

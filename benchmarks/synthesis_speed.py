@@ -52,7 +52,7 @@ def run(dataset_id: str, args: argparse.Namespace) -> None:
     from lesiongen.diffusion.inpainting import InpaintSchedule
     from lesiongen.inference.synthesis import synthesize
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.data import load_lesion_patches
+    from lesiongen.preprocessing.lesion_patches import load_lesion_patches
     from lesiongen.training.registry import load_trained
 
     dataset = open_preprocessed(dataset_id)

@@ -31,7 +31,7 @@ def measure(trainer_name: str, dataset_id: str, steps: int, batch_size: int | No
     from lesiongen.models.conditioning import MaskConditioning
     from lesiongen.preprocessing.dataset import open_preprocessed
     from lesiongen.training.base import TrainingOptions
-    from lesiongen.training.data import fill_lesions
+    from lesiongen.preprocessing.lesion_patches import fill_lesions
     from lesiongen.training.registry import trainer_class
 
     dataset = open_preprocessed(dataset_id)

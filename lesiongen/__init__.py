@@ -1,3 +1,3 @@
 """lesiongen: self-configuring synthetic lesion generation for brain MRI."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

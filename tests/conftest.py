@@ -54,6 +54,13 @@ def folder_digest(folder: Path) -> str:
 TINY_NAME = f"Dataset{TINY.dataset_id:03d}_{TINY.dataset_name}"
 
 
+def trained_model(name: str, fold: int | str = 0):
+    """A model the tests trained on the tiny dataset, loaded from its model folder."""
+    from lesiongen.models.registry import load_trained_model
+
+    return load_trained_model(TINY_NAME, name, "lesiongenPlans", fold, "cpu")
+
+
 def shrink_networks(plans_file: Path) -> None:
     """CPU-test-sized diffusion and UNet networks; users may edit the plans the same way."""
     plans = json.loads(plans_file.read_text())

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY, TINY_NAME
 from lesiongen.cli import export_nnunet as export_cli
 from lesiongen.cli import train as train_cli
-from lesiongen.inference.export_nnunet import check_nnunet_layout
+from lesiongen.sharing.export_nnunet import check_nnunet_layout
 from lesiongen.io.images import read_image
 
 OUT_NAME = "Dataset601_DemoMSSynth"

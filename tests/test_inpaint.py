@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_NAME
+from conftest import TINY, TINY_NAME, trained_model
 from lesiongen.cli import evaluate_inpainting as evaluate_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, state_sequence
 from lesiongen.preprocessing.dataset import open_preprocessed
-from lesiongen.training.data import load_lesion_patches
-from lesiongen.training.registry import load_trained
+from lesiongen.preprocessing.lesion_patches import load_lesion_patches
+from lesiongen.training.trainers.inpaint import heal_shape
 
 
 @pytest.fixture(scope="module")
 def inpainter(tiny_preprocessed):
     assert train_cli.main([str(TINY.dataset_id), "inpaint", "0", "-device", "cpu", "--steps", "4"]) == 0
     dataset = open_preprocessed(TINY.dataset_id)
-    model = load_trained(dataset, "inpaint", 0, "cpu")
-    patches = load_lesion_patches(dataset.lesion_patch_folder, model.val_cases)
+    model = trained_model("inpaint")
+    patches = load_lesion_patches(dataset.lesion_patch_folder, model.provenance["val_cases"])
     return model, patches, tiny_preprocessed
 
 
@@ -58,10 +58,9 @@ def test_feather_blend_keeps_far_voxels_bit_identical():
 
 def test_training_wrote_contrast_bank_and_network_input_has_cfg_flag(inpainter):
     model, patches, _ = inpainter
-    bank = model.extra["contrast_bank"]["1"]
+    bank = model.config.contrast_bank["1"]
     assert len(bank) > 0 and len(bank[0]) == model.n_channels
-    # the prediction type travels with the model and sets the sampler up the same way
-    assert model.extra["prediction_type"] == model.schedule.prediction_type == model.scheduler.config.prediction_type
+    assert model.config.schedule.prediction_type == "sample"  # the schedule travels with the model
     n = 2
     noisy = torch.zeros((n, model.n_channels, *model.patch_size))
     known = np.zeros((n, model.n_channels, *model.patch_size), np.float32)
@@ -94,7 +93,7 @@ def test_heal_shapes_land_on_lesion_free_brain(inpainter):
     moved_any = False
     for i in range(len(patches)):
         lesion = patches.masks[i] > 0
-        moved = model._heal_shape(lesion, patches.brain[i], rng)
+        moved = heal_shape(lesion, patches.brain[i], model.margin_voxels, rng)
         if moved is None:
             continue
         moved_any = True
@@ -178,4 +177,4 @@ def test_synthesize_with_given_masks_and_remove_them_again(inpainter):
 
 def _spheremask(dataset):
     assert train_cli.main([str(TINY.dataset_id), "spheremask", "0", "-device", "cpu"]) == 0
-    return load_trained(dataset, "spheremask", 0, "cpu")
+    return trained_model("spheremask")

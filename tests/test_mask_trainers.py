@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_NAME
+from conftest import TINY, TINY_NAME, trained_model
 from lesiongen.cli import evaluate_masks as evaluate_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.preprocessing.dataset import open_preprocessed
-from lesiongen.training.checkpoint import FINAL, LATEST, load_checkpoint
-from lesiongen.training.data import load_lesion_patches
-from lesiongen.training.registry import load_trained
-from lesiongen.training.splits import fold_cases, load_or_create_splits, make_splits
+from lesiongen.models.checkpoint import FINAL, LATEST, load_checkpoint
+from lesiongen.preprocessing.lesion_patches import load_lesion_patches
+from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits, make_splits
 
 DATASET = TINY_NAME
 GENERATORS = ("spheremask", "unetmask", "diffmask")
@@ -83,14 +82,14 @@ def test_trainer_writes_final_checkpoint_log_and_progress(trained, name):
     summary = json.loads((folder / "training_summary.json").read_text())
     assert set(summary["val_cases"]).isdisjoint(summary["train_cases"])
     if name == "diffmask":
-        assert -1 < state["extra"]["threshold"] < 1
+        assert state["model"]["config"]["threshold"] == state["extra"]["calibration"]["threshold"]
         assert state["extra"]["calibration"]["evaluations_per_mask"] == 20
 
 
 @pytest.mark.parametrize("name", GENERATORS)
 def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
     dataset = open_preprocessed(TINY.dataset_id)
-    generator = load_trained(dataset, name, 0, "cpu")
+    generator = trained_model(name)
     conditioning, brain = validation_conditioning(dataset, 3)
     masks = generator.sample_masks(3, conditioning, seed=11)
     assert masks.shape == (3, *dataset.plans.lesion_patch_size)
@@ -100,28 +99,27 @@ def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
     np.testing.assert_array_equal(masks, generator.sample_masks(3, conditioning, seed=11))
 
 
-def test_diffmask_stores_its_prediction_type_and_old_models_still_sample(trained, tmp_path):
-    from lesiongen.training.checkpoint import save_checkpoint
+def test_format_1_checkpoints_still_load_with_the_prediction_type_they_recorded(trained, tmp_path):
+    """Results written before models were split from trainers (no ``model`` entry) load with their settings."""
+    from lesiongen.models.checkpoint import save_checkpoint
+    from lesiongen.models.registry import model_from_state
 
     dataset = open_preprocessed(TINY.dataset_id)
-    path = fold_folder(trained[0], "diffmask") / FINAL
-    state = load_checkpoint(path)
-    assert state["extra"]["prediction_type"] == "sample"
-    generator = load_trained(dataset, "diffmask", 0, "cpu")
-    assert generator.schedule.prediction_type == "sample"
-    # a model saved before the type was stored was trained on noise: it must be sampled as such
-    del state["extra"]["prediction_type"]
+    state = load_checkpoint(fold_folder(trained[0], "diffmask") / FINAL)
+    config = state.pop("model")["config"]
+    state["format"] = 1
+    state["extra"] = {"sphere_priors": config["priors"], "threshold": 0.25}  # no prediction type: trained on noise
     save_checkpoint(state, tmp_path / "old.pt")
-    generator.load_for_inference(tmp_path / "old.pt")
-    assert generator.schedule.prediction_type == "epsilon"
-    assert generator.scheduler.config.prediction_type == "epsilon"
+    old = model_from_state(load_checkpoint(tmp_path / "old.pt"), dataset.plans)
+    assert old.config.schedule.prediction_type == "epsilon" and old.config.threshold == 0.25
+    state["extra"]["prediction_type"] = "sample"
+    assert model_from_state(state, dataset.plans).config.schedule.prediction_type == "sample"
     conditioning, _ = validation_conditioning(dataset, 2)
-    assert generator.sample_masks(2, conditioning, seed=3).shape == (2, *dataset.plans.lesion_patch_size)
-    assert type(generator).schedule.prediction_type == "sample"  # the class default is untouched
+    assert old.sample_masks(2, conditioning, seed=3).shape == (2, *dataset.plans.lesion_patch_size)
 
 
 def test_spheremask_seed_changes_masks_and_lesions_are_not_empty(trained):
-    generator = load_trained(open_preprocessed(TINY.dataset_id), "spheremask", 0, "cpu")
+    generator = trained_model("spheremask", 0)
     a = generator.sample_masks(6, seed=1)
     b = generator.sample_masks(6, seed=2)
     assert not np.array_equal(a, b)
@@ -129,7 +127,7 @@ def test_spheremask_seed_changes_masks_and_lesions_are_not_empty(trained):
 
 
 def test_unetmask_needs_images(trained, capsys):
-    generator = load_trained(open_preprocessed(TINY.dataset_id), "unetmask", 0, "cpu")
+    generator = trained_model("unetmask", 0)
     with pytest.raises(Exception, match="conditioning images"):
         generator.sample_masks(2, MaskConditioning(), seed=0)
 
@@ -159,7 +157,7 @@ def test_resume_after_kill_reaches_the_same_weights(trained, tmp_path):
         for key, tensor in a[part]["denoiser"].items():
             assert torch.equal(tensor, b[part]["denoiser"][key]), f"{part} {key} differs after resume"
     assert a["history"]["loss"] == b["history"]["loss"]
-    assert a["extra"]["threshold"] == b["extra"]["threshold"]
+    assert a["model"] == b["model"]  # the calibrated threshold too
 
 
 def test_torchrun_two_processes_on_cpu(trained, tmp_path):
@@ -222,8 +220,8 @@ def test_pretrained_weights_initialise_another_fold(trained):
 
 def test_fold_priors_count_only_training_lesions(trained):
     dataset = open_preprocessed(TINY.dataset_id)
-    generator = load_trained(dataset, "spheremask", 0, "cpu")
-    train = set(generator.train_cases)
+    generator = trained_model("spheremask")
+    train = set(generator.provenance["train_cases"])
     expected = sum(1 for case in dataset.fingerprint.cases if case.case_id in train for lesion in case.lesions
                    if lesion.label == 1)
     assert generator.priors["1"].n_lesions_observed == expected
@@ -239,5 +237,7 @@ def test_continuing_a_finished_run_to_more_steps_keeps_learning(trained):
     assert state["step"] == 4
     assert state["history"]["lr"][1] == 0.0 < state["history"]["lr"][2]  # the schedule restarts over 4 steps
     # ... from where the run stands: after step 3 of 4 the poly LR is base * (1 - 3/4) ** 0.9, not a fresh start
-    base = load_trained(open_preprocessed(TINY.dataset_id), "unetmask", "all", "cpu").learning_rate
+    from lesiongen.training.trainers.unetmask import UNetMaskTrainer
+
+    base = UNetMaskTrainer.learning_rate
     assert state["history"]["lr"][2] == pytest.approx(base * (1 - 3 / 4) ** 0.9, rel=1e-6)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lesiongen.cli.model_sharing import main_export, main_install
-from lesiongen.inference import model_sharing
-from lesiongen.inference.model_sharing import MANIFEST, export_model_to_zip, install_model_from_zip
+from lesiongen.sharing import model_zip as model_sharing
+from lesiongen.sharing.model_zip import MANIFEST, export_model_to_zip, install_model_from_zip
 from lesiongen.utilities.errors import LesiongenError
 
 DATASET = "Dataset501_Test"
@@ -51,6 +51,7 @@ def _make_tree(root: Path, scratch: Path) -> Path:
         folder = dataset / f"{trainer}__{PLANS}"
         folder.mkdir(parents=True)
         (folder / "plans.json").write_text(json.dumps({"trainer": trainer}))
+        (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}}))
         for fold in folds:
             fold_folder = folder / f"fold_{fold}"
             fold_folder.mkdir()

@@ -9,20 +9,11 @@ import pytest
 from scipy import ndimage
 
 from lesiongen.demo.phantom import make_phantom
-from lesiongen.inference.scan_space import (
-    ModelSpaceScan,
-    denormalise,
-    extract_patch,
-    insert_patch,
-    model_crop,
-    paste_back,
-    region_to_original,
-    to_model_space,
-)
+from lesiongen.inference.scan_space import ModelSpaceScan, denormalise, paste_back, region_to_original, to_model_space
 from lesiongen.planning.plans import CT, NO_NORM, RESCALE_0_1, ZSCORE, ChannelNormalization, Plans
 from lesiongen.preprocessing.normalization import normalize
 from lesiongen.preprocessing.resampling import new_shape
-from lesiongen.utilities.cropping import bbox_slices, mask_bbox
+from lesiongen.utilities.cropping import bbox_slices, extract_patch, insert_patch, mask_bbox, model_crop
 
 
 def make_plans(target_spacing, schemes=(ZSCORE, ZSCORE), use_brain_mask=True) -> Plans:

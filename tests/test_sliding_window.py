@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lesiongen.inference.sliding_window import (
+from lesiongen.models.sliding_window import (
     gaussian_importance_map,
     predict_sliding_window,
     resample_logits_to_shape,

@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from lesiongen.planning.plans import PLANS_NAME
+from lesiongen.utilities.devices import DEVICE_CHOICES
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.log import configure_logging
 
@@ -15,6 +18,16 @@ logger = logging.getLogger("lesiongen")
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-device", choices=DEVICE_CHOICES, default=None,
+                        help="cpu, cuda or mps (default: cuda when available, else cpu)")
+
+
+def add_plans_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", "-pl", dest="plans", default=PLANS_NAME,
+                        help=f"plans identifier, as in the results folder names (default {PLANS_NAME})")
 
 
 def run_command(body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
@@ -38,3 +51,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def results_dataset_folder(identifier: str) -> Path:
+    """The results folder of dataset ``identifier`` (ID or name). When no model was trained yet it need not exist:
+    the name then comes from the raw or preprocessed dataset, so later messages can say what to train."""
+    from lesiongen.io.dataset import find_dataset_folder
+    from lesiongen.paths import preprocessed_root, raw_root, results_root
+
+    try:
+        return find_dataset_folder(identifier, results_root())
+    except LesiongenError as missing:
+        for root in (preprocessed_root(), raw_root()):
+            try:
+                return results_root() / find_dataset_folder(identifier, root).name
+            except LesiongenError:
+                continue
+        raise missing from None

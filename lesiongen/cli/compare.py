@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, run_command
+from lesiongen.cli.common import add_common_arguments, add_plans_argument, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Table of segmentation metrics per synthetic-lesion strategy over "
                                                  "folds, with paired differences to real data only.")
     parser.add_argument("-d", dest="dataset", required=True, help="dataset ID or name")
+    add_plans_argument(parser)
     parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to include (default: all found)")
     parser.add_argument("-o", dest="output", type=Path, default=None,
                         help="output folder (default: $lesiongen_results/DATASET/comparison)")
@@ -21,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     from lesiongen.evaluation.compare import run_comparison
-    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.io.dataset import find_dataset_folder
+    from lesiongen.paths import results_root
 
-    dataset = open_preprocessed(args.dataset)
-    _, paths = run_comparison(dataset.name, dataset.plans.plans_name, args.folds, args.output)
+    dataset = find_dataset_folder(args.dataset, results_root())
+    _, paths = run_comparison(dataset.name, args.plans, args.folds, args.output)
     print(paths["markdown"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lesiongen import workflow
-from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+from lesiongen.cli.common import add_common_arguments, add_device_argument, positive_int, run_command
 from lesiongen.cli.plan_and_preprocess import DEFAULT_PROCESSES
 from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
 from lesiongen.io.dataset import find_dataset_folder
@@ -87,8 +87,9 @@ def _demo(args: argparse.Namespace) -> None:
 def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
     """Train the three mask generators briefly on fold 0 and compare their masks with held-out lesions."""
     from lesiongen.evaluation.evaluate_masks import evaluate_mask_generators, evaluation_folder
+    from lesiongen.models.registry import MASK_GENERATORS
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import MASK_GENERATORS, pick_device
+    from lesiongen.utilities.devices import pick_device
 
     dataset = open_preprocessed(name)
     device = pick_device(args.device)
@@ -108,10 +109,10 @@ def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
 def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
     """Train the inpainter briefly, then put spheremask lesions into every healthy scan with previews."""
     from lesiongen.inference.predict import PredictOptions, find_input_cases
-    from lesiongen.inference.run_predict import predict
+    from lesiongen.inference.run_predict import predict, resolve_models
     from lesiongen.paths import results_root
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import pick_device
+    from lesiongen.utilities.devices import pick_device
 
     dataset = open_preprocessed(raw_dataset.name)
     device = pick_device(args.device)
@@ -122,11 +123,12 @@ def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
     folder = healthy[0].images[0].parent
     masks = healthy[0].brain_mask.parent if healthy[0].brain_mask else None
     tissue = healthy[0].tissue.parent if healthy[0].tissue else None
-    cases = find_input_cases(folder, dataset.plans.num_channels, brain_masks=masks, tissue=tissue)
+    cases = find_input_cases(folder, dataset.plans.channel_names, brain_masks=masks, tissue=tissue)
     out = results_root() / dataset.name / "demo_synthesis"
     # spheremask masks: the demo's briefly trained diffmask is not worth waiting for on a CPU
-    options = PredictOptions(mode="synth", resume=True, preview=True, extra={"masks": "spheremask"})
-    counts = predict(dataset, cases, out, options, [0], str(device))
+    options = PredictOptions(mode="synth", resume=True, preview=True, masks="spheremask")
+    models = resolve_models(results_root() / dataset.name, options, dataset.plans.plans_name)
+    counts = predict(models, cases, out, options, [0], str(device))
     return [f"  inpainter trained {args.inpaint_steps} steps; spheremask lesions put into {len(cases)} healthy "
             f"scan(s) ({counts['done']} new): {out}", f"  previews: {out / 'previews'} (gallery.png)"]
 
@@ -134,17 +136,20 @@ def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
 def _train(dataset, name: str, steps: int | None, args: argparse.Namespace, synthetic_ratio: float | None = None,
            **variant) -> None:
     from lesiongen.training.base import TrainingOptions
-    from lesiongen.training.checkpoint import FINAL
-    from lesiongen.training.registry import pick_device, trainer_class
+    from lesiongen.training.registry import trainer_class
+    from lesiongen.utilities.devices import pick_device
 
     options = TrainingOptions(total_steps=steps, batch_size=args.batch_size if name != "seg" else None,
                               save_every=max(1, (steps or 1) // 4))
     trainer = trainer_class(name)(dataset, 0, pick_device(args.device), options, **variant)
     if synthetic_ratio is not None:
         trainer.apply_settings({"synthetic_ratio": synthetic_ratio})
-    if (trainer.output_folder / FINAL).is_file():
-        logger.info("%s fold 0 already trained (%s)", trainer.folder_name, trainer.output_folder)
+    reason = trainer.stale_reason()
+    if reason is None:
+        logger.info("%s fold 0 already trained as asked (%s)", trainer.folder_name, trainer.output_folder)
         return
+    if reason != "not trained yet":
+        logger.info("%s fold 0 is trained, but %s: training it again", trainer.folder_name, reason)
     trainer.run_training()
 
 
@@ -200,7 +205,7 @@ def main_demo(argv: list[str] | None = None) -> None:
                         help="batch size of the mask generators and the inpainter")
     parser.add_argument("--full_size_networks", action="store_true",
                         help="train the planned networks instead of CPU-sized ones")
-    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
+    add_device_argument(parser)
     _add_dataset_arguments(parser)
     add_common_arguments(parser)
     sys.exit(run_command(_demo, parser, argv))

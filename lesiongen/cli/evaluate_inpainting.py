@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, run_command
+from lesiongen.cli.common import add_common_arguments, add_device_argument, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full_patches", type=int, default=2,
                         help="patches also sampled with the full DDPM + jumps schedule (slow; 0 skips it)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
+    add_device_argument(parser)
     parser.add_argument("-o", dest="output", type=Path, default=None,
                         help="output folder (default: $lesiongen_results/DATASET/inpainting_evaluation/fold_X)")
     add_common_arguments(parser)
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from lesiongen.evaluation.evaluate_inpainting import evaluate_inpainting
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import parse_fold, pick_device
+    from lesiongen.preprocessing.splits import parse_fold
+    from lesiongen.utilities.devices import pick_device
 
     fold = parse_fold(args.fold)
     device = pick_device(args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+from lesiongen.cli.common import add_common_arguments, add_device_argument, positive_int, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", dest="n_masks", type=positive_int, default=None,
                         help="masks per generator (default: one per held-out lesion patch)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
+    add_device_argument(parser)
     parser.add_argument("-o", dest="output", type=Path, default=None,
                         help="output folder (default: $lesiongen_results/DATASET/mask_evaluation/fold_X)")
     add_common_arguments(parser)
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from lesiongen.evaluation.evaluate_masks import evaluate_mask_generators
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import parse_fold, pick_device
+    from lesiongen.preprocessing.splits import parse_fold
+    from lesiongen.utilities.devices import pick_device
 
     fold = parse_fold(args.fold)
     device = pick_device(args.device)

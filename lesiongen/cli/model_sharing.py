@@ -37,7 +37,7 @@ def build_install_parser() -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from lesiongen.inference.model_sharing import MANIFEST, export_model_to_zip, resolve_results_dataset
+    from lesiongen.sharing.model_zip import MANIFEST, export_model_to_zip, resolve_results_dataset
 
     dataset = resolve_results_dataset(args.dataset).name
     names = export_model_to_zip(dataset, args.output, trainers=args.trainers, folds=args.folds,
@@ -46,7 +46,7 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_install(args: argparse.Namespace) -> None:
-    from lesiongen.inference.model_sharing import install_model_from_zip
+    from lesiongen.sharing.model_zip import install_model_from_zip
 
     for folder in install_model_from_zip(args.zip, overwrite=args.overwrite):
         print(f"installed {folder}")

@@ -5,27 +5,35 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, positive_int, run_command
-
-MASK_CHOICES = ("spheremask", "unetmask", "diffmask")
+from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument, positive_int,
+                                  results_dataset_folder, run_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Put plausible lesions into healthy scans (synth), segment lesions (seg) or remove them "
                     "(remove). Outputs keep each input's geometry and file format.")
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset ID or name the models were trained on")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-d", dest="dataset", help="dataset ID or name: its models in $lesiongen_results")
+    source.add_argument("-model", "--model", dest="model", type=Path,
+                        help="a results dataset folder (TRAINER__PLANS folders inside) or one model folder "
+                             "(plans.json, dataset.json, fold_X/); e.g. one installed from a zip")
+    add_plans_argument(parser)
     parser.add_argument("-i", dest="input", type=Path, required=True, help="folder of CASE_XXXX scans")
     parser.add_argument("-o", dest="output", type=Path, required=True, help="output folder (never an input)")
     parser.add_argument("-m", dest="mode", choices=("synth", "seg", "remove"), required=True)
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds (0-4 or all); seg ensembles them; synth/remove use the first. Default: all "
                              "when trained, else 0")
-    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
+    add_device_argument(parser)
     parser.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose outputs exist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_parts", type=positive_int, default=1,
+                        help="split the cases into this many parts (e.g. cluster array jobs or several GPUs) ...")
+    parser.add_argument("--part_id", type=int, default=0, help="... and predict this part (0 to num_parts - 1)")
     synth = parser.add_argument_group("synth")
-    synth.add_argument("--masks", choices=MASK_CHOICES, default="diffmask", help="mask generator (default diffmask)")
+    synth.add_argument("--masks", default="diffmask",
+                       help="mask generator: spheremask, unetmask or diffmask (default diffmask)")
     synth.add_argument("--n_lesions", type=positive_int, default=None,
                        help="lesions per scan (default: drawn from the fold's lesions-per-case prior)")
     synth.add_argument("--volume_range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
@@ -48,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lesiongen.inference.predict import PredictOptions, find_input_cases
-    from lesiongen.inference.run_predict import predict
-    from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import parse_fold, pick_device
+    from lesiongen.inference.predict import PredictOptions, check_output_folder, find_input_cases, this_part
+    from lesiongen.inference.run_predict import predict, resolve_models
+    from lesiongen.models.folder import DATASET_JSON
+    from lesiongen.preprocessing.splits import parse_fold
+    from lesiongen.utilities.devices import pick_device
     from lesiongen.utilities.errors import LesiongenError
 
     if args.mode == "remove" and args.labels is None:
@@ -60,18 +69,23 @@ def run(args: argparse.Namespace) -> None:
         raise LesiongenError("--tissue_classes needs --tissue DIR with tissue maps")
     if args.volume_range and args.volume_range[0] > args.volume_range[1]:
         raise LesiongenError(f"--volume_range: minimum {args.volume_range[0]} is above maximum {args.volume_range[1]}")
-    device = pick_device(args.device)
-    dataset = open_preprocessed(args.dataset)
-    folds = [parse_fold(f) for f in args.folds] if args.folds else None
-    cases = find_input_cases(args.input, dataset.plans.num_channels, args.labels, args.brain_masks, args.tissue)
-    options = PredictOptions(mode=args.mode, resume=args.resume, seed=args.seed, n_variants=args.n_variants,
+    options = PredictOptions(mode=args.mode, resume=args.resume, seed=args.seed, num_parts=args.num_parts,
+                             part_id=args.part_id, masks=args.masks, n_variants=args.n_variants,
                              n_lesions=args.n_lesions,
                              volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
-                             tissue_classes=args.tissue_classes, save_probabilities=args.save_probabilities,
-                             mirror=not args.disable_tta, preview=args.preview,
-                             extra={"masks": args.masks, "synthetic": args.synthetic})
-    counts = predict(dataset, cases, args.output, options, folds, str(device))
-    print(f"{counts['done']} case(s) written to {args.output}, {counts['skipped']} already done")
+                             tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
+                             save_probabilities=args.save_probabilities, mirror=not args.disable_tta)
+    check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
+    device = pick_device(args.device)
+    source = args.model if args.model is not None else results_dataset_folder(args.dataset)
+    models = resolve_models(source, options, args.plans)
+    folds = [parse_fold(f) for f in args.folds] if args.folds else None
+    cases = find_input_cases(args.input, models.main.plans().channel_names, args.labels, args.brain_masks,
+                             args.tissue, described_by=models.main.path / DATASET_JSON)
+    cases = this_part(cases, options)
+    counts = predict(models, cases, args.output, options, folds, str(device))
+    part = f" (part {args.part_id + 1} of {args.num_parts})" if args.num_parts > 1 else ""
+    print(f"{counts['done']} case(s) written to {args.output}{part}, {counts['skipped']} already done")
 
 
 def main(argv: list[str] | None = None) -> int:

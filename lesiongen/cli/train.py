@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+from lesiongen.cli.common import add_common_arguments, add_device_argument, positive_int, run_command
 
 
 def parse_setting(text: str) -> tuple[str, float]:
@@ -23,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", help="dataset ID (501) or name (Dataset501_Name)")
     parser.add_argument("trainer", help="spheremask, unetmask, diffmask, inpaint or seg")
     parser.add_argument("fold", help="0-4, or 'all' to train on every case")
-    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
-                        help="default: cuda when available, else cpu")
+    add_device_argument(parser)
     parser.add_argument("--c", dest="resume", action="store_true",
                         help="continue from checkpoint_latest.pt exactly where the run stopped")
     parser.add_argument("-pretrained_weights", type=Path, default=None, help="initialise from this checkpoint")
@@ -47,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from lesiongen.preprocessing.dataset import open_preprocessed
     from lesiongen.training.base import TrainingOptions
-    from lesiongen.training.registry import parse_fold, pick_device, trainer_class
+    from lesiongen.preprocessing.splits import parse_fold
+    from lesiongen.training.registry import trainer_class
+    from lesiongen.utilities.devices import pick_device
     from lesiongen.utilities.errors import LesiongenError
 
     cls = trainer_class(args.trainer)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lesiongen.models.checkpoint import FINAL
 from lesiongen.paths import results_root
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, read_json, write_json
+from lesiongen.utilities.provenance import code_version, model_record
 
 METRICS = ("dice", "lesion_f1", "lesion_recall", "lesion_precision", "small_lesion_recall", "hd95",
            "abs_volume_difference_mm3")
@@ -33,20 +35,25 @@ def fold_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> dict[str, dict[str, dict[str, float]]]:
-    """strategy -> fold -> metric -> value, from every finished ``seg`` fold found."""
+def collect(dataset_name: str, plans_name: str, folds: list[str] | None
+            ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, dict]]]:
+    """(strategy -> fold -> metric -> value, strategy -> fold -> model record) from every finished ``seg`` fold."""
     root = results_root() / dataset_name
     found: dict[str, dict[str, dict[str, float]]] = {}
+    models: dict[str, dict[str, dict]] = {}
     for folder in sorted(root.glob(f"seg_*__{plans_name}")):
         strategy = folder.name[len("seg_"):-len(f"__{plans_name}")]
         for summary_file in sorted(folder.glob("fold_*/summary.json")):
             fold = summary_file.parent.name[len("fold_"):]
-            if folds is None or fold in folds:
-                found.setdefault(strategy, {})[fold] = fold_metrics(read_json(summary_file))
+            checkpoint = summary_file.parent / FINAL
+            if (folds is None or fold in folds) and checkpoint.is_file():
+                summary = read_json(summary_file)
+                found.setdefault(strategy, {})[fold] = fold_metrics(summary)
+                models.setdefault(strategy, {})[fold] = model_record(checkpoint, summary.get("provenance"))
     if not found:
         raise LesiongenError(f"{root}: no finished seg folds (summary.json) to compare; run lesiongen_train "
                              f"{dataset_name} seg FOLD --synthetic STRATEGY first")
-    return found
+    return found, models
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -74,7 +81,7 @@ def _cell(pair: tuple[float, float], scale: float = 1.0) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean * scale:.3g} ± {std * scale:.2g}"
 
 
-def write_comparison(rows: list[dict], folder: Path) -> dict[str, Path]:
+def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = None) -> dict[str, Path]:
     header = ["strategy", "folds"] + [m for m in METRICS] + [f"{m} vs none" for m in ("dice", "lesion_f1")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -98,7 +105,7 @@ def write_comparison(rows: list[dict], folder: Path) -> dict[str, Path]:
                         [v for m in METRICS for v in row[f"{m}_vs_none"]])
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(buffer.getvalue())
-    write_json(paths["json"], nan_to_none(rows))
+    write_json(paths["json"], nan_to_none({"rows": rows, "provenance": provenance or code_version()}))
     _plot(rows, paths["png"])
     return paths
 
@@ -125,5 +132,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def run_comparison(dataset_name: str, plans_name: str, folds: list[str] | None = None,
                    output: Path | None = None) -> tuple[list[dict], dict[str, Path]]:
-    rows = compare(collect(dataset_name, plans_name, folds))
-    return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison")
+    results, models = collect(dataset_name, plans_name, folds)
+    rows = compare(results)
+    provenance = {**code_version(), "plans_name": plans_name, "models": models}
+    return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison", provenance)

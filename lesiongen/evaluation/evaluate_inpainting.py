@@ -22,9 +22,11 @@ from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
 from lesiongen.evaluation.inpainting_metrics import diff_map_iou, inpainting_metrics, lesion_contrast, ssim_outside
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
-from lesiongen.training.data import load_lesion_patches, relocate_shape
-from lesiongen.training.registry import load_trained
-from lesiongen.training.trainers.inpaint import INSERT, REMOVE
+from lesiongen.preprocessing.lesion_patches import load_lesion_patches, relocate_shape
+from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter
+from lesiongen.models.registry import load_trained_model
+from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
+from lesiongen.utilities.provenance import code_version
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, write_json
 
@@ -74,8 +76,11 @@ def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict:
 
 def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: str = "cpu", seed: int = 0,
                         max_patches: int = 16, full_patches: int = 2, output: Path | None = None) -> dict:
-    inpainter = load_trained(dataset, "inpaint", fold, device)
-    real = load_lesion_patches(dataset.lesion_patch_folder, inpainter.val_cases)
+    inpainter = load_trained_model(dataset.name, "inpaint", dataset.plans.plans_name, fold, device)
+    if not isinstance(inpainter, Inpainter):
+        raise LesiongenError(f"{inpainter.checkpoint}: not an inpainter")
+    _, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
+    real = load_lesion_patches(dataset.lesion_patch_folder, val_cases)
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(real))[:max_patches]
     real = real.subset(pick)
@@ -85,9 +90,10 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
                              "tissue; the patches are too full of lesions")
     healthy = real.subset(np.flatnonzero(ok))
     fake = fake[ok]
-    fast, full = InpaintSchedule.fast(), InpaintSchedule.full()
-    report: dict = {"dataset": dataset.name, "fold": str(fold), "validation_cases": inpainter.val_cases,
-                    "patches_real_lesions": len(real), "patches_fake_masks": len(healthy), "seed": seed}
+    fast, full = inpainter.config.sampling, InpaintSchedule.full()
+    report: dict = {"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
+                    "patches_real_lesions": len(real), "patches_fake_masks": len(healthy), "seed": seed,
+                    "provenance": {**code_version(), "models": {"inpainter": inpainter.record()}}}
 
     start = time.perf_counter()
     removed_real = inpainter.inpaint(real.images, real.masks, REMOVE, seed=seed, schedule=fast, brain=real.brain)

@@ -15,14 +15,15 @@ import numpy as np
 
 from lesiongen.evaluation.mask_metrics import mask_statistics, write_report
 from lesiongen.models.conditioning import MaskConditioning
+from lesiongen.models.folder import ModelFolder, trainer_folder
+from lesiongen.models.mask_generators import MaskGenerator
+from lesiongen.models.registry import MASK_GENERATORS, load_model
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
-from lesiongen.training.checkpoint import FINAL
-from lesiongen.training.data import fill_lesions, load_lesion_patches
-from lesiongen.training.registry import MASK_GENERATORS, load_trained, trainer_class
-from lesiongen.training.base import trainer_folder
-from lesiongen.training.splits import fold_cases, load_or_create_splits
+from lesiongen.preprocessing.lesion_patches import fill_lesions, load_lesion_patches
+from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.provenance import code_version
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,12 @@ def evaluation_folder(dataset: PreprocessedDataset, fold: int | str) -> Path:
     return results_root() / dataset.name / "mask_evaluation" / f"fold_{fold}"
 
 
+def _folder(dataset: PreprocessedDataset, name: str) -> ModelFolder:
+    return ModelFolder(trainer_folder(dataset.name, name, dataset.plans.plans_name))
+
+
 def trained_generators(dataset: PreprocessedDataset, fold: int | str) -> list[str]:
-    return [name for name in MASK_GENERATORS
-            if (trainer_folder(dataset.name, name, dataset.plans.plans_name) / f"fold_{fold}" / FINAL).is_file()]
+    return [name for name in MASK_GENERATORS if _folder(dataset, name).checkpoint(fold).is_file()]
 
 
 def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trainers: list[str] | None = None,
@@ -44,11 +48,18 @@ def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trai
         raise LesiongenError(f"no trained mask generator for {dataset.name} fold {fold}; run e.g. "
                              f"lesiongen_train {dataset.name} spheremask {fold} first")
     for name in trainers:
-        trainer_class(name)
-        checkpoint = trainer_folder(dataset.name, name, dataset.plans.plans_name) / f"fold_{fold}" / FINAL
+        if name not in MASK_GENERATORS:
+            raise LesiongenError(f"{name}: not a mask generator; choose from {', '.join(MASK_GENERATORS)}")
+        checkpoint = _folder(dataset, name).checkpoint(fold)
         if not checkpoint.is_file():
             raise LesiongenError(f"{checkpoint}: not found; run lesiongen_train {dataset.name} {name} {fold} first")
+    generators = {name: load_model(_folder(dataset, name), fold, device, expect=MaskGenerator) for name in trainers}
     _, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
+    for name, generator in generators.items():
+        trained_on = set(generator.provenance.get("train_cases", []))
+        if trained_on & set(val_cases) and fold != "all":
+            raise LesiongenError(f"{generator.checkpoint}: was trained on held-out case(s) "
+                                 f"{sorted(trained_on & set(val_cases))[:3]} of fold {fold}; retrain it")
     real = load_lesion_patches(dataset.lesion_patch_folder, val_cases)
     n = n_masks or len(real)
     index = np.arange(n) % len(real)  # more masks than held-out patches reuse the conditioning in turn
@@ -59,8 +70,7 @@ def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trai
     spacing = dataset.plans.target_spacing
     reference = mask_statistics(real.masks, spacing, real.tissue)
     generated, galleries, timing = {}, {}, {}
-    for name in trainers:
-        generator = load_trained(dataset, name, fold, device)
+    for name, generator in generators.items():
         start = time.perf_counter()
         masks = generator.sample_masks(n, conditioning, seed=seed)
         seconds = time.perf_counter() - start
@@ -72,6 +82,8 @@ def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trai
     folder = output or evaluation_folder(dataset, fold)
     report = write_report(folder, reference, generated, galleries, real.masks,
                           extra={"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
-                                 "n_masks": n, "seed": seed, "spacing_mm": spacing, "timing": timing})
+                                 "n_masks": n, "seed": seed, "spacing_mm": spacing, "timing": timing,
+                                 "provenance": {**code_version(),
+                                                "models": {k: g.record() for k, g in generators.items()}}})
     logger.info("wrote %s", folder)
     return report

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_image, write_image
+from lesiongen.utilities.dtypes import cast_to
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger(__name__)
@@ -34,24 +35,51 @@ class InputCase:
     tissue: Path | None = None
 
 
+MODES = ("synth", "seg", "remove")
+
+
 @dataclass
 class PredictOptions:
     mode: str  # synth | seg | remove
     resume: bool = False
     seed: int = 0
+    num_parts: int = 1  # split the cases into this many parts (cluster array jobs, several GPUs) ...
+    part_id: int = 0  # ... and predict this one
+    # synth
+    masks: str = "diffmask"  # mask generator
     n_variants: int = 1
     n_lesions: int | None = None
     volume_range_mm3: tuple[float, float] | None = None
     tissue_classes: list[int] | None = None
+    preview: bool = False
+    # seg
+    synthetic: str = "none"  # the seg models trained with this synthetic strategy
     save_probabilities: bool = False
     mirror: bool = True
-    preview: bool = False
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise LesiongenError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
+            raise LesiongenError(f"--part_id must be 0-{self.num_parts - 1} for --num_parts {self.num_parts}, "
+                                 f"got {self.part_id}")
 
 
-def find_input_cases(folder: Path, n_channels: int, labels: Path | None = None, brain_masks: Path | None = None,
-                     tissue: Path | None = None) -> list[InputCase]:
-    """Group ``folder``'s files into cases; every problem is one line naming the file (all reported at once)."""
+def this_part(cases: list[InputCase], options: PredictOptions) -> list[InputCase]:
+    """The cases of part ``part_id`` of ``num_parts`` (every num_parts-th case, as nnU-Net splits them)."""
+    return cases[options.part_id::options.num_parts]
+
+
+def find_input_cases(folder: Path, channel_names: dict[str, str], labels: Path | None = None,
+                     brain_masks: Path | None = None, tissue: Path | None = None,
+                     described_by: Path | None = None) -> list[InputCase]:
+    """Group ``folder``'s files into cases; every problem is one line naming the file (all reported at once).
+
+    Every case must have exactly the channels of ``channel_names`` (the model's dataset.json, ``described_by``).
+    """
+    n_channels = len(channel_names)
+    wanted = ", ".join(f"{int(k):04d} {v}" for k, v in sorted(channel_names.items(), key=lambda kv: int(kv[0])))
+    source = f" ({described_by})" if described_by else ""
     if not folder.is_dir():
         raise LesiongenError(f"{folder}: input folder does not exist")
     cases: dict[str, dict[int, Path]] = {}
@@ -77,7 +105,7 @@ def find_input_cases(folder: Path, n_channels: int, labels: Path | None = None, 
             missing = sorted(expected - set(channels))
             extra = sorted(set(channels) - expected)
             what = f"missing channel(s) {missing}" if missing else f"unexpected channel(s) {extra}"
-            problems.append(f"{folder / case_id}: {what}; the model needs channels 0-{n_channels - 1}")
+            problems.append(f"{folder / case_id}: {what}; the model{source} takes {n_channels} channel(s): {wanted}")
             continue
         ending = endings[case_id]
         item = InputCase(case_id, [channels[c] for c in range(n_channels)], ending)
@@ -119,6 +147,17 @@ def output_files(case: InputCase, options: PredictOptions, out: Path, n_channels
         name = f"{case.case_id}_syn{k}"
         files += [out / f"{name}_{c:04d}{e}" for c in range(n_channels)] + [out / "labels" / f"{name}{e}"]
     return files
+
+
+def check_output_folder(out: Path, input_folders: list[Path]) -> None:
+    """The output folder must be none of the input folders, nor inside one, nor contain one (symlinks resolved):
+    outputs would land among the inputs and be read as inputs on the next run."""
+    target = out.resolve()
+    for folder in input_folders:
+        source = folder.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else "is inside" if source in target.parents else "contains"
+            raise LesiongenError(f"{out}: output folder {relation} the input folder {folder}; choose another -o")
 
 
 def check_not_overwriting_inputs(cases: list[InputCase], out: Path, options: PredictOptions, n_channels: int) -> None:
@@ -165,15 +204,7 @@ def read_case_channels(paths: list[Path], reader: str | None = None) -> tuple[np
     return np.stack(arrays), geometry, dtypes
 
 
-def cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Back to an input's dtype: rounded and clipped for integers, so untouched voxels come back unchanged."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
-    return image.astype(dtype, copy=False)
-
-
 def write_channels(images: np.ndarray, geometry: ImageGeometry, stem: Path, ending: str,
                    dtypes: list[np.dtype]) -> None:
     for c, image in enumerate(images):
-        write_image(Path(f"{stem}_{c:04d}{ending}"), cast_like(image, dtypes[c]), geometry)
+        write_image(Path(f"{stem}_{c:04d}{ending}"), cast_to(image, dtypes[c]), geometry)

@@ -1,9 +1,13 @@
-"""The three ``lesiongen_predict`` modes on top of the synthesis, segmentation and removal functions."""
+"""The three ``lesiongen_predict`` modes, from model folders alone (no raw or preprocessed data needed).
+
+The models come from a results dataset folder (``$lesiongen_results/DatasetXXX_Name``, holding ``TRAINER__PLANS``
+model folders) or from one model folder given directly; see :func:`resolve_models`.
+"""
 
 from __future__ import annotations
 
 import logging
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,45 +15,84 @@ import torch
 
 from lesiongen.inference.predict import InputCase, PredictOptions, run_cases, write_channels
 from lesiongen.inference.segment import segment
-from lesiongen.inference.sliding_window import resample_logits_to_shape
 from lesiongen.inference.synthesis import remove_lesions, synthesize
 from lesiongen.io.images import ImageGeometry, write_image
-from lesiongen.preprocessing.dataset import PreprocessedDataset
-from lesiongen.training.base import trainer_folder
-from lesiongen.training.checkpoint import FINAL
-from lesiongen.training.registry import load_trained
+from lesiongen.models.folder import PLANS_JSON, ModelFolder, trainer_folder_name
+from lesiongen.models.inpainter import Inpainter
+from lesiongen.models.mask_generators import MaskGenerator
+from lesiongen.models.registry import MASK_GENERATORS, load_model
+from lesiongen.models.segmenter import Segmenter
+from lesiongen.models.sliding_window import resample_logits_to_shape
+from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, write_json
+from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
 VOLUME_TRIES = 5
 
 
-def _default_fold(dataset: PreprocessedDataset, folder_name: str) -> int | str:
-    folder = trainer_folder(dataset.name, folder_name, dataset.plans.plans_name)
-    return "all" if (folder / "fold_all" / FINAL).is_file() else 0
+@dataclass
+class PredictionModels:
+    """The model folders one prediction run uses; ``main`` decides the input channels."""
+
+    main: ModelFolder  # seg: the segmenter; synth / remove: the inpainter
+    mask_generator: ModelFolder | None = None  # synth only
 
 
-def _case_seed(seed: int, case_id: str, variant: int) -> int:
-    return (seed * 1_000_003 + zlib.crc32(case_id.encode()) + 7919 * variant) % 2**31
-
-
-def predict(dataset: PreprocessedDataset, cases: list[InputCase], out: Path, options: PredictOptions,
-            folds: list | None, device: str) -> dict[str, int]:
-    n_channels = dataset.plans.num_channels
-    if options.mode == "seg":
-        strategy = options.extra.get("synthetic", "none")
-        folds = folds or [_default_fold(dataset, f"seg_{strategy}")]
-        models = [load_trained(dataset, "seg", f, device, strategy=strategy) for f in folds]
-        work = _seg_work(models, out, options)
-    elif options.mode == "remove":
-        fold = (folds or [_default_fold(dataset, "inpaint")])[0]
-        work = _remove_work(dataset, load_trained(dataset, "inpaint", fold, device), out, options)
+def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> PredictionModels:
+    """The model folders of a run: ``source`` is a results dataset folder (``TRAINER__PLANS`` inside) or one model
+    folder (``plans.json`` inside; for synth the inpainter, whose mask generator sits next to it)."""
+    if (source / PLANS_JSON).is_file():  # a model folder itself
+        folder = ModelFolder(source)
+        expected = f"seg_{options.synthetic}" if options.mode == "seg" else "inpaint"
+        if options.mode == "seg" and not folder.variant.startswith("seg_"):
+            raise LesiongenError(f"{source}: a {folder.variant} model folder; -m seg needs a seg_* model folder")
+        if options.mode != "seg" and folder.variant != "inpaint":
+            raise LesiongenError(f"{source}: a {folder.variant} model folder; -m {options.mode} needs the inpaint "
+                                 f"model folder ({expected}__{folder.plans_name})")
+        dataset_folder, plans_name = source.parent, folder.plans_name
+        main = folder
     else:
-        fold = (folds or [_default_fold(dataset, "inpaint")])[0]
-        inpainter = load_trained(dataset, "inpaint", fold, device)
-        generator = load_trained(dataset, options.extra.get("masks", "diffmask"), fold, device)
-        work = _synth_work(dataset, inpainter, generator, out, options)
+        if not source.is_dir():
+            raise LesiongenError(f"{source}: model folder not found")
+        dataset_folder = source
+        variant = f"seg_{options.synthetic}" if options.mode == "seg" else "inpaint"
+        main = ModelFolder(dataset_folder / trainer_folder_name(variant, plans_name))
+    main.check()
+    generator = None
+    if options.mode == "synth":
+        if options.masks not in MASK_GENERATORS:
+            raise LesiongenError(f"--masks {options.masks}: choose one of {', '.join(MASK_GENERATORS)}")
+        generator = ModelFolder(dataset_folder / trainer_folder_name(options.masks, plans_name)).check()
+    return PredictionModels(main, generator)
+
+
+def _seg_folds(folder: ModelFolder, folds: list | None) -> list:
+    """Given folds, else ``all`` when trained, else every trained fold (an ensemble, as nnU-Net predicts)."""
+    if folds:
+        return folds
+    trained = folder.trained_folds()
+    if not trained:
+        raise LesiongenError(f"{folder.path}: no trained fold (fold_X/checkpoint_final.pt)")
+    return ["all"] if "all" in trained else trained
+
+
+def predict(models: PredictionModels, cases: list[InputCase], out: Path, options: PredictOptions,
+            folds: list | None, device: str) -> dict[str, int]:
+    n_channels = len(models.main.plans().channel_names)
+    if options.mode == "seg":
+        segmenters = [load_model(models.main, f, device, expect=Segmenter) for f in _seg_folds(models.main, folds)]
+        work = _seg_work(segmenters, out, options)
+    else:
+        fold = (folds or [models.main.default_fold()])[0]
+        inpainter = load_model(models.main, fold, device, expect=Inpainter)
+        if options.mode == "remove":
+            work = _remove_work(inpainter, out, options)
+        else:
+            generator = load_model(models.mask_generator, fold, device, expect=MaskGenerator)
+            _check_same_plans(inpainter, generator)
+            work = _synth_work(inpainter, generator, out, options)
     counts = run_cases(cases, out, options, n_channels, work)
     if options.mode == "synth" and options.preview and getattr(work, "gallery", None):
         from lesiongen.inference.previews import gallery
@@ -59,16 +102,27 @@ def predict(dataset: PreprocessedDataset, cases: list[InputCase], out: Path, opt
     return counts
 
 
-def _synth_work(dataset, inpainter, generator, out: Path, options: PredictOptions):
+def _check_same_plans(inpainter: Inpainter, generator: MaskGenerator) -> None:
+    a, b = inpainter.provenance.get("plans_sha256"), generator.provenance.get("plans_sha256")
+    if a and b and a != b:
+        raise LesiongenError(f"{generator.checkpoint}: trained with other plans than the inpainter "
+                             f"{inpainter.checkpoint}; both must come from the same plans")
+
+
+def case_seed(seed: int, case_id: str, variant: int, attempt: int = 0) -> int:
+    return derive_seed(seed, "predict", case_id, variant, attempt)
+
+
+def _synth_work(inpainter: Inpainter, generator: MaskGenerator, out: Path, options: PredictOptions):
     def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
         spacing = list(geometry.spacing_zyx)
         voxel_mm3 = float(np.prod(spacing))
         for variant in range(options.n_variants):
-            seed = _case_seed(options.seed, case.case_id, variant)
             for attempt in range(VOLUME_TRIES):
-                result = synthesize(images, spacing, dataset.plans, inpainter, generator, n_lesions=options.n_lesions,
-                                    seed=seed + attempt * 104_729, brain_mask=brain, tissue=tissue,
-                                    tissue_classes=options.tissue_classes)
+                result = synthesize(images, spacing, inpainter.plans, inpainter, generator,
+                                    n_lesions=options.n_lesions, seed=case_seed(options.seed, case.case_id, variant,
+                                                                                attempt),
+                                    brain_mask=brain, tissue=tissue, tissue_classes=options.tissue_classes)
                 volume = float((result.label > 0).sum()) * voxel_mm3
                 low, high = options.volume_range_mm3 or (0.0, np.inf)
                 if low <= volume <= high:
@@ -84,7 +138,7 @@ def _synth_work(dataset, inpainter, generator, out: Path, options: PredictOption
                 from lesiongen.inference.previews import lesion_preview
 
                 lesion_preview(images, result.images, result.label, spacing, out / "previews" / f"{name}.png",
-                               channel_names=list(dataset.plans.channel_names.values()))
+                               channel_names=list(inpainter.plans.channel_names.values()))
                 if len(work.gallery) < 16:
                     work.gallery.append(((name, result.images, result.label, images), spacing))
             write_image(out / "labels" / f"{name}{case.ending}", result.label, geometry)  # last: case done
@@ -93,16 +147,16 @@ def _synth_work(dataset, inpainter, generator, out: Path, options: PredictOption
     return work
 
 
-def _remove_work(dataset, inpainter, out: Path, options: PredictOptions):
+def _remove_work(inpainter: Inpainter, out: Path, options: PredictOptions):
     def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
-        healed = remove_lesions(images, list(geometry.spacing_zyx), label, dataset.plans, inpainter,
-                                seed=_case_seed(options.seed, case.case_id, 0), brain_mask=brain)
+        healed = remove_lesions(images, list(geometry.spacing_zyx), label, inpainter.plans, inpainter,
+                                seed=case_seed(options.seed, case.case_id, 0), brain_mask=brain)
         write_channels(healed, geometry, out / case.case_id, case.ending, dtypes)
 
     return work
 
 
-def _seg_work(models, out: Path, options: PredictOptions):
+def _seg_work(models: list[Segmenter], out: Path, options: PredictOptions):
     plans = models[0].plans
 
     def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
@@ -126,6 +180,3 @@ def _probabilities_on_original_grid(probabilities: np.ndarray, scan) -> np.ndarr
     full[0] = 1.0  # outside the brain crop: background for sure
     full[(slice(None), *[slice(a, b) for a, b in scan.crop_bbox])] = cropped
     return full
-
-
-

@@ -48,6 +48,7 @@ from lesiongen.planning.plans import CT, NO_NORM, RESCALE_0_1, ZSCORE, ChannelNo
 from lesiongen.preprocessing.normalization import normalize
 from lesiongen.preprocessing.resampling import _coarse_axis, resample_images, resample_labels
 from lesiongen.utilities.cropping import bbox_slices, brain_region, mask_bbox
+from lesiongen.utilities.dtypes import cast_to
 
 SPLINE_PAD = 12  # model voxels of context around a block for the cubic prefilter (0.268**12 ~ 1e-7)
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -258,19 +259,6 @@ def region_to_original(mask_model: np.ndarray, scan: ModelSpaceScan) -> np.ndarr
 # ------------------------------------------------------------------------------------------- paste back
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return values >= 0.5
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    if np.issubdtype(dtype, np.floating):
-        info = np.finfo(dtype)
-        return np.clip(values, info.min, info.max).astype(dtype)
-    return values.astype(dtype)
-
-
 def paste_back(original: np.ndarray, edited_model: np.ndarray, changed_model: np.ndarray, scan: ModelSpaceScan,
                margin_voxels: int = 2, as_change: bool = True) -> np.ndarray:
     """The original (c, z, y, x) array with the edited model-space region written back; everything else bitwise equal.
@@ -341,55 +329,5 @@ def paste_back(original: np.ndarray, edited_model: np.ndarray, changed_model: np
         if not np.isfinite(values[where]).all():
             raise ValueError(f"edited_model channel {channel} has non-finite values in the changed region")
         view = out[channel][target]
-        view[where] = _cast(values[where], original.dtype)
+        view[where] = cast_to(values[where], original.dtype)
     return out
-
-
-# ------------------------------------------------------------------------------------------- patches
-
-
-def _patch_slices(shape: Sequence[int], centre: Sequence[float], patch_size: Sequence[int]
-                  ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """(slices in the volume, slices in the patch) of a patch of ``patch_size`` centred on ``centre``.
-
-    The patch starts at ``round(centre) - patch_size // 2`` as in :mod:`lesiongen.preprocessing.patches`.
-    """
-    shape, size = list(shape)[-3:], [int(s) for s in patch_size]
-    if len(size) != 3 or len(centre) != 3:
-        raise ValueError(f"centre and patch_size need 3 values (z, y, x), got {list(centre)} and {size}")
-    volume, patch = [], []
-    for c, n, dim in zip(centre, size, shape):
-        start = int(np.round(c)) - n // 2
-        lo, hi = min(max(start, 0), dim), max(min(start + n, dim), 0)
-        hi = max(hi, lo)
-        volume.append(slice(lo, hi))
-        patch.append(slice(lo - start, lo - start + (hi - lo)))
-    return tuple(volume), tuple(patch)
-
-
-def model_crop(scan_shape: Sequence[int], centre: Sequence[float], patch_size: Sequence[int]) -> tuple[slice, ...]:
-    """Slices (z, y, x) of the part of a ``patch_size`` patch centred on ``centre`` that lies inside the volume.
-
-    ``scan_shape`` may carry leading axes (c, z, y, x); only the last three count. A patch entirely outside gives
-    empty slices.
-    """
-    return _patch_slices(scan_shape, centre, patch_size)[0]
-
-
-def extract_patch(array: np.ndarray, centre: Sequence[float], patch_size: Sequence[int], fill=0) -> np.ndarray:
-    """The ``patch_size`` patch of ``array`` (..., z, y, x) centred on ``centre``, ``fill`` outside the volume."""
-    volume, patch = _patch_slices(array.shape, centre, patch_size)
-    lead = (slice(None),) * (array.ndim - 3)
-    out = np.full(array.shape[:-3] + tuple(int(s) for s in patch_size), fill, dtype=array.dtype)
-    out[lead + patch] = array[lead + volume]
-    return out
-
-
-def insert_patch(array: np.ndarray, patch: np.ndarray, centre: Sequence[float]) -> np.ndarray:
-    """Write the inside part of ``patch`` (..., pz, py, px) into ``array`` at ``centre``, in place; returns it."""
-    if patch.shape[:-3] != array.shape[:-3]:
-        raise ValueError(f"patch leading axes {patch.shape[:-3]} differ from the array's {array.shape[:-3]}")
-    volume, inside = _patch_slices(array.shape, centre, patch.shape[-3:])
-    lead = (slice(None),) * (array.ndim - 3)
-    array[lead + volume] = patch[lead + inside]
-    return array

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lesiongen.inference.scan_space import ModelSpaceScan, to_model_space
-from lesiongen.inference.sliding_window import resample_logits_to_shape
+from lesiongen.models.sliding_window import resample_logits_to_shape
 
 
 def probabilities_to_labels(probabilities: np.ndarray, label_values: list[int], crop_bbox: list[list[int]],
@@ -24,12 +24,12 @@ def segment(images: np.ndarray, spacing: list[float], models: list, brain_mask: 
             mirror: bool = True) -> tuple[np.ndarray, np.ndarray, ModelSpaceScan]:
     """(label map on the input grid, mean model-space probabilities, the model-space scan) of a (c, z, y, x) scan.
 
-    ``models`` are trained ``seg`` trainers (e.g. one per fold) of one plans file; their softmax outputs are
-    averaged before the argmax, as nnU-Net ensembles folds.
+    ``models`` are segmenters (e.g. one per fold) of one plans file; their softmax outputs are averaged before the
+    argmax, as nnU-Net ensembles folds.
     """
     plans = models[0].plans
     scan = to_model_space(images, spacing, plans, brain_mask)
-    probabilities = np.mean([m.predict_case(scan.images, mirror=mirror) for m in models], axis=0)
+    probabilities = np.mean([m.predict_probabilities(scan.images, mirror=mirror) for m in models], axis=0)
     label = probabilities_to_labels(probabilities, list(plans.labels.values()), scan.crop_bbox, scan.cropped_shape,
                                     scan.original_shape)
     return label, probabilities, scan

@@ -17,19 +17,12 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
-from lesiongen.inference.scan_space import (
-    ModelSpaceScan,
-    extract_patch,
-    insert_patch,
-    paste_back,
-    region_to_original,
-    to_model_space,
-)
+from lesiongen.inference.scan_space import ModelSpaceScan, paste_back, region_to_original, to_model_space
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.spheres import sample_sphere_lesions
 from lesiongen.planning.plans import Categorical, Plans, SpherePrior
 from lesiongen.preprocessing.resampling import resample_labels
-from lesiongen.utilities.cropping import bbox_slices
+from lesiongen.utilities.cropping import bbox_slices, extract_patch, insert_patch
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ import numpy as np
 from lesiongen import __version__
 from lesiongen.fingerprint.fingerprint import DatasetFingerprint
 from lesiongen.io.dataset import DatasetInfo
+from lesiongen.planning import channels
 from lesiongen.planning import topology as topo
 from lesiongen.planning.plans import (
     CT,
@@ -207,8 +208,8 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
 
     n_channels = info.num_channels
     n_classes = len(info.labels)
-    tissue_channels = 1 if fingerprint.has_tissue_maps else 0
-    segmentation = _segmentation_stage(fingerprint, spacing, median_shape, gpu_memory_target_gb, n_channels, n_classes)
+    segmentation = _segmentation_stage(fingerprint, spacing, median_shape, gpu_memory_target_gb,
+                                       channels.segmentation_input(n_channels).total, n_classes)
 
     patch, margin, fits = lesion_patch_size(fingerprint, spacing, median_shape)
     mask_unet = topo.unet_topology(spacing, patch)
@@ -219,21 +220,19 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
     n_lesions = sum(c.lesion_count for c in fingerprint.cases)
     n_lesion_classes = len(info.lesion_labels)
 
-    # mask generation: noisy mask + sphere control (+ tissue map) for diffusion; image + tissue for the UNet
-    mask_diffusion, mask_diffusion_topology = _diffusion_plan(patch, n_lesion_classes + 1 + tissue_channels, n_lesion_classes)
-    # the mask UNet sees the (lesion-filled) image, tissue map and a sphere cue; one sigmoid output per lesion class
-    mask_unet_in = n_channels + tissue_channels + 1
+    # mask generation: the diffusion model denoises one channel per lesion class; the UNet gives one sigmoid each
+    mask_diffusion_in = channels.diffmask_input(n_lesion_classes, fingerprint.has_tissue_maps).total
+    mask_diffusion, mask_diffusion_topology = _diffusion_plan(patch, mask_diffusion_in, n_lesion_classes)
+    mask_unet_in = channels.unetmask_input(n_channels, fingerprint.has_tissue_maps).total
     mask_stage = _lesion_stage(
         "mask_generation", patch,
         {
-            "diffusion": (mask_diffusion, mask_diffusion_topology, n_lesion_classes + 1 + tissue_channels),
+            "diffusion": (mask_diffusion, mask_diffusion_topology, mask_diffusion_in),
             "unet": (_plain_unet_plan(mask_unet, mask_unet_in, n_lesion_classes), None, mask_unet_in),
         },
         gpu_memory_target_gb, n_lesions,
     )
-    # inpainting: noisy image + known image + region per lesion class + a "heal" region (pseudo-healthy mode) +
-    # the contrast condition broadcast as channels (per channel and class) + a "no condition" flag for CFG
-    inpaint_in = 2 * n_channels + n_lesion_classes + 1 + n_channels * n_lesion_classes + 1
+    inpaint_in = channels.inpaint_input(n_channels, n_lesion_classes).total
     inpaint_net, inpaint_topology = _diffusion_plan(patch, inpaint_in, n_channels)
     inpaint_stage = _lesion_stage("inpainting", patch, {"diffusion": (inpaint_net, inpaint_topology, inpaint_in)},
                                   gpu_memory_target_gb, n_lesions)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from lesiongen.fingerprint.fingerprint import DatasetFingerprint
 from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
+from lesiongen.utilities.errors import LesiongenError
 
 LOCATION_BINS = 4
 LOCATION_PSEUDO_COUNT = 0.05  # lets sampling reach bins next to observed ones, rarely
@@ -86,3 +89,21 @@ def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.n
         min_lesion_voxels=int(min((l.voxel_count for l in lesions), default=1)),
         min_lesion_volume_mm3=float(min((l.volume_mm3 for l in lesions), default=voxel_volume)),
     )
+
+
+def fold_sphere_priors(fingerprint: DatasetFingerprint, train_cases: list[str], plans) -> dict[str, SpherePrior]:
+    """Sphere priors refitted on the fold's training cases only, so validation lesions never shape a generator.
+
+    A lesion class without a training lesion in the fold keeps its empty prior (``n_lesions_observed`` 0): it is
+    never generated, rather than borrowing the dataset-wide prior that the validation lesions helped fit. A fold
+    without any training lesion is an error.
+    """
+    train = set(train_cases)
+    subset = dataclasses.replace(fingerprint, cases=[c for c in fingerprint.cases if c.case_id in train])
+    patch_mm = np.asarray(plans.lesion_patch_size) * np.asarray(plans.target_spacing)
+    priors = {key: fit_sphere_prior(subset, int(key), patch_mm, min(plans.target_spacing))
+              for key in plans.sphere_priors}
+    if not any(p.n_lesions_observed for p in priors.values()):
+        raise LesiongenError(f"the training cases of this fold ({len(train)}) hold no lesion of any class "
+                             f"{sorted(priors)}; nothing to learn lesion shapes from")
+    return priors

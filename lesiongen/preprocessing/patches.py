@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from lesiongen.utilities.cropping import extract_patch
+
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -35,22 +37,6 @@ class PatchSet:
     skipped_too_large: int
 
 
-def _crop_padded(array: np.ndarray, start: np.ndarray, size: list[int], fill) -> np.ndarray:
-    """array[..., start:start+size] over the last three axes, padded with ``fill`` outside the array."""
-    spatial = array.shape[-3:]
-    out = np.full(array.shape[:-3] + tuple(size), fill, dtype=array.dtype)
-    src, dst = [], []
-    for s, n, dim in zip(start, size, spatial):
-        lo, hi = max(s, 0), min(s + n, dim)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    lead = (slice(None),) * (array.ndim - 3)
-    out[lead + tuple(dst)] = array[lead + tuple(src)]
-    return out
-
-
 def _components(seg: np.ndarray, lesion_labels: list[int]):
     """Yield (label, component mask slices, component id map, count) per lesion class."""
     for label in lesion_labels:
@@ -66,7 +52,6 @@ def _touches_border(mask: np.ndarray) -> bool:
 
 def extract_lesion_patches(images: np.ndarray, seg: np.ndarray, tissue: np.ndarray | None,
                            patch_size: list[int], lesion_labels: list[int]) -> PatchSet:
-    size = np.asarray(patch_size)
     image_patches, mask_patches, tissue_patches, records = [], [], [], []
     skipped = 0
     for label, ids, count in _components(seg, lesion_labels):
@@ -74,12 +59,11 @@ def extract_lesion_patches(images: np.ndarray, seg: np.ndarray, tissue: np.ndarr
         sizes = ndimage.sum_labels(np.ones_like(ids, dtype=np.uint8), ids, range(1, count + 1))
         for component, (centroid, voxels) in enumerate(zip(centroids, sizes), start=1):
             centre = np.round(centroid).astype(int)
-            start = centre - size // 2
-            centre_ids = _crop_padded(ids, start, patch_size, 0)
+            centre_ids = extract_patch(ids, centre, patch_size, fill=0)
             if _touches_border(centre_ids == component):
                 skipped += 1
                 continue
-            mask = _crop_padded(seg, start, patch_size, -1).astype(np.int8)
+            mask = extract_patch(seg, centre, patch_size, fill=-1).astype(np.int8)
             # every lesion (any class) in the patch that the border cuts is removed from the mask
             lesion, n = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
             cut = 0
@@ -90,10 +74,10 @@ def extract_lesion_patches(images: np.ndarray, seg: np.ndarray, tissue: np.ndarr
                     if on_border and _touches_border(lesion == index):
                         mask[lesion == index] = 0
                         cut += 1
-            image_patches.append(_crop_padded(images, start, patch_size, 0.0))
+            image_patches.append(extract_patch(images, centre, patch_size, fill=0.0))
             mask_patches.append(mask)
             if tissue is not None:
-                tissue_patches.append(_crop_padded(tissue, start, patch_size, 0))
+                tissue_patches.append(extract_patch(tissue, centre, patch_size, fill=0))
             records.append(LesionPatch(centre.tolist(), int(label), int(voxels), int(n - cut), int(cut)))
     n_channels = images.shape[0]
     empty_images = np.zeros((0, n_channels, *patch_size), dtype=np.float32)

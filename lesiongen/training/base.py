@@ -1,10 +1,11 @@
-"""The trainer base: everything trainers share, so each trainer is only its data, loss and sampler.
+"""The trainer base: everything trainers share, so each trainer is only its data, loss and calibration.
 
-The base owns the output folder, the fold's cases and sphere priors, seeding, the training loop (AMP on CUDA,
-gradient clipping, EMA of the weights, DDP under torchrun), atomic checkpoints with every RNG state so ``--c``
-continues bit-for-bit, the text log, ``progress.png`` and tqdm. A subclass sets ``name`` and ``stage`` and
-implements ``build_networks``, ``load_training_data``, ``training_loss`` and, for mask generators,
-``sample_masks``.
+A trainer owns one model (:mod:`lesiongen.models`) and trains its networks. The base owns the output folder (a
+self-contained model folder: ``plans.json``, ``dataset.json``, ``fold_X/checkpoint_*.pt``), the fold's cases,
+seeding, the training loop (AMP on CUDA, gradient clipping, EMA of the weights, DDP under torchrun), atomic
+checkpoints with every RNG state so ``--c`` continues bit-for-bit, provenance, the text log, ``progress.png`` and
+tqdm. A subclass sets ``name``, ``model_class`` and implements ``model_config``, ``load_training_data``,
+``training_loss`` and, where it calibrates something after training, ``finish_training``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,23 +25,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from lesiongen.fingerprint.fingerprint import DatasetFingerprint
-from lesiongen.paths import results_root
-from lesiongen.planning.plans import SpherePrior, StagePlan
-from lesiongen.planning.priors import fit_sphere_prior
+from lesiongen.models import checkpoint as ckpt
+from lesiongen.models.base import LesionModel
+from lesiongen.models.folder import DATASET_JSON, PLANS_JSON, trainer_folder
+from lesiongen.models.registry import model_config_from_state
 from lesiongen.preprocessing.dataset import PreprocessedDataset
-from lesiongen.training import checkpoint as ckpt
+from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.training.distributed import init_distributed
 from lesiongen.training.progress import plot_progress
-from lesiongen.training.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.files import json_plain, write_json
-from lesiongen.utilities.serialization import from_dict
+from lesiongen.utilities.files import atomic_path, json_plain, write_json
+from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
+from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger("lesiongen.training")
 
 DEFAULT_SEED = 12345
 LOG_FILE = "training_log.txt"
+SUMMARY_FILE = "training_summary.json"
 
 
 @dataclasses.dataclass
@@ -62,9 +66,31 @@ def ema_average(decay: float):
     return average
 
 
+def plans_sha256(plans) -> str:
+    return json_sha256(dataclasses.asdict(plans))
+
+
+def parse_setting_value(text: str, current: Any, key: str) -> Any:
+    """A ``--set`` value in the type of the setting it replaces (bool: true/false/1/0/yes/no)."""
+    if isinstance(current, bool):
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if str(text).lower() not in words:
+            raise LesiongenError(f"--set {key}={text}: expected true or false")
+        return words[str(text).lower()]
+    try:
+        value = float(text)
+    except ValueError:
+        raise LesiongenError(f"--set {key}={text}: expected a number") from None
+    if isinstance(current, int):
+        if not value.is_integer():
+            raise LesiongenError(f"--set {key}={text}: expected a whole number")
+        return int(value)
+    return value
+
+
 class Trainer:
     name: ClassVar[str] = "base"
-    stage: ClassVar[str] = "mask_generation"
+    model_class: ClassVar[type[LesionModel]] = LesionModel
     learning_rate: ClassVar[float] = 1e-4
     weight_decay: ClassVar[float] = 1e-5
     ema_decay: ClassVar[float] = 0.999
@@ -82,12 +108,14 @@ class Trainer:
         self.distributed.barrier()  # the other ranks read what rank 0 wrote
         splits = splits or load_or_create_splits(dataset.folder, dataset.case_ids())
         self.train_cases, self.val_cases = fold_cases(splits, fold)
-        self.priors = fold_sphere_priors(dataset.fingerprint, self.train_cases, self.plans)
+        self.model: LesionModel | None = None
         self.networks: dict[str, nn.Module] = {}
         self.ema: dict[str, AveragedModel] = {}
         self.step = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
-        self.extra: dict[str, Any] = {}  # JSON-able results of training, e.g. a calibrated threshold
+        self.extra: dict[str, Any] = {}  # JSON-able results of training (calibration details, validation scores)
+        self.models_used: dict[str, dict] = {}  # other models this training depends on (sha256 etc.)
+        self.runs: list[dict[str, Any]] = []  # which code trained which steps (one entry per start or --c)
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -95,8 +123,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- layout
     @property
-    def stage_plan(self) -> StagePlan:
-        return self.plans.stages[self.stage]
+    def stage_plan(self):
+        return self.plans.stages[self.model_class.stage]
+
+    @property
+    def folder_name(self) -> str:
+        """The results folder's trainer part; a trainer with variants (e.g. seg strategies) names them here."""
+        return self.name
 
     @property
     def output_folder(self) -> Path:
@@ -123,27 +156,31 @@ class Trainer:
 
     @property
     def patch_size(self) -> list[int]:
-        return self.plans.lesion_patch_size
+        return self.stage_plan.patch_size
 
-    def settings(self) -> dict[str, float]:
-        """Numeric class-level settings a user may change with ``--set NAME=VALUE``."""
+    def settings(self) -> dict[str, Any]:
+        """Class-level settings (numbers and booleans) a user may change with ``--set NAME=VALUE``."""
         names = sorted(n for n in dir(type(self)) if not n.startswith("_")
-                       and isinstance(getattr(type(self), n), (int, float)) and not isinstance(getattr(type(self), n), bool))
+                       and isinstance(getattr(type(self), n), (bool, int, float)))
         return {n: getattr(self, n) for n in names}
 
-    def apply_settings(self, values: dict[str, float]) -> None:
+    def apply_settings(self, values: dict[str, Any]) -> None:
         known = self.settings()
         for key, value in values.items():
             if key not in known:
                 raise LesiongenError(f"--set {key}: {self.name} has no such setting; it has {', '.join(known)}")
-            setattr(self, key, type(known[key])(value))
+            setattr(self, key, parse_setting_value(value, known[key], key) if isinstance(value, str)
+                    else type(known[key])(value))
         if values:
             logger.info("settings changed: %s", values)
 
     # ------------------------------------------------------------------------------------ subclass hooks
-    def build_networks(self) -> dict[str, nn.Module]:
-        """The trained networks by name (empty for a trainer without one)."""
-        return {}
+    def model_config(self) -> Any:
+        """The configuration of a freshly built model (what sampling uses until training calibrates it)."""
+        return self.model_class.config_class()
+
+    def initialise_networks(self) -> None:
+        """Change the freshly built networks' initial weights (e.g. an output bias), before EMA copies them."""
 
     def load_training_data(self) -> None:
         """Load the fold's training data into memory."""
@@ -152,22 +189,27 @@ class Trainer:
         """Draw a batch with ``self.data_rng`` / ``self.generator`` and return (loss, parts to log)."""
         raise NotImplementedError
 
-    def finish_training(self) -> None:
-        """After the last step, with the EMA weights loaded: calibrations etc. go into ``self.extra``."""
+    def finish_training(self, model: LesionModel) -> None:
+        """After the last step, with ``model`` running the EMA weights: calibrate ``model.config`` (it is the
+        trained model's configuration) and put details into ``self.extra``."""
 
     def after_load(self) -> None:
-        """After a checkpoint's state is loaded (to resume or to predict): adopt what it records in ``self.extra``."""
+        """After a checkpoint's state is loaded to resume."""
 
     # ------------------------------------------------------------------------------------------- seeding
     def _seed_everything(self, seed: int) -> None:
         torch.manual_seed(seed)  # network initialisation: identical on every rank
         rank = self.distributed.rank
-        self.data_rng = np.random.default_rng([seed, rank])
-        self.generator = torch.Generator().manual_seed(seed * 1009 + rank)
+        self.data_rng = np.random.default_rng(derive_seed(seed, "data", rank))
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "torch", rank))
 
     # ------------------------------------------------------------------------------------------- set-up
     def initialize(self) -> None:
-        self.networks = {k: v.to(self.device) for k, v in self.build_networks().items()}
+        self.model = self.model_class(self.plans, self.model_config(), self.device)
+        self.networks = self.model.networks
+        for network in self.networks.values():
+            network.train()
+        self.initialise_networks()
         self.ema = {k: AveragedModel(v, avg_fn=ema_average(self.ema_decay), use_buffers=True)
                     for k, v in self.networks.items()}
         parameters = [p for net in self.networks.values() for p in net.parameters()]
@@ -182,29 +224,82 @@ class Trainer:
         """AdamW by default (diffusion and mask models); the poly LR schedule is the base's."""
         return torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
 
-    @property
-    def folder_name(self) -> str:
-        """The results folder's trainer part; a trainer with variants (e.g. seg strategies) names them here."""
-        return self.name
+    def ema_model(self) -> LesionModel:
+        """The model running the EMA weights: what sampling, validation and inference use."""
+        return self.model.with_networks({k: v.module for k, v in self.ema.items()})
 
     def load_pretrained_weights(self, path: Path) -> None:
+        """Initialise from another model's weights; what does not fit (other channels or classes) is skipped."""
         state = ckpt.load_checkpoint(path)
+        weights = {k: ckpt.ema_weights(v) for k, v in state.get("ema", {}).items()} or state.get("networks", {})
         for name, network in self.networks.items():
-            if name not in state["networks"]:
+            if name not in weights:
                 raise LesiongenError(f"{path}: has no weights for network '{name}'")
             own = network.state_dict()
-            given = state["networks"][name]
-            mismatched = [k for k in own if k in given and given[k].shape != own[k].shape]
-            if mismatched:
-                raise LesiongenError(f"{path}: weights for '{name}' do not fit this plan ({mismatched[0]} differs)")
-            own.update({k: v for k, v in given.items() if k in own})
+            given = weights[name]
+            fitting = {k: v for k, v in given.items() if k in own and v.shape == own[k].shape}
+            skipped = sorted(set(own) - set(fitting))
+            if not fitting:
+                raise LesiongenError(f"{path}: no weights of '{name}' fit this plan")
+            own.update(fitting)
             network.load_state_dict(own)
             self.ema[name].module.load_state_dict(own)
+            if skipped:
+                logger.warning("pretrained weights %s: %d of %d tensors of '%s' did not fit and keep their "
+                               "initialisation (first: %s)", path, len(skipped), len(own), name, skipped[0])
         logger.info("initialised from pretrained weights %s", path)
+
+    # --------------------------------------------------------------------------------------- provenance
+    def provenance(self) -> dict[str, Any]:
+        """What produced this checkpoint; models that load it carry it along, results that use it cite it."""
+        return {
+            **code_version(),
+            "trainer": self.name, "variant": self.folder_name, "dataset": self.dataset.name, "fold": str(self.fold),
+            "steps_trained": self.step, "total_steps": self.total_steps, "seed": self.options.seed,
+            "batch_size": self.batch_size * self.distributed.world_size, "world_size": self.distributed.world_size,
+            "plans_name": self.plans.plans_name, "plans_sha256": plans_sha256(self.plans),
+            "settings": self.settings(), "train_cases": list(self.train_cases), "val_cases": list(self.val_cases),
+            "models_used": self.models_used, "runs": self.runs,
+        }
+
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """A checkpoint is continued only when it was made for what is asked now; else one line says why."""
+        if state["trainer"] != self.name:
+            raise LesiongenError(f"{path}: written by trainer '{state['trainer']}', not '{self.name}'")
+        if state["world_size"] != self.distributed.world_size:
+            raise LesiongenError(f"{path}: written by {state['world_size']} process(es); resume with the same "
+                                 f"number (now {self.distributed.world_size})")
+        provenance = state.get("provenance", {})
+        if provenance.get("plans_sha256", plans_sha256(self.plans)) != plans_sha256(self.plans):
+            raise LesiongenError(f"{path}: trained with other plans than {self.plans.plans_name} now holds; start "
+                                 "afresh (without --c) or restore the plans it was trained with")
+        if provenance.get("seed", self.options.seed) != self.options.seed:
+            raise LesiongenError(f"{path}: trained with --seed {provenance['seed']}, not {self.options.seed}")
+        if state["step"] > self.total_steps:
+            raise LesiongenError(f"{path}: already trained {state['step']} steps, more than the {self.total_steps} "
+                                 "requested; ask for at least as many steps or start afresh without --c")
+
+    def stale_reason(self) -> str | None:
+        """Why the finished model in the output folder is not what this trainer would make now (None: it is):
+        missing, other step count, plans, seed or settings, or a model it used has changed since."""
+        path = self.output_folder / ckpt.FINAL
+        if not path.is_file():
+            return "not trained yet"
+        provenance = ckpt.load_checkpoint(path).get("provenance", {})
+        wanted = {"steps_trained": self.total_steps, "plans_sha256": plans_sha256(self.plans),
+                  "seed": self.options.seed, "settings": json_plain(self.settings())}
+        for key, value in wanted.items():
+            if provenance.get(key) != value:
+                return f"{key} is {provenance.get(key)!r}, {value!r} asked"
+        for role, record in provenance.get("models_used", {}).items():
+            used = Path(record.get("checkpoint", ""))
+            if not used.is_file() or sha256_file(used) != record.get("sha256"):
+                return f"the {role} it used ({used}) has changed since"
+        return None
 
     # --------------------------------------------------------------------------------------- checkpoints
     def state_dict(self, final: bool) -> dict[str, Any]:
-        rng = self.distributed.gather(ckpt.rng_state(self.data_rng, self.generator))
+        rng = self.distributed.gather(rng_state(self.data_rng, self.generator))
         return {
             "format": ckpt.FORMAT_VERSION,
             "trainer": self.name,
@@ -213,6 +308,8 @@ class Trainer:
             "step": self.step,
             "total_steps": self.total_steps,
             "world_size": self.distributed.world_size,
+            "model": self.model.description(),
+            "provenance": json_plain(self.provenance()),
             "networks": {k: v.state_dict() for k, v in self.networks.items()},
             "ema": {k: v.state_dict() for k, v in self.ema.items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
@@ -233,14 +330,11 @@ class Trainer:
         self.distributed.barrier()
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
-        if state["trainer"] != self.name:
-            raise LesiongenError(f"{path}: written by trainer '{state['trainer']}', not '{self.name}'")
-        if state["world_size"] != self.distributed.world_size:
-            raise LesiongenError(f"{path}: written by {state['world_size']} process(es); resume with the same "
-                                 f"number (now {self.distributed.world_size})")
+        self._check_resumable(state, path)
         for k, net in self.networks.items():
-            net.load_state_dict(state["networks"][k])
+            net.load_state_dict(state["networks"][k])  # the raw weights continue; the EMA stays an average
             self.ema[k].load_state_dict(state["ema"][k])
+        self.model.config = model_config_from_state(state, path)[1]
         if self.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -252,38 +346,30 @@ class Trainer:
                 for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
                     group["lr"] = base * (1 - done / total) ** self.lr_scheduler.power
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng_state(state["rng"][self.distributed.rank], self.data_rng, self.generator)
+        restore_rng_state(state["rng"][self.distributed.rank], self.data_rng, self.generator)
         self.step = state["step"]
         self.history = state["history"]
         self.extra = state["extra"]
+        provenance = state.get("provenance", {})
+        self.runs = list(provenance.get("runs", []))
+        self.models_used = dict(provenance.get("models_used", {}))
         self.after_load()
 
-    def resume(self) -> bool:
-        """Continue from checkpoint_latest (or final); False when there is none, so training starts afresh."""
+    def resume(self) -> str | None:
+        """Continue from checkpoint_latest (or final). Returns None when there is none (training starts afresh),
+        ``"finished"`` when the final checkpoint already has the requested steps, else ``"resumed"``."""
         for name in (ckpt.LATEST, ckpt.FINAL):
             path = self.output_folder / name
             if path.is_file():
                 state = ckpt.load_checkpoint(path, self.device)
-                # a final checkpoint of a shorter run can be continued to more steps
                 self.load_state(state, path)
+                if name == ckpt.FINAL and self.step == self.total_steps:
+                    logger.info("%s is already trained to %d steps; nothing to do", path, self.step)
+                    return "finished"
                 logger.info("resuming from %s at step %d of %d", path, self.step, self.total_steps)
-                return True
+                return "resumed"
         logger.info("no checkpoint in %s; starting from scratch", self.output_folder)
-        return False
-
-    def load_for_inference(self, path: Path | None = None) -> None:
-        """Build the networks and load the final EMA weights (and calibration) for sampling."""
-        path = path or self.output_folder / ckpt.FINAL
-        state = ckpt.load_checkpoint(path, self.device)
-        if state["trainer"] != self.name:
-            raise LesiongenError(f"{path}: written by trainer '{state['trainer']}', not '{self.name}'")
-        self.networks = {k: v.to(self.device) for k, v in self.build_networks().items()}
-        for k, net in self.networks.items():
-            net.load_state_dict(ckpt.ema_weights(state["ema"][k]))
-            net.eval()
-        self.extra = state["extra"]
-        self.step = state["step"]
-        self.after_load()
+        return None
 
     # ------------------------------------------------------------------------------------------ training
     def _log_file_handler(self) -> logging.Handler | None:
@@ -299,7 +385,7 @@ class Trainer:
         """Train (or continue) to ``total_steps``, write checkpoint_final.pt; returns the fold folder."""
         handler = self._log_file_handler()
         try:
-            self._write_run_files()
+            self._write_model_folder_files()
             self.initialize()
             logger.info("%s fold %s: %d training / %d validation cases, %d steps, batch %d x %d process(es), "
                         "device %s%s", self.name, self.fold, len(self.train_cases), len(self.val_cases),
@@ -308,24 +394,29 @@ class Trainer:
             for name, net in self.networks.items():
                 logger.info("network %s: %s, %.2f M parameters", name, type(net).__name__,
                             sum(p.numel() for p in net.parameters()) / 1e6)
-            resumed = resume and self.resume()
-            if pretrained_weights is not None and not resumed:
+            resumed = self.resume() if resume else None
+            if resumed == "finished":
+                return self.output_folder
+            if pretrained_weights is not None and resumed is None:
                 self.load_pretrained_weights(pretrained_weights)
+            self.runs.append({**code_version(), "from_step": self.step, "to_step": self.total_steps,
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
             self.load_training_data()
             self._train_loop()
-            for k, net in self.networks.items():  # the EMA weights are the result
-                net.load_state_dict(ckpt.ema_weights(self.ema[k].state_dict()))
-                net.eval()
-            self.finish_training()
+            inference_model = self.ema_model()
+            for network in inference_model.networks.values():
+                network.eval()
+            self.finish_training(inference_model)
             self.save(final=True)
             if self.distributed.is_main:
                 # as nnU-Net: the final checkpoint supersedes the latest one (and --c continues from it)
                 (self.output_folder / ckpt.LATEST).unlink(missing_ok=True)
                 plot_progress(self.history, self.output_folder / "progress.png")
-                write_json(self.output_folder / "training_summary.json", {
+                write_json(self.output_folder / SUMMARY_FILE, {
                     "trainer": self.name, "fold": str(self.fold), "steps": self.step,
                     "train_cases": self.train_cases, "val_cases": self.val_cases, "settings": self.settings(),
-                    "final_loss": self.history["loss"][-1] if self.history["loss"] else None, **self.extra})
+                    "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
+                    "model": self.model.description(), "provenance": json_plain(self.provenance()), **self.extra})
             logger.info("finished; %s", self.output_folder / ckpt.FINAL)
             return self.output_folder
         finally:
@@ -334,14 +425,15 @@ class Trainer:
                 handler.close()
             self.distributed.close()
 
-    def _write_run_files(self) -> None:
+    def _write_model_folder_files(self) -> None:
+        """plans.json and dataset.json next to the folds: with them the folder is a self-contained model."""
         if not self.distributed.is_main:
             return
         folder = self.output_folder.parent
         folder.mkdir(parents=True, exist_ok=True)
-        # like nnU-Net: the plans a model was trained with travel with it
-        write_json(folder / "plans.json", dataclasses.asdict(self.plans))
-        write_json(self.output_folder / "sphere_priors.json", {k: dataclasses.asdict(v) for k, v in self.priors.items()})
+        write_json(folder / PLANS_JSON, dataclasses.asdict(self.plans))
+        with atomic_path(folder / DATASET_JSON) as tmp:
+            shutil.copyfile(self.dataset.folder / DATASET_JSON, tmp)
 
     def _train_loop(self) -> None:
         if not self.networks or self.step >= self.total_steps:
@@ -387,21 +479,17 @@ class Trainer:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
 
 
-def trainer_folder(dataset_name: str, trainer_name: str, plans_name: str) -> Path:
-    return results_root() / dataset_name / f"{trainer_name}__{plans_name}"
+def rng_state(numpy_rng: np.random.Generator, torch_generator: torch.Generator) -> dict[str, Any]:
+    state = {"numpy": numpy_rng.bit_generator.state, "generator": torch_generator.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
-def fold_sphere_priors(fingerprint: DatasetFingerprint, train_cases: list[str], plans) -> dict[str, SpherePrior]:
-    """Sphere priors refitted on the fold's training cases only, so validation lesions never shape a generator."""
-    subset = dataclasses.replace(fingerprint, cases=[c for c in fingerprint.cases if c.case_id in set(train_cases)])
-    patch_mm = np.asarray(plans.lesion_patch_size) * np.asarray(plans.target_spacing)
-    priors = {}
-    for key, planned in plans.sphere_priors.items():
-        fitted = fit_sphere_prior(subset, int(key), patch_mm, min(plans.target_spacing))
-        # a class absent from this fold keeps the dataset-wide prior rather than an empty one
-        priors[key] = fitted if fitted.n_lesions_observed else planned
-    return priors
-
-
-def priors_from_json(data: dict[str, dict]) -> dict[str, SpherePrior]:
-    return {k: from_dict(SpherePrior, v) for k, v in data.items()}
+def restore_rng_state(state: dict[str, Any], numpy_rng: np.random.Generator, torch_generator: torch.Generator) -> None:
+    numpy_rng.bit_generator.state = state["numpy"]
+    torch_generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

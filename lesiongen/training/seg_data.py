@@ -4,6 +4,11 @@ augmentation, in background workers when asked.
 Cases are read lazily from the preprocessed blosc2 arrays (real training cases and cached synthetic ones), so a
 fold never has to fit in memory. A batch's ``force_fg`` share of samples is centred on a random lesion voxel (from
 the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
+
+Every batch is a function of (seed, batch number) alone: its loader reseeds numpy's global generator (which
+batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in whichever
+worker makes it. A run resumed at step k therefore sees exactly the batches k, k + 1, ... of an uninterrupted run,
+with or without background workers.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from lesiongen.inference.scan_space import extract_patch
 from lesiongen.preprocessing.storage import open_array
+from lesiongen.utilities.cropping import extract_patch
+from lesiongen.utilities.seeding import derive_seed
 
 FOREGROUND_OVERSAMPLING = 0.33  # nnU-Net's share of patches forced onto foreground
 
@@ -53,13 +59,15 @@ class SegCase:
 class SegPatchLoader(DataLoader):
     """Random patches of real and synthetic cases; ``synthetic_share`` of samples come from synthetic cases.
 
-    Randomness comes from numpy's global generator, which batchgenerators seeds in every worker process (its own
-    ``self.rs`` would be a copy of one seed in all workers, giving identical batches).
+    Randomness comes from numpy's global generator, reseeded per batch (see the module docstring); with
+    ``n_workers`` background processes, worker w makes batches ``first_batch + w``, ``+ n_workers``, ... in the
+    round-robin order batchgenerators reads them back in.
     """
 
     def __init__(self, real: list[SegCase], synthetic: list[SegCase], patch_size: list[int], batch_size: int,
-                 synthetic_share: float, seed: int):
-        super().__init__(real + synthetic, batch_size, 1, seed_for_shuffle=seed, infinite=True)
+                 synthetic_share: float, seed: int, first_batch: int = 0, n_workers: int = 1):
+        super().__init__(real + synthetic, batch_size, max(1, n_workers), seed_for_shuffle=seed, infinite=True)
+        self.seed, self.first_batch, self._made = seed, first_batch, 0
         self.real, self.synthetic = real, synthetic
         self.patch_size = list(patch_size)
         self.synthetic_share = synthetic_share if synthetic else 0.0
@@ -78,7 +86,13 @@ class SegPatchLoader(DataLoader):
                 return voxels[np.random.randint(len(voxels))]
         return np.array([np.random.randint(0, s) for s in shape])
 
+    def next_batch_number(self) -> int:
+        number = self.first_batch + self.thread_id + self._made * self.number_of_threads_in_multithreaded
+        self._made += 1
+        return number
+
     def generate_train_batch(self) -> dict:
+        np.random.seed(derive_seed(self.seed, "batch", self.next_batch_number()))
         data, seg = [], []
         for index in range(self.batch_size):
             case = self._case()
@@ -113,10 +127,10 @@ def augmentation(patch_size: list[int], anisotropic: bool) -> Compose:
     ])
 
 
-def batch_stream(loader: SegPatchLoader, transforms: Compose, num_workers: int, seed: int):
+def batch_stream(loader: SegPatchLoader, transforms: Compose, num_workers: int):
     """An endless iterator of augmented batches, computed in ``num_workers`` background processes (0: inline)."""
     if num_workers <= 0:
-        np.random.seed(seed)  # batchgenerators' transforms draw from numpy's global generator
         return SingleThreadedAugmenter(loader, transforms)
+    # the workers' own seeds do not matter: every batch reseeds (see SegPatchLoader)
     return MultiThreadedAugmenter(loader, transforms, num_workers, num_cached_per_queue=2,
-                                  seeds=[seed + i for i in range(num_workers)])
+                                  seeds=list(range(num_workers)))

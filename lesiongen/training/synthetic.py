@@ -1,55 +1,58 @@
-"""Synthetic training cases for a segmentation fold, made from the healthy scans and cached.
+"""Synthetic training cases for a segmentation fold, made from the healthy scans and cached with their provenance.
 
-Strategies: ``sphere`` (spheremask masks + inpainter), ``unetmask`` and ``diffmask`` (those generators' masks +
-inpainter) and ``copy_paste`` (real lesions of the fold's training cases cut out with their surroundings and pasted
-into healthy tissue with their contrast kept, CarveMix / TumorCP-like; no learned model). Every model used is the
-one trained on **the same fold**, and it is checked: a generator whose training cases differ from the fold's is
-refused, so no validation lesion reaches a synthetic case.
+Every model used is the one trained on **the same fold**, and it is checked: a generator or inpainter whose
+training cases differ from the fold's is refused, so no validation lesion reaches a synthetic case; copy_paste
+takes its donor lesions from the fold's training cases only.
 
 Cases live in ``$lesiongen_preprocessed/DatasetXXX/synthetic/STRATEGY/fold_X/`` in the preprocessed format
-(``syn_000.b2nd``, ``_seg.b2nd``, ``_locations.npz``, ``.json`` last); a rerun reuses what is there.
+(``syn_000.b2nd``, ``_seg.b2nd``, ``_locations.npz``, ``.json`` last). The JSON records what made the case (strategy,
+fold, seed, healthy source, the sha256 of every model, the plans hash, the code) and what it holds (lesion count and
+volume). A rerun reuses a case only when the part of that record that determines it matches what is asked now;
+anything else is made again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from lesiongen.diffusion.inpainting import edit_region, feather_blend
-from lesiongen.inference.scan_space import extract_patch, insert_patch
-from lesiongen.inference.synthesis import placement_weights, synthesize_model_space
+from lesiongen.inference.copy_paste import copy_paste
+from lesiongen.inference.strategies import SYNTHETIC, strategy as get_strategy
+from lesiongen.inference.synthesis import synthesize_model_space
+from lesiongen.models.folder import trainer_folder
+from lesiongen.models.registry import load_model
+from lesiongen.planning.priors import fold_sphere_priors
 from lesiongen.preprocessing.dataset import PreprocessedDataset
+from lesiongen.preprocessing.lesion_patches import load_lesion_patches
 from lesiongen.preprocessing.storage import load_array, save_array
-from lesiongen.training.data import load_lesion_patches
 from lesiongen.training.seg_data import SegCase
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, read_json, write_json
+from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
+from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("none", "sphere", "unetmask", "diffmask", "copy_paste")
-GENERATOR_OF = {"sphere": "spheremask", "unetmask": "unetmask", "diffmask": "diffmask"}
+# bump when what a seed and set of models produce changes, so cached cases are made again
+SYNTHESIS_VERSION = 2
+EMPTY_RETRIES = 3  # a draw may give no lesion (e.g. every mask below the minimum lesion size): redraw
+MAX_EMPTY_FRACTION = 0.1  # default: more lesion-free synthetic cases than this is an error, not a warning
+
+
+@dataclasses.dataclass
+class SyntheticSet:
+    cases: list[SegCase]
+    models_used: dict[str, dict[str, Any]]  # role -> model record (checkpoint, sha256, steps ...)
+    made: int  # cases made by this call (the rest came from the cache)
+    empty: int  # cases without a lesion
 
 
 def synthetic_folder(dataset: PreprocessedDataset, strategy: str, fold: int | str) -> Path:
     return dataset.folder / "synthetic" / strategy / f"fold_{fold}"
-
-
-def _load_trained_for_fold(dataset, name: str, fold, train_cases: list[str], device):
-    from lesiongen.training.registry import load_trained
-
-    try:
-        model = load_trained(dataset, name, fold, device)
-    except LesiongenError as exc:
-        raise LesiongenError(f"{exc}; synthetic cases need it: run lesiongen_train {dataset.name} {name} {fold}") \
-            from None
-    if sorted(model.train_cases) != sorted(train_cases):
-        raise LesiongenError(f"{name} fold {fold} was trained on other cases than this fold's training split; "
-                             "retrain it so no validation lesion leaks into synthetic cases")
-    return model
 
 
 def _healthy(dataset: PreprocessedDataset, case_id: str):
@@ -61,100 +64,130 @@ def _healthy(dataset: PreprocessedDataset, case_id: str):
     return images, seg >= 0, tissue
 
 
+def _checkpoints(dataset: PreprocessedDataset, fold: int | str, strategy: str) -> dict[str, Path]:
+    """role -> final checkpoint of the models a strategy needs."""
+    plan = get_strategy(strategy, SYNTHETIC)
+    kinds = {}
+    if plan.mask_generator:
+        kinds["mask_generator"] = plan.mask_generator
+    if plan.inpainted:
+        kinds["inpainter"] = "inpaint"
+    paths = {}
+    for role, kind in kinds.items():
+        path = trainer_folder(dataset.name, kind, dataset.plans.plans_name) / f"fold_{fold}" / "checkpoint_final.pt"
+        if not path.is_file():
+            raise LesiongenError(f"{path}: not found; synthetic {strategy} cases need it: run lesiongen_train "
+                                 f"{dataset.name} {kind} {fold}")
+        paths[role] = path
+    return paths
+
+
+def _load_fold_model(path: Path, train_cases: list[str], plans_sha256: str, device: str):
+    model = load_model(path.parent.parent, path.parent.name[len("fold_"):], device)
+    if model.provenance.get("plans_sha256", plans_sha256) != plans_sha256:
+        raise LesiongenError(f"{path}: trained with other plans than the dataset's current ones; retrain it")
+    trained_on = model.provenance.get("train_cases")
+    if trained_on is not None and sorted(trained_on) != sorted(train_cases):
+        raise LesiongenError(f"{path}: trained on other cases than this fold's training split; retrain it so no "
+                             "validation lesion leaks into synthetic cases")
+    return model
+
+
+def case_key(strategy: str, fold: int | str, seed: int, source: str, model_sha256: dict[str, str],
+             plans_sha256: str, train_cases: list[str]) -> dict[str, Any]:
+    """What determines a synthetic case: a cached case is reused only when its recorded key equals this."""
+    return {"synthesis_version": SYNTHESIS_VERSION, "strategy": strategy, "fold": str(fold), "seed": seed,
+            "source_healthy_case": source, "models_sha256": model_sha256, "plans_sha256": plans_sha256,
+            "train_cases_sha256": json_sha256(sorted(train_cases))}
+
+
 def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy: str, n_cases: int,
-                         train_cases: list[str], device: str = "cpu", seed: int = 0) -> list[SegCase]:
-    """At least ``n_cases`` cached synthetic cases of ``strategy`` for ``fold`` (made when missing)."""
-    if strategy not in STRATEGIES or strategy == "none":
-        raise LesiongenError(f"unknown synthetic strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+                         train_cases: list[str], plans_sha256: str, device: str = "cpu", seed: int = 0,
+                         max_empty_fraction: float = MAX_EMPTY_FRACTION) -> SyntheticSet:
+    """``n_cases`` synthetic cases of ``strategy`` for ``fold``: cached ones whose key matches, the rest made now.
+
+    More than ``max_empty_fraction`` of cases without any lesion is an error (the models give too few lesions to
+    train on); fewer is a warning, and the count is returned.
+    """
+    get_strategy(strategy, SYNTHETIC)
     healthy_ids = dataset.case_ids("healthy")
     if not healthy_ids:
         raise LesiongenError(f"{dataset.data_folder / 'healthy'}: no preprocessed healthy scans; synthetic cases "
                              "are made from imagesHealthy")
+    checkpoints = _checkpoints(dataset, fold, strategy)
+    sha = {role: sha256_file(path) for role, path in checkpoints.items()}
     folder = synthetic_folder(dataset, strategy, fold)
     folder.mkdir(parents=True, exist_ok=True)
-    cases = [SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True) for i in range(n_cases)]
-    todo = [i for i, c in enumerate(cases) if not Path(f"{c.stem}.json").is_file()]
-    if not todo:
-        return cases
-    inpainter = generator = donors = None
-    if strategy == "copy_paste":
-        donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
-        priors = _priors_for_copy_paste(dataset, train_cases)
-    else:
-        inpainter = _load_trained_for_fold(dataset, "inpaint", fold, train_cases, device)
-        generator = _load_trained_for_fold(dataset, GENERATOR_OF[strategy], fold, train_cases, device)
-    logger.info("making %d synthetic %s case(s) for fold %s in %s", len(todo), strategy, fold, folder)
-    for i in todo:
-        source = healthy_ids[i % len(healthy_ids)]
-        images, brain, tissue = _healthy(dataset, source)
-        rng_seed = seed * 100_003 + i
-        if strategy == "copy_paste":
-            out, label = copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
-                                    np.random.default_rng(rng_seed))
-            records = []
-        else:
-            edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter, generator, seed=rng_seed)
-            out, label, records = edit.images, edit.label, edit.lesions
-        if not label.any():
-            logger.warning("synthetic case %s (%s from %s) has no lesion: the generator gave none", cases[i].case_id,
-                           strategy, source)
-        _save_case(cases[i], out, label, brain, {"source_healthy_case": source, "strategy": strategy,
-                                                 "fold": str(fold), "seed": rng_seed, "lesions": records})
-    return cases
+    cases, keys, todo = [], [], []
+    for i in range(n_cases):
+        case = SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True)
+        key = case_key(strategy, fold, derive_seed(seed, "synthetic", strategy, i), healthy_ids[i % len(healthy_ids)],
+                       sha, plans_sha256, train_cases)
+        record = Path(f"{case.stem}.json")
+        if not record.is_file() or read_json(record).get("key") != key:
+            todo.append(i)
+        cases.append(case)
+        keys.append(key)
+    models: dict[str, Any] = {}
+    if todo:
+        models = {role: _load_fold_model(path, train_cases, plans_sha256, device) for role, path in checkpoints.items()}
+        logger.info("making %d synthetic %s case(s) for fold %s in %s (%d cached)", len(todo), strategy, fold, folder,
+                    n_cases - len(todo))
+        maker = _copy_paste_maker(dataset, train_cases) if strategy == "copy_paste" else \
+            _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
+        for i in todo:
+            _make_case(dataset, cases[i], keys[i], maker)
+    records = {role: {"checkpoint": str(path), "sha256": sha[role],
+                      **({"steps_trained": models[role].provenance.get("steps_trained")} if role in models else {})}
+               for role, path in checkpoints.items()}
+    empty = sum(1 for c in cases if read_json(Path(f"{c.stem}.json"))["lesions"] == 0)
+    if empty > max_empty_fraction * n_cases:
+        raise LesiongenError(f"{folder}: {empty} of {n_cases} synthetic {strategy} cases hold no lesion (more than "
+                             f"{max_empty_fraction:.0%}); the {strategy} models give too few lesions to train on "
+                             "(train them longer, or allow it with --set max_empty_synthetic_fraction=F)")
+    if empty:
+        logger.warning("%d of %d synthetic %s case(s) hold no lesion", empty, n_cases, strategy)
+    return SyntheticSet(cases, records, len(todo), empty)
 
 
-def _priors_for_copy_paste(dataset: PreprocessedDataset, train_cases: list[str]):
-    from lesiongen.training.base import fold_sphere_priors
+def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):
+    def make(images, brain, tissue, seed: int):
+        edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter, generator, seed=seed)
+        return edit.images, edit.label, edit.lesions
 
-    return fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)
-
-
-def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors, priors, patch_size,
-               rng: np.random.Generator, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Paste real training lesions into a healthy model-space scan, keeping their contrast to the surroundings."""
-    out = images.copy()
-    label = np.zeros(brain.shape, np.uint8)
-    coords = np.argwhere(brain)
-    count = _copy_paste_count(priors, rng)
-    for _ in range(count):
-        donor = int(rng.integers(len(donors)))
-        mask = donors.masks[donor]
-        ids = ndimage.label(mask > 0)[0]
-        centre_id = ids[tuple(np.asarray(mask.shape) // 2)]  # the lesion the donor patch is centred on
-        lesion = np.where(ids == centre_id if centre_id else mask > 0, mask, 0).astype(np.uint8)
-        value = int(lesion.max()) if lesion.any() else 1
-        weights = placement_weights(brain, tissue, priors[str(value)], None)
-        centre = coords[rng.choice(len(coords), p=weights)]
-        recipient = extract_patch(out, centre, patch_size, fill=0.0)
-        recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
-        lesion = np.where(recipient_brain, lesion, 0).astype(np.uint8)
-        if not lesion.any():
-            continue
-        shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
-        donor_shell = shell & donors.brain[donor]
-        if not shell.any() or not donor_shell.any():
-            continue
-        # keep the donor lesion's offset from its own surroundings, per channel (TumorCP's intensity matching)
-        shift = recipient[:, shell].mean(axis=1) - donors.images[donor][:, donor_shell].mean(axis=1)
-        pasted = donors.images[donor] + shift[:, None, None, None]
-        blended = feather_blend(recipient, pasted.astype(recipient.dtype), lesion > 0, margin)
-        blended = np.where(recipient_brain[None], blended, recipient)  # the ramp must not spill out of the brain
-        insert_patch(out, blended, centre)
-        existing = extract_patch(label, centre, patch_size, fill=0)
-        insert_patch(label, np.where(lesion > 0, lesion, existing).astype(np.uint8), centre)
-    return out, label
+    return make
 
 
-def _copy_paste_count(priors, rng: np.random.Generator) -> int:
-    options = next(iter(priors.values())).lesions_per_case.probabilities
-    if not options:
-        return 1
-    keys = list(options)
-    p = np.asarray(list(options.values()), dtype=float)
-    return max(1, int(keys[rng.choice(len(keys), p=p / p.sum())]))
+def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
+    donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
+    priors = fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)
+
+    def make(images, brain, tissue, seed: int):
+        return copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
+                          np.random.default_rng(seed))
+
+    return make
+
+
+def _make_case(dataset: PreprocessedDataset, case: SegCase, key: dict[str, Any], make) -> None:
+    images, brain, tissue = _healthy(dataset, key["source_healthy_case"])
+    for attempt in range(EMPTY_RETRIES):
+        used_seed = derive_seed(key["seed"], "attempt", attempt)
+        out, label, lesions = make(images, brain, tissue, used_seed)
+        if label.any():
+            break
+    voxel_mm3 = float(np.prod(dataset.plans.target_spacing))
+    record = {"key": key, "used_seed": used_seed, "attempts": attempt + 1, "lesions": len(lesions),
+              "lesion_voxels": int((label > 0).sum()), "lesion_volume_mm3": float((label > 0).sum()) * voxel_mm3,
+              "lesion_records": lesions, "code": code_version()}
+    if not label.any():
+        logger.warning("synthetic case %s (%s from %s) has no lesion after %d draws", case.case_id, key["strategy"],
+                       key["source_healthy_case"], EMPTY_RETRIES)
+    _save_case(case, out, label, brain, record)
 
 
 def _save_case(case: SegCase, images: np.ndarray, label: np.ndarray, brain: np.ndarray, record: dict) -> None:
+    Path(f"{case.stem}.json").unlink(missing_ok=True)  # the record goes last: until then the case is incomplete
     seg = label.astype(np.int8)
     seg[~brain & (seg == 0)] = -1  # the preprocessed convention: -1 outside the brain
     save_array(f"{case.stem}.b2nd", images.astype(np.float32))
@@ -163,7 +196,7 @@ def _save_case(case: SegCase, images: np.ndarray, label: np.ndarray, brain: np.n
     with atomic_path(Path(f"{case.stem}_locations.npz")) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **locations)
-    write_json(Path(f"{case.stem}.json"), record)  # last: marks the case complete
+    write_json(Path(f"{case.stem}.json"), record)
 
 
 def case_record(case: SegCase) -> dict:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a hidden staging folder next to ``path``; on success it takes ``path``'s place, on failure it is removed.
+
+    With ``replace`` an existing ``path`` is swapped out and deleted only once the new folder is in place (and put
+    back if the swap fails); without it an existing ``path`` is an error, checked again just before the swap.
+    """
+    path = Path(path)
+    if path.exists() and not replace:
+        raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = path.with_name(f".{path.name}.{token}{PARTIAL_SUFFIX}")
+    retired = path.with_name(f".{path.name}.{token}.old")
+    staging.mkdir()
+    try:
+        yield staging
+        if path.exists():
+            if not replace:  # appeared while the staging folder was written
+                raise FileExistsError(path)
+            os.replace(path, retired)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if retired.exists():
+            if path.exists():
+                shutil.rmtree(retired, ignore_errors=True)
+            else:  # the new folder did not make it: the old one goes back
+                os.replace(retired, path)
 
 
 def remove_partial_files(folder: str | Path) -> int:

@@ -1,34 +1,28 @@
-"""``diffmask``: a sphere-conditioned 3D diffusion model of lesion masks (DiffMask, done in 3D).
+"""``diffmask``: trains the sphere-conditioned 3D diffusion model of lesion masks (DiffMask, done in 3D).
 
-The denoiser is MONAI's ``DiffusionModelUNet`` with 3D convolutions in every axis. Its input is the noisy mask
-(one channel per lesion class, in [-1, 1]) concatenated with the sphere control volume (the union of each real
-lesion's minimum enclosing sphere) and, when the dataset has them, the tissue map. Training uses diffusers' DDPM
-scheduler with the network predicting the clean mask (``prediction_type="sample"``): with noise prediction, the
-small training budgets we measured (1,500 steps) left errors that the sampler's x0 estimate amplifies by
-1 / sqrt(alpha_bar) at high noise, and the chain ended in patch-filling masks; predicting the mask itself is the
-easy, bounded target. The loss adds a lesion-weighted term (default weight 10, as the MS study used) so the few
-lesion voxels are not drowned by background. The prediction type is stored with the model, so models trained with
-noise prediction still load and sample correctly. Sampling uses DPM-Solver++ (or DDIM) with few steps;
-spheres come from the fold's priors. After training, the binarisation threshold is calibrated on training patches
-so generated lesion counts and volumes match the real ones.
+The denoiser (MONAI ``DiffusionModelUNet``, 3D in every axis) sees the noisy mask (one channel per lesion class,
+in [-1, 1]) with the sphere control (the union of each real lesion's minimum enclosing sphere) and, when the
+dataset has them, the tissue map. Training uses diffusers' DDPM scheduler with the network predicting the clean
+mask (see :class:`lesiongen.models.mask_generators.DiffMaskConfig`). The loss adds a lesion-weighted term (default
+weight 10, as the MS study used) so the few lesion voxels are not drowned by background. After training, the
+binarisation threshold is calibrated on training patches so generated lesion counts and volumes match the real ones.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import nn
 
-from lesiongen.diffusion.schedules import ScheduleConfig, add_noise, sample, training_target
-from lesiongen.models.conditioning import CONNECTIVITY_26, MaskConditioning, drop_small_components, min_lesion_voxels
-from lesiongen.models.networks import build_network
-from lesiongen.models.spheres import SphereLesion
+from lesiongen.diffusion.schedules import add_noise, training_scheduler, training_target
+from lesiongen.models.conditioning import CONNECTIVITY_26, drop_small_components
+from lesiongen.models.mask_generators import DiffMaskGenerator
 from lesiongen.training.data import draw_batch, mirrored
-from lesiongen.training.diffusion_schedule import DiffusionScheduleMixin
 from lesiongen.training.trainers.masks import MaskTrainer
+from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger("lesiongen.training")
 
@@ -36,123 +30,91 @@ THRESHOLDS = np.round(np.linspace(-0.8, 0.8, 17), 3)  # candidate cut-offs on th
 CALIBRATION_PATCHES = 32
 
 
-class DiffMaskTrainer(DiffusionScheduleMixin, MaskTrainer):
+class DiffMaskTrainer(MaskTrainer):
     name = "diffmask"
+    model_class = DiffMaskGenerator
+    model: DiffMaskGenerator
     learning_rate = 1e-4
     lesion_loss_weight = 10.0
-    schedule = ScheduleConfig(prediction_type="sample")
 
-    def build_networks(self) -> dict[str, nn.Module]:
-        self.init_schedule()
-        return {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
+    def initialize(self) -> None:
+        super().initialize()
+        self.scheduler = training_scheduler(self.model.config.schedule)
+
+    def after_load(self) -> None:
+        self.scheduler = training_scheduler(self.model.config.schedule)
 
     def load_training_data(self) -> None:
         super().load_training_data()
         self.controls = self.sphere_controls(self.data.masks)
-
-    # ------------------------------------------------------------------------------------------- inputs
-    def encode_masks(self, masks: np.ndarray) -> np.ndarray:
-        """(n, z, y, x) labels -> (n, K, z, y, x) one channel per lesion class, -1 / +1."""
-        classes = np.asarray(self.plans.lesion_labels).reshape(1, -1, 1, 1, 1)
-        return np.where(masks[:, None] == classes, 1.0, -1.0).astype(np.float32)
-
-    def condition(self, controls: np.ndarray, tissue: np.ndarray | None) -> np.ndarray:
-        parts = [self.encode_control(controls)]
-        encoded_tissue = self.encode_tissue(tissue, len(controls))
-        if encoded_tissue is not None:
-            parts.append(encoded_tissue)
-        return np.concatenate(parts, axis=1)
 
     def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         index, flips = draw_batch(self.data_rng, len(self.data), self.batch_size)
         masks = mirrored(self.data.masks[index], flips)
         controls = mirrored(self.controls[index], flips)
         tissue = mirrored(self.data.tissue[index], flips) if self.data.tissue is not None else None
-        clean = self.to_device(self.encode_masks(masks))
-        condition = self.to_device(self.condition(controls, tissue))
+        clean = self.to_device(self.model.encode_masks(masks))
+        condition = self.to_device(self.model.condition(controls, tissue))
         # where the lesion's shape is decided: the lesion itself and the sphere around it
         region = self.to_device(((masks > 0) | (controls > 0))[:, None].astype(np.float32))
         noisy, noise, timesteps = add_noise(self.scheduler, clean, self.generator)
-        predicted = self.trained["denoiser"](torch.cat([noisy, condition], dim=1), timesteps)
+        predicted = self.trained["denoiser"](self.model.network_input(noisy, condition), timesteps)
         error = (predicted.float() - training_target(self.scheduler, clean, noise, timesteps)) ** 2
-        mean_loss = error.mean()
-        lesion_loss = (error * region).sum() / (region.sum() * error.shape[1]).clamp(min=1.0)
-        loss = mean_loss + self.lesion_loss_weight * lesion_loss
-        return loss, {"mse": float(mean_loss.detach()), "lesion": float(lesion_loss.detach())}
-
-    # ------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def denoise(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int) -> tuple[np.ndarray, int]:
-        """Denoised masks (n, K, z, y, x) in [-1, 1] for the given controls; and network evaluations per mask."""
-        network = self.networks["denoiser"]
-        generator = torch.Generator().manual_seed(seed)
-        out, evaluations = [], 0
-        chunk = max(1, self.stage_plan.batch_size)
-        for start in range(0, len(controls), chunk):
-            condition = self.to_device(self.condition(controls[start:start + chunk],
-                                                      None if tissue is None else tissue[start:start + chunk]))
-            shape = (len(condition), self.n_lesion_classes, *self.patch_size)
-
-            def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                with torch.autocast(self.device.type, enabled=self.amp):
-                    return network(torch.cat([x, condition], dim=1), t)
-
-            x, evaluations = sample(predict, shape, self.schedule, generator, self.device)
-            out.append(x.clamp(-1, 1).float().cpu().numpy())
-        return np.concatenate(out), evaluations
-
-    def binarise(self, denoised: np.ndarray, threshold: float) -> np.ndarray:
-        """Class per voxel: the strongest class channel above the threshold, else background."""
-        best = denoised.argmax(axis=1)
-        above = denoised.max(axis=1) > threshold
-        labels = np.asarray(self.plans.lesion_labels, dtype=np.uint8)[best]
-        return np.where(above, labels, 0).astype(np.uint8)
-
-    @property
-    def threshold(self) -> float:
-        return float(self.extra.get("threshold", 0.0))
-
-    def generate(self, spheres: list[list[SphereLesion]], conditioning: MaskConditioning,
-                 rng: np.random.Generator) -> np.ndarray:
-        if not spheres:
-            return np.zeros((0, *self.patch_size), dtype=np.uint8)
-        denoised, self.last_evaluations = self.denoise(self.render_controls(spheres), conditioning.tissue,
-                                                       int(rng.integers(2**31)))
-        return self.binarise(denoised, self.threshold)
+        return lesion_weighted_loss(error, region, self.lesion_loss_weight)
 
     # --------------------------------------------------------------------------------------- calibration
-    def finish_training(self) -> None:
-        super().finish_training()
-        self.extra.update(self.calibrate_threshold())
-
-    def calibrate_threshold(self) -> dict:
+    def finish_training(self, model: DiffMaskGenerator) -> None:
         """The threshold whose masks best match the real lesion count and volume on training patches."""
         n = min(CALIBRATION_PATCHES, len(self.data))
-        index = np.random.default_rng(self.options.seed).choice(len(self.data), size=n, replace=False)
-        real = self.data.masks[index]
+        index = np.random.default_rng(derive_seed(self.options.seed, "calibration")).choice(
+            len(self.data), size=n, replace=False)
         tissue = self.data.tissue[index] if self.data.tissue is not None else None
-        denoised, evaluations = self.denoise(self.controls[index], tissue, seed=self.options.seed)
-        minimum = {int(k): min_lesion_voxels(p.min_lesion_volume_mm3, self.spacing) for k, p in self.priors.items()}
-        brain = self.data.brain[index]
-        real_count, real_volume = _count_and_volume(real)
-        scores = {}
-        for threshold in THRESHOLDS:
-            masks = self.binarise(denoised, float(threshold))
-            masks[~brain] = 0
-            masks = np.stack([drop_small_components(m, minimum) for m in masks])
-            count, volume = _count_and_volume(masks)
-            # log ratios, so twice too large and half too small weigh the same; +1 keeps empty outputs finite
-            scores[float(threshold)] = abs(np.log((volume + 1) / (real_volume + 1))) + \
-                abs(np.log((count + 1e-3) / (real_count + 1e-3)))
-        best = min(scores, key=scores.get)
-        logger.info("calibrated threshold %.2f on %d training patches (mean lesions %.2f, mean voxels %.1f)",
-                    best, n, real_count, real_volume)
-        return {"threshold": best, "calibration": {"patches": n, "evaluations_per_mask": evaluations,
-                                                    "scores": scores, "real_mean_lesions": real_count,
-                                                    "real_mean_voxels": real_volume}}
+        logger.info("calibrating the mask threshold on %d training patches (%d network evaluations each)", n,
+                    model.config.schedule.num_inference_steps)
+        denoised, evaluations = model.denoise(self.controls[index], tissue,
+                                              seed=derive_seed(self.options.seed, "calibration"))
+        best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index],
+                                           model.binarise, model.minimum_voxels())
+        model.config.threshold = best
+        real_count, real_volume = count_and_volume(self.data.masks[index])
+        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch)", best,
+                    real_count, real_volume)
+        self.extra["calibration"] = {"threshold": best, "patches": n, "evaluations_per_mask": evaluations,
+                                     "scores": scores, "real_mean_lesions": real_count,
+                                     "real_mean_voxels": real_volume}
 
 
-def _count_and_volume(masks: np.ndarray) -> tuple[float, float]:
+def lesion_weighted_loss(error: torch.Tensor, region: torch.Tensor, lesion_weight: float
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared error everywhere + ``lesion_weight`` x mean squared error inside ``region`` (b, 1, ...)."""
+    mean_loss = error.mean()
+    lesion_loss = (error * region).sum() / (region.sum() * error.shape[1]).clamp(min=1.0)
+    loss = mean_loss + lesion_weight * lesion_loss
+    return loss, {"mse": float(mean_loss.detach()), "lesion": float(lesion_loss.detach())}
+
+
+def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarray,
+                        binarise: Callable[[np.ndarray, float], np.ndarray], minimum_voxels: dict[int, int],
+                        candidates: np.ndarray = THRESHOLDS) -> tuple[float, dict[float, float]]:
+    """The candidate threshold whose binarised masks (cut to ``brain``, small components dropped) come closest to
+    the real masks' mean lesion count and mean volume per patch; and every candidate's score.
+
+    Scores add absolute log ratios, so twice too large and half too small weigh the same (+1 keeps empty outputs
+    finite); the lower threshold wins a tie.
+    """
+    real_count, real_volume = count_and_volume(real)
+    scores = {}
+    for threshold in candidates:
+        masks = binarise(denoised, float(threshold))
+        masks[~brain] = 0
+        masks = np.stack([drop_small_components(m, minimum_voxels) for m in masks])
+        count, volume = count_and_volume(masks)
+        scores[float(threshold)] = float(abs(np.log((volume + 1) / (real_volume + 1))) +
+                                         abs(np.log((count + 1e-3) / (real_count + 1e-3))))
+    return min(scores, key=scores.get), scores
+
+
+def count_and_volume(masks: np.ndarray) -> tuple[float, float]:
     """Mean lesion (component) count and mean lesion voxels per patch."""
     counts = [ndimage.label(m > 0, structure=CONNECTIVITY_26)[1] for m in masks]
     return float(np.mean(counts)), float((masks > 0).sum() / max(len(masks), 1))

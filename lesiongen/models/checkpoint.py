@@ -1,4 +1,10 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` (tensors and plain Python values only)."""
+"""Checkpoint files: written atomically, read with ``weights_only=True`` (tensors and plain Python values only).
+
+A checkpoint holds the raw and the EMA weights of a model's networks, the model's kind and configuration
+(``model``), what produced it (``provenance``) and, while training, the optimiser, schedules and RNG states.
+Format 1 (before models were split from trainers) had no ``model`` entry; :mod:`lesiongen.models.registry`
+still loads it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lesiongen.utilities.errors import LesiongenError
@@ -14,7 +19,8 @@ from lesiongen.utilities.files import atomic_path
 
 LATEST = "checkpoint_latest.pt"
 FINAL = "checkpoint_final.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -35,25 +41,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         else:
             reason = f"{type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
         raise LesiongenError(f"{path}: not a readable lesiongen checkpoint ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise LesiongenError(f"{path}: not a lesiongen checkpoint (format {FORMAT_VERSION} expected)")
     return state
-
-
-def rng_state(numpy_rng: np.random.Generator, torch_generator: torch.Generator) -> dict[str, Any]:
-    state = {"numpy": numpy_rng.bit_generator.state, "generator": torch_generator.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any], numpy_rng: np.random.Generator, torch_generator: torch.Generator) -> None:
-    numpy_rng.bit_generator.state = state["numpy"]
-    torch_generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def ema_weights(ema_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

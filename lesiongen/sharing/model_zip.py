@@ -23,7 +23,8 @@ from pathlib import Path
 import lesiongen
 from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import results_root as default_results_root
-from lesiongen.training.checkpoint import FINAL, load_checkpoint
+from lesiongen.models.checkpoint import FINAL, load_checkpoint
+from lesiongen.models.folder import DATASET_JSON, PLANS_JSON
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import PARTIAL_SUFFIX, atomic_path
 
@@ -31,7 +32,6 @@ logger = logging.getLogger("lesiongen")
 
 MANIFEST = "lesiongen_model.json"
 MANIFEST_FORMAT = 1
-PLANS_JSON = "plans.json"
 FOLD_FILES = (FINAL, "training_summary.json", "sphere_priors.json", "summary.json", "progress.png")
 VALIDATION = "validation"
 MAX_TOTAL_BYTES = 20 * 1000**3  # zip-bomb guard: no lesiongen model comes near this
@@ -113,10 +113,11 @@ def _files_to_export(dataset_folder: Path, trainers: list[str] | None, folds: li
                      include_validation: bool) -> list[Path]:
     files: list[Path] = []
     for trainer_folder in _trainer_folders(dataset_folder, trainers):
-        plans = trainer_folder / PLANS_JSON
-        if not _is_plain_file(plans):
-            raise LesiongenError(f"{plans}: plans file missing; this trainer folder cannot be exported")
-        files.append(plans)
+        for name in (PLANS_JSON, DATASET_JSON):
+            if not _is_plain_file(trainer_folder / name):
+                raise LesiongenError(f"{trainer_folder / name}: missing; a model folder needs it (for results of "
+                                     "an older lesiongen, copy the dataset's preprocessed dataset.json there)")
+            files.append(trainer_folder / name)
         for fold_folder in _fold_folders(trainer_folder, folds):
             if not _is_plain_file(fold_folder / FINAL):
                 raise LesiongenError(f"{fold_folder / FINAL}: final checkpoint missing (training not finished?); "

@@ -1,17 +1,18 @@
-"""A complete nnU-Net v2 raw dataset made of a dataset's real training cases plus synthetic lesion cases.
+"""A complete nnU-Net v2 raw dataset made of real training cases plus synthetic lesion cases.
 
 ``export_nnunet`` writes ``OUT_ROOT/DatasetYYY_<Name>Synth/``:
 
-* every real training case of the source dataset, byte-copied (``imagesTr/{case}_{XXXX}{ending}``,
-  ``labelsTr/{case}{ending}``);
-* ``n`` synthetic cases ``syn_0000`` … made from the healthy scans in turn (``i % n_healthy``) with one fold's mask
-  generator and inpainter, on the healthy scan's own grid (geometry, per-channel dtype, the dataset's file ending and
-  image reader/writer); labels are uint8;
-* dataset.json with nnU-Net v2's keys and a ``lesiongen`` entry that records how the cases were made (nnU-Net
-  ignores keys it does not know).
+* unless ``synthetic_only``, every real training case of the raw dataset, byte-copied
+  (``imagesTr/{case}_{XXXX}{ending}``, ``labelsTr/{case}{ending}``);
+* ``n`` synthetic cases ``syn_0000`` ... made from healthy scans in turn (``i % n_healthy``) with one fold's mask
+  generator and inpainter, on the healthy scan's own grid (geometry, per-channel dtype); labels are uint8. The healthy
+  scans are the raw dataset's ``imagesHealthy`` or any folder of scans the user passes (then, with
+  ``synthetic_only``, no raw or preprocessed data is needed at all: the models come from their model folders);
+* dataset.json with nnU-Net v2's keys and a ``lesiongen`` entry that records how the cases were made (models with
+  their sha256, seeds, code version; nnU-Net ignores keys it does not know).
 
-The dataset is built in a hidden sibling folder and renamed into place at the end: a killed run leaves either no
-dataset or the previous one, never half a dataset.
+The dataset is built in a hidden sibling folder and swapped into place at the end (``atomic_folder``): a killed run
+leaves either no dataset or the previous one, never half a dataset.
 
 ``check_nnunet_layout`` checks a folder against nnU-Net v2's raw format without nnunetv2 installed.
 """
@@ -20,28 +21,45 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from lesiongen.inference.predict import cast_like, read_case_channels, read_map
+from lesiongen.inference.predict import read_case_channels, read_map
+from lesiongen.inference.strategies import WHOLE_SCAN, strategy as get_strategy
+from lesiongen.inference.synthesis import synthesize
+from lesiongen.io.dataset import DatasetInfo, RawDataset
 from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS, read_geometry, read_image, write_image
+from lesiongen.models.folder import ModelFolder, trainer_folder_name
+from lesiongen.models.inpainter import Inpainter
+from lesiongen.models.mask_generators import MaskGenerator
+from lesiongen.models.registry import load_model
+from lesiongen.utilities.dtypes import cast_to
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.files import write_json
+from lesiongen.utilities.files import atomic_folder, write_json
+from lesiongen.utilities.provenance import code_version
+from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
-# strategies the export supports: a mask generator (trainer name) + the inpainter, applied to whole scans
-EXPORT_STRATEGIES = {"sphere": "spheremask", "unetmask": "unetmask", "diffmask": "diffmask"}
 SYNTHETIC_PREFIX = "syn_"
 EMPTY_RETRIES = 3  # a draw may give no lesion (e.g. all masks below the minimum size); redraw with another seed
 _DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(\S+)$")
 _NNUNET_REQUIRED = {"channel_names": dict, "labels": dict, "numTraining": int, "file_ending": str}
+
+
+@dataclass
+class HealthyScan:
+    """A healthy scan to put lesions into: its channel files and optional brain mask and tissue map."""
+
+    case_id: str
+    images: list[Path]
+    brain_mask: Path | None = None
+    tissue: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -54,13 +72,14 @@ def output_folder_name(source_name: str, dataset_id: int) -> str:
     return f"Dataset{dataset_id:03d}_{name}Synth"
 
 
-def _check_output(out_root: Path, folder_name: str, dataset_id: int, overwrite: bool, source_folder: Path) -> None:
+def _check_output(out_root: Path, folder_name: str, dataset_id: int, overwrite: bool, inputs: list[Path]) -> None:
     target = out_root / folder_name
-    source = source_folder.resolve()
     resolved_root = out_root.resolve()
-    if resolved_root == source or source in resolved_root.parents:
-        raise LesiongenError(f"{out_root}: lies inside the source dataset {source_folder}; lesiongen never writes "
-                             "into a raw dataset folder")
+    for source_folder in inputs:
+        source = source_folder.resolve()
+        if resolved_root == source or source in resolved_root.parents:
+            raise LesiongenError(f"{out_root}: lies inside the input folder {source_folder}; lesiongen never writes "
+                                 "into its inputs")
     if out_root.is_dir():
         for other in sorted(out_root.iterdir()):
             match = _DATASET_FOLDER.match(other.name)
@@ -71,31 +90,28 @@ def _check_output(out_root: Path, folder_name: str, dataset_id: int, overwrite: 
         raise LesiongenError(f"{target}: output dataset already exists (use --overwrite to replace it)")
 
 
-def _trained_fold(dataset, names: list[str], fold: int | str | None) -> int | str:
-    """The requested fold, else ``all`` when every model has a final checkpoint there, else 0."""
-    from lesiongen.training.base import trainer_folder
-    from lesiongen.training.checkpoint import FINAL
-
-    def final(name: str, f) -> Path:
-        return trainer_folder(dataset.name, name, dataset.plans.plans_name) / f"fold_{f}" / FINAL
-
+def _model_folders(models: Path, strategy: str, plans_name: str, fold: int | str | None
+                   ) -> tuple[ModelFolder, ModelFolder, int | str]:
+    """(mask generator, inpainter, fold): the requested fold, else ``all`` when both are trained there, else 0."""
+    generator_kind = get_strategy(strategy, WHOLE_SCAN).mask_generator
+    folders = {kind: ModelFolder(models / trainer_folder_name(kind, plans_name)) for kind in (generator_kind, "inpaint")}
     if fold is None:
-        fold = "all" if all(final(n, "all").is_file() for n in names) else 0
-    missing = [n for n in names if not final(n, fold).is_file()]
+        fold = "all" if all(f.checkpoint("all").is_file() for f in folders.values()) else 0
+    missing = [kind for kind, f in folders.items() if not f.checkpoint(fold).is_file()]
     if missing:
-        commands = "; ".join(f"lesiongen_train {dataset.name} {n} {fold}" for n in missing)
-        raise LesiongenError(f"no trained {' and '.join(missing)} for fold {fold} of {dataset.name} "
-                             f"({final(missing[0], fold)} not found); run {commands}")
-    return fold
+        commands = "; ".join(f"lesiongen_train {models.name} {kind} {fold}" for kind in missing)
+        raise LesiongenError(f"no trained {' and '.join(missing)} for fold {fold} of {models.name} "
+                             f"({folders[missing[0]].checkpoint(fold)} not found); run {commands}")
+    return folders[generator_kind].check(), folders["inpaint"].check(), fold
 
 
-def _nnunet_json(source_json: dict, info, folder_name: str, num_training: int, record: dict) -> dict:
+def _nnunet_json(info: DatasetInfo, source_json: dict, folder_name: str, num_training: int, record: dict) -> dict:
     out = {
         "name": folder_name.split("_", 1)[1],
-        "description": f"{source_json.get('name', record['source_dataset'])} training cases plus "
-                       f"{record['n']} synthetic lesion cases ({record['strategy']}, lesiongen)",
+        "description": f"{'real training cases plus ' if record['num_real'] else ''}{record['n']} synthetic lesion "
+                       f"cases ({record['strategy']}, lesiongen) from {record['source_dataset']}",
         "channel_names": dict(info.channel_names),
-        "labels": dict(source_json["labels"]),
+        "labels": dict(info.labels),
         "numTraining": num_training,
         "file_ending": info.file_ending,
     }
@@ -105,108 +121,88 @@ def _nnunet_json(source_json: dict, info, folder_name: str, num_training: int, r
     return out
 
 
-def export_nnunet(source: str | int, strategy: str, n: int, out_root: str | Path, dataset_id: int,
+def healthy_scans_of(raw: RawDataset) -> list[HealthyScan]:
+    return [HealthyScan(c.case_id, c.images, c.brain_mask, c.tissue) for c in raw.healthy]
+
+
+def export_nnunet(models: Path, strategy: str, n: int, out_root: str | Path, dataset_id: int,
+                  healthy: list[HealthyScan], raw: RawDataset | None = None, plans_name: str = "lesiongenPlans",
                   fold: int | str | None = None, device: str = "cpu", seed: int = 0,
                   overwrite: bool = False) -> Path:
     """Write the nnU-Net v2 raw dataset ``out_root/Dataset{dataset_id}_<Name>Synth``; returns its folder.
 
-    ``fold`` picks the trained mask generator and inpainter (default ``all`` when both are trained on all cases,
-    else 0). Everything that can be checked is checked before the first file is written.
+    ``models`` is the results dataset folder holding the model folders; ``raw``, when given, contributes its real
+    training cases (copied unchanged). Everything that can be checked is checked before the first file is written.
     """
-    from lesiongen.inference.synthesis import synthesize
-    from lesiongen.io.dataset import load_dataset
-    from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import load_trained
-
-    if strategy not in EXPORT_STRATEGIES:
-        raise LesiongenError(f"--synthetic {strategy}: the export supports {', '.join(EXPORT_STRATEGIES)} (whole-scan "
-                             "mask generator + inpainter); copy_paste exists only in model space for seg training")
+    get_strategy(strategy, WHOLE_SCAN)
     if n < 1:
         raise LesiongenError(f"--n must be at least 1, got {n}")
     if not 1 <= dataset_id <= 999:
         raise LesiongenError(f"--id must be 1-999, got {dataset_id}")
+    if not healthy:
+        raise LesiongenError("no healthy scans to put synthetic lesions into (the raw dataset has no imagesHealthy; "
+                             "pass --healthy DIR)")
     out_root = Path(out_root)
+    generator_folder, inpainter_folder, fold = _model_folders(models, strategy, plans_name, fold)
+    info = inpainter_folder.dataset_info()
+    source_json = json.loads((inpainter_folder.path / "dataset.json").read_text())
+    inputs = [generator_folder.path, inpainter_folder.path] + sorted({s.images[0].parent for s in healthy})
+    if raw is not None:
+        errors = [p for p in raw.layout_problems if not p.is_warning]
+        if errors:
+            raise LesiongenError(f"{raw.folder}: {len(errors)} problem(s) in the source dataset (first: {errors[0]}); "
+                                 f"run lesiongen_plan_and_preprocess -d {raw.dataset_id} --verify_dataset_integrity")
+        clashes = [c.case_id for c in raw.training if c.case_id.startswith(SYNTHETIC_PREFIX)]
+        if clashes:
+            raise LesiongenError(f"training case {clashes[0]} clashes with the synthetic case names "
+                                 f"{SYNTHETIC_PREFIX}XXXX")
+        info, source_json = raw.info, json.loads((raw.folder / "dataset.json").read_text())
+        inputs.append(raw.folder)
+    folder_name = output_folder_name(models.name, dataset_id)
+    _check_output(out_root, folder_name, dataset_id, overwrite, inputs)
 
-    raw = load_dataset(source)
-    errors = [p for p in raw.layout_problems if not p.is_warning]
-    if errors:
-        raise LesiongenError(f"{raw.folder}: {len(errors)} problem(s) in the source dataset (first: {errors[0]}); "
-                             f"run lesiongen_plan_and_preprocess -d {raw.dataset_id} --verify_dataset_integrity")
-    if not raw.healthy:
-        raise LesiongenError(f"{raw.folder / 'imagesHealthy'}: the dataset has no healthy scans; synthetic cases are "
-                             "made from imagesHealthy")
-    clashes = [c.case_id for c in raw.training if c.case_id.startswith(SYNTHETIC_PREFIX)]
-    if clashes:
-        raise LesiongenError(f"training case {clashes[0]} clashes with the synthetic case names {SYNTHETIC_PREFIX}XXXX")
-    folder_name = output_folder_name(raw.name, dataset_id)
-    _check_output(out_root, folder_name, dataset_id, overwrite, raw.folder)
-
-    dataset = open_preprocessed(raw.name)
-    generator_name = EXPORT_STRATEGIES[strategy]
-    fold = _trained_fold(dataset, [generator_name, "inpaint"], fold)
-    generator = load_trained(dataset, generator_name, fold, device)
-    inpainter = load_trained(dataset, "inpaint", fold, device)
-
-    info = raw.info
-    ending = info.file_ending
-    reader = info.reader
-    source_json = json.loads((raw.folder / "dataset.json").read_text())
-    record = {"source_dataset": raw.name, "strategy": strategy, "mask_generator": generator_name, "fold": str(fold),
-              "n": n, "seed": seed, "num_real": len(raw.training), "synthetic_cases": []}
-
-    out_root.mkdir(parents=True, exist_ok=True)
+    generator = load_model(generator_folder, fold, device, expect=MaskGenerator)
+    inpainter = load_model(inpainter_folder, fold, device, expect=Inpainter)
+    ending, reader = info.file_ending, info.reader
+    real_cases = raw.training if raw is not None else []
+    record = {"source_dataset": models.name, "strategy": strategy, "fold": str(fold), "n": n, "seed": seed,
+              "num_real": len(real_cases), "models": {"mask_generator": generator.record(),
+                                                      "inpainter": inpainter.record()},
+              "code": code_version(), "synthetic_cases": []}
     target = out_root / folder_name
-    token = uuid.uuid4().hex[:8]
-    staging = out_root / f".{folder_name}.{token}.partial"
-    retired = out_root / f".{folder_name}.{token}.old"
-    logger.info("exporting %s: %d real + %d synthetic (%s, fold %s) case(s) to %s", raw.name, len(raw.training), n,
-                strategy, fold, target)
-    try:
+    logger.info("exporting %d real + %d synthetic (%s, fold %s) case(s) to %s", len(real_cases), n, strategy, fold,
+                target)
+    with atomic_folder(target, replace=overwrite) as staging:
         images_tr, labels_tr = staging / "imagesTr", staging / "labelsTr"
-        images_tr.mkdir(parents=True)
+        images_tr.mkdir()
         labels_tr.mkdir()
-        for case in raw.training:
+        for case in real_cases:
             for path in case.images:
                 shutil.copyfile(path, images_tr / path.name)
             shutil.copyfile(case.label, labels_tr / f"{case.case_id}{ending}")
-
         for i in tqdm(range(n), desc="lesiongen_export_nnunet", unit="case"):
-            healthy = raw.healthy[i % len(raw.healthy)]
-            images, geometry, dtypes = read_case_channels(healthy.images, reader)
-            brain = read_map(healthy.brain_mask, geometry, "brain mask", reader)
-            tissue = read_map(healthy.tissue, geometry, "tissue map", reader)
-            case_seed = seed * 100_003 + i
+            scan = healthy[i % len(healthy)]
+            images, geometry, dtypes = read_case_channels(scan.images, reader)
+            brain = read_map(scan.brain_mask, geometry, "brain mask", reader)
+            tissue = read_map(scan.tissue, geometry, "tissue map", reader)
             for attempt in range(EMPTY_RETRIES):
-                used_seed = case_seed + attempt * 104_729
-                result = synthesize(images, list(geometry.spacing_zyx), dataset.plans, inpainter, generator,
+                used_seed = derive_seed(seed, "export", i, attempt)
+                result = synthesize(images, list(geometry.spacing_zyx), inpainter.plans, inpainter, generator,
                                     seed=used_seed, brain_mask=None if brain is None else brain > 0,
                                     tissue=None if tissue is None else tissue.astype(np.uint8))
                 if result.label.any():
                     break
             else:
                 logger.warning("%s%04d (from %s): no lesion after %d draws; kept with an empty label",
-                               SYNTHETIC_PREFIX, i, healthy.case_id, EMPTY_RETRIES)
+                               SYNTHETIC_PREFIX, i, scan.case_id, EMPTY_RETRIES)
             case_id = f"{SYNTHETIC_PREFIX}{i:04d}"
             for c, image in enumerate(result.images):
-                write_image(images_tr / f"{case_id}_{c:04d}{ending}", cast_like(image, dtypes[c]), geometry, reader)
+                write_image(images_tr / f"{case_id}_{c:04d}{ending}", cast_to(image, dtypes[c]), geometry, reader)
             write_image(labels_tr / f"{case_id}{ending}", result.label.astype(np.uint8), geometry, reader)
-            record["synthetic_cases"].append({"case": case_id, "source_healthy_case": healthy.case_id,
+            record["synthetic_cases"].append({"case": case_id, "source_healthy_case": scan.case_id,
                                               "seed": used_seed, "lesions": len(result.lesions),
                                               "lesion_voxels": int((result.label > 0).sum())})
-
-        num_training = len(raw.training) + n
-        write_json(staging / "dataset.json", _nnunet_json(source_json, info, folder_name, num_training, record))
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if retired.exists():
-            if target.exists():
-                shutil.rmtree(retired, ignore_errors=True)
-            else:  # the new dataset did not make it: put the old one back
-                os.replace(retired, target)
+        write_json(staging / "dataset.json", _nnunet_json(info, source_json, folder_name, len(real_cases) + n, record))
     return target
 
 

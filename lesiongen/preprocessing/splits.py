@@ -59,3 +59,12 @@ def fold_cases(splits: list[dict[str, list[str]]], fold: int | str) -> tuple[lis
         raise LesiongenError(f"fold {fold} does not exist: the splits have folds 0-{len(splits) - 1} and 'all'")
     split = splits[int(fold)]
     return list(split["train"]), list(split["val"])
+
+
+def parse_fold(text: str) -> int | str:
+    """A fold as the command line gives it: 0-4 or ``all``."""
+    if text == "all":
+        return "all"
+    if not str(text).isdigit():
+        raise LesiongenError(f"fold must be 0-4 or 'all', got '{text}'")
+    return int(text)

@@ -1,0 +1,63 @@
+"""Copy-paste lesions (CarveMix / TumorCP-like): real lesions of the fold's training cases cut out with their
+surroundings and pasted into a healthy model-space scan, keeping each lesion's contrast to its surroundings."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from lesiongen.diffusion.inpainting import edit_region, feather_blend
+from lesiongen.inference.synthesis import placement_weights
+from lesiongen.planning.plans import SpherePrior
+from lesiongen.preprocessing.lesion_patches import LesionPatches
+from lesiongen.utilities.cropping import extract_patch, insert_patch
+
+
+def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
+               priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
+               margin: int = 2) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Paste real training lesions into a healthy model-space scan; (images, label map, one record per lesion)."""
+    out = images.copy()
+    label = np.zeros(brain.shape, np.uint8)
+    coords = np.argwhere(brain)
+    records = []
+    for _ in range(_lesion_count(priors, rng)):
+        donor = int(rng.integers(len(donors)))
+        mask = donors.masks[donor]
+        ids = ndimage.label(mask > 0)[0]
+        centre_id = ids[tuple(np.asarray(mask.shape) // 2)]  # the lesion the donor patch is centred on
+        lesion = np.where(ids == centre_id if centre_id else mask > 0, mask, 0).astype(np.uint8)
+        value = int(lesion.max()) if lesion.any() else 1
+        weights = placement_weights(brain, tissue, priors[str(value)], None)
+        centre = coords[rng.choice(len(coords), p=weights)]
+        recipient = extract_patch(out, centre, patch_size, fill=0.0)
+        recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
+        lesion = np.where(recipient_brain, lesion, 0).astype(np.uint8)
+        if not lesion.any():
+            continue
+        shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
+        donor_shell = shell & donors.brain[donor]
+        if not shell.any() or not donor_shell.any():
+            continue
+        # keep the donor lesion's offset from its own surroundings, per channel (TumorCP's intensity matching)
+        shift = recipient[:, shell].mean(axis=1) - donors.images[donor][:, donor_shell].mean(axis=1)
+        pasted = donors.images[donor] + shift[:, None, None, None]
+        blended = feather_blend(recipient, pasted.astype(recipient.dtype), lesion > 0, margin)
+        blended = np.where(recipient_brain[None], blended, recipient)  # the ramp must not spill out of the brain
+        insert_patch(out, blended, centre)
+        existing = extract_patch(label, centre, patch_size, fill=0)
+        insert_patch(label, np.where(lesion > 0, lesion, existing).astype(np.uint8), centre)
+        records.append({"label": value, "centre_model_voxel": [int(c) for c in centre],
+                        "voxels_model": int((lesion > 0).sum()), "donor_case": donors.case_ids[donor]})
+    return out, label, records
+
+
+def _lesion_count(priors: dict[str, SpherePrior], rng: np.random.Generator) -> int:
+    """Lesions per scan: drawn from the lesions-per-case distribution of the class with the most lesions."""
+    prior = max(priors.values(), key=lambda p: p.n_lesions_observed)
+    options = prior.lesions_per_case.probabilities
+    if not options:
+        return 1
+    keys = list(options)
+    p = np.asarray(list(options.values()), dtype=float)
+    return max(1, int(keys[rng.choice(len(keys), p=p / p.sum())]))

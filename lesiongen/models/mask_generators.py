@@ -1,0 +1,239 @@
+"""The three lesion-mask generators, one interface: ``sample_masks(n, conditioning, seed) -> masks``.
+
+Masks are lesion-centred patches of the plans' lesion patch size at the target spacing, (n, z, y, x) uint8 label
+maps. Every generator starts from spheres drawn from its fold's sphere priors (or given ones) and turns them into
+lesion shapes:
+
+* ``spheremask`` renders them as filled ellipsoids (the baseline every learned generator must beat);
+* ``unetmask`` (seed 000's tissue-conditioned 3D UNet) draws a lesion into a lesion-free image patch, guided by a
+  sphere cue; deterministic given image and spheres, so the seed varies the spheres;
+* ``diffmask`` (DiffMask in 3D) denoises a mask conditioned on the union of the spheres (and the tissue map) with
+  a few-step sampler, then binarises it at a threshold calibrated after training.
+
+Components smaller than the class's smallest real lesion are dropped and masks are cut to the brain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesiongen.diffusion.schedules import ScheduleConfig, sample
+from lesiongen.models.base import LesionModel
+from lesiongen.models.conditioning import MaskConditioning, drop_small_components, min_lesion_voxels
+from lesiongen.models.networks import build_network
+from lesiongen.models.spheres import SphereLesion, render_ellipsoids, render_spheres, sample_sphere_lesions
+from lesiongen.planning import channels
+from lesiongen.planning.plans import SpherePrior
+from lesiongen.utilities.errors import LesiongenError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MaskGeneratorConfig:
+    priors: dict[str, SpherePrior]  # the fold's sphere priors, per lesion class (fitted on its training lesions)
+
+
+@dataclass
+class UNetMaskConfig(MaskGeneratorConfig):
+    probability_threshold: float = 0.5
+
+
+@dataclass
+class DiffMaskConfig(MaskGeneratorConfig):
+    # the network predicts the clean mask: with noise prediction, short training left errors that the x0 estimate
+    # amplifies by 1 / sqrt(alpha_bar) at high noise, and sampled masks filled their patches
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(prediction_type="sample"))
+    threshold: float = 0.0  # cut-off on the denoised mask in [-1, 1], calibrated after training
+
+
+class MaskGenerator(LesionModel):
+    stage = "mask_generation"
+    config_class = MaskGeneratorConfig
+    config: MaskGeneratorConfig
+
+    @property
+    def priors(self) -> dict[str, SpherePrior]:
+        return self.config.priors
+
+    @property
+    def lesion_labels(self) -> list[int]:
+        return list(self.plans.lesion_labels)
+
+    @property
+    def max_tissue_label(self) -> int:
+        return max(self.plans.tissue_labels.values(), default=1) or 1
+
+    # --------------------------------------------------------------------------------------- encodings
+    def encode_control(self, control: np.ndarray) -> np.ndarray:
+        """Sphere label map -> one channel in [-1, 1]: -1 outside spheres, class k at -1 + 2k/K."""
+        return (-1.0 + 2.0 * control.astype(np.float32) / len(self.lesion_labels))[:, None]
+
+    def encode_tissue(self, tissue: np.ndarray | None, n: int) -> np.ndarray:
+        """Tissue map -> one channel in [-1, 1] (zero channels when the plans have no tissue maps)."""
+        if not self.plans.has_tissue_maps:
+            return np.zeros((n, 0, *self.patch_size), dtype=np.float32)
+        if tissue is None:
+            logger.warning("%s was trained with tissue maps but none were given; using 'no tissue'", self.kind)
+            tissue = np.zeros((n, *self.patch_size), dtype=np.uint8)
+        return (-1.0 + 2.0 * tissue.astype(np.float32) / self.max_tissue_label)[:, None]
+
+    def encode_masks(self, masks: np.ndarray) -> np.ndarray:
+        """(n, z, y, x) labels -> (n, K, z, y, x): one channel per lesion class, 1 inside and 0 outside."""
+        classes = np.asarray(self.lesion_labels).reshape(1, -1, 1, 1, 1)
+        return (masks[:, None] == classes).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def draw_spheres(self, n: int, conditioning: MaskConditioning, rng: np.random.Generator) -> list[list[SphereLesion]]:
+        if conditioning.spheres is not None:
+            return conditioning.spheres
+        return [sample_sphere_lesions(self.priors, self.patch_size, self.spacing, rng,
+                                      brain=conditioning.item("brain", i), tissue=conditioning.item("tissue", i))
+                for i in range(n)]
+
+    def render_controls(self, spheres: list[list[SphereLesion]]) -> np.ndarray:
+        if not spheres:
+            return np.zeros((0, *self.patch_size), dtype=np.uint8)
+        return np.stack([render_spheres(s, self.patch_size, self.spacing) for s in spheres])
+
+    def minimum_voxels(self) -> dict[int, int]:
+        return {int(k): min_lesion_voxels(p.min_lesion_volume_mm3, self.spacing) for k, p in self.priors.items()}
+
+    def sample_masks(self, n: int, conditioning: MaskConditioning | None = None, seed: int = 0) -> np.ndarray:
+        """``n`` lesion masks (n, z, y, x) uint8 at the plans' lesion patch size; same seed, same masks."""
+        conditioning = conditioning or MaskConditioning()
+        conditioning.check(n, self.patch_size)
+        if n == 0:
+            return np.zeros((0, *self.patch_size), dtype=np.uint8)
+        rng = np.random.default_rng(seed)
+        masks = self.generate(self.draw_spheres(n, conditioning, rng), conditioning, rng)
+        if conditioning.brain is not None:
+            masks[~conditioning.brain.astype(bool)] = 0
+        minimum = self.minimum_voxels()
+        return np.stack([drop_small_components(m, minimum) for m in masks]).astype(np.uint8)
+
+    def generate(self, spheres: list[list[SphereLesion]], conditioning: MaskConditioning,
+                 rng: np.random.Generator) -> np.ndarray:
+        """Label maps for the given spheres; each generator's own method."""
+        raise NotImplementedError
+
+
+class SphereMaskGenerator(MaskGenerator):
+    kind = "spheremask"
+
+    def generate(self, spheres, conditioning, rng) -> np.ndarray:
+        self.last_evaluations = 0
+        return np.stack([render_ellipsoids(s, self.patch_size, self.spacing) for s in spheres])
+
+
+class UNetMaskGenerator(MaskGenerator):
+    kind = "unetmask"
+    config_class = UNetMaskConfig
+    config: UNetMaskConfig
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        return {"unet": build_network(self.stage_plan.networks["unet"])}
+
+    @property
+    def input_layout(self) -> channels.ChannelLayout:
+        return channels.unetmask_input(self.plans.num_channels, self.plans.has_tissue_maps)
+
+    def inputs(self, images: np.ndarray, tissue: np.ndarray | None, controls: np.ndarray) -> np.ndarray:
+        """The network input: lesion-free image patches, tissue (when planned) and the sphere cue."""
+        parts = {"images": images.astype(np.float32), "control": self.encode_control(controls)}
+        if self.plans.has_tissue_maps:
+            parts["tissue"] = self.encode_tissue(tissue, len(images))
+        return self.input_layout.assemble(parts, lambda xs: np.concatenate(xs, axis=1))
+
+    @torch.no_grad()
+    def generate(self, spheres, conditioning, rng) -> np.ndarray:
+        if conditioning.images is None:
+            raise LesiongenError("unetmask draws lesions into image patches: give conditioning images "
+                                 "(lesion-free patches of the planned size)")
+        controls = self.render_controls(spheres)
+        network = self.networks["unet"]
+        labels = np.asarray(self.lesion_labels, dtype=np.uint8)
+        out = []
+        chunk = max(1, self.stage_plan.batch_size)
+        for start in range(0, len(spheres), chunk):
+            part = slice(start, start + chunk)
+            tissue = None if conditioning.tissue is None else conditioning.tissue[part]
+            x = self.to_device(self.inputs(conditioning.images[part], tissue, controls[part]))
+            with self.autocast():
+                logits = network(x)
+            logits = (logits[0] if isinstance(logits, (list, tuple)) else logits).float()
+            probabilities = torch.sigmoid(logits).cpu().numpy()
+            best = probabilities.argmax(axis=1)
+            out.append(np.where(probabilities.max(axis=1) > self.config.probability_threshold, labels[best], 0))
+        self.last_evaluations = 1
+        return np.concatenate(out).astype(np.uint8)
+
+
+class DiffMaskGenerator(MaskGenerator):
+    kind = "diffmask"
+    config_class = DiffMaskConfig
+    config: DiffMaskConfig
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        return {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
+
+    @property
+    def input_layout(self) -> channels.ChannelLayout:
+        return channels.diffmask_input(len(self.lesion_labels), self.plans.has_tissue_maps)
+
+    def encode_masks(self, masks: np.ndarray) -> np.ndarray:
+        """Diffusion works in [-1, 1]: -1 outside, +1 inside each class channel."""
+        return 2.0 * super().encode_masks(masks) - 1.0
+
+    def condition(self, controls: np.ndarray, tissue: np.ndarray | None) -> np.ndarray:
+        """The conditioning channels (sphere control, tissue when planned) in layout order."""
+        parts = [self.encode_control(controls)]
+        if self.plans.has_tissue_maps:
+            parts.append(self.encode_tissue(tissue, len(controls)))
+        return np.concatenate(parts, axis=1)
+
+    def network_input(self, noisy: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        offsets = self.input_layout.offsets()
+        parts = {"noisy": noisy, "control": condition[:, :1]}
+        if "tissue" in offsets:
+            parts["tissue"] = condition[:, 1:2]
+        return self.input_layout.assemble(parts, lambda xs: torch.cat(xs, dim=1))
+
+    @torch.no_grad()
+    def denoise(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int,
+                schedule: ScheduleConfig | None = None) -> tuple[np.ndarray, int]:
+        """Denoised masks (n, K, z, y, x) in [-1, 1] for the given controls; and network evaluations per mask."""
+        schedule = schedule or self.config.schedule
+        network = self.networks["denoiser"]
+        generator = torch.Generator().manual_seed(seed)
+        out, evaluations = [], 0
+        chunk = max(1, self.stage_plan.batch_size)
+        for start in range(0, len(controls), chunk):
+            condition = self.to_device(self.condition(controls[start:start + chunk],
+                                                      None if tissue is None else tissue[start:start + chunk]))
+            shape = (len(condition), len(self.lesion_labels), *self.patch_size)
+
+            def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                with self.autocast():
+                    return network(self.network_input(x, condition), t)
+
+            x, evaluations = sample(predict, shape, schedule, generator, self.device)
+            out.append(x.clamp(-1, 1).float().cpu().numpy())
+        return np.concatenate(out), evaluations
+
+    def binarise(self, denoised: np.ndarray, threshold: float) -> np.ndarray:
+        """Class per voxel: the strongest class channel above the threshold, else background."""
+        best = denoised.argmax(axis=1)
+        above = denoised.max(axis=1) > threshold
+        labels = np.asarray(self.lesion_labels, dtype=np.uint8)[best]
+        return np.where(above, labels, 0).astype(np.uint8)
+
+    def generate(self, spheres, conditioning, rng) -> np.ndarray:
+        denoised, self.last_evaluations = self.denoise(self.render_controls(spheres), conditioning.tissue,
+                                                       int(rng.integers(2**31)))
+        return self.binarise(denoised, self.config.threshold)
