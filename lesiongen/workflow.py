@@ -25,6 +25,7 @@ from lesiongen.planning.planner import plan_dataset
 from lesiongen.preprocessing.preprocessor import preprocess_dataset
 from lesiongen.utilities.errors import DatasetError, LesiongenError
 from lesiongen.utilities.files import atomic_path
+from lesiongen.utilities.locks import exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +46,19 @@ def check_dataset(dataset: RawDataset, full: bool = False, num_processes: int = 
     """Names and counts, headers of every case always; with ``full`` the voxels of healthy and test scans too.
 
     Training cases' voxels are checked while fingerprinting, which reads them anyway. Raises DatasetError with
-    every problem found; logs warnings.
+    every problem found; logs warnings. The full pass re-reads the headers of healthy and test scans, so a header
+    problem comes back from both passes: identical problems are reported once.
     """
     problems = list(dataset.layout_problems)
     problems += verify_dataset(dataset, full=False, num_processes=num_processes)
     if full:
         problems += verify_dataset(dataset, full=True, num_processes=num_processes, splits=("healthy", "test"))
+    problems = list(dict.fromkeys(problems))  # Problem is frozen: equal problems hash alike; order is kept
     errors = [p for p in problems if not p.is_warning]
     if errors:
         raise DatasetError(problems)
     for warning in problems:
-        logger.warning("%s", warning)
+        logger.warning("%s: %s", warning.path, warning.message)
 
 
 def _require(path: Path, producer: str, dataset: RawDataset) -> Path:
@@ -105,10 +108,11 @@ def run_preprocessing(dataset: RawDataset, plans: Plans | None = None, num_proce
     if plans is None:
         plans = load_plans(_require(folder / PLANS_FILE, "lesiongen_plan", dataset))
     output = plans_data_folder(dataset, plans.plans_name)
-    if clean and output.exists():
-        logger.info("--clean: removing %s", output)
-        shutil.rmtree(output)
-    counts = preprocess_dataset(dataset, plans, output, num_processes)
+    with exclusive_lock(folder, "preprocessing"):  # a second run on this dataset stops here, before touching it
+        if clean and output.exists():
+            logger.info("--clean: removing %s", output)
+            shutil.rmtree(output)
+        counts = preprocess_dataset(dataset, plans, output, num_processes)
     logger.info("preprocessed %d case(s), skipped %d up-to-date case(s), %d lesion patches -> %s",
                 counts["done"], counts["skipped"], counts["lesion_patches"], output)
     return counts

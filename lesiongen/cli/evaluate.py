@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "against references with the same file names.")
     parser.add_argument("-ref", dest="reference", type=Path, required=True, help="folder of reference segmentations")
     parser.add_argument("-pred", dest="prediction", type=Path, required=True,
-                        help="folder of predicted segmentations (same file names)")
+                        help="folder of predicted segmentations (same file names); integer label maps, not "
+                             "probabilities: non-integer values are refused")
     parser.add_argument("-l", dest="labels", type=int, nargs="+", default=None,
                         help="lesion classes to evaluate (default: every nonzero value in the references)")
     parser.add_argument("-o", dest="output", type=Path, default=None,

@@ -32,8 +32,20 @@ def build_install_parser() -> argparse.ArgumentParser:
                     "before anything is written.")
     parser.add_argument("zip", type=Path, help="model archive (.zip)")
     parser.add_argument("--overwrite", action="store_true", help="replace trainer folders that already exist")
+    parser.add_argument("--max_size", type=_positive_gb, default=None, metavar="GB",
+                        help="refuse archives that unpack to more than this many GB (default 4; a zip-bomb guard)")
     add_common_arguments(parser)
     return parser
+
+
+def _positive_gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of GB, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of GB, got {text}")
+    return value
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -48,7 +60,8 @@ def run_export(args: argparse.Namespace) -> None:
 def run_install(args: argparse.Namespace) -> None:
     from lesiongen.sharing.model_zip import install_model_from_zip
 
-    for folder in install_model_from_zip(args.zip, overwrite=args.overwrite):
+    max_bytes = None if args.max_size is None else int(args.max_size * 1e9)
+    for folder in install_model_from_zip(args.zip, overwrite=args.overwrite, max_total_bytes=max_bytes):
         print(f"installed {folder}")
 
 

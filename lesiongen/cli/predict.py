@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose outputs exist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true",
+                        help="predict scans whose spacing or extent is far from the training data's (more than "
+                             "4x the median spacing or 3x the median extent on an axis) with a warning instead "
+                             "of refusing them")
     parser.add_argument("--num_parts", type=positive_int, default=1,
                         help="split the cases into this many parts (e.g. cluster array jobs or several GPUs) ...")
     parser.add_argument("--part_id", type=int, default=0, help="... and predict this part (0 to num_parts - 1)")
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> None:
                              n_lesions=args.n_lesions,
                              volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
                              tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
-                             save_probabilities=args.save_probabilities, mirror=not args.disable_tta)
+                             save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
+                             force=args.force)
     check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
     device = pick_device(args.device)
     source = args.model if args.model is not None else results_dataset_folder(args.dataset)

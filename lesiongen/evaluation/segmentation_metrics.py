@@ -270,10 +270,24 @@ def _case_id(name: str, file_ending: str | None) -> str:
     return name[: -len(ending)] if ending and name.endswith(ending) else name
 
 
+def require_label_values(array: np.ndarray, path: Path, what: str) -> None:
+    """Refuse a map that is not integer-valued: a probability map would be scored as labels (``== 1`` almost
+    nowhere) and give a plausible-looking Dice of nearly 0. Float arrays holding whole numbers only are labels."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    if not np.isfinite(array).all():
+        raise LesiongenError(f"{path}: {what} contains NaN or Inf; expected integer labels")
+    fractional = array[array != np.round(array)]
+    if fractional.size:
+        raise LesiongenError(f"{path}: {what} has non-integer values (e.g. {float(fractional.flat[0]):.4g}); "
+                             f"expected integer labels, not probabilities (threshold or argmax them first)")
+
+
 def _reference_labels(path: Path) -> list[int]:
     from lesiongen.io.images import read_image
 
     array, _ = read_image(path)
+    require_label_values(array, path, "reference")
     values = np.unique(array)
     return [int(v) for v in values if v != 0]
 
@@ -288,6 +302,8 @@ def _evaluate_pair(item: tuple[str, Path, Path], labels: list[int], small_lesion
         prediction, pred_geometry = read_image(prediction_path)
     except LesiongenError as exc:
         raise LesiongenError(str(exc).splitlines()[0]) from None  # plain class: survives the process pool
+    require_label_values(reference, reference_path, "reference")
+    require_label_values(prediction, prediction_path, "prediction")
     problem = ref_geometry.matches(pred_geometry)
     if problem is None and reference.shape != prediction.shape:
         problem = f"shape {reference.shape} differs from {prediction.shape}"
@@ -303,8 +319,9 @@ def evaluate_folders(reference_dir: Path, prediction_dir: Path, labels: list[int
 
     ``file_ending`` (e.g. ``".nii.gz"``) restricts both folders to that ending; by default every supported
     image file is used. ``labels`` default to every nonzero value found in the references. Cases are keyed by
-    file name without its ending. A missing prediction, a shape/geometry mismatch or an unreadable file raises
-    :class:`LesiongenError` (one line, naming the file); predictions without a reference are ignored with a
+    file name without its ending. A missing prediction, a shape/geometry mismatch, an unreadable file or a map with
+    non-integer values (a probability map) raises :class:`LesiongenError` (one line, naming the file); float maps
+    whose values are all whole numbers are labels. Predictions without a reference are ignored with a
     warning. Returns ``{"per_case": {case: {label: metrics}}, "mean": aggregate(per_case), "labels": labels}``.
     """
     from lesiongen.utilities.parallel import map_cases

@@ -103,6 +103,25 @@ def _sample(values: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     return values[rng.integers(0, values.size, n)].astype(np.float32)
 
 
+def lesions_outside_warning(case: CaseFiles, label: np.ndarray, cropped_label: np.ndarray,
+                            has_brain_mask: bool) -> Problem | None:
+    """A warning when lesion voxels lie outside the brain region's bounding box, which the crop drops.
+
+    Without it, such lesions vanish silently (8 lesions become 7), and a case whose lesions all lie outside the
+    head is reported as an empty label map, which sends the user looking for the wrong mistake.
+    """
+    total = int(np.count_nonzero(label))
+    lost = total - int(np.count_nonzero(cropped_label))
+    if lost == 0:
+        return None
+    region = "brain mask" if has_brain_mask else "nonzero region of the images (the head)"
+    if lost == total:  # the crop keeps the whole region, so none of these voxels is in the brain
+        return Problem(str(case.label), f"all {total} lesion voxel(s) of case {case.case_id} lie outside the "
+                                        f"{region}; the case is used as a case without lesions", is_warning=True)
+    return Problem(str(case.label), f"{lost} of {total} lesion voxel(s) of case {case.case_id} lie outside the "
+                                    f"bounding box of the {region} and are dropped", is_warning=True)
+
+
 def _fingerprint_case(case: CaseFiles, info: DatasetInfo, seed: int):
     loaded, problems = load_case(case, info)
     if loaded is None:
@@ -113,8 +132,10 @@ def _fingerprint_case(case: CaseFiles, info: DatasetInfo, seed: int):
     bbox = mask_bbox(brain)
     crop = bbox_slices(bbox)
     images = loaded.images[(slice(None), *crop)]
-    brain = brain[crop]
     label = loaded.label[crop]
+    outside = lesions_outside_warning(case, loaded.label, label, loaded.brain_mask is not None)
+    warnings = [outside] if outside is not None else []
+    brain = brain[crop]
     tissue = loaded.tissue[crop] if loaded.tissue is not None else None
 
     foreground = label > 0
@@ -139,7 +160,7 @@ def _fingerprint_case(case: CaseFiles, info: DatasetInfo, seed: int):
         total_lesion_volume_mm3=float(sum(l.volume_mm3 for l in lesions)),
         lesions=lesions,
     )
-    return fingerprint, [], fg_samples, brain_samples, tissue is not None
+    return fingerprint, warnings, fg_samples, brain_samples, tissue is not None
 
 
 def input_signature(dataset: RawDataset) -> str:
@@ -186,10 +207,16 @@ def extract_fingerprint(dataset: RawDataset, num_processes: int = 1, seed: int =
     problems: list[Problem] = [p for r in results for p in r[1]]
     if any(not p.is_warning for p in problems):
         raise DatasetError(problems)
+    for warning in problems:
+        logger.warning("%s: %s", warning.path, warning.message)
     cases = [r[0] for r in results]
-    empty = [c.case_id for c in cases if c.lesion_count == 0]
+    # cases whose lesions all lie outside the brain have their own warning above: their maps are not empty
+    warned = {p.path for p in problems}
+    empty = [c.case_id for c, files in zip(cases, dataset.training)
+             if c.lesion_count == 0 and str(files.label) not in warned]
     if empty:
-        logger.warning("%s", empty_label_warning(dataset.folder / "labelsTr", empty))
+        warning = empty_label_warning(dataset.folder / "labelsTr", empty)
+        logger.warning("%s: %s", warning.path, warning.message)
     fg = np.concatenate([r[2] for r in results], axis=1)
     brain = np.concatenate([r[3] for r in results], axis=1)
     channels = range(info.num_channels)

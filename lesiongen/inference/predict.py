@@ -16,13 +16,23 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_image, write_image
+from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_geometry, read_image, write_image
 from lesiongen.utilities.dtypes import cast_to
 from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.files import remove_partial_files
 
 logger = logging.getLogger(__name__)
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+# How far an input may lie from the training data before prediction refuses it (check_plausible). Resampling
+# to the plans' spacing makes any scan the network's size, so nothing else would stop an 8 mm, 73 cm scan from
+# becoming a 364x428x348 volume of nonsense. Spacings within 4x of the median cover 0.5 mm research scans against
+# 1 mm training data and 4-5 mm clinical slices against 1 mm; an extent within 3x covers full-head scans and neck
+# coverage against the brain-cropped median extent, but not a whole-body field of view.
+MAX_SPACING_FACTOR = 4.0  # per axis: input spacing / median training spacing, either way
+MAX_EXTENT_FACTOR = 3.0  # per axis: input extent (mm) / median training extent (mm), either way
+_AXES = ("z", "y", "x")
 
 
 @dataclass
@@ -56,6 +66,8 @@ class PredictOptions:
     synthetic: str = "none"  # the seg models trained with this synthetic strategy
     save_probabilities: bool = False
     mirror: bool = True
+    # all modes: predict scans far from the training data (spacing, extent; see check_plausible) with a warning
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -168,14 +180,66 @@ def check_not_overwriting_inputs(cases: list[InputCase], out: Path, options: Pre
                 raise LesiongenError(f"{path}: would overwrite an input file; choose another output folder")
 
 
+def _far(ratios: np.ndarray, factor: float) -> list[int]:
+    """Axes whose ratio to the median lies beyond ``factor`` either way."""
+    return [a for a, r in enumerate(ratios) if not 1 / factor <= r <= factor]
+
+
+def _mm(values) -> str:
+    return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
+
+
+def check_plausible(geometry: ImageGeometry, plans, path: Path, force: bool = False) -> None:
+    """Refuse a scan whose spacing or physical extent is far from the training data's median (see the thresholds
+    above); with ``force`` a warning instead. ``plans`` needs ``original_median_spacing`` and
+    ``original_median_shape`` (array order, the brain-cropped training scans)."""
+    median_spacing = np.asarray(getattr(plans, "original_median_spacing", None) or [], dtype=float)
+    median_shape = np.asarray(getattr(plans, "original_median_shape", None) or [], dtype=float)
+    if median_spacing.shape != (3,) or median_shape.shape != (3,) or not np.all(median_spacing * median_shape > 0):
+        return  # plans without the training medians: nothing to compare with
+    spacing = np.asarray(geometry.spacing_zyx, dtype=float)
+    extent = spacing * np.asarray(geometry.shape, dtype=float)
+    median_extent = median_spacing * median_shape
+    spacing_ratio, extent_ratio = spacing / median_spacing, extent / median_extent
+    reasons = [f"spacing {spacing_ratio[a]:.2g}x the median on axis {_AXES[a]}"
+               for a in _far(spacing_ratio, MAX_SPACING_FACTOR)]
+    reasons += [f"extent {extent_ratio[a]:.2g}x the median on axis {_AXES[a]}"
+                for a in _far(extent_ratio, MAX_EXTENT_FACTOR)]
+    if not reasons:
+        return
+    message = (f"{path}: spacing {_mm(spacing)} mm / extent {_mm(extent)} mm is far from what the model was trained "
+               f"on (median spacing {_mm(median_spacing)} mm / extent {_mm(median_extent)} mm; {', '.join(reasons)})")
+    if not force:
+        raise LesiongenError(f"{message}; use --force to predict anyway")
+    logger.warning("%s; predicting anyway (--force)", message)
+
+
+def _is_done(case: InputCase, options: PredictOptions, out: Path, n_channels: int) -> bool:
+    return options.resume and all(p.is_file() for p in output_files(case, options, out, n_channels))
+
+
+def check_cases_plausible(cases: list[InputCase], plans, force: bool) -> None:
+    """:func:`check_plausible` on every case's first channel (headers only), before any case is worked on."""
+    for case in cases:
+        check_plausible(read_geometry(case.images[0]), plans, case.images[0], force)
+
+
 def run_cases(cases: list[InputCase], out: Path, options: PredictOptions, n_channels: int,
-              work: Callable[..., None]) -> dict[str, int]:
-    """Read each case (with the voxel checks of the integrity check) and hand it to ``work``."""
+              work: Callable[..., None], plans=None) -> dict[str, int]:
+    """Read each case (with the voxel checks of the integrity check) and hand it to ``work``.
+
+    With ``plans`` (the model's), every case still to do is first checked to be plausible input for the model
+    (:func:`check_plausible`), so a far-off scan stops the run before any case is written.
+    """
     check_not_overwriting_inputs(cases, out, options, n_channels)
     out.mkdir(parents=True, exist_ok=True)
+    # unfinished outputs of a killed run: only this run's cases (the parts of one prediction may share the folder)
+    remove_partial_files(out, [p for c in cases for p in output_files(c, options, out, n_channels)])
+    if plans is not None:
+        check_cases_plausible([c for c in cases if not _is_done(c, options, out, n_channels)], plans, options.force)
     done = skipped = 0
     for case in tqdm(cases, desc=f"lesiongen_predict {options.mode}", unit="case"):
-        if options.resume and all(p.is_file() for p in output_files(case, options, out, n_channels)):
+        if _is_done(case, options, out, n_channels):
             skipped += 1
             continue
         images, geometry, dtypes = read_case_channels(case.images)

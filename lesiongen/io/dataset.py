@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS
+from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS, file_ending
 from lesiongen.paths import raw_root
 from lesiongen.utilities.errors import DatasetError, LesiongenError, Problem
 
@@ -248,11 +249,34 @@ def _per_case_files(folder: Path, cases: list[str], info: DatasetInfo, what: str
     return present
 
 
+def file_ending_problem(folder: Path, info: DatasetInfo) -> Problem | None:
+    """dataset.json's ``file_ending`` named as the mistake when most training images end in another supported one.
+
+    Otherwise every image is reported as "ignored" and numTraining as wrong, which hides the one-word cause.
+    """
+    images = folder / SPLIT_FOLDERS["training"][0]
+    if not images.is_dir():
+        return None
+    endings = Counter(file_ending(p) for p in _visible_files(images))
+    declared = info.file_ending.lower()
+    others = {e: n for e, n in endings.items() if e in SUPPORTED_ENDINGS and e != declared}
+    if not others:
+        return None
+    common, count = max(others.items(), key=lambda item: item[1])
+    if endings.get(declared, 0) >= count or 2 * count <= sum(endings.values()):
+        return None  # the declared ending is as common, or the other one is no majority: per-file messages fit
+    return Problem(str(folder / "dataset.json"),
+                   f"file_ending is '{info.file_ending}' but the images end in '{common}'")
+
+
 def scan_dataset(folder: Path) -> tuple[RawDataset | None, list[Problem]]:
     """List all cases of a raw dataset folder and check names and counts (no file is opened but dataset.json)."""
     info, problems = parse_dataset_json(folder / "dataset.json")
     if info is None:
         return None, problems
+    wrong_ending = file_ending_problem(folder, info)
+    if wrong_ending is not None:
+        return None, [wrong_ending]
     splits: dict[str, list[CaseFiles]] = {}
     for split, (image_dir, label_dir, tissue_dir, mask_dir) in SPLIT_FOLDERS.items():
         image_folder = folder / image_dir

@@ -11,6 +11,8 @@ Two back-ends read the same files into the same convention: SimpleITK (all forma
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,14 @@ READER_ALIASES = {
 
 # LPS (ITK) <-> RAS (NIfTI/nibabel) flips the first two world axes
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])
+
+# Limits a header must respect before any voxel is read. A header can claim any shape; trusting it would allocate
+# whatever it says (a MemoryError, or swapping) before the file turns out short. 2**31 voxels (1290^3) is over ten
+# times any brain scan (a 0.5 mm whole head is ~500^3 = 1.25e8 voxels); 8 GiB is 2**31 voxels of float32, so the
+# byte limit only bites for wider types (float64, int64), whose arrays lesiongen would copy to float32 anyway.
+MAX_VOXELS = 2**31
+MAX_BYTES = 8 * 2**30
+SPATIAL_DIMS = 3  # lesiongen handles scalar 3D images only (no time series, no vector images)
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,36 @@ def resolve_reader(requested: str | None, path: str | Path) -> str:
     return reader
 
 
+# ------------------------------------------------------------------------------------------- header check
+
+
+def _header_values(values) -> str:
+    return "(" + ", ".join(f"{float(v):g}" if isinstance(v, float) else str(v) for v in values) + ")"
+
+
+def check_header(path: str | Path, shape: tuple[int, ...], bytes_per_voxel: int,
+                 spacing: tuple[float, ...] | None = None) -> None:
+    """Refuse a header whose shape, size or spacing no voxel read should be attempted with.
+
+    ``shape`` and ``spacing`` are in the header's own order (x first); the message quotes them as the file states
+    them, so the user can find the field. Runs before any voxel is read, so a lying header costs nothing.
+    """
+    claim = f"header claims shape {_header_values(shape)}"
+    if len(shape) > SPATIAL_DIMS:
+        raise FileError(path, f"{claim} — {len(shape)} dimensions; lesiongen reads {SPATIAL_DIMS}D images only")
+    if any(int(n) < 1 for n in shape):
+        raise FileError(path, f"{claim} — every dimension must be at least 1")
+    voxels = math.prod(int(n) for n in shape)
+    if voxels > MAX_VOXELS:
+        raise FileError(path, f"{claim} — {voxels:,} voxels, more than the limit of {MAX_VOXELS:,}")
+    if voxels * bytes_per_voxel > MAX_BYTES:
+        raise FileError(path, f"{claim} — {voxels * bytes_per_voxel / 2**30:.3g} GiB of voxel data, more than the "
+                              f"limit of {MAX_BYTES / 2**30:g} GiB")
+    if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise FileError(path, f"header claims spacing {_header_values(spacing)} — every spacing must be finite "
+                              f"and > 0")
+
+
 # --------------------------------------------------------------------------------------------- SimpleITK
 
 
@@ -146,7 +186,19 @@ def _check_dimension(path, dimension: int, components: int) -> None:
         raise FileError(path, f"is {dimension}D; expected a 3D image")
 
 
+def _sitk_bytes_per_voxel(reader) -> int:
+    """Bytes per voxel of the pixel type a header declares (a one-voxel image of that type tells)."""
+    sitk = _sitk()
+    try:
+        probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    except (RuntimeError, TypeError, ValueError):
+        return 1  # a pixel type SimpleITK cannot build: the voxel limit still applies, ReadImage will say the rest
+    return int(probe.GetSizeOfPixelComponent()) * int(reader.GetNumberOfComponents())
+
+
 def _sitk_read_geometry(path: Path) -> ImageGeometry:
+    if file_ending(path) in NIFTI_ENDINGS:
+        _nib_load_checked(path)  # nibabel reads the voxels later; its view of the header must be sane too
     sitk = _sitk()
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -156,6 +208,10 @@ def _sitk_read_geometry(path: Path) -> ImageGeometry:
         raise FileError(path, f"unreadable image header ({_first_line(exc)})") from None
     _check_dimension(path, reader.GetDimension(), reader.GetNumberOfComponents())
     size = reader.GetSize()
+    check_header(path, tuple(int(n) for n in size), _sitk_bytes_per_voxel(reader),
+                 tuple(float(v) for v in reader.GetSpacing()))
+    if not all(math.isfinite(float(v)) for v in (*reader.GetOrigin(), *reader.GetDirection())):
+        raise FileError(path, "header claims a non-finite origin or direction")
     return ImageGeometry(
         spacing=tuple(float(s) for s in reader.GetSpacing()),
         origin=tuple(float(o) for o in reader.GetOrigin()),
@@ -173,6 +229,7 @@ def _sitk_read(path: Path) -> tuple[np.ndarray, ImageGeometry]:
         if array.shape != geometry.shape:
             raise FileError(path, f"voxel data shape {array.shape} disagrees with the header {geometry.shape}")
         return array, geometry
+    _sitk_read_geometry(path)  # header limits first: ReadImage would allocate whatever the header claims
     sitk = _sitk()
     try:
         img = sitk.ReadImage(str(path))
@@ -190,6 +247,28 @@ def _sitk_write(path: Path, array: np.ndarray, geometry: ImageGeometry) -> None:
     img.SetOrigin(geometry.origin)
     img.SetDirection(geometry.direction)
     sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def _check_nifti_written(tmp: Path, final: Path, data_bytes: int) -> None:
+    """A NIfTI file just written holds all its bytes. ITK's NIfTI writer reports a full disk only on stderr
+    ("NWAD: wrote only N of M bytes") and returns normally; without this check a truncated file would be renamed
+    into place. Cheap: the header's ``vox_offset`` and, for .nii.gz, gzip's trailer (uncompressed size mod 2**32)."""
+    compressed = tmp.name.endswith(".gz")
+    try:
+        with (gzip.open(tmp, "rb") if compressed else open(tmp, "rb")) as handle:
+            header = handle.read(348)
+        order = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
+        expected = int(np.frombuffer(header[108:112], dtype=f"{order}f4")[0]) + data_bytes
+        if compressed:
+            with open(tmp, "rb") as handle:
+                handle.seek(-4, os.SEEK_END)
+                complete = int.from_bytes(handle.read(4), "little") == expected % 2**32
+        else:
+            complete = tmp.stat().st_size >= expected
+    except (OSError, EOFError, ValueError, IndexError):
+        complete = False
+    if not complete:
+        raise FileError(final, "could not be written completely (no space left on device?)")
 
 
 def _check_complete(path: Path, data_bytes: int) -> None:
@@ -235,9 +314,20 @@ def _nib_load(path: Path):
         raise FileError(path, f"unreadable image header ({_first_line(exc)})") from None
 
 
-def _nib_read_geometry(path: Path) -> ImageGeometry:
+def _nib_load_checked(path: Path):
+    """The nibabel image of ``path`` after its header passed :func:`check_header` (no voxel is read yet)."""
     img = _nib_load(path)
     _check_dimension(path, len(img.shape), 1)
+    spacing = np.linalg.norm(np.asarray(img.affine, dtype=float)[:3, :3], axis=0)
+    check_header(path, tuple(int(n) for n in img.shape), int(img.get_data_dtype().itemsize),
+                 tuple(float(v) for v in spacing))
+    if not np.all(np.isfinite(img.affine)):
+        raise FileError(path, "header claims a non-finite origin or direction")
+    return img
+
+
+def _nib_read_geometry(path: Path) -> ImageGeometry:
+    img = _nib_load_checked(path)
     return _geometry_from_affine(img.affine, img.shape)
 
 
@@ -252,7 +342,7 @@ def _nib_voxels(path: Path, img) -> np.ndarray:
 
 
 def _nib_read(path: Path) -> tuple[np.ndarray, ImageGeometry]:
-    img = _nib_load(path)
+    img = _nib_load_checked(path)
     return _nib_voxels(path, img), _geometry_from_affine(img.affine, img.shape)
 
 
@@ -331,3 +421,5 @@ def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry, re
             _nib_write(tmp, array, geometry)
         else:
             _sitk_write(tmp, array, geometry)
+        if file_ending(path) in NIFTI_ENDINGS:
+            _check_nifti_written(tmp, path, array.nbytes)

@@ -31,7 +31,10 @@ class LoadedCase:
 
 
 def check_case_headers(case: CaseFiles, reader: str | None) -> list[Problem]:
-    """Every file of a case is a readable 3D image on the same grid as the first channel."""
+    """Every file of a case is a readable 3D image on the same grid as the first channel.
+
+    Reading a header also checks what it claims (shape, size, spacing: ``io.images.check_header``), so a header
+    that lies is a problem here, found before any voxel of the dataset is read."""
     problems = []
     reference: ImageGeometry | None = None
     reference_name = ""

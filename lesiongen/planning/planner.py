@@ -102,8 +102,17 @@ def lesion_patch_size(fingerprint: DatasetFingerprint, spacing: list[float], med
         limit = max(LESION_PATCH_MIN, int(m) // LESION_PATCH_DIVISOR * LESION_PATCH_DIVISOR)
         patch.append(int(min(max(voxels, LESION_PATCH_MIN), LESION_PATCH_MAX, limit)))
     patch_mm = np.asarray(patch) * np.asarray(spacing)
-    fits = float(np.mean(2 * (radii + margin) <= patch_mm.min())) if radii.size else 1.0
+    # without lesions no lesion is known to fit: 0, never a vacuous 100 %
+    fits = float(np.mean(2 * (radii + margin) <= patch_mm.min())) if radii.size else 0.0
     return patch, float(margin), fits
+
+
+def _lesion_patch_note(patch: list[int], fits: float, margin: float, n_lesions: int) -> str:
+    """The plans note on the lesion patch; with no lesion it says so instead of a share of nothing."""
+    if n_lesions == 0:
+        return (f"lesion patch {patch} voxels: no lesion in the training cases, so none is known to fit; sized "
+                f"for a default radius, and the lesion stages cannot be trained")
+    return f"lesion patch {patch} voxels: {fits:.1%} of {n_lesions} lesions fit with a {margin:.1f} mm margin"
 
 
 def _segmentation_stage(fingerprint: DatasetFingerprint, spacing: list[float], median_shape: list[int],
@@ -214,10 +223,14 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
     patch, margin, fits = lesion_patch_size(fingerprint, spacing, median_shape)
     mask_unet = topo.unet_topology(spacing, patch)
     patch = mask_unet.patch_size  # deep pooling may round the patch up; every lesion stage shares it
-    notes.append(f"lesion patch {patch} voxels: {fits:.1%} of lesions fit with a {margin:.1f} mm margin")
-    if fits < 0.95:
-        logger.warning("only %.1f%% of lesions fit the largest allowed lesion patch %s", 100 * fits, patch)
     n_lesions = sum(c.lesion_count for c in fingerprint.cases)
+    notes.append(_lesion_patch_note(patch, fits, margin, n_lesions))
+    if n_lesions == 0:
+        # the image stages (segmentation, preprocessing) can go on; fold_sphere_priors refuses the lesion stages
+        logger.warning("%s: no training case holds a lesion; the lesion stages (mask generation, inpainting, "
+                       "synthetic lesions) cannot be trained from this dataset", fingerprint.dataset_name)
+    elif fits < 0.95:
+        logger.warning("only %.1f%% of lesions fit the largest allowed lesion patch %s", 100 * fits, patch)
     n_lesion_classes = len(info.lesion_labels)
 
     # mask generation: the diffusion model denoises one channel per lesion class; the UNet gives one sigmoid each

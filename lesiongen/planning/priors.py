@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from lesiongen.fingerprint.fingerprint import DatasetFingerprint
+from lesiongen.fingerprint.fingerprint import FINGERPRINT_FILE, DatasetFingerprint
+from lesiongen.paths import preprocessed_root
 from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
 from lesiongen.utilities.errors import LesiongenError
 
@@ -96,14 +97,18 @@ def fold_sphere_priors(fingerprint: DatasetFingerprint, train_cases: list[str], 
 
     A lesion class without a training lesion in the fold keeps its empty prior (``n_lesions_observed`` 0): it is
     never generated, rather than borrowing the dataset-wide prior that the validation lesions helped fit. A fold
-    without any training lesion is an error.
+    without any training lesion is an error; so is a dataset without any lesion (every label map empty, or its
+    lesions all outside the brain), which planning lets through for the image stages only. Both errors name the
+    fingerprint the lesions were counted in.
     """
+    where = preprocessed_root() / fingerprint.dataset_name / FINGERPRINT_FILE
+    if not any(case.lesion_count for case in fingerprint.cases):
+        raise LesiongenError(f"{where}: no training case holds a lesion ({len(fingerprint.cases)} case(s), every "
+                             f"label map empty or outside the brain); the lesion models need lesions to learn from")
     train = set(train_cases)
     subset = dataclasses.replace(fingerprint, cases=[c for c in fingerprint.cases if c.case_id in train])
+    if not any(case.lesion_count for case in subset.cases):
+        raise LesiongenError(f"{where}: the training cases of this fold ({len(train)}) hold no lesion of any class "
+                             f"{sorted(plans.sphere_priors)}; nothing to learn lesion shapes from")
     patch_mm = np.asarray(plans.lesion_patch_size) * np.asarray(plans.target_spacing)
-    priors = {key: fit_sphere_prior(subset, int(key), patch_mm, min(plans.target_spacing))
-              for key in plans.sphere_priors}
-    if not any(p.n_lesions_observed for p in priors.values()):
-        raise LesiongenError(f"the training cases of this fold ({len(train)}) hold no lesion of any class "
-                             f"{sorted(priors)}; nothing to learn lesion shapes from")
-    return priors
+    return {key: fit_sphere_prior(subset, int(key), patch_mm, min(plans.target_spacing)) for key in plans.sphere_priors}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lesiongen.preprocessing.storage import load_array
+from lesiongen.preprocessing.storage import CHECKSUMS, load_array, verify_files
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import read_json
 
@@ -40,14 +40,20 @@ class LesionPatches:
 
 
 def load_lesion_patches(folder: Path, case_ids: list[str]) -> LesionPatches:
-    """The lesion patches of ``case_ids`` from the preprocessed ``lesion_patches`` folder."""
+    """The lesion patches of ``case_ids`` from the preprocessed ``lesion_patches`` folder.
+
+    Each case's arrays must match the size and sha256 its ``_patches.json`` records: a damaged file is an error
+    naming it, never training data.
+    """
     images, masks, tissue, owners = [], [], [], []
     for case_id in case_ids:
         record = folder / f"{case_id}_patches.json"
         if not record.is_file():
             raise LesiongenError(f"{record}: lesion patches missing; run lesiongen_preprocess first")
-        if read_json(record)["n_patches"] == 0:
+        patch_record = read_json(record)
+        if patch_record["n_patches"] == 0:
             continue
+        verify_files(record, patch_record.get(CHECKSUMS))
         images.append(load_array(folder / f"{case_id}_images.b2nd"))
         masks.append(load_array(folder / f"{case_id}_masks.b2nd"))
         tissue_file = folder / f"{case_id}_tissue.b2nd"

@@ -6,11 +6,12 @@ Outputs per case (``{split}/`` below the plans' data folder):
 * ``{case}_seg.b2nd``        int8: 0 background, 1..K lesion classes, -1 outside the brain
 * ``{case}_tissue.b2nd``     uint8 tissue map (when the dataset has tissue maps)
 * ``{case}_locations.npz``   up to 10,000 voxel indices per lesion class (foreground oversampling)
-* ``{case}.json``            properties: geometry, crop box, spacings, shapes, and the input signature
+* ``{case}.json``            properties: geometry, crop box, spacings, shapes, the input signature, and the size
+                             and sha256 of every file above (``checksums``)
 
-and for lesion cases ``lesion_patches/{case}_{images,masks,tissue}.b2nd`` + ``{case}_patches.json``.
-The properties JSON is written last, so its presence with a matching signature means the case is complete; a
-rerun skips such cases.
+and for lesion cases ``lesion_patches/{case}_{images,masks,tissue}.b2nd`` + ``{case}_patches.json`` (which records
+the patch arrays' checksums). The properties JSON is written last, so its presence with a matching signature and
+files that match their checksums means the case is complete; a rerun skips such cases and redoes the others.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import zlib
 from pathlib import Path
 
@@ -30,11 +32,13 @@ from lesiongen.planning.plans import Plans
 from lesiongen.preprocessing.normalization import normalize
 from lesiongen.preprocessing.patches import extract_lesion_patches
 from lesiongen.preprocessing.resampling import resample_images, resample_labels
-from lesiongen.preprocessing.storage import save_array
+from lesiongen.preprocessing.storage import CHECKSUMS, checksum_files, first_mismatch, save_array
 from lesiongen.utilities.cropping import bbox_slices, brain_region, mask_bbox
 from lesiongen.utilities.errors import DatasetError, Problem
 from lesiongen.utilities.files import atomic_path, file_signature, read_json, remove_partial_files, write_json
 from lesiongen.utilities.parallel import map_cases
+
+logger = logging.getLogger(__name__)
 
 LOCATIONS_PER_CLASS = 10_000
 PATCH_FOLDER = "lesion_patches"
@@ -59,14 +63,27 @@ def _case_signature(case: CaseFiles, plans_sig: str) -> str:
 
 
 def is_up_to_date(properties_file: Path, signature: str) -> bool:
+    """Whether a case can be skipped: same inputs and plans, and every file it wrote still matches its checksum.
+
+    A sidecar without checksums (an older lesiongen) cannot vouch for its files, so such a case is redone.
+    """
     if not properties_file.is_file():
         return False
     try:
         properties = read_json(properties_file)
     except (OSError, ValueError):
         return False
-    outputs = [properties_file.parent / name for name in properties.get("files", [])]
-    return properties.get("signature") == signature and all(p.exists() for p in outputs)
+    if not isinstance(properties, dict) or properties.get("signature") != signature:
+        return False
+    files, checksums = properties.get("files", []), properties.get(CHECKSUMS)
+    if not isinstance(checksums, dict) or not set(files) <= checksums.keys():
+        logger.info("%s: no checksums recorded (older lesiongen); preprocessing the case again", properties_file)
+        return False
+    mismatch = first_mismatch(properties_file.parent, {name: checksums[name] for name in files})
+    if mismatch is not None:
+        logger.info("%s: %s; preprocessing the case again", *mismatch)
+        return False
+    return True
 
 
 def _class_locations(seg: np.ndarray, labels: list[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -88,6 +105,7 @@ def preprocess_case(case: CaseFiles, split: str, info: DatasetInfo, plans: Plans
     """Preprocess one case; returns (problems, summary or None when the case failed)."""
     folder = output / split
     properties_file = _properties_file(output, split, case)
+    properties_file.unlink(missing_ok=True)  # until the new one is written the case counts as unfinished
     signature = _case_signature(case, plans_sig)
     loaded, problems = load_case(case, info)
     if loaded is None:
@@ -140,6 +158,7 @@ def preprocess_case(case: CaseFiles, split: str, info: DatasetInfo, plans: Plans
         "shape_after_resampling": list(images.shape[1:]),
         "lesion_voxels_per_class": {k.removeprefix("class_"): int(len(v)) for k, v in locations.items()},
         "files": files,
+        CHECKSUMS: checksum_files(folder, files),
     }
     write_json(properties_file, properties)  # last: marks the case complete
     return [], summary
@@ -160,6 +179,7 @@ def _save_lesion_patches(case_id: str, images: np.ndarray, seg: np.ndarray, tiss
     if patch_set.tissue is not None:
         names.append(f"{case_id}_tissue.b2nd")
         save_array(folder / names[-1], patch_set.tissue)
+    checksums = checksum_files(folder, names)
     names.append(f"{case_id}_patches.json")
     write_json(folder / names[-1], {
         "case_id": case_id,
@@ -167,6 +187,7 @@ def _save_lesion_patches(case_id: str, images: np.ndarray, seg: np.ndarray, tiss
         "n_patches": len(patch_set.patches),
         "skipped_too_large": patch_set.skipped_too_large,
         "patches": [dataclasses.asdict(p) for p in patch_set.patches],
+        CHECKSUMS: checksums,
     })
     return names, len(patch_set.patches)
 

@@ -5,6 +5,11 @@ top-level manifest ``lesiongen_model.json`` with the lesiongen version, the data
 member. Installing trusts nothing in the archive: member names, member types, sizes, the manifest and every
 checkpoint (``weights_only`` loading, so no pickled code runs) are checked before anything reaches the results root,
 and files are unpacked into a temporary folder inside the results root and then moved into place.
+
+Size bombs are refused from the zip directory before a byte is unpacked: more than ``MAX_TOTAL_BYTES`` (4 GB;
+``--max_size`` changes it) in all, a member over ``MAX_MEMBER_BYTES`` (2 GB), or a member over 1 MiB that claims to
+compress better than ``MAX_COMPRESSION_RATIO`` (200:1; network weights barely compress). While unpacking, no member
+may yield more bytes than its header and the manifest declare.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ MANIFEST = "lesiongen_model.json"
 MANIFEST_FORMAT = 1
 FOLD_FILES = (FINAL, "training_summary.json", "sphere_priors.json", "summary.json", "progress.png")
 VALIDATION = "validation"
-MAX_TOTAL_BYTES = 20 * 1000**3  # zip-bomb guard: no lesiongen model comes near this
+MAX_TOTAL_BYTES = 4 * 1000**3  # zip-bomb guard: a dataset's models are far smaller (--max_size raises it)
+MAX_MEMBER_BYTES = 2 * 1000**3  # one checkpoint of a large 3D network is a few hundred MB
+MAX_COMPRESSION_RATIO = 200  # float32 weights compress about 1.1:1; 200:1 is a run of zeros (a bomb)
+RATIO_MIN_BYTES = 1024**2  # small files (JSON, plots) may compress well: the ratio cap starts above this size
 MAX_MEMBERS = 100_000
 MAX_MANIFEST_BYTES = 64 * 1024**2
 _CHUNK = 1024**2
@@ -228,8 +236,24 @@ def _read_manifest(zip_path: Path, archive: zipfile.ZipFile) -> dict:
     return manifest
 
 
-def _validate_archive(zip_path: Path, archive: zipfile.ZipFile) -> tuple[str, dict[str, dict], list[zipfile.ZipInfo]]:
-    """Everything that can be checked without unpacking; returns the dataset, manifest entries and file members."""
+def _check_size(zip_path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse a member that is too large, or compressed so well that it can only be a bomb, before unpacking."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise _refuse(zip_path, f"member {info.filename!r} would unpack to {info.file_size / 1e9:.1f} GB (more than "
+                                f"{MAX_MEMBER_BYTES / 1e9:g} GB per file); refusing a possible zip bomb")
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > RATIO_MIN_BYTES and ratio > MAX_COMPRESSION_RATIO:
+        raise _refuse(zip_path, f"member {info.filename!r} is compressed {ratio:.0f}:1 (more than "
+                                f"{MAX_COMPRESSION_RATIO}:1); refusing a possible zip bomb")
+
+
+def _validate_archive(zip_path: Path, archive: zipfile.ZipFile,
+                      max_total_bytes: int | None = None) -> tuple[str, dict[str, dict], list[zipfile.ZipInfo]]:
+    """Everything that can be checked without unpacking; returns the dataset, manifest entries and file members.
+
+    ``max_total_bytes`` caps what the archive may unpack to (default ``MAX_TOTAL_BYTES``).
+    """
+    cap = MAX_TOTAL_BYTES if max_total_bytes is None else max_total_bytes
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
         raise _refuse(zip_path, f"too many members ({len(infos)})")
@@ -244,6 +268,7 @@ def _validate_archive(zip_path: Path, archive: zipfile.ZipFile) -> tuple[str, di
         if key in seen:
             raise _refuse(zip_path, f"member {info.filename!r} appears twice")
         seen.add(key)
+        _check_size(zip_path, info)
         total += info.file_size
         if info.filename == MANIFEST:
             continue
@@ -259,9 +284,9 @@ def _validate_archive(zip_path: Path, archive: zipfile.ZipFile) -> tuple[str, di
             raise _refuse(zip_path, f"member {info.filename!r} is not inside a trainer folder "
                                     f"({dataset}/TRAINER__PLANS/...)")
         files.append(info)
-    if total > MAX_TOTAL_BYTES:
-        raise _refuse(zip_path, f"members would unpack to {total / 1e9:.1f} GB (more than "
-                                f"{MAX_TOTAL_BYTES / 1e9:.0f} GB); refusing a possible zip bomb")
+    if total > cap:
+        raise _refuse(zip_path, f"members would unpack to {total / 1e9:.1f} GB (more than {cap / 1e9:g} GB); "
+                                "refusing a possible zip bomb (a larger limit: --max_size GB)")
     if not files or dataset is None:
         raise _refuse(zip_path, "archive holds no model files")
     # a file whose name is also used as a folder by another member cannot be unpacked
@@ -309,12 +334,14 @@ def _extract(zip_path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, en
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
+    declared = min(entry["size"], info.file_size)  # a lying header must not write more than it declared
     try:
         with archive.open(info) as source, open(target, "xb") as out:
             while chunk := source.read(_CHUNK):
                 size += len(chunk)
-                if size > entry["size"]:
-                    raise _refuse(zip_path, f"member {info.filename!r} unpacks to more than its listed size")
+                if size > declared:
+                    raise _refuse(zip_path, f"member {info.filename!r} unpacks to more than its declared size "
+                                            f"({declared} bytes)")
                 digest.update(chunk)
                 out.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
@@ -343,11 +370,13 @@ def _one_line(problem: str, path: Path) -> str:
     return problem if len(problem) <= 300 else problem[:297] + "..."
 
 
-def install_model_from_zip(zip_path: Path, results_root: Path | None = None, overwrite: bool = False) -> list[Path]:
+def install_model_from_zip(zip_path: Path, results_root: Path | None = None, overwrite: bool = False,
+                           max_total_bytes: int | None = None) -> list[Path]:
     """Install an archive made by :func:`export_model_to_zip`; returns the installed trainer folders.
 
     Nothing is written unless the whole archive passes: safe member names and types, one ``DatasetXXX_Name/`` top
-    folder, a manifest whose sha256 sums match, a plausible size, and ``weights_only``-loadable checkpoints.
+    folder, a manifest whose sha256 sums match, a plausible size (at most ``max_total_bytes`` in all, default
+    ``MAX_TOTAL_BYTES``; per-member and compression-ratio caps), and ``weights_only``-loadable checkpoints.
     Existing trainer folders are replaced only with ``overwrite``.
     """
     zip_path = Path(zip_path)
@@ -359,7 +388,7 @@ def install_model_from_zip(zip_path: Path, results_root: Path | None = None, ove
     except (zipfile.BadZipFile, OSError) as exc:
         raise LesiongenError(f"{zip_path}: not a readable zip archive ({type(exc).__name__}: {exc})") from None
     with archive:
-        dataset, entries, files = _validate_archive(zip_path, archive)
+        dataset, entries, files = _validate_archive(zip_path, archive, max_total_bytes)
         trainers = sorted({info.filename.split("/")[1] for info in files})
         destination = root / dataset
         _check_destination(root, dataset, trainers, overwrite)

@@ -33,11 +33,19 @@ class FileError(LesiongenError):
 
 
 class DatasetError(LesiongenError):
-    """A dataset has one or more problems; each is one line of the message."""
+    """A dataset has one or more problems; each is one line of the message.
+
+    The CLI prints the message after ``error: `` (``cli.common.run_command``), so the errors come first and every
+    error after the first carries its own ``error: `` prefix: one ``error:`` line per error. Warnings follow as
+    ``warning: PATH: ...`` lines, never under an ``error:`` prefix, then a summary line.
+    """
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        errors = [p for p in problems if not p.is_warning]
-        lines = [str(p) for p in problems]
-        lines.append(f"{len(errors)} problem(s) found; nothing was written.")
-        super().__init__("\n".join(lines))
+        errors = [f"{p.path}: {p.message}" for p in problems if not p.is_warning]
+        warnings = [f"warning: {p.path}: {p.message}" for p in problems if p.is_warning]
+        summary = f"{len(errors)} problem(s) found; nothing was written."
+        if not errors:  # only warnings: the summary takes the printed "error: " prefix
+            super().__init__("\n".join([summary, *warnings]))
+            return
+        super().__init__("\n".join(["\nerror: ".join(errors), *warnings, summary]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,7 +29,8 @@ def map_cases(
     Spawn (not fork) keeps workers free of whatever the parent imported (threads, CUDA); the functions run here
     import only numpy/scipy/SimpleITK, so start-up stays cheap. With one process it runs inline, which keeps
     tracebacks simple when debugging. A worker that dies (killed for memory, say) ends the call with an error;
-    ``multiprocessing.Pool`` would replace the worker and wait forever for its lost result.
+    ``multiprocessing.Pool`` would replace the worker and wait forever for its lost result. A user error raised in
+    a worker reaches the caller as a :class:`LesiongenError` with the same one-line message.
     """
     extra = tuple(extra_args)
     bar = tqdm(total=len(items), desc=description, disable=not progress, unit="case", leave=False)
@@ -42,7 +44,7 @@ def map_cases(
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(min(num_processes, len(items)), mp_context=context)
         try:
-            pending = [pool.submit(function, item, *extra) for item in items]
+            pending = [pool.submit(_in_worker, function, item, *extra) for item in items]
             results = []
             for job in pending:
                 results.append(job.result())
@@ -55,3 +57,30 @@ def map_cases(
             pool.shutdown(wait=True, cancel_futures=True)  # after an error: no new cases start
     finally:
         bar.close()
+
+
+def _in_worker(function: Callable[..., T], item: Any, *extra: Any) -> T:
+    """Run one case in a worker so that its error survives the trip back to the parent.
+
+    The pool pickles a worker's exception; one whose class cannot be rebuilt from its message (``FileError(path,
+    message)``, ``DatasetError(problems)``) would fail to unpickle, and the parent would report a dead worker
+    instead of the user's error. A plain ``LesiongenError`` with the same message always makes it.
+    """
+    try:
+        return function(item, *extra)
+    except LesiongenError as exc:
+        if type(exc) is LesiongenError:
+            raise
+        raise LesiongenError(str(exc)) from None
+    except Exception as exc:
+        if _survives_pickling(exc):
+            raise
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
