@@ -15,6 +15,9 @@ reports whatever it measures; it asserts nothing.
 ``--parallel`` runs the trainings that do not depend on each other at the same time (the generators, the inpainter
 and ``seg none`` first, then the other ``seg`` runs), each with an equal share of the CPU threads: the way to use
 one GPU with these small networks. Each training's log is kept under ``WORK/logs``.
+
+Every run starts from scratch: ``--keep DIR`` must name a new or empty folder (an earlier run's models are never
+reused). The JSON records the code version, settings, seeds and the sha256 of every model that produced the figures.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-GENERATORS_OF = {"sphere": "spheremask", "unetmask": "unetmask", "diffmask": "diffmask"}
 
 
 def run(command: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -84,39 +86,42 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        sys.exit(f"{args.keep}: not empty; a benchmark starts from scratch (give a new or empty --keep folder)")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        results, minutes = experiment(args, root)
+        results, minutes, models = experiment(args, root)
         minutes["wall"] = (time.perf_counter() - start) / 60
-    report(args, results, minutes)
+    report(args, results, minutes, models)
 
 
-def experiment(args: argparse.Namespace, root: Path) -> tuple[dict, dict[str, float]]:
+def experiment(args: argparse.Namespace, root: Path) -> tuple[dict, dict[str, float], dict[str, dict]]:
     env = dict(os.environ, lesiongen_raw=str(root / "raw"), lesiongen_preprocessed=str(root / "preprocessed"),
                lesiongen_results=str(root / "results"))
     os.environ.update(env)
     logs = root / "logs"
     start = time.perf_counter()
-    if not (root / "raw").is_dir():
-        dataset = ["lesiongen_make_demo_dataset", "--n_lesion_cases", "8", "--n_healthy", "8", "--n_test",
-                   str(args.n_test), "--seed", "3", "--image_reader", args.image_reader]
-        run_phase({"dataset": dataset}, env, logs, parallel=False)
-        plan = ["lesiongen_plan_and_preprocess", "-d", "501", "-np", str(args.num_processes)]
-        run_phase({"plan_and_preprocess": plan}, env, logs, parallel=False)
-        if not args.planned_networks:
-            from lesiongen.demo.cpu_plans import write_cpu_sized_networks
-            from lesiongen.planning.plans import PLANS_FILE
-            from lesiongen.preprocessing.dataset import open_preprocessed
+    dataset = ["lesiongen_make_demo_dataset", "--n_lesion_cases", "8", "--n_healthy", "8", "--n_test",
+               str(args.n_test), "--seed", "3", "--image_reader", args.image_reader]
+    run_phase({"dataset": dataset}, env, logs, parallel=False)
+    plan = ["lesiongen_plan_and_preprocess", "-d", "501", "-np", str(args.num_processes)]
+    run_phase({"plan_and_preprocess": plan}, env, logs, parallel=False)
+    if not args.planned_networks:
+        from lesiongen.demo.cpu_plans import write_cpu_sized_networks
+        from lesiongen.planning.plans import PLANS_FILE
+        from lesiongen.preprocessing.dataset import open_preprocessed
 
-            write_cpu_sized_networks(open_preprocessed(501).folder / PLANS_FILE)
+        write_cpu_sized_networks(open_preprocessed(501).folder / PLANS_FILE)
     minutes = {"setup": (time.perf_counter() - start) / 60}
 
     def train(trainer: str, steps: int, *extra: str) -> list[str]:
-        return ["lesiongen_train", "501", trainer, "all", "-device", args.device, "--steps", str(steps), "--c", *extra]
+        return ["lesiongen_train", "501", trainer, "all", "-device", args.device, "--steps", str(steps), *extra]
 
-    generators = sorted({GENERATORS_OF[s] for s in args.strategies if s in GENERATORS_OF})
+    from lesiongen.inference.strategies import STRATEGIES
+
+    generators = sorted({STRATEGIES[s].mask_generator for s in args.strategies if STRATEGIES[s].mask_generator})
     seg_extra = ["--synthetic_ratio", str(args.synthetic_ratio)]
     if args.seg_workers is not None:
         seg_extra += ["--set", f"num_workers={args.seg_workers}"]
@@ -132,7 +137,16 @@ def experiment(args: argparse.Namespace, root: Path) -> tuple[dict, dict[str, fl
     start = time.perf_counter()
     results = test_scores(args.strategies, args.device)
     minutes["test"] = (time.perf_counter() - start) / 60
-    return results, minutes
+    return results, minutes, models_used(root / "results")
+
+
+def models_used(results_root: Path) -> dict[str, dict]:
+    """Every final checkpoint of the run with its sha256, steps and seed: what produced the figures."""
+    from lesiongen.models.checkpoint import load_checkpoint
+    from lesiongen.utilities.provenance import model_record
+
+    return {f"{path.parent.parent.name}/{path.parent.name}": model_record(path, load_checkpoint(path).get("provenance"))
+            for path in sorted(results_root.glob("*/*/fold_*/checkpoint_final.pt"))}
 
 
 def test_scores(strategies: list[str], device: str) -> dict[str, dict]:
@@ -144,11 +158,12 @@ def test_scores(strategies: list[str], device: str) -> dict[str, dict]:
     from lesiongen.inference.segment import segment
     from lesiongen.io.dataset import load_dataset
     from lesiongen.io.images import read_channels, read_image
+    from lesiongen.models.registry import load_trained_model
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.training.registry import load_trained
 
     dataset = open_preprocessed(501)
-    models = {s: load_trained(dataset, "seg", "all", device, strategy=s) for s in strategies}
+    models = {s: load_trained_model(dataset.name, f"seg_{s}", dataset.plans.plans_name, "all", device)
+              for s in strategies}
     raw = load_dataset(501)
     label = int(dataset.plans.lesion_labels[0])  # the demo has one lesion class
     results: dict[str, dict] = {s: {} for s in strategies}
@@ -165,7 +180,9 @@ def test_scores(strategies: list[str], device: str) -> dict[str, dict]:
 METRICS = ("dice", "lesion_f1", "lesion_recall", "lesion_precision")
 
 
-def report(args: argparse.Namespace, results: dict, minutes: dict[str, float]) -> None:
+def report(args: argparse.Namespace, results: dict, minutes: dict[str, float], models: dict[str, dict]) -> None:
+    from lesiongen.utilities.provenance import code_version
+
     import numpy as np
 
     def mean(strategy: str, metric: str) -> float:
@@ -190,7 +207,9 @@ def report(args: argparse.Namespace, results: dict, minutes: dict[str, float]) -
         else:
             cells += ["-".rjust(22), "-".rjust(16)]
         print(f"{strategy:<11} " + " ".join(cells))
-    summary = {"settings": {k: str(v) for k, v in vars(args).items()}, "minutes": minutes, "per_case": results,
+    summary = {"provenance": {**code_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": models,
+                              "from_scratch": True},
+               "settings": {k: str(v) for k, v in vars(args).items()}, "minutes": minutes, "per_case": results,
                "mean": {s: {m: mean(s, m) for m in METRICS} for s in results}}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

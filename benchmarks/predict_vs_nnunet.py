@@ -200,6 +200,8 @@ def main() -> None:
         if nnunet_predict is None or not Path(nnunet_predict).is_file():
             parser.error(f"{cmd} not found; pip install nnunetv2 (own venv) and pass --nnunet_bin")
 
+    if args.work is not None and args.work.exists() and any(args.work.iterdir()):
+        parser.error(f"{args.work}: not empty; the benchmark starts from scratch (give a new or empty --work)")
     work = (args.work or Path(tempfile.mkdtemp(prefix="lesiongen_predict_bench_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "raw"
@@ -216,19 +218,16 @@ def main() -> None:
            "nnUNet_def_n_proc": threads}
     bin_dir = Path(sys.executable).parent
 
-    if not dataset.exists():
-        print(f"writing {args.n_cases} training + {args.n_test} test cases of {config.shape} voxels "
-              f"({config.spacing} mm) to {dataset} ...", flush=True)
-        write_demo_dataset(raw, config)
+    print(f"writing {args.n_cases} training + {args.n_test} test cases of {config.shape} voxels "
+          f"({config.spacing} mm) to {dataset} ...", flush=True)
+    write_demo_dataset(raw, config)
     lesiongen_model = work / "lesiongen_results" / name / "seg_none__lesiongenPlans"
-    if not (work / "lesiongen_preprocessed" / name / "lesiongen_plans.json").is_file():
-        _run_step("lesiongen_plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d",
-                                                    str(config.dataset_id), "-np", "1"], env)
-    if not (lesiongen_model / "fold_0" / "checkpoint_final.pt").is_file():
-        # one step: only the prediction machinery matters; no mirroring in the post-training validation (speed)
-        _run_step("lesiongen_train seg (1 step)", [str(bin_dir / "lesiongen_train"), str(config.dataset_id), "seg",
-                                                   "0", "-device", "cpu", "--steps", "1",
-                                                   "--set", "mirror_validation=0", "--set", "num_workers=0"], env)
+    _run_step("lesiongen_plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d",
+                                                str(config.dataset_id), "-np", "1"], env)
+    # one step: only the prediction machinery matters; no mirroring in the post-training validation (speed)
+    _run_step("lesiongen_train seg (1 step)", [str(bin_dir / "lesiongen_train"), str(config.dataset_id), "seg",
+                                               "0", "-device", "cpu", "--steps", "1",
+                                               "--set", "mirror_validation=false", "--set", "num_workers=0"], env)
     write_nnunet_model(work / "nnunet_results", name, dataset, lesiongen_model)
 
     inputs = dataset / "imagesTs"

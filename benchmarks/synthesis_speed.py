@@ -52,13 +52,16 @@ def run(dataset_id: str, args: argparse.Namespace) -> None:
     from lesiongen.diffusion.inpainting import InpaintSchedule
     from lesiongen.inference.synthesis import synthesize
     from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.models.registry import load_trained_model
     from lesiongen.preprocessing.lesion_patches import load_lesion_patches
-    from lesiongen.training.registry import load_trained
 
     dataset = open_preprocessed(dataset_id)
-    inpainter = load_trained(dataset, "inpaint", 0, args.device)
-    generator = load_trained(dataset, "spheremask", 0, args.device)
-    patches = load_lesion_patches(dataset.lesion_patch_folder, inpainter.val_cases)
+    inpainter = load_trained_model(dataset.name, "inpaint", dataset.plans.plans_name, 0, args.device)
+    generator = load_trained_model(dataset.name, "spheremask", dataset.plans.plans_name, 0, args.device)
+    for model in (inpainter, generator):  # which models the figures come from
+        record = model.record()
+        print(f"{model.kind}: {record['checkpoint']} sha256 {record['sha256'][:12]}, {record.get('steps_trained')} steps")
+    patches = load_lesion_patches(dataset.lesion_patch_folder, inpainter.provenance["val_cases"])
     rows = []
     for name, schedule, n in (("fast", InpaintSchedule.fast(), args.patches),
                               ("full", InpaintSchedule.full(), args.full_patches)):

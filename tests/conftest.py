@@ -74,20 +74,34 @@ def shrink_networks(plans_file: Path) -> None:
     plans_file.write_text(json.dumps(plans))
 
 
-@pytest.fixture(scope="module")
-def tiny_preprocessed(tmp_path_factory):
-    """The tiny dataset planned and preprocessed (small networks) in its own folders; env set for the module."""
+@pytest.fixture(scope="session")
+def _tiny_preprocessed_template(tmp_path_factory, _tiny_dataset_template) -> dict[str, Path]:
+    """The tiny dataset planned and preprocessed (small networks) once per session; modules get copies."""
     from lesiongen.cli import plan_and_preprocess
 
-    root = tmp_path_factory.mktemp("pipeline")
+    root = tmp_path_factory.mktemp("pipeline_template")
     folders = {name: root / name for name in ("raw", "preprocessed", "results")}
+    shutil.copytree(_tiny_dataset_template, folders["raw"])
+    folders["preprocessed"].mkdir()
     with pytest.MonkeyPatch.context() as patch:
         for name, folder in folders.items():
-            folder.mkdir()
             patch.setenv(f"lesiongen_{name}", str(folder))
-        write_demo_dataset(folders["raw"], TINY)
         with pytest.raises(SystemExit) as exit_info:
             plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id)])
         assert exit_info.value.code == 0
-        shrink_networks(folders["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
+    shrink_networks(folders["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
+    return folders
+
+
+@pytest.fixture(scope="module")
+def tiny_preprocessed(tmp_path_factory, _tiny_preprocessed_template):
+    """A module's own copy of the planned and preprocessed tiny dataset, an empty results folder, env set."""
+    root = tmp_path_factory.mktemp("pipeline")
+    folders = {name: root / name for name in ("raw", "preprocessed", "results")}
+    for name in ("raw", "preprocessed"):  # copy2 keeps mtimes, so the preprocessed cases stay up to date
+        shutil.copytree(_tiny_preprocessed_template[name], folders[name])
+    folders["results"].mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, folder in folders.items():
+            patch.setenv(f"lesiongen_{name}", str(folder))
         yield folders

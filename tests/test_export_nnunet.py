@@ -12,6 +12,7 @@ from lesiongen.cli import export_nnunet as export_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.sharing.export_nnunet import check_nnunet_layout
 from lesiongen.io.images import read_image
+from lesiongen.utilities.provenance import sha256_file
 
 OUT_NAME = "Dataset601_DemoMSSynth"
 
@@ -113,3 +114,23 @@ def test_check_finds_layout_problems(exported, tmp_path):
     assert "notes.txt: extra file" in problems
     assert "numTraining" in problems
     assert "not declared" in problems
+
+
+def test_export_from_installed_models_and_user_healthy_scans_needs_no_raw_data(exported, tmp_path, monkeypatch):
+    folders, _ = exported
+    healthy = folders["raw"] / TINY_NAME / "imagesHealthy"
+    for name in ("raw", "preprocessed"):  # nothing of the original data is reachable
+        monkeypatch.setenv(f"lesiongen_{name}", str(tmp_path / f"empty_{name}"))
+    models = folders["results"] / TINY_NAME
+    args = ["-model", str(models), "--synthetic", "sphere", "--n", "3", "-o", str(tmp_path / "out"), "--id", "611",
+            "-f", "0", "-device", "cpu", "--healthy", str(healthy), "--synthetic_only", "--seed", "3"]
+    assert export_cli.main(args) == 0
+    out = tmp_path / "out" / "Dataset611_DemoMSSynth"
+    assert check_nnunet_layout(out) == []
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["numTraining"] == 3 and meta["lesiongen"]["num_real"] == 0
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [f"syn_{i:04d}.nii.gz" for i in range(3)]
+    recorded = meta["lesiongen"]["models"]["inpainter"]
+    assert recorded["sha256"] == sha256_file(models / "inpaint__lesiongenPlans" / "fold_0" / "checkpoint_final.pt")
+    # without --synthetic_only the real cases are needed, and the raw dataset is not there: one line says so
+    assert export_cli.main([a for a in args if a != "--synthetic_only"][:-2] + ["--id", "612"]) == 1

@@ -132,32 +132,35 @@ def test_unetmask_needs_images(trained, capsys):
         generator.sample_masks(2, MaskConditioning(), seed=0)
 
 
-def test_resume_after_kill_reaches_the_same_weights(trained, tmp_path):
+def test_resume_after_kill_reaches_the_same_weights(trained, tmp_path, monkeypatch):
+    """SIGKILL a training process between checkpoints, continue with --c: bit-identical to an uninterrupted run."""
     folders, _ = trained
-    args = [sys.executable, "-m", "lesiongen.cli.train", str(TINY.dataset_id), "diffmask", "0", "-device", "cpu",
-            "--steps", "16", "--save_every", "2"]
-    straight = dict(folders, results=tmp_path / "straight")
-    subprocess.run(args, env=env_of(straight), check=True, capture_output=True)
+    args = [str(TINY.dataset_id), "inpaint", "0", "-device", "cpu", "--steps", "8", "--save_every", "2"]
+    monkeypatch.setenv("lesiongen_results", str(tmp_path / "straight"))
+    assert train_cli.main(args) == 0  # in this process: no second start-up cost
     killed = dict(folders, results=tmp_path / "killed")
-    latest = fold_folder(killed, "diffmask") / LATEST
-    process = subprocess.Popen(args, env=env_of(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = fold_folder(killed, "inpaint") / LATEST
+    process = subprocess.Popen([sys.executable, "-m", "lesiongen.cli.train", *args], env=env_of(killed),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not latest.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (fold_folder(killed, "diffmask") / FINAL).exists(), "run finished before it could be killed"
+    assert not (fold_folder(killed, "inpaint") / FINAL).exists(), "run finished before it could be killed"
     stopped_at = load_checkpoint(latest)["step"]
-    assert 0 < stopped_at < 16
-    subprocess.run(args + ["--c"], env=env_of(killed), check=True, capture_output=True)
-    a = load_checkpoint(fold_folder(straight, "diffmask") / FINAL)
-    b = load_checkpoint(fold_folder(killed, "diffmask") / FINAL)
-    assert a["step"] == b["step"] == 16
+    assert 0 < stopped_at < 8
+    monkeypatch.setenv("lesiongen_results", str(killed["results"]))
+    assert train_cli.main(args + ["--c"]) == 0
+    a = load_checkpoint(fold_folder(dict(folders, results=tmp_path / "straight"), "inpaint") / FINAL)
+    b = load_checkpoint(fold_folder(killed, "inpaint") / FINAL)
+    assert a["step"] == b["step"] == 8
     for part in ("networks", "ema"):
         for key, tensor in a[part]["denoiser"].items():
             assert torch.equal(tensor, b[part]["denoiser"][key]), f"{part} {key} differs after resume"
     assert a["history"]["loss"] == b["history"]["loss"]
-    assert a["model"] == b["model"]  # the calibrated threshold too
+    assert a["model"] == b["model"]  # the contrast bank too
+    assert [(r["from_step"], r["to_step"]) for r in b["provenance"]["runs"]] == [(0, 8), (stopped_at, 8)]
 
 
 def test_torchrun_two_processes_on_cpu(trained, tmp_path):
@@ -241,3 +244,75 @@ def test_continuing_a_finished_run_to_more_steps_keeps_learning(trained):
 
     base = UNetMaskTrainer.learning_rate
     assert state["history"]["lr"][2] == pytest.approx(base * (1 - 3 / 4) ** 0.9, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------ weights and provenance
+def test_inference_uses_the_ema_weights(trained):
+    from lesiongen.models.checkpoint import ema_weights
+
+    state = load_checkpoint(fold_folder(trained[0], "diffmask") / FINAL)
+    model = trained_model("diffmask")
+    loaded = model.networks["denoiser"].state_dict()
+    ema = ema_weights(state["ema"]["denoiser"])
+    raw = state["networks"]["denoiser"]
+    assert all(torch.equal(loaded[k], ema[k]) for k in loaded)
+    assert any(not torch.equal(loaded[k], raw[k]) for k in loaded)  # after 4 steps the average lags the raw weights
+
+
+def test_checkpoint_provenance_records_what_produced_it(trained):
+    import subprocess
+
+    from lesiongen.training.base import plans_sha256
+
+    state = load_checkpoint(fold_folder(trained[0], "unetmask") / FINAL)
+    provenance = state["provenance"]
+    dataset = open_preprocessed(TINY.dataset_id)
+    assert provenance["trainer"] == "unetmask" and provenance["fold"] == "0"
+    assert provenance["steps_trained"] == state["step"] == 4 and provenance["seed"] == 12345
+    assert provenance["plans_name"] == "lesiongenPlans" and provenance["plans_sha256"] == plans_sha256(dataset.plans)
+    assert provenance["lesiongen_version"] == __import__("lesiongen").__version__
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert provenance["git_commit"] == head.stdout.strip()
+    assert [(r["from_step"], r["to_step"]) for r in provenance["runs"]] == [(0, 4)]
+    assert set(provenance["train_cases"]).isdisjoint(provenance["val_cases"])
+    assert provenance["settings"]["learning_rate"] == 1e-3
+
+
+def test_continuing_a_finished_run_starts_from_the_raw_weights(trained):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.unetmask import UNetMaskTrainer
+
+    state = load_checkpoint(fold_folder(trained[0], "unetmask") / FINAL)
+    trainer = UNetMaskTrainer(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=6))
+    trainer.initialize()
+    assert trainer.resume() == "resumed" and trainer.step == 4
+    weights = trainer.networks["unet"].state_dict()
+    assert all(torch.equal(weights[k], state["networks"]["unet"][k]) for k in weights)
+    assert trainer.optimizer.state_dict()["state"]  # the optimiser's moments come back too
+
+
+def test_continuing_with_fewer_or_the_same_steps(trained, capsys):
+    folders, _ = trained
+    final = fold_folder(folders, "unetmask") / FINAL
+    before = final.read_bytes()
+    assert train_cli.main([str(TINY.dataset_id), "unetmask", "0", "-device", "cpu", "--steps", "2", "--c"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "already trained 4 steps, more than the 2 requested" in line
+    assert train_cli.main([str(TINY.dataset_id), "unetmask", "0", "-device", "cpu", "--steps", "4", "--c"]) == 0
+    assert final.read_bytes() == before  # finished as asked: nothing redone, nothing rewritten
+
+
+def test_stale_reason_notices_other_steps_seed_and_changed_models(trained):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.unetmask import UNetMaskTrainer
+
+    dataset = open_preprocessed(TINY.dataset_id)
+
+    def reason(**options):
+        return UNetMaskTrainer(dataset, 0, "cpu", TrainingOptions(**options)).stale_reason()
+
+    assert reason(total_steps=4) is None
+    assert "steps_trained is 4, 8 asked" in reason(total_steps=8)
+    assert "seed" in reason(total_steps=4, seed=1)
+    assert reason(total_steps=4) is None and UNetMaskTrainer(dataset, 3, "cpu").stale_reason() == "not trained yet"

@@ -20,7 +20,7 @@ def train(*args: str) -> None:
 @pytest.fixture(scope="module")
 def models(tiny_preprocessed):
     train("spheremask", "0")
-    train("inpaint", "0", "--steps", "2")
+    train("inpaint", "0", "--steps", "2", "--set", "sampling_steps=4")  # few sampling steps: mechanics only
     train("seg", "0", "--steps", "2")
     return tiny_preprocessed
 
@@ -116,3 +116,88 @@ def test_missing_channel_is_one_line_and_writes_nothing(oblique_inputs, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing channel(s) [1]" in err[0]
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------- self-contained model folders
+def test_loading_a_model_writes_nothing_and_leaves_every_rng_alone(models):
+    import random
+
+    import torch
+
+    from lesiongen.models.registry import load_trained_model
+
+    before = folder_digest(models["results"])
+    torch_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    for name in ("spheremask", "inpaint", "seg_none"):
+        model = load_trained_model(TINY_NAME, name, "lesiongenPlans", 0, "cpu")
+        assert not any(net.training for net in model.networks.values())
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
+    assert random.getstate() == python_state
+    assert folder_digest(models["results"]) == before
+
+
+def test_an_installed_zip_predicts_anywhere_exactly_as_at_home(oblique_inputs, tmp_path, monkeypatch):
+    """Train here, zip, install into empty folders (no raw, no preprocessed data), predict: the same outputs."""
+    from lesiongen.cli.model_sharing import main_export, main_install
+
+    folders, geometry = oblique_inputs
+    archive = tmp_path / "models.zip"
+    assert main_export(["-d", str(TINY.dataset_id), "-o", str(archive)]) == 0
+    modes = {"seg": ["--disable_tta"], "remove": ["--labels", folders["labels"]],
+             "synth": ["--masks", "spheremask", "--n_lesions", "2", "--brain_masks", folders["brain"], "--seed", "3"]}
+    for mode, extra in modes.items():  # at home, from the results dataset
+        assert predict("-i", folders["images"], "-o", tmp_path / "home" / mode, "-m", mode, *extra) == 0
+    elsewhere = tmp_path / "elsewhere"
+    for name in ("raw", "preprocessed", "results"):
+        (elsewhere / name).mkdir(parents=True)
+        monkeypatch.setenv(f"lesiongen_{name}", str(elsewhere / name))
+    assert main_install([str(archive)]) == 0
+    installed = elsewhere / "results" / TINY_NAME
+    for mode, extra in modes.items():
+        out = tmp_path / "away" / mode
+        assert predict_cli.main(["-model", str(installed), "-f", "0", "-device", "cpu", "-i", str(folders["images"]),
+                                 "-o", str(out), "-m", mode, *map(str, extra)]) == 0
+        home_files = sorted(p.relative_to(tmp_path / "home" / mode) for p in (tmp_path / "home" / mode).rglob("*.nrrd"))
+        assert home_files and home_files == sorted(p.relative_to(out) for p in out.rglob("*.nrrd"))
+        for name in home_files:
+            a, geometry_a = read_image(tmp_path / "home" / mode / name)
+            b, geometry_b = read_image(out / name)
+            assert a.dtype == b.dtype and geometry_b.matches(geometry_a) is None and geometry_b.matches(geometry) is None
+            np.testing.assert_array_equal(a, b)
+    assert not any((elsewhere / "preprocessed").iterdir()) and not any((elsewhere / "raw").iterdir())
+
+
+def test_one_model_folder_is_enough_for_seg(oblique_inputs, models, tmp_path):
+    folder = models["results"] / TINY_NAME / "seg_none__lesiongenPlans"
+    assert predict_cli.main(["-model", str(folder), "-device", "cpu", "-i", str(oblique_inputs[0]["images"]),
+                             "-o", str(tmp_path), "-m", "seg"]) == 0
+    assert (tmp_path / "scan.nrrd").is_file()
+
+
+def test_parts_split_the_cases_between_runs(oblique_inputs, tmp_path, capsys):
+    folders, _ = oblique_inputs
+    many = tmp_path / "in"
+    many.mkdir()
+    for case in ("a", "b", "c"):
+        for channel in range(2):
+            (many / f"{case}_{channel:04d}.nrrd").write_bytes((folders["images"] / f"scan_{channel:04d}.nrrd").read_bytes())
+    for part in range(2):
+        assert predict("-i", many, "-o", tmp_path / "out", "-m", "seg", "--disable_tta", "--num_parts", "2",
+                       "--part_id", part) == 0
+        written = sorted(p.name for p in (tmp_path / "out").glob("*.nrrd"))
+        assert written == (["a.nrrd", "c.nrrd"] if part == 0 else ["a.nrrd", "b.nrrd", "c.nrrd"])
+    assert predict("-i", many, "-o", tmp_path / "x", "-m", "seg", "--num_parts", "2", "--part_id", "2") == 1
+    assert "--part_id must be 0-1" in capsys.readouterr().err
+
+
+def test_wrong_channel_count_names_the_models_dataset_json(oblique_inputs, tmp_path, capsys):
+    folders, _ = oblique_inputs
+    one = tmp_path / "in"
+    one.mkdir()
+    for channel in range(3):
+        (one / f"scan_{channel:04d}.nrrd").write_bytes((folders["images"] / "scan_0000.nrrd").read_bytes())
+    assert predict("-i", one, "-o", tmp_path / "out", "-m", "seg") == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unexpected channel(s) [2]" in line and "seg_none__lesiongenPlans/dataset.json" in line
+    assert "0000 T1, 0001 FLAIR" in line

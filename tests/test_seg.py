@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY, TINY_NAME
 from lesiongen.cli import compare as compare_cli
@@ -16,6 +17,7 @@ from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import DEFAULT_SEED, plans_sha256
 from lesiongen.training.synthetic import make_synthetic_cases, synthetic_folder
 from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.provenance import sha256_file
 
 STRATEGIES = ("none", "sphere", "unetmask", "diffmask", "copy_paste")
 
@@ -27,8 +29,9 @@ def train(*args: str) -> int:
 @pytest.fixture(scope="module")
 def seg_runs(tiny_preprocessed):
     """Generators and inpainter briefly trained on fold 0, then a 2-step seg fold per strategy."""
-    for name in ("spheremask", "unetmask", "diffmask", "inpaint"):
-        assert train(name, "0", "--steps", "2") == 0
+    for name in ("spheremask", "unetmask", "diffmask", "inpaint"):  # few sampling steps: mechanics only here
+        fast = ["--set", "sampling_steps=4"] if name in ("diffmask", "inpaint") else []
+        assert train(name, "0", "--steps", "2", *fast) == 0
     for strategy in STRATEGIES:
         # the learned generators, trained 2 steps, may give no lesion at all: allowed here, an error by default
         allow = ["--set", "max_empty_synthetic_fraction=1"] if strategy in ("unetmask", "diffmask") else []
@@ -53,7 +56,12 @@ def test_seg_fold_writes_validation_at_original_geometry_and_summary(seg_runs, s
         _, reference_geometry = read_image(seg_runs["raw"] / TINY_NAME / "labelsTr" / f"{case}.nii.gz")
         assert geometry.matches(reference_geometry) is None
         assert set(np.unique(prediction)) <= {0, *dataset.plans.lesion_labels}
-    assert 0 <= summary["mean"]["1"]["mean"]["dice"] <= 1
+    for case in training["val_cases"]:  # the summary scores exactly what was exported, against the raw label
+        prediction, _ = read_image(folder / "validation" / f"{case}.nii.gz")
+        reference, _ = read_image(seg_runs["raw"] / TINY_NAME / "labelsTr" / f"{case}.nii.gz")
+        overlap, total = ((prediction == 1) & (reference == 1)).sum(), (prediction == 1).sum() + (reference == 1).sum()
+        dice = 1.0 if total == 0 else 2 * overlap / total
+        assert summary["per_case"][case]["1"]["dice"] == pytest.approx(dice)
     assert training["synthetic_cases"] == (0 if strategy == "none" else 1)
 
 
@@ -104,10 +112,85 @@ def test_unknown_strategy_is_a_one_line_error(seg_runs, capsys):
 
 def test_compare_lists_every_strategy_with_paired_difference(seg_runs, tmp_path):
     assert compare_cli.main(["-d", str(TINY.dataset_id), "-o", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    rows = report["rows"]
     assert [r["strategy"] for r in rows] == list(STRATEGIES)
     assert rows[0]["dice_vs_none"] == [None, None]
-    assert rows[1]["dice_vs_none"][0] is not None
+    dice = {s: json.loads((fold_folder(seg_runs, s) / "summary.json").read_text())["mean"]["1"]["mean"]["dice"]
+            for s in STRATEGIES}
+    for row in rows:
+        assert row["dice"][0] == pytest.approx(dice[row["strategy"]])  # one fold: the mean is that fold's value
+        if row["strategy"] != "none":
+            assert row["dice_vs_none"][0] == pytest.approx(dice[row["strategy"]] - dice["none"])
+    for strategy in STRATEGIES:  # every seg model the table used, by checksum
+        record = report["provenance"]["models"][strategy]["0"]
+        assert record["sha256"] == sha256_file(fold_folder(seg_runs, strategy) / "checkpoint_final.pt")
     table = (tmp_path / "comparison.md").read_text()
     assert all(f"| {s} |" in table for s in STRATEGIES)
     assert (tmp_path / "comparison.csv").read_text().count("\n") == len(STRATEGIES) + 1
+
+
+def test_copy_paste_donors_come_from_the_fold_training_cases_only(tiny_preprocessed):
+    from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    train_cases, _ = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
+    made = make_synthetic_cases(dataset, 0, "copy_paste", 8, train_cases, plans_sha256(dataset.plans), seed=7)
+    donors = [lesion["donor_case"] for case in made.cases
+              for lesion in json.loads(open(f"{case.stem}.json").read())["lesion_records"]]
+    assert len(donors) >= 20 and set(donors) <= set(train_cases)
+    assert len(set(donors)) == len(train_cases)  # every training case donates; no other case does
+
+
+def test_segmentation_batches_depend_on_the_batch_number_alone(tiny_preprocessed):
+    """A run resumed at step k sees the batches k, k+1 ... of an uninterrupted run, with or without workers."""
+    from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    cases = [SegCase(c, dataset.data_folder / "training" / c) for c in dataset.case_ids()]
+    patch = dataset.plans.stages["segmentation"].patch_size
+
+    def batches(first: int, count: int, workers: int = 0) -> list[np.ndarray]:
+        loader = SegPatchLoader(cases, [], patch, 2, 0.0, seed=5, first_batch=first, n_workers=workers)
+        stream = batch_stream(loader, augmentation(patch, False), workers)
+        out = [next(stream)["data"] for _ in range(count)]
+        if hasattr(stream, "_finish"):
+            stream._finish()
+        return out
+
+    straight = batches(0, 5)
+    resumed = batches(3, 2)
+    for a, b in zip(straight[3:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(straight[0], straight[1])
+    for a, b in zip(straight, batches(0, 5, workers=2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_seg_resume_is_exact(seg_runs, tmp_path, monkeypatch):
+    """Interrupted after 2 of 4 steps and continued with --c: the same weights as 4 uninterrupted steps."""
+    from lesiongen.models.checkpoint import load_checkpoint
+    from lesiongen.training.base import Trainer
+
+    args = ["seg", "1", "--steps", "4", "--save_every", "2"]
+    monkeypatch.setenv("lesiongen_results", str(tmp_path / "straight"))
+    assert train(*args) == 0
+    straight = load_checkpoint(tmp_path / "straight" / TINY_NAME / "seg_none__lesiongenPlans" / "fold_1" /
+                               "checkpoint_final.pt")
+    monkeypatch.setenv("lesiongen_results", str(tmp_path / "resumed"))
+    step = Trainer._train_step
+
+    def interrupted(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupted)
+    assert train(*args) == 130
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    assert train(*args, "--c") == 0
+    resumed = load_checkpoint(tmp_path / "resumed" / TINY_NAME / "seg_none__lesiongenPlans" / "fold_1" /
+                              "checkpoint_final.pt")
+    assert resumed["history"]["loss"] == straight["history"]["loss"]
+    for key, tensor in straight["networks"]["unet"].items():
+        assert torch.equal(tensor, resumed["networks"]["unet"][key]), key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.utilities.devices import DEVICE_CHOICES
 from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.files import os_error_message
 from lesiongen.utilities.log import configure_logging
 
 logger = logging.getLogger("lesiongen")
@@ -32,13 +34,24 @@ def add_plans_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_command(body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
                 argv: list[str] | None = None) -> int:
-    """Parse, run, and map errors to exit codes: 1 for bad input (message only), 130 for Ctrl-C."""
+    """Parse, run, and map errors to exit codes: 1 for bad input (message only), 130 for Ctrl-C.
+
+    A full disk or a read-only folder that no writer turned into a :class:`LesiongenError` (``mkdir``, ``rmtree``)
+    is reported the same way: one line naming the path, exit 1.
+    """
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
     try:
         body(args)
     except LesiongenError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        reason = os_error_message(exc)
+        if reason is None:
+            raise
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+        print(f"error: {where}{reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; finished files are kept, unfinished ones were not written", file=sys.stderr)

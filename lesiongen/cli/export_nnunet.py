@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> None:
     from lesiongen.io.dataset import load_dataset
     from lesiongen.models.folder import DATASET_JSON, ModelFolder, trainer_folder_name
     from lesiongen.preprocessing.splits import parse_fold
-    from lesiongen.sharing.export_nnunet import HealthyScan, export_nnunet, healthy_scans_of
+    from lesiongen.io.dataset import CaseFiles
+    from lesiongen.sharing.export_nnunet import export_nnunet
     from lesiongen.utilities.devices import pick_device
     from lesiongen.utilities.errors import LesiongenError
 
@@ -62,11 +63,11 @@ def run(args: argparse.Namespace) -> None:
             raise LesiongenError(f"{exc}; without the raw dataset pass --healthy DIR and --synthetic_only") from None
     if args.healthy is not None:
         inpainter = ModelFolder(models / trainer_folder_name("inpaint", args.plans)).check()
-        healthy = [HealthyScan(c.case_id, c.images, c.brain_mask, c.tissue) for c in
+        healthy = [CaseFiles(c.case_id, c.images, brain_mask=c.brain_mask, tissue=c.tissue) for c in
                    find_input_cases(args.healthy, inpainter.plans().channel_names, brain_masks=args.brain_masks,
                                     tissue=args.tissue, described_by=inpainter.path / DATASET_JSON)]
     else:
-        healthy = healthy_scans_of(raw)
+        healthy = raw.healthy
     folder = export_nnunet(models, args.synthetic, args.n, args.output, args.dataset_id, healthy,
                            raw=None if args.synthetic_only else raw, plans_name=args.plans, fold=fold,
                            device=str(device), seed=args.seed, overwrite=args.overwrite)

@@ -93,7 +93,7 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
             generator = load_model(models.mask_generator, fold, device, expect=MaskGenerator)
             _check_same_plans(inpainter, generator)
             work = _synth_work(inpainter, generator, out, options)
-    counts = run_cases(cases, out, options, n_channels, work)
+    counts = run_cases(cases, out, options, n_channels, work, plans=models.main.plans())
     if options.mode == "synth" and options.preview and getattr(work, "gallery", None):
         from lesiongen.inference.previews import gallery
 

@@ -23,7 +23,6 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from tqdm import tqdm
 from lesiongen.inference.predict import read_case_channels, read_map
 from lesiongen.inference.strategies import WHOLE_SCAN, strategy as get_strategy
 from lesiongen.inference.synthesis import synthesize
-from lesiongen.io.dataset import DatasetInfo, RawDataset
+from lesiongen.io.dataset import CaseFiles, DatasetInfo, RawDataset
 from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS, read_geometry, read_image, write_image
 from lesiongen.models.folder import ModelFolder, trainer_folder_name
 from lesiongen.models.inpainter import Inpainter
@@ -50,16 +49,6 @@ SYNTHETIC_PREFIX = "syn_"
 EMPTY_RETRIES = 3  # a draw may give no lesion (e.g. all masks below the minimum size); redraw with another seed
 _DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(\S+)$")
 _NNUNET_REQUIRED = {"channel_names": dict, "labels": dict, "numTraining": int, "file_ending": str}
-
-
-@dataclass
-class HealthyScan:
-    """A healthy scan to put lesions into: its channel files and optional brain mask and tissue map."""
-
-    case_id: str
-    images: list[Path]
-    brain_mask: Path | None = None
-    tissue: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -121,12 +110,8 @@ def _nnunet_json(info: DatasetInfo, source_json: dict, folder_name: str, num_tra
     return out
 
 
-def healthy_scans_of(raw: RawDataset) -> list[HealthyScan]:
-    return [HealthyScan(c.case_id, c.images, c.brain_mask, c.tissue) for c in raw.healthy]
-
-
 def export_nnunet(models: Path, strategy: str, n: int, out_root: str | Path, dataset_id: int,
-                  healthy: list[HealthyScan], raw: RawDataset | None = None, plans_name: str = "lesiongenPlans",
+                  healthy: list[CaseFiles], raw: RawDataset | None = None, plans_name: str = "lesiongenPlans",
                   fold: int | str | None = None, device: str = "cpu", seed: int = 0,
                   overwrite: bool = False) -> Path:
     """Write the nnU-Net v2 raw dataset ``out_root/Dataset{dataset_id}_<Name>Synth``; returns its folder.

@@ -34,7 +34,8 @@ from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.training.distributed import init_distributed
 from lesiongen.training.progress import plot_progress
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.files import atomic_path, json_plain, write_json
+from lesiongen.utilities.files import atomic_path, json_plain, remove_partial_files, write_json
+from lesiongen.utilities.locks import FolderLock
 from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
 from lesiongen.utilities.seeding import derive_seed
 
@@ -383,8 +384,12 @@ class Trainer:
 
     def run_training(self, resume: bool = False, pretrained_weights: Path | None = None) -> Path:
         """Train (or continue) to ``total_steps``, write checkpoint_final.pt; returns the fold folder."""
-        handler = self._log_file_handler()
+        lock = FolderLock(self.output_folder, "training").acquire() if self.distributed.is_main else None
+        handler = None
         try:
+            handler = self._log_file_handler()
+            if lock is not None:
+                remove_partial_files(self.output_folder)  # leftovers of a killed run of this fold
             self._write_model_folder_files()
             self.initialize()
             logger.info("%s fold %s: %d training / %d validation cases, %d steps, batch %d x %d process(es), "
@@ -424,6 +429,8 @@ class Trainer:
                 logging.getLogger("lesiongen").removeHandler(handler)
                 handler.close()
             self.distributed.close()
+            if lock is not None:
+                lock.release()
 
     def _write_model_folder_files(self) -> None:
         """plans.json and dataset.json next to the folds: with them the folder is a self-contained model."""

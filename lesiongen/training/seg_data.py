@@ -5,14 +5,16 @@ Cases are read lazily from the preprocessed blosc2 arrays (real training cases a
 fold never has to fit in memory. A batch's ``force_fg`` share of samples is centred on a random lesion voxel (from
 the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
 
-Every batch is a function of (seed, batch number) alone: its loader reseeds numpy's global generator (which
-batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in whichever
+Every batch is a function of (seed, batch number) alone: its loader reseeds numpy's and Python's global generators
+(which batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in whichever
 worker makes it. A run resumed at step k therefore sees exactly the batches k, k + 1, ... of an uninterrupted run,
 with or without background workers.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,23 +31,56 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from lesiongen.preprocessing.storage import open_array
+from lesiongen.preprocessing.storage import CHECKSUMS, open_array, verify_files
 from lesiongen.utilities.cropping import extract_patch
+from lesiongen.utilities.files import read_json
 from lesiongen.utilities.seeding import derive_seed
 
+logger = logging.getLogger(__name__)
+
 FOREGROUND_OVERSAMPLING = 0.33  # nnU-Net's share of patches forced onto foreground
+_VERIFIED: set[tuple[str, int]] = set()  # (stem, sidecar mtime) of cases checked by this process
 
 
 @dataclass
 class SegCase:
-    """One training case on disk: ``{stem}.b2nd`` images, ``{stem}_seg.b2nd`` labels, ``{stem}_locations.npz``."""
+    """One training case on disk: ``{stem}.b2nd`` images, ``{stem}_seg.b2nd`` labels, ``{stem}_locations.npz``,
+    and ``{stem}.json`` recording their sizes and sha256 sums."""
 
     case_id: str
     stem: Path
     synthetic: bool = False
 
     def arrays(self):
+        """Lazy handles on the images and labels; the files are checked against their checksums first."""
+        self.verify()
         return open_array(f"{self.stem}.b2nd"), open_array(f"{self.stem}_seg.b2nd")
+
+    def verify(self) -> None:
+        """Refuse files that differ from what preprocessing (or synthesis) recorded, in one line naming the file.
+
+        Hashing a case costs about as much as reading it once, so each process checks a case once (again only
+        if its sidecar is rewritten), not once per batch.
+        """
+        sidecar = Path(f"{self.stem}.json")
+        try:
+            key = (str(self.stem), sidecar.stat().st_mtime_ns)
+        except FileNotFoundError:
+            logger.debug("%s: no record of %s; its files are not verified", sidecar, self.case_id)
+            return
+        if key in _VERIFIED:
+            return
+        checksums = read_json(sidecar).get(CHECKSUMS)
+        if checksums is not None:
+            own = {f"{self.stem.name}{end}" for end in (".b2nd", "_seg.b2nd", "_locations.npz")}
+            checksums = {name: record for name, record in checksums.items() if name in own}
+        verify_files(sidecar, checksums, self._advice(sidecar))
+        _VERIFIED.add(key)
+
+    def _advice(self, sidecar: Path) -> str | None:
+        if self.synthetic:  # synthetic cases are made again when their record is missing
+            return f"delete {sidecar} and rerun the training to make the case again"
+        return None
 
     def lesion_voxels(self) -> np.ndarray:
         path = Path(f"{self.stem}_locations.npz")
@@ -92,7 +127,9 @@ class SegPatchLoader(DataLoader):
         return number
 
     def generate_train_batch(self) -> dict:
-        np.random.seed(derive_seed(self.seed, "batch", self.next_batch_number()))
+        seed = derive_seed(self.seed, "batch", self.next_batch_number())
+        np.random.seed(seed)
+        random.seed(seed)  # some batchgenerators transforms draw from Python's own generator (e.g. noise variance)
         data, seg = [], []
         for index in range(self.batch_size):
             case = self._case()

@@ -28,7 +28,7 @@ from lesiongen.models.registry import load_model
 from lesiongen.planning.priors import fold_sphere_priors
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
-from lesiongen.preprocessing.storage import load_array, save_array
+from lesiongen.preprocessing.storage import CHECKSUMS, case_checksums, load_array, save_array
 from lesiongen.training.seg_data import SegCase
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, read_json, write_json
@@ -196,7 +196,7 @@ def _save_case(case: SegCase, images: np.ndarray, label: np.ndarray, brain: np.n
     with atomic_path(Path(f"{case.stem}_locations.npz")) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **locations)
-    write_json(Path(f"{case.stem}.json"), record)
+    write_json(Path(f"{case.stem}.json"), {**record, CHECKSUMS: case_checksums(case.stem)})  # training verifies them
 
 
 def case_record(case: SegCase) -> dict:

@@ -10,6 +10,7 @@ binarisation threshold is calibrated on training patches so generated lesion cou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from scipy import ndimage
 
 from lesiongen.diffusion.schedules import add_noise, training_scheduler, training_target
 from lesiongen.models.conditioning import CONNECTIVITY_26, drop_small_components
-from lesiongen.models.mask_generators import DiffMaskGenerator
+from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.seeding import derive_seed
@@ -36,6 +37,12 @@ class DiffMaskTrainer(MaskTrainer):
     model: DiffMaskGenerator
     learning_rate = 1e-4
     lesion_loss_weight = 10.0
+    sampling_steps = 20  # network evaluations per mask of the model's sampler (DPM-Solver++)
+
+    def model_config(self) -> DiffMaskConfig:
+        config = DiffMaskConfig(priors=self.priors)
+        config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
+        return config
 
     def initialize(self) -> None:
         super().initialize()

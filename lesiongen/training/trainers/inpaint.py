@@ -18,6 +18,7 @@ insert mode draws.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -42,9 +43,12 @@ class InpaintTrainer(Trainer):
     condition_dropout = 0.15
     heal_probability = 0.25
     outside_loss_weight = 0.1
+    sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
 
     def model_config(self) -> InpainterConfig:
-        return InpainterConfig(margin_voxels=int(self.margin_voxels))
+        config = InpainterConfig(margin_voxels=int(self.margin_voxels))
+        config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
+        return config
 
     def initialize(self) -> None:
         super().initialize()

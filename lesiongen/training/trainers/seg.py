@@ -90,6 +90,8 @@ class SegTrainer(Trainer):
         folder = self.dataset.data_folder / "training"
         real = [SegCase(c, folder / c) for c in self.train_cases]
         synthetic = self._synthetic_cases(len(real)) if self.strategy != "none" else []
+        for case in real + synthetic:  # here, not in an augmentation worker, a corrupt file ends in one line
+            case.verify()
         share = self.synthetic_ratio / (1 + self.synthetic_ratio) if synthetic else 0.0
         self.extra.update({"strategy": self.strategy, "synthetic_cases": len(synthetic),
                            "synthetic_share_of_samples": share})

@@ -1,0 +1,227 @@
+"""Mutation check: break the core algorithms one line at a time and see that the test suite notices.
+
+Each mutant replaces one exact line fragment of lesiongen's source (it must occur exactly once) in a scratch copy
+of the repository and runs the tests named for it there (``PYTHONPATH`` points at the copy, so the installed
+package is not used). A mutant is *killed* when those tests fail, *survived* when they pass. The unmutated copy
+is run first: a failing baseline makes every kill meaningless, so the script stops.
+
+    python benchmarks/mutation_check.py                 # every mutant, ~15-25 min on 2 cores
+    python benchmarks/mutation_check.py --only cfg_returns_unconditional repaint_no_known_replacement
+    python benchmarks/mutation_check.py --list
+
+Writes ``benchmarks/results/mutation_check_<date>.json`` (or ``--json PATH``) with each mutant's outcome, the
+tests it ran, their run time, and provenance (lesiongen version, git commit, dirty flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import py_compile
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lesiongen.utilities.provenance import code_version  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    original: str  # an exact fragment that occurs once in the file
+    replacement: str
+    tests: tuple[str, ...]  # pytest node ids or files, relative to the repository root
+    origin: str = "own"  # "issue 11" for the breaks the review found, "own" for added ones
+
+
+ALG = "tests/test_algorithms.py"
+MUTANTS = (
+    # ------------------------------------------------------------------ the breaks the review found (issue 11)
+    Mutant("repaint_no_known_replacement", "lesiongen/diffusion/inpainting.py",
+           "x = region * x + (1 - region) * known_part", "x = x",
+           (f"{ALG}::test_repaint_keeps_the_known_region_correctly_noised_at_every_state",), "issue 11"),
+    Mutant("repaint_jump_without_renoise", "lesiongen/diffusion/inpainting.py",
+           "x = x * ratio**0.5 + randn() * (1 - ratio) ** 0.5", "x = x",
+           (f"{ALG}::test_repaint_jumps_renoise_by_q_xt_given_xs",), "issue 11"),
+    Mutant("cfg_returns_unconditional", "lesiongen/diffusion/guidance.py",
+           "return unconditioned + scale * (conditioned - unconditioned)", "return unconditioned",
+           (f"{ALG}::test_classifier_free_guidance_follows_the_formula_on_a_fake_network",
+            f"{ALG}::test_guidance_changes_the_inpainted_lesion"), "issue 11"),
+    Mutant("condition_dropout_never_applied", "lesiongen/training/trainers/inpaint.py",
+           "unconditioned = rng.random(len(index)) < self.condition_dropout",
+           "unconditioned = rng.random(len(index)) < 0.0",
+           (f"{ALG}::test_realised_condition_dropout_rate_matches_the_setting",), "issue 11"),
+    Mutant("diffmask_control_zeroed", "lesiongen/models/mask_generators.py",
+           "parts = [self.encode_control(controls)]", "parts = [self.encode_control(controls * 0)]",
+           (f"{ALG}::test_diffmask_masks_follow_the_sphere_control",), "issue 11"),
+    Mutant("calibration_constant", "lesiongen/training/trainers/diffmask.py",
+           "return min(scores, key=scores.get), scores", "return 0.0, scores",
+           (f"{ALG}::test_calibration_picks_the_threshold_that_matches_count_and_volume",), "issue 11"),
+    Mutant("seg_without_dice", "lesiongen/training/trainers/seg.py",
+           '"dice": lambda logits, labels: softmax_dice_loss(logits, labels[:, 0]),',
+           '"dice": lambda logits, labels: 0 * softmax_dice_loss(logits, labels[:, 0]),',
+           (f"{ALG}::test_seg_loss_is_cross_entropy_plus_dice_at_every_resolution",), "issue 11"),
+    Mutant("deep_supervision_first_output_only", "lesiongen/training/losses.py",
+           "for weight, logits in zip(deep_supervision_weights(len(outputs)), outputs):",
+           "for weight, logits in zip(deep_supervision_weights(1), outputs[:1]):",
+           (f"{ALG}::test_deep_supervision_weights_every_output",), "issue 11"),
+    Mutant("copy_paste_donors_from_all_cases", "lesiongen/training/synthetic.py",
+           "donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)",
+           "donors = load_lesion_patches(dataset.lesion_patch_folder, dataset.case_ids())",
+           ("tests/test_seg.py::test_copy_paste_donors_come_from_the_fold_training_cases_only",), "issue 11"),
+    Mutant("inference_without_ema", "lesiongen/models/registry.py",
+           "model = model_from_state(state, folder.plans(), device, source=path)",
+           'model = model_from_state(state, folder.plans(), device, source=path, weights="networks")',
+           ("tests/test_mask_trainers.py::test_inference_uses_the_ema_weights",), "issue 11"),
+    # ------------------------------------------------------------------------------------------ own mutants
+    Mutant("fingerprint_volume_ignores_spacing", "lesiongen/fingerprint/lesions.py",
+           "volume_mm3=float(count * voxel_volume),", "volume_mm3=float(count),",
+           ("tests/test_lesion_geometry.py",)),
+    Mutant("fingerprint_6_connectivity", "lesiongen/fingerprint/lesions.py",
+           "_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)",
+           "_CONNECTIVITY_26 = __import__('scipy').ndimage.generate_binary_structure(3, 1)",
+           ("tests/test_lesion_geometry.py",)),
+    Mutant("planner_never_anisotropic", "lesiongen/planning/planner.py",
+           "anisotropic = bool(anisotropic_spacing and anisotropic_voxels)", "anisotropic = False",
+           ("tests/test_planner.py",)),
+    Mutant("fold_priors_use_every_case", "lesiongen/planning/priors.py",
+           "train = set(train_cases)", "train = {c.case_id for c in fingerprint.cases}",
+           (f"{ALG}::test_fold_priors_count_only_the_folds_training_lesions",)),
+    Mutant("sliding_window_uniform_weights", "lesiongen/models/sliding_window.py",
+           "weight = gaussian_importance_map(patch_size).to(device)",
+           "weight = torch.ones(tuple(patch_size), device=device)",
+           ("tests/test_sliding_window.py",)),
+    Mutant("sliding_window_mirror_not_undone", "lesiongen/models/sliding_window.py",
+           "prediction += torch.flip(_first_output(network(torch.flip(x, dims))).float(), dims)",
+           "prediction += _first_output(network(torch.flip(x, dims))).float()",
+           ("tests/test_sliding_window.py",)),
+    Mutant("dice_without_factor_two", "lesiongen/evaluation/segmentation_metrics.py",
+           "dice = 1.0 if total == 0 else 2.0 * n_both / total", "dice = 1.0 if total == 0 else n_both / total",
+           ("tests/test_segmentation_metrics.py",)),
+    Mutant("f1_is_the_mean", "lesiongen/evaluation/segmentation_metrics.py",
+           "return 2.0 * precision * recall / (precision + recall)", "return (precision + recall) / 2.0",
+           ("tests/test_segmentation_metrics.py",)),
+    Mutant("hd95_is_the_median", "lesiongen/evaluation/segmentation_metrics.py",
+           "return float(np.percentile(distances, 95))", "return float(np.percentile(distances, 50))",
+           ("tests/test_segmentation_metrics.py",)),
+    Mutant("small_lesions_are_all_lesions", "lesiongen/evaluation/segmentation_metrics.py",
+           "small = ref_sizes * voxel_mm3 < small_lesion_mm3", "small = ref_sizes >= 0",
+           ("tests/test_segmentation_metrics.py",)),
+    Mutant("paste_back_without_margin", "lesiongen/inference/scan_space.py",
+           "region = ndimage.binary_dilation(region, structure=_CUBE, iterations=margin_voxels)",
+           "region = region",
+           ("tests/test_scan_space.py",)),
+    Mutant("placement_ignores_tissue", "lesiongen/inference/synthesis.py",
+           "weights = weights * lookup[tissue]", "weights = weights",
+           (f"{ALG}::test_placement_follows_the_tissue_probabilities",)),
+    Mutant("feather_blend_hard_edge", "lesiongen/diffusion/inpainting.py",
+           "weight = np.clip(1.0 - distance / (margin_voxels + 1), 0.0, 1.0).astype(known.dtype)",
+           "weight = (distance == 0).astype(known.dtype)",
+           ("tests/test_inpaint.py::test_feather_blend_keeps_far_voxels_bit_identical",)),
+    Mutant("small_components_kept", "lesiongen/models/conditioning.py",
+           "small = np.flatnonzero(sizes < minimum)", "small = np.flatnonzero(sizes < 0)",
+           (f"{ALG}::test_small_components_are_dropped_per_class",)),
+    Mutant("derive_seed_ignores_later_parts", "lesiongen/utilities/seeding.py",
+           "state = np.random.SeedSequence([_entropy(p) for p in parts])",
+           "state = np.random.SeedSequence([_entropy(p) for p in parts[:1]])",
+           (f"{ALG}::test_derive_seed_is_stable_distinct_and_in_range",)),
+    Mutant("seg_batches_not_reseeded", "lesiongen/training/seg_data.py",
+           "random.seed(seed)  #", "pass  #",
+           ("tests/test_seg.py::test_segmentation_batches_depend_on_the_batch_number_alone",)),
+    Mutant("ema_without_warm_up", "lesiongen/training/base.py",
+           "d = min(decay, (1 + n) / (10 + n))", "d = decay",
+           (f"{ALG}::test_ema_warm_up_follows_diffusers",)),
+)
+
+
+def _scratch_copy(target: Path) -> None:
+    for name in ("lesiongen", "tests", "documentation", "pyproject.toml", "README.md"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif source.is_file():
+            shutil.copy2(source, target / name)
+
+
+def _run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float, str]:
+    env = {**__import__("os").environ, "PYTHONPATH": str(copy)}
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        code, output = result.returncode, result.stdout + result.stderr
+    except subprocess.TimeoutExpired:
+        code, output = -1, "timed out"
+    return code, time.perf_counter() - start, output
+
+
+def _apply(copy: Path, mutant: Mutant) -> None:
+    path = copy / mutant.file
+    text = path.read_text()
+    count = text.count(mutant.original)
+    if count != 1:
+        raise SystemExit(f"{mutant.name}: '{mutant.original}' occurs {count} times in {mutant.file}; fix the mutant")
+    path.write_text(text.replace(mutant.original, mutant.replacement))
+    py_compile.compile(str(path), doraise=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", default=None, help="run these mutants only")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per test run")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if args.only is None or m.name in args.only]
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:<38} {m.origin:<9} {m.file}")
+        return 0
+    for mutant in mutants:  # every fragment must exist before anything runs
+        if (ROOT / mutant.file).read_text().count(mutant.original) != 1:
+            raise SystemExit(f"{mutant.name}: fragment not found exactly once in {mutant.file}")
+    with tempfile.TemporaryDirectory(prefix="lesiongen_mutants_") as scratch:
+        baseline = Path(scratch) / "baseline"
+        baseline.mkdir()
+        _scratch_copy(baseline)
+        all_tests = tuple(sorted({t for m in mutants for t in m.tests}))
+        code, seconds, output = _run_tests(baseline, all_tests, args.timeout * 2)
+        print(f"baseline: {'pass' if code == 0 else 'FAIL'} ({seconds:.0f} s, {len(all_tests)} test targets)")
+        if code != 0:
+            print(output[-3000:])
+            return 1
+        results = []
+        for mutant in mutants:
+            copy = Path(scratch) / mutant.name
+            copy.mkdir()
+            _scratch_copy(copy)
+            _apply(copy, mutant)
+            code, seconds, output = _run_tests(copy, mutant.tests, args.timeout)
+            outcome = "killed" if code != 0 else "SURVIVED"
+            print(f"{outcome:<9} {mutant.name:<38} ({seconds:.0f} s)")
+            results.append({"name": mutant.name, "origin": mutant.origin, "file": mutant.file,
+                            "original": mutant.original, "replacement": mutant.replacement,
+                            "tests": list(mutant.tests), "outcome": outcome.lower(), "seconds": round(seconds, 1),
+                            "failure": output.strip().splitlines()[-1] if code != 0 and output.strip() else None})
+            shutil.rmtree(copy, ignore_errors=True)
+    killed = sum(r["outcome"] == "killed" for r in results)
+    print(f"{killed} of {len(results)} mutants killed")
+    out = args.json or ROOT / "benchmarks" / "results" / f"mutation_check_{time.strftime('%Y-%m-%d')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"provenance": {**code_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "python": sys.version.split()[0]},
+                               "killed": killed, "total": len(results), "mutants": results}, indent=2) + "\n")
+    print(f"written: {out}")
+    return 0 if killed == len(results) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,362 @@
+"""Known answers for the core algorithms: each test fails when the line that makes the algorithm right is broken.
+
+RePaint with a deliberately wrong denoiser (the known region must still be the correctly noised known image, and the
+resampling jumps must re-noise by q(x_t | x_s)), classifier-free guidance on a fake network, diffmask with an exact
+network (the mask follows the sphere control), threshold calibration on a constructed case, every loss on fixed
+inputs with a hand-computed value, and the realised condition-dropout rate of the inpainting trainer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY, TINY_NAME
+from lesiongen.diffusion.guidance import classifier_free_guidance
+from lesiongen.diffusion.inpainting import InpaintSchedule, make_scheduler, repaint
+from lesiongen.diffusion.schedules import ScheduleConfig
+from lesiongen.models.conditioning import MaskConditioning
+from lesiongen.models.inpainter import Inpainter, InpainterConfig
+from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
+from lesiongen.models.spheres import SphereLesion, render_spheres
+from lesiongen.planning.plans import load_plans
+from lesiongen.training.losses import (
+    batch_soft_dice_loss,
+    deep_supervision_loss,
+    deep_supervision_weights,
+    sigmoid_dice_loss,
+    softmax_dice_loss,
+)
+from lesiongen.training.trainers.diffmask import calibrate_threshold, count_and_volume, lesion_weighted_loss
+from lesiongen.training.trainers.inpaint import inpainting_loss
+from lesiongen.training.trainers.seg import SEG_LOSS_TERMS
+
+
+@pytest.fixture(scope="module")
+def plans(_tiny_preprocessed_template):
+    return load_plans(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
+
+
+# ---------------------------------------------------------------------------------------------------- RePaint
+KNOWN_VALUE = 2.0
+
+
+def _repaint_run(schedule: InpaintSchedule):
+    """RePaint with a denoiser that always predicts x0 = 0 (wrong in the known region, whose image is 2.0)."""
+    config = ScheduleConfig(prediction_type="sample")
+    shape = (1, 1, 24, 24, 24)
+    known = torch.full(shape, KNOWN_VALUE)
+    region = torch.zeros(shape)
+    region[..., :12] = 1.0  # the half to inpaint
+    calls: list[tuple[int, torch.Tensor]] = []
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append((int(t[0]), x.clone()))
+        return torch.zeros_like(x)
+
+    out, n = repaint(denoise, known, region, schedule, config, torch.Generator().manual_seed(0))
+    alphas = make_scheduler(schedule, config).alphas_cumprod.double()
+    return out, calls, alphas, region.bool(), known
+
+
+def test_repaint_keeps_the_known_region_correctly_noised_at_every_state():
+    out, calls, alphas, region, known = _repaint_run(InpaintSchedule(num_inference_steps=12, n_jumps=0,
+                                                                     guidance_scale=1.0))
+    assert len(calls) == 12
+    for t, x in calls:
+        values = x[~region].double()
+        a = float(alphas[t])
+        # q(x_t | x_0 = known): mean sqrt(a) * 2, variance 1 - a, whatever the (wrong) denoiser said
+        assert float(values.mean()) == pytest.approx(KNOWN_VALUE * math.sqrt(a), abs=0.06), f"t={t}"
+        assert float(values.var()) == pytest.approx(1 - a, rel=0.1, abs=2e-3), f"t={t}"
+    assert torch.equal(out[~region], known[~region])  # the end is the known image itself
+
+
+def test_repaint_jumps_renoise_by_q_xt_given_xs():
+    schedule = InpaintSchedule(num_inference_steps=12, jump_length=1, n_jumps=3, guidance_scale=1.0)
+    _, calls, alphas, region, _ = _repaint_run(schedule)
+    timesteps = [t for t, _ in calls]
+    revisited = [i for i, t in enumerate(timesteps) if t in timesteps[:i]]
+    assert len(revisited) == 3
+    order = sorted(set(timesteps), reverse=True)  # the states' timesteps, noisiest first
+    for second in revisited:
+        t = timesteps[second]
+        first = timesteps.index(t)
+        a_s, a_next = float(alphas[t]), float(alphas[order[order.index(t) + 1]])
+        # with x0 = 0 a DDIM step scales the inpainted region by sqrt((1 - a_next) / (1 - a_s)); the jump back must
+        # then give sqrt(r) x_next + sqrt(1 - r) noise with r = a_s / a_next: fresh noise of variance 1 - r
+        x_s, x_again = calls[first][1][region].double(), calls[second][1][region].double()
+        ratio = a_s / a_next
+        residual = x_again - math.sqrt(ratio) * math.sqrt((1 - a_next) / (1 - a_s)) * x_s
+        assert float(residual.mean()) == pytest.approx(0.0, abs=0.05)
+        assert float(residual.var()) == pytest.approx(1 - ratio, rel=0.12)
+        assert abs(float(torch.corrcoef(torch.stack([residual, x_s]))[0, 1])) < 0.08
+
+
+# --------------------------------------------------------------------------------------------------- guidance
+class _FlagNetwork(torch.nn.Module):
+    """Outputs 3 where the "no condition" flag is 0 and 1 where it is 1; counts its calls."""
+
+    def __init__(self, flag_channel: int, out_channels: int):
+        super().__init__()
+        self.flag_channel, self.out_channels, self.calls = flag_channel, out_channels, 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        flag = x[:, self.flag_channel:self.flag_channel + 1]
+        return (3.0 - 2.0 * flag).expand(-1, self.out_channels, *x.shape[2:]).contiguous()
+
+
+def test_classifier_free_guidance_follows_the_formula_on_a_fake_network(plans):
+    model = Inpainter(plans, InpainterConfig(), "cpu")
+    flag = model.input_layout.offsets()["unconditioned"].start
+    network = _FlagNetwork(flag, model.n_channels)
+    model.networks["denoiser"] = network
+    b, patch = 2, model.patch_size
+    args = (np.zeros((b, model.n_channels, *patch), np.float32), np.ones((b, *patch), np.uint8),
+            np.zeros((b, *patch), bool), np.ones((b, 1, model.n_channels), np.float32), np.zeros(b, bool))
+    x, t = torch.zeros((b, model.n_channels, *patch)), torch.full((b,), 10)
+    assert torch.all(model.denoiser(*args, guidance_scale=1.0)(x, t) == 3.0)  # the conditioned model alone
+    assert network.calls == 1
+    guided = model.denoiser(*args, guidance_scale=2.5)(x, t)
+    assert torch.all(guided == 1.0 + 2.5 * (3.0 - 1.0))  # unconditioned + s (conditioned - unconditioned)
+    assert network.calls == 2  # both halves in one batch
+    assert torch.equal(classifier_free_guidance(torch.tensor(3.0), torch.tensor(1.0), 0.0), torch.tensor(1.0))
+
+
+def test_guidance_changes_the_inpainted_lesion(plans):
+    model = Inpainter(plans, InpainterConfig(), "cpu")
+    model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
+    patch = model.patch_size
+    images = np.zeros((1, model.n_channels, *patch), np.float32)
+    mask = np.zeros((1, *patch), np.uint8)
+    mask[0, 6:10, 6:10, 6:10] = 1
+    plain = model.inpaint(images, mask, "insert", seed=0, schedule=InpaintSchedule(guidance_scale=1.0))
+    guided = model.inpaint(images, mask, "insert", seed=0, schedule=InpaintSchedule(guidance_scale=3.0))
+    inside = mask[0] > 0
+    assert float(plain[0][:, inside].mean()) == pytest.approx(3.0, abs=0.05)  # the x0 the network predicts
+    assert float(guided[0][:, inside].mean()) == pytest.approx(7.0, abs=0.05)  # 1 + 3 (3 - 1)
+
+
+# --------------------------------------------------------------------------------------------------- diffmask
+def _exact_diffmask(plans) -> DiffMaskGenerator:
+    """diffmask with a network that predicts the clean mask = the sphere control (the exact answer)."""
+    model = DiffMaskGenerator(plans, DiffMaskConfig(priors=plans.sphere_priors), "cpu")
+    control = model.input_layout.offsets()["control"]
+    model.networks["denoiser"] = lambda x, t: x[:, control].expand(-1, len(model.lesion_labels), *x.shape[2:])
+    return model
+
+
+def _sphere(centre, radius) -> SphereLesion:
+    return SphereLesion(label=1, centre=list(centre), radius_mm=radius, semi_axes_mm=[radius] * 3,
+                        rotation=np.eye(3).tolist())
+
+
+def test_diffmask_masks_follow_the_sphere_control(plans):
+    model = _exact_diffmask(plans)
+    spheres = [[_sphere((8, 8, 8), 9.0)], [_sphere((6, 9, 7), 5.0), _sphere((11, 6, 10), 4.0)]]
+    masks = model.sample_masks(2, MaskConditioning(spheres=spheres), seed=1)
+    for sphere_set, mask in zip(spheres, masks):
+        np.testing.assert_array_equal(mask, render_spheres(sphere_set, model.patch_size, model.spacing))
+    assert masks[0].sum() != masks[1].sum()
+
+
+# ----------------------------------------------------------------------------------------- threshold calibration
+def test_calibration_picks_the_threshold_that_matches_count_and_volume():
+    size = 12
+    grid = np.indices((size,) * 3) - size // 2
+    distance = np.abs(grid).max(axis=0)  # Chebyshev distance from the centre
+    # cut at t, the "denoised" cone is the cube of Chebyshev radius < (0.9 - t) / 0.2: 1, 27, 125, ... voxels
+    denoised = np.repeat((0.9 - 0.2 * distance)[None, None], 4, axis=0).astype(np.float32)
+    real = np.zeros((4, size, size, size), np.uint8)
+    real[:, 5:8, 5:8, 5:8] = 1  # one lesion of 27 voxels per patch
+    brain = np.ones_like(real, bool)
+
+    def binarise(d, threshold):
+        return (d[:, 0] > threshold).astype(np.uint8)
+
+    best, scores = calibrate_threshold(denoised, real, brain, binarise, {1: 1})
+    assert best == pytest.approx(0.5)  # 27 voxels: thresholds 0.5 and 0.6 tie, the lower one wins
+    assert scores[0.5] == pytest.approx(0.0) and scores[0.4] > 0 and scores[0.7] > 0
+    assert count_and_volume(binarise(denoised, 0.3)) == (1.0, 125.0)
+    brain[:, :, :, 7:] = False  # cut to the brain before scoring: 18 voxels remain at 0.5, 27 at 0.3
+    best, _ = calibrate_threshold(denoised, real[:, :, :, :] * brain, brain, binarise, {1: 1})
+    assert best == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+def test_batch_soft_dice_by_hand():
+    probabilities = torch.tensor([[[0.8, 0.2, 0.6, 0.0]], [[1.0, 0.5, 0.0, 0.0]]])  # (b=2, c=1, 4 voxels)
+    target = torch.tensor([[[1.0, 0.0, 1.0, 0.0]], [[1.0, 1.0, 0.0, 0.0]]])
+    intersection = 0.8 + 0.6 + 1.0 + 0.5
+    total = (0.8 + 0.2 + 0.6 + 1.0 + 0.5) + 4.0
+    assert float(batch_soft_dice_loss(probabilities, target, smooth=0.0)) == pytest.approx(1 - 2 * intersection / total)
+
+
+def test_softmax_dice_ignores_background_and_sigmoid_dice_uses_every_channel():
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]]])  # (b=1, classes=2, 3 voxels)
+    labels = torch.tensor([[0, 1, 1]])
+    p1 = torch.softmax(logits, dim=1)[0, 1]
+    expected = 1 - (2 * (p1[1] + p1[2]) + 1e-5) / (p1.sum() + 2 + 1e-5)
+    assert float(softmax_dice_loss(logits, labels)) == pytest.approx(float(expected), rel=1e-6)
+    s = torch.sigmoid(logits[0])
+    target = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])
+    per_channel = [1 - (2 * float((s[c] * target[0, c]).sum()) + 1e-5) / (float(s[c].sum() + target[0, c].sum()) + 1e-5)
+                   for c in range(2)]
+    assert float(sigmoid_dice_loss(logits, target)) == pytest.approx(np.mean(per_channel), rel=1e-6)
+
+
+def test_deep_supervision_weights_every_output():
+    assert deep_supervision_weights(4) == pytest.approx([4 / 7, 2 / 7, 1 / 7, 0.0])
+    assert deep_supervision_weights(1) == [1.0]
+    outputs = [torch.full((1, 2, 4, 4, 4), 1.0), torch.full((1, 2, 2, 2, 2), 10.0), torch.full((1, 2, 1, 1, 1), 100.0)]
+    target = torch.zeros((1, 1, 4, 4, 4))
+    loss, parts = deep_supervision_loss(outputs, target, {"mean": lambda logits, t: logits.mean()})
+    assert float(loss) == pytest.approx(2 / 3 * 1.0 + 1 / 3 * 10.0)  # weights 1, 1/2, 0 normalised
+    assert parts["mean"] == pytest.approx(float(loss))
+
+
+def test_seg_loss_is_cross_entropy_plus_dice_at_every_resolution():
+    torch.manual_seed(0)
+    full = torch.randn(2, 2, 4, 4, 4)
+    half = torch.randn(2, 2, 2, 2, 2)
+    labels = (torch.rand(2, 1, 4, 4, 4) > 0.7).long()
+    loss, parts = deep_supervision_loss([full, half, torch.randn(2, 2, 1, 1, 1)], labels, SEG_LOSS_TERMS)
+
+    def by_hand(logits, target):
+        log_p = torch.log_softmax(logits, dim=1)
+        ce = -log_p.gather(1, target).mean()
+        p = torch.softmax(logits, dim=1)[:, 1]
+        fg = (target[:, 0] == 1).float()
+        dice = 1 - (2 * (p * fg).sum() + 1e-5) / (p.sum() + fg.sum() + 1e-5)
+        return float(ce), float(dice)
+
+    ce_full, dice_full = by_hand(full, labels)
+    ce_half, dice_half = by_hand(half, labels[:, :, ::2, ::2, ::2])  # nearest downsampling takes even voxels
+    expected = 2 / 3 * (ce_full + dice_full) + 1 / 3 * (ce_half + dice_half)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert parts["dice"] == pytest.approx(2 / 3 * dice_full + 1 / 3 * dice_half, rel=1e-5)
+    assert parts["ce"] == pytest.approx(2 / 3 * ce_full + 1 / 3 * ce_half, rel=1e-5)
+
+
+def test_diffmask_loss_weights_the_lesion_region():
+    error = torch.zeros((1, 1, 2, 2, 2))
+    error[0, 0, 0, 0, 0] = 4.0  # inside the region
+    error[0, 0, 1, 1, 1] = 2.0  # outside
+    region = torch.zeros_like(error)
+    region[0, 0, 0, 0, :] = 1.0  # 2 voxels
+    loss, parts = lesion_weighted_loss(error, region, lesion_weight=10.0)
+    assert parts["mse"] == pytest.approx(6.0 / 8)
+    assert parts["lesion"] == pytest.approx(4.0 / 2)
+    assert float(loss) == pytest.approx(6.0 / 8 + 10.0 * 2.0)
+
+
+def test_inpainting_loss_by_hand():
+    error = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (b=1, z=1, y=2, x=2)
+    region = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    lesions = {1: torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]), 2: torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])}
+    loss, parts = inpainting_loss(error, region, lesions, outside_weight=0.1)
+    # region mean 1.5, class means 1 and 2 (each / 2 classes), outside mean 3.5 x 0.1
+    assert float(loss) == pytest.approx(1.5 + 1.0 / 2 + 2.0 / 2 + 0.35)
+    assert parts == pytest.approx({"region": 1.5, "class_1": 1.0, "class_2": 2.0, "outside": 3.5})
+
+
+# --------------------------------------------------------------------------------------------- condition dropout
+class _Recorder(torch.nn.Module):
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+        self.out_channels = out_channels
+
+    def forward(self, x, t):
+        self.inputs.append(x.detach().clone())
+        return torch.zeros((x.shape[0], self.out_channels, *x.shape[2:]))
+
+
+def test_realised_condition_dropout_rate_matches_the_setting(tiny_preprocessed):
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.inpaint import InpaintTrainer
+
+    trainer = InpaintTrainer(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(batch_size=100))
+    trainer.apply_settings({"condition_dropout": 0.3, "heal_probability": 0.0})
+    trainer.initialize()
+    trainer.load_training_data()
+    recorder = _Recorder(trainer.model.n_channels)
+    trainer.trained["denoiser"] = recorder
+    for _ in range(8):
+        trainer.training_loss()
+    offsets = trainer.model.input_layout.offsets()
+    x = torch.cat(recorder.inputs)
+    flags = x[:, offsets["unconditioned"]].amax(dim=(1, 2, 3, 4))
+    assert float(flags.mean()) == pytest.approx(0.3, abs=0.06)  # 800 draws: 4 standard errors
+    condition = x[:, offsets["condition"]].abs().amax(dim=(1, 2, 3, 4))
+    assert float(condition[flags == 1].max()) == 0.0  # dropped conditions are blanked ...
+    assert float((condition[flags == 0] > 0).float().mean()) > 0.9  # ... kept ones carry the lesion's contrast
+
+
+# ------------------------------------------------------------------------------------------- small pieces
+def test_derive_seed_is_stable_distinct_and_in_range():
+    from lesiongen.utilities.seeding import derive_seed
+
+    seeds = {derive_seed(12345, "case", i) for i in range(200)}
+    assert len(seeds) == 200 and all(0 <= s < 2**31 for s in seeds)
+    assert derive_seed(1, "a") == derive_seed(1, "a") != derive_seed(1, "b")
+    assert derive_seed(1, 2) != derive_seed(2, 1) and derive_seed(-1) != derive_seed(1)
+    assert derive_seed(7, "synthetic", "sphere", 3) != derive_seed(7, "synthetic", "diffmask", 3)
+
+
+def test_ema_warm_up_follows_diffusers():
+    from lesiongen.training.base import ema_average
+
+    average = ema_average(0.999)
+    # step 0: decay (1 + 0) / (10 + 0) = 0.1; late steps: capped at 0.999
+    assert float(average(torch.tensor(10.0), torch.tensor(0.0), torch.tensor(0))) == pytest.approx(1.0)
+    assert float(average(torch.tensor(10.0), torch.tensor(0.0), torch.tensor(10**6))) == pytest.approx(9.99)
+
+
+def test_fold_priors_count_only_the_folds_training_lesions(_tiny_preprocessed_template, plans):
+    from lesiongen.fingerprint.fingerprint import load_fingerprint
+    from lesiongen.planning.priors import fold_sphere_priors
+    from lesiongen.utilities.errors import LesiongenError
+
+    fingerprint = load_fingerprint(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "dataset_fingerprint.json")
+    cases = [c.case_id for c in fingerprint.cases]
+    for held_out in cases:
+        train = [c for c in cases if c != held_out]
+        expected = sum(len(c.lesions) for c in fingerprint.cases if c.case_id in train)
+        assert fold_sphere_priors(fingerprint, train, plans)["1"].n_lesions_observed == expected
+    with pytest.raises(LesiongenError, match="hold no lesion"):
+        fold_sphere_priors(fingerprint, ["no_such_case"], plans)
+
+
+def test_small_components_are_dropped_per_class():
+    from lesiongen.models.conditioning import drop_small_components
+
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[0:2, 0:2, 0:2] = 1  # 8 voxels
+    labels[5, 5, 5] = 1  # 1 voxel
+    labels[5:7, 0:2, 5] = 2  # 4 voxels of class 2
+    out = drop_small_components(labels, {1: 2, 2: 5})
+    assert int((out == 1).sum()) == 8 and not out[5, 5, 5] and not (out == 2).any()
+
+
+def test_placement_follows_the_tissue_probabilities(plans):
+    import dataclasses
+
+    from lesiongen.inference.synthesis import placement_weights
+    from lesiongen.planning.plans import Categorical
+
+    brain = np.ones((4, 4, 4), bool)
+    tissue = np.ones((4, 4, 4), np.uint8)
+    tissue[:, :, 2:] = 2
+    prior = dataclasses.replace(plans.sphere_priors["1"], location_histogram=[1 / 64] * 64, location_bins=4,
+                                tissue_probability=Categorical({"1": 0.2, "2": 0.8}))
+    weights = placement_weights(brain, tissue, prior, None).reshape(4, 4, 4)
+    assert float(weights[tissue == 2].sum()) == pytest.approx(0.8)
+    only_1 = placement_weights(brain, tissue, prior, [1]).reshape(4, 4, 4)
+    assert float(only_1[tissue == 1].sum()) == pytest.approx(1.0)
