@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
 from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """A CLI call points logging at the captured stderr of its test; later tests must not write to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 TINY = DemoConfig(n_lesion_cases=4, n_healthy=2, n_test=1, shape=(36, 44, 36), spacing=(3.0, 3.0, 3.0),
                   lesion_radius_mm=(3.0, 8.0), seed=7)
@@ -76,7 +87,9 @@ def shrink_networks(plans_file: Path) -> None:
 
 @pytest.fixture(scope="session")
 def _tiny_preprocessed_template(tmp_path_factory, _tiny_dataset_template) -> dict[str, Path]:
-    """The tiny dataset planned and preprocessed (small networks) once per session; modules get copies."""
+    """The tiny dataset planned and preprocessed (small networks) once per session, in this process (``-np 1``: a
+    spawned worker pool would cost seconds of imports per stage, more than the tiny cases themselves); modules and
+    tests get copies."""
     from lesiongen.cli import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("pipeline_template")
@@ -86,9 +99,7 @@ def _tiny_preprocessed_template(tmp_path_factory, _tiny_dataset_template) -> dic
     with pytest.MonkeyPatch.context() as patch:
         for name, folder in folders.items():
             patch.setenv(f"lesiongen_{name}", str(folder))
-        with pytest.raises(SystemExit) as exit_info:
-            plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id)])
-        assert exit_info.value.code == 0
+        assert plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id), "-np", "1"]) == 0
     shrink_networks(folders["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
     return folders
 

@@ -104,15 +104,44 @@ def test_heal_shapes_land_on_lesion_free_brain(inpainter):
 
 
 def test_evaluate_inpainting_report(inpainter, tmp_path):
+    from lesiongen.utilities.provenance import sha256_file
+
+    model, _, folders = inpainter
     assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--full_patches", "0", "--max_patches", "16",
                               "-device", "cpu", "-o", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "inpainting_evaluation.json").read_text())
-    assert report["insert"]["ssim_outside"] == 1.0
-    assert 0 <= report["insert"]["diff_map_iou"] <= 1
-    assert report["remove_fake_masks"]["mse"] >= 0
-    assert report["fast_schedule"]["network_evaluations_per_patch_insert"] <= 50
+    assert report["fast_schedule"]["network_evaluations_per_patch_insert"] == 2 * denoising_steps(model.config.sampling)
+    assert report["validation_cases"] == model.provenance["val_cases"] and TINY_NAME == report["dataset"]
+    assert report["provenance"]["models"]["inpainter"]["sha256"] == sha256_file(model.checkpoint)
     assert (tmp_path / "inpainting_evaluation.png").stat().st_size > 1000
-    assert TINY_NAME == report["dataset"]
+
+
+@pytest.mark.parametrize("painter", ["identity", "mask_only"])
+def test_evaluate_inpainting_scores_known_inpainters_exactly(inpainter, tmp_path, monkeypatch, painter):
+    """An inpainter that changes nothing, and one that paints exactly the mask: the report's values are known."""
+    from lesiongen.models.inpainter import Inpainter
+
+    def fake(self, images, lesion_masks, mode="insert", contrast=None, seed=0, schedule=None, brain=None):
+        out = np.array(images, dtype=np.float32, copy=True)
+        if painter == "mask_only":
+            out += 5.0 * (lesion_masks > 0)[:, None]  # the same change on every mask voxel
+        self.last_evaluations = 0
+        return out
+
+    monkeypatch.setattr(Inpainter, "inpaint", fake)
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--full_patches", "0", "-device", "cpu",
+                              "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "inpainting_evaluation.json").read_text())
+    if painter == "identity":
+        removed = report["remove_real_lesions"]
+        assert removed["mean_abs_contrast_after"] == removed["mean_abs_contrast_before"] > 0  # nothing removed
+        assert report["remove_fake_masks"]["mse"] == 0.0 and report["remove_fake_masks"]["ssim"] == pytest.approx(1.0)
+        assert report["insert"]["diff_map_iou"] == 0.0  # no change anywhere
+        assert report["insert"]["contrast_inserted_mean"] != report["insert"]["contrast_real_mean"]
+    else:
+        assert report["insert"]["diff_map_iou"] == pytest.approx(1.0)  # the change is exactly the mask
+        assert report["insert"]["ssim_outside"] == pytest.approx(1.0)
+        assert report["remove_fake_masks"]["mse"] > 0 and report["remove_fake_masks"]["ssim"] < 1.0
 
 
 # ------------------------------------------------------------------------------------------ whole-scan synthesis

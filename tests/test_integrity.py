@@ -17,9 +17,8 @@ ENDING = ".nii.gz"
 
 
 def _run(dataset: Path, capsys, *extra: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main_extract_fingerprint(["-d", "501", "-np", "1", *extra])
-    return exit_info.value.code, capsys.readouterr().err
+    code = main_extract_fingerprint(["-d", "501", "-np", "1", *extra])
+    return code, capsys.readouterr().err
 
 
 def _rewrite(path: Path, transform) -> None:
@@ -169,8 +168,7 @@ def test_all_problems_are_listed_in_one_run(tiny_dataset, lesiongen_folders, cap
 
 
 def test_unknown_dataset_id_is_a_clear_error(lesiongen_folders, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main_extract_fingerprint(["-d", "777"])
+    code = main_extract_fingerprint(["-d", "777"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 1
+    assert code == 1
     assert "no dataset folder with ID 777" in err and "Traceback" not in err

@@ -212,6 +212,32 @@ def test_evaluate_masks_compares_all_generators(trained, tmp_path):
     assert (out / "mask_evaluation.png").stat().st_size > 1000
 
 
+def test_evaluate_masks_gives_zero_distances_for_an_oracle_generator(trained, tmp_path, monkeypatch):
+    """A generator that returns the held-out masks themselves must be at distance 0 on every statistic."""
+    from lesiongen.evaluation import evaluate_masks
+    from lesiongen.models.mask_generators import MaskGenerator
+    from lesiongen.utilities.provenance import sha256_file
+
+    captured = {}
+    load = evaluate_masks.load_lesion_patches
+
+    def capture(*args):
+        captured["real"] = load(*args)
+        return captured["real"]
+
+    def oracle(self, n, conditioning=None, seed=0):
+        return captured["real"].masks[np.arange(n) % len(captured["real"])].copy()
+
+    monkeypatch.setattr(evaluate_masks, "load_lesion_patches", capture)
+    monkeypatch.setattr(MaskGenerator, "sample_masks", oracle)
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "-device", "cpu", "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "mask_evaluation.json").read_text())
+    for name in GENERATORS:
+        assert all(v == pytest.approx(0.0, abs=1e-12) for v in report["methods"][name]["wasserstein"].values()), name
+        checkpoint = fold_folder(trained[0], name) / FINAL
+        assert report["provenance"]["models"][name]["sha256"] == sha256_file(checkpoint)
+
+
 def test_pretrained_weights_initialise_another_fold(trained):
     folders, _ = trained
     source = fold_folder(folders, "unetmask") / FINAL

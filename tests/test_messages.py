@@ -26,9 +26,7 @@ ENDING = ".nii.gz"
 
 
 def _fingerprint(*extra: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main_extract_fingerprint(["-d", "501", "-np", "1", *extra])
-    return exit_info.value.code
+    return main_extract_fingerprint(["-d", "501", "-np", "1", *extra])
 
 
 def _error_lines(err: str) -> list[str]:
@@ -157,10 +155,9 @@ def small_folders(tmp_path_factory):
 
 
 def _plan_and_preprocess(dataset_id: int, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main_plan_and_preprocess(["-d", str(dataset_id), "-np", "1"])
+    code = main_plan_and_preprocess(["-d", str(dataset_id), "-np", "1"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 0, err
+    assert code == 0, err
     return err
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import stat
 import zipfile
 from pathlib import Path
@@ -65,16 +64,6 @@ def _make_tree(root: Path, scratch: Path) -> Path:
             (fold_folder / "validation" / "case_000.json").write_text("{}")
     (dataset / "inpainting_evaluation").mkdir()  # not a trainer folder: never exported
     return dataset
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI points logging at this test's captured stderr; later tests must not write to a closed stream."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -93,25 +93,20 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tiny_dataset, lesion
         real_save(path, array)
 
     monkeypatch.setattr(preprocessor, "save_array", failing_save)
-    with pytest.raises(SystemExit) as exit_info:
-        main_plan_and_preprocess(["-d", "501", "-np", "1"])
-    assert exit_info.value.code == 130
+    assert main_plan_and_preprocess(["-d", "501", "-np", "1"]) == 130
     out = lesiongen_folders["preprocessed"] / tiny_dataset.name
     assert not [p for p in out.rglob("*") if "partial" in p.name]
     done = list((out / "lesiongenPlans" / "training").glob("*.json"))
     assert len(done) == 1  # the first case finished, the interrupted one has no properties file
 
     monkeypatch.setattr(preprocessor, "save_array", real_save)
-    with pytest.raises(SystemExit) as exit_info:
-        main_plan_and_preprocess(["-d", "501", "-np", "1"])
-    assert exit_info.value.code == 0
+    assert main_plan_and_preprocess(["-d", "501", "-np", "1"]) == 0
     assert "skipped 1 up-to-date" in capsys.readouterr().err
 
     # the resumed output equals a clean run's
     resumed = {p.name: load_array(p) for p in (out / "lesiongenPlans" / "training").glob("*.b2nd")}
     shutil.rmtree(out)
-    with pytest.raises(SystemExit):
-        main_plan_and_preprocess(["-d", "501", "-np", "1"])
+    assert main_plan_and_preprocess(["-d", "501", "-np", "1"]) == 0
     for name, array in resumed.items():
         np.testing.assert_array_equal(load_array(out / "lesiongenPlans" / "training" / name), array)
 

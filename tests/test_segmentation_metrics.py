@@ -330,6 +330,8 @@ def test_cli_writes_summary_and_prints_table(tmp_path, capsys):
     assert summary["per_case"]["case_001"]["2"]["hd95"] is None  # NaN (class 2 not predicted) -> null
     assert summary["mean"]["1"]["mean"]["dice"] == pytest.approx(
         (2 * 8 / 43 + 2 * 18 / 54) / 2)
+    assert summary["provenance"]["reference"] == str(ref_dir.resolve())
+    assert summary["provenance"]["lesiongen_version"] == __import__("lesiongen").__version__
     out = capsys.readouterr().out
     assert "lesion F1" in out and "HD95" in out
     output = tmp_path / "elsewhere" / "s.json"

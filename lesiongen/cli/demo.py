@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from lesiongen import workflow
@@ -44,7 +43,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="180x210x170 voxels at 1 mm instead of the small, fast default")
 
 
-def main_make_demo_dataset(argv: list[str] | None = None) -> None:
+def main_make_demo_dataset(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a procedural MS-like demo dataset in the raw layout.")
     parser.add_argument("-o", "--output", type=Path, default=None, help="raw root (default: $lesiongen_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo dataset folder")
@@ -55,7 +54,7 @@ def main_make_demo_dataset(argv: list[str] | None = None) -> None:
         folder = write_demo_dataset(args.output or raw_root(), _config(args), overwrite=args.overwrite)
         logger.info("demo dataset written to %s", folder)
 
-    sys.exit(run_command(body, parser, argv))
+    return run_command(body, parser, argv)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -194,7 +193,7 @@ def _report(name, fingerprint, plans, counts, folder: Path) -> list[str]:
     return lines
 
 
-def main_demo(argv: list[str] | None = None) -> None:
+def main_demo(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Make the demo dataset (if missing) and run the pipeline on it.")
     parser.add_argument("-np", "--num_processes", type=positive_int, default=DEFAULT_PROCESSES)
     parser.add_argument("--mask_steps", type=int, default=200,
@@ -208,4 +207,8 @@ def main_demo(argv: list[str] | None = None) -> None:
     add_device_argument(parser)
     _add_dataset_arguments(parser)
     add_common_arguments(parser)
-    sys.exit(run_command(_demo, parser, argv))
+    return run_command(_demo, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_demo())

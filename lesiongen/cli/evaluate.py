@@ -50,12 +50,15 @@ def format_table(mean: dict) -> str:
 def run(args: argparse.Namespace) -> None:
     from lesiongen.evaluation.segmentation_metrics import evaluate_folders
     from lesiongen.utilities.files import nan_to_none, write_json
+    from lesiongen.utilities.provenance import code_version
 
     result = evaluate_folders(args.reference, args.prediction, args.labels, args.file_ending, args.num_processes,
                               small_lesion_mm3=args.small_lesion_mm3)
     output = args.output if args.output is not None else args.prediction / SUMMARY_NAME
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output, nan_to_none(result))
+    provenance = {**code_version(), "reference": str(args.reference.resolve()),
+                  "prediction": str(args.prediction.resolve()), "small_lesion_mm3": args.small_lesion_mm3}
+    write_json(output, nan_to_none({**result, "provenance": provenance}))
     print(format_table(result["mean"]))
     print(f"{len(result['per_case'])} case(s); summary written to {output}")
 

@@ -71,3 +71,7 @@ def main_export(argv: list[str] | None = None) -> int:
 
 def main_install(argv: list[str] | None = None) -> int:
     return run_command(run_install, build_install_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_install())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from lesiongen import workflow
 from lesiongen.cli.common import add_common_arguments, positive_int, run_command
@@ -51,17 +50,21 @@ def _main(description: str, fingerprint: bool, plan: bool, preprocess: bool, arg
     return run_command(lambda args: _run(args, fingerprint, plan, preprocess), parser, argv)
 
 
-def main_plan_and_preprocess(argv: list[str] | None = None) -> None:
-    sys.exit(_main("Fingerprint, plan and preprocess a raw dataset.", True, True, True, argv))
+def main_plan_and_preprocess(argv: list[str] | None = None) -> int:
+    return _main("Fingerprint, plan and preprocess a raw dataset.", True, True, True, argv)
 
 
-def main_extract_fingerprint(argv: list[str] | None = None) -> None:
-    sys.exit(_main("Check a raw dataset and write its fingerprint.", True, False, False, argv))
+def main_extract_fingerprint(argv: list[str] | None = None) -> int:
+    return _main("Check a raw dataset and write its fingerprint.", True, False, False, argv)
 
 
-def main_plan(argv: list[str] | None = None) -> None:
-    sys.exit(_main("Plan from an existing fingerprint.", False, True, False, argv))
+def main_plan(argv: list[str] | None = None) -> int:
+    return _main("Plan from an existing fingerprint.", False, True, False, argv)
 
 
-def main_preprocess(argv: list[str] | None = None) -> None:
-    sys.exit(_main("Preprocess a dataset following its existing plans.", False, False, True, argv))
+def main_preprocess(argv: list[str] | None = None) -> int:
+    return _main("Preprocess a dataset following its existing plans.", False, False, True, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_plan_and_preprocess())

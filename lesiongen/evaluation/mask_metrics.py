@@ -31,6 +31,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere, voxel_points_mm
+from lesiongen.utilities.components import CONNECTIVITY_26
 from lesiongen.utilities.files import atomic_path, write_json
 
 METRICS = ("log_volume_mm3", "radius_mm", "sphericity", "lesions_per_patch", "tissue_class")
@@ -43,7 +44,6 @@ _METRIC_TITLES = {
     "lesions_per_patch": "lesions per patch",
     "tissue_class": "tissue class under lesion",
 }
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 GALLERY_SIZE = 8  # masks per gallery row
 _HIST_BINS = 30
 
@@ -97,7 +97,7 @@ def mask_statistics(masks: np.ndarray, spacing: Sequence[float], tissue: np.ndar
         for value, class_box in enumerate(class_boxes, start=1):
             if class_box is None:
                 continue
-            comp_map, _ = ndimage.label(patch[class_box] == value, structure=_CONNECTIVITY_26)
+            comp_map, _ = ndimage.label(patch[class_box] == value, structure=CONNECTIVITY_26)
             for index, comp_box in enumerate(ndimage.find_objects(comp_map), start=1):
                 if comp_box is None:
                     continue

@@ -15,8 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
+from lesiongen.utilities.components import CONNECTIVITY_26
 
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 # Shell intensity spread below this fraction of the shell mean counts as zero (rounding noise on a
 # constant background would otherwise give enormous contrasts).
 _STD_RTOL = 1e-9
@@ -88,7 +88,7 @@ def analyse_lesions(
     for value, class_box in enumerate(class_boxes, start=1):
         if class_box is None:
             continue
-        comp_map, _ = ndimage.label(label[class_box] == value, structure=_CONNECTIVITY_26)
+        comp_map, _ = ndimage.label(label[class_box] == value, structure=CONNECTIVITY_26)
         class_offset = [sl.start for sl in class_box]
         for index, comp_box in enumerate(ndimage.find_objects(comp_map), start=1):
             if comp_box is None:

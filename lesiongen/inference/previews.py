@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from lesiongen.utilities.components import label_components
 from lesiongen.utilities.files import atomic_path
 
 DPI = 80
@@ -57,7 +58,7 @@ def lesion_components(label: np.ndarray, spacing: Sequence[float]) -> tuple[np.n
     """
     spacing = _spacing(spacing)
     label = _spatial(label, "label")
-    labelled, n = ndimage.label(label > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    labelled, n = label_components(label > 0)
     if n == 0:
         return labelled, []
     sizes = np.bincount(labelled.ravel(), minlength=n + 1)

@@ -22,6 +22,7 @@ from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.spheres import sample_sphere_lesions
 from lesiongen.planning.plans import Categorical, Plans, SpherePrior
 from lesiongen.preprocessing.resampling import resample_labels
+from lesiongen.utilities.components import label_components
 from lesiongen.utilities.cropping import bbox_slices, extract_patch, insert_patch
 from lesiongen.utilities.errors import LesiongenError
 
@@ -183,7 +184,7 @@ def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan, patch_size: list[int
         model = fixed
     out = []
     for value in np.unique(model[model > 0]):
-        ids, count = ndimage.label(model == value, structure=np.ones((3, 3, 3), bool))
+        ids, count = label_components(model == value)
         for index, centre in enumerate(ndimage.center_of_mass(np.ones_like(ids), ids, range(1, count + 1)), 1):
             centre = np.round(centre).astype(int)
             patch_mask = np.where(extract_patch(ids, centre, patch_size, fill=0) == index, value, 0)

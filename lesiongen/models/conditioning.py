@@ -13,9 +13,9 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.models.spheres import SphereLesion
+from lesiongen.utilities.components import CONNECTIVITY_26
 from lesiongen.utilities.errors import LesiongenError
 
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass

@@ -24,8 +24,8 @@ from scipy.spatial.transform import Rotation
 from lesiongen.fingerprint.lesions import as_label_array
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere, voxel_points_mm
 from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
+from lesiongen.utilities.components import CONNECTIVITY_26
 
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 # Weight of a voxel whose tissue class the prior never saw: small, but positive so sampling never fails.
 _TISSUE_EPSILON = 1e-3
 # Draws of a truncated log-normal before clipping: truncation is usually mild, so this rarely runs out.
@@ -342,7 +342,7 @@ def lesion_spheres_from_mask(mask: np.ndarray, spacing: Sequence[float]) -> list
     for value, class_box in enumerate(ndimage.find_objects(label), start=1):
         if class_box is None:
             continue
-        components, _ = ndimage.label(label[class_box] == value, structure=_CONNECTIVITY_26)
+        components, _ = ndimage.label(label[class_box] == value, structure=CONNECTIVITY_26)
         class_offset = np.array([sl.start for sl in class_box])
         for index, comp_box in enumerate(ndimage.find_objects(components), start=1):
             if comp_box is None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from lesiongen.utilities.components import CONNECTIVITY_26
 from lesiongen.utilities.cropping import extract_patch
 
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass
@@ -38,7 +38,7 @@ class PatchSet:
 
 
 def _components(seg: np.ndarray, lesion_labels: list[int]):
-    """Yield (label, component mask slices, component id map, count) per lesion class."""
+    """Yield (label, component id map, number of components) per lesion class present."""
     for label in lesion_labels:
         ids, count = ndimage.label(seg == label, structure=CONNECTIVITY_26)
         if count:

@@ -50,7 +50,7 @@ def model_record(path: str | Path, provenance: dict[str, Any] | None = None) -> 
     """How a result names a model it used: its checkpoint path, sha256 and, when known, trainer and steps."""
     record: dict[str, Any] = {"checkpoint": str(path), "sha256": sha256_file(path)}
     if provenance:
-        for key in ("trainer", "variant", "fold", "steps_trained", "seed", "plans_sha256"):
+        for key in ("trainer", "variant", "fold", "steps_trained", "seed", "plans_name", "plans_sha256", "git_commit"):
             if key in provenance:
                 record[key] = provenance[key]
     return record

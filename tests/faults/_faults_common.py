@@ -7,7 +7,6 @@ never left half-mounted.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -84,46 +83,11 @@ def read_only(folder: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def restore_logging():
-    """The CLI points logging at the captured stderr of one test; later tests must not write to a closed stream."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture(scope="session")
-def _faults_preprocessed(tmp_path_factory, _tiny_dataset_template) -> dict[str, Path]:
-    """The tiny dataset planned and preprocessed once, in this process (``-np 1``: a spawned worker pool would
-    cost seconds of imports per stage, more than the tiny cases themselves)."""
-    from lesiongen.cli.plan_and_preprocess import main_plan_and_preprocess
-
-    root = tmp_path_factory.mktemp("faults_template")
-    folders = {name: root / name for name in ("raw", "preprocessed", "results")}
-    shutil.copytree(_tiny_dataset_template, folders["raw"])
-    with pytest.MonkeyPatch.context() as patch:
-        for name, folder in folders.items():
-            folder.mkdir(exist_ok=True)
-            patch.setenv(f"lesiongen_{name}", str(folder))
-        root_logger = logging.getLogger()
-        handlers, level = root_logger.handlers[:], root_logger.level
-        try:
-            with pytest.raises(SystemExit) as exit_info:
-                main_plan_and_preprocess(["-d", DATASET_ID, "-np", "1"])
-        finally:
-            root_logger.handlers[:] = handlers
-            root_logger.setLevel(level)
-    assert exit_info.value.code == 0
-    return folders
-
-
-@pytest.fixture
-def preprocessed_copy(_faults_preprocessed, tmp_path, monkeypatch) -> dict[str, Path]:
+def preprocessed_copy(_tiny_preprocessed_template, tmp_path, monkeypatch) -> dict[str, Path]:
     """This test's own copy of the planned and preprocessed tiny dataset (mtimes kept, so it is up to date)."""
     folders = {name: tmp_path / name for name in ("raw", "preprocessed", "results")}
     for name in ("raw", "preprocessed"):
-        shutil.copytree(_faults_preprocessed[name], folders[name])
+        shutil.copytree(_tiny_preprocessed_template[name], folders[name])
     folders["results"].mkdir()
     for name, folder in folders.items():
         monkeypatch.setenv(f"lesiongen_{name}", str(folder))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from _faults_common import (  # noqa: F401
-    DATASET_ID, _faults_preprocessed, leftovers, one_error_line, preprocessed_copy, read_only, restore_logging,
+    DATASET_ID, leftovers, one_error_line, preprocessed_copy, read_only,
 )
 from lesiongen.cli.plan_and_preprocess import main_preprocess
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
@@ -23,9 +23,8 @@ MISMATCH = "size/checksum does not match its record (corrupt or changed since pr
 
 
 def _preprocess(capsys, *extra: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main_preprocess(["-d", DATASET_ID, "-np", "1", *extra])
-    return exit_info.value.code, capsys.readouterr().err
+    code = main_preprocess(["-d", DATASET_ID, "-np", "1", *extra])
+    return code, capsys.readouterr().err
 
 
 def _lesion_cases(data: Path) -> list[str]:
@@ -65,7 +64,7 @@ def test_every_written_file_is_recorded(preprocessed_copy):
         assert record[CHECKSUMS][name]["size"] == os.path.getsize(data / "training" / name)
 
 
-def test_damaged_and_unrecorded_cases_are_redone_on_a_rerun(preprocessed_copy, capsys, restore_logging):
+def test_damaged_and_unrecorded_cases_are_redone_on_a_rerun(preprocessed_copy, capsys):
     data = preprocessed_copy["data"]
     first, second, third = _lesion_cases(data)[:3]
     truncated = data / "training" / f"{first}.b2nd"
@@ -127,7 +126,7 @@ def test_cases_are_verified_once_and_old_records_accepted(preprocessed_copy, mon
     assert images.shape[1:] == seg.shape
 
 
-def test_full_disk_while_preprocessing(preprocessed_copy, monkeypatch, capsys, restore_logging):
+def test_full_disk_while_preprocessing(preprocessed_copy, monkeypatch, capsys):
     data = preprocessed_copy["data"]
     case = _lesion_cases(data)[1]
     (data / "training" / f"{case}.json").unlink()  # this case is redone
@@ -151,7 +150,7 @@ def test_full_disk_while_preprocessing(preprocessed_copy, monkeypatch, capsys, r
     assert code == 0 and "preprocessed 1 case(s)" in err
 
 
-def test_read_only_folder_while_preprocessing(preprocessed_copy, capsys, restore_logging):
+def test_read_only_folder_while_preprocessing(preprocessed_copy, capsys):
     data = preprocessed_copy["data"]
     case = _lesion_cases(data)[0]
     (data / "training" / f"{case}.json").unlink()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from _fault_workers import file_error_on_two
-from _faults_common import leftovers, one_error_line, read_only, restore_logging, small_tmpfs  # noqa: F401
+from _faults_common import leftovers, one_error_line, read_only, small_tmpfs  # noqa: F401
 from lesiongen.cli.common import run_command
 from lesiongen.inference.predict import InputCase, PredictOptions, run_cases
 from lesiongen.models.checkpoint import load_checkpoint, save_checkpoint
@@ -146,12 +146,12 @@ def _body_raising(exc: BaseException):
     (OSError(errno.ENOSPC, "No space left on device", "/data/x.nii.gz"), "/data/x.nii.gz: no space left on device"),
     (PermissionError(errno.EACCES, "Permission denied", "/data/locked"), "/data/locked: read-only (or no permission)"),
 ])
-def test_run_command_prints_os_failures_as_one_line(exc, expected, capsys, restore_logging):
+def test_run_command_prints_os_failures_as_one_line(exc, expected, capsys):
     assert run_command(_body_raising(exc), argparse.ArgumentParser(), []) == 1
     assert one_error_line(capsys.readouterr().err) == expected
 
 
-def test_run_command_mkdir_in_a_read_only_folder(tmp_path, capsys, restore_logging):
+def test_run_command_mkdir_in_a_read_only_folder(tmp_path, capsys):
     folder = tmp_path / "locked"
     folder.mkdir()
     with read_only(folder):

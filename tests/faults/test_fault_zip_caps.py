@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _faults_common import one_error_line, restore_logging  # noqa: F401
+from _faults_common import one_error_line  # noqa: F401
 from lesiongen.cli.model_sharing import main_install
 from lesiongen.sharing import model_zip
 from lesiongen.sharing.model_zip import MANIFEST, install_model_from_zip
@@ -66,7 +66,7 @@ def test_default_caps():
     assert model_zip.MAX_COMPRESSION_RATIO == 200 and model_zip.RATIO_MIN_BYTES == 1024**2
 
 
-def test_total_size_cap_and_max_size_option(results, tmp_path, monkeypatch, capsys, restore_logging):
+def test_total_size_cap_and_max_size_option(results, tmp_path, monkeypatch, capsys):
     archive = _archive(tmp_path / "model.zip")
     monkeypatch.setattr(model_zip, "MAX_TOTAL_BYTES", 100)
     line = _install_fails(archive, capsys)
@@ -78,7 +78,7 @@ def test_total_size_cap_and_max_size_option(results, tmp_path, monkeypatch, caps
     assert (results / TRAINER / "fold_0" / "checkpoint_final.pt").is_file()
 
 
-def test_member_size_cap(results, tmp_path, monkeypatch, capsys, restore_logging):
+def test_member_size_cap(results, tmp_path, monkeypatch, capsys):
     archive = _archive(tmp_path / "model.zip")
     monkeypatch.setattr(model_zip, "MAX_MEMBER_BYTES", 200)
     line = _install_fails(archive, capsys)
@@ -86,7 +86,7 @@ def test_member_size_cap(results, tmp_path, monkeypatch, capsys, restore_logging
     assert not results.exists()
 
 
-def test_compression_ratio_cap(results, tmp_path, capsys, restore_logging):
+def test_compression_ratio_cap(results, tmp_path, capsys):
     archive = _archive(tmp_path / "zeros.zip", {f"{TRAINER}/fold_0/summary.json": ZEROS})
     line = _install_fails(archive, capsys)
     assert f"member '{TRAINER}/fold_0/summary.json' is compressed" in line and "more than 200:1" in line

@@ -19,10 +19,11 @@ import torch
 from scipy import ndimage
 
 from lesiongen.diffusion.schedules import add_noise, training_scheduler, training_target
-from lesiongen.models.conditioning import CONNECTIVITY_26, drop_small_components
+from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.trainers.masks import MaskTrainer
+from lesiongen.utilities.components import label_components
 from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger("lesiongen.training")
@@ -123,5 +124,5 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
 
 def count_and_volume(masks: np.ndarray) -> tuple[float, float]:
     """Mean lesion (component) count and mean lesion voxels per patch."""
-    counts = [ndimage.label(m > 0, structure=CONNECTIVITY_26)[1] for m in masks]
+    counts = [label_components(m > 0)[1] for m in masks]
     return float(np.mean(counts)), float((masks > 0).sum() / max(len(masks), 1))

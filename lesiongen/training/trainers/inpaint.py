@@ -2,8 +2,8 @@
 
 Training (DDPM with diffusers' scheduler; the network predicts the clean patch, ``prediction_type="sample"``):
 
-* with noise prediction the same 1,000 CPU steps gave inserted lesions with a quarter of the real FLAIR contrast
-  and pseudo-healthy fills at PSNR 7 dB; predicting the patch gives visible lesions and far better fills;
+* predicting the patch rather than the noise: at CPU training lengths, noise prediction gave faint inserted lesions
+  and poor pseudo-healthy fills (figures in documentation/inpainting.md);
 * the loss is the squared error inside the edit region and, per lesion class, inside the lesion, plus a small
   weight outside (the known region is replaced at sampling time, so only coherence at the border matters there);
 * the condition is dropped with probability ``condition_dropout`` (flag set, values zero), so the unconditional
