@@ -145,9 +145,9 @@ MUTANTS = (
 )
 
 
-def _scratch_copy(target: Path) -> None:
+def _scratch_copy(target: Path, source_root: Path = ROOT) -> None:
     for name in ("lesiongen", "tests", "documentation", "pyproject.toml", "README.md"):
-        source = ROOT / name
+        source = source_root / name
         if source.is_dir():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif source.is_file():
@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     for mutant in mutants:  # every fragment must exist before anything runs
         if (ROOT / mutant.file).read_text().count(mutant.original) != 1:
             raise SystemExit(f"{mutant.name}: fragment not found exactly once in {mutant.file}")
+    provenance = code_version()  # of the tree as it is now, which the snapshot below copies
     with tempfile.TemporaryDirectory(prefix="lesiongen_mutants_") as scratch:
-        baseline = Path(scratch) / "baseline"
+        baseline = Path(scratch) / "baseline"  # one snapshot: edits to the tree during the run change nothing
         baseline.mkdir()
         _scratch_copy(baseline)
         all_tests = tuple(sorted({t for m in mutants for t in m.tests}))
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for mutant in mutants:
             copy = Path(scratch) / mutant.name
             copy.mkdir()
-            _scratch_copy(copy)
+            _scratch_copy(copy, baseline)
             _apply(copy, mutant)
             code, seconds, output = _run_tests(copy, mutant.tests, args.timeout)
             outcome = "killed" if code != 0 else "SURVIVED"
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{killed} of {len(results)} mutants killed")
     out = args.json or ROOT / "benchmarks" / "results" / f"mutation_check_{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"provenance": {**code_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    out.write_text(json.dumps({"provenance": {**provenance, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                               "python": sys.version.split()[0]},
                                "killed": killed, "total": len(results), "mutants": results}, indent=2) + "\n")
     print(f"written: {out}")

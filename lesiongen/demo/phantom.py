@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +30,7 @@ from scipy import ndimage
 
 from lesiongen.io.images import NIBABEL, NIFTI_ENDINGS, READER_ALIASES, SUPPORTED_ENDINGS, ImageGeometry, write_image
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.files import write_json
+from lesiongen.utilities.files import atomic_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -630,30 +627,17 @@ def _write_all(folder: Path, config: DemoConfig) -> None:
 def write_demo_dataset(raw_root: str | Path, config: DemoConfig = DemoConfig(), overwrite: bool = False) -> Path:
     """Write the demo dataset below ``raw_root`` in the raw layout and return its folder.
 
-    The dataset is built in a hidden sibling folder and renamed into place at the end, so an interrupted run
-    leaves either nothing or the previous dataset, never half a dataset.
+    The dataset is built in a hidden sibling folder and swapped into place at the end (``atomic_folder``), so an
+    interrupted run leaves either nothing or the previous dataset, never half a dataset.
     """
-    raw_root = Path(raw_root)
-    folder = raw_root / config.folder_name
+    folder = Path(raw_root) / config.folder_name
     if folder.exists() and not overwrite:
         raise LesiongenError(f"{folder}: dataset folder already exists (overwrite to replace it)")
-    raw_root.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    staging = raw_root / f".{folder.name}.{token}.partial"
-    retired = raw_root / f".{folder.name}.{token}.old"
     logger.info("writing demo dataset %s (%d lesion, %d test, %d healthy cases of %s voxels)", folder.name,
                 config.n_lesion_cases, config.n_test, config.n_healthy, "x".join(map(str, config.shape)))
     try:
-        staging.mkdir()
-        _write_all(staging, config)
-        if folder.exists():
-            if not overwrite:  # appeared while we were writing
-                raise LesiongenError(f"{folder}: dataset folder already exists (overwrite to replace it)")
-            os.rename(folder, retired)
-        os.rename(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    if retired.exists():
-        shutil.rmtree(retired, ignore_errors=True)
+        with atomic_folder(folder, replace=overwrite) as staging:
+            _write_all(staging, config)
+    except FileExistsError:  # appeared while we were writing
+        raise LesiongenError(f"{folder}: dataset folder already exists (overwrite to replace it)") from None
     return folder

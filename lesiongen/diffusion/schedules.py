@@ -32,13 +32,6 @@ class ScheduleConfig:
             raise ValueError(f"unknown prediction type {self.prediction_type}; choose one of {PREDICTION_TYPES}")
 
 
-def stored_schedule(config: ScheduleConfig, extra: dict[str, Any]) -> ScheduleConfig:
-    """``config`` with the prediction type a checkpoint's model was trained for (noise when none is recorded: models
-    from before it was recorded). Records it in ``extra`` when missing, so the checkpoint says it from now on."""
-    stored = extra.setdefault("prediction_type", "epsilon")
-    return config if stored == config.prediction_type else dataclasses.replace(config, prediction_type=stored)
-
-
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                          beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from lesiongen.diffusion.schedules import add_noise, training_scheduler, training_target
+from lesiongen.diffusion.schedules import add_noise, training_target
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
 from lesiongen.training.data import draw_batch, mirrored
+from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.components import label_components
 from lesiongen.utilities.seeding import derive_seed
@@ -32,7 +33,7 @@ THRESHOLDS = np.round(np.linspace(-0.8, 0.8, 17), 3)  # candidate cut-offs on th
 CALIBRATION_PATCHES = 32
 
 
-class DiffMaskTrainer(MaskTrainer):
+class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     name = "diffmask"
     model_class = DiffMaskGenerator
     model: DiffMaskGenerator
@@ -44,13 +45,6 @@ class DiffMaskTrainer(MaskTrainer):
         config = DiffMaskConfig(priors=self.priors)
         config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
         return config
-
-    def initialize(self) -> None:
-        super().initialize()
-        self.scheduler = training_scheduler(self.model.config.schedule)
-
-    def after_load(self) -> None:
-        self.scheduler = training_scheduler(self.model.config.schedule)
 
     def load_training_data(self) -> None:
         super().load_training_data()

@@ -25,16 +25,17 @@ import numpy as np
 import torch
 
 from lesiongen.diffusion.inpainting import edit_region
-from lesiongen.diffusion.schedules import add_noise, training_scheduler, training_target
+from lesiongen.diffusion.schedules import add_noise, training_target
 from lesiongen.models.inpainter import Inpainter, InpainterConfig, patch_contrast
 from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_patches, relocate_shape
 from lesiongen.training.base import Trainer
 from lesiongen.training.data import draw_batch, mirrored
+from lesiongen.training.diffusion import DiffusionTraining
 
 logger = logging.getLogger("lesiongen.training")
 
 
-class InpaintTrainer(Trainer):
+class InpaintTrainer(DiffusionTraining, Trainer):
     name = "inpaint"
     model_class = Inpainter
     model: Inpainter
@@ -49,13 +50,6 @@ class InpaintTrainer(Trainer):
         config = InpainterConfig(margin_voxels=int(self.margin_voxels))
         config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
         return config
-
-    def initialize(self) -> None:
-        super().initialize()
-        self.scheduler = training_scheduler(self.model.config.schedule)
-
-    def after_load(self) -> None:
-        self.scheduler = training_scheduler(self.model.config.schedule)
 
     def load_training_data(self) -> None:
         self.data: LesionPatches = load_lesion_patches(self.dataset.lesion_patch_folder, self.train_cases)
