@@ -106,18 +106,14 @@ def experiment(args: argparse.Namespace, root: Path) -> tuple[dict, dict[str, fl
     dataset = ["lesiongen_make_demo_dataset", "--n_lesion_cases", "8", "--n_healthy", "8", "--n_test",
                str(args.n_test), "--seed", "3", "--image_reader", args.image_reader]
     run_phase({"dataset": dataset}, env, logs, parallel=False)
-    plan = ["lesiongen_plan_and_preprocess", "-d", "501", "-np", str(args.num_processes)]
+    plan = ["lesiongen_plan_and_preprocess", "-d", "501", "-np", str(args.num_processes), "--preset", "cpu"]
     run_phase({"plan_and_preprocess": plan}, env, logs, parallel=False)
-    if not args.planned_networks:
-        from lesiongen.demo.cpu_plans import write_cpu_sized_networks
-        from lesiongen.planning.plans import PLANS_FILE
-        from lesiongen.preprocessing.dataset import open_preprocessed
-
-        write_cpu_sized_networks(open_preprocessed(501).folder / PLANS_FILE)
+    plans = "lesiongenPlans" if args.planned_networks else "lesiongenPlansCPU"
     minutes = {"setup": (time.perf_counter() - start) / 60}
 
     def train(trainer: str, steps: int, *extra: str) -> list[str]:
-        return ["lesiongen_train", "501", trainer, "all", "-device", args.device, "--steps", str(steps), *extra]
+        return ["lesiongen_train", "501", trainer, "all", "-device", args.device, "--steps", str(steps), "-p", plans,
+                *extra]
 
     from lesiongen.inference.strategies import STRATEGIES
 
@@ -135,7 +131,7 @@ def experiment(args: argparse.Namespace, root: Path) -> tuple[dict, dict[str, fl
     minutes.update(run_phase(first, env, logs, args.parallel))
     minutes.update(run_phase(seg, env, logs, args.parallel))
     start = time.perf_counter()
-    results = test_scores(args.strategies, args.device)
+    results = test_scores(args.strategies, args.device, plans)
     minutes["test"] = (time.perf_counter() - start) / 60
     return results, minutes, models_used(root / "results")
 
@@ -149,7 +145,7 @@ def models_used(results_root: Path) -> dict[str, dict]:
             for path in sorted(results_root.glob("*/*/fold_*/checkpoint_final.pt"))}
 
 
-def test_scores(strategies: list[str], device: str) -> dict[str, dict]:
+def test_scores(strategies: list[str], device: str, plans_name: str) -> dict[str, dict]:
     """Per strategy, per test case metrics of its ``seg`` model (fold all) at the scans' own geometry; each test
     scan is read once and segmented by every model."""
     import numpy as np
@@ -161,7 +157,7 @@ def test_scores(strategies: list[str], device: str) -> dict[str, dict]:
     from lesiongen.models.registry import load_trained_model
     from lesiongen.preprocessing.dataset import open_preprocessed
 
-    dataset = open_preprocessed(501)
+    dataset = open_preprocessed(501, plans_name)
     models = {s: load_trained_model(dataset.name, f"seg_{s}", dataset.plans.plans_name, "all", device)
               for s in strategies}
     raw = load_dataset(501)

@@ -57,3 +57,31 @@ def run_measured(command: list[str], env: dict[str, str] | None = None, interval
     wall = time.perf_counter() - start
     reader.join(timeout=5)
     return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-30:]))
+
+
+def benchmark_provenance() -> dict:
+    """What a benchmark's figures came from: lesiongen's version and commit, the machine and the date."""
+    import platform
+    import sys
+
+    from lesiongen.utilities.provenance import code_version
+
+    return {**code_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "from_scratch": True}
+
+
+def write_results(name: str, payload: dict, path: Path | None = None) -> Path:
+    """``payload`` with provenance as ``benchmarks/results/NAME_DATE.json`` (or ``path``)."""
+    import json
+
+    out = path or Path(__file__).resolve().parent / "results" / f"{name}_{time.strftime('%Y-%m-%d')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"provenance": benchmark_provenance(), **payload}, indent=1) + "\n")
+    print(f"written: {out}")
+    return out
+
+
+def require_new_folder(folder: Path | None) -> None:
+    """A benchmark starts from scratch: a work folder given by the user must be new or empty."""
+    if folder is not None and folder.exists() and any(folder.iterdir()):
+        raise SystemExit(f"{folder}: not empty; the benchmark starts from scratch (give a new or empty folder)")

@@ -3,8 +3,8 @@
     python benchmarks/model_quality.py [--mask_steps 1000] [--diffmask_steps 400] [--diffmask_batch 16]
         [--inpaint_steps 1000] [--batch 8] [-n 64] [-device cpu] [--work DIR] [--json FILE]
 
-Writes the demo dataset into a new work folder, plans and preprocesses it, reduces the networks to CPU size (as
-``lesiongen_demo`` does), trains spheremask, unetmask, diffmask and the inpainter on fold 0 and runs
+Writes the demo dataset into a new work folder, plans and preprocesses it with the CPU preset (``-p
+lesiongenPlansCPU``, as ``lesiongen_demo`` does), trains spheremask, unetmask, diffmask and the inpainter on fold 0 and runs
 ``lesiongen_evaluate_masks`` (Wasserstein distances of generated to held-out real lesion statistics) and
 ``lesiongen_evaluate_inpainting`` (remove / insert quality on held-out patches). Nothing is reused: ``--work`` must be
 new or empty. The JSON (default ``benchmarks/results/model_quality_<date>.json``) holds both reports, the settings,
@@ -66,14 +66,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     minutes: dict[str, float] = {}
     start = time.perf_counter()
     _step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset")], env, minutes)
-    _step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np", "2"], env,
-          minutes)
-    from lesiongen.demo.cpu_plans import write_cpu_sized_networks
-    from lesiongen.planning.plans import PLANS_FILE
-
-    write_cpu_sized_networks(work / "preprocessed" / "Dataset501_DemoMS" / PLANS_FILE)
+    _step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np", "2",
+                                   "--preset", "cpu"], env, minutes)
+    plans = ["-p", "lesiongenPlansCPU"]
     train = [str(bin_dir / "lesiongen_train"), "501"]
-    common = ["0", "-device", args.device]
+    common = ["0", "-device", args.device, *plans]
     _step("spheremask", train + ["spheremask", *common], env, minutes)
     _step("unetmask", train + ["unetmask", *common, "--steps", str(args.mask_steps), "--batch_size",
                                str(args.batch)], env, minutes)
@@ -83,9 +80,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                               str(args.batch)], env, minutes)
     masks_out, inpaint_out = work / "mask_evaluation", work / "inpainting_evaluation"
     _step("evaluate_masks", [str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-n",
-                             str(args.n_masks), "-device", args.device, "-o", str(masks_out)], env, minutes)
+                             str(args.n_masks), "-device", args.device, *plans, "-o", str(masks_out)], env, minutes)
     _step("evaluate_inpainting", [str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0",
-                                  "--full_patches", "0", "-device", args.device, "-o", str(inpaint_out)], env, minutes)
+                                  "--full_patches", "0", "-device", args.device, *plans, "-o", str(inpaint_out)], env,
+          minutes)
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
 
     from lesiongen.utilities.provenance import code_version

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import run_measured  # noqa: E402
+from measure import require_new_folder, run_measured, write_results  # noqa: E402
 
 from lesiongen.cli.demo import REALISTIC  # noqa: E402
 from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
@@ -37,15 +37,16 @@ def main() -> None:
     parser.add_argument("--nnunet_bin", type=Path, default=None,
                         help="folder with nnUNetv2_plan_and_preprocess (default: found on PATH)")
     parser.add_argument("--skip_nnunet", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="results file (default: benchmarks/results/...)")
     args = parser.parse_args()
 
+    require_new_folder(args.work)
     work = args.work or Path(tempfile.mkdtemp(prefix="lesiongen_bench_"))
     raw = work / "raw"
     config = DemoConfig(n_lesion_cases=args.n_cases, n_healthy=args.n_healthy, n_test=0, **REALISTIC)
     dataset = raw / f"Dataset{config.dataset_id:03d}_{config.dataset_name}"
-    if not dataset.exists():
-        print(f"writing {args.n_cases} cases of {config.shape} voxels to {dataset} ...", flush=True)
-        write_demo_dataset(raw, config)
+    print(f"writing {args.n_cases} cases of {config.shape} voxels to {dataset} ...", flush=True)
+    write_demo_dataset(raw, config)
 
     n = str(args.num_processes)
     results = {}
@@ -79,14 +80,23 @@ def main() -> None:
         ours, theirs = results["lesiongen"], results["nnunet"]
         print(f"ratio lesiongen / nnU-Net: wall time {ours.wall_seconds / theirs.wall_seconds:.2f}x, "
               f"peak memory {ours.peak_rss_mib / theirs.peak_rss_mib:.2f}x  (target <= 0.5x for both)")
-        ours_plans = json.loads((lesiongen_out / dataset.name / "lesiongen_plans.json").read_text())
+        ours_plans = json.loads((lesiongen_out / dataset.name / "lesiongenPlans.json").read_text())
         theirs_plans = json.loads((nnunet_out / dataset.name / "nnUNetPlans.json").read_text())
         a = ours_plans["target_spacing"]
         b = theirs_plans["configurations"]["3d_fullres"]["spacing"]
         agree = all(abs(x - y) <= 1e-4 * max(abs(y), 1) for x, y in zip(a, b))
         print(f"target spacing: lesiongen {a}, nnU-Net {b} -> {'agree' if agree else 'DIFFER'}")
-        if not agree:
-            sys.exit(1)
+    payload = {"settings": {k: str(v) for k, v in vars(args).items()},
+               "data": {"cases": args.n_cases, "shape": list(config.shape), "spacing": list(config.spacing)},
+               "tools": {name: {"wall_seconds": m.wall_seconds, "peak_rss_mib": m.peak_rss_mib}
+                         for name, m in results.items()}}
+    if "nnunet" in results:
+        payload["ratio"] = {"wall_time": ours.wall_seconds / theirs.wall_seconds,
+                            "peak_memory": ours.peak_rss_mib / theirs.peak_rss_mib}
+        payload["target_spacing"] = {"lesiongen": a, "nnunet": b, "agree": agree}
+    write_results("plan_and_preprocess_vs_nnunet", payload, args.json)
+    if "nnunet" in results and not agree:
+        sys.exit(1)
     print(f"(work folder: {work})")
 
 

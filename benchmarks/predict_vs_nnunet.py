@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import Measurement, run_measured  # noqa: E402
+from measure import Measurement, require_new_folder, run_measured, write_results  # noqa: E402
 
 from lesiongen.cli.demo import REALISTIC  # noqa: E402
 from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--disable_tta", action="store_true", help="predict without mirroring (both tools)")
     parser.add_argument("--nnunet_bin", type=Path, default=None, help="folder with nnUNetv2_predict (default: PATH)")
     parser.add_argument("--skip_nnunet", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="results file (default: benchmarks/results/...)")
     args = parser.parse_args()
 
     nnunet_predict = None
@@ -200,8 +201,7 @@ def main() -> None:
         if nnunet_predict is None or not Path(nnunet_predict).is_file():
             parser.error(f"{cmd} not found; pip install nnunetv2 (own venv) and pass --nnunet_bin")
 
-    if args.work is not None and args.work.exists() and any(args.work.iterdir()):
-        parser.error(f"{args.work}: not empty; the benchmark starts from scratch (give a new or empty --work)")
+    require_new_folder(args.work)
     work = (args.work or Path(tempfile.mkdtemp(prefix="lesiongen_predict_bench_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "raw"
@@ -266,8 +266,24 @@ def main() -> None:
         ours, theirs = results["lesiongen"], results["nnunet"]
         print(f"ratio lesiongen / nnU-Net: wall time {ours.wall_seconds / theirs.wall_seconds:.2f}x "
               f"(target <= 1.0x), peak memory {ours.peak_rss_mib / theirs.peak_rss_mib:.2f}x")
+        agreement = compare_predictions(out["lesiongen"], out["nnunet"], ending, plans["labels"])
         print("agreement of the predicted label maps (lesiongen vs nnU-Net):")
-        print("\n".join(compare_predictions(out["lesiongen"], out["nnunet"], ending, plans["labels"])))
+        print("\n".join(agreement))
+    from lesiongen.models.checkpoint import load_checkpoint
+    from lesiongen.utilities.provenance import model_record
+
+    checkpoint = lesiongen_model / "fold_0" / "checkpoint_final.pt"
+    payload = {"settings": {k: str(v) for k, v in vars(args).items()},
+               "data": {"test_scans": n_inputs, "shape": list(config.shape), "spacing": list(config.spacing),
+                        "patch": stage["patch_size"], "target_spacing": plans["target_spacing"]},
+               "model": model_record(checkpoint, load_checkpoint(checkpoint).get("provenance")),
+               "tools": {tool: {"wall_seconds": m.wall_seconds, "peak_rss_mib": m.peak_rss_mib}
+                         for tool, m in results.items()}}
+    if "nnunet" in results:
+        payload["ratio"] = {"wall_time": ours.wall_seconds / theirs.wall_seconds,
+                            "peak_memory": ours.peak_rss_mib / theirs.peak_rss_mib}
+        payload["agreement"] = agreement
+    write_results("predict_vs_nnunet" + ("_realistic" if args.realistic else ""), payload, args.json)
     print(f"(work folder: {work})")
 
 

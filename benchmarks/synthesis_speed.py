@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=4, help="patches timed with the fast schedule")
     parser.add_argument("--full_patches", type=int, default=1, help="patches timed with the full schedule")
     parser.add_argument("-device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None, help="results file (default: benchmarks/results/...)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dataset_id = args.dataset or prepare(Path(tmp), args.train_steps, args.device)
@@ -89,6 +90,17 @@ def run(dataset_id: str, args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     print(f"whole scan 180x210x170 at 1 mm, {len(result.lesions)} lesions, fast schedule: {seconds:.1f} s "
           f"(target <= 60 s on CPU: {seconds / 60:.2f}x of it)")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from measure import write_results
+
+    write_results("synthesis_speed", {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "models": {"inpainter": inpainter.record(), "mask_generator": generator.record()},
+        "per_patch": [{"schedule": n, "network_evaluations": e, "seconds": s} for n, e, s in rows],
+        "whole_scan": {"shape": [180, 210, 170], "spacing": [1.0, 1.0, 1.0], "lesions": len(result.lesions),
+                       "seconds": seconds}}, args.json)
 
 
 if __name__ == "__main__":

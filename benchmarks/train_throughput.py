@@ -54,7 +54,8 @@ def measure(trainer_name: str, dataset_id: str, steps: int, batch_size: int | No
         seconds = time.perf_counter() - start
         result["train_samples_per_s"] = steps * trainer.batch_size / seconds
         result["seconds_per_step"] = seconds / steps
-    for net in trainer.networks.values():
+    model = trainer.ema_model()
+    for net in model.networks.values():
         net.eval()
     data = trainer.data if hasattr(trainer, "data") else None
     conditioning = MaskConditioning()
@@ -65,9 +66,9 @@ def measure(trainer_name: str, dataset_id: str, steps: int, batch_size: int | No
                                         None if tissue is None else data.tissue[i]) for i in index])
         conditioning = MaskConditioning(brain=data.brain[index], tissue=tissue, images=images)
     start = time.perf_counter()
-    trainer.sample_masks(n_masks, conditioning, seed=0)
+    model.sample_masks(n_masks, conditioning, seed=0)
     result["sample_seconds_per_mask"] = (time.perf_counter() - start) / n_masks
-    result["network_evaluations_per_mask"] = getattr(trainer, "last_evaluations", 0)
+    result["network_evaluations_per_mask"] = model.last_evaluations
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("-device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="results file (default: benchmarks/results/...)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.dataset, args.steps, args.batch_size, args.device, args.n_masks)))
@@ -118,6 +120,11 @@ def main() -> None:
         ratio = f"{r['sample_seconds_per_mask'] / baseline:.0f}" if baseline else "-"
         print(f"{r['trainer']:<11} {r['parameters_m']:>8.2f} {r['batch_size']:>5} {speed:>15} {peak:>9.0f} "
               f"{r['sample_seconds_per_mask']:>9.4f} {r['network_evaluations_per_mask']:>12} {ratio:>12}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from measure import write_results
+
+    write_results("train_throughput" + ("_realistic" if args.realistic else ""),
+                  {"settings": {k: str(v) for k, v in vars(args).items()}, "trainers": rows}, args.json)
 
 
 def _cuda() -> bool:

@@ -20,7 +20,8 @@ from lesiongen.fingerprint.fingerprint import (
 from lesiongen.io.dataset import RawDataset, load_dataset
 from lesiongen.io.integrity import verify_dataset
 from lesiongen.paths import preprocessed_root
-from lesiongen.planning.plans import PLANS_FILE, PLANS_NAME, Plans, load_plans, save_plans
+from lesiongen.planning.plans import PLANS_NAME, Plans, load_plans, plans_file_name, plans_path, save_plans
+from lesiongen.planning.presets import PRESETS
 from lesiongen.planning.planner import plan_dataset
 from lesiongen.preprocessing.preprocessor import preprocess_dataset
 from lesiongen.utilities.errors import DatasetError, LesiongenError
@@ -34,8 +35,8 @@ def preprocessed_folder(dataset: RawDataset) -> Path:
     return preprocessed_root() / dataset.name
 
 
-def plans_data_folder(dataset: RawDataset, plans_name: str = PLANS_NAME) -> Path:
-    return preprocessed_folder(dataset) / plans_name
+def plans_data_folder(dataset: RawDataset, plans: Plans) -> Path:
+    return preprocessed_folder(dataset) / plans.data_folder_name
 
 
 def open_dataset(identifier: str | int) -> RawDataset:
@@ -89,16 +90,18 @@ def run_fingerprint(dataset: RawDataset, num_processes: int = 1, clean: bool = F
 
 
 def run_planning(dataset: RawDataset, fingerprint: DatasetFingerprint | None = None,
-                 gpu_memory_target_gb: float = 8.0) -> Plans:
+                 gpu_memory_target_gb: float = 8.0, presets: tuple[str, ...] = ()) -> Plans:
+    """Write the default plans (and each preset's plans next to them); returns the default plans."""
     folder = preprocessed_folder(dataset)
     if fingerprint is None:
         fingerprint = load_fingerprint(_require(folder / FINGERPRINT_FILE, "lesiongen_extract_fingerprint", dataset))
     has_masks = all(c.brain_mask is not None for c in dataset.training)
     plans = plan_dataset(fingerprint, dataset.info, gpu_memory_target_gb, has_brain_masks=has_masks)
-    save_plans(plans, folder / PLANS_FILE)
     for note in plans.notes:
         logger.info("plan: %s", note)
-    logger.info("wrote %s", folder / PLANS_FILE)
+    for written in [plans, *(PRESETS[name](plans) for name in presets)]:
+        save_plans(written, folder / plans_file_name(written.plans_name))
+        logger.info("wrote %s", folder / plans_file_name(written.plans_name))
     return plans
 
 
@@ -106,8 +109,8 @@ def run_preprocessing(dataset: RawDataset, plans: Plans | None = None, num_proce
                       clean: bool = False) -> dict[str, int]:
     folder = preprocessed_folder(dataset)
     if plans is None:
-        plans = load_plans(_require(folder / PLANS_FILE, "lesiongen_plan", dataset))
-    output = plans_data_folder(dataset, plans.plans_name)
+        plans = load_plans(_require(plans_path(folder, PLANS_NAME), "lesiongen_plan", dataset))
+    output = plans_data_folder(dataset, plans)
     with exclusive_lock(folder, "preprocessing"):  # a second run on this dataset stops here, before touching it
         if clean and output.exists():
             logger.info("--clean: removing %s", output)

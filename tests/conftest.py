@@ -100,7 +100,7 @@ def _tiny_preprocessed_template(tmp_path_factory, _tiny_dataset_template) -> dic
         for name, folder in folders.items():
             patch.setenv(f"lesiongen_{name}", str(folder))
         assert plan_and_preprocess.main_plan_and_preprocess(["-d", str(TINY.dataset_id), "-np", "1"]) == 0
-    shrink_networks(folders["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
+    shrink_networks(folders["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
     return folders
 
 

@@ -38,7 +38,7 @@ from lesiongen.training.trainers.seg import SEG_LOSS_TERMS
 
 @pytest.fixture(scope="module")
 def plans(_tiny_preprocessed_template):
-    return load_plans(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "lesiongen_plans.json")
+    return load_plans(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
 
 
 # ---------------------------------------------------------------------------------------------------- RePaint
@@ -360,3 +360,13 @@ def test_placement_follows_the_tissue_probabilities(plans):
     assert float(weights[tissue == 2].sum()) == pytest.approx(0.8)
     only_1 = placement_weights(brain, tissue, prior, [1]).reshape(4, 4, 4)
     assert float(only_1[tissue == 1].sum()) == pytest.approx(1.0)
+
+
+def test_seg_variant_names_round_trip():
+    from lesiongen.inference.strategies import SegVariant
+
+    for variant in (SegVariant("none"), SegVariant("copy_paste"), SegVariant("copy_paste", 0.25, 3),
+                    SegVariant("diffmask", 2.0), SegVariant("none", 1.0, 0)):
+        assert SegVariant.parse(variant.name) == variant
+    assert SegVariant("diffmask", 0.5, 1).name == "seg_diffmask_r0.5_s1" and SegVariant.parse("seg_magic") is None
+    assert SegVariant("none", 2.0).name == "seg_none"  # real data only: the ratio means nothing

@@ -165,7 +165,7 @@ def test_dataset_without_lesions_plans_images_but_refuses_lesion_stages(small_fo
     err = _plan_and_preprocess(503, capsys)
     assert "no training case holds a lesion" in err
     folder = small_folders["preprocessed"] / "Dataset503_DemoMS"
-    plans = load_plans(folder / "lesiongen_plans.json")
+    plans = load_plans(folder / "lesiongenPlans.json")
     assert plans.lesion_fraction_fitting == 0.0
     assert not any("% of" in note for note in plans.notes), plans.notes
     assert any("no lesion in the training cases" in note for note in plans.notes)

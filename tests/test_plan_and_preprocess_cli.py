@@ -38,7 +38,7 @@ def test_end_to_end(tiny_dataset, lesiongen_folders):
     assert lesions and all(l.bounding_radius_mm >= 0 and l.volume_mm3 > 0 for l in lesions)
     assert fingerprint.has_tissue_maps
 
-    plans = load_plans(out / "lesiongen_plans.json")
+    plans = load_plans(out / "lesiongenPlans.json")
     assert plans.target_spacing == pytest.approx([3.0, 3.0, 3.0])
     assert set(plans.stages) == {"segmentation", "mask_generation", "inpainting"}
     assert plans.sphere_priors["1"].n_lesions_observed == len(lesions)
@@ -145,3 +145,18 @@ def test_resampling_changes_shape_and_keeps_labels():
     volume_before = (labels == 1).sum() * 4.0
     volume_after = (out == 1).sum() * 8.0
     assert abs(volume_after - volume_before) / volume_before < 0.15
+
+
+def test_cpu_preset_plans_share_the_preprocessed_data(tiny_preprocessed):
+    from lesiongen.cli.plan_and_preprocess import main_plan
+    from lesiongen.preprocessing.dataset import open_preprocessed
+
+    assert main_plan(["-d", "501", "--preset", "cpu"]) == 0
+    default, cpu = open_preprocessed(501), open_preprocessed(501, "lesiongenPlansCPU")
+    assert cpu.plans.plans_name == "lesiongenPlansCPU" and cpu.data_folder == default.data_folder
+    assert cpu.case_ids() == default.case_ids()
+    seg = cpu.plans.stages["segmentation"]
+    assert seg.networks["unet"].kwargs["features_per_stage"][0] == 8 and seg.total_steps == 1000
+    assert cpu.plans.stages["inpainting"].batch_size <= 8
+    assert cpu.plans.target_spacing == default.plans.target_spacing
+    assert cpu.plans.sphere_priors == default.plans.sphere_priors

@@ -12,7 +12,7 @@ from lesiongen.cli.plan_and_preprocess import DEFAULT_PROCESSES
 from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
 from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import raw_root
-from lesiongen.planning.plans import PLANS_FILE
+from lesiongen.planning.presets import CPU, PRESET_NAMES
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger("lesiongen.demo")
@@ -68,15 +68,14 @@ def _demo(args: argparse.Namespace) -> None:
     dataset = workflow.open_dataset(folder.name)
     workflow.check_dataset(dataset, full=True, num_processes=args.num_processes)
     fingerprint = workflow.run_fingerprint(dataset, args.num_processes)
-    plans = workflow.run_planning(dataset, fingerprint)
+    plans = workflow.run_planning(dataset, fingerprint, presets=() if args.full_size_networks else (CPU,))
     counts = workflow.run_preprocessing(dataset, plans, args.num_processes)
     lines = _report(dataset.name, fingerprint, plans, counts, workflow.preprocessed_folder(dataset))
     if args.mask_steps > 0:
+        args.plans = plans.plans_name if args.full_size_networks else PRESET_NAMES[CPU]
         if not args.full_size_networks:
-            from lesiongen.demo.cpu_plans import write_cpu_sized_networks
-
-            write_cpu_sized_networks(workflow.preprocessed_folder(dataset) / PLANS_FILE)
-            lines.append("  networks: CPU-sized for the demo (--full_size_networks keeps the planned ones)")
+            lines.append(f"  networks: CPU-sized for the demo, plans {args.plans} (--full_size_networks keeps the "
+                         "planned ones)")
         lines += _mask_generators(dataset.name, args)
         lines += _synthesis(dataset, args)
         lines += _segmentation(dataset.name, args)
@@ -90,7 +89,7 @@ def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
     from lesiongen.preprocessing.dataset import open_preprocessed
     from lesiongen.utilities.devices import pick_device
 
-    dataset = open_preprocessed(name)
+    dataset = open_preprocessed(name, args.plans)
     device = pick_device(args.device)
     for trainer_name in MASK_GENERATORS:
         _train(dataset, trainer_name, args.mask_steps, args)
@@ -113,7 +112,7 @@ def _synthesis(raw_dataset, args: argparse.Namespace) -> list[str]:
     from lesiongen.preprocessing.dataset import open_preprocessed
     from lesiongen.utilities.devices import pick_device
 
-    dataset = open_preprocessed(raw_dataset.name)
+    dataset = open_preprocessed(raw_dataset.name, args.plans)
     device = pick_device(args.device)
     _train(dataset, "inpaint", args.inpaint_steps, args)
     healthy = raw_dataset.split("healthy")
@@ -157,7 +156,7 @@ def _segmentation(name: str, args: argparse.Namespace) -> list[str]:
     from lesiongen.evaluation.compare import run_comparison
     from lesiongen.preprocessing.dataset import open_preprocessed
 
-    dataset = open_preprocessed(name)
+    dataset = open_preprocessed(name, args.plans)
     for strategy in ("none", "sphere"):
         _train(dataset, "seg", args.seg_steps, args, strategy=strategy, synthetic_ratio=0.5)
     _, paths = run_comparison(dataset.name, dataset.plans.plans_name, ["0"])

@@ -27,6 +27,9 @@ def _parser(description: str, fingerprint: bool, plan: bool, preprocess: bool) -
     if plan:
         parser.add_argument("--gpu_memory_target", type=float, default=8.0,
                             help="GPU memory (GB) the planned patch and batch sizes should fit (default 8)")
+        parser.add_argument("--preset", nargs="+", choices=["cpu"], default=[],
+                            help="also write these plans next to the default ones: cpu = lesiongenPlansCPU "
+                                 "(CPU-sized networks and schedules, same preprocessed data); use them with -p")
     add_common_arguments(parser)
     return parser
 
@@ -40,7 +43,7 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
         if fingerprint:
             fp = workflow.run_fingerprint(dataset, args.num_processes, args.clean)
         if plan:
-            plans = workflow.run_planning(dataset, fp, args.gpu_memory_target)
+            plans = workflow.run_planning(dataset, fp, args.gpu_memory_target, tuple(args.preset))
         if preprocess:
             workflow.run_preprocessing(dataset, plans, args.num_processes, args.clean)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, add_device_argument, positive_int, run_command
+from lesiongen.cli.common import add_common_arguments, add_device_argument, add_plans_argument, positive_int, run_command
 
 
 def parse_setting(text: str) -> tuple[str, float]:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("trainer", help="spheremask, unetmask, diffmask, inpaint or seg")
     parser.add_argument("fold", help="0-4, or 'all' to train on every case")
     add_device_argument(parser)
+    add_plans_argument(parser)
     parser.add_argument("--c", dest="resume", action="store_true",
                         help="continue from checkpoint_latest.pt exactly where the run stopped")
     parser.add_argument("-pretrained_weights", type=Path, default=None, help="initialise from this checkpoint")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if args.pretrained_weights is not None and not args.pretrained_weights.is_file():
         raise LesiongenError(f"{args.pretrained_weights}: pretrained weights not found")
-    dataset = open_preprocessed(args.dataset)
+    dataset = open_preprocessed(args.dataset, args.plans)
     options = TrainingOptions(total_steps=args.steps, save_every=args.save_every, seed=args.seed,
                               batch_size=args.batch_size)
     settings = dict(args.settings)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesiongen.inference.strategies import STRATEGIES, SegVariant
 from lesiongen.models.checkpoint import FINAL
 from lesiongen.paths import results_root
 from lesiongen.utilities.errors import LesiongenError
@@ -22,7 +23,7 @@ from lesiongen.utilities.provenance import code_version, model_record
 METRICS = ("dice", "lesion_f1", "lesion_recall", "lesion_precision", "small_lesion_recall", "hd95",
            "abs_volume_difference_mm3")
 HIGHER_IS_BETTER = {"dice", "lesion_f1", "lesion_recall", "lesion_precision", "small_lesion_recall"}
-STRATEGY_ORDER = ("none", "sphere", "unetmask", "diffmask", "copy_paste")
+STRATEGY_ORDER = tuple(STRATEGIES)
 
 
 def fold_metrics(summary: dict) -> dict[str, float]:
@@ -42,7 +43,10 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None
     found: dict[str, dict[str, dict[str, float]]] = {}
     models: dict[str, dict[str, dict]] = {}
     for folder in sorted(root.glob(f"seg_*__{plans_name}")):
-        strategy = folder.name[len("seg_"):-len(f"__{plans_name}")]
+        variant = SegVariant.parse(folder.name[: -len(f"__{plans_name}")])
+        if variant is None:
+            continue
+        strategy = variant.name[len("seg_"):]  # the strategy, with its ratio and seed when not the defaults
         for summary_file in sorted(folder.glob("fold_*/summary.json")):
             fold = summary_file.parent.name[len("fold_"):]
             checkpoint = summary_file.parent / FINAL
@@ -64,7 +68,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def compare(results: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
     rows = []
     baseline = results.get("none", {})
-    order = [s for s in STRATEGY_ORDER if s in results] + sorted(set(results) - set(STRATEGY_ORDER))
+    order = sorted(results, key=lambda key: (STRATEGY_ORDER.index(SegVariant.parse(f"seg_{key}").strategy), key))
     for strategy in order:
         folds = results[strategy]
         row = {"strategy": strategy, "folds": sorted(folds)}

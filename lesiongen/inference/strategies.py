@@ -3,6 +3,7 @@ whether the inpainter paints them in. Segmentation training, the nnU-Net export 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lesiongen.utilities.errors import LesiongenError
@@ -31,3 +32,35 @@ def strategy(name: str, allowed: tuple[str, ...] = tuple(STRATEGIES)) -> Strateg
     if name not in allowed:
         raise LesiongenError(f"unknown synthetic strategy '{name}'; choose one of {', '.join(allowed)}")
     return STRATEGIES[name]
+
+
+_SEG_VARIANT = re.compile(r"^seg_(?P<strategy>[a-z_]+?)(?:_r(?P<ratio>[0-9.]+))?(?:_s(?P<seed>\d+))?$")
+
+
+@dataclass(frozen=True)
+class SegVariant:
+    """A segmentation model's place in a comparison: strategy, synthetic ratio and training seed (None: default)."""
+
+    strategy: str
+    ratio: float = 1.0
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The results folder's trainer part: ``seg_diffmask``, ``seg_diffmask_r0.5``, ``seg_none_s2``."""
+        ratio = f"_r{self.ratio:g}" if self.strategy != "none" and self.ratio != 1.0 else ""
+        seed = f"_s{self.seed}" if self.seed is not None else ""
+        return f"seg_{self.strategy}{ratio}{seed}"
+
+    @property
+    def label(self) -> str:
+        """The strategy as a table shows it (``diffmask``, ``diffmask r0.5``)."""
+        return self.strategy + (f" r{self.ratio:g}" if self.strategy != "none" and self.ratio != 1.0 else "")
+
+    @classmethod
+    def parse(cls, name: str) -> "SegVariant | None":
+        """The variant of a folder's trainer part, or None when it is not a seg folder of a known strategy."""
+        match = _SEG_VARIANT.match(name)
+        if not match or match["strategy"] not in STRATEGIES:
+            return None
+        return cls(match["strategy"], float(match["ratio"] or 1.0), int(match["seed"]) if match["seed"] else None)

@@ -9,8 +9,21 @@ from typing import Any
 from lesiongen.io.dataset import lesion_values
 from lesiongen.utilities.serialization import load_dataclass, save_dataclass
 
-PLANS_FILE = "lesiongen_plans.json"
-PLANS_NAME = "lesiongenPlans"
+PLANS_NAME = "lesiongenPlans"  # the default plans identifier; others (e.g. lesiongenPlansCPU) sit next to it
+LEGACY_PLANS_FILE = "lesiongen_plans.json"  # the default plans' file name before plans identifiers (0.1)
+
+
+def plans_file_name(identifier: str) -> str:
+    """``{identifier}.json``, as nnU-Net names plans files (``lesiongenPlans.json``, ``lesiongenPlansCPU.json``)."""
+    return f"{identifier}.json"
+
+
+def plans_path(folder: Path, identifier: str = PLANS_NAME) -> Path:
+    """The plans file of ``identifier`` in a preprocessed dataset folder (the 0.1 name for the default plans when
+    only that exists)."""
+    path = folder / plans_file_name(identifier)
+    legacy = folder / LEGACY_PLANS_FILE
+    return legacy if identifier == PLANS_NAME and not path.is_file() and legacy.is_file() else path
 
 # normalisation schemes, picked from channel names as in nnU-Net
 ZSCORE = "zscore"
@@ -121,6 +134,13 @@ class Plans:
     stages: dict[str, StagePlan]
     sphere_priors: dict[str, SpherePrior]
     notes: list[str] = field(default_factory=list)  # why the planner did what it did, in words
+    # the preprocessed data these plans use (a folder of the preprocessed dataset); plans that differ only in their
+    # networks or schedules (a CPU preset) share the default plans' data. Empty: the plans' own name.
+    data_identifier: str = ""
+
+    @property
+    def data_folder_name(self) -> str:
+        return self.data_identifier or self.plans_name
 
     @property
     def num_channels(self) -> int:

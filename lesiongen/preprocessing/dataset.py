@@ -8,7 +8,7 @@ from pathlib import Path
 from lesiongen.fingerprint.fingerprint import FINGERPRINT_FILE, DatasetFingerprint, load_fingerprint
 from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import preprocessed_root
-from lesiongen.planning.plans import PLANS_FILE, Plans, load_plans
+from lesiongen.planning.plans import PLANS_NAME, Plans, load_plans, plans_path
 from lesiongen.preprocessing.preprocessor import PATCH_FOLDER
 from lesiongen.utilities.errors import LesiongenError
 
@@ -22,7 +22,7 @@ class PreprocessedDataset:
 
     @property
     def data_folder(self) -> Path:
-        return self.folder / self.plans.plans_name
+        return self.folder / self.plans.data_folder_name
 
     @property
     def lesion_patch_folder(self) -> Path:
@@ -33,13 +33,17 @@ class PreprocessedDataset:
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def open_preprocessed(identifier: str | int) -> PreprocessedDataset:
-    """The preprocessed dataset ``identifier`` (ID or name), with clear errors when a step has not run yet."""
+def open_preprocessed(identifier: str | int, plans_name: str = PLANS_NAME) -> PreprocessedDataset:
+    """The preprocessed dataset ``identifier`` (ID or name) with the plans ``plans_name``, with clear errors when a
+    step has not run yet."""
     folder = find_dataset_folder(identifier, preprocessed_root())
-    for name, producer in ((FINGERPRINT_FILE, "lesiongen_extract_fingerprint"), (PLANS_FILE, "lesiongen_plan")):
-        if not (folder / name).is_file():
-            raise LesiongenError(f"{folder / name}: not found; run {producer} -d {identifier} first")
-    plans = load_plans(folder / PLANS_FILE)
+    plans_file = plans_path(folder, plans_name)
+    for path, producer in ((folder / FINGERPRINT_FILE, "lesiongen_extract_fingerprint"),
+                           (plans_file, "lesiongen_plan")):
+        if not path.is_file():
+            preset = " --preset cpu" if plans_name != PLANS_NAME else ""
+            raise LesiongenError(f"{path}: not found; run {producer} -d {identifier}{preset} first")
+    plans = load_plans(plans_file)
     dataset = PreprocessedDataset(folder.name, folder, plans, load_fingerprint(folder / FINGERPRINT_FILE))
     if not dataset.case_ids():
         raise LesiongenError(f"{dataset.data_folder / 'training'}: no preprocessed cases; run lesiongen_preprocess "

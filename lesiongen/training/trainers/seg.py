@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from lesiongen.evaluation.segmentation_metrics import aggregate, case_metrics
 from lesiongen.inference.segment import probabilities_to_labels
-from lesiongen.inference.strategies import strategy as get_strategy
+from lesiongen.inference.strategies import SegVariant, strategy as get_strategy
 from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import ImageGeometry, read_image, write_image
 from lesiongen.models.segmenter import Segmenter
 from lesiongen.preprocessing.storage import load_array
-from lesiongen.training.base import Trainer, plans_sha256
+from lesiongen.training.base import DEFAULT_SEED, Trainer, plans_sha256
 from lesiongen.training.losses import deep_supervision_loss, softmax_dice_loss
 from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
 from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases
@@ -55,8 +55,15 @@ class SegTrainer(Trainer):
         super().__init__(*args, **kwargs)
 
     @property
+    def variant(self) -> SegVariant:
+        seed = None if self.options.seed == DEFAULT_SEED else self.options.seed
+        return SegVariant(self.strategy, float(self.synthetic_ratio) if self.strategy != "none" else 1.0, seed)
+
+    @property
     def folder_name(self) -> str:
-        return f"{self.name}_{self.strategy}"
+        """``seg_STRATEGY``, with ``_rRATIO`` for another synthetic ratio and ``_sSEED`` for another seed, so runs
+        that differ in either keep their own models."""
+        return self.variant.name
 
     # ---------------------------------------------------------------------------------------------- set-up
     def configure_optimizer(self, parameters):
