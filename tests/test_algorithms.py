@@ -129,7 +129,7 @@ def test_classifier_free_guidance_follows_the_formula_on_a_fake_network(plans):
 
 
 def test_guidance_changes_the_inpainted_lesion(plans):
-    model = Inpainter(plans, InpainterConfig(), "cpu")
+    model = Inpainter(plans, InpainterConfig(calibrate_contrast=False), "cpu")
     model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
     patch = model.patch_size
     images = np.zeros((1, model.n_channels, *patch), np.float32)
@@ -370,3 +370,101 @@ def test_seg_variant_names_round_trip():
         assert SegVariant.parse(variant.name) == variant
     assert SegVariant("diffmask", 0.5, 1).name == "seg_diffmask_r0.5_s1" and SegVariant.parse("seg_magic") is None
     assert SegVariant("none", 2.0).name == "seg_none"  # real data only: the ratio means nothing
+
+
+# ----------------------------------------------------------------------------------------- contrast calibration
+def test_contrast_calibration_hits_the_target_and_touches_only_the_lesion():
+    from lesiongen.fingerprint.lesions import lesion_contrast
+    from lesiongen.models.inpainter import calibrate_contrast
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 16, 16, 16)).astype(np.float32)
+    lesion = np.zeros((16, 16, 16), bool)
+    lesion[6:10, 6:10, 7:10] = True
+    brain = np.ones_like(lesion)
+    brain[:, :, :3] = False
+    target = np.array([2.5, -1.0])
+    out = calibrate_contrast(image, lesion, brain, target)
+    assert lesion_contrast(out, lesion, brain) == pytest.approx(target, abs=1e-4)
+    np.testing.assert_array_equal(out[:, ~lesion], image[:, ~lesion])
+    texture = out[:, lesion] - image[:, lesion]  # one shift per channel: the lesion's texture is kept
+    assert np.ptp(texture, axis=1) == pytest.approx([0.0, 0.0], abs=1e-5)
+
+
+def test_inserted_lesions_get_the_contrast_they_were_conditioned_on(plans):
+    from lesiongen.fingerprint.lesions import lesion_contrast
+
+    model = Inpainter(plans, InpainterConfig(), "cpu")  # calibration on, the default
+    model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
+    patch = model.patch_size
+    images = np.random.default_rng(1).normal(size=(1, model.n_channels, *patch)).astype(np.float32)
+    mask = np.zeros((1, *patch), np.uint8)
+    mask[0, 5:10, 6:10, 6:11] = 1
+    target = np.array([[[1.5, 3.0]]], np.float32)[:, :, :model.n_channels]
+    out = model.inpaint(images, mask, "insert", contrast=target, seed=0, schedule=InpaintSchedule(guidance_scale=1.0))
+    assert lesion_contrast(out[0], mask[0] > 0, np.ones(patch, bool)) == pytest.approx(target[0, 0], abs=1e-3)
+
+
+def test_settings_parse_in_the_type_of_the_setting():
+    from lesiongen.training.base import parse_setting_value
+    from lesiongen.utilities.errors import LesiongenError
+
+    assert parse_setting_value("false", True, "mirror_validation") is False
+    assert parse_setting_value("YES", False, "validate") is True
+    assert parse_setting_value("4", 16, "sampling_steps") == 4 and isinstance(parse_setting_value("4", 16, "x"), int)
+    assert parse_setting_value("5e-5", 1e-4, "learning_rate") == 5e-5
+    with pytest.raises(LesiongenError, match="expected true or false"):
+        parse_setting_value("maybe", True, "validate")
+
+
+# ------------------------------------------------------------------------------------------- mask plausibility
+def test_implausible_masks_are_named(plans):
+    import dataclasses
+
+    from lesiongen.inference.synthesis import implausible_mask
+
+    base = plans.sphere_priors["1"]
+    spacing = [1.0, 1.0, 1.0]
+
+    def prior(min_volume=1.0, max_volume=1e9, max_radius=1e9):
+        return dataclasses.replace(base, volume_mm3=dataclasses.replace(base.volume_mm3, minimum=min_volume,
+                                                                        maximum=max_volume),
+                                   radius_mm=dataclasses.replace(base.radius_mm, maximum=max_radius))
+
+    patch = (16, 16, 16)
+    blob = np.zeros(patch, np.uint8)
+    blob[6:9, 6:9, 6:9] = 1  # 27 mm3, radius sqrt(3) mm
+    assert implausible_mask(blob, prior(), spacing) is None
+    assert implausible_mask(np.zeros(patch, np.uint8), prior(), spacing) == "empty"
+    assert implausible_mask(blob, prior(max_volume=10.0), spacing) == "volume 27 mm3 outside 0-20 mm3"
+    assert implausible_mask(blob, prior(min_volume=100.0), spacing) == "volume 27 mm3 outside 50-2000000000 mm3"
+    assert implausible_mask(np.ones(patch, np.uint8), prior(), spacing) == "fills 100% of its patch"
+    frame = np.zeros(patch, np.uint8)
+    frame[0, :, 0] = frame[-1, :, -1] = frame[:, 0, 0] = frame[:, -1, -1] = 1  # thin, touching all six faces
+    assert implausible_mask(frame, prior(), spacing) == "touches every face of its patch"
+    far = np.zeros(patch, np.uint8)
+    far[2, 8, 8] = far[13, 8, 8] = 1  # radius 5.5 mm
+    assert implausible_mask(far, prior(max_radius=3.0), spacing) == "radius 5.5 mm above 4.5 mm"
+
+
+def test_synthesis_replaces_implausible_masks_by_the_sphere_prior(plans):
+    """A generator that always fills its patch: every lesion takes the sphere prior's ellipsoid, and says so."""
+    from lesiongen.inference.synthesis import SPHERE_FALLBACK, synthesize_model_space
+    from lesiongen.models.mask_generators import MaskGeneratorConfig, SphereMaskGenerator
+
+    class PatchFiller(SphereMaskGenerator):
+        def generate(self, spheres, conditioning, rng):
+            return np.ones((len(spheres), *self.patch_size), np.uint8)
+
+    generator = PatchFiller(plans, MaskGeneratorConfig(priors=plans.sphere_priors))
+    inpainter = Inpainter(plans, InpainterConfig(calibrate_contrast=False), "cpu")
+    inpainter.networks["denoiser"] = _FlagNetwork(inpainter.input_layout.offsets()["unconditioned"].start,
+                                                   inpainter.n_channels)
+    shape = [2 * s for s in plans.lesion_patch_size]
+    images = np.random.default_rng(0).normal(size=(plans.num_channels, *shape)).astype(np.float32)
+    brain = np.ones(shape, bool)
+    edit = synthesize_model_space(images, brain, None, plans, inpainter, generator, n_lesions=2, seed=1,
+                                  schedule=InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0))
+    assert len(edit.lesions) == 2 and all(r["mask_source"] == SPHERE_FALLBACK for r in edit.lesions)
+    assert all(len(r["rejected_masks"]) == 3 for r in edit.lesions)
+    assert 0 < edit.label.sum() < 0.5 * edit.label.size

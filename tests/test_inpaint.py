@@ -121,7 +121,8 @@ def test_evaluate_inpainting_scores_known_inpainters_exactly(inpainter, tmp_path
     """An inpainter that changes nothing, and one that paints exactly the mask: the report's values are known."""
     from lesiongen.models.inpainter import Inpainter
 
-    def fake(self, images, lesion_masks, mode="insert", contrast=None, seed=0, schedule=None, brain=None):
+    def fake(self, images, lesion_masks, mode="insert", contrast=None, seed=0, schedule=None, brain=None,
+             calibrate=None):
         out = np.array(images, dtype=np.float32, copy=True)
         if painter == "mask_only":
             out += 5.0 * (lesion_masks > 0)[:, None]  # the same change on every mask voxel

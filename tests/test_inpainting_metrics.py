@@ -234,3 +234,17 @@ def test_lesion_contrast_zero_spread_shell_and_empty_lesion():
     assert lesion_contrast(image, lesion, lesion) == [0.0]
     with pytest.raises(ValueError, match="lesion mask is empty"):
         lesion_contrast(image, np.zeros(SHAPE, dtype=bool), np.ones(SHAPE, dtype=bool))
+
+
+def test_contrast_agreement_of_a_shifted_distribution():
+    from lesiongen.evaluation.evaluate_inpainting import contrast_agreement
+
+    real = np.array([[1.0, -0.5], [2.0, -1.0], [3.0, -1.5], [4.0, -2.0]])
+    same = contrast_agreement(real, real)
+    assert same["contrast_wasserstein_per_channel"] == pytest.approx([0.0, 0.0])
+    assert same["contrast_mean_ratio"] == pytest.approx([1.0, 1.0])
+    shifted = contrast_agreement(real, real + np.array([0.5, 0.0]))
+    # a shifted 1-D distribution is exactly the shift away; the real std of channel 0 is sqrt(1.25)
+    assert shifted["contrast_wasserstein_per_channel"] == pytest.approx([0.5, 0.0])
+    assert shifted["contrast_wasserstein_over_real_std"][0] == pytest.approx(0.5 / np.sqrt(1.25))
+    assert shifted["contrast_mean_ratio"][0] == pytest.approx(3.0 / 2.5)

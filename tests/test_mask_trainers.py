@@ -183,6 +183,8 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path):
     (["501", "spheremask", "x"], "fold must be 0-4 or 'all'"),
     (["777", "spheremask", "0"], "no dataset folder with ID 777"),
     (["501", "diffmask", "0", "--set", "nonsense=1"], "diffmask has no such setting"),
+    (["501", "diffmask", "0", "--set", "lesion_loss_weight=heavy"], "lesion_loss_weight=heavy: expected a number"),
+    (["501", "diffmask", "0", "--set", "sampling_steps=2.5"], "sampling_steps=2.5: expected a whole number"),
 ])
 def test_bad_arguments_give_one_line(trained, capsys, argv, message):
     assert train_cli.main(argv + ["-device", "cpu", "--steps", "1"]) == 1

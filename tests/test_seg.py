@@ -14,7 +14,8 @@ from lesiongen.cli import train as train_cli
 from lesiongen.io.images import read_image
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.preprocessing.storage import load_array
-from lesiongen.training.base import DEFAULT_SEED, plans_sha256
+from lesiongen.training.base import plans_sha256
+from lesiongen.utilities.seeding import DEFAULT_SEED
 from lesiongen.training.synthetic import make_synthetic_cases, synthetic_folder
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.provenance import sha256_file

@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> None:
     counts = predict(models, cases, args.output, options, folds, str(device))
     part = f" (part {args.part_id + 1} of {args.num_parts})" if args.num_parts > 1 else ""
     print(f"{counts['done']} case(s) written to {args.output}{part}, {counts['skipped']} already done")
+    if counts.get("sphere_fallbacks"):
+        print(f"{counts['sphere_fallbacks']} of {counts['lesions']} lesion(s) took the sphere prior's ellipsoid: the "
+              f"{args.masks} masks were implausible (see synthesis_summary.json)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,12 @@ from pathlib import Path
 from lesiongen.cli.common import add_common_arguments, add_device_argument, add_plans_argument, positive_int, run_command
 
 
-def parse_setting(text: str) -> tuple[str, float]:
+def parse_setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE``; the value is converted to the setting's own type (number or boolean) by the trainer."""
     key, sep, value = text.partition("=")
-    if not sep:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
-    try:
-        return key.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+    return key.strip(), value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,8 +59,9 @@ def _remove_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dic
     return _mean(scores, ("mse", "psnr", "ssim")), healed
 
 
-def _insert_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dict, np.ndarray, list]:
-    inserted = inpainter.inpaint(images, masks, INSERT, seed=seed, schedule=schedule, brain=brain)
+def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: bool | None = None
+                   ) -> tuple[dict, np.ndarray, list]:
+    inserted = inpainter.inpaint(images, masks, INSERT, seed=seed, schedule=schedule, brain=brain, calibrate=calibrate)
     rows, contrasts = [], []
     for i in range(len(images)):
         lesion = masks[i] > 0
@@ -68,6 +69,18 @@ def _insert_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dic
                      "diff_map_iou": diff_map_iou(images[i], inserted[i], lesion)})
         contrasts.append(lesion_contrast(inserted[i], lesion, brain[i]))
     return _mean(rows, ("ssim_outside", "diff_map_iou")), inserted, contrasts
+
+
+def contrast_agreement(real: np.ndarray, inserted: np.ndarray) -> dict:
+    """Per channel: how far the inserted lesions' contrasts (n, C) are from the real ones' — the Wasserstein distance
+    in units of the real contrasts' standard deviation (goal <= 0.25) and the ratio of the means (goal 0.9-1.1)."""
+    real_std = real.std(axis=0)
+    distance = [float(wasserstein_distance(real[:, c], inserted[:, c])) for c in range(real.shape[1])]
+    real_mean, inserted_mean = real.mean(axis=0), inserted.mean(axis=0)
+    return {"contrast_real_mean": real_mean.tolist(), "contrast_inserted_mean": inserted_mean.tolist(),
+            "contrast_real_std": real_std.tolist(), "contrast_wasserstein_per_channel": distance,
+            "contrast_wasserstein_over_real_std": [d / s if s > 0 else None for d, s in zip(distance, real_std)],
+            "contrast_mean_ratio": [float(i / r) if r != 0 else None for i, r in zip(inserted_mean, real_mean)]}
 
 
 def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict:
@@ -102,12 +115,15 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     report["remove_real_lesions"] = {"mean_abs_contrast_before": float(np.mean(np.abs(before))),
                                      "mean_abs_contrast_after": float(np.mean(np.abs(after)))}
     report["remove_fake_masks"], healed = _remove_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
-    report["insert"], inserted, contrasts = _insert_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
     real_contrast = np.asarray(before)
-    report["insert"]["contrast_wasserstein_per_channel"] = [
-        float(wasserstein_distance(real_contrast[:, c], np.asarray(contrasts)[:, c])) for c in range(real_contrast.shape[1])]
-    report["insert"]["contrast_real_mean"] = real_contrast.mean(axis=0).tolist()
-    report["insert"]["contrast_inserted_mean"] = np.asarray(contrasts).mean(axis=0).tolist()
+    report["insert"], inserted, contrasts = _insert_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
+    report["insert"].update(contrast_agreement(real_contrast, np.asarray(contrasts)))
+    report["insert"]["contrast_calibrated"] = bool(inpainter.config.calibrate_contrast)
+    if inpainter.config.calibrate_contrast:  # what the network alone gives, for comparison
+        uncalibrated, _, raw_contrasts = _insert_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed,
+                                                        calibrate=False)
+        report["insert_uncalibrated"] = {**uncalibrated,
+                                         **contrast_agreement(real_contrast, np.asarray(raw_contrasts))}
     report["fast_schedule"] = {"network_evaluations_per_patch_insert": int(inpainter.last_evaluations),
                                "seconds": time.perf_counter() - start}
 

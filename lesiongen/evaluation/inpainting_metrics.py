@@ -20,6 +20,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from lesiongen.fingerprint.lesions import lesion_contrast  # noqa: F401  (one definition, re-exported)
+
 # BraTS 2023 robust range: percentiles of the ground truth that map to 0 and 1.
 _PERCENTILE_LOW = 0.5
 _PERCENTILE_HIGH = 99.5
@@ -198,49 +200,6 @@ def diff_map_iou(
     changed = difference > threshold
     union = np.count_nonzero(changed | mask)
     return float(np.count_nonzero(changed & mask) / union)
-
-
-def lesion_contrast(
-    image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, shell_voxels: int = 2
-) -> list[float]:
-    """Per channel (mean in lesion - mean in shell) / std in shell, as the fingerprint's lesion contrast.
-
-    ``image`` is (c, z, y, x) (a (z, y, x) volume counts as one channel). The shell is the ``brain`` voxels
-    within Euclidean distance ``shell_voxels`` of the lesion that are not lesion, the fingerprint's rule with
-    unit spacing. As there, a channel whose shell is empty or has (relatively) zero spread gives 0.0, and a
-    non-finite value becomes 0.0. Raises ValueError for an empty lesion.
-    """
-    stack = _as_channels(image, "image")
-    lesion = _spatial_mask(lesion, stack.shape[1:], "lesion")
-    brain = _spatial_mask(brain, stack.shape[1:], "brain")
-    if shell_voxels < 0:
-        raise ValueError(f"shell_voxels must be >= 0, got {shell_voxels}")
-    if not lesion.any():
-        raise ValueError("lesion mask is empty: contrast is undefined")
-
-    # Work in the lesion's bounding box padded by the shell width: distances are exact there and the cost
-    # scales with the lesion, not the volume.
-    box = ndimage.find_objects(lesion.astype(np.uint8))[0]
-    crop = tuple(slice(max(sl.start - shell_voxels, 0), min(sl.stop + shell_voxels, n))
-                 for sl, n in zip(box, lesion.shape))
-    lesion_crop = lesion[crop]
-    distance = ndimage.distance_transform_edt(~lesion_crop)
-    shell = (distance <= shell_voxels) & ~lesion_crop & brain[crop]
-
-    contrasts: list[float] = []
-    for channel in stack:
-        region = channel[crop].astype(np.float64)
-        shell_values = region[shell]
-        if shell_values.size == 0:
-            contrasts.append(0.0)
-            continue
-        lesion_mean = float(region[lesion_crop].mean())
-        shell_mean = float(shell_values.mean())
-        shell_std = float(shell_values.std())
-        spread_ok = shell_std > _STD_RTOL * max(abs(shell_mean), np.finfo(np.float64).tiny)
-        value = (lesion_mean - shell_mean) / shell_std if spread_ok else 0.0
-        contrasts.append(value if math.isfinite(value) else 0.0)
-    return contrasts
 
 
 def _as_channels(array: np.ndarray, name: str) -> np.ndarray:

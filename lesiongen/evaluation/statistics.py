@@ -20,7 +20,7 @@ BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 
 
-def _nanmean(values: np.ndarray, axis=None):
+def nanmean(values: np.ndarray, axis=None):
     """Mean without NaNs; NaN (silently) where a slice holds nothing else."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -52,7 +52,7 @@ def bootstrap_mean_ci(differences: np.ndarray, n_samples: int = BOOTSTRAP_SAMPLE
     seeds = rng.integers(0, n_seeds, size=(n_samples, n_seeds))
     # every sample: the chosen seeds' rows at the chosen cases' columns
     resampled = values[seeds[:, :, None], cases[:, None, :]]  # (n_samples, n_seeds, n_cases)
-    means = _nanmean(resampled.reshape(n_samples, -1), axis=1)
+    means = nanmean(resampled.reshape(n_samples, -1), axis=1)
     means = means[np.isfinite(means)]
     if not means.size:
         return math.nan, math.nan
@@ -79,8 +79,8 @@ def paired_difference(strategy: np.ndarray, baseline: np.ndarray, seed: int = 0)
     if strategy.shape != baseline.shape:
         raise ValueError(f"paired scores need the same (seeds, cases) shape, got {strategy.shape} and {baseline.shape}")
     differences = strategy - baseline
-    per_case = _nanmean(differences, axis=0)
-    mean = float(_nanmean(differences))
+    per_case = nanmean(differences, axis=0)
+    mean = float(nanmean(differences))
     low, high = bootstrap_mean_ci(differences, seed=seed)
     finite = per_case[np.isfinite(per_case)]
     return PairedDifference(mean, low, high, wilcoxon_p(per_case), differences.shape[1], differences.shape[0],

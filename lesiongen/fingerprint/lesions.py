@@ -246,3 +246,53 @@ def _shell(
     if brain_mask is not None:
         shell &= brain_mask[crop]
     return shell
+
+
+# ------------------------------------------------------------------------------------ contrast in a patch
+
+
+def lesion_shell_statistics(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, shell_voxels: int = 2
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel (mean in the lesion, mean in its shell, std in its shell), float64; NaN where the shell is empty.
+
+    ``image`` is (c, z, y, x) (a (z, y, x) volume counts as one channel); the shell is the ``brain`` voxels within
+    Euclidean distance ``shell_voxels`` of the lesion that are not lesion — the fingerprint's rule (:func:`_shell`)
+    with unit spacing. Raises ValueError for an empty lesion.
+    """
+    stack = np.asarray(image)
+    stack = stack[None] if stack.ndim == 3 else stack
+    lesion, brain = np.asarray(lesion, dtype=bool), np.asarray(brain, dtype=bool)
+    if stack.ndim != 4 or lesion.shape != stack.shape[1:] or brain.shape != stack.shape[1:]:
+        raise ValueError(f"image {stack.shape}, lesion {lesion.shape} and brain {brain.shape} do not fit together")
+    if shell_voxels < 0:
+        raise ValueError(f"shell_voxels must be >= 0, got {shell_voxels}")
+    if not lesion.any():
+        raise ValueError("lesion mask is empty: contrast is undefined")
+    # the lesion's bounding box padded by the shell width: exact distances, cost scaling with the lesion
+    box = ndimage.find_objects(lesion.astype(np.uint8))[0]
+    crop = tuple(slice(max(sl.start - shell_voxels, 0), min(sl.stop + shell_voxels, n))
+                 for sl, n in zip(box, lesion.shape))
+    lesion_crop = lesion[crop]
+    shell = (ndimage.distance_transform_edt(~lesion_crop) <= shell_voxels) & ~lesion_crop & brain[crop]
+    region = stack[(slice(None), *crop)].astype(np.float64)
+    inside = region[:, lesion_crop].mean(axis=1)
+    if not shell.any():
+        nan = np.full(len(stack), np.nan)
+        return inside, nan, nan
+    around = region[:, shell]
+    return inside, around.mean(axis=1), around.std(axis=1)
+
+
+def lesion_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, shell_voxels: int = 2) -> list[float]:
+    """Per channel (mean in lesion - mean in shell) / std in shell: the fingerprint's lesion contrast, measured in a
+    patch (the one definition the inpainter's condition, its calibration and the evaluation share).
+
+    As in the fingerprint, a channel whose shell is empty or has (relatively) zero spread gives 0.0, and a
+    non-finite value becomes 0.0. Raises ValueError for an empty lesion.
+    """
+    inside, shell_mean, shell_std = lesion_shell_statistics(image, lesion, brain, shell_voxels)
+    contrasts = []
+    for lesion_mean, mean, std in zip(inside, shell_mean, shell_std):
+        spread_ok = np.isfinite(std) and std > _STD_RTOL * max(abs(mean), np.finfo(np.float64).tiny)
+        contrasts.append(_finite((lesion_mean - mean) / std) if spread_ok else 0.0)
+    return contrasts

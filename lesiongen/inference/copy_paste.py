@@ -1,5 +1,8 @@
-"""Copy-paste lesions (CarveMix / TumorCP-like): real lesions of the fold's training cases cut out with their
-surroundings and pasted into a healthy model-space scan, keeping each lesion's contrast to its surroundings."""
+"""Copy-paste lesions as CarveMix does it: a region carved around a real lesion of the fold's training cases (the
+lesion grown by a random margin, so some of its surrounding tissue comes along) is pasted into a healthy model-space
+scan at a place drawn from the prior's location histogram x tissue probabilities, its intensities harmonised to the
+recipient (per channel, the donor's surroundings are shifted to the recipient's; TumorCP's matching) and its edge
+feathered over the margin."""
 
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ from lesiongen.preprocessing.lesion_patches import LesionPatches
 from lesiongen.utilities.cropping import extract_patch, insert_patch
 
 
+MAX_MARGIN_VOXELS = 3  # the carved margin is drawn from 1..3 voxels around the lesion, per pasted lesion
+
+
 def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
                priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
-               margin: int = 2) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+               max_margin: int = MAX_MARGIN_VOXELS) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Paste real training lesions into a healthy model-space scan; (images, label map, one record per lesion)."""
     out = images.copy()
     label = np.zeros(brain.shape, np.uint8)
@@ -35,6 +41,7 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         lesion = np.where(recipient_brain, lesion, 0).astype(np.uint8)
         if not lesion.any():
             continue
+        margin = int(rng.integers(1, max_margin + 1))
         shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
         donor_shell = shell & donors.brain[donor]
         if not shell.any() or not donor_shell.any():
@@ -48,7 +55,8 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         existing = extract_patch(label, centre, patch_size, fill=0)
         insert_patch(label, np.where(lesion > 0, lesion, existing).astype(np.uint8), centre)
         records.append({"label": value, "centre_model_voxel": [int(c) for c in centre],
-                        "voxels_model": int((lesion > 0).sum()), "donor_case": donors.case_ids[donor]})
+                        "voxels_model": int((lesion > 0).sum()), "donor_case": donors.case_ids[donor],
+                        "margin_voxels": margin})
     return out, label, records
 
 

@@ -15,7 +15,7 @@ import torch
 
 from lesiongen.inference.predict import InputCase, PredictOptions, run_cases, write_channels
 from lesiongen.inference.segment import segment
-from lesiongen.inference.synthesis import remove_lesions, synthesize
+from lesiongen.inference.synthesis import count_fallbacks, remove_lesions, synthesize
 from lesiongen.io.images import ImageGeometry, write_image
 from lesiongen.models.folder import PLANS_JSON, ModelFolder, trainer_folder_name
 from lesiongen.models.inpainter import Inpainter
@@ -94,11 +94,20 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
             _check_same_plans(inpainter, generator)
             work = _synth_work(inpainter, generator, out, options)
     counts = run_cases(cases, out, options, n_channels, work, plans=models.main.plans())
-    if options.mode == "synth" and options.preview and getattr(work, "gallery", None):
-        from lesiongen.inference.previews import gallery
+    if options.mode == "synth":
+        if options.preview and work.gallery:
+            from lesiongen.inference.previews import gallery
 
-        entries, spacings = zip(*work.gallery)
-        gallery(list(entries), list(spacings), out / "previews" / "gallery.png")
+            entries, spacings = zip(*work.gallery)
+            gallery(list(entries), list(spacings), out / "previews" / "gallery.png")
+        counts["lesions"] = sum(len(r["lesions"]) for r in work.records.values())
+        counts["sphere_fallbacks"] = sum(count_fallbacks(r["lesions"]) for r in work.records.values())
+        if work.records:  # this run's cases (cases skipped by --continue were summarised by their own run)
+            write_json(out / f"synthesis_summary_part{options.part_id}.json" if options.num_parts > 1 else
+                       out / "synthesis_summary.json",
+                       {"cases": work.records, "lesions": counts["lesions"],
+                        "sphere_fallbacks": counts["sphere_fallbacks"], "mask_generator": generator.record(),
+                        "inpainter": inpainter.record(), "seed": options.seed})
     return counts
 
 
@@ -133,6 +142,7 @@ def _synth_work(inpainter: Inpainter, generator: MaskGenerator, out: Path, optio
                 logger.warning("%s variant %d: no draw within the volume range after %d tries; keeping the last "
                                "(%.0f mm3)", case.case_id, variant, VOLUME_TRIES, volume)
             name = f"{case.case_id}_syn{variant}"
+            work.records[name] = {"lesions": result.lesions, "lesion_volume_mm3": volume}
             write_channels(result.images, geometry, out / name, case.ending, dtypes)
             if options.preview:
                 from lesiongen.inference.previews import lesion_preview
@@ -143,7 +153,7 @@ def _synth_work(inpainter: Inpainter, generator: MaskGenerator, out: Path, optio
                     work.gallery.append(((name, result.images, result.label, images), spacing))
             write_image(out / "labels" / f"{name}{case.ending}", result.label, geometry)  # last: case done
 
-    work.gallery = []
+    work.gallery, work.records = [], {}
     return work
 
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.seeding import DEFAULT_SEED
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class SegVariant:
     strategy: str
     ratio: float = 1.0
     seed: int | None = None
+
+    @classmethod
+    def of(cls, strategy: str, ratio: float = 1.0, seed: int | None = None) -> "SegVariant":
+        """The variant of a seg run: the default seed and, for real data only, any ratio are left out of its name."""
+        return cls(strategy, 1.0 if strategy == "none" else float(ratio), None if seed == DEFAULT_SEED else seed)
 
     @property
     def name(self) -> str:

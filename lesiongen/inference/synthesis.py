@@ -17,9 +17,10 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
+from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
 from lesiongen.inference.scan_space import ModelSpaceScan, paste_back, region_to_original, to_model_space
 from lesiongen.models.conditioning import MaskConditioning
-from lesiongen.models.spheres import sample_sphere_lesions
+from lesiongen.models.spheres import render_ellipsoids, sample_sphere_lesions
 from lesiongen.planning.plans import Categorical, Plans, SpherePrior
 from lesiongen.preprocessing.resampling import resample_labels
 from lesiongen.utilities.components import label_components
@@ -28,14 +29,29 @@ from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger(__name__)
 
-MASK_RETRIES = 3  # a generator may return an empty mask (e.g. all components below the minimum lesion size)
+MASK_RETRIES = 3  # draws of a generated mask before the sphere prior's ellipsoid replaces it
+# A generated mask is plausible when its volume lies within [smallest / 2, largest x 2] of the fold's real lesions of
+# its class and its bounding radius within 1.5 x the largest real one, and it neither fills more than half of its
+# patch nor touches all six faces of it (a patch-filling "cube": what a briefly trained diffmask can produce).
+VOLUME_TOLERANCE = 2.0
+RADIUS_TOLERANCE = 1.5
+MAX_PATCH_FRACTION = 0.5
 
 
 @dataclass
 class SynthesisResult:
     images: np.ndarray  # (c, z, y, x), the input's grid and dtype
     label: np.ndarray  # (z, y, x) uint8 lesion labels on the input's grid
-    lesions: list[dict] = field(default_factory=list)  # per placed lesion: class, model-space centre, voxels
+    lesions: list[dict] = field(default_factory=list)  # per placed lesion: class, centre, voxels, mask source
+
+    @property
+    def sphere_fallbacks(self) -> int:
+        return count_fallbacks(self.lesions)
+
+
+def count_fallbacks(lesions: list[dict]) -> int:
+    """Lesions whose generated masks were implausible every time and that took the sphere prior's ellipsoid."""
+    return sum(1 for lesion in lesions if lesion.get("mask_source") == SPHERE_FALLBACK)
 
 
 def _lesion_counts(priors: dict[str, SpherePrior], n_lesions: int | None, rng: np.random.Generator) -> list[int]:
@@ -125,14 +141,18 @@ def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.nda
         image_patch = extract_patch(edited, centre, patch, fill=0.0)
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
+        source, rejected = "given", []
         if given is not None:
             mask = given
         else:
-            mask = _generate_mask(mask_generator, label, image_patch, brain_patch, tissue_patch, rng)
+            mask, source, rejected = _generate_mask(mask_generator, label, image_patch, brain_patch, tissue_patch,
+                                                    rng)
             if mask is None:
-                logger.warning("lesion %d: the mask generator gave no lesion after %d tries; skipped", number,
-                               MASK_RETRIES)
+                logger.warning("lesion %d: no mask, not even the sphere prior's, fits the brain here; skipped", number)
                 continue
+            if source == SPHERE_FALLBACK:
+                logger.warning("lesion %d: the %s masks were implausible %d time(s) (%s); used the sphere prior's "
+                               "ellipsoid instead", number, mask_generator.kind, len(rejected), rejected[-1])
         result = inpainter.inpaint(image_patch[None], mask[None], "insert", seed=int(rng.integers(2**31)),
                                    schedule=schedule, brain=brain_patch[None])[0]
         insert_patch(edited, result, centre)
@@ -141,7 +161,7 @@ def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.nda
         region = extract_patch(changed, centre, patch, fill=False) | edit_region(mask > 0, inpainter.margin_voxels)
         insert_patch(changed, region, centre)
         records.append({"label": int(label), "centre_model_voxel": [int(c) for c in centre],
-                        "voxels_model": int((mask > 0).sum())})
+                        "voxels_model": int((mask > 0).sum()), "mask_source": source, "rejected_masks": rejected})
     return ModelSpaceEdit(edited, label_model, changed, records)
 
 
@@ -160,17 +180,51 @@ def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter
     return SynthesisResult(out, region_to_original(edit.label, scan).astype(np.uint8), edit.lesions)
 
 
-def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, rng) -> np.ndarray | None:
+SPHERE_FALLBACK = "sphere_fallback"
+
+
+def implausible_mask(mask: np.ndarray, prior: SpherePrior, spacing: list[float]) -> str | None:
+    """Why a generated lesion mask is implausible for its class (None when it is not), by the rule above."""
+    voxels = int((mask > 0).sum())
+    if voxels == 0:
+        return "empty"
+    volume = voxels * float(np.prod(spacing))
+    low, high = prior.volume_mm3.minimum / VOLUME_TOLERANCE, prior.volume_mm3.maximum * VOLUME_TOLERANCE
+    if not low <= volume <= high:
+        return f"volume {volume:.0f} mm3 outside {low:.0f}-{high:.0f} mm3"
+    if voxels > MAX_PATCH_FRACTION * mask.size:
+        return f"fills {voxels / mask.size:.0%} of its patch"
+    if all(np.take(mask > 0, i, axis=a).any() for a in range(3) for i in (0, -1)):
+        return "touches every face of its patch"
+    _, radius = minimum_enclosing_sphere(np.argwhere(mask > 0) * np.asarray(spacing))
+    if radius > prior.radius_mm.maximum * RADIUS_TOLERANCE:
+        return f"radius {radius:.1f} mm above {prior.radius_mm.maximum * RADIUS_TOLERANCE:.1f} mm"
+    return None
+
+
+def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, rng
+                   ) -> tuple[np.ndarray | None, str, list[str]]:
+    """(mask, "generator" or "sphere_fallback", why earlier draws were rejected): up to ``MASK_RETRIES`` draws of
+    the generator, then the sphere prior's ellipsoid of the last draw's spheres."""
     priors = _single_lesion_priors(generator.priors, label)
+    rejected: list[str] = []
+    spheres = []
     for _ in range(MASK_RETRIES):
         spheres = sample_sphere_lesions(priors, generator.patch_size, generator.spacing, rng, brain=brain_patch,
                                         tissue=tissue_patch)
         conditioning = MaskConditioning(brain=brain_patch[None], tissue=None if tissue_patch is None else
                                         tissue_patch[None], images=image_patch[None], spheres=[spheres])
         mask = generator.sample_masks(1, conditioning, seed=int(rng.integers(2**31)))[0]
-        if mask.any():
-            return mask
-    return None
+        problem = implausible_mask(mask, priors[str(label)], generator.spacing)
+        if problem is None:
+            return mask, "generator", rejected
+        rejected.append(problem)
+    fallback = render_ellipsoids(spheres, generator.patch_size, generator.spacing) if spheres else None
+    if fallback is not None:
+        fallback[~brain_patch.astype(bool)] = 0
+    if fallback is None or not fallback.any():
+        return None, SPHERE_FALLBACK, rejected
+    return fallback, SPHERE_FALLBACK, rejected
 
 
 def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan, patch_size: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from lesiongen.diffusion.guidance import classifier_free_guidance
 from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, repaint
 from lesiongen.diffusion.schedules import ScheduleConfig
+from lesiongen.fingerprint.lesions import lesion_contrast, lesion_shell_statistics
 from lesiongen.models.base import LesionModel
 from lesiongen.models.networks import build_network
 from lesiongen.planning import channels
@@ -27,7 +27,6 @@ from lesiongen.utilities.errors import LesiongenError
 
 INSERT, REMOVE = "insert", "remove"
 SHELL_VOXELS = 2
-_BALL = ndimage.generate_binary_structure(3, 3)
 
 
 @dataclass
@@ -37,18 +36,30 @@ class InpainterConfig:
     sampling: InpaintSchedule = field(default_factory=InpaintSchedule)  # default sampler, steps, jumps, guidance
     margin_voxels: int = 2  # edit region and feathering ramp around the lesion
     contrast_scale: float = 4.0  # contrasts of a few standard deviations -> network inputs of order 1
+    # insert mode: shift each inserted lesion's intensities so its contrast to the surrounding tissue is exactly the
+    # condition it was drawn with (a contrast of the training lesions); the network alone over- or undershoots
+    calibrate_contrast: bool = True
     # per lesion class: the (channel) contrasts of the training lesions; insert mode draws its condition from these
     contrast_bank: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
-def patch_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """(C,) contrast (mean in lesion - mean in shell) / std in shell, zeros when undefined."""
-    shell = ndimage.binary_dilation(lesion, _BALL, iterations=SHELL_VOXELS) & brain & ~lesion
-    if not lesion.any() or shell.sum() < 2:
+def class_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(C,) contrast of the lesion voxels of a (c, z, y, x) patch, the fingerprint's definition
+    (:func:`lesiongen.fingerprint.lesions.lesion_contrast`); zeros for an empty lesion."""
+    if not lesion.any():
         return np.zeros(image.shape[0], dtype=np.float32)
-    inside, around = image[:, lesion], image[:, shell]
-    std = around.std(axis=1)
-    return np.where(std > 1e-6, (inside.mean(axis=1) - around.mean(axis=1)) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+    return np.asarray(lesion_contrast(image, lesion, brain, SHELL_VOXELS), dtype=np.float32)
+
+
+def calibrate_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``image`` (c, z, y, x) with the lesion voxels shifted per channel so that the lesion's contrast to its shell
+    is ``target`` (C,) exactly. Only lesion voxels change, so the shell the contrast is measured against stays."""
+    inside, shell_mean, shell_std = lesion_shell_statistics(image, lesion, brain, SHELL_VOXELS)
+    usable = np.isfinite(shell_std) & (shell_std > 1e-6)
+    shift = np.where(usable, np.asarray(target, dtype=np.float64) * shell_std + shell_mean - inside, 0.0)
+    out = image.copy()
+    out[:, lesion] += shift.astype(image.dtype)[:, None]
+    return out
 
 
 class Inpainter(LesionModel):
@@ -127,12 +138,14 @@ class Inpainter(LesionModel):
 
     def inpaint(self, images: np.ndarray, lesion_masks: np.ndarray, mode: str = INSERT,
                 contrast: np.ndarray | None = None, seed: int = 0, schedule: InpaintSchedule | None = None,
-                brain: np.ndarray | None = None) -> np.ndarray:
+                brain: np.ndarray | None = None, calibrate: bool | None = None) -> np.ndarray:
         """Insert lesions into (or remove them from) (n, C, z, y, x) patches at the plans' lesion patch size.
 
         ``lesion_masks`` (n, z, y, x) hold lesion class labels. ``contrast`` (n, K, C) is the texture condition
         (default: drawn from the training lesions); ignored in ``remove`` mode. ``schedule`` defaults to the
-        model's sampler. Voxels farther than ``margin_voxels`` from the masks come back bit-identical.
+        model's sampler; ``calibrate`` (default: the configuration's ``calibrate_contrast``) shifts each inserted
+        lesion to exactly its condition's contrast. Voxels farther than ``margin_voxels`` from the masks come back
+        bit-identical.
         """
         if mode not in (INSERT, REMOVE):
             raise LesiongenError(f"inpainting mode must be '{INSERT}' or '{REMOVE}', got '{mode}'")
@@ -169,4 +182,11 @@ class Inpainter(LesionModel):
             for i in range(len(known)):
                 out[start + i] = feather_blend(images[start + i], generated[i], lesion_any[start + i],
                                                self.margin_voxels)
+        if mode == INSERT and (self.config.calibrate_contrast if calibrate is None else calibrate):
+            for i in range(n):
+                patch_brain = np.ones(self.patch_size, bool) if brain is None else brain[i].astype(bool)
+                for k, label in enumerate(self.plans.lesion_labels):
+                    lesion_k = lesion_masks[i] == label
+                    if lesion_k.any():
+                        out[i] = calibrate_contrast(out[i], lesion_k, patch_brain, contrast[i, k])
         return out

@@ -37,11 +37,10 @@ from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, json_plain, remove_partial_files, write_json
 from lesiongen.utilities.locks import FolderLock
 from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
-from lesiongen.utilities.seeding import derive_seed
+from lesiongen.utilities.seeding import DEFAULT_SEED, derive_seed
 
 logger = logging.getLogger("lesiongen.training")
 
-DEFAULT_SEED = 12345
 LOG_FILE = "training_log.txt"
 SUMMARY_FILE = "training_summary.json"
 

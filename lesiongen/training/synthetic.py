@@ -22,7 +22,7 @@ import numpy as np
 
 from lesiongen.inference.copy_paste import copy_paste
 from lesiongen.inference.strategies import SYNTHETIC, strategy as get_strategy
-from lesiongen.inference.synthesis import synthesize_model_space
+from lesiongen.inference.synthesis import count_fallbacks, synthesize_model_space
 from lesiongen.models.folder import trainer_folder
 from lesiongen.models.registry import load_model
 from lesiongen.planning.priors import fold_sphere_priors
@@ -38,7 +38,7 @@ from lesiongen.utilities.seeding import derive_seed
 logger = logging.getLogger(__name__)
 
 # bump when what a seed and set of models produce changes, so cached cases are made again
-SYNTHESIS_VERSION = 2
+SYNTHESIS_VERSION = 3
 EMPTY_RETRIES = 3  # a draw may give no lesion (e.g. every mask below the minimum lesion size): redraw
 MAX_EMPTY_FRACTION = 0.1  # default: more lesion-free synthetic cases than this is an error, not a warning
 
@@ -49,6 +49,8 @@ class SyntheticSet:
     models_used: dict[str, dict[str, Any]]  # role -> model record (checkpoint, sha256, steps ...)
     made: int  # cases made by this call (the rest came from the cache)
     empty: int  # cases without a lesion
+    lesions: int = 0  # lesions in all cases
+    sphere_fallbacks: int = 0  # lesions whose generated masks were implausible and took the sphere prior's
 
 
 def synthetic_folder(dataset: PreprocessedDataset, strategy: str, fold: int | str) -> Path:
@@ -137,17 +139,24 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
             _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
         for i in todo:
             _make_case(dataset, cases[i], keys[i], maker)
-    records = {role: {"checkpoint": str(path), "sha256": sha[role],
-                      **({"steps_trained": models[role].provenance.get("steps_trained")} if role in models else {})}
-               for role, path in checkpoints.items()}
-    empty = sum(1 for c in cases if read_json(Path(f"{c.stem}.json"))["lesions"] == 0)
+    model_records = {role: {"checkpoint": str(path), "sha256": sha[role],
+                            **({"steps_trained": models[role].provenance.get("steps_trained")} if role in models
+                               else {})}
+                     for role, path in checkpoints.items()}
+    records = [read_json(Path(f"{c.stem}.json")) for c in cases]
+    empty = sum(1 for r in records if r["lesions"] == 0)
+    lesions = sum(r["lesions"] for r in records)
+    fallbacks = sum(count_fallbacks(r["lesion_records"]) for r in records)
+    if fallbacks:
+        logger.warning("%d of %d synthetic %s lesion(s) took the sphere prior's ellipsoid: the generated masks were "
+                       "implausible", fallbacks, lesions, strategy)
     if empty > max_empty_fraction * n_cases:
         raise LesiongenError(f"{folder}: {empty} of {n_cases} synthetic {strategy} cases hold no lesion (more than "
                              f"{max_empty_fraction:.0%}); the {strategy} models give too few lesions to train on "
                              "(train them longer, or allow it with --set max_empty_synthetic_fraction=F)")
     if empty:
         logger.warning("%d of %d synthetic %s case(s) hold no lesion", empty, n_cases, strategy)
-    return SyntheticSet(cases, records, len(todo), empty)
+    return SyntheticSet(cases, model_records, len(todo), empty, lesions, fallbacks)
 
 
 def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):

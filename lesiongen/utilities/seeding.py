@@ -12,6 +12,7 @@ import hashlib
 import numpy as np
 
 SEED_BITS = 31  # seeds fit a signed 32-bit integer: torch, numpy and batchgenerators all accept them
+DEFAULT_SEED = 12345  # the seed of every command that takes --seed, unless told otherwise
 
 
 def _entropy(part: int | str) -> int:

@@ -26,7 +26,7 @@ import torch
 
 from lesiongen.diffusion.inpainting import edit_region
 from lesiongen.diffusion.schedules import add_noise, training_target
-from lesiongen.models.inpainter import Inpainter, InpainterConfig, patch_contrast
+from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast
 from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_patches, relocate_shape
 from lesiongen.training.base import Trainer
 from lesiongen.training.data import draw_batch, mirrored
@@ -56,7 +56,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
         labels = self.plans.lesion_labels
         # per patch and class: the contrast of that class's lesions (the texture condition to learn from)
         self.contrasts = np.stack([
-            np.stack([patch_contrast(self.data.images[i], self.data.masks[i] == label, self.data.brain[i])
+            np.stack([class_contrast(self.data.images[i], self.data.masks[i] == label, self.data.brain[i])
                       for label in labels])
             for i in range(len(self.data))])  # (n, K, C)
         logger.info("%d lesion patches from %d training cases", len(self.data), len(set(self.data.case_ids)))

@@ -28,7 +28,7 @@ from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import ImageGeometry, read_image, write_image
 from lesiongen.models.segmenter import Segmenter
 from lesiongen.preprocessing.storage import load_array
-from lesiongen.training.base import DEFAULT_SEED, Trainer, plans_sha256
+from lesiongen.training.base import Trainer, plans_sha256
 from lesiongen.training.losses import deep_supervision_loss, softmax_dice_loss
 from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
 from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases
@@ -49,6 +49,7 @@ class SegTrainer(Trainer):
     num_workers = -1  # background augmentation processes; -1: nnU-Net's rule from the CPU count and device
     mirror_validation = True  # mirroring test-time augmentation when predicting the validation cases
     max_empty_synthetic_fraction = MAX_EMPTY_FRACTION  # more lesion-free synthetic cases than this is an error
+    validate = True  # predict and score the validation cases after training (fold all: its own training cases)
 
     def __init__(self, *args, strategy: str = "none", **kwargs):
         self.strategy = get_strategy(strategy).name
@@ -56,8 +57,7 @@ class SegTrainer(Trainer):
 
     @property
     def variant(self) -> SegVariant:
-        seed = None if self.options.seed == DEFAULT_SEED else self.options.seed
-        return SegVariant(self.strategy, float(self.synthetic_ratio) if self.strategy != "none" else 1.0, seed)
+        return SegVariant.of(self.strategy, self.synthetic_ratio, self.options.seed)
 
     @property
     def folder_name(self) -> str:
@@ -90,7 +90,8 @@ class SegTrainer(Trainer):
         self.distributed.barrier()  # the other ranks read the cases rank 0 made
         made = made or make()
         self.models_used = made.models_used
-        self.extra["synthetic_empty_cases"] = made.empty
+        self.extra.update(synthetic_empty_cases=made.empty, synthetic_lesions=made.lesions,
+                          synthetic_sphere_fallbacks=made.sphere_fallbacks)
         return made.cases
 
     def load_training_data(self) -> None:
@@ -121,10 +122,10 @@ class SegTrainer(Trainer):
     def finish_training(self, model: Segmenter) -> None:
         if hasattr(self.batches, "_finish"):
             self.batches._finish()
-        if self.distributed.is_main:
-            self.extra["validation"] = json_plain(self.validate(model))
+        if self.distributed.is_main and self.validate:
+            self.extra["validation"] = json_plain(self.validate_cases(model))
 
-    def validate(self, model: Segmenter) -> dict:
+    def validate_cases(self, model: Segmenter) -> dict:
         """Predict the validation cases, export them at their original geometry and score them."""
         folder = self.output_folder / "validation"
         folder.mkdir(parents=True, exist_ok=True)

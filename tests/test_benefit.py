@@ -1,0 +1,67 @@
+"""lesiongen_benefit end to end on the tiny dataset: trainings, held-out scoring, paired report, rerun, no leak."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY, TINY_NAME
+from lesiongen.benefit import BenefitOptions, check_no_leak, held_out_cases
+from lesiongen.cli import benefit as benefit_cli
+from lesiongen.evaluation.compare import METRICS
+from lesiongen.io.images import read_image
+from lesiongen.utilities.errors import LesiongenError
+
+
+@pytest.fixture(scope="module")
+def benefit(tiny_preprocessed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("benefit")
+    args = ["-d", str(TINY.dataset_id), "--strategies", "none", "copy_paste", "--seeds", "0", "--ratio", "0.33",
+            "--sweep", "copy_paste", "--sweep_ratios", "0.33", "0.67", "--seg_steps", "2", "--disable_tta",
+            "-device", "cpu", "-o", str(out)]
+    assert benefit_cli.main(args) == 0
+    return tiny_preprocessed, out, args
+
+
+def test_report_compares_each_strategy_with_real_data_only(benefit):
+    folders, out, _ = benefit
+    report = json.loads((out / "benefit.json").read_text())
+    assert [r["strategy"] for r in report["strategies"]] == ["none", "copy_paste"]
+    assert report["test_cases"] == ["test_000"] and report["test_dataset"] == TINY_NAME
+    paired = report["strategies"][1]["vs_none"]
+    assert set(paired) == set(METRICS) and paired["dice"]["n_cases"] == 1 and paired["dice"]["n_seeds"] == 1
+    dice = {name: cases["test_000"]["dice"] for name, cases in report["per_case"].items()}
+    assert paired["dice"]["mean"] == pytest.approx(dice["seg_copy_paste_r0.33_s0"] - dice["seg_none_s0"], abs=1e-12)
+    assert [r["ratio"] for r in report["sweep"]["rows"]] == [0.33, 0.67]
+    # the scores are those of the written predictions against the raw test labels
+    reference, _ = read_image(folders["raw"] / TINY_NAME / "labelsTs" / "test_000.nii.gz")
+    prediction, _ = read_image(out / "predictions" / "seg_none_s0" / "test_000.nii.gz")
+    total = (reference == 1).sum() + (prediction == 1).sum()
+    expected = 1.0 if total == 0 else 2 * ((reference == 1) & (prediction == 1)).sum() / total
+    assert dice["seg_none_s0"] == pytest.approx(expected)
+    for name in ("md", "csv", "png"):
+        assert (out / f"benefit.{name}").stat().st_size > 100
+    assert "| copy_paste | 0.33 |" in (out / "benefit.md").read_text()
+    assert set(report["provenance"]["models"]) >= {"seg_none_s0", "seg_copy_paste_r0.33_s0", "seg_copy_paste_r0.67_s0"}
+
+
+def test_no_test_case_reaches_any_training_set(benefit):
+    folders, out, _ = benefit
+    report = json.loads((out / "benefit.json").read_text())
+    for name in report["provenance"]["models"]:
+        summary = json.loads((folders["results"] / TINY_NAME / f"{name}__lesiongenPlans" / "fold_all" /
+                              "training_summary.json").read_text())
+        assert "test_000" not in summary["train_cases"]
+    raw, cases = held_out_cases(BenefitOptions(dataset=str(TINY.dataset_id)))
+    with pytest.raises(LesiongenError, match="test case"):
+        check_no_leak([{"variant": "seg_none", "train_cases": ["test_000"]}], raw, cases,
+                      BenefitOptions(dataset=str(TINY.dataset_id)))
+
+
+def test_a_rerun_trains_nothing_again(benefit, capsys):
+    _, out, args = benefit
+    assert benefit_cli.main(args) == 0
+    report = json.loads((out / "benefit.json").read_text())
+    assert set(report["trainings"].values()) == {"up to date"}
