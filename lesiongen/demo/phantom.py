@@ -67,7 +67,7 @@ class DemoConfig:
     shape: tuple[int, int, int] = (64, 76, 64)
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
     lesions_per_case: tuple[int, int] = (2, 8)  # inclusive range
-    lesion_radius_mm: tuple[float, float] = (1.5, 7.0)
+    lesion_radius_mm: tuple[float, float] = (3.0, 8.0)
     file_ending: str = ".nii.gz"
     seed: int = 0
     image_reader: str = "SimpleITKIO"  # written to dataset.json; NibabelIO needs no SimpleITK (NIfTI only)

@@ -130,14 +130,14 @@ def _segmentation_stage(fingerprint: DatasetFingerprint, spacing: list[float], m
     return StagePlan(
         patch_size=unet.patch_size,
         batch_size=batch,
-        networks={"unet": _plain_unet_plan(unet, n_channels, n_classes)},
+        networks={"unet": plain_unet_plan(unet, n_channels, n_classes)},
         num_epochs=epochs,
         iterations_per_epoch=iterations,
         estimated_memory_gb=round(topo.unet_memory_gb(elements, batch), 3),
     )
 
 
-def _plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -> NetworkPlan:
+def plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -> NetworkPlan:
     """Keyword arguments of dynamic_network_architectures' PlainConvUNet."""
     return NetworkPlan(
         architecture="dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -241,7 +241,7 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
         "mask_generation", patch,
         {
             "diffusion": (mask_diffusion, mask_diffusion_topology, mask_diffusion_in),
-            "unet": (_plain_unet_plan(mask_unet, mask_unet_in, n_lesion_classes), None, mask_unet_in),
+            "unet": (plain_unet_plan(mask_unet, mask_unet_in, n_lesion_classes), None, mask_unet_in),
         },
         gpu_memory_target_gb, n_lesions,
     )

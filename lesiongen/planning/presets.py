@@ -2,9 +2,10 @@
 identifiers (``-p``). A preset changes networks, batches and schedules only, so it shares the default plans'
 preprocessed data (``data_identifier``).
 
-``cpu`` (``lesiongenPlansCPU``): the planned topologies with far fewer features, lesion-stage batches of at most 8
-and schedules of about a thousand steps per stage, so the whole pipeline runs on a CPU in minutes to an hour
-instead of days. Patch sizes, spacing, normalisation and the sphere priors stay as planned.
+``cpu`` (``lesiongenPlansCPU``): the planned topologies with far fewer features, lesion-stage batches of at most 8,
+a segmentation patch of at most 32^3 voxels (batch 4; the sliding window covers whole scans as before) and schedules
+of about a thousand steps per stage, so the whole pipeline runs on a CPU in minutes to an hour instead of days.
+Spacing, normalisation, the lesion patch and the sphere priors stay as planned.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
+
+from lesiongen.planning import topology as topo
+from lesiongen.planning.planner import plain_unet_plan
 from lesiongen.planning.plans import Plans
 
 CPU = "cpu"
@@ -21,12 +26,15 @@ SEG_FEATURES = (8, 16, 32, 64, 64, 64, 64)
 DIFFUSION_CHANNELS = (16, 32, 32)
 MASK_UNET_FEATURES = (8, 16, 32, 32, 32)
 CPU_LESION_BATCH = 8
+CPU_SEG_VOXELS = 32**3  # segmentation patch budget: a 48x80x56 patch took ~1 s per step on 2 cores, 32^3 ~0.5 s
+CPU_SEG_BATCH = 4
 CPU_STEPS = {"segmentation": (50, 20), "mask_generation": (50, 20), "inpainting": (50, 20)}  # epochs x iterations
 
 
 def cpu_plans(plans: Plans) -> Plans:
     """The CPU preset of ``plans`` (a new object; ``plans`` is left as it is)."""
     out = copy.deepcopy(plans)
+    _small_segmentation_patch(out)
     seg = out.stages["segmentation"].networks["unet"].kwargs
     seg["features_per_stage"] = list(SEG_FEATURES[: seg["n_stages"]])
     for stage in ("mask_generation", "inpainting"):
@@ -44,6 +52,25 @@ def cpu_plans(plans: Plans) -> Plans:
     out.notes = [*plans.notes, f"{PRESET_NAMES[CPU]}: CPU-sized networks, lesion batches <= {CPU_LESION_BATCH}, "
                                f"about 1,000 steps per stage; preprocessed data shared with {plans.data_folder_name}"]
     return out
+
+
+def _small_segmentation_patch(plans: Plans) -> None:
+    """Shrink the segmentation patch to the CPU voxel budget (the spacing's aspect ratio kept, the median shape not
+    exceeded) and plan the UNet's topology for it."""
+    stage = plans.stages["segmentation"]
+    if np.prod(stage.patch_size) <= CPU_SEG_VOXELS:
+        stage.batch_size = max(stage.batch_size, CPU_SEG_BATCH)
+        return
+    inverse = 1 / np.asarray(plans.target_spacing)
+    wanted = inverse * (CPU_SEG_VOXELS / np.prod(inverse)) ** (1 / 3)
+    patch = [int(min(round(w), p)) for w, p in zip(wanted, stage.patch_size)]
+    unet = topo.unet_topology(plans.target_spacing, patch)
+    kwargs = stage.networks["unet"].kwargs
+    stage.networks["unet"] = plain_unet_plan(unet, kwargs["input_channels"], kwargs["num_classes"])
+    stage.patch_size = unet.patch_size
+    stage.batch_size = CPU_SEG_BATCH
+    elements = topo.unet_activation_elements(unet, kwargs["input_channels"], kwargs["num_classes"])
+    stage.estimated_memory_gb = round(topo.unet_memory_gb(elements, CPU_SEG_BATCH), 3)
 
 
 PRESETS = {CPU: cpu_plans}
