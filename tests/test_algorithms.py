@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import TINY, TINY_NAME
 from lesiongen.diffusion.guidance import classifier_free_guidance

@@ -201,3 +201,38 @@ def test_wrong_channel_count_names_the_models_dataset_json(oblique_inputs, tmp_p
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "unexpected channel(s) [2]" in line and "seg_none__lesiongenPlans/dataset.json" in line
     assert "0000 T1, 0001 FLAIR" in line
+
+
+def test_kill_9_during_prediction_then_continue_leaves_no_partial(oblique_inputs, models, tmp_path):
+    """SIGKILL a prediction at a random moment, rerun with --continue: every output complete, no leftovers."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folders, _ = oblique_inputs
+    many = tmp_path / "in"
+    many.mkdir()
+    for case in ("a", "b", "c", "d"):
+        for channel in range(2):
+            (many / f"{case}_{channel:04d}.nrrd").write_bytes((folders["images"] / f"scan_{channel:04d}.nrrd").read_bytes())
+    out = tmp_path / "out"
+    args = ["-d", str(TINY.dataset_id), "-f", "0", "-device", "cpu", "-i", str(many), "-o", str(out), "-m", "seg",
+            "--save_probabilities", "--disable_tta"]
+    env = {**os.environ, **{f"lesiongen_{k}": str(v) for k, v in models.items()}}
+    process = subprocess.Popen([sys.executable, "-m", "lesiongen.cli.predict", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "a.npz").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere in the middle of writing the other cases
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert predict_cli.main([*args, "--continue"]) == 0
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")], "a partial file survived the rerun"
+    for case in ("a", "b", "c", "d"):
+        label, _ = read_image(out / f"{case}.nrrd")
+        with np.load(out / f"{case}.npz") as data:
+            assert data["probabilities"].shape[1:] == label.shape

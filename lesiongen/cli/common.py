@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lesiongen import __version__
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.utilities.devices import DEVICE_CHOICES
 from lesiongen.utilities.errors import LesiongenError
@@ -20,6 +21,7 @@ logger = logging.getLogger("lesiongen")
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"lesiongen {__version__}")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

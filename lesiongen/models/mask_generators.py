@@ -89,7 +89,8 @@ class MaskGenerator(LesionModel):
         return (masks[:, None] == classes).astype(np.float32)
 
     # ------------------------------------------------------------------------------------------ sampling
-    def draw_spheres(self, n: int, conditioning: MaskConditioning, rng: np.random.Generator) -> list[list[SphereLesion]]:
+    def draw_spheres(self, n: int, conditioning: MaskConditioning,
+                     rng: np.random.Generator) -> list[list[SphereLesion]]:
         if conditioning.spheres is not None:
             return conditioning.spheres
         return [sample_sphere_lesions(self.priors, self.patch_size, self.spacing, rng,

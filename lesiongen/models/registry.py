@@ -11,17 +11,14 @@ from lesiongen.diffusion.schedules import ScheduleConfig
 from lesiongen.models.base import LesionModel
 from lesiongen.models.checkpoint import ema_weights, load_checkpoint
 from lesiongen.models.folder import ModelFolder, trainer_folder
-from lesiongen.models.inpainter import Inpainter, InpainterConfig
+from lesiongen.models.inpainter import Inpainter
 from lesiongen.models.mask_generators import (
-    DiffMaskConfig,
     DiffMaskGenerator,
     MaskGenerator,
-    MaskGeneratorConfig,
     SphereMaskGenerator,
-    UNetMaskConfig,
     UNetMaskGenerator,
 )
-from lesiongen.models.segmenter import Segmenter, SegmenterConfig
+from lesiongen.models.segmenter import Segmenter
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.serialization import from_dict
 

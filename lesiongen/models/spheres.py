@@ -190,7 +190,6 @@ def _allowed_region(
     margin = np.ceil(radius / spacing - _RTOL).astype(int)
     lo = np.maximum(margin, 0)
     hi = np.array(shape) - lo  # exclusive
-    full = (slice(None),) * 3
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)) if np.all(hi > lo) else None
     options = []
     if brain is not None:

@@ -83,7 +83,8 @@ def _model_folders(models: Path, strategy: str, plans_name: str, fold: int | str
                    ) -> tuple[ModelFolder, ModelFolder, int | str]:
     """(mask generator, inpainter, fold): the requested fold, else ``all`` when both are trained there, else 0."""
     generator_kind = get_strategy(strategy, WHOLE_SCAN).mask_generator
-    folders = {kind: ModelFolder(models / trainer_folder_name(kind, plans_name)) for kind in (generator_kind, "inpaint")}
+    folders = {kind: ModelFolder(models / trainer_folder_name(kind, plans_name))
+               for kind in (generator_kind, "inpaint")}
     if fold is None:
         fold = "all" if all(f.checkpoint("all").is_file() for f in folders.values()) else 0
     missing = [kind for kind, f in folders.items() if not f.checkpoint(fold).is_file()]

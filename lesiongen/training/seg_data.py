@@ -6,8 +6,8 @@ fold never has to fit in memory. A batch's ``force_fg`` share of samples is cent
 the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
 
 Every batch is a function of (seed, batch number) alone: its loader reseeds numpy's and Python's global generators
-(which batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in whichever
-worker makes it. A run resumed at step k therefore sees exactly the batches k, k + 1, ... of an uninterrupted run,
+(which batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in
+whichever worker makes it. A run resumed at step k therefore sees exactly the batches k, k + 1, ... of an uninterrupted run,
 with or without background workers.
 """
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from lesiongen.diffusion.schedules import add_noise, training_target
 from lesiongen.models.conditioning import drop_small_components
