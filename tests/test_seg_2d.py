@@ -149,3 +149,21 @@ def test_weighted_loss_and_pretrained_weights_through_the_cli(thick, tmp_path, m
     assert "balanced_ce" in log and "generalized_dice" in log  # the weighted terms were what was trained
     assert train("seg", "0", "-c", "2d", "--steps", "1", "--loss", "magic") == 1
     assert "--loss magic: unknown segmentation loss; choose one of dice_ce, weighted" in capsys.readouterr().err
+
+
+def test_2d_batches_are_slices_and_keep_the_foreground_oversampling(thick):
+    from lesiongen.training.seg_data import FOREGROUND_OVERSAMPLING, SegCase, SegPatchLoader, augmentation
+
+    dataset = open_preprocessed(THICK.dataset_id)
+    stage = dataset.plans.stages["segmentation_2d"]
+    cases = [SegCase(c, dataset.data_folder / "training" / c) for c in dataset.case_ids()]
+    loader = SegPatchLoader(cases, [], stage.patch_size, 6, 0.0, seed=1, slice_axis=stage.slice_axis)
+    forced = range(round(6 * (1 - FOREGROUND_OVERSAMPLING)), 6)
+    for _ in range(3):
+        batch = loader.generate_train_batch()
+        assert batch["data"].shape == (6, 2, *stage.patch_size) and batch["seg"].shape == (6, 1, *stage.patch_size)
+        centre = tuple(p // 2 for p in stage.patch_size)
+        for k in forced:  # centred on a lesion voxel of the slice
+            assert batch["seg"][k, 0][centre] == 1
+    augmented = augmentation(stage.patch_size, True)(**batch)
+    assert augmented["data"].shape == batch["data"].shape

@@ -5,6 +5,8 @@ preprocessed data (``data_identifier``).
 ``cpu`` (``lesiongenPlansCPU``): the planned topologies with far fewer features, lesion-stage batches of at most 8,
 a segmentation patch of at most 32^3 voxels (batch 4; the sliding window covers whole scans as before) and schedules
 of about a thousand steps per stage, so the whole pipeline runs on a CPU in minutes to an hour instead of days.
+On anisotropic data the 2d segmentation stage gets the same features, an in-plane patch of at most 32,768 pixels
+and at most 12 slices per batch.
 Spacing, normalisation, the lesion patch and the sphere priors stay as planned.
 """
 

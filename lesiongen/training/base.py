@@ -67,7 +67,11 @@ def ema_average(decay: float):
 
 
 def plans_sha256(plans) -> str:
-    return json_sha256(dataclasses.asdict(plans))
+    record = dataclasses.asdict(plans)
+    for stage in record["stages"].values():
+        if stage.get("slice_axis") is None:  # a 3d stage hashes as before 2d stages existed: trained models stay valid
+            stage.pop("slice_axis", None)
+    return json_sha256(record)
 
 
 def parse_setting_value(text: str, current: Any, key: str) -> Any:
@@ -292,6 +296,10 @@ class Trainer:
         if not path.is_file():
             return "not trained yet"
         provenance = ckpt.load_checkpoint(path).get("provenance", {})
+        if isinstance(provenance.get("settings"), dict):
+            # a setting added since the model was trained (e.g. seg's loss) was its default then
+            defaults = json_plain({k: getattr(type(self), k, v) for k, v in self.settings().items()})
+            provenance["settings"] = {**defaults, **provenance["settings"]}
         wanted = {"steps_trained": self.total_steps, "plans_sha256": plans_sha256(self.plans),
                   "seed": self.options.seed, "settings": json_plain(self.settings())}
         for key, value in wanted.items():
