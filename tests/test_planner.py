@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lesiongen.fingerprint.fingerprint import CaseFingerprint, DatasetFingerprint, IntensityProperties
 from lesiongen.fingerprint.lesions import LesionComponent
@@ -149,3 +150,62 @@ def test_unet_topology_respects_minimum_feature_map():
     topo = topology.unet_topology([1.0, 1.0, 1.0], [128, 128, 128])
     assert topo.n_stages == 6  # 128 -> 4 after five poolings
     assert topo.features_per_stage[-1] == topology.MAX_FEATURES_3D
+
+
+# ------------------------------------------------------------------------------------- the 2d configuration
+
+
+def test_2d_segmentation_configuration_is_planned_for_anisotropic_data_only(tmp_path):
+    from lesiongen.models.networks import build_network
+
+    isotropic = plan_dataset(_fingerprint([[1.0, 1.0, 1.0]] * 6, [[150, 180, 150]] * 6), _info())
+    assert "segmentation_2d" not in isotropic.stages and not isotropic.anisotropic
+    # thick slices along x this time: the 2d stage slices along the coarse axis, whichever it is
+    plans = plan_dataset(_fingerprint([[0.6, 0.6, 5.0]] * 6, [[380, 380, 28]] * 6), _info(), gpu_memory_target_gb=8)
+    assert plans.anisotropic and {"segmentation", "segmentation_2d"} <= set(plans.stages)  # the 3d one stays
+    three, two = plans.stages["segmentation"], plans.stages["segmentation_2d"]
+    assert three.slice_axis is None and two.slice_axis == 2
+    assert len(two.patch_size) == 2 and two.patch_size[0] > three.patch_size[0]  # in-plane (z, y): whole slices
+    kwargs = two.networks["unet"].kwargs
+    assert kwargs["conv_op"] == "Conv2d" and kwargs["norm_op"] == "InstanceNorm2d"
+    assert all(len(k) == 2 for k in kwargs["kernel_sizes"]) and all(len(s) == 2 for s in kwargs["strides"])
+    # batch from the memory estimate (capped at 5 % of the dataset's voxels), within the memory target
+    elements = topology.unet_activation_elements(
+        topology.UNetTopology(two.patch_size, kwargs["strides"], kwargs["kernel_sizes"], kwargs["features_per_stage"]),
+        2, 2)
+    dataset_voxels = 6 * 380 * 380 * 28
+    assert two.batch_size == topology.unet_batch_size(elements, 8.0, round(0.05 * dataset_voxels /
+                                                                           np.prod(two.patch_size)))
+    assert two.batch_size > three.batch_size and two.estimated_memory_gb <= 8.0 * 1.01
+    network = build_network(two.networks["unet"])
+    assert isinstance(network.encoder.stages[0][0].convs[0].conv, torch.nn.Conv2d)
+    assert any("2d segmentation configuration" in note for note in plans.notes)
+    save_plans(plans, tmp_path / "plans.json")
+    assert load_plans(tmp_path / "plans.json") == plans  # slice_axis round-trips
+
+
+def test_cpu_preset_shrinks_the_2d_configuration_too():
+    from lesiongen.planning.presets import CPU_SEG_2D_BATCH, CPU_SEG_VOXELS, SEG_FEATURES, cpu_plans
+
+    plans = plan_dataset(_fingerprint([[5.0, 0.6, 0.6]] * 6, [[28, 380, 380]] * 6), _info())
+    cpu = cpu_plans(plans)
+    two = cpu.stages["segmentation_2d"]
+    assert np.prod(two.patch_size) <= CPU_SEG_VOXELS < np.prod(plans.stages["segmentation_2d"].patch_size)
+    assert two.batch_size == min(plans.stages["segmentation_2d"].batch_size, CPU_SEG_2D_BATCH)
+    kwargs = two.networks["unet"].kwargs
+    assert kwargs["features_per_stage"] == list(SEG_FEATURES[: kwargs["n_stages"]]) and kwargs["conv_op"] == "Conv2d"
+    assert two.slice_axis == 0 and two.total_steps == cpu.stages["segmentation"].total_steps
+    assert "segmentation_2d" not in cpu_plans(plan_dataset(_fingerprint([[1.0] * 3] * 3, [[100] * 3] * 3),
+                                                           _info())).stages
+
+
+def test_asking_for_2d_of_isotropic_plans_is_one_line():
+    from lesiongen.planning.plans import segmentation_stage_name
+    from lesiongen.utilities.errors import LesiongenError
+
+    plans = plan_dataset(_fingerprint([[1.0] * 3] * 3, [[100] * 3] * 3), _info())
+    assert segmentation_stage_name("3d", plans) == "segmentation"
+    with pytest.raises(LesiongenError, match="no 2d segmentation configuration .*anisotropic"):
+        segmentation_stage_name("2d", plans)
+    with pytest.raises(LesiongenError, match="unknown segmentation configuration '3d_lowres'"):
+        segmentation_stage_name("3d_lowres", plans)

@@ -10,6 +10,7 @@ import torch
 
 from lesiongen.models.sliding_window import (
     gaussian_importance_map,
+    predict_slicewise,
     predict_sliding_window,
     resample_logits_to_shape,
     sliding_window_steps,
@@ -281,3 +282,66 @@ def test_resample_logits_to_shape():
     up = resample_logits_to_shape(ramp, (8, 2, 2))[0, :, 0, 0]
     expected = ((torch.arange(8) + 0.5) / 2 - 0.5).clamp(0, 3)
     torch.testing.assert_close(up, expected)
+
+
+# --------------------------------------------------------------------------------------------------- slice-wise (2d)
+
+
+class _Pointwise2d(torch.nn.Module):
+    """A 1x1 Conv2d with the weights of ``_pointwise_net``, refusing anything but (b, c, h, w); counts the slices and
+    windows it sees."""
+
+    def __init__(self):
+        super().__init__()
+        reference = _pointwise_net()
+        self.conv = torch.nn.Conv2d(2, 3, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(reference.weight[:, :, 0])
+            self.conv.bias.copy_(reference.bias)
+        self.windows = 0
+
+    def forward(self, x):
+        assert x.ndim == 4, f"a 2D network gets (b, c, h, w), got {tuple(x.shape)}"
+        self.windows += x.shape[0]
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("slice_axis, shape, patch", [
+    (0, (5, 20, 17), (8, 8)), (2, (19, 13, 4), (8, 8)), (1, (12, 3, 9), (16, 4))])  # last: padded in-plane
+@pytest.mark.parametrize("mirror", [False, True])
+def test_slicewise_pointwise_2d_network_is_exact_and_sees_every_slice_once(slice_axis, shape, patch, mirror):
+    torch.manual_seed(2)
+    image = torch.randn(2, *shape)
+    net = _Pointwise2d().eval()
+    in_plane = [a for a in range(3) if a != slice_axis]
+    mirror_axes = in_plane if mirror else None
+    out = predict_slicewise(net, image, patch, num_classes=3, slice_axis=slice_axis, mirror_axes=mirror_axes,
+                            batch_size=3)
+    assert out.shape == (3, *shape)
+    torch.testing.assert_close(out, _pointwise_expected(_pointwise_net(), image), rtol=1e-5, atol=1e-5)
+    # every slice once, tiled in-plane by the 3D rule's steps (no repeated depth-1 windows), times the mirrorings
+    padded = [max(shape[a], p) for a, p in zip(in_plane, patch)]
+    tiles = np.prod([len(s) for s in sliding_window_steps(padded, patch, 0.5)])
+    assert net.windows == shape[slice_axis] * tiles * (4 if mirror else 1)
+
+
+def test_slicewise_equals_a_per_slice_sliding_window():
+    """A 2D network with in-plane context: slice-wise prediction is the 2D sliding window of each slice, stacked."""
+    torch.manual_seed(3)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Tanh()).eval()
+    image = torch.randn(1, 6, 21, 18)
+    out = predict_slicewise(conv, image, (8, 8), num_classes=2, slice_axis=0, mirror_axes=(1,))
+    for k in range(image.shape[1]):
+        expected = predict_sliding_window(conv, image[:, k], (8, 8), num_classes=2, mirror_axes=(0,))
+        torch.testing.assert_close(out[:, k], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_slicewise_refuses_mirroring_across_slices():
+    with pytest.raises(ValueError, match="slice axis"):
+        predict_slicewise(_Pointwise2d(), torch.zeros(2, 4, 8, 8), (8, 8), 3, slice_axis=0, mirror_axes=(0, 1))
+
+
+def test_per_axis_step_size():
+    assert sliding_window_steps((4, 20), (1, 8), (1.0, 0.5)) == [[0, 1, 2, 3], [0, 4, 8, 12]]
+    with pytest.raises(ValueError, match="one value per axis"):
+        sliding_window_steps((4, 20), (1, 8), (1.0,))

@@ -9,7 +9,7 @@ from pathlib import Path
 from lesiongen import workflow
 from lesiongen.cli.common import add_common_arguments, add_device_argument, positive_int, run_command
 from lesiongen.cli.plan_and_preprocess import DEFAULT_PROCESSES
-from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
+from lesiongen.demo.phantom import ANISOTROPIC, DemoConfig, write_demo_dataset
 from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import raw_root
 from lesiongen.planning.presets import CPU, PRESET_NAMES, PRESETS
@@ -25,8 +25,12 @@ def _config(args: argparse.Namespace) -> DemoConfig:
     config = DemoConfig(dataset_id=args.dataset_id, dataset_name=args.name, n_lesion_cases=args.n_lesion_cases,
                         n_healthy=args.n_healthy, n_test=args.n_test, seed=args.seed,
                         image_reader=args.image_reader)
+    if args.realistic and args.anisotropic:
+        raise LesiongenError("--realistic and --anisotropic are two different demo datasets; choose one")
     if args.realistic:
         config = DemoConfig(**{**config.__dict__, **REALISTIC})
+    if args.anisotropic:
+        config = DemoConfig(**{**config.__dict__, **ANISOTROPIC})
     return config
 
 
@@ -41,6 +45,10 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reader/writer recorded in dataset.json and used to write the files")
     parser.add_argument("--realistic", action="store_true",
                         help="180x210x170 voxels at 1 mm instead of the small, fast default")
+    parser.add_argument("--anisotropic", action="store_true",
+                        help="stroke-like thick-slice scans: 26x150x128 voxels of 5x1x1 mm, 1-3 larger lesions "
+                             "(the planner adds the 2d segmentation configuration); e.g. with --dataset_id 502 "
+                             "--name DemoStroke")
 
 
 def main_make_demo_dataset(argv: list[str] | None = None) -> int:

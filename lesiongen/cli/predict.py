@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     seg.add_argument("--synthetic", default="none",
                      help="which seg models: those trained with this synthetic strategy (default none)")
+    seg.add_argument("-c", dest="configuration", default=None,
+                     help="which seg models: configuration 3d (default) or 2d (seg_..._2d); with -model a model "
+                          "folder, its own (the checkpoint records it)")
     add_common_arguments(parser)
     return parser
 
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
                              volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
                              tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
                              save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
-                             force=args.force)
+                             force=args.force, configuration=args.configuration)
     check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
     device = pick_device(args.device)
     source = args.model if args.model is not None else results_dataset_folder(args.dataset)

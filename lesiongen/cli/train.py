@@ -23,9 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("fold", help="0-4, or 'all' to train on every case")
     add_device_argument(parser)
     add_plans_argument(parser)
+    parser.add_argument("-c", dest="configuration", default=None,
+                        help="seg only: segmentation configuration 3d (default) or 2d (a 2D UNet on slices; planned "
+                             "for strongly anisotropic data only); results go to seg_..._2d")
     parser.add_argument("--c", dest="resume", action="store_true",
                         help="continue from checkpoint_latest.pt exactly where the run stopped")
-    parser.add_argument("-pretrained_weights", type=Path, default=None, help="initialise from this checkpoint")
+    parser.add_argument("-pretrained_weights", type=Path, default=None,
+                        help="initialise from this checkpoint (e.g. trained on another dataset): tensors of the same "
+                             "name and shape are loaded, the others (other channels or classes) are skipped and "
+                             "listed in the log")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="total optimiser steps (default: the plans' epochs x iterations per epoch)")
     parser.add_argument("--save_every", type=positive_int, default=None,
@@ -36,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seg only: synthetic lesion strategy none, sphere, unetmask, diffmask or copy_paste")
     parser.add_argument("--synthetic_ratio", type=float, default=None,
                         help="seg only: synthetic cases per real training case (default 1)")
+    parser.add_argument("--loss", default=None,
+                        help="seg only: dice_ce (default, nnU-Net's) or weighted (generalised Dice + class-balanced "
+                             "cross-entropy, for lesions that fill a tiny fraction of the scan)")
     parser.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
                         metavar="NAME=VALUE", help="trainer setting, e.g. lesion_loss_weight=5 (diffmask)")
     add_common_arguments(parser)
@@ -62,10 +71,14 @@ def run(args: argparse.Namespace) -> None:
     variant = {}
     if args.trainer == "seg":
         variant["strategy"] = args.synthetic
+        if args.configuration is not None:
+            variant["configuration"] = args.configuration
         if args.synthetic_ratio is not None:
             settings["synthetic_ratio"] = args.synthetic_ratio
-    elif args.synthetic != "none" or args.synthetic_ratio is not None:
-        raise LesiongenError("--synthetic and --synthetic_ratio apply to the seg trainer only")
+        if args.loss is not None:
+            settings["loss"] = args.loss
+    elif args.synthetic != "none" or args.synthetic_ratio is not None or args.configuration or args.loss:
+        raise LesiongenError("--synthetic, --synthetic_ratio, -c and --loss apply to the seg trainer only")
     trainer = cls(dataset, fold, device, options, **variant)
     trainer.apply_settings(settings)
     trainer.run_training(resume=args.resume, pretrained_weights=args.pretrained_weights)

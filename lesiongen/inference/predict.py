@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_geometry, read_image, write_image
+from lesiongen.planning.plans import segmentation_stage_name
 from lesiongen.utilities.dtypes import cast_to
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import remove_partial_files
@@ -64,6 +65,7 @@ class PredictOptions:
     preview: bool = False
     # seg
     synthetic: str = "none"  # the seg models trained with this synthetic strategy
+    configuration: str | None = None  # seg: 3d or 2d; None: 3d, or with a model folder given, the folder's own
     save_probabilities: bool = False
     mirror: bool = True
     # all modes: predict scans far from the training data (spacing, extent; see check_plausible) with a warning
@@ -72,6 +74,8 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise LesiongenError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.configuration is not None:
+            segmentation_stage_name(self.configuration)  # a known configuration, or one line naming them
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise LesiongenError(f"--part_id must be 0-{self.num_parts - 1} for --num_parts {self.num_parts}, "
                                  f"got {self.part_id}")

@@ -6,6 +6,7 @@ model folders) or from one model folder given directly; see :func:`resolve_model
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from lesiongen.inference.predict import InputCase, PredictOptions, run_cases, write_channels
 from lesiongen.inference.segment import segment
+from lesiongen.inference.strategies import STRATEGIES, SegVariant
 from lesiongen.inference.synthesis import count_fallbacks, remove_lesions, synthesize
 from lesiongen.io.images import ImageGeometry, write_image
 from lesiongen.models.folder import PLANS_JSON, ModelFolder, trainer_folder_name
@@ -45,9 +47,13 @@ def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> Pr
     folder (``plans.json`` inside; for synth the inpainter, whose mask generator sits next to it)."""
     if (source / PLANS_JSON).is_file():  # a model folder itself
         folder = ModelFolder(source)
-        expected = f"seg_{options.synthetic}" if options.mode == "seg" else "inpaint"
+        expected = _seg_variant_name(options) if options.mode == "seg" else "inpaint"
         if options.mode == "seg" and not folder.variant.startswith("seg_"):
             raise LesiongenError(f"{source}: a {folder.variant} model folder; -m seg needs a seg_* model folder")
+        own = SegVariant.parse(folder.variant)
+        if options.mode == "seg" and own and options.configuration and own.configuration != options.configuration:
+            raise LesiongenError(f"{source}: a {own.configuration} segmentation model folder, not "
+                                 f"{options.configuration} as -c asks")
         if options.mode != "seg" and folder.variant != "inpaint":
             raise LesiongenError(f"{source}: a {folder.variant} model folder; -m {options.mode} needs the inpaint "
                                  f"model folder ({expected}__{folder.plans_name})")
@@ -57,7 +63,7 @@ def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> Pr
         if not source.is_dir():
             raise LesiongenError(f"{source}: model folder not found")
         dataset_folder = source
-        variant = f"seg_{options.synthetic}" if options.mode == "seg" else "inpaint"
+        variant = _seg_variant_name(options) if options.mode == "seg" else "inpaint"
         main = ModelFolder(dataset_folder / trainer_folder_name(variant, plans_name))
     main.check()
     generator = None
@@ -66,6 +72,15 @@ def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> Pr
             raise LesiongenError(f"--masks {options.masks}: choose one of {', '.join(MASK_GENERATORS)}")
         generator = ModelFolder(dataset_folder / trainer_folder_name(options.masks, plans_name)).check()
     return PredictionModels(main, generator)
+
+
+def _seg_variant_name(options: PredictOptions) -> str:
+    """The seg model folder's trainer part for ``--synthetic`` (STRATEGY[_rRATIO][_sSEED]) and ``-c``."""
+    variant = SegVariant.parse(f"seg_{options.synthetic}")
+    if variant is None:
+        raise LesiongenError(f"--synthetic {options.synthetic}: not a seg variant (STRATEGY, STRATEGY_rRATIO, "
+                             f"STRATEGY_sSEED; strategies {', '.join(STRATEGIES)})")
+    return dataclasses.replace(variant, configuration=options.configuration or variant.configuration).name
 
 
 def _seg_folds(folder: ModelFolder, folds: list | None) -> list:

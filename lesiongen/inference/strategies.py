@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lesiongen.planning.plans import SEG_3D, SEGMENTATION_STAGES
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.seeding import DEFAULT_SEED
 
@@ -35,33 +36,41 @@ def strategy(name: str, allowed: tuple[str, ...] = tuple(STRATEGIES)) -> Strateg
     return STRATEGIES[name]
 
 
-_SEG_VARIANT = re.compile(r"^seg_(?P<strategy>[a-z_]+?)(?:_r(?P<ratio>[0-9.]+))?(?:_s(?P<seed>\d+))?$")
+_SEG_VARIANT = re.compile(r"^seg_(?P<strategy>[a-z_]+?)(?:_r(?P<ratio>[0-9.]+))?(?:_s(?P<seed>\d+))?"
+                          r"(?:_(?P<configuration>" + "|".join(c for c in SEGMENTATION_STAGES if c != SEG_3D) + r"))?$")
 
 
 @dataclass(frozen=True)
 class SegVariant:
-    """A segmentation model's place in a comparison: strategy, synthetic ratio and training seed (None: default)."""
+    """A segmentation model's place in a comparison: strategy, synthetic ratio, training seed (None: default) and
+    segmentation configuration (3d, or 2d for anisotropic data)."""
 
     strategy: str
     ratio: float = 1.0
     seed: int | None = None
+    configuration: str = SEG_3D
 
     @classmethod
-    def of(cls, strategy: str, ratio: float = 1.0, seed: int | None = None) -> "SegVariant":
+    def of(cls, strategy: str, ratio: float = 1.0, seed: int | None = None,
+           configuration: str = SEG_3D) -> "SegVariant":
         """The variant of a seg run: the default seed and, for real data only, any ratio are left out of its name."""
-        return cls(strategy, 1.0 if strategy == "none" else float(ratio), None if seed == DEFAULT_SEED else seed)
+        return cls(strategy, 1.0 if strategy == "none" else float(ratio), None if seed == DEFAULT_SEED else seed,
+                   configuration)
 
     @property
     def name(self) -> str:
-        """The results folder's trainer part: ``seg_diffmask``, ``seg_diffmask_r0.5``, ``seg_none_s2``."""
+        """The results folder's trainer part: ``seg_diffmask``, ``seg_diffmask_r0.5``, ``seg_none_s2``, and for the
+        2d configuration ``seg_none_2d`` (3d, the default, is left out, so 3d folders keep their names)."""
         ratio = f"_r{self.ratio:g}" if self.strategy != "none" and self.ratio != 1.0 else ""
         seed = f"_s{self.seed}" if self.seed is not None else ""
-        return f"seg_{self.strategy}{ratio}{seed}"
+        configuration = f"_{self.configuration}" if self.configuration != SEG_3D else ""
+        return f"seg_{self.strategy}{ratio}{seed}{configuration}"
 
     @property
     def label(self) -> str:
-        """The strategy as a table shows it (``diffmask``, ``diffmask r0.5``)."""
-        return self.strategy + (f" r{self.ratio:g}" if self.strategy != "none" and self.ratio != 1.0 else "")
+        """The strategy as a table shows it (``diffmask``, ``diffmask r0.5``, ``none 2d``)."""
+        return self.strategy + (f" r{self.ratio:g}" if self.strategy != "none" and self.ratio != 1.0 else "") + \
+            (f" {self.configuration}" if self.configuration != SEG_3D else "")
 
     @classmethod
     def parse(cls, name: str) -> "SegVariant | None":
@@ -69,4 +78,5 @@ class SegVariant:
         match = _SEG_VARIANT.match(name)
         if not match or match["strategy"] not in STRATEGIES:
             return None
-        return cls(match["strategy"], float(match["ratio"] or 1.0), int(match["seed"]) if match["seed"] else None)
+        return cls(match["strategy"], float(match["ratio"] or 1.0), int(match["seed"]) if match["seed"] else None,
+                   match["configuration"] or SEG_3D)

@@ -13,7 +13,11 @@ DIFFUSION_UNET = "monai.networks.nets.DiffusionModelUNet"
 
 # plans store layer types by name so they stay JSON; these are the ones the planner writes
 _NORMS = {"InstanceNorm3d": (nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}),
-          "BatchNorm3d": (nn.BatchNorm3d, {"eps": 1e-5, "affine": True})}
+          "BatchNorm3d": (nn.BatchNorm3d, {"eps": 1e-5, "affine": True}),
+          "InstanceNorm2d": (nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}),
+          "BatchNorm2d": (nn.BatchNorm2d, {"eps": 1e-5, "affine": True})}
+# plans written before 2D stages existed name no conv_op: their UNets are 3D
+_CONVS = {"Conv3d": nn.Conv3d, "Conv2d": nn.Conv2d}
 _NONLINS = {"LeakyReLU": (nn.LeakyReLU, {"inplace": True}), "ReLU": (nn.ReLU, {"inplace": True})}
 
 
@@ -22,9 +26,10 @@ def build_network(plan: NetworkPlan, **overrides: Any) -> nn.Module:
     if plan.architecture == PLAIN_CONV_UNET:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
+        conv = _CONVS[kwargs.pop("conv_op", "Conv3d")]
         norm, norm_kwargs = _NORMS[kwargs.pop("norm_op")]
         nonlin, nonlin_kwargs = _NONLINS[kwargs.pop("nonlin")]
-        return PlainConvUNet(conv_op=nn.Conv3d, norm_op=norm, norm_op_kwargs=norm_kwargs,
+        return PlainConvUNet(conv_op=conv, norm_op=norm, norm_op_kwargs=norm_kwargs,
                              nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, **kwargs)
     if plan.architecture == DIFFUSION_UNET:
         from monai.networks.nets import DiffusionModelUNet

@@ -5,6 +5,8 @@ network on each (optionally with mirroring test-time augmentation), weights ever
 (:func:`gaussian_importance_map`) so that voxels near a window's centre, where the network saw the most context,
 count more than voxels at its border, and divides by the summed weights at the end. :func:`resample_logits_to_shape`
 brings the averaged logits back to another grid (e.g. the original spacing) before the argmax.
+:func:`predict_slicewise` applies a 2D network (the ``2d`` configuration of anisotropic data) slice by slice,
+through the same function on windows of depth 1.
 
 Choices worth knowing
 ---------------------
@@ -32,6 +34,7 @@ __all__ = [
     "gaussian_importance_map",
     "sliding_window_steps",
     "predict_sliding_window",
+    "predict_slicewise",
     "resample_logits_to_shape",
 ]
 
@@ -64,25 +67,35 @@ def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1 / 
     return gmap
 
 
+def _step_sizes(step_size: float | Sequence[float], n_axes: int) -> list[float]:
+    """One step size per axis (a single value applies to every axis), each in (0, 1]."""
+    sizes = [float(step_size)] * n_axes if isinstance(step_size, (int, float)) else [float(s) for s in step_size]
+    if len(sizes) != n_axes:
+        raise ValueError(f"step_size {step_size} needs one value per axis ({n_axes})")
+    if not all(0 < s <= 1 for s in sizes):
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    return sizes
+
+
 def sliding_window_steps(image_size: Sequence[int], patch_size: Sequence[int],
-                         step_size: float = 0.5) -> list[list[int]]:
+                         step_size: float | Sequence[float] = 0.5) -> list[list[int]]:
     """Window start positions per axis, nnU-Net's ``compute_steps_for_sliding_window``.
 
     Per axis: ``n = ceil((image - patch) / (patch * step_size)) + 1`` starts, spread evenly from 0 to
-    ``image - patch`` and rounded to ints. The image must be at least as large as the patch on every axis (pad
-    first, as :func:`predict_sliding_window` does).
+    ``image - patch`` and rounded to ints. ``step_size`` is one value for every axis or one per axis (a depth-1
+    axis of slice-wise prediction takes 1: every slice once). The image must be at least as large as the patch on
+    every axis (pad first, as :func:`predict_sliding_window` does).
     """
     image_size = [int(s) for s in image_size]
     patch_size = [int(p) for p in patch_size]
     if len(image_size) != len(patch_size):
         raise ValueError(f"image_size {image_size} and patch_size {patch_size} differ in length")
-    if not 0 < step_size <= 1:
-        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    step_sizes = _step_sizes(step_size, len(patch_size))
     if any(i < p for i, p in zip(image_size, patch_size)):
         raise ValueError(f"image_size {image_size} is smaller than patch_size {patch_size}; pad the image first")
     steps = []
-    for i, p in zip(image_size, patch_size):
-        target_step = p * step_size
+    for i, p, fraction in zip(image_size, patch_size, step_sizes):
+        target_step = p * fraction
         num_steps = int(np.ceil((i - p) / target_step)) + 1
         max_start = i - p
         if num_steps > 1:
@@ -128,7 +141,7 @@ def _pad_to_patch(image: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch
 
 @torch.no_grad()
 def predict_sliding_window(network: torch.nn.Module, image: torch.Tensor | np.ndarray, patch_size: Sequence[int],
-                           num_classes: int, step_size: float = 0.5, use_gaussian: bool = True,
+                           num_classes: int, step_size: float | Sequence[float] = 0.5, use_gaussian: bool = True,
                            mirror_axes: Sequence[int] | None = (0, 1, 2), device: torch.device | str = "cpu",
                            batch_size: int = 1, use_amp: bool | None = None,
                            progress: bool = False) -> torch.Tensor:
@@ -140,7 +153,8 @@ def predict_sliding_window(network: torch.nn.Module, image: torch.Tensor | np.nd
         image: ``(c, *spatial)`` preprocessed volume (numpy or torch, any device); cast to float32.
         patch_size: spatial window size.
         num_classes: number of output channels.
-        step_size: window stride as a fraction of the patch (0.5 = at least 50 % overlap for even patches).
+        step_size: window stride as a fraction of the patch (0.5 = at least 50 % overlap for even patches); one
+            value or one per spatial axis.
         use_gaussian: weight windows with :func:`gaussian_importance_map` (else uniformly).
         mirror_axes: spatial axes (0 = first spatial axis) for mirroring TTA; ``None`` or empty disables it.
         device: where the network runs and the buffers live.
@@ -209,6 +223,48 @@ def predict_sliding_window(network: torch.nn.Module, image: torch.Tensor | np.nd
     # Every voxel is covered by at least one window and weights are > 0, so no division by zero.
     logits /= weight_sum
     return logits[(slice(None), *crop)].contiguous().cpu()
+
+
+class _DepthOneWindows(torch.nn.Module):
+    """A 2D network seen as a 3D one on depth-1 windows: ``(b, c, 1, h, w)`` in, ``(b, k, 1, h, w)`` out."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _first_output(self.network(x[:, :, 0]))[:, :, None]
+
+
+def predict_slicewise(network: torch.nn.Module, image: torch.Tensor | np.ndarray, patch_size: Sequence[int],
+                      num_classes: int, slice_axis: int, step_size: float = 0.5, use_gaussian: bool = True,
+                      mirror_axes: Sequence[int] | None = None, device: torch.device | str = "cpu",
+                      batch_size: int = 1, use_amp: bool | None = None, progress: bool = False) -> torch.Tensor:
+    """Logits of a 2D ``network`` over a whole volume, slice by slice along ``slice_axis``.
+
+    Each slice is tiled in-plane exactly as :func:`predict_sliding_window` tiles a volume (same steps, Gaussian and
+    mirroring; it does the work, on windows of depth 1 and step 1 along the slices, so every slice is predicted
+    once). ``network`` maps ``(b, c, *patch_size)`` to ``(b, num_classes, *patch_size)``; ``patch_size`` holds the
+    in-plane axes in volume order; ``mirror_axes`` are volume axes other than ``slice_axis``.
+
+    Returns ``(num_classes, *spatial)`` float32 logits on CPU, same spatial shape as ``image``.
+    """
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    n_spatial = image.ndim - 1
+    if not 0 <= slice_axis < n_spatial or len(patch_size) != n_spatial - 1:
+        raise ValueError(f"slice_axis {slice_axis} and in-plane patch {list(patch_size)} do not fit an image of "
+                         f"shape {tuple(image.shape)}")
+    mirror_axes = sorted(set(int(a) for a in mirror_axes)) if mirror_axes else []
+    if slice_axis in mirror_axes:
+        raise ValueError(f"mirror_axes {mirror_axes} include the slice axis {slice_axis}")
+    order = [slice_axis] + [a for a in range(n_spatial) if a != slice_axis]  # slices first, in-plane axes after
+    stacked = image.permute(0, *[a + 1 for a in order])
+    logits = predict_sliding_window(_DepthOneWindows(network), stacked, (1, *patch_size), num_classes,
+                                    step_size=(1.0, *[step_size] * (n_spatial - 1)), use_gaussian=use_gaussian,
+                                    mirror_axes=[order.index(a) for a in mirror_axes], device=device,
+                                    batch_size=batch_size, use_amp=use_amp, progress=progress)
+    return logits.permute(0, *[order.index(a) + 1 for a in range(n_spatial)]).contiguous()
 
 
 def resample_logits_to_shape(logits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -17,6 +17,9 @@ from lesiongen.planning.plans import (
     NO_NORM,
     PLANS_NAME,
     RESCALE_0_1,
+    SEG_2D,
+    SEG_3D,
+    SEGMENTATION_STAGES,
     ZSCORE,
     ChannelNormalization,
     NetworkPlan,
@@ -137,8 +140,37 @@ def _segmentation_stage(fingerprint: DatasetFingerprint, spacing: list[float], m
     )
 
 
+def _segmentation_2d_stage(fingerprint: DatasetFingerprint, spacing: list[float], median_shape: list[int],
+                           memory_gb: float, n_channels: int, n_classes: int, slice_axis: int) -> StagePlan:
+    """nnU-Net's ``2d`` next to ``3d_fullres``: a 2D UNet on in-plane patches of single slices along
+    ``slice_axis`` (the coarse axis), batch size from the same memory estimate and 5 % cap as the 3D stage."""
+    in_plane = [a for a in range(len(spacing)) if a != slice_axis]
+    plane_spacing = [spacing[a] for a in in_plane]
+    plane_shape = [median_shape[a] for a in in_plane]
+    # nnU-Net's start for 2D: a 2048^2-pixel-area patch with the in-plane aspect ratio, clipped to the median shape
+    inverse = 1 / np.asarray(plane_spacing)
+    initial = inverse * (2048**2 / np.prod(inverse)) ** (1 / 2)
+    initial = [int(min(round(i), m)) for i, m in zip(initial, plane_shape)]
+    unet = topo.shrink_until_fits(plane_spacing, initial, plane_shape, memory_gb, n_channels, n_classes)
+    elements = topo.unet_activation_elements(unet, n_channels, n_classes)
+    dataset_voxels = float(np.sum([np.prod(s) for s in fingerprint.shapes_after_crop]))
+    cap = max(2, int(round(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / np.prod(unet.patch_size))))
+    batch = topo.unet_batch_size(elements, memory_gb, cap)
+    epochs, iterations = TRAINING_LENGTH["segmentation"]
+    return StagePlan(
+        patch_size=unet.patch_size,
+        batch_size=batch,
+        networks={"unet": plain_unet_plan(unet, n_channels, n_classes)},
+        num_epochs=epochs,
+        iterations_per_epoch=iterations,
+        estimated_memory_gb=round(topo.unet_memory_gb(elements, batch), 3),
+        slice_axis=slice_axis,
+    )
+
+
 def plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -> NetworkPlan:
-    """Keyword arguments of dynamic_network_architectures' PlainConvUNet."""
+    """Keyword arguments of dynamic_network_architectures' PlainConvUNet; 2D or 3D by the topology's axes."""
+    dims = len(unet.patch_size)
     return NetworkPlan(
         architecture="dynamic_network_architectures.architectures.unet.PlainConvUNet",
         kwargs={
@@ -151,7 +183,8 @@ def plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -
             "num_classes": n_classes,
             "n_conv_per_stage_decoder": [2] * (unet.n_stages - 1),
             "conv_bias": True,
-            "norm_op": "InstanceNorm3d",
+            "conv_op": f"Conv{dims}d",
+            "norm_op": f"InstanceNorm{dims}d",
             "nonlin": "LeakyReLU",
             "deep_supervision": True,
         },
@@ -220,6 +253,15 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
     segmentation = _segmentation_stage(fingerprint, spacing, median_shape, gpu_memory_target_gb,
                                        channels.segmentation_input(n_channels).total, n_classes)
 
+    stages = {SEGMENTATION_STAGES[SEG_3D]: segmentation}
+    if anisotropic:
+        slice_axis = int(np.argmax(spacing))
+        segmentation_2d = _segmentation_2d_stage(fingerprint, spacing, median_shape, gpu_memory_target_gb,
+                                                 channels.segmentation_input(n_channels).total, n_classes, slice_axis)
+        stages[SEGMENTATION_STAGES[SEG_2D]] = segmentation_2d
+        notes.append(f"anisotropic: a 2d segmentation configuration next to 3d, slices along axis {slice_axis}, "
+                     f"in-plane patch {segmentation_2d.patch_size}, batch {segmentation_2d.batch_size}")
+
     patch, margin, fits = lesion_patch_size(fingerprint, spacing, median_shape)
     mask_unet = topo.unet_topology(spacing, patch)
     patch = mask_unet.patch_size  # deep pooling may round the patch up; every lesion stage shares it
@@ -272,7 +314,7 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
         lesion_patch_size=patch,
         lesion_patch_margin_mm=margin,
         lesion_fraction_fitting=fits,
-        stages={"segmentation": segmentation, "mask_generation": mask_stage, "inpainting": inpaint_stage},
+        stages={**stages, "mask_generation": mask_stage, "inpainting": inpaint_stage},
         sphere_priors=priors,
         notes=notes,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lesiongen.io.dataset import lesion_values
+from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.serialization import load_dataclass, save_dataclass
 
 PLANS_NAME = "lesiongenPlans"  # the default plans identifier; others (e.g. lesiongenPlansCPU) sit next to it
@@ -24,6 +25,25 @@ def plans_path(folder: Path, identifier: str = PLANS_NAME) -> Path:
     path = folder / plans_file_name(identifier)
     legacy = folder / LEGACY_PLANS_FILE
     return legacy if identifier == PLANS_NAME and not path.is_file() and legacy.is_file() else path
+
+# segmentation configurations, as nnU-Net's ``-c``: each is a plans stage; 2d exists for anisotropic data only
+SEG_3D = "3d"
+SEG_2D = "2d"
+SEGMENTATION_STAGES = {SEG_3D: "segmentation", SEG_2D: "segmentation_2d"}
+
+
+def segmentation_stage_name(configuration: str, plans: "Plans | None" = None) -> str:
+    """The plans stage of a segmentation configuration; with ``plans``, one line saying why they lack it."""
+    if configuration not in SEGMENTATION_STAGES:
+        raise LesiongenError(f"unknown segmentation configuration '{configuration}'; choose one of "
+                             f"{', '.join(SEGMENTATION_STAGES)}")
+    stage = SEGMENTATION_STAGES[configuration]
+    if plans is not None and stage not in plans.stages:
+        why = " (the planner proposes 2d for strongly anisotropic data only)" if configuration == SEG_2D else ""
+        raise LesiongenError(f"plans {plans.plans_name} of {plans.dataset_name} have no {configuration} "
+                             f"segmentation configuration{why}")
+    return stage
+
 
 # normalisation schemes, picked from channel names as in nnU-Net
 ZSCORE = "zscore"
@@ -55,12 +75,15 @@ class NetworkPlan:
 
 @dataclass
 class StagePlan:
-    patch_size: list[int]  # (z, y, x) voxels at the plans' target spacing
+    # voxels at the plans' target spacing: (z, y, x) for a 3D stage; for a 2D stage the in-plane axes, i.e. the
+    # volume's axes without ``slice_axis``, in volume order
+    patch_size: list[int]
     batch_size: int
     networks: dict[str, NetworkPlan]
     num_epochs: int
     iterations_per_epoch: int
     estimated_memory_gb: float
+    slice_axis: int | None = None  # a 2D stage: the volume axis its networks slice along (None: a 3D stage)
 
     @property
     def total_steps(self) -> int:

@@ -5,6 +5,8 @@ preprocessed data (``data_identifier``).
 ``cpu`` (``lesiongenPlansCPU``): the planned topologies with far fewer features, lesion-stage batches of at most 8,
 a segmentation patch of at most 32^3 voxels (batch 4; the sliding window covers whole scans as before) and schedules
 of about a thousand steps per stage, so the whole pipeline runs on a CPU in minutes to an hour instead of days.
+On anisotropic data the 2d segmentation stage gets the same features, an in-plane patch of at most 32,768 pixels
+and at most 12 slices per batch.
 Spacing, normalisation, the lesion patch and the sphere priors stay as planned.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from lesiongen.planning import topology as topo
 from lesiongen.planning.planner import plain_unet_plan
-from lesiongen.planning.plans import Plans
+from lesiongen.planning.plans import SEG_2D, SEGMENTATION_STAGES, Plans
 
 CPU = "cpu"
 PRESET_NAMES = {CPU: "lesiongenPlansCPU"}
@@ -28,15 +30,23 @@ MASK_UNET_FEATURES = (8, 16, 32, 32, 32)
 CPU_LESION_BATCH = 8
 CPU_SEG_VOXELS = 32**3  # segmentation patch budget: a 48x80x56 patch took ~1 s per step on 2 cores, 32^3 ~0.5 s
 CPU_SEG_BATCH = 4
-CPU_STEPS = {"segmentation": (50, 20), "mask_generation": (50, 20), "inpainting": (50, 20)}  # epochs x iterations
+# the 2D configuration (anisotropic data): an in-plane patch of at most CPU_SEG_VOXELS pixels and a batch of at
+# most 12 slices, about the compute of a 3D step (a 3x3 kernel is a third of a 3x3x3 one)
+CPU_SEG_2D_BATCH = 12
+CPU_STEPS = {"segmentation": (50, 20), "segmentation_2d": (50, 20), "mask_generation": (50, 20),
+             "inpainting": (50, 20)}  # epochs x iterations
 
 
 def cpu_plans(plans: Plans) -> Plans:
     """The CPU preset of ``plans`` (a new object; ``plans`` is left as it is)."""
     out = copy.deepcopy(plans)
     _small_segmentation_patch(out)
-    seg = out.stages["segmentation"].networks["unet"].kwargs
-    seg["features_per_stage"] = list(SEG_FEATURES[: seg["n_stages"]])
+    if SEGMENTATION_STAGES[SEG_2D] in out.stages:
+        _small_2d_segmentation(out)
+    for configuration in SEGMENTATION_STAGES.values():
+        if configuration in out.stages:
+            seg = out.stages[configuration].networks["unet"].kwargs
+            seg["features_per_stage"] = list(SEG_FEATURES[: seg["n_stages"]])
     for stage in ("mask_generation", "inpainting"):
         diffusion = out.stages[stage].networks["diffusion"].kwargs
         levels = len(diffusion["channels"])
@@ -46,6 +56,8 @@ def cpu_plans(plans: Plans) -> Plans:
     unet = out.stages["mask_generation"].networks["unet"].kwargs
     unet["features_per_stage"] = list(MASK_UNET_FEATURES[: unet["n_stages"]])
     for stage, (epochs, iterations) in CPU_STEPS.items():
+        if stage not in out.stages:  # segmentation_2d: anisotropic data only
+            continue
         out.stages[stage] = dataclasses.replace(out.stages[stage], num_epochs=epochs, iterations_per_epoch=iterations)
     out.plans_name = PRESET_NAMES[CPU]
     out.data_identifier = plans.data_folder_name
@@ -71,6 +83,30 @@ def _small_segmentation_patch(plans: Plans) -> None:
     stage.batch_size = CPU_SEG_BATCH
     elements = topo.unet_activation_elements(unet, kwargs["input_channels"], kwargs["num_classes"])
     stage.estimated_memory_gb = round(topo.unet_memory_gb(elements, CPU_SEG_BATCH), 3)
+
+
+def _small_2d_segmentation(plans: Plans) -> None:
+    """The 2D stage within the CPU pixel budget (in-plane aspect ratio kept) and at most CPU_SEG_2D_BATCH slices."""
+    stage = plans.stages[SEGMENTATION_STAGES[SEG_2D]]
+    kwargs = stage.networks["unet"].kwargs
+    if np.prod(stage.patch_size) > CPU_SEG_VOXELS:
+        in_plane = [a for a in range(len(plans.target_spacing)) if a != stage.slice_axis]
+        spacing = [plans.target_spacing[a] for a in in_plane]
+        inverse = 1 / np.asarray(spacing)
+        wanted = inverse * (CPU_SEG_VOXELS / np.prod(inverse)) ** (1 / 2)
+        unet = topo.unet_topology(spacing, [int(min(round(w), p)) for w, p in zip(wanted, stage.patch_size)])
+        while np.prod(unet.patch_size) > CPU_SEG_VOXELS:  # the pooling rounded it up past the budget
+            axis = int(np.argmax(unet.patch_size))
+            patch = list(unet.patch_size)
+            patch[axis] -= int(np.prod([s[axis] for s in unet.strides]))
+            unet = topo.unet_topology(spacing, patch)
+        stage.networks["unet"] = plain_unet_plan(unet, kwargs["input_channels"], kwargs["num_classes"])
+        stage.patch_size = unet.patch_size
+        kwargs = stage.networks["unet"].kwargs
+    stage.batch_size = min(stage.batch_size, CPU_SEG_2D_BATCH)
+    unet = topo.UNetTopology(stage.patch_size, kwargs["strides"], kwargs["kernel_sizes"], kwargs["features_per_stage"])
+    elements = topo.unet_activation_elements(unet, kwargs["input_channels"], kwargs["num_classes"])
+    stage.estimated_memory_gb = round(topo.unet_memory_gb(elements, stage.batch_size), 3)
 
 
 PRESETS = {CPU: cpu_plans}

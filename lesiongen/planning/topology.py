@@ -16,6 +16,7 @@ import numpy as np
 
 MIN_FEATURE_MAP = 4
 MAX_FEATURES_3D = 320
+MAX_FEATURES_2D = 512  # nnU-Net's cap for 2D UNets
 BASE_FEATURES = 32
 # nnU-Net's calibration: this many conv output elements per sample fit its 8 GB target at batch size 2
 REFERENCE_ELEMENTS = 560e6
@@ -61,7 +62,8 @@ def unet_topology(spacing: list[float], patch_size: list[int], max_stages: int =
         current_size = current_size / np.asarray(stride)
     total = np.prod(np.asarray(strides), axis=0)
     rounded = [int(math.ceil(p / t) * t) for p, t in zip(patch_size, total)]
-    features = [min(BASE_FEATURES * 2**s, MAX_FEATURES_3D) for s in range(len(strides))]
+    cap = MAX_FEATURES_3D if dims == 3 else MAX_FEATURES_2D
+    features = [min(BASE_FEATURES * 2**s, cap) for s in range(len(strides))]
     return UNetTopology(rounded, strides, kernels, features)
 
 

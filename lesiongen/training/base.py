@@ -36,7 +36,7 @@ from lesiongen.training.progress import plot_progress
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, json_plain, remove_partial_files, write_json
 from lesiongen.utilities.locks import FolderLock
-from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
+from lesiongen.utilities.provenance import code_version, json_sha256, model_record, sha256_file
 from lesiongen.utilities.seeding import DEFAULT_SEED, derive_seed
 
 logger = logging.getLogger("lesiongen.training")
@@ -67,11 +67,17 @@ def ema_average(decay: float):
 
 
 def plans_sha256(plans) -> str:
-    return json_sha256(dataclasses.asdict(plans))
+    record = dataclasses.asdict(plans)
+    for stage in record["stages"].values():
+        if stage.get("slice_axis") is None:  # a 3d stage hashes as before 2d stages existed: trained models stay valid
+            stage.pop("slice_axis", None)
+    return json_sha256(record)
 
 
 def parse_setting_value(text: str, current: Any, key: str) -> Any:
-    """A ``--set`` value in the type of the setting it replaces (bool: true/false/1/0/yes/no)."""
+    """A ``--set`` value in the type of the setting it replaces (bool: true/false/1/0/yes/no; a name stays text)."""
+    if isinstance(current, str):
+        return str(text)
     if isinstance(current, bool):
         words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         if str(text).lower() not in words:
@@ -229,24 +235,28 @@ class Trainer:
         return self.model.with_networks({k: v.module for k, v in self.ema.items()})
 
     def load_pretrained_weights(self, path: Path) -> None:
-        """Initialise from another model's weights; what does not fit (other channels or classes) is skipped."""
+        """Initialise from another model's weights (e.g. trained on another dataset): every tensor of the same name
+        and shape is loaded; the rest (other input channels or classes) keep their initialisation and are listed
+        in one log line. The checkpoint is cited in the provenance (``models_used``)."""
         state = ckpt.load_checkpoint(path)
         weights = {k: ckpt.ema_weights(v) for k, v in state.get("ema", {}).items()} or state.get("networks", {})
+        skipped_per_network = {}
         for name, network in self.networks.items():
             if name not in weights:
                 raise LesiongenError(f"{path}: has no weights for network '{name}'")
-            own = network.state_dict()
-            given = weights[name]
-            fitting = {k: v for k, v in given.items() if k in own and v.shape == own[k].shape}
-            skipped = sorted(set(own) - set(fitting))
-            if not fitting:
-                raise LesiongenError(f"{path}: no weights of '{name}' fit this plan")
-            own.update(fitting)
-            network.load_state_dict(own)
-            self.ema[name].module.load_state_dict(own)
+            loaded, skipped = load_fitting_weights(network, weights[name])
+            if not loaded:
+                raise LesiongenError(f"{path}: no weights of '{name}' fit this plan (no tensor of the same name and "
+                                     "shape)")
+            self.ema[name].module.load_state_dict(network.state_dict())
+            skipped_per_network[name] = skipped
             if skipped:
-                logger.warning("pretrained weights %s: %d of %d tensors of '%s' did not fit and keep their "
-                               "initialisation (first: %s)", path, len(skipped), len(own), name, skipped[0])
+                logger.warning("pretrained weights %s: %d of %d tensors of '%s' skipped (not in the checkpoint or "
+                               "of another shape), they keep their initialisation: %s", path, len(skipped),
+                               len(loaded) + len(skipped), name, ", ".join(skipped))
+        record = model_record(path, state.get("provenance"))
+        self.models_used["pretrained_weights"] = record
+        self.extra["pretrained_weights"] = {**record, "skipped": skipped_per_network}
         logger.info("initialised from pretrained weights %s", path)
 
     # --------------------------------------------------------------------------------------- provenance
@@ -286,6 +296,10 @@ class Trainer:
         if not path.is_file():
             return "not trained yet"
         provenance = ckpt.load_checkpoint(path).get("provenance", {})
+        if isinstance(provenance.get("settings"), dict):
+            # a setting added since the model was trained (e.g. seg's loss) was its default then
+            defaults = json_plain({k: getattr(type(self), k, v) for k, v in self.settings().items()})
+            provenance["settings"] = {**defaults, **provenance["settings"]}
         wanted = {"steps_trained": self.total_steps, "plans_sha256": plans_sha256(self.plans),
                   "seed": self.options.seed, "settings": json_plain(self.settings())}
         for key, value in wanted.items():
@@ -483,6 +497,17 @@ class Trainer:
     # ---------------------------------------------------------------------------------- helpers for subclasses
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+
+def load_fitting_weights(network: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy every tensor of ``weights`` whose name and shape match one of ``network``'s state into it.
+
+    Returns (loaded, skipped): the network's tensor names that were loaded and those that keep their values.
+    """
+    own = network.state_dict()
+    fitting = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    network.load_state_dict({**own, **fitting})
+    return sorted(fitting), sorted(set(own) - set(fitting))
 
 
 def rng_state(numpy_rng: np.random.Generator, torch_generator: torch.Generator) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Segmentation losses shared by the UNet trainers: batch soft Dice and nnU-Net's deep-supervision weighting."""
+"""Segmentation losses shared by the UNet trainers: batch soft Dice, nnU-Net's deep-supervision weighting, and the
+class-weighted terms (balanced cross-entropy, generalised Dice) for lesions that fill a tiny fraction of a scan."""
 
 from __future__ import annotations
 
@@ -27,6 +28,34 @@ def softmax_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """Batch soft Dice over the foreground classes of softmax outputs (nnU-Net's do_bg=False) for (b, ...) labels."""
     onehot = F.one_hot(labels.long(), logits.shape[1]).movedim(-1, 1)[:, 1:].float()
     return batch_soft_dice_loss(torch.softmax(logits, dim=1)[:, 1:], onehot)
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged within each class, then over the classes present in the batch (cross-entropy with
+    inverse-frequency class weights): a lesion class of a few voxels weighs as much as the background."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=logits.shape[1]).to(logits.dtype)
+    weights = torch.where(counts > 0, 1 / counts.clamp(min=1), torch.zeros_like(counts))
+    # torch divides the weighted sum by the summed weights of the voxels: sum over present classes of their means,
+    # over their number
+    return F.cross_entropy(logits, labels.long(), weight=weights)
+
+
+def generalized_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Generalised Dice (Sudre et al. 2017) over all classes, background included, for (b, ...) labels: batch-wide
+    intersections and sums, each class weighted by 1 / (its reference voxels)^2, so a tiny lesion class counts as
+    much as a large one. A class absent from the batch takes the largest weight of the present ones (its false
+    positives still cost) instead of an infinite one."""
+    n_classes = logits.shape[1]
+    probabilities = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(labels.long(), n_classes).movedim(-1, 1).to(probabilities.dtype)
+    axes = (0, *range(2, logits.ndim))
+    volumes = onehot.sum(axes)
+    present = volumes > 0
+    weights = torch.where(present, 1 / volumes.clamp(min=1) ** 2, torch.zeros_like(volumes))
+    weights = torch.where(present, weights, weights.max()) / weights.max()  # scale-free; keeps float32 in range
+    intersection = (probabilities * onehot).sum(axes)
+    total = probabilities.sum(axes) + volumes
+    return 1 - 2 * (weights * intersection).sum() / (weights * total).sum()
 
 
 def deep_supervision_weights(n: int) -> list[float]:

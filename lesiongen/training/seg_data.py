@@ -3,7 +3,8 @@ augmentation, in background workers when asked.
 
 Cases are read lazily from the preprocessed blosc2 arrays (real training cases and cached synthetic ones), so a
 fold never has to fit in memory. A batch's ``force_fg`` share of samples is centred on a random lesion voxel (from
-the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
+the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume. For the 2d configuration (``slice_axis`` set) a sample is the in-plane
+patch of one slice through that centre, so the same oversampling puts a lesion into a third of the slices.
 
 Every batch is a function of (seed, batch number) alone: its loader reseeds numpy's and Python's global generators
 (which batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in
@@ -100,11 +101,16 @@ class SegPatchLoader(DataLoader):
     """
 
     def __init__(self, real: list[SegCase], synthetic: list[SegCase], patch_size: list[int], batch_size: int,
-                 synthetic_share: float, seed: int, first_batch: int = 0, n_workers: int = 1):
+                 synthetic_share: float, seed: int, first_batch: int = 0, n_workers: int = 1,
+                 slice_axis: int | None = None):
         super().__init__(real + synthetic, batch_size, max(1, n_workers), seed_for_shuffle=seed, infinite=True)
         self.seed, self.first_batch, self._made = seed, first_batch, 0
         self.real, self.synthetic = real, synthetic
-        self.patch_size = list(patch_size)
+        self.patch_size = list(patch_size)  # 2D: the in-plane axes, in volume order
+        self.slice_axis = slice_axis
+        # what is cut from the volume: a 3D patch, or for 2D one slice thick along slice_axis
+        self.volume_patch = list(patch_size) if slice_axis is None else \
+            [*patch_size[:slice_axis], 1, *patch_size[slice_axis:]]
         self.synthetic_share = synthetic_share if synthetic else 0.0
         self._locations: dict[str, np.ndarray] = {}
 
@@ -136,20 +142,30 @@ class SegPatchLoader(DataLoader):
             images, labels = case.arrays()
             force_fg = index >= round(self.batch_size * (1 - FOREGROUND_OVERSAMPLING))
             centre = self._centre(case, labels.shape, force_fg)
-            data.append(extract_patch(images, centre, self.patch_size, fill=0.0))
-            seg.append(extract_patch(labels, centre, self.patch_size, fill=0)[None])
+            image_patch = extract_patch(images, centre, self.volume_patch, fill=0.0)
+            label_patch = extract_patch(labels, centre, self.volume_patch, fill=0)
+            if self.slice_axis is not None:  # the slice as a 2D image
+                image_patch = image_patch.squeeze(self.slice_axis + 1)
+                label_patch = label_patch.squeeze(self.slice_axis)
+            data.append(image_patch)
+            seg.append(label_patch[None])
         seg_array = np.maximum(np.stack(seg).astype(np.int16), 0)  # -1 (outside brain) is background for the loss
         return {"data": np.stack(data).astype(np.float32), "seg": seg_array.astype(np.float32)}
 
 
 def augmentation(patch_size: list[int], anisotropic: bool) -> Compose:
-    """nnU-Net's default 3D augmentation, without the elastic deformation it also leaves off."""
+    """nnU-Net's default 3D augmentation, without the elastic deformation it also leaves off; for a 2D patch its 2D
+    counterpart (one in-plane rotation, mirroring of both axes)."""
     angle = (-30 / 360 * 2 * np.pi, 30 / 360 * 2 * np.pi)
-    # on anisotropic data rotate in-plane only, as nnU-Net does (its "do_dummy_2d" variant is not needed here)
-    angle_z = (0.0, 0.0) if anisotropic else angle
+    if len(patch_size) == 2:  # batchgenerators rotates 2D data by angle_x
+        angle_x, angle_y, angle_z = angle, (0.0, 0.0), (0.0, 0.0)
+    else:
+        # on anisotropic data rotate in-plane only, as nnU-Net does (its "do_dummy_2d" variant is not needed here)
+        angle_x = angle_y = (0.0, 0.0) if anisotropic else angle
+        angle_z = angle
     return Compose([
         SpatialTransform(patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
-                         do_rotation=True, angle_x=angle_z, angle_y=angle_z, angle_z=angle,
+                         do_rotation=True, angle_x=angle_x, angle_y=angle_y, angle_z=angle_z,
                          do_scale=True, scale=(0.7, 1.4), border_mode_data="constant", border_cval_data=0,
                          order_data=3, border_mode_seg="constant", border_cval_seg=0, order_seg=1,
                          random_crop=False, p_el_per_sample=0, p_scale_per_sample=0.2, p_rot_per_sample=0.2,
@@ -160,7 +176,7 @@ def augmentation(patch_size: list[int], anisotropic: bool) -> Compose:
         ContrastAugmentationTransform(p_per_sample=0.15),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
-        MirrorTransform((0, 1, 2)),
+        MirrorTransform(tuple(range(len(patch_size)))),
     ])
 
 

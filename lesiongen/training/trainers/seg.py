@@ -1,7 +1,10 @@
 """``seg``: the downstream nnU-Net-style segmentation fold that measures whether synthetic lesions help.
 
-Network: dynamic-network-architectures' PlainConvUNet with the planned topology and deep supervision. Loss: soft
-Dice (batch Dice, background excluded) + cross-entropy at every resolution with nnU-Net's weights. SGD with
+Network: dynamic-network-architectures' PlainConvUNet with the planned topology and deep supervision; with
+``configuration="2d"`` (``-c 2d``, anisotropic data) the plans' 2D stage: a 2D UNet trained on single slices and
+applied slice by slice. Loss: soft Dice (batch Dice, background excluded) + cross-entropy at every resolution with
+nnU-Net's weights; with ``loss="weighted"`` (``--loss weighted``) generalised Dice + class-balanced cross-entropy
+for lesions that fill a tiny fraction of the scan. SGD with
 Nesterov momentum 0.99, lr 1e-2, poly decay, gradient clipping at 12. Batches: foreground oversampling and
 batchgenerators augmentation (spatial, noise, blur, brightness, contrast, gamma, mirroring), in ``num_workers``
 background processes. With ``--synthetic STRATEGY`` a share ``R / (1 + R)`` of the samples (``R`` = the synthetic
@@ -26,12 +29,19 @@ from lesiongen.inference.segment import probabilities_to_labels
 from lesiongen.inference.strategies import SegVariant, strategy as get_strategy
 from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import ImageGeometry, read_image, write_image
-from lesiongen.models.segmenter import Segmenter
+from lesiongen.models.segmenter import Segmenter, SegmenterConfig
+from lesiongen.planning.plans import SEG_3D, StagePlan, segmentation_stage_name
 from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import Trainer, plans_sha256
-from lesiongen.training.losses import deep_supervision_loss, softmax_dice_loss
+from lesiongen.training.losses import (
+    balanced_cross_entropy,
+    deep_supervision_loss,
+    generalized_dice_loss,
+    softmax_dice_loss,
+)
 from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
 from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases
+from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import json_plain, read_json, write_json
 from lesiongen.utilities.seeding import derive_seed
 
@@ -50,20 +60,40 @@ class SegTrainer(Trainer):
     mirror_validation = True  # mirroring test-time augmentation when predicting the validation cases
     max_empty_synthetic_fraction = MAX_EMPTY_FRACTION  # more lesion-free synthetic cases than this is an error
     validate = True  # predict and score the validation cases after training (fold all: its own training cases)
+    loss = "dice_ce"  # dice_ce (nnU-Net's) or weighted (generalised Dice + balanced cross-entropy); see SEG_LOSSES
 
-    def __init__(self, *args, strategy: str = "none", **kwargs):
+    def __init__(self, *args, strategy: str = "none", configuration: str = SEG_3D, **kwargs):
         self.strategy = get_strategy(strategy).name
+        segmentation_stage_name(configuration)  # a known configuration, before any work
+        self.configuration = configuration
         super().__init__(*args, **kwargs)
+        segmentation_stage_name(configuration, self.plans)  # ... that these plans have
 
     @property
     def variant(self) -> SegVariant:
-        return SegVariant.of(self.strategy, self.synthetic_ratio, self.options.seed)
+        return SegVariant.of(self.strategy, self.synthetic_ratio, self.options.seed, self.configuration)
 
     @property
     def folder_name(self) -> str:
-        """``seg_STRATEGY``, with ``_rRATIO`` for another synthetic ratio and ``_sSEED`` for another seed, so runs
-        that differ in either keep their own models."""
+        """``seg_STRATEGY``, with ``_rRATIO`` for another synthetic ratio, ``_sSEED`` for another seed and ``_2d``
+        for the 2d configuration, so runs that differ in any keep their own models."""
         return self.variant.name
+
+    @property
+    def stage_plan(self) -> StagePlan:
+        return self.plans.stages[segmentation_stage_name(self.configuration, self.plans)]
+
+    def model_config(self) -> SegmenterConfig:
+        return SegmenterConfig(configuration=self.configuration)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "loss": self.loss}
+
+    def apply_settings(self, values: dict) -> None:
+        super().apply_settings(values)
+        if self.loss not in SEG_LOSSES:
+            raise LesiongenError(f"--loss {self.loss}: unknown segmentation loss; choose one of "
+                                 f"{', '.join(SEG_LOSSES)}")
 
     # ---------------------------------------------------------------------------------------------- set-up
     def configure_optimizer(self, parameters):
@@ -89,7 +119,7 @@ class SegTrainer(Trainer):
         made = make() if self.distributed.is_main else None
         self.distributed.barrier()  # the other ranks read the cases rank 0 made
         made = made or make()
-        self.models_used = made.models_used
+        self.models_used.update(made.models_used)
         self.extra.update(synthetic_empty_cases=made.empty, synthetic_lesions=made.lesions,
                           synthetic_sphere_fallbacks=made.sphere_fallbacks)
         return made.cases
@@ -105,18 +135,19 @@ class SegTrainer(Trainer):
                            "synthetic_share_of_samples": share})
         loader = SegPatchLoader(real, synthetic, self.stage_plan.patch_size, self.batch_size, share,
                                 derive_seed(self.options.seed, "augmentation", self.distributed.rank),
-                                first_batch=self.step, n_workers=self.workers)
+                                first_batch=self.step, n_workers=self.workers, slice_axis=self.stage_plan.slice_axis)
         self.batches = batch_stream(loader, augmentation(self.stage_plan.patch_size, self.plans.anisotropic),
                                     self.workers)
-        logger.info("%d real + %d synthetic (%s) training cases, %d augmentation worker(s)", len(real),
-                    len(synthetic), self.strategy, self.workers)
+        logger.info("%d real + %d synthetic (%s) training cases, %s configuration, %s loss, %d augmentation "
+                    "worker(s)", len(real), len(synthetic), self.strategy, self.configuration, self.loss,
+                    self.workers)
 
     # ------------------------------------------------------------------------------------------ training
     def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         batch = next(self.batches)
         data = self.to_device(batch["data"].astype(np.float32))
         target = self.to_device(batch["seg"].round().astype(np.int64))  # (b, 1, ...) labels
-        return deep_supervision_loss(self.trained["unet"](data), target, SEG_LOSS_TERMS)
+        return deep_supervision_loss(self.trained["unet"](data), target, SEG_LOSSES[self.loss])
 
     # ---------------------------------------------------------------------------------------- validation
     def finish_training(self, model: Segmenter) -> None:
@@ -154,3 +185,8 @@ SEG_LOSS_TERMS = {
     "ce": lambda logits, labels: F.cross_entropy(logits, labels[:, 0]),
     "dice": lambda logits, labels: softmax_dice_loss(logits, labels[:, 0]),
 }
+WEIGHTED_SEG_LOSS_TERMS = {
+    "balanced_ce": lambda logits, labels: balanced_cross_entropy(logits, labels[:, 0]),
+    "generalized_dice": lambda logits, labels: generalized_dice_loss(logits, labels[:, 0]),
+}
+SEG_LOSSES = {"dice_ce": SEG_LOSS_TERMS, "weighted": WEIGHTED_SEG_LOSS_TERMS}
