@@ -366,7 +366,7 @@ def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_ganmask_discriminator_and_generator_steps_train_only_their_own_network(trained):
+def test_ganmask_discriminator_and_generator_steps_train_only_their_own_network(tiny_preprocessed):
     """The D step leaves the generator without gradient and unchanged; the G step changes neither the
     discriminator's weights nor its gradients (it is frozen while it judges)."""
     trainer = _ganmask_trainer(4)
@@ -400,7 +400,8 @@ def test_ganmask_noise_draws_give_different_masks(trained):
     assert not np.array_equal(model.binarise(p1, model.config.threshold), model.binarise(p2, model.config.threshold))
 
 
-def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminator(trained, tmp_path, monkeypatch):
+def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminator(tiny_preprocessed, tmp_path,
+                                                                                   monkeypatch):
     """A run stopped after its step-2 checkpoint and continued with --c equals an uninterrupted one, bit for bit:
     both networks, both optimisers, the EMA and the loss history."""
     from lesiongen.training.trainers.ganmask import GANMaskTrainer
@@ -418,10 +419,10 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
     with monkeypatch.context() as patch:
         patch.setattr(GANMaskTrainer, "save", save_then_crash)
         assert train_cli.main(args) == 130  # interrupted
-    crashed = dict(trained[0], results=tmp_path / "crashed")
+    crashed = dict(tiny_preprocessed, results=tmp_path / "crashed")
     assert load_checkpoint(fold_folder(crashed, "ganmask") / LATEST)["step"] == 2
     assert train_cli.main(args + ["--c"]) == 0
-    a = load_checkpoint(fold_folder(dict(trained[0], results=tmp_path / "straight"), "ganmask") / FINAL)
+    a = load_checkpoint(fold_folder(dict(tiny_preprocessed, results=tmp_path / "straight"), "ganmask") / FINAL)
     b = load_checkpoint(fold_folder(crashed, "ganmask") / FINAL)
     for part in ("networks", "ema"):
         for key, tensor in a[part]["generator"].items():
