@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINERS = ("spheremask", "unetmask", "diffmask")
+TRAINERS = ("spheremask", "unetmask", "diffmask", "ganmask")
 
 
 def measure(trainer_name: str, dataset_id: str, steps: int, batch_size: int | None, device: str, n_masks: int) -> dict:

@@ -80,7 +80,10 @@ def shrink_networks(plans_file: Path) -> None:
         networks["diffusion"]["kwargs"].update(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8,
                                                num_res_blocks=1)
         plans["stages"][stage]["batch_size"] = 4
-    plans["stages"]["mask_generation"]["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16])
+    mask_networks = plans["stages"]["mask_generation"]["networks"]
+    for name in ("unet", "gan_generator"):
+        mask_networks[name]["kwargs"].update(features_per_stage=[4, 8, 16])
+    mask_networks["gan_discriminator"]["kwargs"].update(channels=4)
     plans["stages"]["segmentation"]["networks"]["unet"]["kwargs"].update(features_per_stage=[4, 8, 16, 32])
     plans_file.write_text(json.dumps(plans))
 

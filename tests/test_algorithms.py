@@ -2,7 +2,8 @@
 
 RePaint with a deliberately wrong denoiser (the known region must still be the correctly noised known image, and the
 resampling jumps must re-noise by q(x_t | x_s)), classifier-free guidance on a fake network, diffmask with an exact
-network (the mask follows the sphere control), threshold calibration on a constructed case, every loss on fixed
+network (the mask follows the sphere control), ganmask with networks that copy the sphere cue or the noise,
+the GAN losses by hand, threshold calibration on a constructed case, every loss on fixed
 inputs with a hand-computed value, and the realised condition-dropout rate of the inpainting trainer.
 """
 
@@ -20,13 +21,15 @@ from lesiongen.diffusion.inpainting import InpaintSchedule, make_scheduler, repa
 from lesiongen.diffusion.schedules import ScheduleConfig
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.inpainter import Inpainter, InpainterConfig
-from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
+from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator, GANMaskConfig, GANMaskGenerator
 from lesiongen.models.spheres import SphereLesion, render_spheres
 from lesiongen.planning.plans import load_plans
 from lesiongen.training.losses import (
     batch_soft_dice_loss,
     deep_supervision_loss,
     deep_supervision_weights,
+    discriminator_loss,
+    generator_loss,
     sigmoid_dice_loss,
     softmax_dice_loss,
 )
@@ -162,6 +165,57 @@ def test_diffmask_masks_follow_the_sphere_control(plans):
     for sphere_set, mask in zip(spheres, masks):
         np.testing.assert_array_equal(mask, render_spheres(sphere_set, model.patch_size, model.spacing))
     assert masks[0].sum() != masks[1].sum()
+
+
+# ---------------------------------------------------------------------------------------------------- ganmask
+def _ganmask_passing(plans, part: str, channel: int = 0) -> GANMaskGenerator:
+    """ganmask whose generator returns logits 20 x (one channel of its input ``part``) for every lesion class."""
+    model = GANMaskGenerator(plans, GANMaskConfig(priors=plans.sphere_priors, threshold=0.5), "cpu")
+    index = model.input_layout.offsets()[part].start + channel
+    model.networks["generator"] = lambda x: 20 * x[:, index:index + 1].expand(-1, len(model.lesion_labels),
+                                                                               *x.shape[2:])
+    return model
+
+
+def test_ganmask_masks_follow_the_sphere_cue_it_is_given(plans):
+    """A generator that copies its sphere-cue channel (+1 inside, -1 outside) draws exactly the spheres."""
+    model = _ganmask_passing(plans, "control")
+    spheres = [[_sphere((8, 8, 8), 9.0)], [_sphere((6, 9, 7), 5.0), _sphere((11, 6, 10), 4.0)]]
+    masks = model.sample_masks(2, MaskConditioning(spheres=spheres), seed=1)
+    for sphere_set, mask in zip(spheres, masks):
+        np.testing.assert_array_equal(mask, render_spheres(sphere_set, model.patch_size, model.spacing))
+
+
+def test_ganmask_noise_draws_differ_and_a_seed_repeats(plans):
+    """A generator that thresholds a noise channel at 0: each seed is its own draw, the same seed the same masks;
+    the noise varies smoothly (lesion-sized blobs), not voxel by voxel."""
+    model = _ganmask_passing(plans, "noise", channel=1)
+    spheres = [[_sphere((8, 8, 8), 6.0)]] * 3
+    a = model.sample_masks(3, MaskConditioning(spheres=spheres), seed=1)
+    b = model.sample_masks(3, MaskConditioning(spheres=spheres), seed=2)
+    assert not np.array_equal(a, b) and not np.array_equal(a[0], a[1])
+    np.testing.assert_array_equal(a, model.sample_masks(3, MaskConditioning(spheres=spheres), seed=1))
+    assert 0.2 < a.mean() < 0.8  # about half the voxels: standard-normal fields cut at 0
+    noise = model.noise(64, torch.Generator().manual_seed(0))
+    assert noise.shape == (64, 4, *model.patch_size)
+    assert float(noise.std()) == pytest.approx(1.0, abs=0.05)
+    neighbours = torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1]
+    assert float(neighbours) > 0.8  # white noise would give 0
+
+
+def test_gan_losses_by_hand():
+    """Non-saturating GAN losses on fixed logits: log(1 + e^-x) for "real", log(1 + e^x) for "fake"."""
+    real = torch.tensor([0.0, math.log(3.0)])  # BCE to 1: ln 2 and ln(4/3)
+    fake = torch.tensor([math.log(3.0), 0.0])  # BCE to 0: ln 4 and ln 2; BCE to 1: ln(4/3) and ln 2
+    expected = 0.5 * ((math.log(2) + math.log(4 / 3)) / 2 + (math.log(4) + math.log(2)) / 2)
+    assert float(discriminator_loss(real, fake)) == pytest.approx(expected)  # = ln(64/3) / 4
+    logits = torch.zeros((1, 1, 2, 1, 1))  # p = 0.5 on both voxels
+    target = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+    bce, dice = math.log(2), 1 - (2 * 0.5 + 1e-5) / (2 + 1e-5)  # soft Dice: intersection 0.5, sums 1 + 1
+    loss, parts = generator_loss(fake, logits, target, adversarial_weight=2.0, reconstruction_weight=10.0)
+    adversarial = (math.log(4 / 3) + math.log(2)) / 2
+    assert parts == pytest.approx({"adversarial": adversarial, "bce": bce, "dice": dice})
+    assert float(loss) == pytest.approx(2.0 * adversarial + 10.0 * (bce + dice))
 
 
 # ----------------------------------------------------------------------------------------- threshold calibration

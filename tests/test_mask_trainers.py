@@ -1,4 +1,4 @@
-"""Trainer base and the three mask generators on a tiny preprocessed dataset, on CPU."""
+"""Trainer base and the mask generators on a tiny preprocessed dataset, on CPU."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from lesiongen.preprocessing.lesion_patches import load_lesion_patches
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits, make_splits
 
 DATASET = TINY_NAME
-GENERATORS = ("spheremask", "unetmask", "diffmask")
+GENERATORS = ("spheremask", "unetmask", "diffmask", "ganmask")
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_preprocessed):
-    """All three generators trained 4 steps on fold 0 of the tiny dataset."""
+    """Every generator trained 4 steps on fold 0 of the tiny dataset."""
     for name in GENERATORS:
         assert train_cli.main([str(TINY.dataset_id), name, "0", "-device", "cpu", "--steps", "4",
                                "--save_every", "2"]) == 0
@@ -84,6 +84,10 @@ def test_trainer_writes_final_checkpoint_log_and_progress(trained, name):
     if name == "diffmask":
         assert state["model"]["config"]["threshold"] == state["extra"]["calibration"]["threshold"]
         assert state["extra"]["calibration"]["evaluations_per_mask"] == 20
+    if name == "ganmask":
+        assert state["model"]["config"]["threshold"] == state["extra"]["calibration"]["threshold"]
+        assert set(state["discriminator"]) == {"network", "optimizer", "lr_scheduler"}
+        assert state["discriminator"]["optimizer"]["state"]  # its Adam moments, for an exact --c
 
 
 @pytest.mark.parametrize("name", GENERATORS)
@@ -209,6 +213,7 @@ def test_evaluate_masks_compares_all_generators(trained, tmp_path):
     report = json.loads((out / "mask_evaluation.json").read_text())
     assert list(report["methods"]) == list(GENERATORS)
     assert report["timing"]["diffmask"]["network_evaluations_per_mask"] == 20
+    assert report["timing"]["ganmask"]["network_evaluations_per_mask"] == 1
     table = (out / "mask_evaluation.md").read_text()
     assert all(f"| {name} |" in table for name in GENERATORS)
     assert (out / "mask_evaluation.png").stat().st_size > 1000
@@ -344,3 +349,88 @@ def test_stale_reason_notices_other_steps_seed_and_changed_models(trained):
     assert "steps_trained is 4, 8 asked" in reason(total_steps=8)
     assert "seed" in reason(total_steps=4, seed=1)
     assert reason(total_steps=4) is None and UNetMaskTrainer(dataset, 3, "cpu").stale_reason() == "not trained yet"
+
+
+# ------------------------------------------------------------------------------------------------------ ganmask
+def _ganmask_trainer(steps: int):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.ganmask import GANMaskTrainer
+
+    trainer = GANMaskTrainer(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=steps))
+    trainer.initialize()
+    trainer.load_training_data()
+    return trainer
+
+
+def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_ganmask_discriminator_and_generator_steps_train_only_their_own_network(tiny_preprocessed):
+    """The D step leaves the generator without gradient and unchanged; the G step changes neither the
+    discriminator's weights nor its gradients (it is frozen while it judges)."""
+    trainer = _ganmask_trainer(4)
+    generator, discriminator = trainer.networks["generator"], trainer.discriminator
+    condition, real, noise = trainer.draw()
+    logits = generator(trainer.model.generator_input(noise, condition))
+    before = _copy(generator), _copy(discriminator)
+    trainer.discriminator_step(condition, real, torch.sigmoid(logits))
+    assert all(p.grad is None for p in generator.parameters())
+    assert all(torch.equal(v, before[0][k]) for k, v in generator.state_dict().items())
+    assert any(not torch.equal(v, before[1][k]) for k, v in discriminator.state_dict().items())
+    after_d_step = _copy(discriminator)
+    d_grads = [p.grad.clone() for p in discriminator.parameters()]
+    trainer.generator_step(condition, real, logits)
+    assert all(torch.equal(v, after_d_step[k]) for k, v in discriminator.state_dict().items())
+    assert all(torch.equal(p.grad, g) for p, g in zip(discriminator.parameters(), d_grads))
+    assert any(not torch.equal(v, before[0][k]) for k, v in generator.state_dict().items())
+    assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen for its next step
+
+
+def test_ganmask_noise_draws_give_different_masks(trained):
+    """Same spheres and tissue, other noise: other probabilities and, cut at their median, other masks."""
+    dataset = open_preprocessed(TINY.dataset_id)
+    model = trained_model("ganmask")
+    conditioning, _ = validation_conditioning(dataset, 2)
+    controls = np.stack([np.pad(np.ones((6, 6, 6), np.uint8), 5)] * 2)  # one sphere-ish cue in each patch
+    p1, p2 = (model.probabilities(controls, conditioning.tissue, seed=s) for s in (1, 2))
+    assert not np.allclose(p1, p2)
+    np.testing.assert_array_equal(p1, model.probabilities(controls, conditioning.tissue, seed=1))
+    model.config.threshold = float(np.median(p1))
+    assert not np.array_equal(model.binarise(p1, model.config.threshold), model.binarise(p2, model.config.threshold))
+
+
+def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminator(tiny_preprocessed, tmp_path,
+                                                                                   monkeypatch):
+    """A run stopped after its step-2 checkpoint and continued with --c equals an uninterrupted one, bit for bit:
+    both networks, both optimisers, the EMA and the loss history."""
+    from lesiongen.training.trainers.ganmask import GANMaskTrainer
+
+    args = [str(TINY.dataset_id), "ganmask", "0", "-device", "cpu", "--steps", "4", "--save_every", "2"]
+    monkeypatch.setenv("lesiongen_results", str(tmp_path / "straight"))
+    assert train_cli.main(args) == 0
+    monkeypatch.setenv("lesiongen_results", str(tmp_path / "crashed"))
+    save = GANMaskTrainer.save
+
+    def save_then_crash(self, final=False):
+        save(self, final)
+        raise KeyboardInterrupt  # as if killed right after writing checkpoint_latest.pt at step 2
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GANMaskTrainer, "save", save_then_crash)
+        assert train_cli.main(args) == 130  # interrupted
+    crashed = dict(tiny_preprocessed, results=tmp_path / "crashed")
+    assert load_checkpoint(fold_folder(crashed, "ganmask") / LATEST)["step"] == 2
+    assert train_cli.main(args + ["--c"]) == 0
+    a = load_checkpoint(fold_folder(dict(tiny_preprocessed, results=tmp_path / "straight"), "ganmask") / FINAL)
+    b = load_checkpoint(fold_folder(crashed, "ganmask") / FINAL)
+    for part in ("networks", "ema"):
+        for key, tensor in a[part]["generator"].items():
+            assert torch.equal(tensor, b[part]["generator"][key]), f"{part} {key} differs after resume"
+    for key, tensor in a["discriminator"]["network"].items():
+        assert torch.equal(tensor, b["discriminator"]["network"][key]), f"discriminator {key} differs after resume"
+    moments = [(a[o]["state"], b[o]["state"]) for o in ("optimizer",)] + \
+        [(a["discriminator"]["optimizer"]["state"], b["discriminator"]["optimizer"]["state"])]
+    for first, second in moments:
+        assert all(torch.equal(first[i]["exp_avg"], second[i]["exp_avg"]) for i in first)
+    assert a["history"]["loss"] == b["history"]["loss"] and a["model"] == b["model"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -20,6 +23,7 @@ def train(*args: str) -> None:
 @pytest.fixture(scope="module")
 def models(tiny_preprocessed):
     train("spheremask", "0")
+    train("ganmask", "0", "--steps", "2")
     train("inpaint", "0", "--steps", "2", "--set", "sampling_steps=4")  # few sampling steps: mechanics only
     train("seg", "0", "--steps", "2")
     return tiny_preprocessed
@@ -128,7 +132,7 @@ def test_loading_a_model_writes_nothing_and_leaves_every_rng_alone(models):
 
     before = folder_digest(models["results"])
     torch_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    for name in ("spheremask", "inpaint", "seg_none"):
+    for name in ("spheremask", "ganmask", "inpaint", "seg_none"):
         model = load_trained_model(TINY_NAME, name, "lesiongenPlans", 0, "cpu")
         assert not any(net.training for net in model.networks.values())
     assert torch.equal(torch.get_rng_state(), torch_state)
@@ -138,30 +142,37 @@ def test_loading_a_model_writes_nothing_and_leaves_every_rng_alone(models):
 
 
 def test_an_installed_zip_predicts_anywhere_exactly_as_at_home(oblique_inputs, tmp_path, monkeypatch):
-    """Train here, zip, install into empty folders (no raw, no preprocessed data), predict: the same outputs."""
+    """Train here, zip, install into empty folders (no raw, no preprocessed data), predict: the same outputs (synth
+    with spheremask and with ganmask masks)."""
     from lesiongen.cli.model_sharing import main_export, main_install
+    from lesiongen.utilities.provenance import sha256_file
 
     folders, geometry = oblique_inputs
     archive = tmp_path / "models.zip"
     assert main_export(["-d", str(TINY.dataset_id), "-o", str(archive)]) == 0
-    modes = {"seg": ["--disable_tta"], "remove": ["--labels", folders["labels"]],
-             "synth": ["--masks", "spheremask", "--n_lesions", "2", "--brain_masks", folders["brain"], "--seed", "3"]}
-    for mode, extra in modes.items():  # at home, from the results dataset
-        assert predict("-i", folders["images"], "-o", tmp_path / "home" / mode, "-m", mode, *extra) == 0
+    synth = ["--n_lesions", "2", "--brain_masks", folders["brain"], "--seed", "3"]
+    runs = {"seg": ("seg", ["--disable_tta"]), "remove": ("remove", ["--labels", folders["labels"]]),
+            "synth": ("synth", ["--masks", "spheremask", *synth]),
+            "synth_ganmask": ("synth", ["--masks", "ganmask", "--tissue", folders["tissue"], *synth])}
+    for run, (mode, extra) in runs.items():  # at home, from the results dataset
+        assert predict("-i", folders["images"], "-o", tmp_path / "home" / run, "-m", mode, *extra) == 0
+    summary = json.loads((tmp_path / "home" / "synth_ganmask" / "synthesis_summary.json").read_text())
+    generator = summary["mask_generator"]
+    assert generator["kind"] == "ganmask" and generator["sha256"] == sha256_file(Path(generator["checkpoint"]))
     elsewhere = tmp_path / "elsewhere"
     for name in ("raw", "preprocessed", "results"):
         (elsewhere / name).mkdir(parents=True)
         monkeypatch.setenv(f"lesiongen_{name}", str(elsewhere / name))
     assert main_install([str(archive)]) == 0
     installed = elsewhere / "results" / TINY_NAME
-    for mode, extra in modes.items():
-        out = tmp_path / "away" / mode
+    for run, (mode, extra) in runs.items():
+        out = tmp_path / "away" / run
         assert predict_cli.main(["-model", str(installed), "-f", "0", "-device", "cpu", "-i", str(folders["images"]),
                                  "-o", str(out), "-m", mode, *map(str, extra)]) == 0
-        home_files = sorted(p.relative_to(tmp_path / "home" / mode) for p in (tmp_path / "home" / mode).rglob("*.nrrd"))
+        home_files = sorted(p.relative_to(tmp_path / "home" / run) for p in (tmp_path / "home" / run).rglob("*.nrrd"))
         assert home_files and home_files == sorted(p.relative_to(out) for p in out.rglob("*.nrrd"))
         for name in home_files:
-            a, geometry_a = read_image(tmp_path / "home" / mode / name)
+            a, geometry_a = read_image(tmp_path / "home" / run / name)
             b, geometry_b = read_image(out / name)
             assert a.dtype == b.dtype and geometry_b.matches(geometry_a) is None and geometry_b.matches(geometry) is None
             np.testing.assert_array_equal(a, b)

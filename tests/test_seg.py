@@ -20,7 +20,7 @@ from lesiongen.training.synthetic import make_synthetic_cases, synthetic_folder
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.provenance import sha256_file
 
-STRATEGIES = ("none", "sphere", "unetmask", "diffmask", "copy_paste")
+STRATEGIES = ("none", "sphere", "unetmask", "diffmask", "ganmask", "copy_paste")
 
 
 def train(*args: str) -> int:
@@ -30,12 +30,12 @@ def train(*args: str) -> int:
 @pytest.fixture(scope="module")
 def seg_runs(tiny_preprocessed):
     """Generators and inpainter briefly trained on fold 0, then a 2-step seg fold per strategy."""
-    for name in ("spheremask", "unetmask", "diffmask", "inpaint"):  # few sampling steps: mechanics only here
+    for name in ("spheremask", "unetmask", "diffmask", "ganmask", "inpaint"):  # few sampling steps: mechanics only
         fast = ["--set", "sampling_steps=4"] if name in ("diffmask", "inpaint") else []
         assert train(name, "0", "--steps", "2", *fast) == 0
     for strategy in STRATEGIES:
         # the learned generators, trained 2 steps, may give no lesion at all: allowed here, an error by default
-        allow = ["--set", "max_empty_synthetic_fraction=1"] if strategy in ("unetmask", "diffmask") else []
+        allow = ["--set", "max_empty_synthetic_fraction=1"] if strategy in ("unetmask", "diffmask", "ganmask") else []
         assert train("seg", "0", "--steps", "2", "--synthetic", strategy, "--synthetic_ratio", "0.33", *allow) == 0
     return tiny_preprocessed
 
@@ -105,7 +105,7 @@ def test_generators_of_another_split_are_refused(seg_runs):
 
 def test_no_validation_case_reaches_a_generator(seg_runs):
     seg_training = json.loads((fold_folder(seg_runs, "diffmask") / "training_summary.json").read_text())
-    for name in ("spheremask", "unetmask", "diffmask", "inpaint"):
+    for name in ("spheremask", "unetmask", "diffmask", "ganmask", "inpaint"):
         summary = json.loads((seg_runs["results"] / TINY_NAME / f"{name}__lesiongenPlans" / "fold_0" /
                               "training_summary.json").read_text())
         assert not set(summary["train_cases"]) & set(seg_training["val_cases"])

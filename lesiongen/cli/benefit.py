@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", dest="dataset", required=True, help="dataset ID or name (planned and preprocessed)")
     add_plans_argument(parser)
     parser.add_argument("--strategies", nargs="+", default=["none", "copy_paste", "sphere", "diffmask"],
-                        help="none, copy_paste, sphere, unetmask, diffmask (default: none copy_paste sphere diffmask)")
+                        help="none, copy_paste, sphere, unetmask, diffmask, ganmask (default: none copy_paste sphere "
+                             "diffmask)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--ratio", type=float, default=1.0, help="synthetic cases per real case (default 1)")
     parser.add_argument("--sweep", dest="sweep_strategy", default="diffmask",

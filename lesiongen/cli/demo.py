@@ -92,7 +92,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _mask_generators(name: str, args: argparse.Namespace) -> list[str]:
-    """Train the three mask generators briefly on fold 0 and compare their masks with held-out lesions."""
+    """Train the mask generators briefly on fold 0 and compare their masks with held-out lesions."""
     from lesiongen.evaluation.evaluate_masks import evaluate_mask_generators, evaluation_folder
     from lesiongen.models.registry import MASK_GENERATORS
     from lesiongen.preprocessing.dataset import open_preprocessed
@@ -208,7 +208,7 @@ def main_demo(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Make the demo dataset (if missing) and run the pipeline on it.")
     parser.add_argument("-np", "--num_processes", type=positive_int, default=DEFAULT_PROCESSES)
     parser.add_argument("--mask_steps", type=int, default=100,
-                        help="training steps of unetmask and diffmask (0: stop after preprocessing)")
+                        help="training steps of unetmask, diffmask and ganmask (0: stop after preprocessing)")
     parser.add_argument("--inpaint_steps", type=positive_int, default=150, help="training steps of the inpainter")
     parser.add_argument("--seg_steps", type=positive_int, default=300, help="training steps of each seg fold")
     parser.add_argument("--batch_size", type=positive_int, default=8,

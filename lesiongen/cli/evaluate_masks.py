@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", dest="fold", default="0", help="fold (0-4 or all); default 0")
     parser.add_argument("-tr", dest="trainers", nargs="+", default=None,
                         help="mask generators to compare (default: every trained one of spheremask, unetmask, "
-                             "diffmask)")
+                             "diffmask, ganmask)")
     parser.add_argument("-n", dest="n_masks", type=positive_int, default=None,
                         help="masks per generator (default: one per held-out lesion patch)")
     parser.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("-model", "--model", dest="model", type=Path,
                         help="a results dataset folder holding the model folders (e.g. installed from a zip)")
     add_plans_argument(parser)
-    parser.add_argument("--synthetic", required=True, help="lesion strategy: sphere, unetmask or diffmask")
+    parser.add_argument("--synthetic", required=True, help="lesion strategy: sphere, unetmask, diffmask or ganmask")
     parser.add_argument("--n", dest="n", type=positive_int, required=True, help="number of synthetic cases")
     parser.add_argument("-o", dest="output", type=Path, required=True, help="output root, e.g. $nnUNet_raw")
     parser.add_argument("--id", dest="dataset_id", type=int, required=True, help="ID of the new dataset (1-999)")

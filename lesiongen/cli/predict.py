@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--part_id", type=int, default=0, help="... and predict this part (0 to num_parts - 1)")
     synth = parser.add_argument_group("synth")
     synth.add_argument("--masks", default="diffmask",
-                       help="mask generator: spheremask, unetmask or diffmask (default diffmask)")
+                       help="mask generator: spheremask, unetmask, diffmask or ganmask (default diffmask)")
     synth.add_argument("--n_lesions", type=positive_int, default=None,
                        help="lesions per scan (default: drawn from the fold's lesions-per-case prior)")
     synth.add_argument("--volume_range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),

@@ -19,7 +19,7 @@ def parse_setting(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train one fold of a lesiongen trainer on a preprocessed dataset.")
     parser.add_argument("dataset", help="dataset ID (501) or name (Dataset501_Name)")
-    parser.add_argument("trainer", help="spheremask, unetmask, diffmask, inpaint or seg")
+    parser.add_argument("trainer", help="spheremask, unetmask, diffmask, ganmask, inpaint or seg")
     parser.add_argument("fold", help="0-4, or 'all' to train on every case")
     add_device_argument(parser)
     add_plans_argument(parser)
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=None, help="override the planned batch size")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--synthetic", default="none",
-                        help="seg only: synthetic lesion strategy none, sphere, unetmask, diffmask or copy_paste")
+                        help="seg only: synthetic lesion strategy none, sphere, unetmask, diffmask, ganmask or "
+                             "copy_paste")
     parser.add_argument("--synthetic_ratio", type=float, default=None,
                         help="seg only: synthetic cases per real training case (default 1)")
     parser.add_argument("--loss", default=None,

@@ -24,6 +24,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("sphere", "spheremask", True, "ellipsoids from the sphere priors, painted by the inpainter"),
     Strategy("unetmask", "unetmask", True, "tissue-conditioned UNet masks, painted by the inpainter"),
     Strategy("diffmask", "diffmask", True, "sphere-conditioned diffusion masks, painted by the inpainter"),
+    Strategy("ganmask", "ganmask", True, "conditional-GAN masks (sphere cue, tissue, noise), painted by the inpainter"),
     Strategy("copy_paste", None, False, "real training lesions carved out and pasted into healthy scans"),
 )}
 SYNTHETIC = tuple(name for name in STRATEGIES if name != "none")

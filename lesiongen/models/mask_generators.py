@@ -1,4 +1,4 @@
-"""The three lesion-mask generators, one interface: ``sample_masks(n, conditioning, seed) -> masks``.
+"""The lesion-mask generators, one interface: ``sample_masks(n, conditioning, seed) -> masks``.
 
 Masks are lesion-centred patches of the plans' lesion patch size at the target spacing, (n, z, y, x) uint8 label
 maps. Every generator starts from spheres drawn from its fold's sphere priors (or given ones) and turns them into
@@ -8,7 +8,10 @@ lesion shapes:
 * ``unetmask`` (seed 000's tissue-conditioned 3D UNet) draws a lesion into a lesion-free image patch, guided by a
   sphere cue; deterministic given image and spheres, so the seed varies the spheres;
 * ``diffmask`` (DiffMask in 3D) denoises a mask conditioned on the union of the spheres (and the tissue map) with
-  a few-step sampler, then binarises it at a threshold calibrated after training.
+  a few-step sampler, then binarises it at a threshold calibrated after training;
+* ``ganmask`` (a pix2pix-style conditional GAN in 3D) maps smooth noise fields, the union of the spheres and the
+  tissue map to lesion probabilities in one network evaluation, then binarises them at a calibrated threshold;
+  the noise makes repeated draws for the same spheres differ.
 
 Components smaller than the class's smallest real lesion are dropped and masks are cut to the brain.
 """
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lesiongen.diffusion.schedules import ScheduleConfig, sample
@@ -42,6 +47,11 @@ class MaskGeneratorConfig:
 @dataclass
 class UNetMaskConfig(MaskGeneratorConfig):
     probability_threshold: float = 0.5
+
+
+@dataclass
+class GANMaskConfig(MaskGeneratorConfig):
+    threshold: float = 0.5  # cut-off on the generator's probabilities, calibrated after training
 
 
 @dataclass
@@ -101,6 +111,14 @@ class MaskGenerator(LesionModel):
         if not spheres:
             return np.zeros((0, *self.patch_size), dtype=np.uint8)
         return np.stack([render_spheres(s, self.patch_size, self.spacing) for s in spheres])
+
+    def binarise(self, values: np.ndarray, threshold: float) -> np.ndarray:
+        """(n, K, z, y, x) per-class values -> labels: the strongest class channel above the threshold, else
+        background."""
+        best = values.argmax(axis=1)
+        above = values.max(axis=1) > threshold
+        labels = np.asarray(self.lesion_labels, dtype=np.uint8)[best]
+        return np.where(above, labels, 0).astype(np.uint8)
 
     def minimum_voxels(self) -> dict[int, int]:
         return {int(k): min_lesion_voxels(p.min_lesion_volume_mm3, self.spacing) for k, p in self.priors.items()}
@@ -227,14 +245,74 @@ class DiffMaskGenerator(MaskGenerator):
             out.append(x.clamp(-1, 1).float().cpu().numpy())
         return np.concatenate(out), evaluations
 
-    def binarise(self, denoised: np.ndarray, threshold: float) -> np.ndarray:
-        """Class per voxel: the strongest class channel above the threshold, else background."""
-        best = denoised.argmax(axis=1)
-        above = denoised.max(axis=1) > threshold
-        labels = np.asarray(self.lesion_labels, dtype=np.uint8)[best]
-        return np.where(above, labels, 0).astype(np.uint8)
-
     def generate(self, spheres, conditioning, rng) -> np.ndarray:
         denoised, self.last_evaluations = self.denoise(self.render_controls(spheres), conditioning.tissue,
                                                        int(rng.integers(2**31)))
         return self.binarise(denoised, self.config.threshold)
+
+
+class GANMaskGenerator(MaskGenerator):
+    kind = "ganmask"
+    config_class = GANMaskConfig
+    config: GANMaskConfig
+    NOISE_CELL_VOXELS: ClassVar[int] = 4  # the noise fields vary on this scale (voxels), about a small lesion's radius
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        networks = self.stage_plan.networks
+        if "gan_generator" not in networks:
+            raise LesiongenError(f"plans {self.plans.plans_name} were written before ganmask and have no GAN "
+                                 "networks; run lesiongen_plan_and_preprocess again")
+        return {"generator": build_network(networks["gan_generator"])}
+
+    @property
+    def input_layout(self) -> channels.ChannelLayout:
+        return channels.ganmask_input(self.plans.has_tissue_maps)
+
+    @property
+    def discriminator_layout(self) -> channels.ChannelLayout:
+        return channels.ganmask_discriminator_input(len(self.lesion_labels), self.plans.has_tissue_maps)
+
+    def condition(self, controls: np.ndarray, tissue: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The conditioning channels by layout part: the sphere cue and the tissue map when planned."""
+        parts = {"control": self.encode_control(controls)}
+        if self.plans.has_tissue_maps:
+            parts["tissue"] = self.encode_tissue(tissue, len(controls))
+        return parts
+
+    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, noise channels, z, y, x) smooth standard-normal fields: normal values on a grid of one knot per
+        ``NOISE_CELL_VOXELS`` voxels, trilinearly interpolated, so the network gets lesion-sized variation to shape
+        masks with (voxel-wise white noise is easy to average away)."""
+        knots = [max(2, -(-size // self.NOISE_CELL_VOXELS) + 1) for size in self.patch_size]
+        coarse = torch.randn((n, channels.GAN_NOISE_CHANNELS, *knots), generator=generator)
+        fields = F.interpolate(coarse, size=self.patch_size, mode="trilinear", align_corners=True)
+        return fields / fields.flatten(1).std(dim=1).clamp(min=1e-6).view(-1, 1, 1, 1, 1)
+
+    def generator_input(self, noise: torch.Tensor, condition: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.input_layout.assemble({"noise": noise, **condition}, lambda xs: torch.cat(xs, dim=1))
+
+    def discriminator_input(self, masks: torch.Tensor, condition: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A (real or generated) per-class mask in [0, 1] with its condition, for the trainer's discriminator."""
+        return self.discriminator_layout.assemble({"mask": masks, **condition}, lambda xs: torch.cat(xs, dim=1))
+
+    @torch.no_grad()
+    def probabilities(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int) -> np.ndarray:
+        """Lesion probabilities (n, K, z, y, x) for the given sphere controls; the seed draws the noise."""
+        network = self.networks["generator"]
+        generator = torch.Generator().manual_seed(seed)
+        out = []
+        chunk = max(1, self.stage_plan.batch_size)
+        for start in range(0, len(controls), chunk):
+            part = slice(start, start + chunk)
+            condition = {k: self.to_device(v) for k, v in
+                         self.condition(controls[part], None if tissue is None else tissue[part]).items()}
+            noise = self.noise(len(controls[part]), generator).to(self.device)
+            with self.autocast():
+                logits = network(self.generator_input(noise, condition))
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        return np.concatenate(out)
+
+    def generate(self, spheres, conditioning, rng) -> np.ndarray:
+        probabilities = self.probabilities(self.render_controls(spheres), conditioning.tissue, int(rng.integers(2**31)))
+        self.last_evaluations = 1
+        return self.binarise(probabilities, self.config.threshold)

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from lesiongen.planning.planner import PATCH_DISCRIMINATOR
 from lesiongen.planning.plans import NetworkPlan
 
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -35,6 +36,10 @@ def build_network(plan: NetworkPlan, **overrides: Any) -> nn.Module:
         from monai.networks.nets import DiffusionModelUNet
 
         return DiffusionModelUNet(**kwargs)
+    if plan.architecture == PATCH_DISCRIMINATOR:
+        from monai.networks.nets import PatchDiscriminator
+
+        return PatchDiscriminator(**kwargs)
     raise ValueError(f"unknown network architecture {plan.architecture}")
 
 

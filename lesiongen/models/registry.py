@@ -14,6 +14,7 @@ from lesiongen.models.folder import ModelFolder, trainer_folder
 from lesiongen.models.inpainter import Inpainter
 from lesiongen.models.mask_generators import (
     DiffMaskGenerator,
+    GANMaskGenerator,
     MaskGenerator,
     SphereMaskGenerator,
     UNetMaskGenerator,
@@ -23,7 +24,8 @@ from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.serialization import from_dict
 
 MODEL_CLASSES: dict[str, type[LesionModel]] = {
-    cls.kind: cls for cls in (SphereMaskGenerator, UNetMaskGenerator, DiffMaskGenerator, Inpainter, Segmenter)}
+    cls.kind: cls for cls in (SphereMaskGenerator, UNetMaskGenerator, DiffMaskGenerator, GANMaskGenerator,
+                              Inpainter, Segmenter)}
 MASK_GENERATORS = tuple(k for k, cls in MODEL_CLASSES.items() if issubclass(cls, MaskGenerator))
 
 

@@ -62,6 +62,19 @@ def unetmask_input(n_channels: int, has_tissue: bool) -> ChannelLayout:
     return ChannelLayout((("images", n_channels), ("tissue", int(has_tissue)), ("control", 1)))
 
 
+GAN_NOISE_CHANNELS = 4  # ganmask's noise input: smooth random fields that make repeated draws differ
+
+
+def ganmask_input(has_tissue: bool) -> ChannelLayout:
+    """ganmask's generator: the noise fields, the sphere cue, the tissue map when there is one."""
+    return ChannelLayout((("noise", GAN_NOISE_CHANNELS), ("control", 1), ("tissue", int(has_tissue))))
+
+
+def ganmask_discriminator_input(n_lesion_classes: int, has_tissue: bool) -> ChannelLayout:
+    """ganmask's discriminator: a mask (one channel per lesion class, real or generated) with its condition."""
+    return ChannelLayout((("mask", n_lesion_classes), ("control", 1), ("tissue", int(has_tissue))))
+
+
 def inpaint_input(n_channels: int, n_lesion_classes: int) -> ChannelLayout:
     """Noisy image, known image (edit region blanked), lesion mask per class, heal region (pseudo-healthy mode), the
     texture condition broadcast as channels (per class and image channel) and the "no condition" flag of CFG."""

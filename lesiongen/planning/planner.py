@@ -207,6 +207,30 @@ def _diffusion_plan(patch: list[int], in_channels: int, out_channels: int) -> tu
     return NetworkPlan("monai.networks.nets.DiffusionModelUNet", kwargs), net
 
 
+PATCH_DISCRIMINATOR = "monai.networks.nets.PatchDiscriminator"
+DISCRIMINATOR_FEATURES = 32  # first layer's filters (doubled per layer); pix2pix uses 64 in 2D
+DISCRIMINATOR_MAX_LAYERS = 3  # pix2pix's 70x70 PatchGAN has three strided layers
+
+
+def patch_discriminator_plan(patch: list[int], in_channels: int, features: int = DISCRIMINATOR_FEATURES) -> NetworkPlan:
+    """Keyword arguments of MONAI's PatchDiscriminator (pix2pix's PatchGAN in 3D): as many halvings (at most three)
+    as leave at least 4 voxels along the patch's shortest axis, so its output is a grid of at least 3^3 patch
+    verdicts; instance norm; a size-keeping 3^3 last convolution."""
+    halvings = int(np.clip(int(np.log2(min(patch))) - 2, 1, DISCRIMINATOR_MAX_LAYERS))
+    return NetworkPlan(PATCH_DISCRIMINATOR, {
+        "spatial_dims": 3, "channels": features, "in_channels": in_channels, "out_channels": 1,
+        "num_layers_d": halvings, "kernel_size": 4, "norm": "INSTANCE", "last_conv_kernel_size": 3,
+    })
+
+
+def gan_generator_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -> NetworkPlan:
+    """ganmask's generator: the mask UNet's topology without deep supervision (the adversarial loss judges the
+    full-resolution mask only)."""
+    plan = plain_unet_plan(unet, in_channels, n_classes)
+    plan.kwargs["deep_supervision"] = False
+    return plan
+
+
 def _lesion_stage(name: str, patch: list[int], networks: dict[str, tuple[NetworkPlan, topo.DiffusionTopology | None, int]],
                   memory_gb: float, n_lesions: int) -> StagePlan:
     """Batch size from the largest network of a lesion-patch stage."""
@@ -279,14 +303,20 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
     mask_diffusion_in = channels.diffmask_input(n_lesion_classes, fingerprint.has_tissue_maps).total
     mask_diffusion, mask_diffusion_topology = _diffusion_plan(patch, mask_diffusion_in, n_lesion_classes)
     mask_unet_in = channels.unetmask_input(n_channels, fingerprint.has_tissue_maps).total
+    gan_in = channels.ganmask_input(fingerprint.has_tissue_maps).total
     mask_stage = _lesion_stage(
         "mask_generation", patch,
         {
             "diffusion": (mask_diffusion, mask_diffusion_topology, mask_diffusion_in),
             "unet": (plain_unet_plan(mask_unet, mask_unet_in, n_lesion_classes), None, mask_unet_in),
+            "gan_generator": (gan_generator_plan(mask_unet, gan_in, n_lesion_classes), None, gan_in),
         },
         gpu_memory_target_gb, n_lesions,
     )
+    # the discriminator's activations are a fraction of the generator's (strided from its first layer): it does not
+    # size the batch
+    mask_stage.networks["gan_discriminator"] = patch_discriminator_plan(
+        patch, channels.ganmask_discriminator_input(n_lesion_classes, fingerprint.has_tissue_maps).total)
     inpaint_in = channels.inpaint_input(n_channels, n_lesion_classes).total
     inpaint_net, inpaint_topology = _diffusion_plan(patch, inpaint_in, n_channels)
     inpaint_stage = _lesion_stage("inpainting", patch, {"diffusion": (inpaint_net, inpaint_topology, inpaint_in)},

@@ -27,6 +27,7 @@ PRESET_NAMES = {CPU: "lesiongenPlansCPU"}
 SEG_FEATURES = (8, 16, 32, 64, 64, 64, 64)
 DIFFUSION_CHANNELS = (16, 32, 32)
 MASK_UNET_FEATURES = (8, 16, 32, 32, 32)
+DISCRIMINATOR_FEATURES = 8
 CPU_LESION_BATCH = 8
 CPU_SEG_VOXELS = 32**3  # segmentation patch budget: a 48x80x56 patch took ~1 s per step on 2 cores, 32^3 ~0.5 s
 CPU_SEG_BATCH = 4
@@ -53,8 +54,13 @@ def cpu_plans(plans: Plans) -> Plans:
         diffusion.update(channels=list(DIFFUSION_CHANNELS[:levels]) + [DIFFUSION_CHANNELS[-1]] * max(0, levels - 3),
                          num_head_channels=16, norm_num_groups=8, num_res_blocks=1)
         out.stages[stage].batch_size = min(out.stages[stage].batch_size, CPU_LESION_BATCH)
-    unet = out.stages["mask_generation"].networks["unet"].kwargs
-    unet["features_per_stage"] = list(MASK_UNET_FEATURES[: unet["n_stages"]])
+    mask_networks = out.stages["mask_generation"].networks
+    for name in ("unet", "gan_generator"):
+        if name in mask_networks:  # plans written before ganmask have no GAN networks
+            unet = mask_networks[name].kwargs
+            unet["features_per_stage"] = list(MASK_UNET_FEATURES[: unet["n_stages"]])
+    if "gan_discriminator" in mask_networks:
+        mask_networks["gan_discriminator"].kwargs["channels"] = DISCRIMINATOR_FEATURES
     for stage, (epochs, iterations) in CPU_STEPS.items():
         if stage not in out.stages:  # segmentation_2d: anisotropic data only
             continue

@@ -353,12 +353,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             if state["total_steps"] != self.total_steps:
-                # a run continued to another length: the poly schedule over the new length, from where it stands
-                # (PolynomialLR updates multiplicatively, so an LR that reached 0 would otherwise stay 0)
-                total, done = max(self.total_steps, 1), min(state["step"], self.total_steps)
-                self.lr_scheduler.total_iters = total
-                for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
-                    group["lr"] = base * (1 - done / total) ** self.lr_scheduler.power
+                self.stretch_schedule(self.optimizer, self.lr_scheduler, state["step"])
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"][self.distributed.rank], self.data_rng, self.generator)
         self.step = state["step"]
@@ -368,6 +363,14 @@ class Trainer:
         self.runs = list(provenance.get("runs", []))
         self.models_used = dict(provenance.get("models_used", {}))
         self.after_load()
+
+    def stretch_schedule(self, optimizer: torch.optim.Optimizer, lr_scheduler, steps_done: int) -> None:
+        """A run continued to another length: the poly schedule over the new length, from where it stands
+        (PolynomialLR updates multiplicatively, so an LR that reached 0 would otherwise stay 0)."""
+        total, done = max(self.total_steps, 1), min(steps_done, self.total_steps)
+        lr_scheduler.total_iters = total
+        for group, base in zip(optimizer.param_groups, lr_scheduler.base_lrs):
+            group["lr"] = base * (1 - done / total) ** lr_scheduler.power
 
     def resume(self) -> str | None:
         """Continue from checkpoint_latest (or final). Returns None when there is none (training starts afresh),

@@ -83,3 +83,35 @@ def deep_supervision_loss(outputs: torch.Tensor | Sequence[torch.Tensor], target
             loss = loss + weight * value
             parts[name] += weight * float(value.detach())
     return loss, parts
+
+
+# ------------------------------------------------------------------------------------ conditional GAN (ganmask)
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's non-saturating GAN loss, halved as in pix2pix so it learns no faster than the generator:
+    ``(BCE(real, 1) + BCE(fake, 0)) / 2``, each the mean over every patch verdict."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return 0.5 * (real + fake)
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's non-saturating adversarial loss ``BCE(D(fake), 1)`` = mean softplus(-logit): strong gradients
+    while the discriminator still rejects its masks (log(1 - D) would vanish there)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def mask_reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE + batch soft Dice of sigmoid channels against the real (b, K, ...) mask; and each term."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    dice = sigmoid_dice_loss(logits, target)
+    return bce + dice, {"bce": float(bce.detach()), "dice": float(dice.detach())}
+
+
+def generator_loss(verdicts: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, adversarial_weight: float,
+                   reconstruction_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """ganmask's generator objective: ``adversarial_weight x BCE(D(fake), 1) + reconstruction_weight x (BCE + Dice)``
+    from the discriminator's verdicts on the generated mask and the generator's logits; and each term."""
+    adversarial = generator_adversarial_loss(verdicts)
+    reconstruction, parts = mask_reconstruction_loss(logits, target)
+    loss = adversarial_weight * adversarial + reconstruction_weight * reconstruction
+    return loss, {"adversarial": float(adversarial.detach()), **parts}

@@ -25,6 +25,15 @@ logger = logging.getLogger("lesiongen.training")
 INITIAL_LESION_FRACTION = 0.01
 
 
+def start_at_lesion_prior(unet: torch.nn.Module, fraction: float = INITIAL_LESION_FRACTION) -> None:
+    """Start every output of a PlainConvUNet at the lesion prior (~1 % of patch voxels) instead of p = 0.5
+    everywhere: otherwise the first few hundred steps only learn "mostly background" (RetinaNet's prior-bias init)."""
+    with torch.no_grad():
+        for layer in getattr(unet.decoder, "seg_layers", []):
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.fill_(float(np.log(fraction / (1 - fraction))))
+
+
 class UNetMaskTrainer(MaskTrainer):
     name = "unetmask"
     model_class = UNetMaskGenerator
@@ -32,12 +41,7 @@ class UNetMaskTrainer(MaskTrainer):
     learning_rate = 1e-3
 
     def initialise_networks(self) -> None:
-        # start every output at the lesion prior (~1 % of patch voxels) instead of p = 0.5 everywhere: otherwise
-        # the first few hundred steps only learn "mostly background" (the prior-bias init of RetinaNet)
-        with torch.no_grad():
-            for layer in getattr(self.networks["unet"].decoder, "seg_layers", []):
-                if getattr(layer, "bias", None) is not None:
-                    layer.bias.fill_(float(np.log(INITIAL_LESION_FRACTION / (1 - INITIAL_LESION_FRACTION))))
+        start_at_lesion_prior(self.networks["unet"])
 
     def load_training_data(self) -> None:
         super().load_training_data()
