@@ -9,6 +9,7 @@ inputs with a hand-computed value, and the realised condition-dropout rate of th
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,12 +19,14 @@ import torch
 from conftest import TINY, TINY_NAME
 from lesiongen.diffusion.guidance import classifier_free_guidance
 from lesiongen.diffusion.inpainting import InpaintSchedule, make_scheduler, repaint
+from lesiongen.diffusion.presets import FEW_STEPS
 from lesiongen.diffusion.schedules import ScheduleConfig
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.inpainter import Inpainter, InpainterConfig
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator, GANMaskConfig, GANMaskGenerator
 from lesiongen.models.spheres import SphereLesion, render_spheres
 from lesiongen.planning.plans import load_plans
+from lesiongen.utilities.errors import LesiongenError
 from lesiongen.training.losses import (
     batch_soft_dice_loss,
     deep_supervision_loss,
@@ -99,16 +102,86 @@ def test_repaint_jumps_renoise_by_q_xt_given_xs():
         assert abs(float(torch.corrcoef(torch.stack([residual, x_s]))[0, 1])) < 0.08
 
 
+# ------------------------------------------------------------------------------------------ few-step sampling
+def test_few_step_repaint_with_an_oracle_x0_network_returns_the_known_image_exactly():
+    """A network that predicts the clean image exactly: the few-step sampler's last step returns that estimate,
+    so the inpainted region and the known region both come back as the clean image, bit for bit."""
+    config = ScheduleConfig(prediction_type="sample")
+    clean = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 2, 12, 12, 12)).astype(np.float32))
+    region = torch.zeros((2, 1, 12, 12, 12))
+    region[..., 3:9, 2:10, 4:8] = 1.0
+    timesteps: list[int] = []
+
+    def oracle(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        timesteps.append(int(t[0]))
+        return clean.clone()
+
+    out, calls = repaint(oracle, clean, region, InpaintSchedule.few_step(), config, torch.Generator().manual_seed(0))
+    assert calls == len(timesteps) == FEW_STEPS
+    assert timesteps[0] == config.num_train_timesteps - 1  # starts from pure noise (trailing timesteps)
+    assert torch.equal(out, clean)
+
+
+@pytest.mark.parametrize("mode", ["insert", "remove"])
+def test_few_step_inpainting_evaluates_the_network_at_most_four_times_per_patch(plans, mode):
+    """Counted on the network itself: no resampling jumps and no guidance doubling in few-step mode; the default
+    sampler on the same network shows what the counter catches (22 steps, doubled by guidance in insert mode)."""
+    model = Inpainter(plans, InpainterConfig(), "cpu")
+    network = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
+    model.networks["denoiser"] = network
+    n, patch = 3, model.patch_size
+    images = np.random.default_rng(1).normal(size=(n, model.n_channels, *patch)).astype(np.float32)
+    masks = np.zeros((n, *patch), np.uint8)
+    masks[:, 6:10, 5:9, 6:11] = 1
+    few = model.with_sampling("few_step")
+    few.inpaint(images, masks, mode, seed=0)
+    assert network.patches / n <= 4 and few.last_evaluations == network.patches / n
+    network.patches = 0
+    default = model.with_sampling("default")
+    default.inpaint(images, masks, mode, seed=0)
+    assert default.last_evaluations == network.patches / n == (44 if mode == "insert" else 22)
+    assert model.config.sampling == InpaintSchedule.fast()  # switching made new models; this one is as it was
+
+
+def test_sampling_settings_round_trip_through_the_checkpoint_description(plans):
+    from lesiongen.diffusion.schedules import few_step_sampling
+    from lesiongen.models.registry import model_config_from_state
+
+    inpainter = Inpainter(plans, InpainterConfig(sampling=InpaintSchedule.few_step()), "cpu")
+    diffmask = DiffMaskGenerator(plans, DiffMaskConfig(priors=plans.sphere_priors,
+                                                       schedule=few_step_sampling(ScheduleConfig(prediction_type="sample")),
+                                                       threshold=-0.2, preset_thresholds={"default": 0.1, "few_step": -0.2}),
+                                 "cpu")
+    for model in (inpainter, diffmask):
+        _, config = model_config_from_state({"model": json.loads(json.dumps(model.description()))})
+        assert config == model.config
+
+
+def test_diffmask_switches_sampler_and_threshold_together(plans):
+    model = _exact_diffmask(plans)
+    model.config.preset_thresholds = {"default": 0.1, "few_step": -0.3}
+    few = model.with_sampling("few_step")
+    assert few.config.threshold == -0.3 and few.config.schedule.sampler == "ddim"
+    assert few.config.schedule.num_inference_steps == FEW_STEPS and few.config.schedule.clean_final_step
+    assert few.config.schedule.prediction_type == model.config.schedule.prediction_type == "sample"
+    assert model.config.threshold == 0.0 and model.config.schedule.sampler == "dpm_solver"  # the original stays
+    assert model.with_sampling("default").config.threshold == 0.1
+    model.config.preset_thresholds = {}
+    with pytest.raises(LesiongenError, match="no threshold calibrated for the 'few_step' sampler"):
+        model.with_sampling("few_step")
+
+
 # --------------------------------------------------------------------------------------------------- guidance
 class _FlagNetwork(torch.nn.Module):
     """Outputs 3 where the "no condition" flag is 0 and 1 where it is 1; counts its calls."""
 
     def __init__(self, flag_channel: int, out_channels: int):
         super().__init__()
-        self.flag_channel, self.out_channels, self.calls = flag_channel, out_channels, 0
+        self.flag_channel, self.out_channels, self.calls, self.patches = flag_channel, out_channels, 0, 0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.patches += len(x)  # network evaluations, one per patch in the batch
         flag = x[:, self.flag_channel:self.flag_channel + 1]
         return (3.0 - 2.0 * flag).expand(-1, self.out_channels, *x.shape[2:]).contiguous()
 
@@ -158,13 +231,17 @@ def _sphere(centre, radius) -> SphereLesion:
                         rotation=np.eye(3).tolist())
 
 
-def test_diffmask_masks_follow_the_sphere_control(plans):
+@pytest.mark.parametrize("sampling", ["model", "few_step"])
+def test_diffmask_masks_follow_the_sphere_control(plans, sampling):
     model = _exact_diffmask(plans)
+    model.config.preset_thresholds = {"default": 0.0, "few_step": 0.0}
+    model = model.with_sampling(sampling)
     spheres = [[_sphere((8, 8, 8), 9.0)], [_sphere((6, 9, 7), 5.0), _sphere((11, 6, 10), 4.0)]]
     masks = model.sample_masks(2, MaskConditioning(spheres=spheres), seed=1)
     for sphere_set, mask in zip(spheres, masks):
         np.testing.assert_array_equal(mask, render_spheres(sphere_set, model.patch_size, model.spacing))
     assert masks[0].sum() != masks[1].sum()
+    assert model.last_evaluations == (20 if sampling == "model" else FEW_STEPS)
 
 
 # ---------------------------------------------------------------------------------------------------- ganmask

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -116,6 +117,17 @@ def test_evaluate_inpainting_report(inpainter, tmp_path):
     assert (tmp_path / "inpainting_evaluation.png").stat().st_size > 1000
 
 
+def test_evaluate_inpainting_with_the_few_step_sampler(inpainter, tmp_path):
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--full_patches", "0", "--max_patches", "4",
+                              "--sampling", "few_step", "-device", "cpu", "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "inpainting_evaluation.json").read_text())
+    assert report["sampling"]["name"] == "few_step"
+    assert report["sampling"]["schedule"] == dataclasses.asdict(InpaintSchedule.few_step())
+    for mode in ("remove_fake_masks", "insert"):
+        assert report[mode]["speed"]["network_evaluations_per_patch"] == 4.0
+    assert report["insert"]["ssim_outside"] == 1.0  # far voxels stay the input with the few-step sampler too
+
+
 @pytest.mark.parametrize("painter", ["identity", "mask_only"])
 def test_evaluate_inpainting_scores_known_inpainters_exactly(inpainter, tmp_path, monkeypatch, painter):
     """An inpainter that changes nothing, and one that paints exactly the mask: the report's values are known."""
@@ -137,6 +149,7 @@ def test_evaluate_inpainting_scores_known_inpainters_exactly(inpainter, tmp_path
         removed = report["remove_real_lesions"]
         assert removed["mean_abs_contrast_after"] == removed["mean_abs_contrast_before"] > 0  # nothing removed
         assert report["remove_fake_masks"]["mse"] == 0.0 and report["remove_fake_masks"]["ssim"] == pytest.approx(1.0)
+        assert report["remove_fake_masks"]["std_ratio"] == 1.0  # the fill is the tissue itself
         assert report["insert"]["diff_map_iou"] == 0.0  # no change anywhere
         assert report["insert"]["contrast_inserted_mean"] != report["insert"]["contrast_real_mean"]
     else:

@@ -84,6 +84,9 @@ def test_trainer_writes_final_checkpoint_log_and_progress(trained, name):
     if name == "diffmask":
         assert state["model"]["config"]["threshold"] == state["extra"]["calibration"]["threshold"]
         assert state["extra"]["calibration"]["evaluations_per_mask"] == 20
+        presets = state["extra"]["calibration"]["presets"]
+        assert presets["few_step"]["evaluations_per_mask"] == 4 and presets["default"]["evaluations_per_mask"] == 20
+        assert state["model"]["config"]["preset_thresholds"] == {k: v["threshold"] for k, v in presets.items()}
     if name == "ganmask":
         assert state["model"]["config"]["threshold"] == state["extra"]["calibration"]["threshold"]
         assert set(state["discriminator"]) == {"network", "optimizer", "lr_scheduler"}
@@ -217,6 +220,10 @@ def test_evaluate_masks_compares_all_generators(trained, tmp_path):
     table = (out / "mask_evaluation.md").read_text()
     assert all(f"| {name} |" in table for name in GENERATORS)
     assert (out / "mask_evaluation.png").stat().st_size > 1000
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "-n", "4", "-device", "cpu", "-tr", "diffmask",
+                              "--sampling", "few_step", "-o", str(tmp_path / "few")]) == 0
+    few = json.loads((tmp_path / "few" / "mask_evaluation.json").read_text())
+    assert few["sampling"] == "few_step" and few["timing"]["diffmask"]["network_evaluations_per_mask"] == 4
 
 
 def test_evaluate_masks_gives_zero_distances_for_an_oracle_generator(trained, tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lesiongen.diffusion.schedules import (PREDICTION_TYPES, ScheduleConfig, add_noise, sample, training_scheduler,
-                                           training_target)
+from lesiongen.diffusion.presets import FEW_STEPS
+from lesiongen.diffusion.schedules import (PREDICTION_TYPES, ScheduleConfig, add_noise, few_step_sampling, sample,
+                                           training_scheduler, training_target)
 
 
 def _mask() -> torch.Tensor:
@@ -38,6 +39,26 @@ def test_sampler_with_an_exact_network_returns_the_clean_mask(prediction_type, s
     assert evaluations == config.num_inference_steps
     assert torch.equal(out > 0, x0 > 0)  # every voxel on the right side
     assert float((out - x0).abs().max()) < 0.25
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_few_step_sampler_with_an_exact_network_ends_on_the_clean_mask(prediction_type):
+    """Four network calls, the first on pure noise, and the last step returns the clean estimate: exactly x0 for an
+    x0 network; for the others up to the rounding of converting their output to x0."""
+    x0 = _mask()
+    config = few_step_sampling(ScheduleConfig(prediction_type=prediction_type))
+    oracle, timesteps = _oracle(config, x0), []
+
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        timesteps.append(int(t[0]))
+        return oracle(x, t)
+
+    out, evaluations = sample(counted, tuple(x0.shape), config, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert evaluations == len(timesteps) == FEW_STEPS and timesteps[0] == config.num_train_timesteps - 1
+    if prediction_type == "sample":
+        assert torch.equal(out, x0)
+    else:
+        assert float((out - x0).abs().max()) < 1e-3
 
 
 def test_training_targets_match_the_prediction_type():

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lesiongen import __version__
+from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.utilities.devices import DEVICE_CHOICES
 from lesiongen.utilities.errors import LesiongenError
@@ -27,6 +28,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-device", choices=DEVICE_CHOICES, default=None,
                         help="cpu, cuda or mps (default: cuda when available, else cpu)")
+
+
+def add_sampling_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sampling", choices=(MODEL_SAMPLING, *SAMPLING_PRESETS), default=MODEL_SAMPLING,
+                        help="sampler of the diffusion models (inpainter, diffmask): model (each model's own, "
+                             "default), default (inpainter: 16 DDIM steps + 3 resampling jumps + guidance, 44 "
+                             "network evaluations per inserted patch; diffmask: DPM-Solver++ 20) or few_step (4 "
+                             "deterministic DDIM steps, no jumps, no guidance: 4 evaluations)")
 
 
 def add_plans_argument(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, add_device_argument, add_plans_argument, run_command
+from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument,
+                                  add_sampling_argument, run_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full_patches", type=int, default=2,
                         help="patches also sampled with the full DDPM + jumps schedule (slow; 0 skips it)")
     parser.add_argument("--seed", type=int, default=0)
+    add_sampling_argument(parser)
     add_device_argument(parser)
     add_plans_argument(parser)
     parser.add_argument("-o", dest="output", type=Path, default=None,
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> None:
 
     fold = parse_fold(args.fold)
     device = pick_device(args.device)
-    report = evaluate_inpainting(open_preprocessed(args.dataset, args.plans), fold, str(device), args.seed, args.max_patches,
-                                 args.full_patches, args.output)
+    report = evaluate_inpainting(open_preprocessed(args.dataset, args.plans), fold, str(device), args.seed,
+                                 args.max_patches, args.full_patches, args.output, args.sampling)
     print(json.dumps({k: report[k] for k in ("remove_real_lesions", "remove_fake_masks", "insert")}, indent=1))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, add_device_argument, add_plans_argument, positive_int, run_command
+from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument,
+                                  add_sampling_argument, positive_int, run_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", dest="n_masks", type=positive_int, default=None,
                         help="masks per generator (default: one per held-out lesion patch)")
     parser.add_argument("--seed", type=int, default=0)
+    add_sampling_argument(parser)
     add_device_argument(parser)
     add_plans_argument(parser)
     parser.add_argument("-o", dest="output", type=Path, default=None,
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> None:
     fold = parse_fold(args.fold)
     device = pick_device(args.device)
     dataset = open_preprocessed(args.dataset, args.plans)
-    report = evaluate_mask_generators(dataset, fold, args.trainers, args.n_masks, args.seed, str(device), args.output)
+    report = evaluate_mask_generators(dataset, fold, args.trainers, args.n_masks, args.seed, str(device), args.output,
+                                      args.sampling)
     for name, method in report["methods"].items():
         distances = ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} n/a" for k, v in method["wasserstein"].items())
         print(f"{name}: {distances}")

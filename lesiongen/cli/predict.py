@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument, positive_int,
-                                  results_dataset_folder, run_command)
+from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument,
+                                  add_sampling_argument, positive_int, results_dataset_folder, run_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="place lesions only in these tissue classes (needs --tissue)")
     synth.add_argument("--n_variants", type=positive_int, default=1, help="synthetic versions per scan")
     synth.add_argument("--preview", action="store_true", help="a PNG per case and a gallery of the run")
+    add_sampling_argument(parser)
     maps = parser.add_argument_group("per-case maps (files named CASE + ending, same grid as the scan)")
     maps.add_argument("--labels", type=Path, default=None, help="remove: the lesion label maps")
     maps.add_argument("--brain_masks", type=Path, default=None)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
                              volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
                              tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
                              save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
-                             force=args.force, configuration=args.configuration)
+                             force=args.force, configuration=args.configuration, sampling=args.sampling)
     check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
     device = pick_device(args.device)
     source = args.model if args.model is not None else results_dataset_folder(args.dataset)

@@ -1,9 +1,11 @@
 """RePaint-style inpainting with diffusers schedulers, and the feathered paste that keeps the background exact.
 
-The reverse process runs over a scheduler's timesteps (DDIM with few steps by default, or the full DDPM chain).
-Before every denoising step the known region is replaced by the known image noised to the current level, so the
-model only ever invents the region to inpaint. A few *resampling jumps* (RePaint) go back ``jump_length`` steps by
-re-noising with q(x_t | x_s) and denoise again, which lets the generated region harmonise with its surroundings.
+The reverse process runs over a scheduler's timesteps (DDIM with 16 steps by default, the full DDPM chain as the
+reference, or the few-step preset). Before every denoising step the known region is replaced by the known image
+noised to the current level, so the model only ever invents the region to inpaint. A few *resampling jumps*
+(RePaint) go back ``jump_length`` steps by re-noising with q(x_t | x_s) and denoise again, which lets the generated
+region harmonise with its surroundings. The few-step preset has no jumps and no guidance: 4 deterministic DDIM steps
+from pure noise (trailing timesteps), the last returning the network's clean estimate.
 """
 
 from __future__ import annotations
@@ -16,18 +18,28 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from scipy import ndimage
 
-from lesiongen.diffusion.schedules import ScheduleConfig
+from lesiongen.diffusion.presets import FEW_STEPS
+from lesiongen.diffusion.schedules import TIMESTEP_SPACINGS, ScheduleConfig
 
 
 @dataclass
 class InpaintSchedule:
-    """How to sample: ``fast`` is the default, ``full`` the DDPM + jumps reference it is measured against."""
+    """How to sample: ``fast`` is the default, ``full`` the DDPM + jumps reference it is measured against,
+    ``few_step`` the preset of at most 4 network evaluations per patch."""
 
     sampler: str = "ddim"  # "ddim" (few steps) or "ddpm" (every training timestep)
     num_inference_steps: int = 16  # ddim only
     jump_length: int = 2  # states gone back per resampling jump
     n_jumps: int = 3  # jumps, spread over the noisier half of the chain
     guidance_scale: float = 1.5  # classifier-free guidance for insert mode; 1 = no guidance (half the evaluations)
+    timestep_spacing: str = "leading"  # ddim: diffusers' "leading" starts below the last training timestep
+    clean_final_step: bool = False  # ddim: the last step returns the clean estimate (alpha_bar = 1)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown inpainting sampler {self.sampler}; use 'ddim' or 'ddpm'")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"unknown timestep spacing {self.timestep_spacing}; choose one of {TIMESTEP_SPACINGS}")
 
     @classmethod
     def fast(cls) -> "InpaintSchedule":
@@ -37,13 +49,25 @@ class InpaintSchedule:
     def full(cls) -> "InpaintSchedule":
         return cls(sampler="ddpm", num_inference_steps=1000, jump_length=10, n_jumps=10)
 
+    @classmethod
+    def few_step(cls, steps: int = FEW_STEPS) -> "InpaintSchedule":
+        """``steps`` deterministic DDIM steps from pure noise, no resampling jumps and no classifier-free guidance
+        (insert mode's contrast calibration sets the lesion contrast instead): ``steps`` evaluations per patch."""
+        return cls(sampler="ddim", num_inference_steps=int(steps), n_jumps=0, guidance_scale=1.0,
+                   timestep_spacing="trailing", clean_final_step=True)
+
+    def evaluations_per_patch(self, guided: bool) -> int:
+        """Network evaluations per patch: denoising steps, twice over with classifier-free guidance."""
+        return denoising_steps(self) * (2 if guided and self.guidance_scale != 1.0 else 1)
+
 
 def make_scheduler(schedule: InpaintSchedule, config: ScheduleConfig):
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                   beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
                   prediction_type=config.prediction_type)
     if schedule.sampler == "ddim":
-        scheduler = DDIMScheduler(**common, set_alpha_to_one=False)
+        scheduler = DDIMScheduler(**common, set_alpha_to_one=schedule.clean_final_step,
+                                  timestep_spacing=schedule.timestep_spacing)
         scheduler.set_timesteps(schedule.num_inference_steps)
     elif schedule.sampler == "ddpm":
         scheduler = DDPMScheduler(**common)

@@ -1,15 +1,20 @@
-"""Noise schedules from diffusers: DDPM for training, a few-step DDIM / DPM-Solver++ schedule for sampling."""
+"""Noise schedules from diffusers: DDPM for training, a DPM-Solver++ / DDIM schedule for sampling, and the few-step
+preset (deterministic DDIM over trailing timesteps whose last step returns the network's clean estimate)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from lesiongen.diffusion.presets import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEPS, SAMPLING_PRESETS
+
 SAMPLERS = ("dpm_solver", "ddim", "ddpm")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for what the network predicts
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 @dataclass
@@ -24,10 +29,43 @@ class ScheduleConfig:
     # noise levels is amplified by 1 / sqrt(alpha_bar) and the chain diverges
     clip_sample: bool = True
     prediction_type: str = "epsilon"
+    # where the sampling timesteps sit; None is the scheduler's own default (DDIM "leading", DPM-Solver "linspace").
+    # "trailing" starts at the last training timestep (pure noise), which matters when there are few steps
+    timestep_spacing: str | None = None
+    # DDIM: the last step goes to alpha_bar = 1 and returns the clean estimate, instead of stopping at the first
+    # training timestep's noise level (DPM-Solver++ always ends clean)
+    clean_final_step: bool = False
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction type {self.prediction_type}; choose one of {PREDICTION_TYPES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler}; choose one of {SAMPLERS}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"unknown timestep spacing {self.timestep_spacing}; choose one of {TIMESTEP_SPACINGS}")
+
+
+def default_sampling(config: ScheduleConfig) -> ScheduleConfig:
+    """``config``'s training schedule with the default sampler: DPM-Solver++, 20 steps."""
+    defaults = ScheduleConfig()
+    return dataclasses.replace(config, sampler=defaults.sampler, num_inference_steps=defaults.num_inference_steps,
+                               timestep_spacing=None, clean_final_step=False)
+
+
+def few_step_sampling(config: ScheduleConfig, steps: int = FEW_STEPS) -> ScheduleConfig:
+    """``config``'s training schedule sampled in ``steps`` deterministic DDIM steps from the last training timestep
+    (trailing spacing), the last of which returns the network's clean estimate: for x0-predicting models."""
+    return dataclasses.replace(config, sampler="ddim", num_inference_steps=int(steps), timestep_spacing="trailing",
+                               clean_final_step=True)
+
+
+def sampling_preset(config: ScheduleConfig, name: str) -> ScheduleConfig:
+    """The named sampler of :data:`SAMPLING_PRESETS` on ``config``'s training schedule."""
+    if name == DEFAULT_SAMPLING:
+        return default_sampling(config)
+    if name == FEW_STEP_SAMPLING:
+        return few_step_sampling(config)
+    raise ValueError(f"unknown sampling preset {name}; choose one of {SAMPLING_PRESETS}")
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
@@ -39,12 +77,14 @@ def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
 def sampling_scheduler(config: ScheduleConfig):
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                   beta_start=config.beta_start, beta_end=config.beta_end, prediction_type=config.prediction_type)
+    if config.timestep_spacing is not None:
+        common["timestep_spacing"] = config.timestep_spacing
     if config.sampler == "dpm_solver":
         # dpmsolver++ works on x0; thresholding with a maximum of 1 is plain clipping to [-1, 1]
         scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                                 thresholding=config.clip_sample, sample_max_value=1.0)
     elif config.sampler == "ddim":
-        scheduler = DDIMScheduler(**common, clip_sample=config.clip_sample, set_alpha_to_one=False)
+        scheduler = DDIMScheduler(**common, clip_sample=config.clip_sample, set_alpha_to_one=config.clean_final_step)
     elif config.sampler == "ddpm":
         scheduler = DDPMScheduler(**common, clip_sample=config.clip_sample)
     else:

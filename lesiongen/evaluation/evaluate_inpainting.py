@@ -6,10 +6,14 @@
 (b) insert mode — into the same healthy places: SSIM outside the dilated mask (must be 1.0), DiffMapIoU (did the
     change happen where the mask is) and the inserted lesions' contrast against the real validation contrasts;
 (c) the same for the full DDPM + jumps schedule on a few patches, so the fast sampler's quality loss is measured.
+
+``sampling`` evaluates the inpainter with another sampler than its own (a preset such as ``few_step``); the report
+gives the network evaluations and seconds per patch of each mode with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -19,7 +23,9 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
-from lesiongen.evaluation.inpainting_metrics import diff_map_iou, inpainting_metrics, lesion_contrast, ssim_outside
+from lesiongen.diffusion.presets import MODEL_SAMPLING
+from lesiongen.evaluation.inpainting_metrics import (diff_map_iou, in_mask_std_ratio, inpainting_metrics,
+                                                     lesion_contrast, ssim_outside)
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches, relocate_shape
@@ -53,22 +59,32 @@ def moved_masks(masks: np.ndarray, brain: np.ndarray, margin: int, rng: np.rando
     return out, ok
 
 
+def _timed_inpaint(inpainter, images, *args, **kwargs) -> tuple[np.ndarray, dict]:
+    """The inpainted patches, and the seconds and network evaluations (counted by the model) per patch."""
+    start = time.perf_counter()
+    out = inpainter.inpaint(images, *args, **kwargs)
+    return out, {"seconds_per_patch": (time.perf_counter() - start) / max(len(images), 1),
+                 "network_evaluations_per_patch": float(inpainter.last_evaluations)}
+
+
 def _remove_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dict, np.ndarray]:
-    healed = inpainter.inpaint(images, masks, REMOVE, seed=seed, schedule=schedule, brain=brain)
-    scores = [inpainting_metrics(images[i], healed[i], masks[i] > 0, brain[i]) for i in range(len(images))]
-    return _mean(scores, ("mse", "psnr", "ssim")), healed
+    healed, speed = _timed_inpaint(inpainter, images, masks, REMOVE, seed=seed, schedule=schedule, brain=brain)
+    scores = [{**inpainting_metrics(images[i], healed[i], masks[i] > 0, brain[i]),
+               "std_ratio": in_mask_std_ratio(images[i], healed[i], masks[i] > 0)} for i in range(len(images))]
+    return {**_mean(scores, ("mse", "psnr", "ssim", "std_ratio")), "speed": speed}, healed
 
 
 def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: bool | None = None
                    ) -> tuple[dict, np.ndarray, list]:
-    inserted = inpainter.inpaint(images, masks, INSERT, seed=seed, schedule=schedule, brain=brain, calibrate=calibrate)
+    inserted, speed = _timed_inpaint(inpainter, images, masks, INSERT, seed=seed, schedule=schedule, brain=brain,
+                                     calibrate=calibrate)
     rows, contrasts = [], []
     for i in range(len(images)):
         lesion = masks[i] > 0
         rows.append({"ssim_outside": ssim_outside(images[i], inserted[i], lesion, inpainter.margin_voxels),
                      "diff_map_iou": diff_map_iou(images[i], inserted[i], lesion)})
         contrasts.append(lesion_contrast(inserted[i], lesion, brain[i]))
-    return _mean(rows, ("ssim_outside", "diff_map_iou")), inserted, contrasts
+    return {**_mean(rows, ("ssim_outside", "diff_map_iou")), "speed": speed}, inserted, contrasts
 
 
 def contrast_agreement(real: np.ndarray, inserted: np.ndarray) -> dict:
@@ -84,14 +100,20 @@ def contrast_agreement(real: np.ndarray, inserted: np.ndarray) -> dict:
 
 
 def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) if rows else None for k in keys} | {"n": len(rows)}
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    return {k: mean([r[k] for r in rows]) for k in keys} | {"n": len(rows)}
 
 
 def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: str = "cpu", seed: int = 0,
-                        max_patches: int = 16, full_patches: int = 2, output: Path | None = None) -> dict:
+                        max_patches: int = 16, full_patches: int = 2, output: Path | None = None,
+                        sampling: str = MODEL_SAMPLING) -> dict:
     inpainter = load_trained_model(dataset.name, "inpaint", dataset.plans.plans_name, fold, device)
     if not isinstance(inpainter, Inpainter):
         raise LesiongenError(f"{inpainter.checkpoint}: not an inpainter")
+    inpainter = inpainter.with_sampling(sampling)
     _, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
     real = load_lesion_patches(dataset.lesion_patch_folder, val_cases)
     rng = np.random.default_rng(seed)
@@ -106,6 +128,7 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     fast, full = inpainter.config.sampling, InpaintSchedule.full()
     report: dict = {"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
                     "patches_real_lesions": len(real), "patches_fake_masks": len(healthy), "seed": seed,
+                    "sampling": {"name": sampling, "schedule": dataclasses.asdict(fast)},
                     "provenance": {**code_version(), "models": {"inpainter": inpainter.record()}}}
 
     start = time.perf_counter()

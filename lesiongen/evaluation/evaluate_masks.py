@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesiongen.diffusion.presets import MODEL_SAMPLING
 from lesiongen.evaluation.mask_metrics import mask_statistics, write_report
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.folder import ModelFolder, trainer_folder
@@ -42,7 +43,8 @@ def trained_generators(dataset: PreprocessedDataset, fold: int | str) -> list[st
 
 def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trainers: list[str] | None = None,
                              n_masks: int | None = None, seed: int = 0, device: str = "cpu",
-                             output: Path | None = None) -> dict:
+                             output: Path | None = None, sampling: str = MODEL_SAMPLING) -> dict:
+    """``sampling`` switches diffmask to a sampling preset (``few_step``) with the threshold calibrated for it."""
     trainers = trainers or trained_generators(dataset, fold)
     if not trainers:
         raise LesiongenError(f"no trained mask generator for {dataset.name} fold {fold}; run e.g. "
@@ -53,7 +55,8 @@ def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trai
         checkpoint = _folder(dataset, name).checkpoint(fold)
         if not checkpoint.is_file():
             raise LesiongenError(f"{checkpoint}: not found; run lesiongen_train {dataset.name} {name} {fold} first")
-    generators = {name: load_model(_folder(dataset, name), fold, device, expect=MaskGenerator) for name in trainers}
+    generators = {name: load_model(_folder(dataset, name), fold, device, expect=MaskGenerator).with_sampling(sampling)
+                  for name in trainers}
     _, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
     for name, generator in generators.items():
         trained_on = set(generator.provenance.get("train_cases", []))
@@ -83,6 +86,7 @@ def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trai
     report = write_report(folder, reference, generated, galleries, real.masks,
                           extra={"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
                                  "n_masks": n, "seed": seed, "spacing_mm": spacing, "timing": timing,
+                                 "sampling": sampling,
                                  "provenance": {**code_version(),
                                                 "models": {k: g.record() for k, g in generators.items()}}})
     logger.info("wrote %s", folder)

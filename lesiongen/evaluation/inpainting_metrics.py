@@ -137,6 +137,17 @@ def inpainting_metrics(
     return {**means, "per_channel": per_channel}
 
 
+def in_mask_std_ratio(gt: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> float | None:
+    """How much texture a fill has: the spread of the prediction's mask voxels over the ground truth's, per channel,
+    averaged (1 = as varied as the real tissue; a blurred, mean-like fill is well below 1). PSNR and SSIM reward such
+    a blurred fill, so this is reported next to them. None when the ground truth is constant in the mask."""
+    gt_stack = _as_channels(gt, "gt").astype(np.float64)
+    pred_stack = _as_channels(prediction, "prediction").astype(np.float64)
+    mask = _spatial_mask(mask, gt_stack.shape[1:], "mask")
+    ratios = [float(p[mask].std() / g[mask].std()) for g, p in zip(gt_stack, pred_stack) if g[mask].std() > 0]
+    return float(np.mean(ratios)) if ratios else None
+
+
 def ssim_outside(original: np.ndarray, edited: np.ndarray, mask: np.ndarray, margin_voxels: int) -> float:
     """Mean SSIM over the voxels more than ``margin_voxels`` (26-neighbour steps) away from the mask.
 

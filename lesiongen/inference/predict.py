@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
 from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_geometry, read_image, write_image
 from lesiongen.planning.plans import segmentation_stage_name
 from lesiongen.utilities.dtypes import cast_to
@@ -70,12 +71,18 @@ class PredictOptions:
     mirror: bool = True
     # all modes: predict scans far from the training data (spacing, extent; see check_plausible) with a warning
     force: bool = False
+    # synth / remove: the inpainter's and diffmask's sampler, "model" (each model's own) or a sampling preset
+    # ("default", "few_step"; see lesiongen.diffusion.schedules.SAMPLING_PRESETS)
+    sampling: str = "model"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise LesiongenError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
         if self.configuration is not None:
             segmentation_stage_name(self.configuration)  # a known configuration, or one line naming them
+        if self.sampling not in (MODEL_SAMPLING, *SAMPLING_PRESETS):
+            raise LesiongenError(f"unknown sampling '{self.sampling}'; choose {MODEL_SAMPLING}, "
+                                 f"{', '.join(SAMPLING_PRESETS)}")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise LesiongenError(f"--part_id must be 0-{self.num_parts - 1} for --num_parts {self.num_parts}, "
                                  f"got {self.part_id}")

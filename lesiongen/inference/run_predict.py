@@ -101,11 +101,12 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
         work = _seg_work(segmenters, out, options)
     else:
         fold = (folds or [models.main.default_fold()])[0]
-        inpainter = load_model(models.main, fold, device, expect=Inpainter)
+        inpainter = load_model(models.main, fold, device, expect=Inpainter).with_sampling(options.sampling)
         if options.mode == "remove":
             work = _remove_work(inpainter, out, options)
         else:
-            generator = load_model(models.mask_generator, fold, device, expect=MaskGenerator)
+            generator = load_model(models.mask_generator, fold, device,
+                                   expect=MaskGenerator).with_sampling(options.sampling)
             _check_same_plans(inpainter, generator)
             work = _synth_work(inpainter, generator, out, options)
     counts = run_cases(cases, out, options, n_channels, work, plans=models.main.plans())
@@ -122,7 +123,7 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
                        out / "synthesis_summary.json",
                        {"cases": work.records, "lesions": counts["lesions"],
                         "sphere_fallbacks": counts["sphere_fallbacks"], "mask_generator": generator.record(),
-                        "inpainter": inpainter.record(), "seed": options.seed})
+                        "inpainter": inpainter.record(), "seed": options.seed, "sampling": options.sampling})
     return counts
 
 

@@ -83,6 +83,11 @@ class LesionModel:
         twin.networks = dict(networks)
         return twin
 
+    def with_sampling(self, sampling: str) -> "LesionModel":
+        """This model sampling with the named sampler (``model``: its own; the diffusion models know the presets
+        of :data:`lesiongen.diffusion.schedules.SAMPLING_PRESETS`). A model without a sampler is itself."""
+        return self
+
     def record(self) -> dict[str, Any]:
         """How results name this model: checkpoint path and sha256, trainer, steps, seed."""
         if self.checkpoint is None:

@@ -10,6 +10,8 @@ lesion come back bit-identical.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +19,8 @@ import torch
 from torch import nn
 
 from lesiongen.diffusion.guidance import classifier_free_guidance
-from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, repaint
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, feather_blend, repaint
+from lesiongen.diffusion.presets import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, MODEL_SAMPLING
 from lesiongen.diffusion.schedules import ScheduleConfig
 from lesiongen.fingerprint.lesions import lesion_contrast, lesion_shell_statistics
 from lesiongen.models.base import LesionModel
@@ -67,6 +70,7 @@ class Inpainter(LesionModel):
     stage = "inpainting"
     config_class = InpainterConfig
     config: InpainterConfig
+    evaluated_patches = 0  # patches the denoiser network has evaluated in the current inpaint call
 
     def build_networks(self) -> dict[str, nn.Module]:
         return {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
@@ -119,22 +123,40 @@ class Inpainter(LesionModel):
 
     def denoiser(self, known: np.ndarray, lesion: np.ndarray, heal: np.ndarray, contrast: np.ndarray,
                  unconditioned: np.ndarray, guidance_scale: float):
-        """``predict(x_t, t)`` for the sampler: one network call, or two combined by classifier-free guidance."""
+        """``predict(x_t, t)`` for the sampler: one network call, or two combined by classifier-free guidance.
+        Every patch the network sees adds one to ``self.evaluated_patches``."""
         network = self.networks["denoiser"]
         b = len(known)
+
+        def evaluate(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.evaluated_patches += len(x)
+            return network(x, t).float()
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self.autocast():
                 if guidance_scale == 1.0:
-                    return network(self.network_input(x, known, lesion, heal, contrast, unconditioned), t).float()
+                    return evaluate(self.network_input(x, known, lesion, heal, contrast, unconditioned), t)
                 both = self.network_input(torch.cat([x, x]), np.concatenate([known, known]),
                                           np.concatenate([lesion, lesion]), np.concatenate([heal, heal]),
                                           np.concatenate([contrast, contrast]),
                                           np.concatenate([np.zeros(b, bool), np.ones(b, bool)]))
-                conditioned, free = network(both, torch.cat([t, t])).float().chunk(2)
+                conditioned, free = evaluate(both, torch.cat([t, t])).chunk(2)
                 return classifier_free_guidance(conditioned, free, guidance_scale)
 
         return predict
+
+    def with_sampling(self, sampling: str) -> "Inpainter":
+        """This model with the sampler ``sampling`` names: ``model`` (its configuration's) or a preset of
+        :data:`lesiongen.diffusion.schedules.SAMPLING_PRESETS` (``default``: 16 DDIM steps, 3 resampling jumps and
+        guidance 1.5, 44 evaluations per inserted patch; ``few_step``: 4)."""
+        presets = {DEFAULT_SAMPLING: InpaintSchedule.fast, FEW_STEP_SAMPLING: InpaintSchedule.few_step}
+        if sampling == MODEL_SAMPLING:
+            return self
+        if sampling not in presets:
+            raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, {', '.join(presets)}")
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, sampling=presets[sampling]())
+        return twin
 
     def inpaint(self, images: np.ndarray, lesion_masks: np.ndarray, mode: str = INSERT,
                 contrast: np.ndarray | None = None, seed: int = 0, schedule: InpaintSchedule | None = None,
@@ -169,7 +191,7 @@ class Inpainter(LesionModel):
         guidance = schedule.guidance_scale if mode == INSERT else 1.0
         out = np.empty_like(images)
         chunk = max(1, self.stage_plan.batch_size // (1 if guidance == 1.0 else 2))
-        self.last_evaluations = denoising_steps(schedule) * (1 if guidance == 1.0 else 2)
+        self.evaluated_patches = 0
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
             known = images[part] * ~region[part][:, None]
@@ -182,6 +204,8 @@ class Inpainter(LesionModel):
             for i in range(len(known)):
                 out[start + i] = feather_blend(images[start + i], generated[i], lesion_any[start + i],
                                                self.margin_voxels)
+        # counted, not computed from the schedule: what the network really evaluated, per patch
+        self.last_evaluations = self.evaluated_patches / n if n else 0
         if mode == INSERT and (self.config.calibrate_contrast if calibrate is None else calibrate):
             for i in range(n):
                 patch_brain = np.ones(self.patch_size, bool) if brain is None else brain[i].astype(bool)

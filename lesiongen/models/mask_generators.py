@@ -8,7 +8,8 @@ lesion shapes:
 * ``unetmask`` (seed 000's tissue-conditioned 3D UNet) draws a lesion into a lesion-free image patch, guided by a
   sphere cue; deterministic given image and spheres, so the seed varies the spheres;
 * ``diffmask`` (DiffMask in 3D) denoises a mask conditioned on the union of the spheres (and the tissue map) with
-  a few-step sampler, then binarises it at a threshold calibrated after training;
+  DPM-Solver++ (20 steps) or the few-step preset (4), then binarises it at a threshold calibrated after training
+  for that sampler;
 * ``ganmask`` (a pix2pix-style conditional GAN in 3D) maps smooth noise fields, the union of the spheres and the
   tissue map to lesion probabilities in one network evaluation, then binarises them at a calibrated threshold;
   the noise makes repeated draws for the same spheres differ.
@@ -18,6 +19,8 @@ Components smaller than the class's smallest real lesion are dropped and masks a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -27,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesiongen.diffusion.schedules import ScheduleConfig, sample
+from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
+from lesiongen.diffusion.schedules import ScheduleConfig, sample, sampling_preset
 from lesiongen.models.base import LesionModel
 from lesiongen.models.conditioning import MaskConditioning, drop_small_components, min_lesion_voxels
 from lesiongen.models.networks import build_network
@@ -59,7 +63,10 @@ class DiffMaskConfig(MaskGeneratorConfig):
     # the network predicts the clean mask: with noise prediction, short training left errors that the x0 estimate
     # amplifies by 1 / sqrt(alpha_bar) at high noise, and sampled masks filled their patches
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(prediction_type="sample"))
-    threshold: float = 0.0  # cut-off on the denoised mask in [-1, 1], calibrated after training
+    threshold: float = 0.0  # cut-off on the denoised mask in [-1, 1], calibrated after training for its sampler
+    # the threshold calibrated for each sampling preset (``default``, ``few_step``): what the denoised masks look like
+    # depends on the sampler, so switching a model to a preset switches its threshold too
+    preset_thresholds: dict[str, float] = field(default_factory=dict)
 
 
 class MaskGenerator(LesionModel):
@@ -244,6 +251,21 @@ class DiffMaskGenerator(MaskGenerator):
             x, evaluations = sample(predict, shape, schedule, generator, self.device)
             out.append(x.clamp(-1, 1).float().cpu().numpy())
         return np.concatenate(out), evaluations
+
+    def with_sampling(self, sampling: str) -> "DiffMaskGenerator":
+        """This model with the sampler ``sampling`` names (``model``: its own; ``default``: DPM-Solver++ 20 steps;
+        ``few_step``) and the threshold calibrated for that sampler after training."""
+        if sampling == MODEL_SAMPLING:
+            return self
+        if sampling not in SAMPLING_PRESETS:
+            raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, {', '.join(SAMPLING_PRESETS)}")
+        if sampling not in self.config.preset_thresholds:
+            raise LesiongenError(f"{self.checkpoint or self.kind}: has no threshold calibrated for the '{sampling}' "
+                                 "sampler (trained before sampling presets); retrain it or use its own sampler")
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, schedule=sampling_preset(self.config.schedule, sampling),
+                                          threshold=self.config.preset_thresholds[sampling])
+        return twin
 
     def generate(self, spheres, conditioning, rng) -> np.ndarray:
         denoised, self.last_evaluations = self.denoise(self.render_controls(spheres), conditioning.tissue,

@@ -5,7 +5,8 @@ in [-1, 1]) with the sphere control (the union of each real lesion's minimum enc
 dataset has them, the tissue map. Training uses diffusers' DDPM scheduler with the network predicting the clean
 mask (see :class:`lesiongen.models.mask_generators.DiffMaskConfig`). The loss adds a lesion-weighted term (default
 weight 10, as the MS study used) so the few lesion voxels are not drowned by background. After training, the
-binarisation threshold is calibrated on training patches so generated lesion counts and volumes match the real ones.
+binarisation threshold is calibrated on training patches so generated lesion counts and volumes match the real ones,
+for the model's own sampler and for each sampling preset (default DPM-Solver++, few-step DDIM).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lesiongen.diffusion.schedules import add_noise, training_target
+from lesiongen.diffusion.presets import SAMPLING_PRESETS
+from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, few_step_sampling, sampling_preset,
+                                           training_target)
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
 from lesiongen.training.data import draw_batch, mirrored
@@ -38,11 +41,14 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     model: DiffMaskGenerator
     learning_rate = 1e-4
     lesion_loss_weight = 10.0
-    sampling_steps = 20  # network evaluations per mask of the model's sampler (DPM-Solver++)
+    sampling_steps = 20  # network evaluations per mask of the model's default sampler (DPM-Solver++)
+    few_step_sampling = False  # the model's own sampler is the few-step preset (4 DDIM steps) instead
 
     def model_config(self) -> DiffMaskConfig:
         config = DiffMaskConfig(priors=self.priors)
         config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
+        if self.few_step_sampling:
+            config.schedule = few_step_sampling(config.schedule)
         return config
 
     def load_training_data(self) -> None:
@@ -65,24 +71,37 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
 
     # --------------------------------------------------------------------------------------- calibration
     def finish_training(self, model: DiffMaskGenerator) -> None:
-        """The threshold whose masks best match the real lesion count and volume on training patches."""
+        """The threshold whose masks best match the real lesion count and volume on training patches: for the
+        model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it)."""
         n = min(CALIBRATION_PATCHES, len(self.data))
         index = np.random.default_rng(derive_seed(self.options.seed, "calibration")).choice(
             len(self.data), size=n, replace=False)
+        own = model.config.schedule
+        details = {"own": self.calibrate(model, own, index)}
+        for name in SAMPLING_PRESETS:
+            preset = sampling_preset(own, name)
+            details[name] = details["own"] if preset == own else self.calibrate(model, preset, index)
+        model.config.threshold = details["own"]["threshold"]
+        model.config.preset_thresholds = {name: details[name]["threshold"] for name in SAMPLING_PRESETS}
+        real_count, real_volume = count_and_volume(self.data.masks[index])
+        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s",
+                    model.config.threshold, real_count, real_volume, model.config.preset_thresholds)
+        self.extra["calibration"] = {**details["own"], "patches": n, "real_mean_lesions": real_count,
+                                     "real_mean_voxels": real_volume,
+                                     "presets": {name: details[name] for name in SAMPLING_PRESETS}}
+
+    def calibrate(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray) -> dict:
+        """Threshold calibration for one sampler on the training patches ``index``: the best threshold, the
+        evaluations per mask and every candidate's score."""
         tissue = self.data.tissue[index] if self.data.tissue is not None else None
-        logger.info("calibrating the mask threshold on %d training patches (%d network evaluations each)", n,
-                    model.config.schedule.num_inference_steps)
+        logger.info("calibrating the mask threshold on %d training patches (%s, %d steps)", len(index),
+                    schedule.sampler, schedule.num_inference_steps)
         denoised, evaluations = model.denoise(self.controls[index], tissue,
-                                              seed=derive_seed(self.options.seed, "calibration"))
+                                              seed=derive_seed(self.options.seed, "calibration"), schedule=schedule)
         best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index],
                                            model.binarise, model.minimum_voxels())
-        model.config.threshold = best
-        real_count, real_volume = count_and_volume(self.data.masks[index])
-        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch)", best,
-                    real_count, real_volume)
-        self.extra["calibration"] = {"threshold": best, "patches": n, "evaluations_per_mask": evaluations,
-                                     "scores": scores, "real_mean_lesions": real_count,
-                                     "real_mean_voxels": real_volume}
+        return {"threshold": best, "evaluations_per_mask": evaluations, "sampler": schedule.sampler,
+                "steps": schedule.num_inference_steps, "scores": scores}
 
 
 def lesion_weighted_loss(error: torch.Tensor, region: torch.Tensor, lesion_weight: float

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 import torch
 
-from lesiongen.diffusion.inpainting import edit_region
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
 from lesiongen.diffusion.schedules import add_noise, training_target
 from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast
 from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_patches, relocate_shape
@@ -45,10 +45,14 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     heal_probability = 0.25
     outside_loss_weight = 0.1
     sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
+    # the model's own sampler is the few-step preset (4 DDIM steps, no jumps, no guidance) instead
+    few_step_sampling = False
 
     def model_config(self) -> InpainterConfig:
         config = InpainterConfig(margin_voxels=int(self.margin_voxels))
         config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
+        if self.few_step_sampling:
+            config.sampling = InpaintSchedule.few_step()
         return config
 
     def load_training_data(self) -> None:

@@ -1,0 +1,177 @@
+"""Few-step sampling against today's default sampler, side by side on the same trained models (issue 15).
+
+    python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
+        [--max_patches 32] [-n 64] [--seed 0] [--realistic] [-device cpu] [--work DIR] [--json FILE]
+
+From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
+at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
+trained on fold 0 with their default settings (diffmask's threshold is calibrated after training for each sampling
+preset, so both samplers run the same weights with the threshold fitted to them). Then, on fold 0's held-out
+lesion patches, each model is evaluated twice, once per sampler (``--sampling default`` and ``--sampling
+few_step``):
+
+* ``lesiongen_evaluate_inpainting``: network evaluations and seconds per patch (counted by the model), remove mode on
+  fake masks over healthy tissue (in-mask SSIM / PSNR after BraTS-style normalisation, in-mask spread ratio), remove
+  mode on real lesions (contrast left), insert mode (contrast Wasserstein in units of the real spread and ratio of
+  means, with and without the contrast calibration; DiffMapIoU; SSIM outside the mask);
+* ``lesiongen_evaluate_masks -tr diffmask``: network evaluations and seconds per mask, and the Wasserstein distances
+  of the generated masks' lesion statistics to the held-out real lesions'.
+
+It prints a table (few-step / default ratios) and writes ``benchmarks/results/few_step_sampling_<date>.json`` (or
+``--json``) with both reports, the settings, the minutes per step and the provenance (code version, and the sha256,
+steps and seed of every model used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import require_new_folder, write_results  # noqa: E402
+
+SAMPLINGS = ("default", "few_step")
+PLANS = "lesiongenPlansCPU"
+
+
+def _step(name: str, command: list[str], env: dict, minutes: dict) -> None:
+    print(f"+ {Path(command[0]).name} {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{name} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+    minutes[name] = round((time.perf_counter() - start) / 60, 2)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    env = dict(os.environ, lesiongen_raw=str(work / "raw"), lesiongen_preprocessed=str(work / "preprocessed"),
+               lesiongen_results=str(work / "results"))
+    bin_dir = Path(sys.executable).parent
+    minutes: dict[str, float] = {}
+    start = time.perf_counter()
+    _step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset"), *(["--realistic"] if args.realistic else [])],
+          env, minutes)
+    _step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np",
+                                   str(args.num_processes), "--preset", "cpu"], env, minutes)
+    common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
+    _step("train_diffmask", [str(bin_dir / "lesiongen_train"), "501", "diffmask", *common, "--steps",
+                             str(args.diffmask_steps)], env, minutes)
+    _step("train_inpaint", [str(bin_dir / "lesiongen_train"), "501", "inpaint", *common, "--steps",
+                            str(args.inpaint_steps)], env, minutes)
+    reports: dict[str, dict] = {"inpainting": {}, "masks": {}}
+    for sampling in SAMPLINGS:
+        out = work / f"inpainting_{sampling}"
+        _step(f"evaluate_inpainting_{sampling}", [
+            str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+            args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches", "0",
+            "--seed", str(args.seed), "-o", str(out)], env, minutes)
+        reports["inpainting"][sampling] = json.loads((out / "inpainting_evaluation.json").read_text())
+        out = work / f"masks_{sampling}"
+        _step(f"evaluate_masks_{sampling}", [
+            str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device", args.device,
+            "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed", str(args.seed), "-o",
+            str(out)], env, minutes)
+        reports["masks"][sampling] = json.loads((out / "mask_evaluation.json").read_text())
+    minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
+    return {"minutes": minutes, **reports}
+
+
+def comparison_rows(reports: dict) -> list[tuple[str, float | None, float | None]]:
+    """(metric, default, few-step) for the table and the JSON."""
+    rows = []
+    inpainting = reports["inpainting"]
+
+    def value(report: dict, *keys):
+        for key in keys:
+            if report is None:
+                return None
+            report = report[key] if isinstance(report, dict) else report[int(key)]
+        return report
+
+    def add(name: str, *keys) -> None:
+        rows.append((name, *(value(inpainting[s], *keys) for s in SAMPLINGS)))
+
+    add("inpaint: network evaluations / patch, remove", "remove_fake_masks", "speed", "network_evaluations_per_patch")
+    add("inpaint: network evaluations / patch, insert", "insert", "speed", "network_evaluations_per_patch")
+    add("inpaint: seconds / patch, remove", "remove_fake_masks", "speed", "seconds_per_patch")
+    add("inpaint: seconds / patch, insert", "insert", "speed", "seconds_per_patch")
+    add("remove (fake masks): in-mask SSIM", "remove_fake_masks", "ssim")
+    add("remove (fake masks): in-mask PSNR dB", "remove_fake_masks", "psnr")
+    add("remove (fake masks): in-mask MSE", "remove_fake_masks", "mse")
+    add("remove (fake masks): in-mask spread ratio", "remove_fake_masks", "std_ratio")
+    add("remove (real lesions): mean |contrast| after", "remove_real_lesions", "mean_abs_contrast_after")
+    channels = len(inpainting[SAMPLINGS[0]]["insert"]["contrast_real_mean"])
+    for section, label in (("insert", "insert"), ("insert_uncalibrated", "insert, uncalibrated")):
+        for c in range(channels):
+            add(f"{label}: contrast W / real std, ch {c}", section, "contrast_wasserstein_over_real_std", c)
+            add(f"{label}: contrast mean ratio, ch {c}", section, "contrast_mean_ratio", c)
+        add(f"{label}: DiffMapIoU", section, "diff_map_iou")
+    add("insert: SSIM outside the mask", "insert", "ssim_outside")
+    masks = {s: reports["masks"][s] for s in SAMPLINGS}
+    rows.append(("diffmask: network evaluations / mask",
+                 *(masks[s]["timing"]["diffmask"]["network_evaluations_per_mask"] for s in SAMPLINGS)))
+    rows.append(("diffmask: seconds / mask", *(masks[s]["timing"]["diffmask"]["seconds_per_mask"] for s in SAMPLINGS)))
+    for metric in masks[SAMPLINGS[0]]["methods"]["diffmask"]["wasserstein"]:
+        rows.append((f"diffmask: Wasserstein {metric}",
+                     *(masks[s]["methods"]["diffmask"]["wasserstein"][metric] for s in SAMPLINGS)))
+    return rows
+
+
+def _ratio(default: float | None, few: float | None) -> float | None:
+    if default is None or few is None or default == 0:
+        return None
+    return few / default
+
+
+def print_table(rows: list[tuple[str, float | None, float | None]]) -> None:
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4g}"
+
+    print(f"| metric | default | few_step | few_step / default |")
+    print("|---|---|---|---|")
+    for name, default, few in rows:
+        print(f"| {name} | {fmt(default)} | {fmt(few)} | {fmt(_ratio(default, few))} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--diffmask_steps", type=int, default=120)
+    parser.add_argument("--inpaint_steps", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=8, help="training batch of diffmask and the inpainter")
+    parser.add_argument("--max_patches", type=int, default=32, help="held-out lesion patches for the inpainter")
+    parser.add_argument("-n", dest="n_masks", type=int, default=64, help="diffmask masks per sampler")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
+    parser.add_argument("-np", "--num_processes", type=int, default=2)
+    parser.add_argument("-device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    require_new_folder(args.work)
+    with tempfile.TemporaryDirectory(prefix="lesiongen_few_step_") as tmp:
+        work = (args.work or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        reports = run(args, work)
+    rows = comparison_rows(reports)
+    print_table(rows)
+    print(f"wall time {reports['minutes']['wall']:.1f} min")
+    models = {**reports["masks"]["default"]["provenance"]["models"],
+              **reports["inpainting"]["default"]["provenance"]["models"]}
+    name = "few_step_sampling" + ("_realistic" if args.realistic else "")
+    write_results(name, {"settings": {k: str(v) for k, v in vars(args).items()}, "models": models,
+                         "minutes": reports["minutes"],
+                         "table": [{"metric": n, "default": d, "few_step": f, "few_step_over_default": _ratio(d, f)}
+                                   for n, d, f in rows],
+                         "inpainting_evaluation": reports["inpainting"], "mask_evaluation": reports["masks"]},
+                  args.json)
+
+
+if __name__ == "__main__":
+    main()
