@@ -86,6 +86,18 @@ def test_trainer_writes_final_checkpoint_log_and_progress(trained, name):
         assert state["extra"]["calibration"]["evaluations_per_mask"] == 20
 
 
+@pytest.mark.parametrize("name", ["unetmask", "diffmask"])
+def test_training_summary_records_throughput_after_warm_up(trained, name):
+    summary = json.loads((fold_folder(trained[0], name) / "training_summary.json").read_text())
+    performance = summary["performance"]
+    assert performance["steps_run"] == 4 and performance["warmup_steps"] == 2 and performance["steps_timed"] == 2
+    assert performance["samples_per_step"] == summary["provenance"]["batch_size"]
+    assert performance["samples_per_second"] == pytest.approx(
+        performance["samples_per_step"] / performance["seconds_per_step"])
+    assert 0 < performance["steps_timed"] * performance["seconds_per_step"] < performance["loop_seconds"]
+    assert performance["amp"] is False and "peak_gpu_allocated_gib" not in performance
+
+
 @pytest.mark.parametrize("name", GENERATORS)
 def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
     dataset = open_preprocessed(TINY.dataset_id)
