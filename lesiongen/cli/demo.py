@@ -27,7 +27,8 @@ def _config(args: argparse.Namespace) -> DemoConfig:
                         image_reader=args.image_reader)
     if args.realistic:
         config = DemoConfig(**{**config.__dict__, **REALISTIC})
-    return config
+    sizes = {k: tuple(v) for k, v in (("shape", args.shape), ("spacing", args.spacing)) if v is not None}
+    return DemoConfig(**{**config.__dict__, **sizes}) if sizes else config
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,10 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reader/writer recorded in dataset.json and used to write the files")
     parser.add_argument("--realistic", action="store_true",
                         help="180x210x170 voxels at 1 mm instead of the small, fast default")
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="voxels per scan (default 64 76 64; --realistic 180 210 170)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="voxel size in mm (default 2 2 2; --realistic 1 1 1)")
 
 
 def main_make_demo_dataset(argv: list[str] | None = None) -> int:
