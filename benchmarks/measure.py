@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ class Measurement:
     wall_seconds: float
     peak_rss_mib: float  # peak of the summed resident memory of the process tree
     output_tail: str
+    timed_out: bool = False  # stopped (with its whole process group) after ``timeout`` seconds
 
 
 def _children(pid: int) -> list[int]:
@@ -42,21 +44,32 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None, interval: float = 0.05) -> Measurement:
-    """Run ``command`` and sample its process tree's memory every ``interval`` seconds."""
+def run_measured(command: list[str], env: dict[str, str] | None = None, interval: float = 0.05,
+                 timeout: float | None = None, tail_lines: int = 30) -> Measurement:
+    """Run ``command`` and sample its process tree's memory every ``interval`` seconds; after ``timeout`` seconds
+    its process group (the command and the workers it spawned) is killed."""
     peak = 0
     start = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
+    timed_out = False
     while process.poll() is None:
         peak = max(peak, _tree_rss_kib(process.pid))
+        if timeout is not None and time.perf_counter() - start > timeout:
+            timed_out = True
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+            break
         time.sleep(interval)
     wall = time.perf_counter() - start
     reader.join(timeout=5)
-    return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-30:]))
+    return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-tail_lines:]), timed_out)
 
 
 def benchmark_provenance() -> dict:

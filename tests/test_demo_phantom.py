@@ -250,3 +250,15 @@ def test_nibabel_reader_writes_nifti_only():
         DemoConfig(image_reader="NibabelIO", file_ending=".nrrd")
     with pytest.raises(LesiongenError, match="image_reader"):
         DemoConfig(image_reader="PNGIO")
+
+
+def test_make_demo_dataset_takes_shape_and_spacing(tmp_path, capsys):
+    from lesiongen.cli.demo import main_make_demo_dataset
+
+    arguments = ["-o", str(tmp_path), "--n_lesion_cases", "1", "--n_healthy", "0", "--n_test", "0", "--shape", "20",
+                 "24", "18", "--spacing", "3", "2.5", "2"]
+    assert main_make_demo_dataset(arguments) == 0
+    image, geometry = read_image(tmp_path / "Dataset501_DemoMS" / "imagesTr" / f"demo_000_0000{ENDING}")
+    assert image.shape == (20, 24, 18) and tuple(geometry.spacing_zyx) == pytest.approx((3.0, 2.5, 2.0))
+    assert main_make_demo_dataset(["-o", str(tmp_path / "small"), "--shape", "8", "24", "24"]) == 1
+    assert "shape must be 3 sizes of at least 16 voxels" in capsys.readouterr().err

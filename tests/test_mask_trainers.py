@@ -93,6 +93,31 @@ def test_trainer_writes_final_checkpoint_log_and_progress(trained, name):
         assert state["discriminator"]["optimizer"]["state"]  # its Adam moments, for an exact --c
 
 
+@pytest.mark.parametrize("name", ["unetmask", "diffmask"])
+def test_training_summary_records_throughput_after_warm_up(trained, name):
+    summary = json.loads((fold_folder(trained[0], name) / "training_summary.json").read_text())
+    performance = summary["performance"]
+    assert performance["steps_run"] == 4 and performance["warmup_steps"] == 2 and performance["steps_timed"] == 2
+    assert performance["samples_per_step"] == summary["provenance"]["batch_size"]
+    assert performance["samples_per_second"] == pytest.approx(
+        performance["samples_per_step"] / performance["seconds_per_step"])
+    assert 0 < performance["steps_timed"] * performance["seconds_per_step"] < performance["loop_seconds"]
+    assert performance["amp"] is False and "peak_gpu_allocated_gib" not in performance
+
+
+def test_diffmask_calibration_reports_progress_in_the_training_log(trained):
+    """Calibration samples 32 patches (fewer when the fold has fewer) in batches of the planned batch size, 20
+    network evaluations each; the log counts them, and the threshold candidates, up to the total."""
+    dataset = open_preprocessed(TINY.dataset_id)
+    train, _ = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
+    patches = min(32, len(load_lesion_patches(dataset.lesion_patch_folder, train)))
+    calls = -(-patches // dataset.plans.stages["mask_generation"].batch_size) * 20
+    log = (fold_folder(trained[0], "diffmask") / "training_log.txt").read_text()
+    assert f"calibration sampling: 1/{calls} batched network evaluations" in log
+    assert f"calibration sampling: {calls}/{calls} batched network evaluations (100%)" in log
+    assert "calibration threshold search: 17/17 thresholds (100%)" in log
+
+
 @pytest.mark.parametrize("name", GENERATORS)
 def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
     dataset = open_preprocessed(TINY.dataset_id)

@@ -31,7 +31,8 @@ def _config(args: argparse.Namespace) -> DemoConfig:
         config = DemoConfig(**{**config.__dict__, **REALISTIC})
     if args.anisotropic:
         config = DemoConfig(**{**config.__dict__, **ANISOTROPIC})
-    return config
+    sizes = {k: tuple(v) for k, v in (("shape", args.shape), ("spacing", args.spacing)) if v is not None}
+    return DemoConfig(**{**config.__dict__, **sizes}) if sizes else config
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,10 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stroke-like thick-slice scans: 26x150x128 voxels of 5x1x1 mm, 1-3 larger lesions "
                              "(the planner adds the 2d segmentation configuration); e.g. with --dataset_id 502 "
                              "--name DemoStroke")
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="voxels per scan (default 64 76 64; --realistic 180 210 170)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="voxel size in mm (default 2 2 2; --realistic 1 1 1)")
 
 
 def main_make_demo_dataset(argv: list[str] | None = None) -> int:

@@ -89,9 +89,13 @@ def sampling_scheduler(config: ScheduleConfig):
         scheduler = DDPMScheduler(**common, clip_sample=config.clip_sample)
     else:
         raise ValueError(f"unknown sampler {config.sampler}; choose one of {SAMPLERS}")
-    steps = config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(sampling_evaluations(config))
     return scheduler
+
+
+def sampling_evaluations(config: ScheduleConfig) -> int:
+    """Network evaluations per sample: every training timestep with ddpm, else the few inference steps."""
+    return config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps
 
 
 def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
-from lesiongen.diffusion.schedules import ScheduleConfig, sample, sampling_preset
+from lesiongen.diffusion.schedules import ScheduleConfig, sample, sampling_evaluations, sampling_preset
 from lesiongen.models.base import LesionModel
 from lesiongen.models.conditioning import MaskConditioning, drop_small_components, min_lesion_voxels
 from lesiongen.models.networks import build_network
@@ -232,21 +233,31 @@ class DiffMaskGenerator(MaskGenerator):
 
     @torch.no_grad()
     def denoise(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int,
-                schedule: ScheduleConfig | None = None) -> tuple[np.ndarray, int]:
-        """Denoised masks (n, K, z, y, x) in [-1, 1] for the given controls; and network evaluations per mask."""
+                schedule: ScheduleConfig | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+        """Denoised masks (n, K, z, y, x) in [-1, 1] for the given controls; and network evaluations per mask.
+
+        ``progress(done, total)`` is called after every (batched) network evaluation."""
         schedule = schedule or self.config.schedule
         network = self.networks["denoiser"]
         generator = torch.Generator().manual_seed(seed)
         out, evaluations = [], 0
         chunk = max(1, self.stage_plan.batch_size)
+        total_calls = -(-len(controls) // chunk) * sampling_evaluations(schedule)
+        calls = 0
         for start in range(0, len(controls), chunk):
             condition = self.to_device(self.condition(controls[start:start + chunk],
                                                       None if tissue is None else tissue[start:start + chunk]))
             shape = (len(condition), len(self.lesion_labels), *self.patch_size)
 
             def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                nonlocal calls
                 with self.autocast():
-                    return network(self.network_input(x, condition), t)
+                    prediction = network(self.network_input(x, condition), t)
+                calls += 1
+                if progress is not None:
+                    progress(calls, total_calls)
+                return prediction
 
             x, evaluations = sample(predict, shape, schedule, generator, self.device)
             out.append(x.clamp(-1, 1).float().cpu().numpy())

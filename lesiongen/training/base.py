@@ -32,7 +32,7 @@ from lesiongen.models.registry import model_config_from_state
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.training.distributed import init_distributed
-from lesiongen.training.progress import plot_progress
+from lesiongen.training.progress import ThroughputMeter, describe_performance, plot_progress
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, json_plain, remove_partial_files, write_json
 from lesiongen.utilities.locks import FolderLock
@@ -120,6 +120,7 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
         self.extra: dict[str, Any] = {}  # JSON-able results of training (calibration details, validation scores)
+        self.performance: dict[str, Any] = {}  # this run's training throughput and peak memory (ThroughputMeter)
         self.models_used: dict[str, dict] = {}  # other models this training depends on (sha256 etc.)
         self.runs: list[dict[str, Any]] = []  # which code trained which steps (one entry per start or --c)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -437,6 +438,7 @@ class Trainer:
                     "trainer": self.name, "fold": str(self.fold), "steps": self.step,
                     "train_cases": self.train_cases, "val_cases": self.val_cases, "settings": self.settings(),
                     "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
+                    "performance": self.performance,
                     "model": self.model.description(), "provenance": json_plain(self.provenance()), **self.extra})
             logger.info("finished; %s", self.output_folder / ckpt.FINAL)
             return self.output_folder
@@ -466,9 +468,12 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.name} fold {self.fold}",
                         unit="step", disable=not self.distributed.is_main, mininterval=2.0)
         window: list[float] = []
+        meter = ThroughputMeter(self.device, self.total_steps - self.step,
+                                self.batch_size * self.distributed.world_size)
         while self.step < self.total_steps:
             loss, parts = self._train_step()
             self.step += 1
+            meter.step_done()
             window.append(loss)
             self.history["step"].append(self.step)
             self.history["loss"].append(loss)
@@ -480,8 +485,11 @@ class Trainer:
                 logger.info("step %d/%d: loss %.4f (mean of last %d) %s lr %.2e", self.step, self.total_steps,
                             float(np.mean(window)), len(window), details, self.history["lr"][-1])
                 window = []
-                self.save(final=False)
+                with meter.untimed():
+                    self.save(final=False)
         progress.close()
+        self.performance = meter.summary()
+        logger.info(describe_performance(self.performance))
 
     def _train_step(self) -> tuple[float, dict[str, float]]:
         self.optimizer.zero_grad(set_to_none=True)

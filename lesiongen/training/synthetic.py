@@ -32,6 +32,7 @@ from lesiongen.preprocessing.storage import CHECKSUMS, case_checksums, load_arra
 from lesiongen.training.seg_data import SegCase
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, read_json, write_json
+from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
 from lesiongen.utilities.seeding import derive_seed
 
@@ -137,8 +138,10 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
                     n_cases - len(todo))
         maker = _copy_paste_maker(dataset, train_cases) if strategy == "copy_paste" else \
             _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
+        progress = ProgressLog(logger, f"synthetic {strategy} cases for fold {fold}", len(todo), "cases")
         for i in todo:
             _make_case(dataset, cases[i], keys[i], maker)
+            progress.advance()
     model_records = {role: {"checkpoint": str(path), "sha256": sha[role],
                             **({"steps_trained": models[role].provenance.get("steps_trained")} if role in models
                                else {})}

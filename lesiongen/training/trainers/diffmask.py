@@ -27,6 +27,7 @@ from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.components import label_components
+from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger("lesiongen.training")
@@ -94,12 +95,15 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         """Threshold calibration for one sampler on the training patches ``index``: the best threshold, the
         evaluations per mask and every candidate's score."""
         tissue = self.data.tissue[index] if self.data.tissue is not None else None
-        logger.info("calibrating the mask threshold on %d training patches (%s, %d steps)", len(index),
-                    schedule.sampler, schedule.num_inference_steps)
-        denoised, evaluations = model.denoise(self.controls[index], tissue,
-                                              seed=derive_seed(self.options.seed, "calibration"), schedule=schedule)
+        logger.info("calibrating the mask threshold on %d training patches (%s, %d network evaluations each)",
+                    len(index), schedule.sampler, sampling_evaluations(schedule))
+        denoised, evaluations = model.denoise(
+            self.controls[index], tissue, seed=derive_seed(self.options.seed, "calibration"), schedule=schedule,
+            progress=ProgressLog(logger, "calibration sampling", unit="batched network evaluations").update)
         best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index],
-                                           model.binarise, model.minimum_voxels())
+                                           model.binarise, model.minimum_voxels(),
+                                           progress=ProgressLog(logger, "calibration threshold search",
+                                                                unit="thresholds").update)
         return {"threshold": best, "evaluations_per_mask": evaluations, "sampler": schedule.sampler,
                 "steps": schedule.num_inference_steps, "scores": scores}
 
@@ -115,9 +119,11 @@ def lesion_weighted_loss(error: torch.Tensor, region: torch.Tensor, lesion_weigh
 
 def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarray,
                         binarise: Callable[[np.ndarray, float], np.ndarray], minimum_voxels: dict[int, int],
-                        candidates: np.ndarray = THRESHOLDS) -> tuple[float, dict[float, float]]:
+                        candidates: np.ndarray = THRESHOLDS, progress: Callable[[int, int], None] | None = None
+                        ) -> tuple[float, dict[float, float]]:
     """The candidate threshold whose binarised masks (cut to ``brain``, small components dropped) come closest to
     the real masks' mean lesion count and mean volume per patch; and every candidate's score.
+    ``progress(done, total)`` is called after each candidate.
 
     Scores add absolute log ratios, so twice too large and half too small weigh the same (+1 keeps empty outputs
     finite); the lower threshold wins a tie.
@@ -131,6 +137,8 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
         count, volume = count_and_volume(masks)
         scores[float(threshold)] = float(abs(np.log((volume + 1) / (real_volume + 1))) +
                                          abs(np.log((count + 1e-3) / (real_count + 1e-3))))
+        if progress is not None:
+            progress(len(scores), len(candidates))
     return min(scores, key=scores.get), scores
 
 

@@ -43,6 +43,7 @@ from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, b
 from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import json_plain, read_json, write_json
+from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger("lesiongen.training")
@@ -164,6 +165,8 @@ class SegTrainer(Trainer):
         cases = {c.case_id: c for c in raw.split("training")}
         ending = raw.info.file_ending
         per_case = {}
+        progress = ProgressLog(logger, f"validation of fold {self.fold} (sliding window"
+                                       f"{', mirrored' if self.mirror_validation else ''})", len(self.val_cases), "cases")
         for case_id in self.val_cases:
             stem = self.dataset.data_folder / "training" / case_id
             properties = read_json(f"{stem}.json")
@@ -175,6 +178,7 @@ class SegTrainer(Trainer):
             reference, _ = read_image(cases[case_id].label, raw.info.reader)
             per_case[case_id] = case_metrics(reference.astype(np.uint8), prediction, geometry.spacing_zyx,
                                              self.plans.lesion_labels)
+            progress.advance()
         summary = {"per_case": per_case, "mean": aggregate(per_case), "labels": self.plans.lesion_labels,
                    "strategy": self.strategy, "fold": str(self.fold), "provenance": json_plain(self.provenance())}
         write_json(self.output_folder / "summary.json", json_plain(summary))

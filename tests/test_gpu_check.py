@@ -1,0 +1,87 @@
+"""benchmarks/gpu_check.py: one failing or overrunning stage never ends the check, and ``--tiny -device cpu`` runs
+every stage (training, CPU reload, prediction) through the console scripts and records what it asked for.
+
+The end-to-end run starts about ten processes that each import torch and diffusers (~10 s of CPU each), so it takes
+minutes on a 2-core machine; it runs when ``LESIONGEN_GPU_CHECK_TEST=1`` is set (CI's slow job), the stage-runner
+tests always.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCHMARKS / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_or_overrunning_stage_is_recorded_and_the_next_one_runs():
+    check = gpu_check()
+    stages = check.Stages(budget_seconds=120)
+    stages.run("crash", "train", lambda limit: {"value": 1 / 0})
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = time.perf_counter()
+    stages.run("overrun", "train", lambda limit: check.run_command(sleeper, {}, 1.0))
+    assert time.perf_counter() - started < 30  # killed after its limit, not waited for
+    stages.run("exit", "train", lambda limit: check.run_command([sys.executable, "-c", "raise SystemExit(3)"], {},
+                                                                 limit))
+    stages.run("fine", "train", lambda limit: {"value": 7, "limit_seen": limit})
+    results = stages.results
+    assert results["crash"]["ok"] is False and results["crash"]["error"].startswith("ZeroDivisionError")
+    assert results["overrun"]["ok"] is False and results["overrun"]["error"] == "timed out after 1 s"
+    assert results["exit"]["ok"] is False and results["exit"]["error"] == "exit 3"
+    assert results["fine"]["ok"] is True and results["fine"]["value"] == 7
+    assert results["fine"]["limit_seen"] == pytest.approx(check.STAGE_SHARES["train"] * 120)
+
+
+def test_a_stage_gets_no_more_than_what_is_left_of_the_budget():
+    check = gpu_check()
+    stages = check.Stages(budget_seconds=100)
+    stages.deadline -= 95  # as if 95 s were spent: 5 s left, less than the stage's share of 20 s
+    limits = []
+    stages.run("late", "train", lambda limit: limits.append(limit) or {})
+    stages.deadline -= 5
+    stages.run("too_late", "train", lambda limit: limits.append(limit) or {})
+    assert len(limits) == 1 and 4 < limits[0] <= 5
+    assert stages.results["too_late"]["ok"] is False and "budget is spent" in stages.results["too_late"]["error"]
+
+
+@pytest.mark.skipif(os.environ.get("LESIONGEN_GPU_CHECK_TEST") != "1",
+                    reason="minutes on 2 cores (ten processes importing torch); set LESIONGEN_GPU_CHECK_TEST=1")
+def test_tiny_check_on_cpu_runs_every_stage(tmp_path):
+    out = tmp_path / "check.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("lesiongen_")}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--tiny", "-device", "cpu", "--steps",
+                           "3", "--json", str(out), "--work", str(tmp_path / "work")],
+                          env=env, capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    stages = report["stages"]
+    failed = {name: stage.get("error") for name, stage in stages.items() if stage.get("ok") is False}
+    assert failed == {}
+    assert report["provenance"]["from_scratch"] and report["provenance"]["lesiongen_version"]
+    for trainer in ("unetmask", "diffmask", "inpaint", "seg"):
+        stage = stages[f"train_{trainer}"]
+        assert stage["steps_asked"] == stage["steps_trained"] == 3
+        assert stage["performance"]["steps_run"] == 3 and stage["performance"]["samples_per_second"] > 0
+    assert stages["train_spheremask"]["steps_trained"] == 0  # nothing to train: priors only
+    reload = stages["cpu_reload"]
+    assert reload["cuda_visible"] is False
+    assert sorted(reload["models"]) == ["diffmask", "inpaint", "seg_none", "spheremask", "unetmask"]
+    assert all(model["ok"] for model in reload["models"].values())
+    assert reload["models"]["seg_none"]["output_shape"][0] == 2  # background and lesion probabilities
+    assert stages["predict_seg"]["scans"] == 1 and stages["predict_synth"]["lesions"] >= 1
+    assert "samples/s" in done.stdout and "cpu_reload      ok: 5 of 5" in done.stdout
