@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from lesiongen.diffusion.presets import SAMPLING_PRESETS
-from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, few_step_sampling, sampling_preset,
+from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, few_step_sampling, sampling_evaluations,
+                                           sampling_preset,
                                            training_target)
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
