@@ -1,13 +1,26 @@
-"""Sliding-window inference: importance map, window steps, averaging, padding, mirroring, batching, resampling."""
+"""Sliding-window inference: importance map, window steps, averaging, padding, mirroring, batching, resampling, and
+the CPU inference layers and memory settings that make it fast without changing its result."""
 
 from __future__ import annotations
 
+import copy
 import itertools
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from lesiongen.models.networks import (
+    PLAIN_CONV_UNET,
+    ConvTranspose3dAsMatmul,
+    InstanceNorm3dViaGroupNorm,
+    build_network,
+)
 from lesiongen.models.sliding_window import (
     gaussian_importance_map,
     predict_slicewise,
@@ -15,6 +28,7 @@ from lesiongen.models.sliding_window import (
     resample_logits_to_shape,
     sliding_window_steps,
 )
+from lesiongen.planning.plans import NetworkPlan
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -345,3 +359,97 @@ def test_per_axis_step_size():
     assert sliding_window_steps((4, 20), (1, 8), (1.0, 0.5)) == [[0, 1, 2, 3], [0, 4, 8, 12]]
     with pytest.raises(ValueError, match="one value per axis"):
         sliding_window_steps((4, 20), (1, 8), (1.0,))
+
+
+# --------------------------------------------------------------------------------------------------- CPU speed-ups
+
+
+def _small_unet(seed: int) -> torch.nn.Module:
+    """A 3-stage PlainConvUNet as build_network makes it, with an anisotropic (2, 2, 1) upsampling."""
+    torch.manual_seed(seed)
+    kwargs = dict(input_channels=2, n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
+                  strides=[[1, 1, 1], [2, 2, 2], [2, 2, 1]], n_conv_per_stage=[1, 1, 1], num_classes=2,
+                  n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op="InstanceNorm3d", nonlin="LeakyReLU",
+                  deep_supervision=False)
+    return build_network(NetworkPlan(PLAIN_CONV_UNET, kwargs)).eval()
+
+
+def _with_torch_layers(network: torch.nn.Module) -> torch.nn.Module:
+    """The same network and parameters with torch's own InstanceNorm3d and ConvTranspose3d."""
+    twin = copy.deepcopy(network)
+    for module in twin.modules():
+        if isinstance(module, torch.nn.InstanceNorm3d):
+            module.__class__ = torch.nn.InstanceNorm3d
+        if isinstance(module, torch.nn.ConvTranspose3d):
+            module.__class__ = torch.nn.ConvTranspose3d
+    return twin
+
+
+def test_cpu_inference_layers_give_torch_layers_result():
+    net = _small_unet(seed=6)
+    kinds = {type(m) for m in net.modules()}
+    assert InstanceNorm3dViaGroupNorm in kinds and ConvTranspose3dAsMatmul in kinds
+    torch_net = _with_torch_layers(net)
+    torch.manual_seed(6)
+    x = torch.randn(2, 2, 16, 12, 8) * 4 + 30  # a batch of two; a large mean the normalisation must not lose
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), torch_net(x), rtol=1e-5, atol=1e-5)
+    # with gradients (training) they are torch's layers themselves, bit for bit
+    torch.testing.assert_close(net(x), torch_net(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel, stride, bias", [((2, 2, 1), (2, 2, 1), True), ((2, 2, 2), (2, 2, 2), False),
+                                                  ((3, 2, 3), (2, 2, 2), True)])  # the last: torch's own code
+def test_transposed_convolution_as_matmul(kernel, stride, bias):
+    torch.manual_seed(7)
+    layer = ConvTranspose3dAsMatmul(5, 3, kernel, stride, bias=bias)
+    x = torch.randn(2, 5, 4, 3, 5)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv_transpose3d(x, layer.weight, layer.bias, stride)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unet_windows_batched_repeated_and_with_torch_layers_agree():
+    net = _small_unet(seed=8)
+    torch.manual_seed(8)
+    image = torch.randn(2, 12, 10, 9)  # 2 x 2 x 2 windows of 8^3
+    kwargs = dict(patch_size=(8, 8, 8), num_classes=2, mirror_axes=(2,))
+    one = predict_sliding_window(net, image, batch_size=1, **kwargs)
+    again = predict_sliding_window(net, image, batch_size=1, **kwargs)
+    torch.testing.assert_close(again, one, rtol=0, atol=0)  # nothing a call keeps (the importance map) changes
+    torch.testing.assert_close(predict_sliding_window(net, image, batch_size=3, **kwargs), one, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(predict_sliding_window(_with_torch_layers(net), image, **kwargs), one,
+                               rtol=1e-5, atol=1e-5)
+
+
+def _huge_pages_and_glibc() -> bool:
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and thp.is_file()
+            and "[never]" not in thp.read_text())
+
+
+_REALLOCATION_FAULTS = """
+import resource
+import lesiongen.cli.predict  # what lesiongen_predict imports before the call
+from lesiongen.utilities.devices import reuse_cpu_tensor_memory
+assert reuse_cpu_tensor_memory()
+import torch
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.empty(8 * 2**20)  # 32 MB, freed again: as a forward pass's activations are
+    block.fill_(1.0)
+    del block
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[-1])
+"""
+
+
+@pytest.mark.skipif(not _huge_pages_and_glibc(), reason="needs Linux, glibc and transparent huge pages")
+def test_reuse_cpu_tensor_memory_maps_a_freed_block_only_once():
+    # By default every 32 MB block is mapped anew: 8192 page faults each time (16 and more with huge pages alone).
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    result = subprocess.run([sys.executable, "-c", _REALLOCATION_FAULTS], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) < 16

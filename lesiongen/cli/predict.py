@@ -64,11 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
+    from lesiongen.utilities.devices import pick_device, reuse_cpu_tensor_memory
+
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        reuse_cpu_tensor_memory()  # first: torch reads its huge-page setting at its first tensor
+
     from lesiongen.inference.predict import PredictOptions, check_output_folder, find_input_cases, this_part
     from lesiongen.inference.run_predict import predict, resolve_models
     from lesiongen.models.folder import DATASET_JSON
     from lesiongen.preprocessing.splits import parse_fold
-    from lesiongen.utilities.devices import pick_device
     from lesiongen.utilities.errors import LesiongenError
 
     if args.mode == "remove" and args.labels is None:
@@ -85,7 +90,6 @@ def run(args: argparse.Namespace) -> None:
                              save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
                              force=args.force, configuration=args.configuration, sampling=args.sampling)
     check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
-    device = pick_device(args.device)
     source = args.model if args.model is not None else results_dataset_folder(args.dataset)
     models = resolve_models(source, options, args.plans)
     folds = [parse_fold(f) for f in args.folds] if args.folds else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lesiongen.planning.planner import PATCH_DISCRIMINATOR
@@ -12,8 +14,57 @@ from lesiongen.planning.plans import NetworkPlan
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 DIFFUSION_UNET = "monai.networks.nets.DiffusionModelUNet"
 
+
+class InstanceNorm3dViaGroupNorm(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that, in CPU inference, computes the same normalisation with ``F.group_norm`` and one
+    group per channel.
+
+    ATen's ``instance_norm`` reshapes the input into a batch norm over ``n * c`` channels, which on CPU is several
+    times slower than ``group_norm``'s own kernel for the same result (to float32 rounding). Parameters and state dict
+    are those of ``nn.InstanceNorm3d``; with gradients enabled (training), with running statistics or off the CPU it
+    is ``nn.InstanceNorm3d`` unchanged.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (input.dim() != 5 or input.device.type != "cpu" or self.track_running_stats
+                or torch.is_grad_enabled()):
+            return super().forward(input)
+        return F.group_norm(input, self.num_features, self.weight, self.bias, self.eps)
+
+
+class ConvTranspose3dAsMatmul(nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` that, in CPU inference with kernel == stride (a U-Net's upsampling), runs as one matrix
+    product and one rearranging copy.
+
+    With kernel == stride every input voxel feeds its own ``kd x kh x kw`` block of the output, so the layer is the
+    product of the ``(cout * kd * kh * kw, cin)`` weight with the ``(cin, voxels)`` input, each column rearranged
+    into its block. oneDNN's transposed convolution on contiguous CPU tensors is several times slower. With other
+    geometry, gradients enabled (training) or off the CPU it is ``nn.ConvTranspose3d`` unchanged.
+    """
+
+    def _is_block_upsampling(self, input: torch.Tensor, output_size: list[int] | None) -> bool:
+        return (input.dim() == 5 and input.device.type == "cpu" and not torch.is_grad_enabled()
+                and output_size is None and self.groups == 1 and self.padding_mode == "zeros"
+                and tuple(self.kernel_size) == tuple(self.stride) and not any(self.padding)
+                and not any(self.output_padding) and all(d == 1 for d in self.dilation))
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not self._is_block_upsampling(input, output_size):
+            return super().forward(input, output_size)
+        n, cin, d, h, w = input.shape
+        kd, kh, kw = self.kernel_size
+        cout = self.out_channels
+        columns = torch.matmul(self.weight.reshape(cin, -1).t(), input.reshape(n, cin, d * h * w))
+        blocks = columns.view(n, cout, kd, kh, kw, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        output = torch.empty((n, cout, d * kd, h * kh, w * kw), dtype=columns.dtype, device=input.device)
+        # the copy into the output adds the bias on the way
+        bias = self.bias if self.bias is not None else torch.zeros(cout, dtype=columns.dtype)
+        torch.add(blocks, bias.view(1, cout, 1, 1, 1, 1, 1, 1), out=output.view(n, cout, d, kd, h, kh, w, kw))
+        return output
+
+
 # plans store layer types by name so they stay JSON; these are the ones the planner writes
-_NORMS = {"InstanceNorm3d": (nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}),
+_NORMS = {"InstanceNorm3d": (InstanceNorm3dViaGroupNorm, {"eps": 1e-5, "affine": True}),
           "BatchNorm3d": (nn.BatchNorm3d, {"eps": 1e-5, "affine": True}),
           "InstanceNorm2d": (nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}),
           "BatchNorm2d": (nn.BatchNorm2d, {"eps": 1e-5, "affine": True})}
@@ -30,8 +81,14 @@ def build_network(plan: NetworkPlan, **overrides: Any) -> nn.Module:
         conv = _CONVS[kwargs.pop("conv_op", "Conv3d")]
         norm, norm_kwargs = _NORMS[kwargs.pop("norm_op")]
         nonlin, nonlin_kwargs = _NONLINS[kwargs.pop("nonlin")]
-        return PlainConvUNet(conv_op=conv, norm_op=norm, norm_op_kwargs=norm_kwargs,
-                             nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, **kwargs)
+        network = PlainConvUNet(conv_op=conv, norm_op=norm, norm_op_kwargs=norm_kwargs,
+                                nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, **kwargs)
+        # The decoder makes its own nn.ConvTranspose3d (no argument selects the class). Changing the class of the
+        # built modules keeps their parameters, and draws no random numbers as building new ones would.
+        for module in network.modules():
+            if type(module) is nn.ConvTranspose3d:
+                module.__class__ = ConvTranspose3dAsMatmul
+        return network
     if plan.architecture == DIFFUSION_UNET:
         from monai.networks.nets import DiffusionModelUNet
 

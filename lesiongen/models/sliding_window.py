@@ -22,6 +22,7 @@ Choices worth knowing
 
 from __future__ import annotations
 
+import functools
 import itertools
 from contextlib import nullcontext
 from typing import Sequence
@@ -75,6 +76,12 @@ def _step_sizes(step_size: float | Sequence[float], n_axes: int) -> list[float]:
     if not all(0 < s <= 1 for s in sizes):
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     return sizes
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_importance_map(patch_size: tuple[int, ...]) -> torch.Tensor:
+    # one map per patch size for the whole run (one call per case); never written to by the caller
+    return gaussian_importance_map(patch_size)
 
 
 def sliding_window_steps(image_size: Sequence[int], patch_size: Sequence[int],
@@ -188,7 +195,7 @@ def predict_sliding_window(network: torch.nn.Module, image: torch.Tensor | np.nd
     slicers = [tuple(slice(s, s + p) for s, p in zip(starts, patch_size)) for starts in itertools.product(*steps)]
 
     if use_gaussian:
-        weight = gaussian_importance_map(patch_size).to(device)
+        weight = _cached_importance_map(patch_size).to(device)
     else:
         weight = torch.ones(patch_size, dtype=torch.float32, device=device)
     logits = torch.zeros((num_classes, *padded_spatial), dtype=torch.float32, device=device)
@@ -212,7 +219,7 @@ def predict_sliding_window(network: torch.nn.Module, image: torch.Tensor | np.nd
             if tuple(prediction.shape) != expected:
                 raise ValueError(f"network output has shape {tuple(prediction.shape)}, expected {expected}")
             for pred, sl in zip(prediction, batch_slicers):
-                logits[(slice(None), *sl)] += pred * weight
+                logits[(slice(None), *sl)].addcmul_(pred, weight)  # in place: no window-sized temporary
                 weight_sum[sl] += weight
             if bar is not None:
                 bar.update(len(batch_slicers))
