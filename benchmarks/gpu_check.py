@@ -65,7 +65,7 @@ def _size(args: argparse.Namespace) -> dict[str, Any]:
                 "settings": {"diffmask": ["sampling_steps=2"], "inpaint": ["sampling_steps=2"],
                              "seg": ["num_workers=0", "validate=false"]},
                 "tta": ["--disable_tta"], "synth": ["--n_lesions", "2"]}
-    return {"demo": ["--realistic", "--n_lesion_cases", "8", "--n_healthy", "2", "--n_test", "2"],
+    return {"demo": ["--realistic", "--n_lesion_cases", "6", "--n_healthy", "2", "--n_test", "1"],
             "shape": [180, 210, 170], "spacing": [1.0, 1.0, 1.0], "plans": DEFAULT_PLANS, "preset": [],
             # validation without mirroring: its 8x cost belongs to the prediction stage, not the training figures
             "settings": {"seg": ["mirror_validation=false"]}, "tta": [], "synth": []}
@@ -101,6 +101,8 @@ class Stages:
         self.results[name] = result
         status = "ok" if result["ok"] else f"FAILED: {result['error']}"
         print(f"[{name}] {status} ({result['seconds']:.1f} s)", flush=True)
+        if not result["ok"] and result.get("output_tail"):
+            print("\n".join("    " + line for line in result["output_tail"].splitlines()[-10:]), flush=True)
         return result
 
 

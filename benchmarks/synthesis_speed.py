@@ -6,7 +6,13 @@ Without ``-d`` it writes the default demo dataset into a temporary folder, plans
 demo-size ``inpaint`` model and ``spheremask`` briefly (speed does not depend on how well a model is trained).
 It then prints network evaluations and wall time per lesion patch for the fast (DDIM + jumps + CFG) and full
 (DDPM + jumps + CFG) schedules, and the wall time to put ``--lesions`` lesions into one 1 mm brain scan of
-180x210x170 voxels (a fresh phantom) with the fast schedule; the target is <= 60 s on CPU. It asserts nothing.
+180x210x170 voxels (a fresh phantom) with the fast schedule, with the scan's lesions batched through the network
+and one at a time; the target is <= 60 s on CPU.
+
+Then scans per minute of ``lesiongen_predict -m synth`` (``--lesions`` spheremask lesions, fast schedule) on
+``--scans`` fresh 1 mm healthy phantoms, start-up and model loading included, with one process (all ``--threads``)
+and with two processes at once (``--num_parts 2 --part_id 0/1``, half the threads each): lesiongen_predict has no
+pool of its own; parts are how it spreads cases over processes. It asserts nothing.
 """
 
 from __future__ import annotations
@@ -39,14 +45,50 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=4, help="patches timed with the fast schedule")
     parser.add_argument("--full_patches", type=int, default=1, help="patches timed with the full schedule")
     parser.add_argument("-device", default="cpu")
+    parser.add_argument("--scans", type=int, default=4, help="1 mm healthy scans for the scans-per-minute figure "
+                                                             "(0: skip it)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="CPU threads for lesiongen_predict: all for one process, half each for two")
     parser.add_argument("--json", type=Path, default=None, help="results file (default: benchmarks/results/...)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dataset_id = args.dataset or prepare(Path(tmp), args.train_steps, args.device)
-        run(dataset_id, args)
+        run(dataset_id, args, Path(tmp))
 
 
-def run(dataset_id: str, args: argparse.Namespace) -> None:
+def predict_scans_per_minute(dataset_id: str, args: argparse.Namespace, work: Path) -> list[dict]:
+    """Wall time of ``lesiongen_predict -m synth`` on fresh 1 mm healthy phantoms: one process, then two parts."""
+    from lesiongen.cli.demo import REALISTIC
+    from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
+
+    config = DemoConfig(dataset_id=902, dataset_name="SynthSpeed", n_lesion_cases=1, n_healthy=args.scans,
+                        n_test=0, seed=3, **REALISTIC)
+    scans = write_demo_dataset(work / "speed_raw", config)
+    command = ["lesiongen_predict", "-d", dataset_id, "-i", str(scans / "imagesHealthy"), "-m", "synth", "-f", "0",
+               "--masks", "spheremask", "-device", args.device, "--brain_masks", str(scans / "brainmasksHealthy"),
+               "--tissue", str(scans / "tissueHealthy"), "--n_lesions", str(args.lesions)]
+    rows = []
+    for processes in (1, 2):
+        threads = str(max(1, args.threads // processes))
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        out = work / f"speed_out_{processes}"
+        parts = [["--num_parts", str(processes), "--part_id", str(k)] if processes > 1 else []
+                 for k in range(processes)]
+        start = time.perf_counter()
+        running = [subprocess.Popen([*command, "-o", str(out), *part], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True) for part in parts]
+        errors = [p.communicate()[1] for p in running]
+        seconds = time.perf_counter() - start
+        failed = [e[-2000:] for p, e in zip(running, errors) if p.returncode != 0]
+        if failed:
+            raise SystemExit(f"lesiongen_predict failed:\n{failed[0]}")
+        written = len(list((out / "labels").glob("*")))
+        rows.append({"processes": processes, "threads_per_process": int(threads), "scans": written,
+                     "seconds": seconds, "scans_per_minute": written / seconds * 60})
+    return rows
+
+
+def run(dataset_id: str, args: argparse.Namespace, work: Path) -> None:
     import numpy as np
 
     from lesiongen.demo.phantom import make_phantom
@@ -84,12 +126,24 @@ def run(dataset_id: str, args: argparse.Namespace) -> None:
 
     subject = make_phantom((180, 210, 170), (1.0, 1.0, 1.0), np.random.default_rng(0), 0)
     images = np.stack([subject.t1, subject.flair]).astype(np.float32)
-    start = time.perf_counter()
-    result = synthesize(images, [1.0, 1.0, 1.0], dataset.plans, inpainter, generator, n_lesions=args.lesions, seed=0,
-                        brain_mask=subject.brain_mask.astype(bool), tissue=subject.tissue)
-    seconds = time.perf_counter() - start
-    print(f"whole scan 180x210x170 at 1 mm, {len(result.lesions)} lesions, fast schedule: {seconds:.1f} s "
-          f"(target <= 60 s on CPU: {seconds / 60:.2f}x of it)")
+    whole_scan = {}
+    for batched in (True, False):
+        start = time.perf_counter()
+        result = synthesize(images, [1.0, 1.0, 1.0], dataset.plans, inpainter, generator, n_lesions=args.lesions,
+                            seed=0, brain_mask=subject.brain_mask.astype(bool), tissue=subject.tissue,
+                            batch_lesions=batched)
+        whole_scan["batched" if batched else "one_at_a_time"] = time.perf_counter() - start
+    seconds = whole_scan["batched"]
+    print(f"whole scan 180x210x170 at 1 mm, {len(result.lesions)} lesions, fast schedule: {seconds:.1f} s with the "
+          f"lesions batched, {whole_scan['one_at_a_time']:.1f} s one at a time (target <= 60 s on CPU: "
+          f"{seconds / 60:.2f}x of it)")
+    prediction = predict_scans_per_minute(dataset_id, args, work) if args.scans > 0 else []
+    for row in prediction:
+        print(f"lesiongen_predict -m synth, {row['processes']} process(es) x {row['threads_per_process']} thread(s): "
+              f"{row['scans']} scans in {row['seconds']:.1f} s = {row['scans_per_minute']:.2f} scans/min "
+              "(start-up included)")
+    if len(prediction) == 2:
+        print(f"2 processes / 1 process: {prediction[1]['scans_per_minute'] / prediction[0]['scans_per_minute']:.2f}x")
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,7 +154,8 @@ def run(dataset_id: str, args: argparse.Namespace) -> None:
         "models": {"inpainter": inpainter.record(), "mask_generator": generator.record()},
         "per_patch": [{"schedule": n, "network_evaluations": e, "seconds": s} for n, e, s in rows],
         "whole_scan": {"shape": [180, 210, 170], "spacing": [1.0, 1.0, 1.0], "lesions": len(result.lesions),
-                       "seconds": seconds}}, args.json)
+                       "seconds": seconds, "seconds_one_lesion_at_a_time": whole_scan["one_at_a_time"]},
+        "predict_synth": prediction}, args.json)
 
 
 if __name__ == "__main__":

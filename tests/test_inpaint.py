@@ -221,3 +221,120 @@ def test_synthesize_with_given_masks_and_remove_them_again(inpainter):
 def _spheremask(dataset):
     assert train_cli.main([str(TINY.dataset_id), "spheremask", "0", "-device", "cpu"]) == 0
     return trained_model("spheremask")
+
+
+# -------------------------------------------------------------------------------------- lesions batched per scan
+QUICK = InpaintSchedule(num_inference_steps=3, jump_length=1, n_jumps=1)  # every sampler path, few evaluations
+
+@pytest.mark.parametrize("mode", ["insert", "remove"])
+def test_per_patch_seeds_give_each_patch_what_it_gets_alone(inpainter, mode):
+    model, patches, _ = inpainter
+    images, masks, brain = patches.images[:3], patches.masks[:3], patches.brain[:3]
+    together = model.inpaint(images, masks, mode, seed=[11, 12, 13], brain=brain, schedule=QUICK)
+    for i, seed in enumerate((11, 12, 13)):
+        alone = model.inpaint(images[i:i + 1], masks[i:i + 1], mode, seed=seed, brain=brain[i:i + 1],
+                              schedule=QUICK)[0]
+        np.testing.assert_allclose(together[i], alone, rtol=0, atol=1e-5)
+    other_seed = model.inpaint(images[:1], masks[:1], mode, seed=12, brain=brain[:1], schedule=QUICK)[0]
+    assert not np.allclose(together[0], other_seed)
+
+
+def _count_inpaint_calls(model, monkeypatch) -> list[int]:
+    """Patches per inpainting call of ``model`` from now on."""
+    calls: list[int] = []
+    original = model.inpaint
+
+    def counting(images, *args, **kwargs):
+        calls.append(len(images))
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(model, "inpaint", counting)
+    return calls
+
+
+def _preprocessed_healthy(dataset, case: str = "healthy_000"):
+    from lesiongen.preprocessing.storage import load_array
+
+    stem = dataset.data_folder / "healthy" / case
+    return load_array(f"{stem}.b2nd"), load_array(f"{stem}_seg.b2nd") >= 0, load_array(f"{stem}_tissue.b2nd")
+
+
+def test_lesions_with_separate_patches_share_a_batch_and_give_the_one_at_a_time_scan(inpainter, monkeypatch):
+    """Lesions A and B lie a patch apart, C overlaps A: batches [A, B] then [C] (C must see A), and the scan, labels
+    and records are those of inpainting one lesion at a time."""
+    from lesiongen.inference.synthesis import patches_overlap, synthesize_model_space
+
+    model, _, _ = inpainter
+    dataset = open_preprocessed(TINY.dataset_id)
+    images, brain, tissue = _preprocessed_healthy(dataset)
+    patch = dataset.plans.lesion_patch_size
+    coords = np.argwhere(brain)
+    axis = int(np.argmax(coords.max(axis=0) - coords.min(axis=0)))  # the brain's longest axis
+    a, b = coords[np.argmin(coords[:, axis])].copy(), coords[np.argmax(coords[:, axis])].copy()
+    a[axis] += 2
+    b[axis] -= 2
+    c = a.copy()
+    c[axis] += 3
+    assert not patches_overlap(a, b, patch) and patches_overlap(a, c, patch)
+    cube = np.zeros(patch, np.uint8)
+    cube[tuple(slice(p // 2 - 1, p // 2 + 2) for p in patch)] = 1
+    placements = [(1, a, cube), (1, b, cube), (1, c, cube)]
+    calls = _count_inpaint_calls(model, monkeypatch)
+    batched = synthesize_model_space(images, brain, tissue, dataset.plans, model, placements=placements, seed=3,
+                                     schedule=QUICK)
+    assert calls == [2, 1]
+    calls.clear()
+    alone = synthesize_model_space(images, brain, tissue, dataset.plans, model, placements=placements, seed=3,
+                                   schedule=QUICK, batch_lesions=False)
+    assert calls == [1, 1, 1]
+    np.testing.assert_allclose(batched.images, alone.images, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(batched.label, alone.label)
+    np.testing.assert_array_equal(batched.changed, alone.changed)
+    assert batched.lesions == alone.lesions
+    assert not np.allclose(batched.images, synthesize_model_space(images, brain, tissue, dataset.plans, model,
+                                                                  placements=placements, seed=4,
+                                                                  schedule=QUICK).images)
+
+
+def test_generated_lesions_batched_equal_one_at_a_time(inpainter, monkeypatch):
+    """With masks drawn by a generator the random stream is the same whether lesions are batched or not."""
+    from lesiongen.inference.synthesis import synthesize_model_space
+
+    model, _, _ = inpainter
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = _spheremask(dataset)
+    images, brain, tissue = _preprocessed_healthy(dataset, "healthy_001")
+    calls = _count_inpaint_calls(model, monkeypatch)
+    batched = synthesize_model_space(images, brain, tissue, dataset.plans, model, generator, n_lesions=4, seed=8,
+                                     schedule=QUICK)
+    batched_calls, calls[:] = list(calls), []
+    alone = synthesize_model_space(images, brain, tissue, dataset.plans, model, generator, n_lesions=4, seed=8,
+                                   schedule=QUICK, batch_lesions=False)
+    assert calls == [1] * len(alone.lesions) and sum(batched_calls) == len(alone.lesions)
+    np.testing.assert_allclose(batched.images, alone.images, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(batched.label, alone.label)
+    assert batched.lesions == alone.lesions
+
+
+def test_removing_lesions_batched_equals_one_at_a_time(inpainter, monkeypatch):
+    from lesiongen.inference.synthesis import remove_lesions
+
+    model, _, folders = inpainter
+    dataset = open_preprocessed(TINY.dataset_id)
+    images, geometry, _, brain = _healthy_scan(folders)
+    coords = np.argwhere(brain)
+    axis = int(np.argmax(coords.max(axis=0) - coords.min(axis=0)))
+    label = np.zeros(brain.shape, np.uint8)
+    for index, inward in ((np.argmin(coords[:, axis]), 2), (np.argmax(coords[:, axis]), -2)):
+        centre = coords[index].copy()
+        centre[axis] += inward
+        label[tuple(slice(c - 1, c + 2) for c in centre)] = 1
+    spacing = list(geometry.spacing_zyx)
+    calls = _count_inpaint_calls(model, monkeypatch)
+    batched = remove_lesions(images, spacing, label, dataset.plans, model, seed=2, brain_mask=brain, schedule=QUICK)
+    assert calls == [2]
+    calls.clear()
+    alone = remove_lesions(images, spacing, label, dataset.plans, model, seed=2, brain_mask=brain, schedule=QUICK,
+                           batch_lesions=False)
+    assert calls == [1, 1]
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-5)  # back in the scan's intensity units

@@ -10,7 +10,7 @@ from pure noise (trailing timesteps), the last returning the network's clean est
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,10 +107,23 @@ def denoising_steps(schedule: InpaintSchedule) -> int:
     return sum(1 for a, b in zip(seq, seq[1:]) if b == a + 1)
 
 
+def draw_noise(shape: Sequence[int], generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise (on the CPU) from one generator, or from one generator per batch item: each item then
+    gets exactly what a batch of one with its generator gets, so batching items does not change their draws."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+
+
 @torch.no_grad()
 def repaint(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], known: torch.Tensor, region: torch.Tensor,
-            schedule: InpaintSchedule, config: ScheduleConfig, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Inpaint ``region`` (b, 1, ...) of ``known`` (b, c, ...); returns the sample and the number of denoise calls."""
+            schedule: InpaintSchedule, config: ScheduleConfig,
+            generator: torch.Generator | Sequence[torch.Generator]) -> tuple[torch.Tensor, int]:
+    """Inpaint ``region`` (b, 1, ...) of ``known`` (b, c, ...); returns the sample and the number of denoise calls.
+
+    ``generator``: one for the batch, or one per item (a list), whose draws then do not depend on the batch."""
     scheduler = make_scheduler(schedule, config)
     timesteps = [int(t) for t in scheduler.timesteps]
     n = len(timesteps)
@@ -121,7 +134,7 @@ def repaint(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], known
         return float(alphas[timesteps[state]]) if state < n else final_alpha
 
     def randn() -> torch.Tensor:
-        return torch.randn(known.shape, generator=generator).to(known.device)
+        return draw_noise(known.shape, generator).to(known.device)
 
     def noised_known(state: int) -> torch.Tensor:
         a = alpha_of(state)
@@ -135,7 +148,9 @@ def repaint(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], known
             t = timesteps[current]
             noise = denoise(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
             calls += 1
-            kwargs = {"generator": generator} if schedule.sampler == "ddpm" else {}
+            # diffusers' DDPM step takes one generator or one per batch item, as draw_noise does
+            kwargs = {"generator": generator if isinstance(generator, torch.Generator) else list(generator)} \
+                if schedule.sampler == "ddpm" else {}
             x = scheduler.step(noise.float(), t, x, **kwargs).prev_sample
             known_part = known if following == n else noised_known(following)
             x = region * x + (1 - region) * known_part

@@ -2,15 +2,20 @@
 
 ``synthesize`` maps the scan to model space (crop, normalise, resample as in preprocessing), draws lesion placements
 from the sphere priors (location histogram within the brain box x tissue probability), generates each lesion's mask
-with a mask generator (or takes the masks it is given), inpaints every lesion patch in turn (so overlapping lesions
-see each other and merge into one label map), and writes only the changed region back into the original array.
-Voxels away from the lesions are bit-identical to the input.
+with a mask generator (or takes the masks it is given), inpaints the lesion patches (so overlapping lesions see each
+other and merge into one label map), and writes only the changed region back into the original array. Voxels away
+from the lesions are bit-identical to the input.
+
+Lesions are inpainted in batches: a run of consecutive lesions whose patches do not overlap goes through the network
+together, and a lesion whose patch overlaps one of the run waits for the run to be written. Every lesion keeps its
+own seed (drawn in lesion order, as one at a time), so batching changes results only by float rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,21 +117,75 @@ class ModelSpaceEdit:
     lesions: list[dict]
 
 
+def patches_overlap(centre: Sequence[int], other: Sequence[int], patch_size: Sequence[int]) -> bool:
+    """Whether the patches of ``patch_size`` centred on the two voxels share a voxel (``extract_patch``'s boxes)."""
+    return all(abs(int(np.round(a)) - int(np.round(b))) < n for a, b, n in zip(centre, other, patch_size))
+
+
+@dataclass
+class _PendingLesion:
+    """A lesion whose mask and seed are drawn, waiting for its batch to be inpainted."""
+
+    centre: np.ndarray
+    image_patch: np.ndarray
+    brain_patch: np.ndarray
+    mask: np.ndarray
+    seed: int
+    record: dict
+
+
+class _LesionBatches:
+    """Collects lesions whose patches do not overlap and inpaints them together into ``edited``."""
+
+    def __init__(self, edited: np.ndarray, label_model: np.ndarray | None, changed: np.ndarray, patch: list[int],
+                 inpainter, mode: str, schedule: InpaintSchedule | None, batched: bool):
+        self.edited, self.label_model, self.changed, self.patch = edited, label_model, changed, patch
+        self.inpainter, self.mode, self.schedule, self.batched = inpainter, mode, schedule, batched
+        self.pending: list[_PendingLesion] = []
+        self.records: list[dict] = []
+
+    def make_room(self, centre: Sequence[int]) -> None:
+        """Inpaint the pending lesions first when a lesion at ``centre`` would see (overlap) one of them."""
+        if not self.batched or any(patches_overlap(centre, p.centre, self.patch) for p in self.pending):
+            self.flush()
+
+    def add(self, lesion: _PendingLesion) -> None:
+        self.pending.append(lesion)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        results = self.inpainter.inpaint(np.stack([p.image_patch for p in batch]), np.stack([p.mask for p in batch]),
+                                         self.mode, seed=[p.seed for p in batch], schedule=self.schedule,
+                                         brain=np.stack([p.brain_patch for p in batch]))
+        for lesion, result in zip(batch, results):
+            insert_patch(self.edited, result, lesion.centre)
+            if self.label_model is not None:  # insert: the new lesions join the label map
+                existing = extract_patch(self.label_model, lesion.centre, self.patch, fill=0)
+                insert_patch(self.label_model, np.where(lesion.mask > 0, lesion.mask, existing).astype(np.uint8),
+                             lesion.centre)
+            region = extract_patch(self.changed, lesion.centre, self.patch, fill=False) | \
+                edit_region(lesion.mask > 0, self.inpainter.margin_voxels)
+            insert_patch(self.changed, region, lesion.centre)
+            self.records.append(lesion.record)
+
+
 def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, plans: Plans,
                            inpainter, mask_generator=None, placements: list | None = None,
                            n_lesions: int | None = None, seed: int = 0, tissue_classes: list[int] | None = None,
-                           schedule: InpaintSchedule | None = None) -> ModelSpaceEdit:
+                           schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> ModelSpaceEdit:
     """Lesions into a preprocessed (normalised, target-spacing) scan; what ``synthesize`` runs in model space.
 
     ``placements`` are (class, centre, patch mask or None) tuples; without them they are drawn from the generator's
     priors. Preprocessed healthy scans (e.g. for synthetic training cases) go through here directly.
+    ``batch_lesions=False`` inpaints one lesion at a time (the reference the batched path is tested against).
     """
     rng = np.random.default_rng(seed)
     patch = plans.lesion_patch_size
     edited = images.copy()
     label_model = np.zeros(brain.shape, dtype=np.uint8)
     changed = np.zeros(brain.shape, dtype=bool)
-    records: list[dict] = []
     if placements is None:
         if mask_generator is None:
             raise LesiongenError("synthesis needs lesion masks or a mask generator")
@@ -137,7 +196,9 @@ def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.nda
             weights = placement_weights(brain, tissue, priors[str(label)], tissue_classes)
             placements.append((label, brain_coords[rng.choice(len(brain_coords), p=weights)], None))
 
+    batches = _LesionBatches(edited, label_model, changed, patch, inpainter, "insert", schedule, batch_lesions)
     for number, (label, centre, given) in enumerate(placements):
+        batches.make_room(centre)  # this lesion's patch must see the lesions already placed over it
         image_patch = extract_patch(edited, centre, patch, fill=0.0)
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
@@ -153,29 +214,26 @@ def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.nda
             if source == SPHERE_FALLBACK:
                 logger.warning("lesion %d: the %s masks were implausible %d time(s) (%s); used the sphere prior's "
                                "ellipsoid instead", number, mask_generator.kind, len(rejected), rejected[-1])
-        result = inpainter.inpaint(image_patch[None], mask[None], "insert", seed=int(rng.integers(2**31)),
-                                   schedule=schedule, brain=brain_patch[None])[0]
-        insert_patch(edited, result, centre)
-        existing = extract_patch(label_model, centre, patch, fill=0)
-        insert_patch(label_model, np.where(mask > 0, mask, existing).astype(np.uint8), centre)
-        region = extract_patch(changed, centre, patch, fill=False) | edit_region(mask > 0, inpainter.margin_voxels)
-        insert_patch(changed, region, centre)
-        records.append({"label": int(label), "centre_model_voxel": [int(c) for c in centre],
-                        "voxels_model": int((mask > 0).sum()), "mask_source": source, "rejected_masks": rejected})
-    return ModelSpaceEdit(edited, label_model, changed, records)
+        batches.add(_PendingLesion(
+            np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**31)),
+            {"label": int(label), "centre_model_voxel": [int(c) for c in centre],
+             "voxels_model": int((mask > 0).sum()), "mask_source": source, "rejected_masks": rejected}))
+    batches.flush()
+    return ModelSpaceEdit(edited, label_model, changed, batches.records)
 
 
 def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter, mask_generator=None,
                masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
                brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
-               tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None) -> SynthesisResult:
+               tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None,
+               batch_lesions: bool = True) -> SynthesisResult:
     """Put lesions into a healthy (c, z, y, x) scan; ``masks`` (a label map on the scan's grid) or generated ones."""
     if masks is None and mask_generator is None:
         raise LesiongenError("synthesis needs lesion masks or a mask generator")
     scan = to_model_space(images, spacing, plans, brain_mask, tissue)
     placements = _given_lesions(masks, scan, plans.lesion_patch_size) if masks is not None else None
     edit = synthesize_model_space(scan.images, scan.brain, scan.tissue, plans, inpainter, mask_generator,
-                                  placements, n_lesions, seed, tissue_classes, schedule)
+                                  placements, n_lesions, seed, tissue_classes, schedule, batch_lesions)
     out = paste_back(images, edit.images, edit.changed, scan, margin_voxels=1)
     return SynthesisResult(out, region_to_original(edit.label, scan).astype(np.uint8), edit.lesions)
 
@@ -248,19 +306,18 @@ def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan, patch_size: list[int
 
 def remove_lesions(images: np.ndarray, spacing: list[float], label: np.ndarray, plans: Plans, inpainter,
                    seed: int = 0, brain_mask: np.ndarray | None = None,
-                   schedule: InpaintSchedule | None = None) -> np.ndarray:
+                   schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> np.ndarray:
     """A pseudo-healthy version of a (c, z, y, x) scan: every lesion of ``label`` filled with healthy tissue."""
     rng = np.random.default_rng(seed)
     scan = to_model_space(images, spacing, plans, brain_mask)
     edited = scan.images.copy()
     changed = np.zeros(scan.model_shape, dtype=bool)
-    for _, centre, mask in _given_lesions(label, scan, plans.lesion_patch_size):
-        image_patch = extract_patch(edited, centre, plans.lesion_patch_size, fill=0.0)
-        brain_patch = extract_patch(scan.brain, centre, plans.lesion_patch_size, fill=False)
-        healed = inpainter.inpaint(image_patch[None], mask[None], "remove", seed=int(rng.integers(2**31)),
-                                   schedule=schedule, brain=brain_patch[None])[0]
-        insert_patch(edited, healed, centre)
-        region = extract_patch(changed, centre, plans.lesion_patch_size, fill=False) | \
-            edit_region(mask > 0, inpainter.margin_voxels)
-        insert_patch(changed, region, centre)
+    patch = plans.lesion_patch_size
+    batches = _LesionBatches(edited, None, changed, patch, inpainter, "remove", schedule, batch_lesions)
+    for _, centre, mask in _given_lesions(label, scan, patch):
+        batches.make_room(centre)
+        batches.add(_PendingLesion(centre, extract_patch(edited, centre, patch, fill=0.0),
+                                   extract_patch(scan.brain, centre, patch, fill=False), mask,
+                                   int(rng.integers(2**31)), {}))
+    batches.flush()
     return paste_back(images, edited, changed, scan, margin_voxels=1)

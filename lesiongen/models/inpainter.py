@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,7 +160,8 @@ class Inpainter(LesionModel):
         return twin
 
     def inpaint(self, images: np.ndarray, lesion_masks: np.ndarray, mode: str = INSERT,
-                contrast: np.ndarray | None = None, seed: int = 0, schedule: InpaintSchedule | None = None,
+                contrast: np.ndarray | None = None, seed: int | Sequence[int] = 0,
+                schedule: InpaintSchedule | None = None,
                 brain: np.ndarray | None = None, calibrate: bool | None = None) -> np.ndarray:
         """Insert lesions into (or remove them from) (n, C, z, y, x) patches at the plans' lesion patch size.
 
@@ -167,7 +169,9 @@ class Inpainter(LesionModel):
         (default: drawn from the training lesions); ignored in ``remove`` mode. ``schedule`` defaults to the
         model's sampler; ``calibrate`` (default: the configuration's ``calibrate_contrast``) shifts each inserted
         lesion to exactly its condition's contrast. Voxels farther than ``margin_voxels`` from the masks come back
-        bit-identical.
+        bit-identical. ``seed`` is one seed for the batch, or one per patch: each patch then draws (its condition
+        and its noise) exactly what a call with that patch alone and its seed draws, so patches of independent
+        lesions can share a batch without changing their results beyond float rounding.
         """
         if mode not in (INSERT, REMOVE):
             raise LesiongenError(f"inpainting mode must be '{INSERT}' or '{REMOVE}', got '{mode}'")
@@ -177,10 +181,15 @@ class Inpainter(LesionModel):
             raise LesiongenError(f"inpainting expects images (n, {self.n_channels}, *{self.patch_size}) and masks "
                                  f"(n, *{self.patch_size}); got {images.shape} and {lesion_masks.shape}")
         schedule = schedule or self.config.sampling
-        rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
+        per_patch = not isinstance(seed, (int, np.integer))
+        if per_patch and len(seed) != n:
+            raise LesiongenError(f"inpainting got {len(seed)} seeds for {n} patches")
+        seeds = [int(s) for s in seed] if per_patch else [int(seed)]
         if contrast is None:
-            contrast = self.draw_contrast(lesion_masks, rng)
+            contrast = np.concatenate([self.draw_contrast(lesion_masks[i:i + 1], np.random.default_rng(s))
+                                       for i, s in enumerate(seeds)]) if per_patch else \
+                self.draw_contrast(lesion_masks, np.random.default_rng(seeds[0]))
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
         lesion_any = lesion_masks > 0
         region = np.stack([edit_region(m, self.margin_voxels) for m in lesion_any])
         if brain is not None:
@@ -199,7 +208,7 @@ class Inpainter(LesionModel):
                                     np.full(len(known), mode == REMOVE), guidance)
             sampled, _ = repaint(predict, self.to_device(images[part]),
                                  self.to_device(region[part][:, None].astype(np.float32)), schedule,
-                                 self.config.schedule, generator)
+                                 self.config.schedule, generators[part] if per_patch else generators[0])
             generated = sampled.float().cpu().numpy()
             for i in range(len(known)):
                 out[start + i] = feather_blend(images[start + i], generated[i], lesion_any[start + i],
