@@ -434,11 +434,11 @@ def test_ganmask_noise_draws_give_different_masks(trained):
 
 def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminator(tiny_preprocessed, tmp_path,
                                                                                    monkeypatch):
-    """A run stopped after its step-2 checkpoint and continued with --c equals an uninterrupted one, bit for bit:
+    """A run stopped after its step-1 checkpoint and continued with --c equals an uninterrupted one, bit for bit:
     both networks, both optimisers, the EMA and the loss history."""
     from lesiongen.training.trainers.ganmask import GANMaskTrainer
 
-    args = [str(TINY.dataset_id), "ganmask", "0", "-device", "cpu", "--steps", "4", "--save_every", "2"]
+    args = [str(TINY.dataset_id), "ganmask", "0", "-device", "cpu", "--steps", "2", "--save_every", "1"]
     monkeypatch.setenv("lesiongen_results", str(tmp_path / "straight"))
     assert train_cli.main(args) == 0
     monkeypatch.setenv("lesiongen_results", str(tmp_path / "crashed"))
@@ -446,13 +446,13 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
 
     def save_then_crash(self, final=False):
         save(self, final)
-        raise KeyboardInterrupt  # as if killed right after writing checkpoint_latest.pt at step 2
+        raise KeyboardInterrupt  # as if killed right after writing checkpoint_latest.pt at step 1
 
     with monkeypatch.context() as patch:
         patch.setattr(GANMaskTrainer, "save", save_then_crash)
         assert train_cli.main(args) == 130  # interrupted
     crashed = dict(tiny_preprocessed, results=tmp_path / "crashed")
-    assert load_checkpoint(fold_folder(crashed, "ganmask") / LATEST)["step"] == 2
+    assert load_checkpoint(fold_folder(crashed, "ganmask") / LATEST)["step"] == 1
     assert train_cli.main(args + ["--c"]) == 0
     a = load_checkpoint(fold_folder(dict(tiny_preprocessed, results=tmp_path / "straight"), "ganmask") / FINAL)
     b = load_checkpoint(fold_folder(crashed, "ganmask") / FINAL)
