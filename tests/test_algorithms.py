@@ -144,10 +144,10 @@ def test_sampling_settings_round_trip_through_the_checkpoint_description(plans):
     from lesiongen.models.registry import model_config_from_state
 
     inpainter = Inpainter(plans, InpainterConfig(sampling=InpaintSchedule.few_step()), "cpu")
-    diffmask = DiffMaskGenerator(plans, DiffMaskConfig(priors=plans.sphere_priors,
-                                                       schedule=few_step_sampling(ScheduleConfig(prediction_type="sample")),
-                                                       threshold=-0.2, preset_thresholds={"default": 0.1, "few_step": -0.2}),
-                                 "cpu")
+    schedule = few_step_sampling(ScheduleConfig(prediction_type="sample"))
+    config = DiffMaskConfig(priors=plans.sphere_priors, schedule=schedule, threshold=-0.2,
+                            preset_thresholds={"default": 0.1, "few_step": -0.2})
+    diffmask = DiffMaskGenerator(plans, config, "cpu")
     for model in (inpainter, diffmask):
         _, config = model_config_from_state({"model": json.loads(json.dumps(model.description()))})
         assert config == model.config

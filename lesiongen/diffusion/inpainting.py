@@ -56,10 +56,6 @@ class InpaintSchedule:
         return cls(sampler="ddim", num_inference_steps=int(steps), n_jumps=0, guidance_scale=1.0,
                    timestep_spacing=FEW_STEP_SPACING, clean_final_step=True)
 
-    def evaluations_per_patch(self, guided: bool) -> int:
-        """Network evaluations per patch: denoising steps, twice over with classifier-free guidance."""
-        return denoising_steps(self) * (2 if guided and self.guidance_scale != 1.0 else 1)
-
 
 def make_scheduler(schedule: InpaintSchedule, config: ScheduleConfig):
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from lesiongen.diffusion.presets import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEP_SPACING, FEW_STEPS, SAMPLING_PRESETS
+from lesiongen.diffusion.presets import (DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEP_SPACING, FEW_STEPS,
+                                        SAMPLING_PRESETS)
 
 SAMPLERS = ("dpm_solver", "ddim", "ddpm")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for what the network predicts
