@@ -1,14 +1,15 @@
 """Few-step sampling against today's default sampler, side by side on the same trained models (issue 15).
 
     python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
-        [--max_patches 32] [-n 64] [--seed 0] [--realistic] [-device cpu] [--work DIR] [--json FILE]
+        [--max_patches 32] [-n 48] [--seeds 0 1] [--realistic] [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
 at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
 trained on fold 0 with their default settings (diffmask's threshold is calibrated after training for each sampling
 preset, so both samplers run the same weights with the threshold fitted to them). Then, on fold 0's held-out
-lesion patches, each model is evaluated twice, once per sampler (``--sampling default`` and ``--sampling
-few_step``):
+lesion patches, each model is evaluated once per sampler (``--sampling default`` and ``--sampling few_step``) and
+evaluation seed (``--seeds``: other fake-mask placements, sampling noise and spheres; the table gives the mean and
+the spread over seeds):
 
 * ``lesiongen_evaluate_inpainting``: network evaluations and seconds per patch (counted by the model), remove mode on
   fake masks over healthy tissue (in-mask SSIM / PSNR after BraTS-style normalisation, in-mask spread ratio), remove
@@ -32,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -65,38 +68,48 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                              str(args.diffmask_steps)], env, minutes)
     _step("train_inpaint", [str(bin_dir / "lesiongen_train"), "501", "inpaint", *common, "--steps",
                             str(args.inpaint_steps)], env, minutes)
-    reports: dict[str, dict] = {"inpainting": {}, "masks": {}}
-    for sampling in SAMPLINGS:
-        out = work / f"inpainting_{sampling}"
-        _step(f"evaluate_inpainting_{sampling}", [
-            str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
-            args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches", "0",
-            "--seed", str(args.seed), "-o", str(out)], env, minutes)
-        reports["inpainting"][sampling] = json.loads((out / "inpainting_evaluation.json").read_text())
-        out = work / f"masks_{sampling}"
-        _step(f"evaluate_masks_{sampling}", [
-            str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device", args.device,
-            "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed", str(args.seed), "-o",
-            str(out)], env, minutes)
-        reports["masks"][sampling] = json.loads((out / "mask_evaluation.json").read_text())
+    reports: dict[str, dict] = {"inpainting": {s: [] for s in SAMPLINGS}, "masks": {s: [] for s in SAMPLINGS}}
+    for seed in args.seeds:
+        for sampling in SAMPLINGS:  # alternating, so both samplers meet the same load on a shared machine
+            out = work / f"inpainting_{sampling}_seed{seed}"
+            _step(f"evaluate_inpainting_{sampling}_seed{seed}", [
+                str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+                args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches", "0",
+                "--seed", str(seed), "-o", str(out)], env, minutes)
+            reports["inpainting"][sampling].append(json.loads((out / "inpainting_evaluation.json").read_text()))
+            out = work / f"masks_{sampling}_seed{seed}"
+            _step(f"evaluate_masks_{sampling}_seed{seed}", [
+                str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+                args.device, "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed", str(seed),
+                "-o", str(out)], env, minutes)
+            reports["masks"][sampling].append(json.loads((out / "mask_evaluation.json").read_text()))
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     return {"minutes": minutes, **reports}
 
 
-def comparison_rows(reports: dict) -> list[tuple[str, float | None, float | None]]:
-    """(metric, default, few-step) for the table and the JSON."""
+def _lookup(report, keys: tuple) -> float | None:
+    for key in keys:
+        if report is None:
+            return None
+        report = report[key] if isinstance(report, dict) else report[int(key)]
+    return report
+
+
+def _over_seeds(reports: list[dict], keys: tuple) -> dict:
+    """Mean and standard deviation over the evaluation seeds of one value of the reports."""
+    values = [v for v in (_lookup(r, keys) for r in reports) if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "per_seed": []}
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": values}
+
+
+def comparison_rows(reports: dict) -> list[dict]:
+    """Per metric: default and few-step (mean and spread over seeds) for the table and the JSON."""
     rows = []
-    inpainting = reports["inpainting"]
+    inpainting, masks = reports["inpainting"], reports["masks"]
 
-    def value(report: dict, *keys):
-        for key in keys:
-            if report is None:
-                return None
-            report = report[key] if isinstance(report, dict) else report[int(key)]
-        return report
-
-    def add(name: str, *keys) -> None:
-        rows.append((name, *(value(inpainting[s], *keys) for s in SAMPLINGS)))
+    def add(name: str, *keys, source: dict = inpainting) -> None:
+        rows.append({"metric": name, **{s: _over_seeds(source[s], keys) for s in SAMPLINGS}})
 
     add("inpaint: network evaluations / patch, remove", "remove_fake_masks", "speed", "network_evaluations_per_patch")
     add("inpaint: network evaluations / patch, insert", "insert", "speed", "network_evaluations_per_patch")
@@ -107,37 +120,35 @@ def comparison_rows(reports: dict) -> list[tuple[str, float | None, float | None
     add("remove (fake masks): in-mask MSE", "remove_fake_masks", "mse")
     add("remove (fake masks): in-mask spread ratio", "remove_fake_masks", "std_ratio")
     add("remove (real lesions): mean |contrast| after", "remove_real_lesions", "mean_abs_contrast_after")
-    channels = len(inpainting[SAMPLINGS[0]]["insert"]["contrast_real_mean"])
+    channels = len(inpainting[SAMPLINGS[0]][0]["insert"]["contrast_real_mean"])
     for section, label in (("insert", "insert"), ("insert_uncalibrated", "insert, uncalibrated")):
         for c in range(channels):
             add(f"{label}: contrast W / real std, ch {c}", section, "contrast_wasserstein_over_real_std", c)
             add(f"{label}: contrast mean ratio, ch {c}", section, "contrast_mean_ratio", c)
         add(f"{label}: DiffMapIoU", section, "diff_map_iou")
     add("insert: SSIM outside the mask", "insert", "ssim_outside")
-    masks = {s: reports["masks"][s] for s in SAMPLINGS}
-    rows.append(("diffmask: network evaluations / mask",
-                 *(masks[s]["timing"]["diffmask"]["network_evaluations_per_mask"] for s in SAMPLINGS)))
-    rows.append(("diffmask: seconds / mask", *(masks[s]["timing"]["diffmask"]["seconds_per_mask"] for s in SAMPLINGS)))
-    for metric in masks[SAMPLINGS[0]]["methods"]["diffmask"]["wasserstein"]:
-        rows.append((f"diffmask: Wasserstein {metric}",
-                     *(masks[s]["methods"]["diffmask"]["wasserstein"][metric] for s in SAMPLINGS)))
+    add("diffmask: network evaluations / mask", "timing", "diffmask", "network_evaluations_per_mask", source=masks)
+    add("diffmask: seconds / mask", "timing", "diffmask", "seconds_per_mask", source=masks)
+    for metric in masks[SAMPLINGS[0]][0]["methods"]["diffmask"]["wasserstein"]:
+        add(f"diffmask: Wasserstein {metric}", "methods", "diffmask", "wasserstein", metric, source=masks)
+    for row in rows:
+        default, few = row["default"]["mean"], row["few_step"]["mean"]
+        row["few_step_over_default"] = few / default if default not in (None, 0) and few is not None else None
     return rows
 
 
-def _ratio(default: float | None, few: float | None) -> float | None:
-    if default is None or few is None or default == 0:
-        return None
-    return few / default
-
-
-def print_table(rows: list[tuple[str, float | None, float | None]]) -> None:
+def print_table(rows: list[dict]) -> None:
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4g}"
 
-    print(f"| metric | default | few_step | few_step / default |")
+    def cell(entry: dict) -> str:
+        return fmt(entry["mean"]) + (f" ± {entry['std']:.2g}" if len(entry["per_seed"]) > 1 else "")
+
+    print("| metric | default | few_step | few_step / default |")
     print("|---|---|---|---|")
-    for name, default, few in rows:
-        print(f"| {name} | {fmt(default)} | {fmt(few)} | {fmt(_ratio(default, few))} |")
+    for row in rows:
+        print(f"| {row['metric']} | {cell(row['default'])} | {cell(row['few_step'])} | "
+              f"{fmt(row['few_step_over_default'])} |")
 
 
 def main() -> None:
@@ -146,8 +157,8 @@ def main() -> None:
     parser.add_argument("--inpaint_steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8, help="training batch of diffmask and the inpainter")
     parser.add_argument("--max_patches", type=int, default=32, help="held-out lesion patches for the inpainter")
-    parser.add_argument("-n", dest="n_masks", type=int, default=64, help="diffmask masks per sampler")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("-n", dest="n_masks", type=int, default=48, help="diffmask masks per sampler and seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="evaluation seeds")
     parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("-device", default="cpu")
@@ -162,13 +173,11 @@ def main() -> None:
     rows = comparison_rows(reports)
     print_table(rows)
     print(f"wall time {reports['minutes']['wall']:.1f} min")
-    models = {**reports["masks"]["default"]["provenance"]["models"],
-              **reports["inpainting"]["default"]["provenance"]["models"]}
+    models = {**reports["masks"]["default"][0]["provenance"]["models"],
+              **reports["inpainting"]["default"][0]["provenance"]["models"]}
     name = "few_step_sampling" + ("_realistic" if args.realistic else "")
-    write_results(name, {"settings": {k: str(v) for k, v in vars(args).items()}, "models": models,
-                         "minutes": reports["minutes"],
-                         "table": [{"metric": n, "default": d, "few_step": f, "few_step_over_default": _ratio(d, f)}
-                                   for n, d, f in rows],
+    write_results(name, {"settings": {k: str(v) for k, v in vars(args).items()}, "command": " ".join(sys.argv),
+                         "models": models, "minutes": reports["minutes"], "table": rows,
                          "inpainting_evaluation": reports["inpainting"], "mask_evaluation": reports["masks"]},
                   args.json)
 

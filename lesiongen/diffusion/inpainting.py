@@ -5,7 +5,7 @@ reference, or the few-step preset). Before every denoising step the known region
 noised to the current level, so the model only ever invents the region to inpaint. A few *resampling jumps*
 (RePaint) go back ``jump_length`` steps by re-noising with q(x_t | x_s) and denoise again, which lets the generated
 region harmonise with its surroundings. The few-step preset has no jumps and no guidance: 4 deterministic DDIM steps
-from pure noise (trailing timesteps), the last returning the network's clean estimate.
+from (nearly) pure noise, the last returning the network's clean estimate.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from scipy import ndimage
 
-from lesiongen.diffusion.presets import FEW_STEPS
+from lesiongen.diffusion.presets import FEW_STEP_SPACING, FEW_STEPS
 from lesiongen.diffusion.schedules import TIMESTEP_SPACINGS, ScheduleConfig
 
 
@@ -54,11 +54,7 @@ class InpaintSchedule:
         """``steps`` deterministic DDIM steps from pure noise, no resampling jumps and no classifier-free guidance
         (insert mode's contrast calibration sets the lesion contrast instead): ``steps`` evaluations per patch."""
         return cls(sampler="ddim", num_inference_steps=int(steps), n_jumps=0, guidance_scale=1.0,
-                   timestep_spacing="trailing", clean_final_step=True)
-
-    def evaluations_per_patch(self, guided: bool) -> int:
-        """Network evaluations per patch: denoising steps, twice over with classifier-free guidance."""
-        return denoising_steps(self) * (2 if guided and self.guidance_scale != 1.0 else 1)
+                   timestep_spacing=FEW_STEP_SPACING, clean_final_step=True)
 
 
 def make_scheduler(schedule: InpaintSchedule, config: ScheduleConfig):

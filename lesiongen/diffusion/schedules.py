@@ -1,5 +1,5 @@
 """Noise schedules from diffusers: DDPM for training, a DPM-Solver++ / DDIM schedule for sampling, and the few-step
-preset (deterministic DDIM over trailing timesteps whose last step returns the network's clean estimate)."""
+preset (a few deterministic DDIM steps, the last of which returns the network's clean estimate)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from lesiongen.diffusion.presets import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEPS, SAMPLING_PRESETS
+from lesiongen.diffusion.presets import (DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEP_SPACING, FEW_STEPS,
+                                        SAMPLING_PRESETS)
 
 SAMPLERS = ("dpm_solver", "ddim", "ddpm")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for what the network predicts
@@ -53,10 +54,11 @@ def default_sampling(config: ScheduleConfig) -> ScheduleConfig:
 
 
 def few_step_sampling(config: ScheduleConfig, steps: int = FEW_STEPS) -> ScheduleConfig:
-    """``config``'s training schedule sampled in ``steps`` deterministic DDIM steps from the last training timestep
-    (trailing spacing), the last of which returns the network's clean estimate: for x0-predicting models."""
-    return dataclasses.replace(config, sampler="ddim", num_inference_steps=int(steps), timestep_spacing="trailing",
-                               clean_final_step=True)
+    """``config``'s training schedule sampled in ``steps`` deterministic DDIM steps (spaced as
+    :data:`~lesiongen.diffusion.presets.FEW_STEP_SPACING`), the last of which returns the network's clean estimate:
+    for x0-predicting models."""
+    return dataclasses.replace(config, sampler="ddim", num_inference_steps=int(steps),
+                               timestep_spacing=FEW_STEP_SPACING, clean_final_step=True)
 
 
 def sampling_preset(config: ScheduleConfig, name: str) -> ScheduleConfig:

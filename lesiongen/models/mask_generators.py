@@ -269,7 +269,8 @@ class DiffMaskGenerator(MaskGenerator):
         if sampling == MODEL_SAMPLING:
             return self
         if sampling not in SAMPLING_PRESETS:
-            raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, {', '.join(SAMPLING_PRESETS)}")
+            raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, "
+                                 f"{', '.join(SAMPLING_PRESETS)}")
         if sampling not in self.config.preset_thresholds:
             raise LesiongenError(f"{self.checkpoint or self.kind}: has no threshold calibrated for the '{sampling}' "
                                  "sampler (trained before sampling presets); retrain it or use its own sampler")

@@ -83,7 +83,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         for name in SAMPLING_PRESETS:
             preset = sampling_preset(own, name)
             details[name] = details["own"] if preset == own else self.calibrate(model, preset, index)
-        model.config.threshold = details["own"]["threshold"]
+        best = details["own"]["threshold"]
+        model.config.threshold = best
         model.config.preset_thresholds = {name: details[name]["threshold"] for name in SAMPLING_PRESETS}
         real_count, real_volume = count_and_volume(self.data.masks[index])
         logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s",
