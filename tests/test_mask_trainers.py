@@ -167,15 +167,16 @@ def test_resume_after_kill_reaches_the_same_weights(trained, tmp_path, monkeypat
     assert [(r["from_step"], r["to_step"]) for r in b["provenance"]["runs"]] == [(0, 8), (stopped_at, 8)]
 
 
-def test_torchrun_two_processes_on_cpu(trained, tmp_path):
+@pytest.mark.parametrize("name", ["unetmask", "ganmask"])  # ganmask: two networks, one output layer unused
+def test_torchrun_two_processes_on_cpu(trained, tmp_path, name):
     folders, _ = trained
     run = dict(folders, results=tmp_path / "ddp")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lesiongen.cli.train", str(TINY.dataset_id), "unetmask", "0", "-device", "cpu", "--steps", "3"],
+         "-m", "lesiongen.cli.train", str(TINY.dataset_id), name, "0", "-device", "cpu", "--steps", "3"],
         env=env_of(run), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    state = load_checkpoint(fold_folder(run, "unetmask") / FINAL)
+    state = load_checkpoint(fold_folder(run, name) / FINAL)
     assert state["world_size"] == 2 and state["step"] == 3
     assert len(state["rng"]) == 2  # each process's generator state, for an exact resume
 
