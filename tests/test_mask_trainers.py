@@ -198,6 +198,21 @@ def test_bad_arguments_give_one_line(trained, capsys, argv, message):
     assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1]
 
 
+def test_ganmask_on_plans_from_before_ganmask_is_a_one_line_error(tiny_preprocessed, capsys):
+    """Plans written before ganmask have no GAN networks: one line says to plan again, no traceback."""
+    folder = tiny_preprocessed["preprocessed"] / DATASET
+    plans = json.loads((folder / "lesiongenPlans.json").read_text())
+    for name in ("gan_generator", "gan_discriminator"):
+        del plans["stages"]["mask_generation"]["networks"][name]
+    plans.update(plans_name="lesiongenPlansOld", data_identifier="lesiongenPlans")
+    (folder / "lesiongenPlansOld.json").write_text(json.dumps(plans))
+    assert train_cli.main(["501", "ganmask", "0", "-device", "cpu", "--steps", "1", "-p", "lesiongenPlansOld"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == ("error: plans lesiongenPlansOld were written before ganmask and have no GAN "
+                                    "networks; run lesiongen_plan_and_preprocess again")
+
+
 def test_corrupt_checkpoint_is_a_one_line_error(trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
