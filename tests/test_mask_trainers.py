@@ -195,15 +195,16 @@ def test_resume_after_kill_reaches_the_same_weights(trained, tmp_path, monkeypat
     assert [(r["from_step"], r["to_step"]) for r in b["provenance"]["runs"]] == [(0, 8), (stopped_at, 8)]
 
 
-def test_torchrun_two_processes_on_cpu(trained, tmp_path):
+@pytest.mark.parametrize("name", ["unetmask", "ganmask"])  # ganmask: two networks, one output layer unused
+def test_torchrun_two_processes_on_cpu(trained, tmp_path, name):
     folders, _ = trained
     run = dict(folders, results=tmp_path / "ddp")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lesiongen.cli.train", str(TINY.dataset_id), "unetmask", "0", "-device", "cpu", "--steps", "3"],
+         "-m", "lesiongen.cli.train", str(TINY.dataset_id), name, "0", "-device", "cpu", "--steps", "3"],
         env=env_of(run), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    state = load_checkpoint(fold_folder(run, "unetmask") / FINAL)
+    state = load_checkpoint(fold_folder(run, name) / FINAL)
     assert state["world_size"] == 2 and state["step"] == 3
     assert len(state["rng"]) == 2  # each process's generator state, for an exact resume
 
@@ -223,6 +224,21 @@ def test_bad_arguments_give_one_line(trained, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1]
+
+
+def test_ganmask_on_plans_from_before_ganmask_is_a_one_line_error(tiny_preprocessed, capsys):
+    """Plans written before ganmask have no GAN networks: one line says to plan again, no traceback."""
+    folder = tiny_preprocessed["preprocessed"] / DATASET
+    plans = json.loads((folder / "lesiongenPlans.json").read_text())
+    for name in ("gan_generator", "gan_discriminator"):
+        del plans["stages"]["mask_generation"]["networks"][name]
+    plans.update(plans_name="lesiongenPlansOld", data_identifier="lesiongenPlans")
+    (folder / "lesiongenPlansOld.json").write_text(json.dumps(plans))
+    assert train_cli.main(["501", "ganmask", "0", "-device", "cpu", "--steps", "1", "-p", "lesiongenPlansOld"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == ("error: plans lesiongenPlansOld were written before ganmask and have no GAN "
+                                    "networks; run lesiongen_plan_and_preprocess again")
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(trained, tmp_path, capsys):

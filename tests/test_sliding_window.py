@@ -17,7 +17,7 @@ import torch
 
 from lesiongen.models.networks import (
     PLAIN_CONV_UNET,
-    ConvTranspose3dAsMatmul,
+    ConvTranspose3dAsPointwiseConv,
     InstanceNorm3dViaGroupNorm,
     build_network,
 )
@@ -388,7 +388,7 @@ def _with_torch_layers(network: torch.nn.Module) -> torch.nn.Module:
 def test_cpu_inference_layers_give_torch_layers_result():
     net = _small_unet(seed=6)
     kinds = {type(m) for m in net.modules()}
-    assert InstanceNorm3dViaGroupNorm in kinds and ConvTranspose3dAsMatmul in kinds
+    assert InstanceNorm3dViaGroupNorm in kinds and ConvTranspose3dAsPointwiseConv in kinds
     torch_net = _with_torch_layers(net)
     torch.manual_seed(6)
     x = torch.randn(2, 2, 16, 12, 8) * 4 + 30  # a batch of two; a large mean the normalisation must not lose
@@ -400,9 +400,9 @@ def test_cpu_inference_layers_give_torch_layers_result():
 
 @pytest.mark.parametrize("kernel, stride, bias", [((2, 2, 1), (2, 2, 1), True), ((2, 2, 2), (2, 2, 2), False),
                                                   ((3, 2, 3), (2, 2, 2), True)])  # the last: torch's own code
-def test_transposed_convolution_as_matmul(kernel, stride, bias):
+def test_transposed_convolution_as_pointwise_convolution(kernel, stride, bias):
     torch.manual_seed(7)
-    layer = ConvTranspose3dAsMatmul(5, 3, kernel, stride, bias=bias)
+    layer = ConvTranspose3dAsPointwiseConv(5, 3, kernel, stride, bias=bias)
     x = torch.randn(2, 5, 4, 3, 5)
     with torch.no_grad():
         expected = torch.nn.functional.conv_transpose3d(x, layer.weight, layer.bias, stride)

@@ -64,7 +64,12 @@ class GANMaskTrainer(MaskTrainer):
                                  weight_decay=self.weight_decay)
 
     def initialise_networks(self) -> None:
-        start_at_lesion_prior(self.networks["generator"])
+        generator = self.networks["generator"]
+        start_at_lesion_prior(generator)
+        # without deep supervision only the last output layer is used: the others would leave DDP waiting for
+        # gradients that never come
+        for layer in generator.decoder.seg_layers[:-1]:
+            layer.requires_grad_(False)
 
     def initialize(self) -> None:
         super().initialize()
