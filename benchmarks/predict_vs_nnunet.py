@@ -140,7 +140,7 @@ def write_nnunet_model(results: Path, dataset_name: str, raw_dataset: Path, lesi
     dataset_json = {k: dataset_json[k] for k in ("name", "description", "channel_names", "labels", "numTraining",
                                                  "file_ending") if k in dataset_json}
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    state = torch.load(lesiongen_model / "fold_0" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    state = torch.load(lesiongen_model / "fold_0" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     weights = {k: v.detach().clone() for k, v in ema_weights(state["ema"]["unet"]).items()}
     torch.save({"network_weights": weights,
                 "init_args": {"plans": None, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json,

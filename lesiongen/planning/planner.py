@@ -125,6 +125,12 @@ def _segmentation_stage(fingerprint: DatasetFingerprint, spacing: list[float], m
     initial = inverse * (256**3 / np.prod(inverse)) ** (1 / 3)
     initial = [int(min(round(i), m)) for i, m in zip(initial, median_shape)]
     unet = topo.shrink_until_fits(spacing, initial, median_shape, memory_gb, n_channels, n_classes)
+    return _unet_stage(fingerprint, unet, memory_gb, n_channels, n_classes)
+
+
+def _unet_stage(fingerprint: DatasetFingerprint, unet: topo.UNetTopology, memory_gb: float, n_channels: int,
+                n_classes: int, slice_axis: int | None = None) -> StagePlan:
+    """A segmentation stage for a sized UNet: batch size from the memory estimate, capped at 5 % of the dataset."""
     elements = topo.unet_activation_elements(unet, n_channels, n_classes)
     dataset_voxels = float(np.sum([np.prod(s) for s in fingerprint.shapes_after_crop]))
     cap = max(2, int(round(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / np.prod(unet.patch_size))))
@@ -137,6 +143,7 @@ def _segmentation_stage(fingerprint: DatasetFingerprint, spacing: list[float], m
         num_epochs=epochs,
         iterations_per_epoch=iterations,
         estimated_memory_gb=round(topo.unet_memory_gb(elements, batch), 3),
+        slice_axis=slice_axis,
     )
 
 
@@ -152,20 +159,7 @@ def _segmentation_2d_stage(fingerprint: DatasetFingerprint, spacing: list[float]
     initial = inverse * (2048**2 / np.prod(inverse)) ** (1 / 2)
     initial = [int(min(round(i), m)) for i, m in zip(initial, plane_shape)]
     unet = topo.shrink_until_fits(plane_spacing, initial, plane_shape, memory_gb, n_channels, n_classes)
-    elements = topo.unet_activation_elements(unet, n_channels, n_classes)
-    dataset_voxels = float(np.sum([np.prod(s) for s in fingerprint.shapes_after_crop]))
-    cap = max(2, int(round(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / np.prod(unet.patch_size))))
-    batch = topo.unet_batch_size(elements, memory_gb, cap)
-    epochs, iterations = TRAINING_LENGTH["segmentation"]
-    return StagePlan(
-        patch_size=unet.patch_size,
-        batch_size=batch,
-        networks={"unet": plain_unet_plan(unet, n_channels, n_classes)},
-        num_epochs=epochs,
-        iterations_per_epoch=iterations,
-        estimated_memory_gb=round(topo.unet_memory_gb(elements, batch), 3),
-        slice_axis=slice_axis,
-    )
+    return _unet_stage(fingerprint, unet, memory_gb, n_channels, n_classes, slice_axis)
 
 
 def plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -> NetworkPlan:
