@@ -435,19 +435,21 @@ from lesiongen.utilities.devices import reuse_cpu_tensor_memory
 assert reuse_cpu_tensor_memory()
 import torch
 faults = []
-for _ in range(3):
+for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = torch.empty(8 * 2**20)  # 32 MB, freed again: as a forward pass's activations are
     block.fill_(1.0)
     del block
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(faults[-1])
+print(min(faults[1:]))
 """
 
 
 @pytest.mark.skipif(not _huge_pages_and_glibc(), reason="needs Linux, glibc and transparent huge pages")
 def test_reuse_cpu_tensor_memory_maps_a_freed_block_only_once():
     # By default every 32 MB block is mapped anew: 8192 page faults each time (16 and more with huge pages alone).
+    # The quietest reallocation counts: on a busy machine the kernel's compaction or khugepaged may migrate a reused
+    # page now and then (hundreds of faults once), which says nothing about whether the block was mapped anew.
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     result = subprocess.run([sys.executable, "-c", _REALLOCATION_FAULTS], capture_output=True, text=True,
                             timeout=120, env=env)
