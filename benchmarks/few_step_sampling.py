@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,19 +37,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import require_new_folder, write_results  # noqa: E402
+from measure import require_new_folder, run_step, write_results  # noqa: E402
 
 SAMPLINGS = ("default", "few_step")
 PLANS = "lesiongenPlansCPU"
-
-
-def _step(name: str, command: list[str], env: dict, minutes: dict) -> None:
-    print(f"+ {Path(command[0]).name} {' '.join(command[1:])}", flush=True)
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{name} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
-    minutes[name] = round((time.perf_counter() - start) / 60, 2)
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -59,26 +49,26 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     bin_dir = Path(sys.executable).parent
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    _step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset"), *(["--realistic"] if args.realistic else [])],
+    run_step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset"), *(["--realistic"] if args.realistic else [])],
           env, minutes)
-    _step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np",
+    run_step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np",
                                    str(args.num_processes), "--preset", "cpu"], env, minutes)
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
-    _step("train_diffmask", [str(bin_dir / "lesiongen_train"), "501", "diffmask", *common, "--steps",
+    run_step("train_diffmask", [str(bin_dir / "lesiongen_train"), "501", "diffmask", *common, "--steps",
                              str(args.diffmask_steps)], env, minutes)
-    _step("train_inpaint", [str(bin_dir / "lesiongen_train"), "501", "inpaint", *common, "--steps",
+    run_step("train_inpaint", [str(bin_dir / "lesiongen_train"), "501", "inpaint", *common, "--steps",
                             str(args.inpaint_steps)], env, minutes)
     reports: dict[str, dict] = {"inpainting": {s: [] for s in SAMPLINGS}, "masks": {s: [] for s in SAMPLINGS}}
     for seed in args.seeds:
         for sampling in SAMPLINGS:  # alternating, so both samplers meet the same load on a shared machine
             out = work / f"inpainting_{sampling}_seed{seed}"
-            _step(f"evaluate_inpainting_{sampling}_seed{seed}", [
+            run_step(f"evaluate_inpainting_{sampling}_seed{seed}", [
                 str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
                 args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches", "0",
                 "--seed", str(seed), "-o", str(out)], env, minutes)
             reports["inpainting"][sampling].append(json.loads((out / "inpainting_evaluation.json").read_text()))
             out = work / f"masks_{sampling}_seed{seed}"
-            _step(f"evaluate_masks_{sampling}_seed{seed}", [
+            run_step(f"evaluate_masks_{sampling}_seed{seed}", [
                 str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
                 args.device, "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed", str(seed),
                 "-o", str(out)], env, minutes)

@@ -98,3 +98,16 @@ def require_new_folder(folder: Path | None) -> None:
     """A benchmark starts from scratch: a work folder given by the user must be new or empty."""
     if folder is not None and folder.exists() and any(folder.iterdir()):
         raise SystemExit(f"{folder}: not empty; the benchmark starts from scratch (give a new or empty folder)")
+
+
+def run_step(name: str, command: list[str], env: dict, minutes: dict) -> None:
+    """One step of a from-scratch benchmark: run ``command``, stop the benchmark with its output tail when it
+    fails, record its minutes under ``name``."""
+    import sys
+
+    print(f"+ {Path(command[0]).name} {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{name} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+    minutes[name] = round((time.perf_counter() - start) / 60, 2)

@@ -16,22 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _step(name: str, command: list[str], env: dict, minutes: dict) -> None:
-    print(f"{name} ...", flush=True)
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{name} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
-    minutes[name] = round((time.perf_counter() - start) / 60, 2)
+from measure import run_step  # noqa: E402
 
 
 def main() -> None:
@@ -65,23 +58,23 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     bin_dir = Path(sys.executable).parent
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    _step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset")], env, minutes)
-    _step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np", "2",
+    run_step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset")], env, minutes)
+    run_step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np", "2",
                                    "--preset", "cpu"], env, minutes)
     plans = ["-p", "lesiongenPlansCPU"]
     train = [str(bin_dir / "lesiongen_train"), "501"]
     common = ["0", "-device", args.device, *plans]
-    _step("spheremask", train + ["spheremask", *common], env, minutes)
-    _step("unetmask", train + ["unetmask", *common, "--steps", str(args.mask_steps), "--batch_size",
+    run_step("spheremask", train + ["spheremask", *common], env, minutes)
+    run_step("unetmask", train + ["unetmask", *common, "--steps", str(args.mask_steps), "--batch_size",
                                str(args.batch)], env, minutes)
-    _step("diffmask", train + ["diffmask", *common, "--steps", str(args.diffmask_steps), "--batch_size",
+    run_step("diffmask", train + ["diffmask", *common, "--steps", str(args.diffmask_steps), "--batch_size",
                                str(args.diffmask_batch)], env, minutes)
-    _step("inpaint", train + ["inpaint", *common, "--steps", str(args.inpaint_steps), "--batch_size",
+    run_step("inpaint", train + ["inpaint", *common, "--steps", str(args.inpaint_steps), "--batch_size",
                               str(args.batch)], env, minutes)
     masks_out, inpaint_out = work / "mask_evaluation", work / "inpainting_evaluation"
-    _step("evaluate_masks", [str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-n",
+    run_step("evaluate_masks", [str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-n",
                              str(args.n_masks), "-device", args.device, *plans, "-o", str(masks_out)], env, minutes)
-    _step("evaluate_inpainting", [str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0",
+    run_step("evaluate_inpainting", [str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0",
                                   "--full_patches", "0", "-device", args.device, *plans, "-o", str(inpaint_out)], env,
           minutes)
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)

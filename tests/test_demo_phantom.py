@@ -262,3 +262,42 @@ def test_make_demo_dataset_takes_shape_and_spacing(tmp_path, capsys):
     assert image.shape == (20, 24, 18) and tuple(geometry.spacing_zyx) == pytest.approx((3.0, 2.5, 2.0))
     assert main_make_demo_dataset(["-o", str(tmp_path / "small"), "--shape", "8", "24", "24"]) == 1
     assert "shape must be 3 sizes of at least 16 voxels" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ whole heads (brain extraction)
+HEADS = DemoConfig(dataset_id=778, dataset_name="HeadTest", n_lesion_cases=2, n_healthy=1, n_test=1,
+                   shape=(54, 62, 54), spacing=(3.0, 3.0, 3.0), seed=4, whole_head=True)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_whole_head_wraps_the_brain_in_dark_bone_bright_scalp_and_noisy_air(seed):
+    head = make_phantom(HEADS.shape, HEADS.spacing, np.random.default_rng(seed), 2, whole_head=True)
+    brain = head.brain_mask > 0
+    outside_mm = ndimage.distance_transform_edt(~brain, sampling=HEADS.spacing)
+    reference = np.median(head.t1[brain])
+
+    def shell(low: float, high: float) -> float:  # median T1 between low and high mm outside the brain
+        return float(np.median(head.t1[(outside_mm > low) & (outside_mm <= high)]) / reference)
+
+    assert shell(0, 3) < 0.45  # the skull's inner table: dark right outside the brain
+    assert max(shell(3, 6), shell(6, 9), shell(9, 12)) > 0.8  # then marrow and scalp fat, bright on T1
+    assert shell(18, 30) < 0.08  # air
+    # noise everywhere: "nonzero = brain" (right for skull-stripped scans) is wrong for a whole head
+    assert (head.t1[~brain] != 0).mean() > 0.99 and (head.flair[~brain] != 0).mean() > 0.99
+
+
+def test_whole_head_dataset_is_a_brain_extraction_task(tmp_path):
+    folder = write_demo_dataset(tmp_path, HEADS)
+    content = read_json(folder / "dataset.json")
+    assert content["labels"] == {"background": 0, "brain": 1} and "tissue_labels" not in content
+    assert _names(folder) == {"dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesHealthy"}
+    # each label is its subject's brain mask (the same subject drawn again from its seed), not its lesions
+    for split, case in (("training", "demo_000"), ("test", "test_000")):
+        rng = phantom._subject_rng(HEADS.seed, split, 0)
+        subject = make_phantom(HEADS.shape, HEADS.spacing, rng, int(rng.integers(2, 9)), HEADS.lesion_radius_mm,
+                               whole_head=True)
+        folder_name = "labelsTr" if split == "training" else "labelsTs"
+        label, _ = read_image(folder / folder_name / f"{case}{ENDING}")
+        np.testing.assert_array_equal(label, subject.brain_mask)
+        assert subject.label.any() and subject.label.sum() < 0.1 * label.sum()
+

@@ -247,3 +247,104 @@ def test_kill_9_during_prediction_then_continue_leaves_no_partial(oblique_inputs
         label, _ = read_image(out / f"{case}.nrrd")
         with np.load(out / f"{case}.npz") as data:
             assert data["probabilities"].shape[1:] == label.shape
+
+
+
+# ---------------------------------------------------------------------------------- brain extraction
+SEG_FOLDER = "seg_none__lesiongenPlans"  # one foreground class: usable as a brain model once its network is an oracle
+
+
+def _oracle_brain(monkeypatch) -> None:
+    """Every Segmenter becomes a brain-extraction oracle: in model space the middle half of each axis is brain but
+    for a cavity at its centre, plus a stray blob in a corner, so cleaning has a known answer (the filled box)."""
+    from lesiongen.models.segmenter import Segmenter
+
+    def oracle(self, images, mirror=True):
+        shape = images.shape[1:]
+        brain = np.zeros(shape, dtype=bool)
+        brain[tuple(slice(s // 4, s - s // 4) for s in shape)] = True
+        brain[tuple(slice(s // 2 - 1, s // 2 + 1) for s in shape)] = False  # a ventricle-like cavity
+        brain[:2, :2, :2] = True  # a piece of scalp the network mistook for brain
+        return np.stack([~brain, brain]).astype(np.float32)
+
+    monkeypatch.setattr(Segmenter, "predict_probabilities", oracle)
+
+
+def _expected_brain(images_folder: Path, plans) -> np.ndarray:
+    """The oracle's cleaned mask on the input grid: its box, cavity filled, within the scan's nonzero crop."""
+    from lesiongen.inference.scan_space import to_model_space
+
+    channels = [read_image(images_folder / f"scan_{c:04d}.nrrd") for c in range(2)]
+    images = np.stack([image.astype(np.float32) for image, _ in channels])
+    scan = to_model_space(images, channels[0][1].spacing_zyx, plans, None)
+    assert list(scan.images.shape[1:]) == list(scan.cropped_shape)  # same spacing: model space is the crop
+    expected = np.zeros(images.shape[1:], dtype=np.uint8)
+    crop = tuple(slice(a, b) for a, b in scan.crop_bbox)
+    expected[crop][tuple(slice(s // 4, s - s // 4) for s in scan.cropped_shape)] = 1
+    return expected
+
+
+def test_brainmask_writes_the_largest_piece_of_the_brain_model_with_holes_filled(oblique_inputs, models, tmp_path,
+                                                                                 monkeypatch):
+    from lesiongen.models.folder import ModelFolder
+
+    folders, geometry = oblique_inputs
+    folder = models["results"] / TINY_NAME / SEG_FOLDER
+    _oracle_brain(monkeypatch)
+    assert predict_cli.main(["-model", str(folder), "-device", "cpu", "-i", str(folders["images"]),
+                             "-o", str(tmp_path), "-m", "brainmask", "--disable_tta"]) == 0
+    mask, written = read_image(tmp_path / "scan.nrrd")
+    assert written.matches(geometry) is None and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, _expected_brain(folders["images"], ModelFolder(folder).plans()))
+
+
+def test_synth_with_a_brain_model_keeps_lesions_and_changes_inside_its_mask(oblique_inputs, models, tmp_path,
+                                                                            monkeypatch):
+    from lesiongen.models.folder import ModelFolder
+    from lesiongen.utilities.provenance import sha256_file
+
+    folders, _ = oblique_inputs
+    brain_model = models["results"] / TINY_NAME / SEG_FOLDER
+    _oracle_brain(monkeypatch)
+    expected = _expected_brain(folders["images"], ModelFolder(brain_model).plans()) > 0
+    assert predict("-i", folders["images"], "-o", tmp_path, "-m", "synth", "--masks", "spheremask", "--n_lesions",
+                   "3", "--brain_model", brain_model, "--seed", "4") == 0
+    label, _ = read_image(tmp_path / "labels" / "scan_syn0.nrrd")
+    assert label.any() and not label[~expected].any()
+    for channel in range(2):
+        original, _ = read_image(folders["images"] / f"scan_{channel:04d}.nrrd")
+        image, _ = read_image(tmp_path / f"scan_syn0_{channel:04d}.nrrd")
+        assert np.array_equal(image[~expected], original[~expected])  # the scan outside the brain stays as it was
+    summary = json.loads((tmp_path / "synthesis_summary.json").read_text())
+    checkpoint = brain_model / "fold_0" / "checkpoint_final.pt"
+    assert [m["sha256"] for m in summary["brain_masks"]["brain_model"]] == [sha256_file(checkpoint)]
+
+
+def test_a_brain_model_needs_one_foreground_class_and_matching_channels(oblique_inputs, models, tmp_path, capsys):
+    from lesiongen.inference.brain_extraction import check_brain_extraction_labels
+    from lesiongen.utilities.errors import LesiongenError
+
+    with pytest.raises(LesiongenError, match="2 foreground classes"):
+        check_brain_extraction_labels({"background": 0, "brain": 1, "scalp": 2}, "model")
+    folders, _ = oblique_inputs
+    inpainter = models["results"] / TINY_NAME / "inpaint__lesiongenPlans"
+    assert predict("-i", folders["images"], "-o", tmp_path / "out", "-m", "synth", "--masks", "spheremask",
+                   "--brain_model", inpainter) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--brain_model needs a seg_* model folder" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_clean_brain_mask_keeps_the_largest_piece_and_fills_its_cavities():
+    from lesiongen.inference.brain_extraction import clean_brain_mask
+
+    label = np.zeros((12, 12, 12), dtype=np.uint8)
+    label[2:10, 2:10, 2:10] = 1
+    label[5:7, 5:7, 5:7] = 0  # enclosed: filled
+    label[2:4, 2:4, 9] = 0  # a notch open to the outside: stays
+    label[0, 11, 11] = 1  # a stray voxel: dropped
+    expected = np.zeros_like(label)
+    expected[2:10, 2:10, 2:10] = 1
+    expected[2:4, 2:4, 9] = 0
+    np.testing.assert_array_equal(clean_brain_mask(label), expected)
+    assert not clean_brain_mask(np.zeros((4, 4, 4))).any()

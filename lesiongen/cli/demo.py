@@ -9,7 +9,7 @@ from pathlib import Path
 from lesiongen import workflow
 from lesiongen.cli.common import add_common_arguments, add_device_argument, positive_int, run_command
 from lesiongen.cli.plan_and_preprocess import DEFAULT_PROCESSES
-from lesiongen.demo.phantom import ANISOTROPIC, DemoConfig, write_demo_dataset
+from lesiongen.demo.phantom import ANISOTROPIC, WHOLE_HEAD, DemoConfig, write_demo_dataset
 from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import raw_root
 from lesiongen.planning.presets import CPU, PRESET_NAMES, PRESETS
@@ -25,12 +25,13 @@ def _config(args: argparse.Namespace) -> DemoConfig:
     config = DemoConfig(dataset_id=args.dataset_id, dataset_name=args.name, n_lesion_cases=args.n_lesion_cases,
                         n_healthy=args.n_healthy, n_test=args.n_test, seed=args.seed,
                         image_reader=args.image_reader)
-    if args.realistic and args.anisotropic:
-        raise LesiongenError("--realistic and --anisotropic are two different demo datasets; choose one")
-    if args.realistic:
-        config = DemoConfig(**{**config.__dict__, **REALISTIC})
-    if args.anisotropic:
-        config = DemoConfig(**{**config.__dict__, **ANISOTROPIC})
+    variants = {"--realistic": (args.realistic, REALISTIC), "--anisotropic": (args.anisotropic, ANISOTROPIC),
+                "--whole_head": (args.whole_head, WHOLE_HEAD)}
+    chosen = [name for name, (wanted, _) in variants.items() if wanted]
+    if len(chosen) > 1:
+        raise LesiongenError(f"{' and '.join(chosen)} are different demo datasets; choose one")
+    if chosen:
+        config = DemoConfig(**{**config.__dict__, **variants[chosen[0]][1]})
     sizes = {k: tuple(v) for k, v in (("shape", args.shape), ("spacing", args.spacing)) if v is not None}
     return DemoConfig(**{**config.__dict__, **sizes}) if sizes else config
 
@@ -50,6 +51,10 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stroke-like thick-slice scans: 26x150x128 voxels of 5x1x1 mm, 1-3 larger lesions "
                              "(the planner adds the 2d segmentation configuration); e.g. with --dataset_id 502 "
                              "--name DemoStroke")
+    parser.add_argument("--whole_head", action="store_true",
+                        help="a brain-extraction dataset: whole heads (skull, scalp, noise in the air; 80x92x80 "
+                             "voxels of 2 mm) whose labels are brain masks; e.g. with --dataset_id 503 "
+                             "--name DemoHeads")
     parser.add_argument("--shape", type=positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="voxels per scan (default 64 76 64; --realistic 180 210 170)")
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
@@ -72,6 +77,10 @@ def main_make_demo_dataset(argv: list[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> None:
     config = _config(args)
+    if config.whole_head:
+        raise LesiongenError("--whole_head writes a brain-extraction dataset, not a lesion one: write it with "
+                             "lesiongen_make_demo_dataset --whole_head and train seg on it (documentation/"
+                             "brain_extraction.md)")
     try:
         folder = find_dataset_folder(config.dataset_id)
         logger.info("using the existing dataset %s", folder)

@@ -1,4 +1,4 @@
-"""``lesiongen_predict -d 501 -i IN -o OUT -m synth|seg|remove``: apply trained models to new scans."""
+"""``lesiongen_predict -d 501 -i IN -o OUT -m synth|seg|remove|brainmask``: apply trained models to new scans."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 
 from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument,
                                   add_sampling_argument, positive_int, results_dataset_folder, run_command)
+from lesiongen.inference.predict import MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Put plausible lesions into healthy scans (synth), segment lesions (seg) or remove them "
-                    "(remove). Outputs keep each input's geometry and file format.")
+        description="Put plausible lesions into healthy scans (synth), segment lesions (seg), remove them "
+                    "(remove) or extract brain masks (brainmask). Outputs keep each input's geometry and file "
+                    "format.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-d", dest="dataset", help="dataset ID or name: its models in $lesiongen_results")
     source.add_argument("-model", "--model", dest="model", type=Path,
@@ -21,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_plans_argument(parser)
     parser.add_argument("-i", dest="input", type=Path, required=True, help="folder of CASE_XXXX scans")
     parser.add_argument("-o", dest="output", type=Path, required=True, help="output folder (never an input)")
-    parser.add_argument("-m", dest="mode", choices=("synth", "seg", "remove"), required=True)
+    parser.add_argument("-m", dest="mode", choices=MODES, required=True,
+                        help="synth: insert lesions; seg: segment lesions; remove: inpaint given lesions away; "
+                             "brainmask: brain masks from a brain-extraction seg model (largest piece, holes filled)")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds (0-4 or all); seg ensembles them; synth/remove use the first. Default: all "
                              "when trained, else 0")
@@ -49,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_argument(parser)
     maps = parser.add_argument_group("per-case maps (files named CASE + ending, same grid as the scan)")
     maps.add_argument("--labels", type=Path, default=None, help="remove: the lesion label maps")
-    maps.add_argument("--brain_masks", type=Path, default=None)
+    maps.add_argument("--brain_masks", type=Path, default=None,
+                      help="brain masks (default: the scan's nonzero voxels, right for skull-stripped scans only)")
+    maps.add_argument("--brain_model", type=Path, default=None,
+                      help="synth/remove/seg on scans that are not skull-stripped: a brain-extraction seg model "
+                           "folder (seg trained on brain masks, e.g. lesiongen_make_demo_dataset --whole_head) that "
+                           "gives each scan without --brain_masks its brain mask")
     maps.add_argument("--tissue", type=Path, default=None)
     seg = parser.add_argument_group("seg")
     seg.add_argument("--save_probabilities", action="store_true", help="also CASE.npz with class probabilities")
@@ -88,7 +97,8 @@ def run(args: argparse.Namespace) -> None:
                              volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
                              tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
                              save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
-                             force=args.force, configuration=args.configuration, sampling=args.sampling)
+                             force=args.force, configuration=args.configuration, sampling=args.sampling,
+                             brain_model=args.brain_model)
     check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
     source = args.model if args.model is not None else results_dataset_folder(args.dataset)
     models = resolve_models(source, options, args.plans)

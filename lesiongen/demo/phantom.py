@@ -55,6 +55,13 @@ _SPLIT_SEED = {"training": 0, "test": 1, "healthy": 2}  # part of each subject's
 # slices < a third of the in-plane size) that the planner adds the 2d segmentation configuration
 ANISOTROPIC = {"shape": (26, 150, 128), "spacing": (5.0, 1.0, 1.0), "lesions_per_case": (1, 3),
                "lesion_radius_mm": (5.0, 12.0)}
+# a brain-extraction variant (``lesiongen_make_demo_dataset --whole_head``): the same brain inside skull and scalp,
+# noise in the air around the head (so "nonzero" is no longer the brain), labels = brain masks
+WHOLE_HEAD = {"shape": (80, 92, 80), "whole_head": True}
+# the brain's radii as a fraction of the half field of view: the default fills it; a whole head needs room for
+# skull and scalp, and 0.8 keeps the default brain's size in WHOLE_HEAD's larger field of view
+_BRAIN_FRACTION = {False: 1.0, True: 0.8}
+BRAIN_LABELS = {"background": 0, "brain": 1}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -76,6 +83,7 @@ class DemoConfig:
     file_ending: str = ".nii.gz"
     seed: int = 0
     image_reader: str = "SimpleITKIO"  # written to dataset.json; NibabelIO needs no SimpleITK (NIfTI only)
+    whole_head: bool = False  # skull, scalp and noisy air around the brain; labels are brain masks
 
     def __post_init__(self) -> None:
         # lists (e.g. from JSON) become tuples so configs stay hashable and comparable
@@ -246,6 +254,7 @@ class _Anatomy:
     sulcus_depth: np.ndarray
     gm_thickness: np.ndarray
     csf_thickness: np.ndarray
+    outer_depth: np.ndarray  # ~mm below the brain's outer surface, negative outside it
     sulcus_width: float
     ventricles: list[_Ventricle]
     periventricular: np.ndarray  # flat indices of white matter next to the ventricles
@@ -292,13 +301,14 @@ def _ellipsoid_crop(grid: _Grid, centre: np.ndarray, radii: np.ndarray,
     return box, rho < limit
 
 
-def _build_anatomy(shape: tuple[int, int, int], spacing: np.ndarray, rng: np.random.Generator) -> _Anatomy:
+def _build_anatomy(shape: tuple[int, int, int], spacing: np.ndarray, rng: np.random.Generator,
+                   brain_fraction: float = 1.0) -> _Anatomy:
     half_fov = np.asarray(shape) * spacing / 2
     centre = rng.uniform(-0.01, 0.01, 3) * half_fov
     grid = _Grid(shape, spacing, centre)
     z, y, x = grid.z, grid.y, grid.x
     # at most ~0.93 of the half field of view with every perturbation below: background stays on all sides
-    radii = half_fov * np.array([0.80, 0.85, 0.80]) * rng.uniform(0.96, 1.03, 3)
+    radii = half_fov * np.array([0.80, 0.85, 0.80]) * rng.uniform(0.96, 1.03, 3) * brain_fraction
     az, ay, ax = radii
     mean_radius = float(np.cbrt(np.prod(radii)))
     voxel = float(spacing.min())
@@ -361,7 +371,7 @@ def _build_anatomy(shape: tuple[int, int, int], spacing: np.ndarray, rng: np.ran
     csf |= (abs_fold < sulcus_width / 2) & (depth < sulcus_depth)
     gm = depth < csf_thickness + gm_thickness
     gm |= (abs_fold < sulcus_width / 2 + gm_thickness) & (depth < sulcus_depth + gm_thickness)
-    del abs_fold, depth_outer, csf_presence
+    del abs_fold, csf_presence
 
     # ---- deep grey nuclei (basal ganglia, thalami) and the ventricles, evaluated in crops only
     deep_gm = []
@@ -399,7 +409,7 @@ def _build_anatomy(shape: tuple[int, int, int], spacing: np.ndarray, rng: np.ran
             tuple(ix + b.start for ix, b in zip(local, box)), shape))
     return _Anatomy(grid=grid, tissue=tissue, brain=brain, deep_gm=deep_gm, depth=depth, fold=fold,
                     sulcus_depth=sulcus_depth, gm_thickness=gm_thickness, csf_thickness=csf_thickness,
-                    sulcus_width=sulcus_width, ventricles=ventricles,
+                    outer_depth=depth_outer, sulcus_width=sulcus_width, ventricles=ventricles,
                     periventricular=np.concatenate(periventricular))
 
 
@@ -534,36 +544,80 @@ def _render(rng: np.random.Generator, anatomy: _Anatomy) -> tuple[np.ndarray, np
     return t1, flair
 
 
-def _acquire(rng: np.random.Generator, clean: np.ndarray, brain_flat: np.ndarray,
+# clean skull and scalp intensities (T1, FLAIR) relative to T1 white matter: cortical bone is dark on both, the
+# diploe's marrow fat and the scalp's fat are bright on T1 and less so on FLAIR
+_BONE_LEVELS = (0.06, 0.04)
+_DIPLOE_LEVELS = (0.55, 0.35)
+_SCALP_LEVELS = (0.90, 0.60)
+
+
+def _add_head(rng: np.random.Generator, anatomy: _Anatomy, t1: np.ndarray, flair: np.ndarray) -> np.ndarray:
+    """Paint skull (inner table, diploe, outer table) and scalp around the brain into ``t1``/``flair`` (in place);
+    returns the head mask. Thicknesses vary smoothly over the head."""
+    grid = anatomy.grid
+    outside = -anatomy.outer_depth  # ~mm from the brain surface; the first-order estimate stays smooth far out
+    skull = np.clip(rng.uniform(5.0, 7.0) + 1.0 * _random_field(rng, grid.shape, grid.spacing, 60.0), 3.5, 9.0)
+    scalp = np.clip(rng.uniform(4.0, 6.0) + 1.0 * _random_field(rng, grid.shape, grid.spacing, 60.0), 2.5, 8.0)
+    texture = 1 + 0.05 * np.clip(_random_field(rng, grid.shape, grid.spacing, 10.0), -3, 3)
+    layers = [  # (outer edge in mm from the brain surface, (T1, FLAIR)), inside out
+        (0.3 * skull, _BONE_LEVELS),
+        (0.7 * skull, _DIPLOE_LEVELS),
+        (skull, _BONE_LEVELS),
+        (skull + scalp, _SCALP_LEVELS),
+    ]
+    inner = np.zeros(grid.shape, dtype=np.float32)
+    for outer, (t1_level, flair_level) in layers:
+        layer = ~anatomy.brain & (outside >= inner) & (outside < outer)
+        t1[layer] = t1_level * texture[layer]
+        flair[layer] = flair_level * texture[layer]
+        inner = outer
+    border = 1  # air on every side of the volume, as in a scan whose field of view contains the head
+    head = anatomy.brain | (outside < skull + scalp)
+    head[:border] = head[-border:] = False
+    head[:, :border] = head[:, -border:] = False
+    head[:, :, :border] = head[:, :, -border:] = False
+    t1[~head] = 0
+    flair[~head] = 0
+    return head
+
+
+def _acquire(rng: np.random.Generator, clean: np.ndarray, brain_flat: np.ndarray | None,
              spacing: np.ndarray, reference: float) -> np.ndarray:
-    """Partial volume, bias field, Rician noise and scanner scaling; exactly 0 outside the brain."""
+    """Partial volume, bias field, Rician noise and scanner scaling; exactly 0 outside the brain (``brain_flat``,
+    flat indices), or noise in the air around a whole head (``brain_flat`` None: every voxel is acquired)."""
     shape = clean.shape
     image = ndimage.gaussian_filter(clean, sigma=0.5, truncate=3.0)  # partial volume at tissue borders
     # a head-sized bias field within ±10 %; linear in the field (a tanh would flatten it into plateaus with edges)
     bias = _random_field(rng, shape, spacing, 2.0 * float(np.max(np.asarray(shape) * spacing)))
     image *= 1 + 0.1 * np.clip(bias / 2.5, -1, 1)
+    if brain_flat is None:
+        brain_flat = np.arange(image.size)
     values = image.ravel()[brain_flat]
     sigma = reference * rng.uniform(0.02, 0.03)
     real = values + sigma * rng.standard_normal(values.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(values.shape, dtype=np.float32)
     gain = SCANNER_SCALE * rng.uniform(0.9, 1.1)
     out = np.zeros(shape, dtype=np.float32)
-    # never 0 inside the brain, so the brain mask can be read off the image
+    # never 0 inside the brain, so the brain mask of a skull-stripped scan can be read off the image
     out.ravel()[brain_flat] = np.maximum(np.hypot(real, imaginary) * gain, 1.0)
     return out
 
 
 def make_phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rng: np.random.Generator,
-                 n_lesions: int, lesion_radius_mm: tuple[float, float] = (1.5, 7.0)) -> Phantom:
-    """One random subject of ``shape`` voxels at ``spacing`` mm (both (z, y, x)) with ``n_lesions`` lesions."""
+                 n_lesions: int, lesion_radius_mm: tuple[float, float] = (1.5, 7.0),
+                 whole_head: bool = False) -> Phantom:
+    """One random subject of ``shape`` voxels at ``spacing`` mm (both (z, y, x)) with ``n_lesions`` lesions;
+    skull-stripped, or a ``whole_head`` with skull, scalp and noise around it."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < _MIN_SHAPE:
         raise ValueError(f"shape must be 3 sizes of at least {_MIN_SHAPE} voxels, got {shape}")
     spacing_arr = np.asarray(spacing, dtype=np.float64)
-    anatomy = _build_anatomy(shape, spacing_arr, rng)
+    anatomy = _build_anatomy(shape, spacing_arr, rng, _BRAIN_FRACTION[whole_head])
     t1, flair = _render(rng, anatomy)
     label, placed = _add_lesions(rng, anatomy, n_lesions, lesion_radius_mm, t1, flair)
-    brain_flat = np.flatnonzero(anatomy.brain)
+    if whole_head:
+        _add_head(rng, anatomy, t1, flair)
+    brain_flat = None if whole_head else np.flatnonzero(anatomy.brain)
     t1 = _acquire(rng, t1, brain_flat, spacing_arr, float(_T1_LEVELS.max()))
     flair = _acquire(rng, flair, brain_flat, spacing_arr, float(_FLAIR_LEVELS.max()))
     return Phantom(t1=t1, flair=flair, label=label, tissue=anatomy.tissue,
@@ -589,7 +643,9 @@ def _write_case(folder: Path, config: DemoConfig, case: str, phantom: Phantom, i
         write_image(folder / image_dir / f"{case}_{channel:04d}{ending}", image.astype(np.float32), geometry,
                     config.image_reader)
     if label_dir:
-        write_image(folder / label_dir / f"{case}{ending}", phantom.label, geometry, config.image_reader)
+        # a whole-head dataset is a brain-extraction task: its label is the brain
+        label = phantom.brain_mask if config.whole_head else phantom.label
+        write_image(folder / label_dir / f"{case}{ending}", label, geometry, config.image_reader)
     if tissue_dir:
         write_image(folder / tissue_dir / f"{case}{ending}", phantom.tissue, geometry, config.image_reader)
     if mask_dir:
@@ -597,11 +653,16 @@ def _write_case(folder: Path, config: DemoConfig, case: str, phantom: Phantom, i
 
 
 def _dataset_json(config: DemoConfig) -> dict:
-    return {
+    if config.whole_head:
+        description = ("Procedural MS-like brain MRI phantom (lesiongen demo); whole-head T1 and FLAIR with skull, "
+                       "scalp and noise; labels are brain masks (a brain-extraction task).")
+    else:
+        description = "Procedural MS-like brain MRI phantom (lesiongen demo); skull-stripped T1 and FLAIR."
+    content = {
         "name": config.dataset_name,
-        "description": "Procedural MS-like brain MRI phantom (lesiongen demo); skull-stripped T1 and FLAIR.",
+        "description": description,
         "channel_names": dict(CHANNEL_NAMES),
-        "labels": dict(LABELS),
+        "labels": dict(BRAIN_LABELS if config.whole_head else LABELS),
         "numTraining": config.n_lesion_cases,
         "file_ending": config.file_ending,
         "overwrite_image_reader_writer": config.image_reader,
@@ -609,20 +670,28 @@ def _dataset_json(config: DemoConfig) -> dict:
         "numHealthy": config.n_healthy,
         "numTest": config.n_test,
     }
+    if config.whole_head:
+        del content["tissue_labels"]  # no tissue maps are written
+    return content
 
 
 def _write_all(folder: Path, config: DemoConfig) -> None:
     low, high = config.lesions_per_case
+    # a whole-head dataset's labels are its brain masks; its healthy heads come without masks (that is the task)
+    maps = (None, None) if config.whole_head else ("tissueTr", "brainmasksTr")
     splits = (
-        ("training", "demo", config.n_lesion_cases, ("imagesTr", "labelsTr", "tissueTr", "brainmasksTr")),
+        ("training", "demo", config.n_lesion_cases, ("imagesTr", "labelsTr", *maps)),
         ("test", "test", config.n_test, ("imagesTs", "labelsTs", None, None)),
-        ("healthy", "healthy", config.n_healthy, ("imagesHealthy", None, "tissueHealthy", "brainmasksHealthy")),
+        ("healthy", "healthy", config.n_healthy,
+         ("imagesHealthy", None, None, None) if config.whole_head else
+         ("imagesHealthy", None, "tissueHealthy", "brainmasksHealthy")),
     )
     for split, prefix, count, folders in splits:
         for index in range(count):
             rng = _subject_rng(config.seed, split, index)
             n_lesions = 0 if split == "healthy" else int(rng.integers(low, high + 1))
-            phantom = make_phantom(config.shape, config.spacing, rng, n_lesions, config.lesion_radius_mm)
+            phantom = make_phantom(config.shape, config.spacing, rng, n_lesions, config.lesion_radius_mm,
+                                   config.whole_head)
             case = f"{prefix}_{index:03d}"
             _write_case(folder, config, case, phantom, *folders)
             logger.debug("%s: %d lesion(s)", case, phantom.n_lesions)

@@ -47,12 +47,12 @@ class InputCase:
     tissue: Path | None = None
 
 
-MODES = ("synth", "seg", "remove")
+MODES = ("synth", "seg", "remove", "brainmask")
 
 
 @dataclass
 class PredictOptions:
-    mode: str  # synth | seg | remove
+    mode: str  # synth | seg | remove | brainmask (seg with a brain-extraction model, cleaned to one piece)
     resume: bool = False
     seed: int = 0
     num_parts: int = 1  # split the cases into this many parts (cluster array jobs, several GPUs) ...
@@ -74,6 +74,8 @@ class PredictOptions:
     # synth / remove: the inpainter's and diffmask's sampler, "model" (each model's own) or a sampling preset
     # ("default", "few_step"; see lesiongen.diffusion.schedules.SAMPLING_PRESETS)
     sampling: str = "model"
+    # synth / remove / seg: a brain-extraction seg model folder; scans without a given brain mask get its mask
+    brain_model: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -83,6 +85,9 @@ class PredictOptions:
         if self.sampling not in (MODEL_SAMPLING, *SAMPLING_PRESETS):
             raise LesiongenError(f"unknown sampling '{self.sampling}'; choose {MODEL_SAMPLING}, "
                                  f"{', '.join(SAMPLING_PRESETS)}")
+        if self.brain_model is not None and self.mode == "brainmask":
+            raise LesiongenError("--brain_model is for synth, remove and seg; -m brainmask takes the brain-extraction "
+                                 "model as its model (-model or -d)")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise LesiongenError(f"--part_id must be 0-{self.num_parts - 1} for --num_parts {self.num_parts}, "
                                  f"got {self.part_id}")
@@ -160,6 +165,8 @@ def read_map(path: Path | None, geometry: ImageGeometry, what: str, reader: str 
 def output_files(case: InputCase, options: PredictOptions, out: Path, n_channels: int) -> list[Path]:
     """Every file a case produces; the last one is written last and marks the case as done."""
     e = case.ending
+    if options.mode == "brainmask":
+        return [out / f"{case.case_id}{e}"]
     if options.mode == "seg":
         files = [out / f"{case.case_id}.npz", out / f"{case.case_id}.json"] if options.save_probabilities else []
         return files + [out / f"{case.case_id}{e}"]

@@ -1,4 +1,4 @@
-"""The three ``lesiongen_predict`` modes, from model folders alone (no raw or preprocessed data needed).
+"""The ``lesiongen_predict`` modes, from model folders alone (no raw or preprocessed data needed).
 
 The models come from a results dataset folder (``$lesiongen_results/DatasetXXX_Name``, holding ``TRAINER__PLANS``
 model folders) or from one model folder given directly; see :func:`resolve_models`.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lesiongen.inference.brain_extraction import check_brain_extraction_labels, extract_brain
 from lesiongen.inference.predict import InputCase, PredictOptions, run_cases, write_channels
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import STRATEGIES, SegVariant
@@ -38,23 +39,26 @@ VOLUME_TRIES = 5
 class PredictionModels:
     """The model folders one prediction run uses; ``main`` decides the input channels."""
 
-    main: ModelFolder  # seg: the segmenter; synth / remove: the inpainter
+    main: ModelFolder  # seg, brainmask: the segmenter; synth / remove: the inpainter
     mask_generator: ModelFolder | None = None  # synth only
+    brain_extractor: ModelFolder | None = None  # --brain_model: a seg model trained to extract brains
 
 
 def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> PredictionModels:
     """The model folders of a run: ``source`` is a results dataset folder (``TRAINER__PLANS`` inside) or one model
     folder (``plans.json`` inside; for synth the inpainter, whose mask generator sits next to it)."""
+    segments = options.mode in ("seg", "brainmask")
     if (source / PLANS_JSON).is_file():  # a model folder itself
         folder = ModelFolder(source)
-        expected = _seg_variant_name(options) if options.mode == "seg" else "inpaint"
-        if options.mode == "seg" and not folder.variant.startswith("seg_"):
-            raise LesiongenError(f"{source}: a {folder.variant} model folder; -m seg needs a seg_* model folder")
+        expected = _seg_variant_name(options) if segments else "inpaint"
+        if segments and not folder.variant.startswith("seg_"):
+            raise LesiongenError(f"{source}: a {folder.variant} model folder; -m {options.mode} needs a seg_* model "
+                                 "folder")
         own = SegVariant.parse(folder.variant)
-        if options.mode == "seg" and own and options.configuration and own.configuration != options.configuration:
+        if segments and own and options.configuration and own.configuration != options.configuration:
             raise LesiongenError(f"{source}: a {own.configuration} segmentation model folder, not "
                                  f"{options.configuration} as -c asks")
-        if options.mode != "seg" and folder.variant != "inpaint":
+        if not segments and folder.variant != "inpaint":
             raise LesiongenError(f"{source}: a {folder.variant} model folder; -m {options.mode} needs the inpaint "
                                  f"model folder ({expected}__{folder.plans_name})")
         dataset_folder, plans_name = source.parent, folder.plans_name
@@ -63,15 +67,31 @@ def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> Pr
         if not source.is_dir():
             raise LesiongenError(f"{source}: model folder not found")
         dataset_folder = source
-        variant = _seg_variant_name(options) if options.mode == "seg" else "inpaint"
+        variant = _seg_variant_name(options) if segments else "inpaint"
         main = ModelFolder(dataset_folder / trainer_folder_name(variant, plans_name))
     main.check()
+    if options.mode == "brainmask":
+        check_brain_extraction_labels(main.plans().labels, main.path)
     generator = None
     if options.mode == "synth":
         if options.masks not in MASK_GENERATORS:
             raise LesiongenError(f"--masks {options.masks}: choose one of {', '.join(MASK_GENERATORS)}")
         generator = ModelFolder(dataset_folder / trainer_folder_name(options.masks, plans_name)).check()
-    return PredictionModels(main, generator)
+    return PredictionModels(main, generator, _brain_extractor(options.brain_model))
+
+
+def _brain_extractor(path: Path | None) -> ModelFolder | None:
+    """The ``--brain_model`` folder: a seg model folder whose labels are background and brain."""
+    if path is None:
+        return None
+    if not (path / PLANS_JSON).is_file():
+        raise LesiongenError(f"{path}: --brain_model needs a seg model folder (plans.json inside)")
+    folder = ModelFolder(path)
+    if not folder.variant.startswith("seg_"):
+        raise LesiongenError(f"{path}: a {folder.variant} model folder; --brain_model needs a seg_* model folder")
+    folder.check()
+    check_brain_extraction_labels(folder.plans().labels, path)
+    return folder
 
 
 def _seg_variant_name(options: PredictOptions) -> str:
@@ -96,9 +116,10 @@ def _seg_folds(folder: ModelFolder, folds: list | None) -> list:
 def predict(models: PredictionModels, cases: list[InputCase], out: Path, options: PredictOptions,
             folds: list | None, device: str) -> dict[str, int]:
     n_channels = len(models.main.plans().channel_names)
-    if options.mode == "seg":
+    if options.mode in ("seg", "brainmask"):
         segmenters = [load_model(models.main, f, device, expect=Segmenter) for f in _seg_folds(models.main, folds)]
-        work = _seg_work(segmenters, out, options)
+        make_work = _seg_work if options.mode == "seg" else _brainmask_work
+        work = make_work(segmenters, out, options)
     else:
         fold = (folds or [models.main.default_fold()])[0]
         inpainter = load_model(models.main, fold, device, expect=Inpainter).with_sampling(options.sampling)
@@ -109,7 +130,13 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
                                    expect=MaskGenerator).with_sampling(options.sampling)
             _check_same_plans(inpainter, generator)
             work = _synth_work(inpainter, generator, out, options)
-    counts = run_cases(cases, out, options, n_channels, work, plans=models.main.plans())
+    extractors = []
+    if models.brain_extractor is not None:
+        _check_same_channels(models.brain_extractor, models.main)
+        extractors = [load_model(models.brain_extractor, f, device, expect=Segmenter)
+                      for f in _seg_folds(models.brain_extractor, None)]
+    steps = _with_extracted_brain(work, extractors, options) if extractors else work
+    counts = run_cases(cases, out, options, n_channels, steps, plans=models.main.plans())
     if options.mode == "synth":
         if options.preview and work.gallery:
             from lesiongen.inference.previews import gallery
@@ -123,8 +150,38 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
                        out / "synthesis_summary.json",
                        {"cases": work.records, "lesions": counts["lesions"],
                         "sphere_fallbacks": counts["sphere_fallbacks"], "mask_generator": generator.record(),
-                        "inpainter": inpainter.record(), "seed": options.seed, "sampling": options.sampling})
+                        "inpainter": inpainter.record(), "seed": options.seed, "sampling": options.sampling,
+                        "brain_masks": _brain_mask_source(extractors)})
     return counts
+
+
+def _brain_mask_source(extractors: list[Segmenter]) -> dict:
+    """Where the brain masks of a run came from, for its summary."""
+    if not extractors:
+        return {"source": "given (--brain_masks), else the scan's nonzero voxels"}
+    return {"source": "given (--brain_masks), else extracted by the brain model",
+            "brain_model": [m.record() for m in extractors]}
+
+
+def _check_same_channels(extractor: ModelFolder, main: ModelFolder) -> None:
+    """Brain extraction reads the same input files as the main model: the same channels in the same order."""
+    theirs, ours = extractor.plans().channel_names, main.plans().channel_names
+    if theirs != ours:
+        raise LesiongenError(f"{extractor.path}: the brain model takes channels {theirs}, the {main.variant} model "
+                             f"{ours}; both read the same input scans, so they must agree")
+
+
+def _with_extracted_brain(work, extractors: list[Segmenter], options: PredictOptions):
+    """``work`` with each case's brain mask extracted by ``extractors`` where no brain mask file was given."""
+    def with_brain(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
+        if brain is None:
+            brain = extract_brain(images, list(geometry.spacing_zyx), extractors, mirror=options.mirror) > 0
+            if not brain.any():
+                raise LesiongenError(f"{case.images[0]}: the brain model ({extractors[0].checkpoint}) found no brain")
+            logger.info("%s: brain extracted (%d voxels)", case.case_id, int(brain.sum()))
+        work(case, images, geometry, dtypes, label, brain, tissue)
+
+    return with_brain
 
 
 def _check_same_plans(inpainter: Inpainter, generator: MaskGenerator) -> None:
@@ -196,6 +253,16 @@ def _seg_work(models: list[Segmenter], out: Path, options: PredictOptions):
             write_json(out / f"{case.case_id}.json", {"labels": plans.labels, "geometry": geometry.to_json(),
                                                        "axes": "class, z, y, x"})
         write_image(out / f"{case.case_id}{case.ending}", prediction, geometry)
+
+    return work
+
+
+def _brainmask_work(models: list[Segmenter], out: Path, options: PredictOptions):
+    def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
+        mask = extract_brain(images, list(geometry.spacing_zyx), models, mirror=options.mirror)
+        if not mask.any():
+            logger.warning("%s: no brain found; writing an empty mask", case.images[0])
+        write_image(out / f"{case.case_id}{case.ending}", mask, geometry)
 
     return work
 
