@@ -1,6 +1,6 @@
 """Brain extraction on the whole-head demo (issue 16): the Dice of ``seg`` trained on brain masks, on held-out heads.
 
-    python benchmarks/brain_extraction.py [--steps 1000] [--n_train 12] [--n_test 8] [--seed 0] [--tta]
+    python benchmarks/brain_extraction.py [--steps 1000] [--n_train 12] [--n_test 8] [--seed 12345] [--tta]
         [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (no model is reused): ``lesiongen_make_demo_dataset --whole_head`` (dataset 503:
@@ -29,6 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lesiongen.inference.strategies import SegVariant  # noqa: E402
+from lesiongen.models.folder import trainer_folder_name  # noqa: E402
+from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
 from measure import require_new_folder, run_step, write_results  # noqa: E402
 
 DATASET = "503"
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                            PLANS, "--steps", str(args.steps), "--seed", str(args.seed), "--set", "validate=false"],
              env, minutes)
     raw = work / "raw" / "Dataset503_DemoHeads"
-    model = work / "results" / "Dataset503_DemoHeads" / f"seg_none__{PLANS}"
+    model = work / "results" / "Dataset503_DemoHeads" / trainer_folder_name(SegVariant.of("none", seed=args.seed).name,
+                                                                          PLANS)
     masks = work / "brain_masks"
     run_step("predict_brainmask", [str(bin_dir / "lesiongen_predict"), "-model", str(model), "-device", args.device,
                                    "-i", str(raw / "imagesTs"), "-o", str(masks), "-m", "brainmask",
@@ -102,7 +106,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="seg steps (the CPU preset's default: 1000)")
     parser.add_argument("--n_train", type=int, default=12, help="training heads")
     parser.add_argument("--n_test", type=int, default=8, help="held-out heads")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="training seed")
     parser.add_argument("--data_seed", type=int, default=0, help="phantom seed")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x the prediction time)")
     parser.add_argument("-np", dest="num_processes", type=int, default=2)
