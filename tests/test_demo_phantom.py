@@ -301,3 +301,14 @@ def test_whole_head_dataset_is_a_brain_extraction_task(tmp_path):
         np.testing.assert_array_equal(label, subject.brain_mask)
         assert subject.label.any() and subject.label.sum() < 0.1 * label.sum()
 
+
+
+def test_demo_variants_are_exclusive_and_the_lesion_demo_refuses_heads(tmp_path, capsys):
+    from lesiongen.cli.demo import main_demo, main_make_demo_dataset
+
+    assert main_make_demo_dataset(["-o", str(tmp_path), "--whole_head", "--anisotropic"]) == 1
+    assert "--anisotropic and --whole_head are different demo datasets" in capsys.readouterr().err
+    assert main_demo(["--whole_head", "--dataset_id", "779"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "writes a brain-extraction dataset, not a lesion one" in err[0]
+    assert not any(tmp_path.iterdir())

@@ -11,7 +11,9 @@ downloads. The anatomy is built from cheap implicit shapes rather than from full
 * deep structures: two curved lateral ventricles, a slit-like third ventricle and deep grey nuclei, evaluated in
   small crops only;
 * lesions: rotated, smoothly deformed ellipsoids placed mostly in periventricular, deep and juxtacortical white
-  matter, with a soft edge, bright on FLAIR and dark on T1.
+  matter, with a soft edge, bright on FLAIR and dark on T1;
+* whole heads (``whole_head``, a brain-extraction task): skull tables, marrow and scalp as shells of smoothly
+  varying thickness around the brain, found from the same surface distance, and noise in the air.
 
 Random fields are drawn on coarse knot grids and upsampled with ``scipy.ndimage.zoom``'s cubic spline, applied one
 axis at a time as a small matrix (zoom is linear and separable); that is the same result as a 3D zoom at a fraction
@@ -124,7 +126,8 @@ class DemoConfig:
 
 @dataclass
 class Phantom:
-    """One subject. Arrays are (z, y, x); images are float32 in scanner-like units and exactly 0 outside the brain."""
+    """One subject. Arrays are (z, y, x); images are float32 in scanner-like units and exactly 0 outside the brain
+    (a whole head: skull, scalp and noise outside it)."""
 
     t1: np.ndarray
     flair: np.ndarray
@@ -551,9 +554,9 @@ _DIPLOE_LEVELS = (0.55, 0.35)
 _SCALP_LEVELS = (0.90, 0.60)
 
 
-def _add_head(rng: np.random.Generator, anatomy: _Anatomy, t1: np.ndarray, flair: np.ndarray) -> np.ndarray:
-    """Paint skull (inner table, diploe, outer table) and scalp around the brain into ``t1``/``flair`` (in place);
-    returns the head mask. Thicknesses vary smoothly over the head."""
+def _add_head(rng: np.random.Generator, anatomy: _Anatomy, t1: np.ndarray, flair: np.ndarray) -> None:
+    """Paint skull (inner table, diploe, outer table) and scalp around the brain into ``t1``/``flair`` (in place),
+    with thicknesses that vary smoothly over the head; air (0 before acquisition) around it."""
     grid = anatomy.grid
     outside = -anatomy.outer_depth  # ~mm from the brain surface; the first-order estimate stays smooth far out
     skull = np.clip(rng.uniform(5.0, 7.0) + 1.0 * _random_field(rng, grid.shape, grid.spacing, 60.0), 3.5, 9.0)
@@ -578,7 +581,6 @@ def _add_head(rng: np.random.Generator, anatomy: _Anatomy, t1: np.ndarray, flair
     head[:, :, :border] = head[:, :, -border:] = False
     t1[~head] = 0
     flair[~head] = 0
-    return head
 
 
 def _acquire(rng: np.random.Generator, clean: np.ndarray, brain_flat: np.ndarray | None,
