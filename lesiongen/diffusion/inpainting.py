@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
 from scipy import ndimage
 
 from lesiongen.diffusion.presets import FEW_STEP_SPACING, FEW_STEPS
@@ -58,6 +57,8 @@ class InpaintSchedule:
 
 
 def make_scheduler(schedule: InpaintSchedule, config: ScheduleConfig):
+    from diffusers import DDIMScheduler, DDPMScheduler  # seconds to import: only when inpainting
+
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                   beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
                   prediction_type=config.prediction_type)

@@ -7,13 +7,17 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from lesiongen.diffusion.presets import (DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEP_SPACING, FEW_STEPS,
                                         SAMPLING_PRESETS)
 
 SAMPLERS = ("dpm_solver", "ddim", "ddpm")
+if TYPE_CHECKING:  # diffusers costs seconds to import: only what samples or trains a diffusion model loads it
+    from diffusers import DDPMScheduler
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for what the network predicts
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
@@ -71,12 +75,16 @@ def sampling_preset(config: ScheduleConfig, name: str) -> ScheduleConfig:
 
 
 def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                          beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
                          prediction_type=config.prediction_type)
 
 
 def sampling_scheduler(config: ScheduleConfig):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                   beta_start=config.beta_start, beta_end=config.beta_end, prediction_type=config.prediction_type)
     if config.timestep_spacing is not None:
@@ -100,7 +108,8 @@ def sampling_evaluations(config: ScheduleConfig) -> int:
     return config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps
 
 
-def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy, noise, timesteps) for a training batch; randomness from ``generator`` (on CPU) so runs resume exactly."""
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)

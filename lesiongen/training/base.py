@@ -43,6 +43,9 @@ logger = logging.getLogger("lesiongen.training")
 
 LOG_FILE = "training_log.txt"
 SUMMARY_FILE = "training_summary.json"
+# progress.png is redrawn with checkpoint_latest.pt at most this often (drawing it costs a few tenths of a second,
+# more than a short run's steps), and always at the end
+PROGRESS_PLOT_SECONDS = 60.0
 
 
 @dataclasses.dataclass
@@ -118,6 +121,7 @@ class Trainer:
         self.networks: dict[str, nn.Module] = {}
         self.ema: dict[str, AveragedModel] = {}
         self.step = 0
+        self.last_progress_plot = time.monotonic()  # of the last progress.png (a first one a minute in)
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
         self.extra: dict[str, Any] = {}  # JSON-able results of training (calibration details, validation scores)
         self.performance: dict[str, Any] = {}  # this run's training throughput and peak memory (ThroughputMeter)
@@ -340,8 +344,9 @@ class Trainer:
         if self.distributed.is_main:
             self.output_folder.mkdir(parents=True, exist_ok=True)
             ckpt.save_checkpoint(state, self.output_folder / (ckpt.FINAL if final else ckpt.LATEST))
-            if not final:
+            if not final and time.monotonic() - self.last_progress_plot >= PROGRESS_PLOT_SECONDS:
                 plot_progress(self.history, self.output_folder / "progress.png")
+                self.last_progress_plot = time.monotonic()
         self.distributed.barrier()
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
