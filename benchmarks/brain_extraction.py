@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lesiongen.inference.strategies import SegVariant  # noqa: E402
 from lesiongen.models.folder import trainer_folder_name  # noqa: E402
 from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
-from measure import require_new_folder, run_step, write_results  # noqa: E402
+from measure import (  # noqa: E402
+    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+)
 
 DATASET = "503"
 PLANS = "lesiongenPlansCPU"
@@ -56,28 +57,24 @@ def nonzero_baseline(raw: Path) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
-    env = dict(os.environ, lesiongen_raw=str(work / "raw"), lesiongen_preprocessed=str(work / "preprocessed"),
-               lesiongen_results=str(work / "results"))
-    bin_dir = Path(sys.executable).parent
+    env = work_env(work)
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    run_step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset"), "--whole_head", "--dataset_id", DATASET,
-                         "--name", "DemoHeads", "--n_lesion_cases", str(args.n_train), "--n_test", str(args.n_test),
-                         "--n_healthy", "0", "--seed", str(args.data_seed)], env, minutes)
-    run_step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", DATASET, "-np",
-                                     str(args.num_processes), "--preset", "cpu"], env, minutes)
+    write_and_plan_demo(env, minutes, DATASET, [
+        "--whole_head", "--dataset_id", DATASET, "--name", "DemoHeads", "--n_lesion_cases", str(args.n_train),
+        "--n_test", str(args.n_test), "--n_healthy", "0", "--seed", str(args.data_seed)], args.num_processes)
     # fold all validates on its own training heads (mirrored): minutes of CPU that say nothing about held-out heads
-    run_step("train_seg", [str(bin_dir / "lesiongen_train"), DATASET, "seg", "all", "-device", args.device, "-p",
+    run_step("train_seg", [console_script("lesiongen_train"), DATASET, "seg", "all", "-device", args.device, "-p",
                            PLANS, "--steps", str(args.steps), "--seed", str(args.seed), "--set", "validate=false"],
              env, minutes)
     raw = work / "raw" / "Dataset503_DemoHeads"
     model = work / "results" / "Dataset503_DemoHeads" / trainer_folder_name(SegVariant.of("none", seed=args.seed).name,
                                                                           PLANS)
     masks = work / "brain_masks"
-    run_step("predict_brainmask", [str(bin_dir / "lesiongen_predict"), "-model", str(model), "-device", args.device,
+    run_step("predict_brainmask", [console_script("lesiongen_predict"), "-model", str(model), "-device", args.device,
                                    "-i", str(raw / "imagesTs"), "-o", str(masks), "-m", "brainmask",
                                    *([] if args.tta else ["--disable_tta"])], env, minutes)
-    run_step("evaluate", [str(bin_dir / "lesiongen_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(masks),
+    run_step("evaluate", [console_script("lesiongen_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(masks),
                           "-o", str(work / "evaluation.json")], env, minutes)
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     evaluation = json.loads((work / "evaluation.json").read_text())

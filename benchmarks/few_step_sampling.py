@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -37,39 +36,36 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import require_new_folder, run_step, write_results  # noqa: E402
+from measure import (  # noqa: E402
+    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+)
 
 SAMPLINGS = ("default", "few_step")
 PLANS = "lesiongenPlansCPU"
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
-    env = dict(os.environ, lesiongen_raw=str(work / "raw"), lesiongen_preprocessed=str(work / "preprocessed"),
-               lesiongen_results=str(work / "results"))
-    bin_dir = Path(sys.executable).parent
+    env = work_env(work)
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    run_step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset"), *(["--realistic"] if args.realistic else [])],
-          env, minutes)
-    run_step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np",
-                                   str(args.num_processes), "--preset", "cpu"], env, minutes)
+    write_and_plan_demo(env, minutes, "501", ["--realistic"] if args.realistic else [], args.num_processes)
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
-    run_step("train_diffmask", [str(bin_dir / "lesiongen_train"), "501", "diffmask", *common, "--steps",
+    run_step("train_diffmask", [console_script("lesiongen_train"), "501", "diffmask", *common, "--steps",
                              str(args.diffmask_steps)], env, minutes)
-    run_step("train_inpaint", [str(bin_dir / "lesiongen_train"), "501", "inpaint", *common, "--steps",
+    run_step("train_inpaint", [console_script("lesiongen_train"), "501", "inpaint", *common, "--steps",
                             str(args.inpaint_steps)], env, minutes)
     reports: dict[str, dict] = {"inpainting": {s: [] for s in SAMPLINGS}, "masks": {s: [] for s in SAMPLINGS}}
     for seed in args.seeds:
         for sampling in SAMPLINGS:  # alternating, so both samplers meet the same load on a shared machine
             out = work / f"inpainting_{sampling}_seed{seed}"
             run_step(f"evaluate_inpainting_{sampling}_seed{seed}", [
-                str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+                console_script("lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
                 args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches", "0",
                 "--seed", str(seed), "-o", str(out)], env, minutes)
             reports["inpainting"][sampling].append(json.loads((out / "inpainting_evaluation.json").read_text()))
             out = work / f"masks_{sampling}_seed{seed}"
             run_step(f"evaluate_masks_{sampling}_seed{seed}", [
-                str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+                console_script("lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
                 args.device, "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed", str(seed),
                 "-o", str(out)], env, minutes)
             reports["masks"][sampling].append(json.loads((out / "mask_evaluation.json").read_text()))

@@ -111,3 +111,26 @@ def run_step(name: str, command: list[str], env: dict, minutes: dict) -> None:
     if result.returncode != 0:
         sys.exit(f"{name} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
     minutes[name] = round((time.perf_counter() - start) / 60, 2)
+
+
+def work_env(work: Path) -> dict[str, str]:
+    """The environment of a from-scratch benchmark: lesiongen's three data folders inside ``work``."""
+    return dict(os.environ, lesiongen_raw=str(work / "raw"), lesiongen_preprocessed=str(work / "preprocessed"),
+                lesiongen_results=str(work / "results"))
+
+
+def console_script(name: str) -> str:
+    """A lesiongen command of the environment running the benchmark (``pip install -e .`` puts them next to its
+    Python; never a hand-written wrapper, see the README's GPU notes)."""
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+def write_and_plan_demo(env: dict, minutes: dict, dataset_id: str, demo_arguments: list[str],
+                        num_processes: int) -> None:
+    """The first two steps of every from-scratch benchmark: ``lesiongen_make_demo_dataset`` with
+    ``demo_arguments`` (which write dataset ``dataset_id``), then its plans and preprocessing with the CPU preset."""
+    run_step("dataset", [console_script("lesiongen_make_demo_dataset"), *demo_arguments], env, minutes)
+    run_step("plan_and_preprocess", [console_script("lesiongen_plan_and_preprocess"), "-d", dataset_id, "-np",
+                                     str(num_processes), "--preset", "cpu"], env, minutes)

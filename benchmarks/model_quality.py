@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import run_step  # noqa: E402
+from measure import console_script, run_step, work_env, write_and_plan_demo  # noqa: E402
 
 
 def main() -> None:
@@ -52,17 +52,13 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
-    env = dict(os.environ, lesiongen_raw=str(work / "raw"), lesiongen_preprocessed=str(work / "preprocessed"),
-               lesiongen_results=str(work / "results"))
+    env = work_env(work)
     os.environ.update(env)
-    bin_dir = Path(sys.executable).parent
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    run_step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset")], env, minutes)
-    run_step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", "501", "-np", "2",
-                                   "--preset", "cpu"], env, minutes)
+    write_and_plan_demo(env, minutes, "501", [], 2)
     plans = ["-p", "lesiongenPlansCPU"]
-    train = [str(bin_dir / "lesiongen_train"), "501"]
+    train = [console_script("lesiongen_train"), "501"]
     common = ["0", "-device", args.device, *plans]
     run_step("spheremask", train + ["spheremask", *common], env, minutes)
     run_step("unetmask", train + ["unetmask", *common, "--steps", str(args.mask_steps), "--batch_size",
@@ -72,9 +68,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     run_step("inpaint", train + ["inpaint", *common, "--steps", str(args.inpaint_steps), "--batch_size",
                               str(args.batch)], env, minutes)
     masks_out, inpaint_out = work / "mask_evaluation", work / "inpainting_evaluation"
-    run_step("evaluate_masks", [str(bin_dir / "lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-n",
+    run_step("evaluate_masks", [console_script("lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-n",
                              str(args.n_masks), "-device", args.device, *plans, "-o", str(masks_out)], env, minutes)
-    run_step("evaluate_inpainting", [str(bin_dir / "lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0",
+    run_step("evaluate_inpainting", [console_script("lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0",
                                   "--full_patches", "0", "-device", args.device, *plans, "-o", str(inpaint_out)], env,
           minutes)
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)

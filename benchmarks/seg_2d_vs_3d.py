@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lesiongen.inference.strategies import SegVariant  # noqa: E402
 from lesiongen.models.folder import trainer_folder_name  # noqa: E402
 from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
-from measure import require_new_folder, run_step, write_results  # noqa: E402
+from measure import (  # noqa: E402
+    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+)
 
 DATASET = "502"
 NAME = "Dataset502_DemoStroke"
@@ -41,16 +42,12 @@ CONFIGURATIONS = ("3d", "2d")
 def run(args: argparse.Namespace, work: Path) -> dict:
     from lesiongen.utilities.provenance import sha256_file
 
-    env = dict(os.environ, lesiongen_raw=str(work / "raw"), lesiongen_preprocessed=str(work / "preprocessed"),
-               lesiongen_results=str(work / "results"))
-    bin_dir = Path(sys.executable).parent
+    env = work_env(work)
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    run_step("dataset", [str(bin_dir / "lesiongen_make_demo_dataset"), "--anisotropic", "--dataset_id", DATASET,
-                         "--name", "DemoStroke", "--n_lesion_cases", str(args.n_train), "--n_test", str(args.n_test),
-                         "--n_healthy", "0", "--seed", str(args.data_seed)], env, minutes)
-    run_step("plan_and_preprocess", [str(bin_dir / "lesiongen_plan_and_preprocess"), "-d", DATASET, "-np",
-                                     str(args.num_processes), "--preset", "cpu"], env, minutes)
+    write_and_plan_demo(env, minutes, DATASET, [
+        "--anisotropic", "--dataset_id", DATASET, "--name", "DemoStroke", "--n_lesion_cases", str(args.n_train),
+        "--n_test", str(args.n_test), "--n_healthy", "0", "--seed", str(args.data_seed)], args.num_processes)
     raw = work / "raw" / NAME
     results: dict[str, dict] = {}
     for configuration in CONFIGURATIONS:
@@ -58,14 +55,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         model = work / "results" / NAME / trainer_folder_name(variant.name, PLANS)
         out = work / f"predictions_{configuration}"
         run_step(f"train_{configuration}", [
-            str(bin_dir / "lesiongen_train"), DATASET, "seg", "0", "-c", configuration, "-device", args.device, "-p",
+            console_script("lesiongen_train"), DATASET, "seg", "0", "-c", configuration, "-device", args.device, "-p",
             PLANS, "--steps", str(args.steps), "--seed", str(args.seed), "--loss", args.loss, "--set",
             "validate=false"], env, minutes)
         run_step(f"predict_{configuration}", [
-            str(bin_dir / "lesiongen_predict"), "-model", str(model), "-device", args.device, "-f", "0",
+            console_script("lesiongen_predict"), "-model", str(model), "-device", args.device, "-f", "0",
             "-i", str(raw / "imagesTs"), "-o", str(out), "-m", "seg", "--disable_tta"], env, minutes)
         run_step(f"evaluate_{configuration}", [
-            str(bin_dir / "lesiongen_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(out), "-o",
+            console_script("lesiongen_evaluate"), "-ref", str(raw / "labelsTs"), "-pred", str(out), "-o",
             str(work / f"evaluation_{configuration}.json")], env, minutes)
         evaluation = json.loads((work / f"evaluation_{configuration}.json").read_text())
         training = json.loads((model / "fold_0" / "training_summary.json").read_text())
