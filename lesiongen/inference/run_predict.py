@@ -51,9 +51,8 @@ def resolve_models(source: Path, options: PredictOptions, plans_name: str) -> Pr
     if (source / PLANS_JSON).is_file():  # a model folder itself
         folder = ModelFolder(source)
         expected = _seg_variant_name(options) if segments else "inpaint"
-        if segments and not folder.variant.startswith("seg_"):
-            raise LesiongenError(f"{source}: a {folder.variant} model folder; -m {options.mode} needs a seg_* model "
-                                 "folder")
+        if segments:
+            _require_seg_folder(folder, f"-m {options.mode}")
         own = SegVariant.parse(folder.variant)
         if segments and own and options.configuration and own.configuration != options.configuration:
             raise LesiongenError(f"{source}: a {own.configuration} segmentation model folder, not "
@@ -86,11 +85,15 @@ def _brain_extractor(path: Path | None) -> ModelFolder | None:
         return None
     if not (path / PLANS_JSON).is_file():
         raise LesiongenError(f"{path}: --brain_model needs a seg model folder (plans.json inside)")
-    folder = ModelFolder(path)
-    if not folder.variant.startswith("seg_"):
-        raise LesiongenError(f"{path}: a {folder.variant} model folder; --brain_model needs a seg_* model folder")
+    folder = _require_seg_folder(ModelFolder(path), "--brain_model")
     folder.check()
     check_brain_extraction_labels(folder.plans().labels, path)
+    return folder
+
+
+def _require_seg_folder(folder: ModelFolder, needed_by: str) -> ModelFolder:
+    if not folder.variant.startswith("seg_"):
+        raise LesiongenError(f"{folder.path}: a {folder.variant} model folder; {needed_by} needs a seg_* model folder")
     return folder
 
 
