@@ -60,9 +60,9 @@ ANISOTROPIC = {"shape": (26, 150, 128), "spacing": (5.0, 1.0, 1.0), "lesions_per
 # a brain-extraction variant (``lesiongen_make_demo_dataset --whole_head``): the same brain inside skull and scalp,
 # noise in the air around the head (so "nonzero" is no longer the brain), labels = brain masks
 WHOLE_HEAD = {"shape": (80, 92, 80), "whole_head": True}
-# the brain's radii as a fraction of the half field of view: the default fills it; a whole head needs room for
-# skull and scalp, and 0.8 keeps the default brain's size in WHOLE_HEAD's larger field of view
-_BRAIN_FRACTION = {False: 1.0, True: 0.8}
+# a whole head's brain radii as a fraction of the skull-stripped default's (which fill the field of view): room for
+# skull and scalp, and the default brain's size in WHOLE_HEAD's larger field of view
+_HEAD_BRAIN_FRACTION = 0.8
 BRAIN_LABELS = {"background": 0, "brain": 1}
 
 
@@ -614,7 +614,7 @@ def make_phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float
     if len(shape) != 3 or min(shape) < _MIN_SHAPE:
         raise ValueError(f"shape must be 3 sizes of at least {_MIN_SHAPE} voxels, got {shape}")
     spacing_arr = np.asarray(spacing, dtype=np.float64)
-    anatomy = _build_anatomy(shape, spacing_arr, rng, _BRAIN_FRACTION[whole_head])
+    anatomy = _build_anatomy(shape, spacing_arr, rng, _HEAD_BRAIN_FRACTION if whole_head else 1.0)
     t1, flair = _render(rng, anatomy)
     label, placed = _add_lesions(rng, anatomy, n_lesions, lesion_radius_mm, t1, flair)
     if whole_head:
