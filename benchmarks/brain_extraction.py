@@ -1,10 +1,11 @@
 """Brain extraction on the whole-head demo (issue 16): the Dice of ``seg`` trained on brain masks, on held-out heads.
 
-    python benchmarks/brain_extraction.py [--steps 1000] [--n_train 12] [--n_test 8] [--seed 12345] [--tta]
-        [-device cpu] [--work DIR] [--json FILE]
+    python benchmarks/brain_extraction.py [--steps 1000] [--voxel_mm 2] [--n_train 12] [--n_test 8] [--seed 12345]
+        [--tta] [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (no model is reused): ``lesiongen_make_demo_dataset --whole_head`` (dataset 503:
-whole heads with skull, scalp and noise in the air; labels are brain masks; the held-out heads are ``imagesTs``),
+whole heads with skull, scalp and noise in the air; labels are brain masks; the held-out heads are ``imagesTs``;
+the demo's 160x184x160 mm field of view at ``--voxel_mm`` isotropic voxels: 2 mm by default, 1 mm as real scans),
 planned and preprocessed with the CPU preset, ``lesiongen_train 503 seg all -p lesiongenPlansCPU`` on every
 training head, ``lesiongen_predict -m brainmask`` on the held-out heads (without mirroring test-time augmentation
 unless ``--tta``) and ``lesiongen_evaluate`` against their brain masks. For comparison it scores what ``synth``
@@ -28,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lesiongen.demo.phantom import WHOLE_HEAD  # noqa: E402
 from lesiongen.inference.strategies import SegVariant  # noqa: E402
 from lesiongen.models.folder import trainer_folder_name  # noqa: E402
 from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
@@ -56,13 +58,20 @@ def nonzero_baseline(raw: Path) -> dict[str, float]:
     return scores
 
 
+def head_shape(voxel_mm: float) -> tuple[int, int, int]:
+    """The whole-head demo's field of view (``WHOLE_HEAD``, 2 mm voxels) in voxels of ``voxel_mm``."""
+    return tuple(int(round(n * 2.0 / voxel_mm)) for n in WHOLE_HEAD["shape"])
+
+
 def run(args: argparse.Namespace, work: Path) -> dict:
     env = work_env(work)
+    shape = head_shape(args.voxel_mm)
     minutes: dict[str, float] = {}
     start = time.perf_counter()
     write_and_plan_demo(env, minutes, DATASET, [
         "--whole_head", "--dataset_id", DATASET, "--name", "DemoHeads", "--n_lesion_cases", str(args.n_train),
-        "--n_test", str(args.n_test), "--n_healthy", "0", "--seed", str(args.data_seed)], args.num_processes)
+        "--n_test", str(args.n_test), "--n_healthy", "0", "--seed", str(args.data_seed),
+        "--shape", *map(str, shape), "--spacing", *[str(args.voxel_mm)] * 3], args.num_processes)
     # fold all validates on its own training heads (mirrored): minutes of CPU that say nothing about held-out heads
     run_step("train_seg", [console_script("lesiongen_train"), DATASET, "seg", "all", "-device", args.device, "-p",
                            PLANS, "--steps", str(args.steps), "--seed", str(args.seed), "--set", "validate=false"],
@@ -85,7 +94,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     baseline = nonzero_baseline(raw)
     from lesiongen.utilities.provenance import sha256_file
 
-    return {"settings": {"steps": args.steps, "seed": args.seed, "data_seed": args.data_seed,
+    return {"settings": {"steps": args.steps, "voxel_mm": args.voxel_mm, "shape": list(shape), "seed": args.seed,
+                         "data_seed": args.data_seed,
                          "n_train": args.n_train, "n_test": args.n_test, "plans": PLANS, "device": args.device,
                          "tta": args.tta},
             "minutes": minutes,
@@ -101,6 +111,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="seg steps (the CPU preset's default: 1000)")
+    parser.add_argument("--voxel_mm", type=float, default=2.0,
+                        help="isotropic voxel size of the heads (the field of view stays 160x184x160 mm)")
     parser.add_argument("--n_train", type=int, default=12, help="training heads")
     parser.add_argument("--n_test", type=int, default=8, help="held-out heads")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="training seed")
@@ -116,7 +128,8 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         result = run(args, work)
-    print(f"brain extraction, {args.steps} seg steps ({PLANS}), {args.n_test} held-out heads: Dice mean "
+    print(f"brain extraction, {args.voxel_mm:g} mm heads, {args.steps} seg steps ({PLANS}), {args.n_test} held-out "
+          f"heads: Dice mean "
           f"{result['dice_mean']:.4f}, min {result['dice_min']:.4f}; 'nonzero = brain' Dice "
           f"{result['nonzero_baseline_dice_mean']:.4f}; whole run {result['minutes']['wall']} min")
     for case, dice in result["dice_per_head"].items():
