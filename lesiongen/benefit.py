@@ -229,6 +229,18 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
     return scores
 
 
+def failed_trainings(scores: dict) -> list[str]:
+    """The models that found no test lesion at all: Dice and lesion recall 0 on every test case that has lesions.
+    Such a training did not learn (at short schedules a seed can stay at all background); its zeros pull down
+    every row and paired difference its seed is in, so the report names it."""
+    failed = []
+    for name, cases in scores.items():
+        with_lesions = [c for c in cases.values() if math.isfinite(c["lesion_recall"])]
+        if with_lesions and all(c["lesion_recall"] == 0 and c["dice"] == 0 for c in with_lesions):
+            failed.append(name)
+    return failed
+
+
 def _matrix(scores: dict, names: list[str], cases: list[str], metric: str) -> np.ndarray:
     """(seeds, cases) of one metric for the models ``names`` (one per seed, in seed order)."""
     return np.array([[scores[name][case][metric] for case in cases] for name in names], dtype=float)
@@ -279,6 +291,10 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
         cells += ([f"{100 * d['mean']:+.1f} ({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})",
                    _cell(d["p_value"]), f"{d['cases_better']} / {d['cases_worse']}"] if d else ["–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
+    if report.get("failed_trainings"):
+        lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
+                      "lesion recall 0 on every test case): those trainings did not learn, and their zeros are in the "
+                      "means and paired differences above. Train longer (--seg_steps) or with other seeds."]
     if "sweep" in report:
         lines += ["", f"Synthetic ratio sweep ({report['sweep']['strategy']}): Dice "
                       + ", ".join(f"{r['ratio']:g}: {_cell(r['dice']['mean'])}" for r in report["sweep"]["rows"])]
@@ -387,8 +403,12 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     start = time.perf_counter()
     scores = score_test_set(models, raw, cases, dataset.plans.lesion_labels, options.mirror, folder / "predictions")
     case_ids = [c.case_id for c in cases]
+    failed = failed_trainings(scores)
+    if failed:
+        logger.warning("%s found no test lesion at all: those trainings did not learn (see the report)",
+                       ", ".join(failed))
     report = {"dataset": dataset.name, "plans": options.plans, "test_dataset": raw.name, "test_cases": case_ids,
-              **summarise(scores, options, case_ids), "per_case": scores,
+              **summarise(scores, options, case_ids), "failed_trainings": failed, "per_case": scores,
               "trainings": outcome, "minutes": {"training": minutes_training,
                                                 "testing": (time.perf_counter() - start) / 60},
               "settings": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)

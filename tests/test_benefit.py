@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import TINY, TINY_NAME
-from lesiongen.benefit import BenefitOptions, check_no_leak, held_out_cases
+from lesiongen.benefit import BenefitOptions, check_no_leak, failed_trainings, held_out_cases, markdown
 from lesiongen.cli import benefit as benefit_cli
 from lesiongen.evaluation.compare import METRICS
 from lesiongen.io.images import read_image
@@ -64,3 +64,21 @@ def test_a_rerun_trains_nothing_again(benefit, capsys):
     assert benefit_cli.main(args) == 0
     report = json.loads((out / "benefit.json").read_text())
     assert set(report["trainings"].values()) == {"up to date"}
+
+
+def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
+    nan = float("nan")
+    lesion_free = {"dice": 1.0, "lesion_recall": nan}  # no lesion, none predicted: Dice 1 by convention
+    scores = {
+        "seg_none_s0": {"a": {"dice": 0.0, "lesion_recall": 0.0}, "b": {"dice": 0.0, "lesion_recall": 0.0},
+                        "c": lesion_free},
+        "seg_none_s1": {"a": {"dice": 0.0, "lesion_recall": 0.0}, "b": {"dice": 0.1, "lesion_recall": 0.5},
+                        "c": lesion_free},
+        "seg_sphere_s0": {"a": {"dice": 0.0, "lesion_recall": 0.5}, "b": {"dice": 0.0, "lesion_recall": 0.0},
+                          "c": lesion_free},
+        "seg_sphere_s1": {"c": lesion_free},  # no test case with lesions: nothing to say
+    }
+    assert failed_trainings(scores) == ["seg_none_s0"]
+    report = {"dataset": "D", "strategies": [], "failed_trainings": ["seg_none_s0"]}
+    assert "**Warning**: seg_none_s0 found no test lesion" in markdown(report, 3, 2)
+    assert "Warning" not in markdown({**report, "failed_trainings": []}, 3, 2)
