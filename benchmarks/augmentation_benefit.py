@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import console_script, require_new_folder, work_env, write_and_plan_demo, write_results  # noqa: E402
+from measure import (  # noqa: E402
+    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+)
 
 
 def main() -> None:
@@ -47,13 +48,8 @@ def main() -> None:
         write_and_plan_demo(env, minutes, "501", [
             "--n_lesion_cases", str(args.n_lesion_cases), "--n_healthy", str(args.n_healthy), "--n_test",
             str(args.n_test), "--seed", "3", *(["--realistic"] if args.realistic else [])], args.num_processes)
-        command = [console_script("lesiongen_benefit"), "-d", "501", "-p", args.plans, "-o", str(work / "benefit"),
-                   *benefit_args]
-        print("+", Path(command[0]).name, *command[1:], flush=True)
-        benefit_start = time.perf_counter()
-        if subprocess.run(command, env=env).returncode != 0:  # its progress streams to the console: an hour or more
-            sys.exit("lesiongen_benefit failed")
-        minutes["benefit"] = round((time.perf_counter() - benefit_start) / 60, 2)
+        run_step("benefit", [console_script("lesiongen_benefit"), "-d", "501", "-p", args.plans, "-o",
+                             str(work / "benefit"), *benefit_args], env, minutes, stream=True)
         report = json.loads((work / "benefit" / "benefit.json").read_text())
         minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     name = "augmentation_benefit" + ("_realistic" if args.realistic else "")

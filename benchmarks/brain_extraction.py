@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lesiongen.demo.phantom import WHOLE_HEAD  # noqa: E402
+from lesiongen.demo.phantom import WHOLE_HEAD, DemoConfig  # noqa: E402
 from lesiongen.inference.strategies import SegVariant  # noqa: E402
 from lesiongen.models.folder import trainer_folder_name  # noqa: E402
 from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
@@ -59,8 +59,8 @@ def nonzero_baseline(raw: Path) -> dict[str, float]:
 
 
 def head_shape(voxel_mm: float) -> tuple[int, int, int]:
-    """The whole-head demo's field of view (``WHOLE_HEAD``, 2 mm voxels) in voxels of ``voxel_mm``."""
-    return tuple(int(round(n * 2.0 / voxel_mm)) for n in WHOLE_HEAD["shape"])
+    """The whole-head demo's field of view (``WHOLE_HEAD``'s shape at the demo's spacing) in voxels of ``voxel_mm``."""
+    return tuple(int(round(n * s / voxel_mm)) for n, s in zip(WHOLE_HEAD["shape"], DemoConfig().spacing))
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -129,8 +129,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         result = run(args, work)
     print(f"brain extraction, {args.voxel_mm:g} mm heads, {args.steps} seg steps ({PLANS}), {args.n_test} held-out "
-          f"heads: Dice mean "
-          f"{result['dice_mean']:.4f}, min {result['dice_min']:.4f}; 'nonzero = brain' Dice "
+          f"heads: Dice mean {result['dice_mean']:.4f}, min {result['dice_min']:.4f}; 'nonzero = brain' Dice "
           f"{result['nonzero_baseline_dice_mean']:.4f}; whole run {result['minutes']['wall']} min")
     for case, dice in result["dice_per_head"].items():
         print(f"  {case}: {dice:.4f}")

@@ -100,16 +100,18 @@ def require_new_folder(folder: Path | None) -> None:
         raise SystemExit(f"{folder}: not empty; the benchmark starts from scratch (give a new or empty folder)")
 
 
-def run_step(name: str, command: list[str], env: dict, minutes: dict) -> None:
+def run_step(name: str, command: list[str], env: dict, minutes: dict, stream: bool = False) -> None:
     """One step of a from-scratch benchmark: run ``command``, stop the benchmark with its output tail when it
-    fails, record its minutes under ``name``."""
+    fails, record its minutes under ``name``. ``stream``: its output goes to the console as it comes (a step of
+    an hour or more) instead of being kept for the failure message."""
     import sys
 
     print(f"+ {Path(command[0]).name} {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=not stream, text=True)
     if result.returncode != 0:
-        sys.exit(f"{name} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+        tail = "" if stream else ":\n" + (result.stdout + result.stderr)[-3000:]
+        sys.exit(f"{name} failed (exit {result.returncode}){tail}")
     minutes[name] = round((time.perf_counter() - start) / 60, 2)
 
 
