@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,10 +13,10 @@ import torch
 from lesiongen.diffusion.presets import (DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEP_SPACING, FEW_STEPS,
                                         SAMPLING_PRESETS)
 
-SAMPLERS = ("dpm_solver", "ddim", "ddpm")
 if TYPE_CHECKING:  # diffusers costs seconds to import: only what samples or trains a diffusion model loads it
     from diffusers import DDPMScheduler
 
+SAMPLERS = ("dpm_solver", "ddim", "ddpm")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for what the network predicts
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
