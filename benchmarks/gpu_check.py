@@ -357,7 +357,8 @@ def print_table(payload: dict[str, Any]) -> None:
         steps = f"{result.get('steps_trained', '-')}/{result.get('steps_asked', '-')}"
         print(f"{trainer:<11} {'yes' if result.get('ok') else 'NO':>3} {steps:>7} "
               f"{_fmt(result.get('batch_size'), 'd'):>5} {_fmt(performance.get('samples_per_second')):>10} "
-              f"{_fmt(memory, '.2f' if gpu else '.0f'):>13} {estimate_text:>13} {_fmt(result.get('wall_seconds'), '.1f'):>7}")
+              f"{_fmt(memory, '.2f' if gpu else '.0f'):>13} {estimate_text:>13} "
+              f"{_fmt(result.get('wall_seconds'), '.1f'):>7}")
     if not gpu:
         print("(on CPU the plans' estimate is about GPU memory and resident memory is not comparable with it)")
     if settings["plans"] == CPU_PLANS:

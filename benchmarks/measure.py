@@ -72,14 +72,26 @@ def run_measured(command: list[str], env: dict[str, str] | None = None, interval
     return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-tail_lines:]), timed_out)
 
 
+def _code_now() -> dict:
+    from lesiongen.utilities.provenance import code_version
+
+    return code_version.__wrapped__()
+
+
+# The code a benchmark ran is the code at its start: a commit made while an hour-long run goes on must not be
+# recorded as what produced its figures.
+_CODE_AT_START = _code_now()
+_STARTED = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def benchmark_provenance() -> dict:
-    """What a benchmark's figures came from: lesiongen's version and commit, the machine and the date."""
+    """What a benchmark's figures came from: lesiongen's version and commit when the benchmark started (and whether
+    they had changed by its end), the machine and the dates."""
     import platform
     import sys
 
-    from lesiongen.utilities.provenance import code_version
-
-    return {**code_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
+    return {**_CODE_AT_START, "code_changed_during_run": _code_now() != _CODE_AT_START, "started": _STARTED,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "from_scratch": True}
 
 

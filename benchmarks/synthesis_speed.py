@@ -103,7 +103,8 @@ def run(dataset_id: str, args: argparse.Namespace, work: Path) -> None:
     generator = load_trained_model(dataset.name, "spheremask", dataset.plans.plans_name, 0, args.device)
     for model in (inpainter, generator):  # which models the figures come from
         record = model.record()
-        print(f"{model.kind}: {record['checkpoint']} sha256 {record['sha256'][:12]}, {record.get('steps_trained')} steps")
+        print(f"{model.kind}: {record['checkpoint']} sha256 {record['sha256'][:12]}, "
+              f"{record.get('steps_trained')} steps")
     patches = load_lesion_patches(dataset.lesion_patch_folder, inpainter.provenance["val_cases"])
     rows = []
     for name, schedule, n in (("fast", InpaintSchedule.fast(), args.patches),

@@ -1,0 +1,32 @@
+"""benchmarks/measure.py records the code a benchmark started with, not the code found when it ends."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_measure():
+    spec = importlib.util.spec_from_file_location("measure", BENCHMARKS / "measure.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("measure", module)  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_commit_made_during_the_run_is_not_recorded_as_what_ran(monkeypatch):
+    measure = load_measure()
+    started_with = dict(measure._CODE_AT_START)
+    monkeypatch.setattr(measure, "_code_now", lambda: {**started_with, "git_commit": "f" * 40})
+    record = measure.benchmark_provenance()
+    assert record["git_commit"] == started_with["git_commit"]
+    assert record["code_changed_during_run"] is True
+
+
+def test_unchanged_code_is_recorded_as_unchanged():
+    record = load_measure().benchmark_provenance()
+    assert record["code_changed_during_run"] is False
+    assert record["started"] <= record["date"]
