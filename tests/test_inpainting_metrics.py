@@ -248,3 +248,29 @@ def test_contrast_agreement_of_a_shifted_distribution():
     assert shifted["contrast_wasserstein_per_channel"] == pytest.approx([0.5, 0.0])
     assert shifted["contrast_wasserstein_over_real_std"][0] == pytest.approx(0.5 / np.sqrt(1.25))
     assert shifted["contrast_mean_ratio"][0] == pytest.approx(3.0 / 2.5)
+
+
+def test_contrast_agreement_permutation_floor_and_p_value_by_hand():
+    from lesiongen.evaluation.evaluate_inpainting import contrast_agreement
+
+    # pooled {0, 1, 2}; the three ways to pick the inserted value: 2 -> W({0,1}, {2}) = 1.5, 1 -> W({0,2}, {1}) = 1.0,
+    # 0 -> W({1,2}, {0}) = 1.5. Observed (inserted 2): 1.5, reached by 2 of 3 relabellings; mean null distance 4/3,
+    # over the real std 0.5.
+    result = contrast_agreement(np.array([[0.0], [1.0]]), np.array([[2.0]]))
+    assert result["contrast_wasserstein_per_channel"] == pytest.approx([1.5])
+    assert result["contrast_wasserstein_p"][0] == pytest.approx(2 / 3, abs=0.03)
+    assert result["contrast_wasserstein_null_over_real_std"][0] == pytest.approx((4 / 3) / 0.5, rel=0.02)
+    assert (result["contrast_n_real"], result["contrast_n_inserted"]) == (2, 1)
+
+
+def test_contrast_agreement_tells_a_shift_from_sampling_noise():
+    from lesiongen.evaluation.evaluate_inpainting import contrast_agreement
+
+    rng = np.random.default_rng(7)
+    real = rng.normal(size=(16, 1))
+    identical = contrast_agreement(real, real.copy())
+    assert identical["contrast_wasserstein_p"] == [1.0]
+    # two samples of 16 from one normal distribution: about 0.41 standard deviations apart on average
+    assert 0.3 < identical["contrast_wasserstein_null_over_real_std"][0] < 0.55
+    shifted = contrast_agreement(real, rng.normal(loc=3.0, size=(16, 1)))
+    assert shifted["contrast_wasserstein_p"][0] < 0.001
