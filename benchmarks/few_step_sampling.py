@@ -110,6 +110,9 @@ def comparison_rows(reports: dict) -> list[dict]:
     for section, label in (("insert", "insert"), ("insert_uncalibrated", "insert, uncalibrated")):
         for c in range(channels):
             add(f"{label}: contrast W / real std, ch {c}", section, "contrast_wasserstein_over_real_std", c)
+            add(f"{label}: contrast W by chance at these sizes, ch {c}", section,
+                "contrast_wasserstein_null_over_real_std", c)
+            add(f"{label}: contrast permutation p, ch {c}", section, "contrast_wasserstein_p", c)
             add(f"{label}: contrast mean ratio, ch {c}", section, "contrast_mean_ratio", c)
         add(f"{label}: DiffMapIoU", section, "diff_map_iou")
     add("insert: SSIM outside the mask", "insert", "ssim_outside")
