@@ -332,7 +332,8 @@ def _plot(report: dict, path: Path) -> None:
     paired = [r for r in rows if "vs_none" in r]
     for i, r in enumerate(paired):
         d = r["vs_none"]["dice"]
-        ax.errorbar([i], [100 * d["mean"]], yerr=[[100 * (d["mean"] - d["ci_low"])], [100 * (d["ci_high"] - d["mean"])]],
+        ax.errorbar([i], [100 * d["mean"]],
+                    yerr=[[100 * (d["mean"] - d["ci_low"])], [100 * (d["ci_high"] - d["mean"])]],
                     fmt="o", color=f"C{rows.index(r)}", capsize=4)
     ax.axhline(0, color="k", linewidth=0.8)
     ax.set_xticks(range(len(paired)), [r["strategy"] for r in paired], rotation=30, ha="right", fontsize=8)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import add_common_arguments, add_device_argument, add_plans_argument, positive_int, run_command
+from lesiongen.cli.common import (
+    add_common_arguments,
+    add_device_argument,
+    add_plans_argument,
+    positive_int,
+    run_command,
+)
 
 
 def parse_setting(text: str) -> tuple[str, str]:

@@ -125,7 +125,8 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax = fig.add_subplot(1, len(shown), i + 1)
         means = [r[metric][0] for r in rows]
         stds = [r[metric][1] for r in rows]
-        ax.bar(range(len(rows)), np.nan_to_num(means), yerr=np.nan_to_num(stds), color=[f"C{j}" for j in range(len(rows))])
+        ax.bar(range(len(rows)), np.nan_to_num(means), yerr=np.nan_to_num(stds),
+               color=[f"C{j}" for j in range(len(rows))])
         ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows], rotation=45, ha="right", fontsize=8)
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.set_ylim(0, 1)

@@ -270,7 +270,8 @@ def run_cases(cases: list[InputCase], out: Path, options: PredictOptions, n_chan
     return {"done": done, "skipped": skipped}
 
 
-def read_case_channels(paths: list[Path], reader: str | None = None) -> tuple[np.ndarray, ImageGeometry, list[np.dtype]]:
+def read_case_channels(paths: list[Path],
+                       reader: str | None = None) -> tuple[np.ndarray, ImageGeometry, list[np.dtype]]:
     """(c, z, y, x) float32 channels, their shared geometry and each file's own dtype (outputs keep it)."""
     arrays, dtypes, geometry = [], [], None
     for path in paths:

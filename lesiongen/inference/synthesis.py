@@ -285,7 +285,8 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
     return fallback, SPHERE_FALLBACK, rejected
 
 
-def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan, patch_size: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan,
+                   patch_size: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(class, model-space centre, patch mask) per connected lesion of a label map on the scan's grid."""
     cropped = np.asarray(masks)[bbox_slices(scan.crop_bbox)].astype(np.uint8)
     model = resample_labels(cropped, scan.original_spacing, scan.target_spacing)

@@ -125,7 +125,8 @@ def _int_mapping(value, key: str, where: str, problems: list[Problem]) -> dict[s
     result = {}
     for name, v in value.items():
         if isinstance(v, (list, tuple)):
-            problems.append(Problem(where, f"'{key}' entry {name!r} is a region (list); lesion labels must be single integers"))
+            problems.append(Problem(where, f"'{key}' entry {name!r} is a region (list); "
+                                           "lesion labels must be single integers"))
         elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
             problems.append(Problem(where, f"'{key}' entry {name!r} must be a non-negative integer, got {v!r}"))
         else:
@@ -175,17 +176,20 @@ def parse_dataset_json(path: Path) -> tuple[DatasetInfo | None, list[Problem]]:
 
     ending = raw["file_ending"]
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
-        problems.append(Problem(where, f"'file_ending' {ending!r} is not supported; use one of {', '.join(SUPPORTED_ENDINGS)}"))
+        problems.append(Problem(where, f"'file_ending' {ending!r} is not supported; "
+                                       f"use one of {', '.join(SUPPORTED_ENDINGS)}"))
 
     reader = raw.get("overwrite_image_reader_writer")
     if reader is not None and reader not in READER_ALIASES:
-        problems.append(Problem(where, f"'overwrite_image_reader_writer' {reader!r} is not supported; use one of {sorted(READER_ALIASES)}"))
+        problems.append(Problem(where, f"'overwrite_image_reader_writer' {reader!r} is not supported; "
+                                       f"use one of {sorted(READER_ALIASES)}"))
 
     tissue_labels = {}
     if "tissue_labels" in raw:
         tissue_labels = _int_mapping(raw["tissue_labels"], "tissue_labels", where, problems)
     num_healthy = raw.get("numHealthy")
-    if num_healthy is not None and (isinstance(num_healthy, bool) or not isinstance(num_healthy, int) or num_healthy < 0):
+    if num_healthy is not None and (isinstance(num_healthy, bool) or not isinstance(num_healthy, int)
+                                    or num_healthy < 0):
         problems.append(Problem(where, f"'numHealthy' must be a non-negative integer, got {num_healthy!r}"))
 
     if problems:
@@ -226,12 +230,14 @@ def _collect_images(folder: Path, info: DatasetInfo, problems: list[Problem]) ->
         for c in missing:
             problems.append(Problem(str(folder / f"{case}_{c:04d}{ending}"), f"missing channel {c} of case {case}"))
         for c in extra:
-            problems.append(Problem(str(channels[c]), f"extra channel {c}: dataset.json declares {info.num_channels} channel(s)"))
+            problems.append(Problem(str(channels[c]),
+                                    f"extra channel {c}: dataset.json declares {info.num_channels} channel(s)"))
         cases[case] = [channels[c] for c in sorted(expected & set(channels))]
     return cases
 
 
-def _per_case_files(folder: Path, cases: list[str], info: DatasetInfo, what: str, problems: list[Problem]) -> dict[str, Path]:
+def _per_case_files(folder: Path, cases: list[str], info: DatasetInfo, what: str,
+                    problems: list[Problem]) -> dict[str, Path]:
     """Files named ``{case}{ending}`` (labels, tissue maps, brain masks): one per case, none without a case."""
     ending = info.file_ending
     present = {}
@@ -288,7 +294,8 @@ def scan_dataset(folder: Path) -> tuple[RawDataset | None, list[Problem]]:
         images = _collect_images(image_folder, info, problems)
         case_ids = list(images)
         cases = {c: CaseFiles(c, images[c]) for c in case_ids}
-        extra_folders = [("label", label_dir, "label"), ("tissue", tissue_dir, "tissue map"), ("brain_mask", mask_dir, "brain mask")]
+        extra_folders = [("label", label_dir, "label"), ("tissue", tissue_dir, "tissue map"),
+                         ("brain_mask", mask_dir, "brain mask")]
         for attribute, sub, what in extra_folders:
             if sub is None or not (folder / sub).is_dir():
                 if attribute == "label" and split == "training":
@@ -301,10 +308,12 @@ def scan_dataset(folder: Path) -> tuple[RawDataset | None, list[Problem]]:
 
     if len(splits["training"]) != info.num_training:
         problems.append(Problem(str(folder / "dataset.json"),
-                                f"numTraining is {info.num_training} but imagesTr holds {len(splits['training'])} case(s)"))
+                                f"numTraining is {info.num_training} "
+                                f"but imagesTr holds {len(splits['training'])} case(s)"))
     if info.num_healthy is not None and len(splits["healthy"]) != info.num_healthy:
         problems.append(Problem(str(folder / "dataset.json"),
-                                f"numHealthy is {info.num_healthy} but imagesHealthy holds {len(splits['healthy'])} case(s)"))
+                                f"numHealthy is {info.num_healthy} "
+                                f"but imagesHealthy holds {len(splits['healthy'])} case(s)"))
     dataset = RawDataset(folder, dataset_id_of(folder), info, splits["training"], splits["healthy"], splits["test"],
                          layout_problems=problems)
     return dataset, problems

@@ -92,7 +92,8 @@ def load_case(case: CaseFiles, info: DatasetInfo) -> tuple[LoadedCase | None, li
             problems.append(Problem(str(path), "contains NaN or Inf"))
 
     loaded = LoadedCase(case.case_id, images, geometry)
-    maps = [("label", case.label, "label map"), ("tissue", case.tissue, "tissue map"), ("brain_mask", case.brain_mask, "brain mask")]
+    maps = [("label", case.label, "label map"), ("tissue", case.tissue, "tissue map"),
+            ("brain_mask", case.brain_mask, "brain mask")]
     for attribute, path, what in maps:
         if path is None:
             continue
@@ -107,11 +108,13 @@ def load_case(case: CaseFiles, info: DatasetInfo) -> tuple[LoadedCase | None, li
         if attribute == "label":
             unexpected = _unexpected_values(array, set(info.labels.values()))
             if unexpected:
-                problems.append(Problem(str(path), f"unexpected label value(s) {unexpected}; dataset.json declares {sorted(info.labels.values())}"))
+                problems.append(Problem(str(path), f"unexpected label value(s) {unexpected}; "
+                                                   f"dataset.json declares {sorted(info.labels.values())}"))
         elif attribute == "tissue" and info.tissue_labels:
             unexpected = _unexpected_values(array, {0, *info.tissue_labels.values()})
             if unexpected:
-                problems.append(Problem(str(path), f"unexpected tissue value(s) {unexpected}; dataset.json declares {sorted(info.tissue_labels.values())}"))
+                problems.append(Problem(str(path), f"unexpected tissue value(s) {unexpected}; "
+                                                   f"dataset.json declares {sorted(info.tissue_labels.values())}"))
         elif attribute == "brain_mask":
             if array.max(initial=0) > 1:
                 problems.append(Problem(str(path), "brain mask has values other than 0 and 1"))

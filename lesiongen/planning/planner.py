@@ -67,7 +67,8 @@ def target_spacing(spacings: list[list[float]], shapes: list[list[int]]) -> tupl
     return [float(s) for s in target], anisotropic, notes
 
 
-def normalization_schemes(fingerprint: DatasetFingerprint, has_brain_masks: bool) -> tuple[list[ChannelNormalization], list[str]]:
+def normalization_schemes(fingerprint: DatasetFingerprint,
+                          has_brain_masks: bool) -> tuple[list[ChannelNormalization], list[str]]:
     """Scheme by channel name as nnU-Net; z-score within the brain when the brain is a clear subset of the box."""
     # nnU-Net uses the nonzero mask when cropping removed a lot; skull-stripped MRI also has many zeros
     # inside the crop box, which would otherwise bias mean and std towards background
@@ -93,8 +94,10 @@ def normalization_schemes(fingerprint: DatasetFingerprint, has_brain_masks: bool
     return result, notes
 
 
-def lesion_patch_size(fingerprint: DatasetFingerprint, spacing: list[float], median_shape: list[int]) -> tuple[list[int], float, float]:
-    """Cube-in-mm patch so that the 95th-percentile lesion (bounding sphere plus margin) fits; (patch, margin, share)."""
+def lesion_patch_size(fingerprint: DatasetFingerprint, spacing: list[float],
+                      median_shape: list[int]) -> tuple[list[int], float, float]:
+    """Cube-in-mm patch so that the 95th-percentile lesion (bounding sphere plus margin) fits;
+    (patch, margin, share)."""
     radii = np.asarray([l.bounding_radius_mm for c in fingerprint.cases for l in c.lesions], dtype=float)
     r95 = float(np.percentile(radii, LESION_PATCH_QUANTILE)) if radii.size else 5.0
     margin = max(4.0, 2 * max(spacing), 0.25 * r95)  # context around the lesion for the generators
@@ -185,7 +188,8 @@ def plain_unet_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int) -
     )
 
 
-def _diffusion_plan(patch: list[int], in_channels: int, out_channels: int) -> tuple[NetworkPlan, topo.DiffusionTopology]:
+def _diffusion_plan(patch: list[int], in_channels: int,
+                    out_channels: int) -> tuple[NetworkPlan, topo.DiffusionTopology]:
     """Keyword arguments of MONAI's DiffusionModelUNet (3D in all axes)."""
     net = topo.diffusion_topology(patch)
     kwargs = {
@@ -225,7 +229,8 @@ def gan_generator_plan(unet: topo.UNetTopology, in_channels: int, n_classes: int
     return plan
 
 
-def _lesion_stage(name: str, patch: list[int], networks: dict[str, tuple[NetworkPlan, topo.DiffusionTopology | None, int]],
+def _lesion_stage(name: str, patch: list[int],
+                  networks: dict[str, tuple[NetworkPlan, topo.DiffusionTopology | None, int]],
                   memory_gb: float, n_lesions: int) -> StagePlan:
     """Batch size from the largest network of a lesion-patch stage."""
     cap = int(min(MAX_LESION_BATCH, max(2, n_lesions)))
@@ -236,7 +241,8 @@ def _lesion_stage(name: str, patch: list[int], networks: dict[str, tuple[Network
             batches.append(batch)
             memories.append(lambda b, d=diffusion, c=in_channels: topo.diffusion_memory_gb(d, patch, c, b))
         else:
-            unet = topo.UNetTopology(patch, plan.kwargs["strides"], plan.kwargs["kernel_sizes"], plan.kwargs["features_per_stage"])
+            unet = topo.UNetTopology(patch, plan.kwargs["strides"], plan.kwargs["kernel_sizes"],
+                                     plan.kwargs["features_per_stage"])
             elements = topo.unet_activation_elements(unet, in_channels, plan.kwargs["num_classes"])
             batches.append(topo.unet_batch_size(elements, memory_gb, cap))
             memories.append(lambda b, e=elements: topo.unet_memory_gb(e, b))

@@ -68,7 +68,8 @@ def location_histogram(relative_centroids: list[list[float]], bins: int = LOCATI
     return (hist / hist.sum()).ravel().tolist()
 
 
-def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray, finest_spacing: float) -> SpherePrior:
+def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray,
+                     finest_spacing: float) -> SpherePrior:
     pairs = fingerprint.lesions_of_class(label)
     lesions = [l for _, l in pairs]
     voxel_volume = min(float(np.prod(c.spacing)) for c in fingerprint.cases)

@@ -75,7 +75,8 @@ def _stage_voxels(patch_size: list[int], strides: list[list[int]]) -> list[float
     return sizes
 
 
-def unet_activation_elements(topology: UNetTopology, in_channels: int, n_classes: int, convs_per_stage: int = 2) -> float:
+def unet_activation_elements(topology: UNetTopology, in_channels: int, n_classes: int,
+                             convs_per_stage: int = 2) -> float:
     """Conv output elements of a plain UNet with deep supervision, per sample."""
     voxels = _stage_voxels(topology.patch_size, topology.strides)
     total = in_channels * voxels[0]

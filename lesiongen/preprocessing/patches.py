@@ -84,7 +84,8 @@ def extract_lesion_patches(images: np.ndarray, seg: np.ndarray, tissue: np.ndarr
     return PatchSet(
         images=np.stack(image_patches).astype(np.float32) if image_patches else empty_images,
         masks=np.stack(mask_patches) if mask_patches else np.zeros((0, *patch_size), dtype=np.int8),
-        tissue=(np.stack(tissue_patches) if tissue_patches else np.zeros((0, *patch_size), np.uint8)) if tissue is not None else None,
+        tissue=(np.stack(tissue_patches) if tissue_patches else np.zeros((0, *patch_size), np.uint8))
+               if tissue is not None else None,
         patches=records,
         skipped_too_large=skipped,
     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def draw_batch(rng: np.random.Generator, n_patches: int, batch_size: int, mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def draw_batch(rng: np.random.Generator, n_patches: int, batch_size: int,
+               mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Patch indices and, per sample, which of the three spatial axes to mirror."""
     index = rng.integers(0, n_patches, size=batch_size)
     flips = rng.random((batch_size, 3)) < 0.5 if mirror else np.zeros((batch_size, 3), dtype=bool)

@@ -3,12 +3,14 @@ augmentation, in background workers when asked.
 
 Cases are read lazily from the preprocessed blosc2 arrays (real training cases and cached synthetic ones), so a
 fold never has to fit in memory. A batch's ``force_fg`` share of samples is centred on a random lesion voxel (from
-the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume. For the 2d configuration (``slice_axis`` set) a sample is the in-plane
+the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
+For the 2d configuration (``slice_axis`` set) a sample is the in-plane
 patch of one slice through that centre, so the same oversampling puts a lesion into a third of the slices.
 
 Every batch is a function of (seed, batch number) alone: its loader reseeds numpy's and Python's global generators
 (which batchgenerators' transforms draw from) with ``derive_seed(seed, "batch", number)`` before drawing it, in
-whichever worker makes it. A run resumed at step k therefore sees exactly the batches k, k + 1, ... of an uninterrupted run,
+whichever worker makes it.
+A run resumed at step k therefore sees exactly the batches k, k + 1, ... of an uninterrupted run,
 with or without background workers.
 """
 

@@ -166,7 +166,8 @@ class SegTrainer(Trainer):
         ending = raw.info.file_ending
         per_case = {}
         progress = ProgressLog(logger, f"validation of fold {self.fold} (sliding window"
-                                       f"{', mirrored' if self.mirror_validation else ''})", len(self.val_cases), "cases")
+                                       f"{', mirrored' if self.mirror_validation else ''})",
+                               len(self.val_cases), "cases")
         for case_id in self.val_cases:
             stem = self.dataset.data_folder / "training" / case_id
             properties = read_json(f"{stem}.json")
