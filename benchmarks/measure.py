@@ -78,19 +78,38 @@ def _code_now() -> dict:
     return code_version.__wrapped__()
 
 
+def _package_state() -> str | None:
+    """The lesiongen package's code as git sees it: its tree at HEAD and a hash of any uncommitted change to it
+    (None outside a git checkout). A commit that only touches documentation leaves it as it is."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        tree = subprocess.run(["git", "rev-parse", "HEAD:lesiongen"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "lesiongen"], cwd=root, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if tree.returncode != 0 or diff.returncode != 0:
+        return None
+    return f"{tree.stdout.strip()}+{hashlib.sha256(diff.stdout).hexdigest()[:16]}"
+
+
 # The code a benchmark ran is the code at its start: a commit made while an hour-long run goes on must not be
 # recorded as what produced its figures.
 _CODE_AT_START = _code_now()
+_PACKAGE_AT_START = _package_state()
 _STARTED = time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def benchmark_provenance() -> dict:
     """What a benchmark's figures came from: lesiongen's version and commit when the benchmark started (and whether
-    they had changed by its end), the machine and the dates."""
+    the package's code had changed by its end; None: unknown), the machine and the dates."""
     import platform
     import sys
 
-    return {**_CODE_AT_START, "code_changed_during_run": _code_now() != _CODE_AT_START, "started": _STARTED,
+    changed = None if _PACKAGE_AT_START is None else _package_state() != _PACKAGE_AT_START
+    return {**_CODE_AT_START, "code_changed_during_run": changed, "started": _STARTED,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "from_scratch": True}
 
