@@ -76,11 +76,11 @@ def print_contrast(report: dict) -> None:
             continue
         r = report[section]
         print(f"{section}: {r['contrast_n_inserted']} inserted vs {r['contrast_n_real']} real lesions")
-        for c, (w, floor, p, ratio) in enumerate(zip(
+        for c, (w, floor, p, ratio, (low, high)) in enumerate(zip(
                 r["contrast_wasserstein_over_real_std"], r["contrast_wasserstein_null_over_real_std"],
-                r["contrast_wasserstein_p"], r["contrast_mean_ratio"])):
+                r["contrast_wasserstein_p"], r["contrast_mean_ratio"], r["contrast_mean_ratio_ci95"])):
             print(f"  channel {c}: W / real std {w:.3f} (chance at these sizes {floor:.3f}, permutation p {p:.3f}), "
-                  f"mean ratio {ratio:.2f}")
+                  f"mean ratio {ratio:.2f} (95 % CI {low:.2f}-{high:.2f})")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:

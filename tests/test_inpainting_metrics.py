@@ -274,3 +274,14 @@ def test_contrast_agreement_tells_a_shift_from_sampling_noise():
     assert 0.3 < identical["contrast_wasserstein_null_over_real_std"][0] < 0.55
     shifted = contrast_agreement(real, rng.normal(loc=3.0, size=(16, 1)))
     assert shifted["contrast_wasserstein_p"][0] < 0.001
+
+
+def test_contrast_mean_ratio_interval_by_hand():
+    from lesiongen.evaluation.evaluate_inpainting import contrast_agreement
+
+    # real contrast always 2; inserted {2, 4}: bootstrap means 2, 3, 4 with chances 1/4, 1/2, 1/4, so ratios 1, 1.5, 2
+    # and the 95 % interval runs from 1 to 2
+    result = contrast_agreement(np.full((4, 1), 2.0), np.array([[2.0], [4.0]]))
+    assert result["contrast_mean_ratio"] == pytest.approx([1.5])
+    assert result["contrast_mean_ratio_ci95"] == [pytest.approx([1.0, 2.0])]
+    assert result["contrast_inserted"] == [[2.0], [4.0]]
