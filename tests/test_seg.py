@@ -204,3 +204,28 @@ def test_seg_resume_is_exact(seg_runs, tmp_path, monkeypatch):
     assert resumed["history"]["loss"] == straight["history"]["loss"]
     for key, tensor in straight["networks"]["unet"].items():
         assert torch.equal(tensor, resumed["networks"]["unet"][key]), key
+
+
+def test_a_copied_results_folder_is_checked_against_the_models_it_holds_now(seg_runs, tmp_path, monkeypatch):
+    """The recorded checkpoint paths of a copied results folder lead back to the original's unchanged models; a
+    model retrained in the copy must still make the seg runs that used it stale."""
+    import shutil
+
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import trainer_class
+
+    def reason():
+        trainer = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=2),
+                                       strategy="sphere")
+        trainer.apply_settings({"synthetic_ratio": 0.33, "mirror_validation": False})
+        return trainer.stale_reason()
+
+    assert reason() is None
+    copy = tmp_path / "results"
+    shutil.copytree(seg_runs["results"], copy)
+    monkeypatch.setenv("lesiongen_results", str(copy))
+    assert reason() is None  # copied as it was: still up to date
+    inpainter = copy / TINY_NAME / "inpaint__lesiongenPlans" / "fold_0" / "checkpoint_final.pt"
+    with open(inpainter, "ab") as handle:  # as if retrained in the copy
+        handle.write(b"\0")
+    assert reason() == f"the inpainter it used ({inpainter}) has changed since"

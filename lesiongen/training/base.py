@@ -310,11 +310,21 @@ class Trainer:
         for key, value in wanted.items():
             if provenance.get(key) != value:
                 return f"{key} is {provenance.get(key)!r}, {value!r} asked"
-        for role, record in provenance.get("models_used", {}).items():
-            used = Path(record.get("checkpoint", ""))
+        # the models it would use now, where they are now: after a results folder was copied or moved, the
+        # recorded paths may still lead to the old, unchanged files while the ones in use were retrained
+        current = self.models_to_use()
+        recorded = provenance.get("models_used", {})
+        for role in sorted(current.keys() - recorded.keys()):
+            return f"it was trained without a {role}; {current[role]} is used now"
+        for role, record in recorded.items():
+            used = current.get(role, Path(record.get("checkpoint", "")))
             if not used.is_file() or sha256_file(used) != record.get("sha256"):
                 return f"the {role} it used ({used}) has changed since"
         return None
+
+    def models_to_use(self) -> dict[str, Path]:
+        """role -> checkpoint of the other models this training would use now (none by default)."""
+        return {}
 
     # --------------------------------------------------------------------------------------- checkpoints
     def state_dict(self, final: bool) -> dict[str, Any]:

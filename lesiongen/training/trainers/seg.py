@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from lesiongen.training.losses import (
     softmax_dice_loss,
 )
 from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
-from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases
+from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases, strategy_checkpoints
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import json_plain, read_json, write_json
 from lesiongen.utilities.progress_log import ProgressLog
@@ -108,6 +109,9 @@ class SegTrainer(Trainer):
         if self.device.type == "cpu":
             return 0  # the CPU is busy with the network itself
         return max(1, min(12, (os.cpu_count() or 2) - 1) // self.distributed.world_size)
+
+    def models_to_use(self) -> dict[str, Path]:
+        return {} if self.strategy == "none" else strategy_checkpoints(self.dataset, self.fold, self.strategy)
 
     def _synthetic_cases(self, n_real: int) -> list[SegCase]:
         n_synthetic = max(1, math.ceil(self.synthetic_ratio * n_real))
