@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lesiongen.utilities.provenance import code_version
+
 
 @dataclass
 class Measurement:
@@ -72,12 +74,6 @@ def run_measured(command: list[str], env: dict[str, str] | None = None, interval
     return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-tail_lines:]), timed_out)
 
 
-def _code_now() -> dict:
-    from lesiongen.utilities.provenance import code_version
-
-    return code_version.__wrapped__()
-
-
 def _package_state() -> str | None:
     """The lesiongen package's code as git sees it: its tree at HEAD and a hash of any uncommitted change to it
     (None outside a git checkout). A commit that only touches documentation leaves it as it is."""
@@ -97,7 +93,7 @@ def _package_state() -> str | None:
 
 # The code a benchmark ran is the code at its start: a commit made while an hour-long run goes on must not be
 # recorded as what produced its figures.
-_CODE_AT_START = _code_now()
+_CODE_AT_START = code_version()  # cached: later calls in this process give the same
 _PACKAGE_AT_START = _package_state()
 _STARTED = time.strftime("%Y-%m-%dT%H:%M:%S")
 

@@ -229,3 +229,13 @@ def test_a_copied_results_folder_is_checked_against_the_models_it_holds_now(seg_
     with open(inpainter, "ab") as handle:  # as if retrained in the copy
         handle.write(b"\0")
     assert reason() == f"the inpainter it used ({inpainter}) has changed since"
+
+
+def test_a_missing_generator_is_named_with_the_command_that_trains_it(seg_runs):
+    from lesiongen.training.synthetic import strategy_checkpoints
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    assert set(strategy_checkpoints(dataset, 1, "sphere")) == {"mask_generator", "inpainter"}
+    assert strategy_checkpoints(dataset, 1, "copy_paste") == {}
+    with pytest.raises(LesiongenError, match=f"run lesiongen_train {TINY_NAME} spheremask 1$"):
+        make_synthetic_cases(dataset, 1, "sphere", 1, ["demo_000"], plans_sha256(dataset.plans))

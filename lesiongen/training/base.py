@@ -314,8 +314,9 @@ class Trainer:
         # recorded paths may still lead to the old, unchanged files while the ones in use were retrained
         current = self.models_to_use()
         recorded = provenance.get("models_used", {})
-        for role in sorted(current.keys() - recorded.keys()):
-            return f"it was trained without a {role}; {current[role]} is used now"
+        missing = sorted(current.keys() - recorded.keys())
+        if missing:
+            return f"it was trained without a {missing[0]}; {current[missing[0]]} is used now"
         for role, record in recorded.items():
             used = current.get(role, Path(record.get("checkpoint", "")))
             if not used.is_file() or sha256_file(used) != record.get("sha256"):

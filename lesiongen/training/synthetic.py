@@ -67,26 +67,26 @@ def _healthy(dataset: PreprocessedDataset, case_id: str):
     return images, seg >= 0, tissue
 
 
+def _models_needed(strategy: str) -> dict[str, str]:
+    """role -> trainer of each model a strategy needs."""
+    plan = get_strategy(strategy, SYNTHETIC)
+    return {**({"mask_generator": plan.mask_generator} if plan.mask_generator else {}),
+            **({"inpainter": "inpaint"} if plan.inpainted else {})}
+
+
 def strategy_checkpoints(dataset: PreprocessedDataset, fold: int | str, strategy: str) -> dict[str, Path]:
     """role -> where the final checkpoint of each model a strategy needs is (whether or not it exists yet)."""
-    plan = get_strategy(strategy, SYNTHETIC)
-    kinds = {}
-    if plan.mask_generator:
-        kinds["mask_generator"] = plan.mask_generator
-    if plan.inpainted:
-        kinds["inpainter"] = "inpaint"
     return {role: trainer_folder(dataset.name, kind, dataset.plans.plans_name) / f"fold_{fold}" / "checkpoint_final.pt"
-            for role, kind in kinds.items()}
+            for role, kind in _models_needed(strategy).items()}
 
 
 def _checkpoints(dataset: PreprocessedDataset, fold: int | str, strategy: str) -> dict[str, Path]:
     """role -> final checkpoint of the models a strategy needs; a missing one is an error naming its command."""
     paths = strategy_checkpoints(dataset, fold, strategy)
-    kinds = {"mask_generator": get_strategy(strategy, SYNTHETIC).mask_generator, "inpainter": "inpaint"}
-    for role, path in paths.items():
-        if not path.is_file():
-            raise LesiongenError(f"{path}: not found; synthetic {strategy} cases need it: run lesiongen_train "
-                                 f"{dataset.name} {kinds[role]} {fold}")
+    for role, kind in _models_needed(strategy).items():
+        if not paths[role].is_file():
+            raise LesiongenError(f"{paths[role]}: not found; synthetic {strategy} cases need it: run lesiongen_train "
+                                 f"{dataset.name} {kind} {fold}")
     return paths
 
 
