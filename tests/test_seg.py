@@ -77,7 +77,7 @@ def test_seg_fold_writes_validation_at_original_geometry_and_summary(seg_runs, s
 @pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "none"])
 def test_synthetic_cases_are_cached_with_lesions_inside_the_brain(seg_runs, strategy):
     dataset = open_preprocessed(TINY.dataset_id)
-    folder = synthetic_folder(dataset, strategy, 0)
+    folder = synthetic_folder(dataset, strategy, 0, DEFAULT_SEED)
     record = json.loads((folder / "syn_000.json").read_text())
     assert record["key"]["fold"] == "0" and record["key"]["strategy"] == strategy
     assert record["lesions"] == len(record["lesion_records"]) and record["lesion_voxels"] == int((load_array(
@@ -98,6 +98,20 @@ def test_synthetic_cases_are_cached_with_lesions_inside_the_brain(seg_runs, stra
     if strategy != "copy_paste":
         assert set(made.models_used) == {"mask_generator", "inpainter"}
         assert all(len(m["sha256"]) == 64 for m in made.models_used.values())
+
+
+def test_another_seed_gets_its_own_synthetic_cases_and_leaves_the_first_ones(seg_runs):
+    """Seg runs of several seeds (side by side under lesiongen_benefit --parallel) must not overwrite each other."""
+    dataset = open_preprocessed(TINY.dataset_id)
+    first = synthetic_folder(dataset, "copy_paste", 0, DEFAULT_SEED)
+    before = {f.name: f.stat().st_mtime_ns for f in first.iterdir()}
+    train_cases = json.loads((fold_folder(seg_runs, "copy_paste") / "training_summary.json").read_text())["train_cases"]
+    made = make_synthetic_cases(dataset, 0, "copy_paste", 1, train_cases, plans_sha256(dataset.plans),
+                                seed=DEFAULT_SEED + 1, max_empty_fraction=1)
+    assert made.made == 1 and made.cases[0].stem.parent == synthetic_folder(dataset, "copy_paste", 0, DEFAULT_SEED + 1)
+    assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == before
+    keys = [json.loads((folder / "syn_000.json").read_text())["key"] for folder in (first, made.cases[0].stem.parent)]
+    assert keys[0]["seed"] != keys[1]["seed"]
 
 
 def test_generators_of_another_split_are_refused(seg_runs):

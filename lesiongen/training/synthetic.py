@@ -4,8 +4,11 @@ Every model used is the one trained on **the same fold**, and it is checked: a g
 training cases differ from the fold's is refused, so no validation lesion reaches a synthetic case; copy_paste
 takes its donor lesions from the fold's training cases only.
 
-Cases live in ``$lesiongen_preprocessed/DatasetXXX/synthetic/STRATEGY/fold_X/`` in the preprocessed format
-(``syn_000.b2nd``, ``_seg.b2nd``, ``_locations.npz``, ``.json`` last). The JSON records what made the case (strategy,
+Cases live in ``$lesiongen_preprocessed/DatasetXXX/synthetic/STRATEGY/fold_X/seed_S/`` (S: the seg run's seed, so
+runs with different seeds neither share nor overwrite each other's cases) in the preprocessed format
+(``syn_000.b2nd``, ``_seg.b2nd``, ``_locations.npz``, ``.json`` last). Runs of one seed at different synthetic
+ratios share the cases they have in common; the folder is locked while cases are made, so a second run waits and
+then reuses them. The JSON records what made the case (strategy,
 fold, seed, healthy source, the sha256 of every model, the plans hash, the code) and what it holds (lesion count and
 volume). A rerun reuses a case only when the part of that record that determines it matches what is asked now;
 anything else is made again.
@@ -32,6 +35,7 @@ from lesiongen.preprocessing.storage import CHECKSUMS, case_checksums, load_arra
 from lesiongen.training.seg_data import SegCase
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, read_json, write_json
+from lesiongen.utilities.locks import exclusive_lock
 from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.provenance import code_version, json_sha256, sha256_file
 from lesiongen.utilities.seeding import derive_seed
@@ -54,8 +58,8 @@ class SyntheticSet:
     sphere_fallbacks: int = 0  # lesions whose generated masks were implausible and took the sphere prior's
 
 
-def synthetic_folder(dataset: PreprocessedDataset, strategy: str, fold: int | str) -> Path:
-    return dataset.folder / "synthetic" / strategy / f"fold_{fold}"
+def synthetic_folder(dataset: PreprocessedDataset, strategy: str, fold: int | str, seed: int) -> Path:
+    return dataset.folder / "synthetic" / strategy / f"fold_{fold}" / f"seed_{seed}"
 
 
 def _healthy(dataset: PreprocessedDataset, case_id: str):
@@ -124,29 +128,24 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
                              "are made from imagesHealthy")
     checkpoints = _checkpoints(dataset, fold, strategy)
     sha = {role: sha256_file(path) for role, path in checkpoints.items()}
-    folder = synthetic_folder(dataset, strategy, fold)
-    folder.mkdir(parents=True, exist_ok=True)
-    cases, keys, todo = [], [], []
-    for i in range(n_cases):
-        case = SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True)
-        key = case_key(strategy, fold, derive_seed(seed, "synthetic", strategy, i), healthy_ids[i % len(healthy_ids)],
-                       sha, plans_sha256, train_cases)
-        record = Path(f"{case.stem}.json")
-        if not record.is_file() or read_json(record).get("key") != key:
-            todo.append(i)
-        cases.append(case)
-        keys.append(key)
+    folder = synthetic_folder(dataset, strategy, fold, seed)
+    cases = [SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True) for i in range(n_cases)]
+    keys = [case_key(strategy, fold, derive_seed(seed, "synthetic", strategy, i), healthy_ids[i % len(healthy_ids)],
+                     sha, plans_sha256, train_cases) for i in range(n_cases)]
     models: dict[str, Any] = {}
-    if todo:
-        models = {role: _load_fold_model(path, train_cases, plans_sha256, device) for role, path in checkpoints.items()}
-        logger.info("making %d synthetic %s case(s) for fold %s in %s (%d cached)", len(todo), strategy, fold, folder,
-                    n_cases - len(todo))
-        maker = _copy_paste_maker(dataset, train_cases) if strategy == "copy_paste" else \
-            _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
-        progress = ProgressLog(logger, f"synthetic {strategy} cases for fold {fold}", len(todo), "cases")
-        for i in todo:
-            _make_case(dataset, cases[i], keys[i], maker)
-            progress.advance()
+    with exclusive_lock(folder, f"synthetic {strategy} cases", wait=True):  # a run of the same seed waits, then reuses
+        todo = [i for i, case in enumerate(cases) if _recorded_key(case) != keys[i]]
+        if todo:
+            models = {role: _load_fold_model(path, train_cases, plans_sha256, device)
+                      for role, path in checkpoints.items()}
+            logger.info("making %d synthetic %s case(s) for fold %s in %s (%d cached)", len(todo), strategy, fold,
+                        folder, n_cases - len(todo))
+            maker = _copy_paste_maker(dataset, train_cases) if strategy == "copy_paste" else \
+                _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
+            progress = ProgressLog(logger, f"synthetic {strategy} cases for fold {fold}", len(todo), "cases")
+            for i in todo:
+                _make_case(dataset, cases[i], keys[i], maker)
+                progress.advance()
     model_records = {role: {"checkpoint": str(path), "sha256": sha[role],
                             **({"steps_trained": models[role].provenance.get("steps_trained")} if role in models
                                else {})}
@@ -165,6 +164,12 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
     if empty:
         logger.warning("%d of %d synthetic %s case(s) hold no lesion", empty, n_cases, strategy)
     return SyntheticSet(cases, model_records, len(todo), empty, lesions, fallbacks)
+
+
+def _recorded_key(case: SegCase) -> dict[str, Any] | None:
+    """The key a cached case was made with (None: no complete case there)."""
+    record = Path(f"{case.stem}.json")
+    return read_json(record).get("key") if record.is_file() else None
 
 
 def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):

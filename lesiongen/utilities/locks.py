@@ -2,9 +2,11 @@
 
 Two runs preprocessing the same dataset, or training the same fold, would interleave their files (and one's
 clean-up of leftovers would delete the other's unfinished writes), so the second one stops at once with a line
-naming the folder and the process that holds it. ``flock`` locks belong to the open file: the kernel releases
-them when the holder exits however it ends (``kill -9`` included), so no stale lock can block a later run. The
-file itself is removed on a clean exit; one left by a killed run is simply taken over. POSIX only (``fcntl``).
+naming the folder and the process that holds it. A shared cache that both may fill (synthetic cases two seg runs
+need) is locked with ``wait=True``: the second waits, then finds the first one's files. ``flock`` locks belong to
+the open file: the kernel releases them when the holder exits however it ends (``kill -9`` included), so no stale
+lock can block a later run. The file itself is removed on a clean exit; one left by a killed run is simply taken
+over. POSIX only (``fcntl``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ LOCK_NAME = ".lesiongen.lock"
 class FolderLock:
     """A held lock on one folder; :meth:`release` (or leaving :func:`exclusive_lock`) gives it back."""
 
-    def __init__(self, folder: Path, what: str):
-        self.folder, self.what = Path(folder), what
+    def __init__(self, folder: Path, what: str, wait: bool = False):
+        self.folder, self.what, self.wait = Path(folder), what, wait
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
 
@@ -58,8 +60,11 @@ class FolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
-            os.close(fd)
-            raise LesiongenError(f"{self.folder}: already in use by another lesiongen run (pid {holder})") from None
+            if not self.wait:
+                os.close(fd)
+                raise LesiongenError(f"{self.folder}: already in use by another lesiongen run (pid {holder})") from None
+            logger.info("%s: in use by another lesiongen run (pid %s); waiting for it", self.folder, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         # the previous holder may have removed the file between our open and our lock: then ours is orphaned
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(self.path))
@@ -92,12 +97,13 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: str | Path, what: str) -> Iterator[FolderLock]:
+def exclusive_lock(folder: str | Path, what: str, wait: bool = False) -> Iterator[FolderLock]:
     """Hold ``folder``'s lock for the ``with`` block; ``what`` (e.g. "preprocessing") is written next to the pid.
 
-    Raises :class:`LesiongenError` naming the folder and the holder's pid when another process holds it.
+    When another process holds it: with ``wait``, wait until it is released; else raise :class:`LesiongenError`
+    naming the folder and the holder's pid.
     """
-    lock = FolderLock(Path(folder), what).acquire()
+    lock = FolderLock(Path(folder), what, wait).acquire()
     try:
         yield lock
     finally:

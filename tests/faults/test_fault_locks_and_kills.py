@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,26 @@ def test_lock_excludes_a_second_holder_and_is_removed_on_release(tmp_path):
     assert not (folder / LOCK_NAME).exists()
     with exclusive_lock(folder, "again"):  # free again
         pass
+
+
+def test_a_waiting_lock_waits_for_the_holder_then_takes_the_lock(tmp_path):
+    folder = tmp_path / "synthetic"
+    order: list[str] = []
+    holder = exclusive_lock(folder, "first")
+    holder.__enter__()
+
+    def second():
+        with exclusive_lock(folder, "second", wait=True):
+            order.append("second")
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and order == []  # blocked while the first one holds the folder
+    order.append("first done")
+    holder.__exit__(None, None, None)
+    waiter.join(timeout=10)
+    assert order == ["first done", "second"] and not (folder / LOCK_NAME).exists()
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
