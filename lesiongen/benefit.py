@@ -31,7 +31,8 @@ from lesiongen.evaluation.compare import METRICS, run_comparison
 from lesiongen.evaluation.segmentation_metrics import case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
-from lesiongen.inference.strategies import STRATEGIES, SegVariant, strategy as get_strategy
+from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
+                                           strategy as get_strategy)
 from lesiongen.io.dataset import CaseFiles, RawDataset, load_dataset
 from lesiongen.io.images import read_channels, read_image, write_image
 from lesiongen.models.checkpoint import FINAL, load_checkpoint
@@ -50,7 +51,6 @@ from lesiongen.utilities.provenance import code_version, model_record
 logger = logging.getLogger(__name__)
 
 FOLD = "all"
-DEFAULT_STRATEGIES = ("none", "copy_paste", "sphere", "diffmask")
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SWEEP = (0.25, 0.5, 1.0, 2.0)
 REPORT = "benefit"

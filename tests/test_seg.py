@@ -20,7 +20,7 @@ from lesiongen.training.synthetic import make_synthetic_cases, synthetic_folder
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.provenance import sha256_file
 
-STRATEGIES = ("none", "sphere", "unetmask", "diffmask", "ganmask", "copy_paste")
+STRATEGIES = ("none", "sphere", "unetmask", "diffmask", "ganmask", "copy_paste", "realmask")
 
 
 def train(*args: str) -> int:
@@ -86,7 +86,7 @@ def test_synthetic_cases_are_cached_with_lesions_inside_the_brain(seg_runs, stra
     images = load_array(folder / "syn_000.b2nd")
     healthy = load_array(dataset.data_folder / "healthy" / f"{record['key']['source_healthy_case']}.b2nd")
     assert images.shape == healthy.shape
-    if strategy in ("sphere", "copy_paste"):  # untrained learned generators may well give no lesion yet
+    if strategy in ("sphere", "copy_paste", "realmask"):  # untrained learned generators may give no lesion yet
         assert (seg > 0).any()
         assert not np.array_equal(images, healthy)
     assert np.array_equal(images != healthy, (images != healthy) & (seg >= 0)[None])  # changes only in the brain
@@ -95,9 +95,9 @@ def test_synthetic_cases_are_cached_with_lesions_inside_the_brain(seg_runs, stra
     sha = plans_sha256(dataset.plans)
     made = make_synthetic_cases(dataset, 0, strategy, 1, train_cases, sha, seed=DEFAULT_SEED, max_empty_fraction=1)
     assert made.made == 0 and (folder / "syn_000.b2nd").stat().st_mtime_ns == before  # cached, not remade
-    if strategy != "copy_paste":
-        assert set(made.models_used) == {"mask_generator", "inpainter"}
-        assert all(len(m["sha256"]) == 64 for m in made.models_used.values())
+    roles = {"copy_paste": set(), "realmask": {"inpainter"}}.get(strategy, {"mask_generator", "inpainter"})
+    assert set(made.models_used) == roles
+    assert all(len(m["sha256"]) == 64 for m in made.models_used.values())
 
 
 def test_another_seed_gets_its_own_synthetic_cases_and_leaves_the_first_ones(seg_runs):
@@ -164,6 +164,33 @@ def test_copy_paste_donors_come_from_the_fold_training_cases_only(tiny_preproces
               for lesion in json.loads(open(f"{case.stem}.json").read())["lesion_records"]]
     assert len(donors) >= 20 and set(donors) <= set(train_cases)
     assert len(set(donors)) == len(train_cases)  # every training case donates; no other case does
+
+
+def test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them(tiny_preprocessed):
+    """Same seed: realmask's label map is copy_paste's (same donors, shapes, places); only the look differs, and it
+    is the inpainter's (here one that writes +5 into the mask and nothing else)."""
+    from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
+    from lesiongen.training.synthetic import _copy_paste_maker, _healthy, _real_mask_maker
+
+    class MarkingInpainter:
+        margin_voxels = 0
+
+        def inpaint(self, images, masks, mode, seed=0, schedule=None, brain=None):
+            return np.where(masks[:, None] > 0, 5.0, images).astype(images.dtype)
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    train_cases, _ = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
+    images, brain, tissue = _healthy(dataset, dataset.case_ids("healthy")[0])
+    pasted, pasted_label, pasted_records = _copy_paste_maker(dataset, train_cases)(images, brain, tissue, 3)
+    painted, painted_label, painted_records = _real_mask_maker(dataset, train_cases, MarkingInpainter())(
+        images, brain, tissue, 3)
+    assert len(painted_records) >= 2
+    assert [(r["donor_case"], r["centre_model_voxel"]) for r in painted_records] == \
+        [(r["donor_case"], r["centre_model_voxel"]) for r in pasted_records]
+    np.testing.assert_array_equal(painted_label, pasted_label)
+    assert np.array_equal(painted != images, np.broadcast_to(painted_label > 0, images.shape))
+    assert np.all(painted[:, painted_label > 0] == 5.0)
+    assert (pasted != images).sum() > (painted != images).sum()  # copy_paste also blends a carved margin
 
 
 def test_segmentation_batches_depend_on_the_batch_number_alone(tiny_preprocessed):

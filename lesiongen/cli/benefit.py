@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument, positive_int,
                                   run_command)
+from lesiongen.inference.strategies import DEFAULT_STRATEGIES, STRATEGIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,9 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "intervals over cases and seeds and Wilcoxon p-values; a synthetic-ratio sweep.")
     parser.add_argument("-d", dest="dataset", required=True, help="dataset ID or name (planned and preprocessed)")
     add_plans_argument(parser)
-    parser.add_argument("--strategies", nargs="+", default=["none", "copy_paste", "sphere", "diffmask"],
-                        help="none, copy_paste, sphere, unetmask, diffmask, ganmask (default: none copy_paste sphere "
-                             "diffmask)")
+    parser.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES),
+                        help=f"any of {', '.join(STRATEGIES)} (default: {' '.join(DEFAULT_STRATEGIES)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--ratio", type=float, default=1.0, help="synthetic cases per real case (default 1)")
     parser.add_argument("--sweep", dest="sweep_strategy", default="diffmask",

@@ -12,6 +12,7 @@ from lesiongen.cli.common import (
     positive_int,
     run_command,
 )
+from lesiongen.inference.strategies import STRATEGIES
 
 
 def parse_setting(text: str) -> tuple[str, str]:
@@ -45,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=None, help="override the planned batch size")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--synthetic", default="none",
-                        help="seg only: synthetic lesion strategy none, sphere, unetmask, diffmask, ganmask or "
-                             "copy_paste")
+                        help=f"seg only: synthetic lesion strategy, one of {', '.join(STRATEGIES)}")
     parser.add_argument("--synthetic_ratio", type=float, default=None,
                         help="seg only: synthetic cases per real training case (default 1)")
     parser.add_argument("--loss", default=None,

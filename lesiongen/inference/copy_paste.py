@@ -2,9 +2,16 @@
 lesion grown by a random margin, so some of its surrounding tissue comes along) is pasted into a healthy model-space
 scan at a place drawn from the prior's location histogram x tissue probabilities, its intensities harmonised to the
 recipient (per channel, the donor's surroundings are shifted to the recipient's; TumorCP's matching) and its edge
-feathered over the margin."""
+feathered over the margin.
+
+``donor_lesions`` is the drawing rule (how many lesions, which donor lesion, where, which margin) that copy_paste and
+the ``realmask`` strategy share: with the same random stream both place the same real lesion shapes at the same
+places; realmask has the inpainter paint them instead of pasting the donor's voxels."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -19,14 +26,22 @@ from lesiongen.utilities.cropping import extract_patch, insert_patch
 MAX_MARGIN_VOXELS = 3  # the carved margin is drawn from 1..3 voxels around the lesion, per pasted lesion
 
 
-def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
-               priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
-               max_margin: int = MAX_MARGIN_VOXELS) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Paste real training lesions into a healthy model-space scan; (images, label map, one record per lesion)."""
-    out = images.copy()
-    label = np.zeros(brain.shape, np.uint8)
+@dataclass
+class DonorLesion:
+    donor: int  # index into the donor patches
+    lesion: np.ndarray  # (z, y, x) uint8: the donor patch's centre lesion, cut to the recipient's brain
+    label: int
+    centre: np.ndarray  # model-space voxel of the recipient the patch is centred on
+    margin: int  # voxels of surrounding tissue carved with it (copy_paste)
+
+
+def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
+                  priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
+                  max_margin: int = MAX_MARGIN_VOXELS) -> Iterator[DonorLesion]:
+    """Real training lesions drawn for one healthy scan, lazily in drawing order: the count from the lesions-per-case
+    prior, per lesion a donor patch, a place (location histogram x tissue probability) and a carving margin. A
+    lesion that falls wholly outside the recipient's brain is skipped."""
     coords = np.argwhere(brain)
-    records = []
     for _ in range(_lesion_count(priors, rng)):
         donor = int(rng.integers(len(donors)))
         mask = donors.masks[donor]
@@ -36,12 +51,23 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         value = int(lesion.max()) if lesion.any() else 1
         weights = placement_weights(brain, tissue, priors[str(value)], None)
         centre = coords[rng.choice(len(coords), p=weights)]
-        recipient = extract_patch(out, centre, patch_size, fill=0.0)
-        recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
-        lesion = np.where(recipient_brain, lesion, 0).astype(np.uint8)
+        lesion = np.where(extract_patch(brain, centre, patch_size, fill=False), lesion, 0).astype(np.uint8)
         if not lesion.any():
             continue
-        margin = int(rng.integers(1, max_margin + 1))
+        yield DonorLesion(donor, lesion, value, centre, int(rng.integers(1, max_margin + 1)))
+
+
+def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
+               priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
+               max_margin: int = MAX_MARGIN_VOXELS) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Paste real training lesions into a healthy model-space scan; (images, label map, one record per lesion)."""
+    out = images.copy()
+    label = np.zeros(brain.shape, np.uint8)
+    records = []
+    for drawn in donor_lesions(brain, tissue, donors, priors, patch_size, rng, max_margin):
+        donor, lesion, value, centre, margin = drawn.donor, drawn.lesion, drawn.label, drawn.centre, drawn.margin
+        recipient = extract_patch(out, centre, patch_size, fill=0.0)
+        recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
         shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
         donor_shell = shell & donors.brain[donor]
         if not shell.any() or not donor_shell.any():

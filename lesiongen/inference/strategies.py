@@ -26,8 +26,13 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("diffmask", "diffmask", True, "sphere-conditioned diffusion masks, painted by the inpainter"),
     Strategy("ganmask", "ganmask", True, "conditional-GAN masks (sphere cue, tissue, noise), painted by the inpainter"),
     Strategy("copy_paste", None, False, "real training lesions carved out and pasted into healthy scans"),
+    # copy_paste's lesion shapes and places with the inpainter's appearance: separates what masks and what the
+    # inpainter contribute to a strategy's benefit
+    Strategy("realmask", None, True, "real training lesion masks, drawn as copy_paste draws them, painted by the "
+             "inpainter"),
 )}
 SYNTHETIC = tuple(name for name in STRATEGIES if name != "none")
+DEFAULT_STRATEGIES = ("none", "copy_paste", "sphere", "diffmask")  # what lesiongen_benefit compares by default
 WHOLE_SCAN = tuple(name for name, s in STRATEGIES.items() if s.mask_generator)  # generator + inpainter strategies
 
 

@@ -2,7 +2,7 @@
 
 Every model used is the one trained on **the same fold**, and it is checked: a generator or inpainter whose
 training cases differ from the fold's is refused, so no validation lesion reaches a synthetic case; copy_paste
-takes its donor lesions from the fold's training cases only.
+and realmask take their donor lesions from the fold's training cases only.
 
 Cases live in ``$lesiongen_preprocessed/DatasetXXX/synthetic/STRATEGY/fold_X/seed_S/`` (S: the seg run's seed, so
 runs with different seeds neither share nor overwrite each other's cases) in the preprocessed format
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lesiongen.inference.copy_paste import copy_paste
+from lesiongen.inference.copy_paste import copy_paste, donor_lesions
 from lesiongen.inference.strategies import SYNTHETIC, strategy as get_strategy
 from lesiongen.inference.synthesis import count_fallbacks, synthesize_model_space
 from lesiongen.models.folder import trainer_folder
@@ -140,8 +140,7 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
                       for role, path in checkpoints.items()}
             logger.info("making %d synthetic %s case(s) for fold %s in %s (%d cached)", len(todo), strategy, fold,
                         folder, n_cases - len(todo))
-            maker = _copy_paste_maker(dataset, train_cases) if strategy == "copy_paste" else \
-                _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
+            maker = _maker(dataset, strategy, train_cases, models)
             progress = ProgressLog(logger, f"synthetic {strategy} cases for fold {fold}", len(todo), "cases")
             for i in todo:
                 _make_case(dataset, cases[i], keys[i], maker)
@@ -172,6 +171,16 @@ def _recorded_key(case: SegCase) -> dict[str, Any] | None:
     return read_json(record).get("key") if record.is_file() else None
 
 
+def _maker(dataset: PreprocessedDataset, strategy: str, train_cases: list[str], models: dict[str, Any]):
+    """``make(images, brain, tissue, seed) -> (images, label, lesion records)`` for one healthy scan."""
+    plan = get_strategy(strategy, SYNTHETIC)
+    if not plan.inpainted:
+        return _copy_paste_maker(dataset, train_cases)
+    if plan.mask_generator is None:
+        return _real_mask_maker(dataset, train_cases, models["inpainter"])
+    return _inpainting_maker(dataset, models["inpainter"], models["mask_generator"])
+
+
 def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):
     def make(images, brain, tissue, seed: int):
         edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter, generator, seed=seed)
@@ -187,6 +196,22 @@ def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
     def make(images, brain, tissue, seed: int):
         return copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
                           np.random.default_rng(seed))
+
+    return make
+
+
+def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpainter):
+    donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
+    priors = fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)
+    patch = dataset.plans.lesion_patch_size
+
+    def make(images, brain, tissue, seed: int):
+        drawn = list(donor_lesions(brain, tissue, donors, priors, patch, np.random.default_rng(seed)))
+        edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter,
+                                      placements=[(d.label, d.centre, d.lesion) for d in drawn], seed=seed)
+        for record, lesion in zip(edit.lesions, drawn, strict=True):  # given masks are never skipped
+            record["donor_case"] = donors.case_ids[lesion.donor]
+        return edit.images, edit.label, edit.lesions
 
     return make
 
