@@ -70,17 +70,24 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def print_contrast(report: dict) -> None:
-    """Inserted vs held-out real lesion contrast per channel, next to what the same sample sizes give by chance."""
+    """Inserted vs held-out real lesions per channel — contrast (step over shell spread) and intensity step (lesion
+    mean - shell mean) — next to what the same sample sizes give by chance."""
     for section in ("insert", "insert_uncalibrated"):
         if section not in report:
             continue
         r = report[section]
-        print(f"{section}: {r['contrast_n_inserted']} inserted vs {r['contrast_n_real']} real lesions")
-        for c, (w, floor, p, ratio, (low, high)) in enumerate(zip(
-                r["contrast_wasserstein_over_real_std"], r["contrast_wasserstein_null_over_real_std"],
-                r["contrast_wasserstein_p"], r["contrast_mean_ratio"], r["contrast_mean_ratio_ci95"])):
-            print(f"  channel {c}: W / real std {w:.3f} (chance at these sizes {floor:.3f}, permutation p {p:.3f}), "
-                  f"mean ratio {ratio:.2f} (95 % CI {low:.2f}-{high:.2f})")
+        print(f"{section}: {r['contrast_n_inserted']} inserted vs {r['contrast_n_real']} real lesions"
+              + (f", calibrated to the {r['calibration_target']}" if "calibration_target" in r else ""))
+        for name in ("contrast", "step"):
+            if f"{name}_mean_ratio" not in r:
+                continue
+            for c, (w, floor, p, ratio, (low, high), real_sd, inserted_sd) in enumerate(zip(
+                    r[f"{name}_wasserstein_over_real_std"], r[f"{name}_wasserstein_null_over_real_std"],
+                    r[f"{name}_wasserstein_p"], r[f"{name}_mean_ratio"], r[f"{name}_mean_ratio_ci95"],
+                    r[f"{name}_real_std"], r[f"{name}_inserted_std"])):
+                print(f"  {name} channel {c}: W / real std {w:.3f} (chance at these sizes {floor:.3f}, permutation "
+                      f"p {p:.3f}), mean ratio {ratio:.2f} (95 % CI {low:.2f}-{high:.2f}), spread inserted / real "
+                      f"{inserted_sd / real_sd:.2f}")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from conftest import TINY, TINY_NAME
 from lesiongen.diffusion.guidance import classifier_free_guidance
@@ -532,6 +533,52 @@ def test_inserted_lesions_get_the_contrast_they_were_conditioned_on(plans):
     target = np.array([[[1.5, 3.0]]], np.float32)[:, :, :model.n_channels]
     out = model.inpaint(images, mask, "insert", contrast=target, seed=0, schedule=InpaintSchedule(guidance_scale=1.0))
     assert lesion_contrast(out[0], mask[0] > 0, np.ones(patch, bool)) == pytest.approx(target[0, 0], abs=1e-3)
+
+
+def test_step_calibration_hits_the_target_step_and_touches_only_the_lesion():
+    from lesiongen.models.inpainter import calibrate_step, class_step
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 16, 16, 16)).astype(np.float32)
+    lesion = np.zeros((16, 16, 16), bool)
+    lesion[6:10, 6:10, 7:10] = True
+    brain = np.ones_like(lesion)
+    brain[:, :, :3] = False
+    out = calibrate_step(image, lesion, brain, np.array([2.0, -0.5]))
+    shell = (ndimage.distance_transform_edt(~lesion) <= 2) & ~lesion & brain  # by hand: the 2-voxel shell
+    for c, target in enumerate([2.0, -0.5]):
+        assert out[c][lesion].mean() - out[c][shell].mean() == pytest.approx(target, abs=1e-5)
+    assert class_step(out, lesion, brain) == pytest.approx([2.0, -0.5], abs=1e-5)
+    np.testing.assert_array_equal(out[:, ~lesion], image[:, ~lesion])
+
+
+def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_came_from(plans):
+    """Condition and calibration target are drawn as a pair: each inserted lesion gets the contrast condition of one
+    training lesion and that same lesion's intensity step."""
+    from lesiongen.models.inpainter import class_step
+
+    bank = {"1": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}
+    steps = {"1": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]}
+    bank = {k: [v[:plans.num_channels] for v in rows] for k, rows in bank.items()}
+    steps = {k: [v[:plans.num_channels] for v in rows] for k, rows in steps.items()}
+    model = Inpainter(plans, InpainterConfig(contrast_bank=bank, step_bank=steps), "cpu")
+    model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
+    patch = model.patch_size
+    images = np.random.default_rng(1).normal(size=(4, model.n_channels, *patch)).astype(np.float32)
+    mask = np.zeros((4, *patch), np.uint8)
+    mask[:, 5:10, 6:10, 6:11] = 1
+    seeds = [3, 4, 5, 6]
+    out = model.inpaint(images, mask, "insert", seed=seeds, schedule=InpaintSchedule(guidance_scale=1.0))
+    for i, seed in enumerate(seeds):
+        contrast, _ = model.draw_condition(mask[i:i + 1], np.random.default_rng(seed))
+        j = [row[0] for row in bank["1"]].index(float(contrast[0, 0, 0]))
+        assert class_step(out[i], mask[i] > 0, np.ones(patch, bool)) == pytest.approx(steps["1"][j], abs=1e-4)
+    contrast_model = Inpainter(plans, InpainterConfig(contrast_bank=bank, step_bank=steps,
+                                                      calibration_target="contrast"), "cpu")
+    assert not contrast_model.calibrates_steps(False) and model.calibrates_steps(False)
+    assert not model.calibrates_steps(True)  # contrasts set by the caller: their own target
+    with pytest.raises(LesiongenError, match="calibration_target 'mean'"):
+        InpainterConfig(calibration_target="mean")
 
 
 def test_settings_parse_in_the_type_of_the_setting():

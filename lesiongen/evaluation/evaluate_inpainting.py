@@ -29,7 +29,7 @@ from lesiongen.evaluation.inpainting_metrics import (diff_map_iou, in_mask_std_r
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches, relocate_shape
-from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter
+from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter, class_step
 from lesiongen.models.registry import load_trained_model
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.provenance import code_version
@@ -79,21 +79,24 @@ def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: b
                    ) -> tuple[dict, np.ndarray, list]:
     inserted, speed = _timed_inpaint(inpainter, images, masks, INSERT, seed=seed, schedule=schedule, brain=brain,
                                      calibrate=calibrate)
-    rows, contrasts = [], []
+    rows, contrasts, steps = [], [], []
     for i in range(len(images)):
         lesion = masks[i] > 0
         rows.append({"ssim_outside": ssim_outside(images[i], inserted[i], lesion, inpainter.margin_voxels),
                      "diff_map_iou": diff_map_iou(images[i], inserted[i], lesion)})
         contrasts.append(lesion_contrast(inserted[i], lesion, brain[i]))
-    return {**_mean(rows, ("ssim_outside", "diff_map_iou")), "speed": speed}, inserted, contrasts
+        steps.append(class_step(inserted[i], lesion, brain[i]))
+    return {**_mean(rows, ("ssim_outside", "diff_map_iou")), "speed": speed}, inserted, contrasts, steps
 
 
 CONTRAST_PERMUTATIONS = 2000
 
 
-def contrast_agreement(real: np.ndarray, inserted: np.ndarray, permutations: int = CONTRAST_PERMUTATIONS) -> dict:
+def contrast_agreement(real: np.ndarray, inserted: np.ndarray, permutations: int = CONTRAST_PERMUTATIONS,
+                       name: str = "contrast") -> dict:
     """Per channel: how far the inserted lesions' contrasts (n, C) are from the real ones' — the Wasserstein distance
     in units of the real contrasts' standard deviation (goal <= 0.25) and the ratio of the means (goal 0.9-1.1).
+    ``name`` prefixes the keys (``step``: the same comparison of intensity steps, lesion mean - shell mean).
 
     Two samples of a few dozen values are never at distance 0, even from one distribution (two samples of 16 from
     one normal distribution are 0.41 standard deviations apart on average), so each distance comes with what the
@@ -102,6 +105,7 @@ def contrast_agreement(real: np.ndarray, inserted: np.ndarray, permutations: int
     the share of relabellings at least as far apart as observed (``contrast_wasserstein_p``, a permutation test).
     The ratio of the means comes with a 95 % bootstrap interval (real and inserted lesions resampled independently):
     where the mean contrast is small against its spread, as for T1, only a large sample can pin the ratio down."""
+    real, inserted = np.asarray(real, dtype=np.float64), np.asarray(inserted, dtype=np.float64)
     real_std = real.std(axis=0)
     distance = [float(wasserstein_distance(real[:, c], inserted[:, c])) for c in range(real.shape[1])]
     real_mean, inserted_mean = real.mean(axis=0), inserted.mean(axis=0)
@@ -122,14 +126,15 @@ def contrast_agreement(real: np.ndarray, inserted: np.ndarray, permutations: int
         ok = real_means != 0
         ratios = inserted_means[ok] / real_means[ok]
         ratio_ci.append([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ok.any() else None)
-    return {"contrast_real_mean": real_mean.tolist(), "contrast_inserted_mean": inserted_mean.tolist(),
-            "contrast_real_std": real_std.tolist(), "contrast_wasserstein_per_channel": distance,
-            "contrast_wasserstein_over_real_std": [d / s if s > 0 else None for d, s in zip(distance, real_std)],
-            "contrast_wasserstein_null_over_real_std": null_mean, "contrast_wasserstein_p": p_values,
-            "contrast_n_real": int(len(real)), "contrast_n_inserted": int(len(inserted)),
-            "contrast_mean_ratio": [float(i / r) if r != 0 else None for i, r in zip(inserted_mean, real_mean)],
-            "contrast_mean_ratio_ci95": ratio_ci,
-            "contrast_real": real.tolist(), "contrast_inserted": inserted.tolist()}
+    report = {"real_mean": real_mean.tolist(), "inserted_mean": inserted_mean.tolist(),
+              "real_std": real_std.tolist(), "inserted_std": inserted.std(axis=0).tolist(),
+              "wasserstein_per_channel": distance,
+              "wasserstein_over_real_std": [d / s if s > 0 else None for d, s in zip(distance, real_std)],
+              "wasserstein_null_over_real_std": null_mean, "wasserstein_p": p_values,
+              "n_real": int(len(real)), "n_inserted": int(len(inserted)),
+              "mean_ratio": [float(i / r) if r != 0 else None for i, r in zip(inserted_mean, real_mean)],
+              "mean_ratio_ci95": ratio_ci, "real": real.tolist(), "inserted": inserted.tolist()}
+    return {f"{name}_{key}": value for key, value in report.items()}
 
 
 def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict:
@@ -172,14 +177,19 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
                                      "mean_abs_contrast_after": float(np.mean(np.abs(after)))}
     report["remove_fake_masks"], healed = _remove_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
     real_contrast = np.asarray(before)
-    report["insert"], inserted, contrasts = _insert_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
+    real_step = np.stack([class_step(real.images[i], real.masks[i] > 0, real.brain[i]) for i in range(len(real))])
+    report["insert"], inserted, contrasts, steps = _insert_scores(inpainter, healthy.images, fake, healthy.brain,
+                                                                  fast, seed)
     report["insert"].update(contrast_agreement(real_contrast, np.asarray(contrasts)))
+    report["insert"].update(contrast_agreement(real_step, np.asarray(steps), name="step"))
     report["insert"]["contrast_calibrated"] = bool(inpainter.config.calibrate_contrast)
+    report["insert"]["calibration_target"] = "step" if inpainter.calibrates_steps(False) else "contrast"
     if inpainter.config.calibrate_contrast:  # what the network alone gives, for comparison
-        uncalibrated, _, raw_contrasts = _insert_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed,
-                                                        calibrate=False)
+        uncalibrated, _, raw_contrasts, raw_steps = _insert_scores(inpainter, healthy.images, fake, healthy.brain,
+                                                                   fast, seed, calibrate=False)
         report["insert_uncalibrated"] = {**uncalibrated,
-                                         **contrast_agreement(real_contrast, np.asarray(raw_contrasts))}
+                                         **contrast_agreement(real_contrast, np.asarray(raw_contrasts)),
+                                         **contrast_agreement(real_step, np.asarray(raw_steps), name="step")}
     report["fast_schedule"] = {"network_evaluations_per_patch_insert": int(inpainter.last_evaluations),
                                "seconds": time.perf_counter() - start}
 

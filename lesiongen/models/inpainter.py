@@ -31,6 +31,7 @@ from lesiongen.utilities.errors import LesiongenError
 
 INSERT, REMOVE = "insert", "remove"
 SHELL_VOXELS = 2
+CALIBRATION_TARGETS = ("step", "contrast")
 
 
 @dataclass
@@ -40,11 +41,23 @@ class InpainterConfig:
     sampling: InpaintSchedule = field(default_factory=InpaintSchedule)  # default sampler, steps, jumps, guidance
     margin_voxels: int = 2  # edit region and feathering ramp around the lesion
     contrast_scale: float = 4.0  # contrasts of a few standard deviations -> network inputs of order 1
-    # insert mode: shift each inserted lesion's intensities so its contrast to the surrounding tissue is exactly the
-    # condition it was drawn with (a contrast of the training lesions); the network alone over- or undershoots
+    # insert mode: shift each inserted lesion's intensities to the training lesion its condition was drawn from; the
+    # network alone over- or undershoots. To what (calibration_target): that lesion's intensity step to its shell
+    # ("step", lesion mean - shell mean in normalised units) or its contrast ("contrast", the step over the shell's
+    # spread). Real lesions' steps vary little; a contrast moved to another place with another shell spread does not
+    # keep its step (measured: steps 2-2.5x as spread as the real ones'), so "step" is the default.
     calibrate_contrast: bool = True
+    calibration_target: str = "step"
     # per lesion class: the (channel) contrasts of the training lesions; insert mode draws its condition from these
     contrast_bank: dict[str, list[list[float]]] = field(default_factory=dict)
+    # per lesion class, entry by entry with contrast_bank: the same lesions' intensity steps (empty: an older model,
+    # which calibrates to the contrast)
+    step_bank: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.calibration_target not in CALIBRATION_TARGETS:
+            raise LesiongenError(f"inpainter calibration_target '{self.calibration_target}': choose one of "
+                                 f"{', '.join(CALIBRATION_TARGETS)}")
 
 
 def class_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -53,6 +66,25 @@ def class_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> 
     if not lesion.any():
         return np.zeros(image.shape[0], dtype=np.float32)
     return np.asarray(lesion_contrast(image, lesion, brain, SHELL_VOXELS), dtype=np.float32)
+
+
+def class_step(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(C,) intensity step of the lesion voxels of a (c, z, y, x) patch: lesion mean - mean of its shell (the shell of
+    :func:`class_contrast`); zeros for an empty lesion or an empty shell."""
+    if not lesion.any():
+        return np.zeros(len(image), dtype=np.float32)
+    inside, shell_mean, _ = lesion_shell_statistics(image, lesion, brain, SHELL_VOXELS)
+    return np.nan_to_num(inside - shell_mean, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def calibrate_step(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``image`` (c, z, y, x) with the lesion voxels shifted per channel so that the lesion mean is its shell's mean
+    + ``target`` (C,) exactly; only lesion voxels change, so the shell stays."""
+    inside, shell_mean, _ = lesion_shell_statistics(image, lesion, brain, SHELL_VOXELS)
+    shift = np.where(np.isfinite(shell_mean), np.asarray(target, dtype=np.float64) + shell_mean - inside, 0.0)
+    out = image.copy()
+    out[:, lesion] += shift.astype(image.dtype)[:, None]
+    return out
 
 
 def calibrate_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -111,16 +143,26 @@ class Inpainter(LesionModel):
         rest = {k: self.to_device(np.ascontiguousarray(v, dtype=np.float32)) for k, v in parts.items()}
         return self.input_layout.assemble({"noisy": noisy, **rest}, lambda xs: torch.cat(xs, dim=1))
 
-    def draw_contrast(self, lesion_masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(n, K, C) texture conditions drawn from the training lesions, for the classes present."""
-        bank = self.config.contrast_bank
-        out = np.zeros((len(lesion_masks), self.n_classes, self.n_channels), dtype=np.float32)
+    def draw_condition(self, lesion_masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(n, K, C) texture conditions drawn from the training lesions, for the classes present, and the same
+        lesions' intensity steps (zeros where the model has no step bank)."""
+        bank, steps = self.config.contrast_bank, self.config.step_bank
+        contrast = np.zeros((len(lesion_masks), self.n_classes, self.n_channels), dtype=np.float32)
+        step = np.zeros_like(contrast)
         for i, mask in enumerate(lesion_masks):
             for k, label in enumerate(self.plans.lesion_labels):
                 choices = bank.get(str(label), [])
                 if (mask == label).any() and choices:
-                    out[i, k] = choices[int(rng.integers(len(choices)))]
-        return out
+                    j = int(rng.integers(len(choices)))
+                    contrast[i, k] = choices[j]
+                    if steps.get(str(label)):
+                        step[i, k] = steps[str(label)][j]
+        return contrast, step
+
+    def calibrates_steps(self, contrast_given: bool) -> bool:
+        """Whether insert mode's calibration targets the drawn lesions' steps (else their contrasts): only when the
+        model has steps and the caller did not set the contrasts itself."""
+        return self.config.calibration_target == "step" and bool(self.config.step_bank) and not contrast_given
 
     def denoiser(self, known: np.ndarray, lesion: np.ndarray, heal: np.ndarray, contrast: np.ndarray,
                  unconditioned: np.ndarray, guidance_scale: float):
@@ -185,10 +227,12 @@ class Inpainter(LesionModel):
         if per_patch and len(seed) != n:
             raise LesiongenError(f"inpainting got {len(seed)} seeds for {n} patches")
         seeds = [int(s) for s in seed] if per_patch else [int(seed)]
+        by_step = self.calibrates_steps(contrast is not None)
         if contrast is None:
-            contrast = np.concatenate([self.draw_contrast(lesion_masks[i:i + 1], np.random.default_rng(s))
-                                       for i, s in enumerate(seeds)]) if per_patch else \
-                self.draw_contrast(lesion_masks, np.random.default_rng(seeds[0]))
+            drawn = [self.draw_condition(lesion_masks[i:i + 1], np.random.default_rng(s))
+                     for i, s in enumerate(seeds)] if per_patch else \
+                [self.draw_condition(lesion_masks, np.random.default_rng(seeds[0]))]
+            contrast, step = (np.concatenate(parts) for parts in zip(*drawn))
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         lesion_any = lesion_masks > 0
         region = np.stack([edit_region(m, self.margin_voxels) for m in lesion_any])
@@ -221,5 +265,6 @@ class Inpainter(LesionModel):
                 for k, label in enumerate(self.plans.lesion_labels):
                     lesion_k = lesion_masks[i] == label
                     if lesion_k.any():
-                        out[i] = calibrate_contrast(out[i], lesion_k, patch_brain, contrast[i, k])
+                        out[i] = calibrate_step(out[i], lesion_k, patch_brain, step[i, k]) if by_step else \
+                            calibrate_contrast(out[i], lesion_k, patch_brain, contrast[i, k])
         return out

@@ -26,7 +26,7 @@ import torch
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
 from lesiongen.diffusion.schedules import add_noise, training_target
-from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast
+from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast, class_step
 from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_patches, relocate_shape
 from lesiongen.training.base import Trainer
 from lesiongen.training.data import draw_batch, mirrored
@@ -61,6 +61,10 @@ class InpaintTrainer(DiffusionTraining, Trainer):
         # per patch and class: the contrast of that class's lesions (the texture condition to learn from)
         self.contrasts = np.stack([
             np.stack([class_contrast(self.data.images[i], self.data.masks[i] == label, self.data.brain[i])
+                      for label in labels])
+            for i in range(len(self.data))])  # (n, K, C)
+        self.steps = np.stack([  # the same lesions' intensity steps: what insert mode calibrates to
+            np.stack([class_step(self.data.images[i], self.data.masks[i] == label, self.data.brain[i])
                       for label in labels])
             for i in range(len(self.data))])  # (n, K, C)
         logger.info("%d lesion patches from %d training cases", len(self.data), len(set(self.data.case_ids)))
@@ -103,11 +107,13 @@ class InpaintTrainer(DiffusionTraining, Trainer):
 
     def finish_training(self, model: Inpainter) -> None:
         # the texture conditions seen in training, per class: insert mode draws from these
-        bank = {}
+        bank, steps = {}, {}
         for k, label in enumerate(self.plans.lesion_labels):
             present = np.array([(m == label).any() for m in self.data.masks])
             bank[str(label)] = self.contrasts[present, k].tolist()
+            steps[str(label)] = self.steps[present, k].tolist()
         model.config.contrast_bank = bank
+        model.config.step_bank = steps
 
 
 def heal_shape(lesion: np.ndarray, brain: np.ndarray, margin: int, rng: np.random.Generator) -> np.ndarray | None:
