@@ -72,7 +72,7 @@ def _mean(values: list[float | None]) -> float | None:
 def print_contrast(report: dict) -> None:
     """Inserted vs held-out real lesions per channel — contrast (step over shell spread) and intensity step (lesion
     mean - shell mean) — next to what the same sample sizes give by chance."""
-    for section in ("insert", "insert_uncalibrated"):
+    for section in ("insert", "insert_contrast_calibrated", "insert_uncalibrated"):
         if section not in report:
             continue
         r = report[section]

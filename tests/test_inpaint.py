@@ -115,6 +115,15 @@ def test_evaluate_inpainting_report(inpainter, tmp_path):
     assert report["validation_cases"] == model.provenance["val_cases"] and TINY_NAME == report["dataset"]
     assert report["provenance"]["models"]["inpainter"]["sha256"] == sha256_file(model.checkpoint)
     assert (tmp_path / "inpainting_evaluation.png").stat().st_size > 1000
+    # each inserted lesion is calibrated to one training lesion's step (the default), or its contrast (the comparison)
+    def from_bank(values, bank) -> bool:
+        distance = np.abs(np.asarray(values)[:, None, :] - np.asarray(bank)[None]).max(axis=2)
+        return bool((distance.min(axis=1) < 1e-3).all())
+
+    assert report["insert"]["calibration_target"] == "step"
+    assert from_bank(report["insert"]["step_inserted"], model.config.step_bank["1"])
+    assert from_bank(report["insert_contrast_calibrated"]["contrast_inserted"], model.config.contrast_bank["1"])
+    assert not from_bank(report["insert_uncalibrated"]["step_inserted"], model.config.step_bank["1"])
 
 
 def test_evaluate_inpainting_with_the_few_step_sampler(inpainter, tmp_path):

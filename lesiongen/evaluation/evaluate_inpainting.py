@@ -4,7 +4,9 @@
     under fake masks (a validation lesion's shape moved onto lesion-free brain of the same patch: the tissue that
     was there is the ground truth), scored with MSE / PSNR / SSIM inside the mask after BraTS-style normalisation;
 (b) insert mode — into the same healthy places: SSIM outside the dilated mask (must be 1.0), DiffMapIoU (did the
-    change happen where the mask is) and the inserted lesions' contrast against the real validation contrasts;
+    change happen where the mask is) and the inserted lesions' contrasts and intensity steps against the real
+    validation lesions' — with the model's calibration, with the calibration to contrasts where the model
+    calibrates to steps, and without calibration;
 (c) the same for the full DDPM + jumps schedule on a few patches, so the fast sampler's quality loss is measured.
 
 ``sampling`` evaluates the inpainter with another sampler than its own (a preset such as ``few_step``); the report
@@ -13,6 +15,7 @@ gives the network evaluations and seconds per patch of each mode with it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -184,6 +187,14 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     report["insert"].update(contrast_agreement(real_step, np.asarray(steps), name="step"))
     report["insert"]["contrast_calibrated"] = bool(inpainter.config.calibrate_contrast)
     report["insert"]["calibration_target"] = "step" if inpainter.calibrates_steps(False) else "contrast"
+    if inpainter.calibrates_steps(False):  # the calibration to contrasts on the same patches, for comparison
+        twin = copy.copy(inpainter)
+        twin.config = dataclasses.replace(inpainter.config, calibration_target="contrast")
+        by_contrast, _, contrast_contrasts, contrast_steps = _insert_scores(twin, healthy.images, fake, healthy.brain,
+                                                                            fast, seed)
+        report["insert_contrast_calibrated"] = {
+            **by_contrast, **contrast_agreement(real_contrast, np.asarray(contrast_contrasts)),
+            **contrast_agreement(real_step, np.asarray(contrast_steps), name="step")}
     if inpainter.config.calibrate_contrast:  # what the network alone gives, for comparison
         uncalibrated, _, raw_contrasts, raw_steps = _insert_scores(inpainter, healthy.images, fake, healthy.brain,
                                                                    fast, seed, calibrate=False)
