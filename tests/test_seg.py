@@ -106,8 +106,14 @@ def test_another_seed_gets_its_own_synthetic_cases_and_leaves_the_first_ones(seg
     first = synthetic_folder(dataset, "copy_paste", 0, DEFAULT_SEED)
     before = {f.name: f.stat().st_mtime_ns for f in first.iterdir()}
     train_cases = json.loads((fold_folder(seg_runs, "copy_paste") / "training_summary.json").read_text())["train_cases"]
+    unseeded = [first.parent / name for name in ("syn_000.b2nd", "syn_000_seg.b2nd", "syn_000_locations.npz",
+                                                 "syn_000.json")]  # the layout before one folder per seed
+    for path in unseeded:
+        path.write_bytes(b"old")
+    (first.parent / "notes.txt").write_text("the user's")
     made = make_synthetic_cases(dataset, 0, "copy_paste", 1, train_cases, plans_sha256(dataset.plans),
                                 seed=DEFAULT_SEED + 1, max_empty_fraction=1)
+    assert not any(path.exists() for path in unseeded) and (first.parent / "notes.txt").exists()
     assert made.made == 1 and made.cases[0].stem.parent == synthetic_folder(dataset, "copy_paste", 0, DEFAULT_SEED + 1)
     assert {f.name: f.stat().st_mtime_ns for f in first.iterdir()} == before
     keys = [json.loads((folder / "syn_000.json").read_text())["key"] for folder in (first, made.cases[0].stem.parent)]

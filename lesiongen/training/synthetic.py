@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
     checkpoints = _checkpoints(dataset, fold, strategy)
     sha = {role: sha256_file(path) for role, path in checkpoints.items()}
     folder = synthetic_folder(dataset, strategy, fold, seed)
+    _remove_unseeded_cases(folder.parent)
     cases = [SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True) for i in range(n_cases)]
     keys = [case_key(strategy, fold, derive_seed(seed, "synthetic", strategy, i), healthy_ids[i % len(healthy_ids)],
                      sha, plans_sha256, train_cases) for i in range(n_cases)]
@@ -163,6 +165,19 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
     if empty:
         logger.warning("%d of %d synthetic %s case(s) hold no lesion", empty, n_cases, strategy)
     return SyntheticSet(cases, model_records, len(todo), empty, lesions, fallbacks)
+
+
+_UNSEEDED_CASE = re.compile(r"^syn_\d{3}(\.b2nd|_seg\.b2nd|_locations\.npz|\.json)$")
+
+
+def _remove_unseeded_cases(fold_folder: Path) -> None:
+    """Cases of the layout before one folder per seed (directly in ``fold_X/``): nothing reads them any more."""
+    old = [f for f in fold_folder.glob("syn_*") if f.is_file() and _UNSEEDED_CASE.match(f.name)]
+    for path in old:
+        path.unlink(missing_ok=True)
+    if old:
+        logger.info("%s: removed %d file(s) of synthetic cases cached before one folder per seed", fold_folder,
+                    len(old))
 
 
 def _recorded_key(case: SegCase) -> dict[str, Any] | None:
