@@ -37,7 +37,8 @@ from lesiongen.training.losses import (
     sigmoid_dice_loss,
     softmax_dice_loss,
 )
-from lesiongen.training.trainers.diffmask import calibrate_threshold, count_and_volume, lesion_weighted_loss
+from lesiongen.training.trainers.diffmask import (calibrate_threshold, component_sizes, count_and_volume,
+                                                  lesion_weighted_loss, size_distance)
 from lesiongen.training.trainers.inpaint import inpainting_loss
 from lesiongen.training.trainers.seg import SEG_LOSS_TERMS
 
@@ -316,6 +317,27 @@ def test_calibration_picks_the_threshold_that_matches_count_and_volume():
     brain[:, :, :, 7:] = False  # cut to the brain before scoring: 18 voxels remain at 0.5, 27 at 0.3
     best, _ = calibrate_threshold(denoised, real[:, :, :, :] * brain, brain, binarise, {1: 1})
     assert best == pytest.approx(0.5)
+
+
+def test_size_distance_by_hand_and_a_threshold_it_picks_that_count_and_mean_volume_would_not():
+    real = np.zeros((1, 12, 12, 12), np.uint8)
+    real[0, 1, 1, 1] = 1  # a 1-voxel lesion and a 27-voxel one
+    real[0, 5:8, 5:8, 5:8] = 1
+    assert sorted(component_sizes(real)) == [1, 27]
+    assert size_distance(np.array([27, 27]), component_sizes(real)) == pytest.approx(np.log(27) / 2)
+    assert size_distance(np.zeros(0), component_sizes(real)) == pytest.approx(np.log(27) / 2)  # nothing ~ 1 voxel
+    # two candidate outputs with the real count and mean volume per patch (2 lesions, 28 voxels): two lesions of 14
+    # voxels, or the real 1 and 27. Count and mean volume alone tie them (and the lower threshold would win); the
+    # sizes pick the real ones
+    even = np.zeros_like(real)
+    even[0, 1:3, 1:8, 1] = 1  # 14 voxels
+    even[0, 5:7, 5:12, 6] = 1  # 14 voxels
+    outputs = {0.0: even, 0.5: real}
+    best, scores = calibrate_threshold(np.zeros((1, 1, 12, 12, 12), np.float32), real, np.ones_like(real, bool),
+                                       lambda d, t: outputs[t].copy(), {1: 1}, np.array([0.0, 0.5]))
+    assert count_and_volume(even) == count_and_volume(real)
+    assert best == 0.5 and scores[0.5] == pytest.approx(0.0)
+    assert scores[0.0] == pytest.approx((abs(np.log(14)) + abs(np.log(14) - np.log(27))) / 2)
 
 
 # ------------------------------------------------------------------------------------------------------ losses

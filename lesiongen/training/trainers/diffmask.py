@@ -5,7 +5,7 @@ in [-1, 1]) with the sphere control (the union of each real lesion's minimum enc
 dataset has them, the tissue map. Training uses diffusers' DDPM scheduler with the network predicting the clean
 mask (see :class:`lesiongen.models.mask_generators.DiffMaskConfig`). The loss adds a lesion-weighted term (default
 weight 10, as the MS study used) so the few lesion voxels are not drowned by background. After training, the
-binarisation threshold is calibrated on training patches so generated lesion counts and volumes match the real ones,
+binarisation threshold is calibrated on training patches so generated lesion counts and sizes match the real ones,
 for the model's own sampler and for each sampling preset (default DPM-Solver++, few-step DDIM).
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.stats import wasserstein_distance
 
 from lesiongen.diffusion.presets import SAMPLING_PRESETS
 from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, few_step_sampling, sampling_evaluations,
@@ -73,7 +74,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
 
     # --------------------------------------------------------------------------------------- calibration
     def finish_training(self, model: DiffMaskGenerator) -> None:
-        """The threshold whose masks best match the real lesion count and volume on training patches: for the
+        """The threshold whose masks best match the real lesion count and sizes on training patches: for the
         model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it)."""
         n = min(CALIBRATION_PATCHES, len(self.data))
         index = np.random.default_rng(derive_seed(self.options.seed, "calibration")).choice(
@@ -124,24 +125,41 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
                         candidates: np.ndarray = THRESHOLDS, progress: Callable[[int, int], None] | None = None
                         ) -> tuple[float, dict[float, float]]:
     """The candidate threshold whose binarised masks (cut to ``brain``, small components dropped) come closest to
-    the real masks' mean lesion count and mean volume per patch; and every candidate's score.
-    ``progress(done, total)`` is called after each candidate.
+    the real masks' lesions: their mean count per patch and the distribution of their sizes; and every candidate's
+    score. ``progress(done, total)`` is called after each candidate.
 
-    Scores add absolute log ratios, so twice too large and half too small weigh the same (+1 keeps empty outputs
-    finite); the lower threshold wins a tie.
+    A score adds the absolute log ratio of the counts and :func:`size_distance` (so twice too many and half as many
+    weigh the same, and a threshold that gets the mean size right with too few small lesions still pays); the lower
+    threshold wins a tie.
     """
-    real_count, real_volume = count_and_volume(real)
+    real_count, _ = count_and_volume(real)
+    real_sizes = component_sizes(real)
     scores = {}
     for threshold in candidates:
         masks = binarise(denoised, float(threshold))
         masks[~brain] = 0
         masks = np.stack([drop_small_components(m, minimum_voxels) for m in masks])
-        count, volume = count_and_volume(masks)
-        scores[float(threshold)] = float(abs(np.log((volume + 1) / (real_volume + 1))) +
+        count, _ = count_and_volume(masks)
+        scores[float(threshold)] = float(size_distance(component_sizes(masks), real_sizes) +
                                          abs(np.log((count + 1e-3) / (real_count + 1e-3))))
         if progress is not None:
             progress(len(scores), len(candidates))
     return min(scores, key=scores.get), scores
+
+
+def component_sizes(masks: np.ndarray) -> np.ndarray:
+    """Voxels of every lesion (connected component) in the masks (n, z, y, x)."""
+    sizes = [np.bincount(ids.ravel())[1:] for ids, _ in (label_components(m > 0) for m in masks)]
+    return np.concatenate(sizes) if sizes else np.zeros(0, int)
+
+
+def size_distance(sizes: np.ndarray, real_sizes: np.ndarray) -> float:
+    """Wasserstein distance between the log lesion sizes (voxels) and the real ones'; without a lesion, the distance
+    of single voxels to the real sizes (so "nothing" is never closer than the smallest lesions)."""
+    if len(real_sizes) == 0:
+        return 0.0
+    sizes = sizes if len(sizes) else np.ones(1)
+    return float(wasserstein_distance(np.log(sizes), np.log(real_sizes)))
 
 
 def count_and_volume(masks: np.ndarray) -> tuple[float, float]:

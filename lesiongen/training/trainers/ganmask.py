@@ -169,7 +169,7 @@ class GANMaskTrainer(MaskTrainer):
 
     # --------------------------------------------------------------------------------------- calibration
     def finish_training(self, model: GANMaskGenerator) -> None:
-        """The probability threshold whose masks best match the real lesion count and volume on training patches."""
+        """The probability threshold whose masks best match the real lesion count and sizes on training patches."""
         n = min(CALIBRATION_PATCHES, len(self.data))
         seed = derive_seed(self.options.seed, "calibration")
         index = np.random.default_rng(seed).choice(len(self.data), size=n, replace=False)
