@@ -402,6 +402,18 @@ def test_stale_reason_notices_other_steps_seed_and_changed_models(trained):
     assert reason(total_steps=4) is None and UNetMaskTrainer(dataset, 3, "cpu").stale_reason() == "not trained yet"
 
 
+def test_a_fitted_spheremask_is_up_to_date_whatever_steps_are_asked(trained):
+    """Nothing in spheremask steps: asked for 1,000 generator steps (lesiongen_benefit), the fitted model must not be
+    refitted on every run, taking every seg run that used it along."""
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.spheremask import SphereMaskTrainer
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    for steps in (4, 1000, None):
+        assert SphereMaskTrainer(dataset, 0, "cpu", TrainingOptions(total_steps=steps)).stale_reason() is None
+    assert "seed" in SphereMaskTrainer(dataset, 0, "cpu", TrainingOptions(seed=1)).stale_reason()
+
+
 # ------------------------------------------------------------------------------------------------------ ganmask
 def _ganmask_trainer(steps: int):
     from lesiongen.training.base import TrainingOptions

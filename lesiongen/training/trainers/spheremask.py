@@ -15,5 +15,9 @@ class SphereMaskTrainer(MaskTrainer):
     name = "spheremask"
     model_class = SphereMaskGenerator
 
+    @property
+    def total_steps(self) -> int:
+        return 0  # the priors are fitted, nothing steps: --steps does not apply, and a fitted model stays up to date
+
     def load_training_data(self) -> None:
         pass  # the priors come from the fingerprint; no patches needed
