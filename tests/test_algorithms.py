@@ -525,16 +525,21 @@ def test_seg_variant_names_round_trip():
 
 
 # ----------------------------------------------------------------------------------------- contrast calibration
-def test_contrast_calibration_hits_the_target_and_touches_only_the_lesion():
-    from lesiongen.fingerprint.lesions import lesion_contrast
-    from lesiongen.models.inpainter import calibrate_contrast
-
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(2, 16, 16, 16)).astype(np.float32)
+def _calibration_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2-channel noise image, a box lesion and a brain that cuts part of the volume off."""
+    image = np.random.default_rng(0).normal(size=(2, 16, 16, 16)).astype(np.float32)
     lesion = np.zeros((16, 16, 16), bool)
     lesion[6:10, 6:10, 7:10] = True
     brain = np.ones_like(lesion)
     brain[:, :, :3] = False
+    return image, lesion, brain
+
+
+def test_contrast_calibration_hits_the_target_and_touches_only_the_lesion():
+    from lesiongen.fingerprint.lesions import lesion_contrast
+    from lesiongen.models.inpainter import calibrate_contrast
+
+    image, lesion, brain = _calibration_case()
     target = np.array([2.5, -1.0])
     out = calibrate_contrast(image, lesion, brain, target)
     assert lesion_contrast(out, lesion, brain) == pytest.approx(target, abs=1e-4)
@@ -560,12 +565,7 @@ def test_inserted_lesions_get_the_contrast_they_were_conditioned_on(plans):
 def test_step_calibration_hits_the_target_step_and_touches_only_the_lesion():
     from lesiongen.models.inpainter import calibrate_step, class_step
 
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(2, 16, 16, 16)).astype(np.float32)
-    lesion = np.zeros((16, 16, 16), bool)
-    lesion[6:10, 6:10, 7:10] = True
-    brain = np.ones_like(lesion)
-    brain[:, :, :3] = False
+    image, lesion, brain = _calibration_case()
     out = calibrate_step(image, lesion, brain, np.array([2.0, -0.5]))
     shell = (ndimage.distance_transform_edt(~lesion) <= 2) & ~lesion & brain  # by hand: the 2-voxel shell
     for c, target in enumerate([2.0, -0.5]):

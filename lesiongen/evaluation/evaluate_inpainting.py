@@ -15,7 +15,6 @@ gives the network evaluations and seconds per patch of each mode with it.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -188,10 +187,8 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     report["insert"]["contrast_calibrated"] = bool(inpainter.config.calibrate_contrast)
     report["insert"]["calibration_target"] = "step" if inpainter.calibrates_steps(False) else "contrast"
     if inpainter.calibrates_steps(False):  # the calibration to contrasts on the same patches, for comparison
-        twin = copy.copy(inpainter)
-        twin.config = dataclasses.replace(inpainter.config, calibration_target="contrast")
-        by_contrast, _, contrast_contrasts, contrast_steps = _insert_scores(twin, healthy.images, fake, healthy.brain,
-                                                                            fast, seed)
+        by_contrast, _, contrast_contrasts, contrast_steps = _insert_scores(
+            inpainter.with_calibration_target("contrast"), healthy.images, fake, healthy.brain, fast, seed)
         report["insert_contrast_calibrated"] = {
             **by_contrast, **contrast_agreement(real_contrast, np.asarray(contrast_contrasts)),
             **contrast_agreement(real_step, np.asarray(contrast_steps), name="step")}

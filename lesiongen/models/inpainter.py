@@ -81,10 +81,8 @@ def calibrate_step(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, tar
     """``image`` (c, z, y, x) with the lesion voxels shifted per channel so that the lesion mean is its shell's mean
     + ``target`` (C,) exactly; only lesion voxels change, so the shell stays."""
     inside, shell_mean, _ = lesion_shell_statistics(image, lesion, brain, SHELL_VOXELS)
-    shift = np.where(np.isfinite(shell_mean), np.asarray(target, dtype=np.float64) + shell_mean - inside, 0.0)
-    out = image.copy()
-    out[:, lesion] += shift.astype(image.dtype)[:, None]
-    return out
+    return _shift_lesion(image, lesion, np.where(np.isfinite(shell_mean),
+                                                 np.asarray(target, dtype=np.float64) + shell_mean - inside, 0.0))
 
 
 def calibrate_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -92,7 +90,12 @@ def calibrate_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray,
     is ``target`` (C,) exactly. Only lesion voxels change, so the shell the contrast is measured against stays."""
     inside, shell_mean, shell_std = lesion_shell_statistics(image, lesion, brain, SHELL_VOXELS)
     usable = np.isfinite(shell_std) & (shell_std > 1e-6)
-    shift = np.where(usable, np.asarray(target, dtype=np.float64) * shell_std + shell_mean - inside, 0.0)
+    return _shift_lesion(image, lesion, np.where(
+        usable, np.asarray(target, dtype=np.float64) * shell_std + shell_mean - inside, 0.0))
+
+
+def _shift_lesion(image: np.ndarray, lesion: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` (c, z, y, x) with ``shift`` (C,) added to the lesion voxels of each channel."""
     out = image.copy()
     out[:, lesion] += shift.astype(image.dtype)[:, None]
     return out
@@ -199,6 +202,12 @@ class Inpainter(LesionModel):
             raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, {', '.join(presets)}")
         twin = copy.copy(self)
         twin.config = dataclasses.replace(self.config, sampling=presets[sampling]())
+        return twin
+
+    def with_calibration_target(self, target: str) -> "Inpainter":
+        """This model calibrating inserted lesions to ``target`` (one of :data:`CALIBRATION_TARGETS`)."""
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, calibration_target=target)
         return twin
 
     def inpaint(self, images: np.ndarray, lesion_masks: np.ndarray, mode: str = INSERT,

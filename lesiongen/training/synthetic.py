@@ -8,10 +8,9 @@ Cases live in ``$lesiongen_preprocessed/DatasetXXX/synthetic/STRATEGY/fold_X/see
 runs with different seeds neither share nor overwrite each other's cases) in the preprocessed format
 (``syn_000.b2nd``, ``_seg.b2nd``, ``_locations.npz``, ``.json`` last). Runs of one seed at different synthetic
 ratios share the cases they have in common; the folder is locked while cases are made, so a second run waits and
-then reuses them. The JSON records what made the case (strategy,
-fold, seed, healthy source, the sha256 of every model, the plans hash, the code) and what it holds (lesion count and
-volume). A rerun reuses a case only when the part of that record that determines it matches what is asked now;
-anything else is made again.
+then reuses them. The JSON records what made the case (strategy, fold, seed, healthy source, the sha256 of every
+model, the plans hash, the code) and what it holds (lesion count and volume). A rerun reuses a case only when the
+part of that record that determines it matches what is asked now; anything else is made again.
 """
 
 from __future__ import annotations
@@ -204,9 +203,14 @@ def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):
     return make
 
 
+def _donors_and_priors(dataset: PreprocessedDataset, train_cases: list[str]):
+    """The fold's training lesion patches (the donors) and sphere priors (how many lesions, where)."""
+    return (load_lesion_patches(dataset.lesion_patch_folder, train_cases),
+            fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans))
+
+
 def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
-    donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
-    priors = fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)
+    donors, priors = _donors_and_priors(dataset, train_cases)
 
     def make(images, brain, tissue, seed: int):
         return copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
@@ -216,8 +220,7 @@ def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
 
 
 def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpainter):
-    donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
-    priors = fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)
+    donors, priors = _donors_and_priors(dataset, train_cases)
     patch = dataset.plans.lesion_patch_size
 
     def make(images, brain, tissue, seed: int):

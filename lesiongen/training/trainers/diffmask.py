@@ -132,15 +132,16 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
     weigh the same, and a threshold that gets the mean size right with too few small lesions still pays); the lower
     threshold wins a tie.
     """
-    real_count, _ = count_and_volume(real)
     real_sizes = component_sizes(real)
+    real_count = len(real_sizes) / max(len(real), 1)
     scores = {}
     for threshold in candidates:
         masks = binarise(denoised, float(threshold))
         masks[~brain] = 0
         masks = np.stack([drop_small_components(m, minimum_voxels) for m in masks])
-        count, _ = count_and_volume(masks)
-        scores[float(threshold)] = float(size_distance(component_sizes(masks), real_sizes) +
+        sizes = component_sizes(masks)
+        count = len(sizes) / max(len(masks), 1)  # mean lesions per patch, as count_and_volume gives
+        scores[float(threshold)] = float(size_distance(sizes, real_sizes) +
                                          abs(np.log((count + 1e-3) / (real_count + 1e-3))))
         if progress is not None:
             progress(len(scores), len(candidates))
