@@ -138,6 +138,25 @@ def test_sphere_priors_describe_the_lesions():
     assert sum(prior.lesions_per_patch.probabilities.values()) == pytest.approx(1.0)
     assert sum(prior.location_histogram) == pytest.approx(1.0)
     assert 0.7 < prior.axis_ratio_middle.alpha / (prior.axis_ratio_middle.alpha + prior.axis_ratio_middle.beta) < 0.9
+    # the shape bank: every lesion's radius and its own axis ratios, the bandwidth by Silverman's rule
+    bank = prior.observed_shapes
+    assert sorted(bank.radius_mm) == sorted(radii * 5)
+    assert bank.axis_ratio_middle == pytest.approx([0.8] * 20) and bank.axis_ratio_minor == pytest.approx([0.75] * 20)
+    logs = np.log(np.array(radii * 5))
+    iqr = np.percentile(logs, 75) - np.percentile(logs, 25)
+    assert bank.log_bandwidth == pytest.approx(0.9 * min(logs.std(ddof=1), iqr / 1.34) * 20 ** -0.2)
+
+
+def test_shape_bank_floors_thin_axes_and_keeps_evenly_spaced_ranks(monkeypatch):
+    from lesiongen.planning import priors
+
+    lesions = [_lesion(r, (0, 0, 0)) for r in (1.0, 2.0, 3.0, 4.0, 5.0)]
+    lesions[0].semi_axes_mm = [1.0, 0.8, 0.0]  # one voxel thick: a zero moment axis
+    bank = priors.fit_shape_bank(lesions, floor=0.5)
+    assert bank.axis_ratio_minor[0] == pytest.approx(0.5 / 0.8)
+    monkeypatch.setattr(priors, "SHAPE_BANK_MAX", 3)
+    assert priors.fit_shape_bank(lesions[::-1], floor=0.5).radius_mm == [1.0, 3.0, 5.0]
+    assert priors.fit_shape_bank(lesions[:1], floor=0.5).log_bandwidth == 0.0
 
 
 def test_plans_round_trip_through_json(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ from lesiongen.models.spheres import (
     sample_sphere_lesions,
     sphere_control_from_mask,
 )
-from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
+from lesiongen.planning.plans import Beta, Categorical, LogNormal, ShapeBank, SpherePrior
 
 PATCH = (32, 40, 36)
 SPACING = (1.5, 1.0, 1.0)
@@ -226,7 +227,40 @@ def test_impossible_border_constraint_is_relaxed():
     assert all(0 <= v < 8 for l in lesions for v in l.centre)
 
 
+def test_shape_bank_draws_observed_shapes_whole():
+    """Two observed lesions, 2 mm and 8 mm with their own axis ratios: without jitter every draw is one of them,
+    radius and ratios together, both about equally often; the fitted log-normal (median 4 mm) is not used."""
+    bank = ShapeBank(radius_mm=[2.0, 8.0], axis_ratio_middle=[0.9, 0.5], axis_ratio_minor=[0.8, 0.4],
+                     log_bandwidth=0.0)
+    prior = dataclasses.replace(make_prior(per_patch={"1": 1.0}, radius=(math.log(4.0), 0.1, 1.0, 9.0)),
+                                observed_shapes=bank)
+    rng = np.random.default_rng(0)
+    drawn = [sample_sphere_lesions({"1": prior}, (48, 48, 48), (1.0, 1.0, 1.0), rng)[0] for _ in range(200)]
+    small = [l for l in drawn if l.radius_mm == pytest.approx(2.0)]
+    large = [l for l in drawn if l.radius_mm == pytest.approx(8.0)]
+    assert len(small) + len(large) == 200 and 70 < len(small) < 130
+    assert all(l.semi_axes_mm == pytest.approx([2.0, 1.8, 1.44]) for l in small)
+    assert all(l.semi_axes_mm == pytest.approx([8.0, 4.0, 1.6]) for l in large)
+    # a jitter spreads the radius around each observed one, within the observed range
+    jittered = dataclasses.replace(prior, observed_shapes=dataclasses.replace(bank, log_bandwidth=0.1))
+    radii = np.array([sample_sphere_lesions({"1": jittered}, (48, 48, 48), (1.0, 1.0, 1.0), rng)[0].radius_mm
+                      for _ in range(200)])
+    assert len(np.unique(radii)) > 150 and radii.min() >= 2.0 and radii.max() <= 8.0
+    assert np.mean((radii > 3.0) & (radii < 6.0)) < 0.05  # still two peaks, nothing between them
+
+
 # ---------------------------------------------------------------------------------------- rendering
+
+
+def test_ellipsoid_below_its_class_minimum_is_grown_to_it():
+    eye = np.eye(3).tolist()
+    small = SphereLesion(1, [8.0, 8.0, 8.0], 1.0, [1.0, 0.6, 0.5], eye)
+    other = SphereLesion(2, [3.0, 3.0, 3.0], 0.5, [0.5, 0.5, 0.5], eye)
+    plain = render_ellipsoids([small, other], (16, 16, 16), (1.0, 1.0, 1.0))
+    assert (plain == 1).sum() < 7
+    grown = render_ellipsoids([small, other], (16, 16, 16), (1.0, 1.0, 1.0), {1: 20})
+    assert 20 <= (grown == 1).sum() <= 40  # reached, not overshot by much
+    assert (grown == 2).sum() == (plain == 2).sum()  # another class's minimum is its own
 
 
 def test_rendered_ellipsoid_fits_its_bounding_sphere():

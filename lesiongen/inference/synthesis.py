@@ -277,7 +277,8 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
         if problem is None:
             return mask, "generator", rejected
         rejected.append(problem)
-    fallback = render_ellipsoids(spheres, generator.patch_size, generator.spacing) if spheres else None
+    fallback = (render_ellipsoids(spheres, generator.patch_size, generator.spacing, generator.minimum_voxels())
+                if spheres else None)
     if fallback is not None:
         fallback[~brain_patch.astype(bool)] = 0
     if fallback is None or not fallback.any():

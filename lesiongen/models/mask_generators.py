@@ -155,7 +155,8 @@ class SphereMaskGenerator(MaskGenerator):
 
     def generate(self, spheres, conditioning, rng) -> np.ndarray:
         self.last_evaluations = 0
-        return np.stack([render_ellipsoids(s, self.patch_size, self.spacing) for s in spheres])
+        minimum = self.minimum_voxels()
+        return np.stack([render_ellipsoids(s, self.patch_size, self.spacing, minimum) for s in spheres])
 
 
 class UNetMaskGenerator(MaskGenerator):

@@ -35,6 +35,8 @@ _PLACEMENT_TRIES = 8
 # Relative slack of the membership tests, so voxels exactly on a surface are not lost to rounding.
 _RTOL = 1e-9
 _MAX_LABEL = np.iinfo(np.uint8).max
+# Growth steps of an ellipsoid below its class's minimum voxel count; more than the cube-root rule needs.
+_GROWTH_TRIES = 8
 
 
 @dataclass
@@ -157,10 +159,21 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _sample_shape(prior: SpherePrior, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Descending semi-axes (mm) and a rotation matrix of one lesion."""
-    radius = max(_sample_truncated_lognormal(prior.radius_mm, rng), 0.0)
-    middle = radius * _sample_beta(prior.axis_ratio_middle, rng)
-    minor = middle * _sample_beta(prior.axis_ratio_minor, rng)
+    """Descending semi-axes (mm) and a rotation matrix of one lesion: one observed lesion's shape, its radius
+    jittered, where the prior has them; else the fitted distributions."""
+    bank = prior.observed_shapes
+    if bank is not None and bank.radius_mm:
+        pick = int(rng.integers(len(bank.radius_mm)))
+        # the kernel truncated to the observed range, as the fitted distribution is
+        kernel = LogNormal(math.log(bank.radius_mm[pick]), bank.log_bandwidth, min(bank.radius_mm),
+                           max(bank.radius_mm), {})
+        radius = _sample_truncated_lognormal(kernel, rng)
+        ratios = (bank.axis_ratio_middle[pick], bank.axis_ratio_minor[pick])
+    else:
+        radius = max(_sample_truncated_lognormal(prior.radius_mm, rng), 0.0)
+        ratios = (_sample_beta(prior.axis_ratio_middle, rng), _sample_beta(prior.axis_ratio_minor, rng))
+    middle = radius * ratios[0]
+    minor = middle * ratios[1]
     return np.array([radius, middle, minor]), _random_rotation(rng)
 
 
@@ -261,12 +274,16 @@ def _place(
 # --------------------------------------------------------------------------------------------- rendering
 
 
-def render_ellipsoids(lesions: list[SphereLesion], patch_size: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+def render_ellipsoids(lesions: list[SphereLesion], patch_size: Sequence[int], spacing: Sequence[float],
+                      min_voxels: dict[int, int] | None = None) -> np.ndarray:
     """uint8 label map of the lesions' ellipsoids; later lesions overwrite earlier ones.
 
     A voxel p belongs to a lesion when || diag(1 / semi_axes) R^T (p - c) || <= 1 (mm). Semi-axes below
     half the smallest spacing are raised to it, and the voxel nearest each centre is always set, so thin
-    or tiny lesions never vanish.
+    or tiny lesions never vanish. With ``min_voxels`` (lesion class -> voxels), an ellipsoid that renders
+    smaller than its class's minimum is grown, shape kept, until it reaches it (or the patch border stops it):
+    a small lesion's voxel-centre ellipsoid holds fewer voxels than the lesion it was measured on, and the
+    mask generators drop components under the minimum.
     """
     shape = _as_shape(patch_size)
     spacing_arr = _as_spacing(spacing)
@@ -274,8 +291,26 @@ def render_ellipsoids(lesions: list[SphereLesion], patch_size: Sequence[int], sp
     out = np.zeros(shape, dtype=np.uint8)
     for lesion in lesions:
         semi_axes = np.maximum(np.asarray(lesion.semi_axes_mm, dtype=np.float64), floor)
-        _paint(out, lesion, semi_axes, np.asarray(lesion.rotation, dtype=np.float64), spacing_arr)
+        rotation = np.asarray(lesion.rotation, dtype=np.float64)
+        minimum = (min_voxels or {}).get(int(lesion.label), 0)
+        if minimum > 1:
+            semi_axes = _grown_to(minimum, lesion, semi_axes, rotation, shape, spacing_arr)
+        _paint(out, lesion, semi_axes, rotation, spacing_arr)
     return out
+
+
+def _grown_to(minimum: int, lesion: SphereLesion, semi_axes: np.ndarray, rotation: np.ndarray,
+              shape: tuple[int, int, int], spacing: np.ndarray) -> np.ndarray:
+    """The semi-axes, scaled up in steps until the ellipsoid renders at least ``minimum`` voxels."""
+    for _ in range(_GROWTH_TRIES):
+        alone = np.zeros(shape, dtype=np.uint8)
+        _paint(alone, lesion, semi_axes, rotation, spacing)
+        count = int(np.count_nonzero(alone))
+        if count >= minimum:
+            break
+        # volume grows with the cube of the scale; the 5 % extra ends the loop in a step or two
+        semi_axes = semi_axes * max((minimum / max(count, 1)) ** (1 / 3), 1.05)
+    return semi_axes
 
 
 def render_spheres(lesions: list[SphereLesion], patch_size: Sequence[int], spacing: Sequence[float]) -> np.ndarray:

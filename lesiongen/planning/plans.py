@@ -115,6 +115,18 @@ class Beta:
 
 
 @dataclass
+class ShapeBank:
+    """The observed lesions' shapes, entry by entry, for a smoothed bootstrap: a draw takes one observed lesion's
+    bounding radius and axis ratios together and jitters the radius by a log-normal kernel of ``log_bandwidth``.
+    Unlike a fitted log-normal it keeps a distribution's several peaks and the link between size and shape."""
+
+    radius_mm: list[float]
+    axis_ratio_middle: list[float]  # second / first semi-axis of the same lesion
+    axis_ratio_minor: list[float]  # third / second
+    log_bandwidth: float  # s.d. of the log-radius jitter (Silverman's rule on the observed log radii)
+
+
+@dataclass
 class SpherePrior:
     """What a lesion of one class looks like, as sampling distributions for the mask generators."""
 
@@ -131,6 +143,8 @@ class SpherePrior:
     location_histogram: list[float]  # bins**3 probabilities of the centroid in the brain box, (z, y, x) C order
     min_lesion_voxels: int
     min_lesion_volume_mm3: float
+    # None in plans and models written before the bank: their samplers draw from the fitted distributions above
+    observed_shapes: ShapeBank | None = None
 
 
 @dataclass

@@ -8,11 +8,12 @@ import numpy as np
 
 from lesiongen.fingerprint.fingerprint import FINGERPRINT_FILE, DatasetFingerprint
 from lesiongen.paths import preprocessed_root
-from lesiongen.planning.plans import Beta, Categorical, LogNormal, SpherePrior
+from lesiongen.planning.plans import Beta, Categorical, LogNormal, ShapeBank, SpherePrior
 from lesiongen.utilities.errors import LesiongenError
 
 LOCATION_BINS = 4
 LOCATION_PSEUDO_COUNT = 0.05  # lets sampling reach bins next to observed ones, rarely
+SHAPE_BANK_MAX = 1000  # entries kept in plans.json; a larger dataset keeps evenly spaced ranks by radius
 
 
 def categorical(values: list) -> Categorical:
@@ -44,6 +45,29 @@ def fit_beta(values: list[float]) -> Beta:
     if common <= 0:
         return Beta(2.0, 2.0)
     return Beta(float(mean * common), float((1 - mean) * common))
+
+
+def silverman_bandwidth(values: np.ndarray) -> float:
+    """Silverman's rule-of-thumb kernel width, 0.9 min(s.d., IQR / 1.34) n^(-1/5); 0 for fewer than 2 values."""
+    if values.size < 2:
+        return 0.0
+    q75, q25 = np.percentile(values, [75, 25])
+    spread = min(float(values.std(ddof=1)), float(q75 - q25) / 1.34) or float(values.std(ddof=1))
+    return float(0.9 * spread * values.size ** -0.2)
+
+
+def fit_shape_bank(lesions: list, floor: float) -> ShapeBank:
+    """Each lesion's bounding radius (at least ``floor``) and axis ratios, at most ``SHAPE_BANK_MAX`` of them."""
+    radii = np.maximum(np.asarray([l.bounding_radius_mm for l in lesions], dtype=float), floor)
+    # semi-axes floored as the radius is: a lesion one voxel thick has a zero moment axis, not a zero thickness
+    axes = np.maximum(np.asarray([l.semi_axes_mm for l in lesions], dtype=float).reshape(-1, 3), floor)
+    middle, minor = axes[:, 1] / axes[:, 0], axes[:, 2] / axes[:, 1]
+    keep = np.arange(radii.size)
+    if radii.size > SHAPE_BANK_MAX:
+        keep = np.argsort(radii, kind="stable")[np.linspace(0, radii.size - 1, SHAPE_BANK_MAX).round().astype(int)]
+    return ShapeBank(radius_mm=radii[keep].tolist(), axis_ratio_middle=np.clip(middle[keep], 0, 1).tolist(),
+                     axis_ratio_minor=np.clip(minor[keep], 0, 1).tolist(),
+                     log_bandwidth=silverman_bandwidth(np.log(radii)))
 
 
 def lesions_per_patch(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray) -> list[int]:
@@ -90,6 +114,7 @@ def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.n
         location_histogram=location_histogram([l.centroid_relative for l in lesions]),
         min_lesion_voxels=int(min((l.voxel_count for l in lesions), default=1)),
         min_lesion_volume_mm3=float(min((l.volume_mm3 for l in lesions), default=voxel_volume)),
+        observed_shapes=fit_shape_bank(lesions, floor=finest_spacing / 2),
     )
 
 
