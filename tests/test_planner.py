@@ -165,6 +165,28 @@ def test_plans_round_trip_through_json(tmp_path):
     assert load_plans(tmp_path / "plans.json") == plans
 
 
+def test_plans_written_before_the_shape_bank_keep_their_hash(tmp_path):
+    """Models record the plans' sha256; plans without the (later) shape bank must hash as their file did, or
+    every model trained before it would count as stale."""
+    import dataclasses
+    import json
+
+    from lesiongen.training.base import plans_sha256
+    from lesiongen.utilities.provenance import json_sha256
+
+    plans = plan_dataset(_fingerprint([[1.0] * 3] * 3, [[100] * 3] * 3), _info())
+    record = dataclasses.asdict(plans)
+    for prior in record["sphere_priors"].values():
+        del prior["observed_shapes"]
+    for stage in record["stages"].values():
+        del stage["slice_axis"]
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    old = load_plans(tmp_path / "old.json")
+    assert old.sphere_priors["1"].observed_shapes is None
+    assert plans_sha256(old) == json_sha256(record)
+    assert plans_sha256(plans) != plans_sha256(old)  # a bank is part of what a model was trained with
+
+
 def test_unet_topology_respects_minimum_feature_map():
     topo = topology.unet_topology([1.0, 1.0, 1.0], [128, 128, 128])
     assert topo.n_stages == 6  # 128 -> 4 after five poolings

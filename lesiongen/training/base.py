@@ -74,6 +74,9 @@ def plans_sha256(plans) -> str:
     for stage in record["stages"].values():
         if stage.get("slice_axis") is None:  # a 3d stage hashes as before 2d stages existed: trained models stay valid
             stage.pop("slice_axis", None)
+    for prior in record["sphere_priors"].values():
+        if prior.get("observed_shapes") is None:  # plans from before the shape bank hash as they did
+            prior.pop("observed_shapes", None)
     return json_sha256(record)
 
 
