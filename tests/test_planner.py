@@ -144,7 +144,9 @@ def test_sphere_priors_describe_the_lesions():
     assert bank.axis_ratio_middle == pytest.approx([0.8] * 20) and bank.axis_ratio_minor == pytest.approx([0.75] * 20)
     logs = np.log(np.array(radii * 5))
     iqr = np.percentile(logs, 75) - np.percentile(logs, 25)
-    assert bank.log_bandwidth == pytest.approx(0.9 * min(logs.std(ddof=1), iqr / 1.34) * 20 ** -0.2)
+    assert bank.log_bandwidth == pytest.approx(0.5 * 0.9 * min(logs.std(ddof=1), iqr / 1.34) * 20 ** -0.2)
+    # each entry's volume is its own lesion's
+    assert all(v == int(4 / 3 * np.pi * r**3) for r, v in zip(bank.radius_mm, bank.volume_mm3))
 
 
 def test_shape_bank_floors_thin_axes_and_keeps_evenly_spaced_ranks(monkeypatch):
@@ -155,7 +157,8 @@ def test_shape_bank_floors_thin_axes_and_keeps_evenly_spaced_ranks(monkeypatch):
     bank = priors.fit_shape_bank(lesions, floor=0.5)
     assert bank.axis_ratio_minor[0] == pytest.approx(0.5 / 0.8)
     monkeypatch.setattr(priors, "SHAPE_BANK_MAX", 3)
-    assert priors.fit_shape_bank(lesions[::-1], floor=0.5).radius_mm == [1.0, 3.0, 5.0]
+    kept = priors.fit_shape_bank(lesions[::-1], floor=0.5)
+    assert kept.radius_mm == [1.0, 3.0, 5.0] and kept.volume_mm3 == [float(int(4 / 3 * np.pi * r**3)) for r in (1, 3, 5)]
     assert priors.fit_shape_bank(lesions[:1], floor=0.5).log_bandwidth == 0.0
 
 

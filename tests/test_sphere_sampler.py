@@ -228,10 +228,12 @@ def test_impossible_border_constraint_is_relaxed():
 
 
 def test_shape_bank_draws_observed_shapes_whole():
-    """Two observed lesions, 2 mm and 8 mm with their own axis ratios: without jitter every draw is one of them,
-    radius and ratios together, both about equally often; the fitted log-normal (median 4 mm) is not used."""
-    bank = ShapeBank(radius_mm=[2.0, 8.0], axis_ratio_middle=[0.9, 0.5], axis_ratio_minor=[0.8, 0.4],
-                     log_bandwidth=0.0)
+    """Two observed lesions, 2 mm and 8 mm with their own volumes and axis ratios: without jitter every draw is one
+    of them, radius, volume and ratios together, both about equally often; the fitted log-normal (median 4 mm) is
+    not used. The ellipsoid holds the lesion's volume: semi-axes (a, a m, a m n) with 4/3 pi a^3 m^2 n = volume."""
+    bank = ShapeBank(radius_mm=[2.0, 8.0], volume_mm3=[4 / 3 * math.pi * 2.5 * 2.25 * 1.8, 500.0],
+                     axis_ratio_middle=[0.9, 0.5], axis_ratio_minor=[0.8, 0.4], log_bandwidth=0.0)
+    major = (3 * 500.0 / (4 * math.pi * 0.5 * 0.5 * 0.4)) ** (1 / 3)
     prior = dataclasses.replace(make_prior(per_patch={"1": 1.0}, radius=(math.log(4.0), 0.1, 1.0, 9.0)),
                                 observed_shapes=bank)
     rng = np.random.default_rng(0)
@@ -239,12 +241,15 @@ def test_shape_bank_draws_observed_shapes_whole():
     small = [l for l in drawn if l.radius_mm == pytest.approx(2.0)]
     large = [l for l in drawn if l.radius_mm == pytest.approx(8.0)]
     assert len(small) + len(large) == 200 and 70 < len(small) < 130
-    assert all(l.semi_axes_mm == pytest.approx([2.0, 1.8, 1.44]) for l in small)
-    assert all(l.semi_axes_mm == pytest.approx([8.0, 4.0, 1.6]) for l in large)
+    assert all(l.semi_axes_mm == pytest.approx([2.5, 2.25, 1.8]) for l in small)
+    assert all(l.semi_axes_mm == pytest.approx([major, major * 0.5, major * 0.2]) for l in large)
     # a jitter spreads the radius around each observed one, within the observed range
     jittered = dataclasses.replace(prior, observed_shapes=dataclasses.replace(bank, log_bandwidth=0.1))
-    radii = np.array([sample_sphere_lesions({"1": jittered}, (48, 48, 48), (1.0, 1.0, 1.0), rng)[0].radius_mm
-                      for _ in range(200)])
+    lesions = [sample_sphere_lesions({"1": jittered}, (48, 48, 48), (1.0, 1.0, 1.0), rng)[0] for _ in range(200)]
+    radii = np.array([l.radius_mm for l in lesions])
+    # the volume follows the radius (cube), so the ellipsoid keeps its entry's proportion to the radius
+    stretch = sorted({round(l.semi_axes_mm[0] / l.radius_mm, 6) for l in lesions})
+    assert stretch == pytest.approx(sorted([major / 8.0, 2.5 / 2.0]))
     assert len(np.unique(radii)) > 150 and radii.min() >= 2.0 and radii.max() <= 8.0
     assert np.mean((radii > 3.0) & (radii < 6.0)) < 0.05  # still two peaks, nothing between them
 

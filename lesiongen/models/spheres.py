@@ -46,7 +46,9 @@ class SphereLesion:
     label: int  # lesion class
     centre: list[float]  # (z, y, x) voxel coordinates in the patch
     radius_mm: float  # bounding-sphere radius (= largest semi-axis)
-    semi_axes_mm: list[float]  # descending, semi_axes_mm[0] == radius_mm
+    # descending; the ellipsoid drawn. Equal to radius_mm for a fitted prior's draw; a shape bank's holds its
+    # lesion's volume, so its long axis reaches about half a voxel beyond the voxel-centre radius, as the cells do
+    semi_axes_mm: list[float]
     rotation: list[list[float]]  # 3x3 rotation matrix (rows); its columns are the ellipsoid axes in (z, y, x)
 
 
@@ -102,8 +104,7 @@ def sample_sphere_lesions(
     lesions: list[SphereLesion] = []
     placed_mm: list[np.ndarray] = []
     placed_radius: list[float] = []
-    for index, (semi_axes, rotation) in enumerate(shapes):
-        radius = semi_axes[0]
+    for index, (radius, semi_axes, rotation) in enumerate(shapes):
         allowed, offset = _allowed_region(shape, spacing_arr, radius, brain)
         if index == 0 and centre_first:
             voxel = _nearest_allowed(allowed, offset, np.array(shape) // 2, spacing_arr)
@@ -158,9 +159,13 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return Rotation.from_quat(quat / np.linalg.norm(quat)).as_matrix()
 
 
-def _sample_shape(prior: SpherePrior, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Descending semi-axes (mm) and a rotation matrix of one lesion: one observed lesion's shape, its radius
-    jittered, where the prior has them; else the fitted distributions."""
+def _sample_shape(prior: SpherePrior, rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    """Bounding radius (mm), descending semi-axes (mm) and a rotation matrix of one lesion.
+
+    From the shape bank where the prior has one: an observed lesion, its size jittered, rendered as the ellipsoid of
+    its axis ratios that holds its volume (the voxel-centre radius as semi-axis would draw a small lesion at about
+    half its voxels). Else from the fitted distributions, the radius as long semi-axis.
+    """
     bank = prior.observed_shapes
     if bank is not None and bank.radius_mm:
         pick = int(rng.integers(len(bank.radius_mm)))
@@ -168,13 +173,15 @@ def _sample_shape(prior: SpherePrior, rng: np.random.Generator) -> tuple[np.ndar
         kernel = LogNormal(math.log(bank.radius_mm[pick]), bank.log_bandwidth, min(bank.radius_mm),
                            max(bank.radius_mm), {})
         radius = _sample_truncated_lognormal(kernel, rng)
-        ratios = (bank.axis_ratio_middle[pick], bank.axis_ratio_minor[pick])
+        middle, minor = bank.axis_ratio_middle[pick], bank.axis_ratio_minor[pick]
+        volume = bank.volume_mm3[pick] * (radius / bank.radius_mm[pick]) ** 3
+        # volume = 4/3 pi a^3 m^2 n for semi-axes (a, a m, a m n)
+        major = (3 * volume / (4 * math.pi * max(middle * middle * minor, 1e-9))) ** (1 / 3)
     else:
         radius = max(_sample_truncated_lognormal(prior.radius_mm, rng), 0.0)
-        ratios = (_sample_beta(prior.axis_ratio_middle, rng), _sample_beta(prior.axis_ratio_minor, rng))
-    middle = radius * ratios[0]
-    minor = middle * ratios[1]
-    return np.array([radius, middle, minor]), _random_rotation(rng)
+        middle, minor = _sample_beta(prior.axis_ratio_middle, rng), _sample_beta(prior.axis_ratio_minor, rng)
+        major = radius
+    return radius, np.array([major, major * middle, major * middle * minor]), _random_rotation(rng)
 
 
 def _tissue_weights(dist: Categorical, tissue: np.ndarray | None) -> np.ndarray | None:

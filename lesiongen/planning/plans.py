@@ -117,10 +117,12 @@ class Beta:
 @dataclass
 class ShapeBank:
     """The observed lesions' shapes, entry by entry, for a smoothed bootstrap: a draw takes one observed lesion's
-    bounding radius and axis ratios together and jitters the radius by a log-normal kernel of ``log_bandwidth``.
-    Unlike a fitted log-normal it keeps a distribution's several peaks and the link between size and shape."""
+    bounding radius, volume and axis ratios together and jitters its size by a log-normal kernel of
+    ``log_bandwidth``. Unlike a fitted log-normal it keeps a distribution's several peaks and the link between size
+    and shape."""
 
     radius_mm: list[float]
+    volume_mm3: list[float]  # the same lesion's volume (its voxels' cells)
     axis_ratio_middle: list[float]  # second / first semi-axis of the same lesion
     axis_ratio_minor: list[float]  # third / second
     log_bandwidth: float  # s.d. of the log-radius jitter (Silverman's rule on the observed log radii)
