@@ -117,6 +117,11 @@ def test_lesion_patch_fits_95_percent_of_lesions_with_margin():
     assert fitting >= 0.95
     assert plans.lesion_fraction_fitting == pytest.approx(fitting)
     assert all(p % 8 == 0 for p in plans.lesion_patch_size)
+    # a context study's override: the given margin, and the patch grown to hold it
+    wide = plan_dataset(fingerprint, _info(), lesion_margin_mm=20.0)
+    r95 = np.percentile(radii, 95)
+    assert wide.lesion_patch_margin_mm == 20.0
+    assert min(wide.lesion_patch_size) >= 2 * (r95 + 20.0) > max(plans.lesion_patch_size)
 
 
 def test_normalisation_follows_channel_names():

@@ -94,13 +94,15 @@ def normalization_schemes(fingerprint: DatasetFingerprint,
     return result, notes
 
 
-def lesion_patch_size(fingerprint: DatasetFingerprint, spacing: list[float],
-                      median_shape: list[int]) -> tuple[list[int], float, float]:
+def lesion_patch_size(fingerprint: DatasetFingerprint, spacing: list[float], median_shape: list[int],
+                      margin_mm: float | None = None) -> tuple[list[int], float, float]:
     """Cube-in-mm patch so that the 95th-percentile lesion (bounding sphere plus margin) fits;
-    (patch, margin, share)."""
+    (patch, margin, share). ``margin_mm`` replaces the planned margin (a context study)."""
     radii = np.asarray([l.bounding_radius_mm for c in fingerprint.cases for l in c.lesions], dtype=float)
     r95 = float(np.percentile(radii, LESION_PATCH_QUANTILE)) if radii.size else 5.0
     margin = max(4.0, 2 * max(spacing), 0.25 * r95)  # context around the lesion for the generators
+    if margin_mm is not None:
+        margin = float(margin_mm)
     edge_mm = 2 * (r95 + margin)
     patch = []
     for s, m in zip(spacing, median_shape):
@@ -259,8 +261,9 @@ def _lesion_stage(name: str, patch: list[int],
 
 
 def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_target_gb: float = 8.0,
-                 has_brain_masks: bool = False) -> Plans:
-    """Every planning decision for one dataset; pure computation on the fingerprint."""
+                 has_brain_masks: bool = False, lesion_margin_mm: float | None = None) -> Plans:
+    """Every planning decision for one dataset; pure computation on the fingerprint. ``lesion_margin_mm``
+    overrides the planned context around the lesions (see :func:`lesion_patch_size`)."""
     spacing, anisotropic, notes = target_spacing(fingerprint.spacings, fingerprint.shapes_after_crop)
     original_spacing = [float(s) for s in np.median(np.asarray(fingerprint.spacings), axis=0)]
     original_shape = [int(s) for s in np.median(np.asarray(fingerprint.shapes_after_crop), axis=0)]
@@ -286,7 +289,7 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
         notes.append(f"anisotropic: a 2d segmentation configuration next to 3d, slices along axis {slice_axis}, "
                      f"in-plane patch {segmentation_2d.patch_size}, batch {segmentation_2d.batch_size}")
 
-    patch, margin, fits = lesion_patch_size(fingerprint, spacing, median_shape)
+    patch, margin, fits = lesion_patch_size(fingerprint, spacing, median_shape, lesion_margin_mm)
     mask_unet = topo.unet_topology(spacing, patch)
     patch = mask_unet.patch_size  # deep pooling may round the patch up; every lesion stage shares it
     n_lesions = sum(c.lesion_count for c in fingerprint.cases)
