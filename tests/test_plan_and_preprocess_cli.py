@@ -160,3 +160,21 @@ def test_cpu_preset_plans_share_the_preprocessed_data(tiny_preprocessed):
     assert cpu.plans.stages["inpainting"].batch_size <= 8
     assert cpu.plans.target_spacing == default.plans.target_spacing
     assert cpu.plans.sphere_priors == default.plans.sphere_priors
+
+
+def test_plan_takes_a_lesion_margin_and_says_it_was_given(tiny_preprocessed):
+    from lesiongen.cli.plan_and_preprocess import main_plan
+    from lesiongen.preprocessing.dataset import open_preprocessed
+
+    planned = open_preprocessed(501).plans
+    try:
+        assert main_plan(["-d", "501", "--lesion_margin_mm", "30"]) == 0
+        wide = open_preprocessed(501).plans
+        assert wide.lesion_patch_margin_mm == 30.0 and planned.lesion_patch_margin_mm < 30.0
+        assert min(wide.lesion_patch_size) > max(planned.lesion_patch_size)  # grown to hold the wider margin
+        assert any("30.0 mm given" in note for note in wide.notes)
+        with pytest.raises(SystemExit):  # argparse refuses it
+            main_plan(["-d", "501", "--lesion_margin_mm", "0"])
+    finally:
+        assert main_plan(["-d", "501"]) == 0
+    assert open_preprocessed(501).plans.lesion_patch_size == planned.lesion_patch_size

@@ -163,7 +163,8 @@ def test_shape_bank_floors_thin_axes_and_keeps_evenly_spaced_ranks(monkeypatch):
     assert bank.axis_ratio_minor[0] == pytest.approx(0.5 / 0.8)
     monkeypatch.setattr(priors, "SHAPE_BANK_MAX", 3)
     kept = priors.fit_shape_bank(lesions[::-1], floor=0.5)
-    assert kept.radius_mm == [1.0, 3.0, 5.0] and kept.volume_mm3 == [float(int(4 / 3 * np.pi * r**3)) for r in (1, 3, 5)]
+    assert kept.radius_mm == [1.0, 3.0, 5.0]
+    assert kept.volume_mm3 == [float(int(4 / 3 * np.pi * r**3)) for r in (1, 3, 5)]
     assert priors.fit_shape_bank(lesions[:1], floor=0.5).log_bandwidth == 0.0
 
 

@@ -77,6 +77,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def results_dataset_folder(identifier: str) -> Path:
     """The results folder of dataset ``identifier`` (ID or name). When no model was trained yet it need not exist:
     the name then comes from the raw or preprocessed dataset, so later messages can say what to train."""

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from lesiongen import workflow
-from lesiongen.cli.common import add_common_arguments, positive_int, run_command
+from lesiongen.cli.common import add_common_arguments, positive_float, positive_int, run_command
 
 DEFAULT_PROCESSES = max(1, min(8, os.cpu_count() or 1))
 
@@ -30,6 +30,10 @@ def _parser(description: str, fingerprint: bool, plan: bool, preprocess: bool) -
         parser.add_argument("--preset", nargs="+", choices=["cpu"], default=[],
                             help="also write these plans next to the default ones: cpu = lesiongenPlansCPU "
                                  "(CPU-sized networks and schedules, same preprocessed data); use them with -p")
+        parser.add_argument("--lesion_margin_mm", type=positive_float, default=None,
+                            help="tissue (mm) around the 95th-percentile lesion in the lesion patch, instead of "
+                                 "the planned max(4 mm, 2 voxels, a quarter of its radius); more context helped "
+                                 "lesion removal (documentation/inpainting.md) at several times the compute")
     add_common_arguments(parser)
     return parser
 
@@ -43,7 +47,8 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
         if fingerprint:
             fp = workflow.run_fingerprint(dataset, args.num_processes, args.clean)
         if plan:
-            plans = workflow.run_planning(dataset, fp, args.gpu_memory_target, tuple(args.preset))
+            plans = workflow.run_planning(dataset, fp, args.gpu_memory_target, tuple(args.preset),
+                                          args.lesion_margin_mm)
         if preprocess:
             workflow.run_preprocessing(dataset, plans, args.num_processes, args.clean)
 

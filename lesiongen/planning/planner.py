@@ -294,6 +294,8 @@ def plan_dataset(fingerprint: DatasetFingerprint, info: DatasetInfo, gpu_memory_
     patch = mask_unet.patch_size  # deep pooling may round the patch up; every lesion stage shares it
     n_lesions = sum(c.lesion_count for c in fingerprint.cases)
     notes.append(_lesion_patch_note(patch, fits, margin, n_lesions))
+    if lesion_margin_mm is not None:
+        notes.append(f"lesion margin {margin:.1f} mm given (--lesion_margin_mm), not planned")
     if n_lesions == 0:
         # the image stages (segmentation, preprocessing) can go on; fold_sphere_priors refuses the lesion stages
         logger.warning("%s: no training case holds a lesion; the lesion stages (mask generation, inpainting, "

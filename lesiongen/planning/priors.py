@@ -71,7 +71,8 @@ def fit_shape_bank(lesions: list, floor: float) -> ShapeBank:
     if radii.size > SHAPE_BANK_MAX:
         keep = np.argsort(radii, kind="stable")[np.linspace(0, radii.size - 1, SHAPE_BANK_MAX).round().astype(int)]
     volumes = np.asarray([l.volume_mm3 for l in lesions], dtype=float)
-    return ShapeBank(radius_mm=radii[keep].tolist(), volume_mm3=volumes[keep].tolist(), axis_ratio_middle=np.clip(middle[keep], 0, 1).tolist(),
+    return ShapeBank(radius_mm=radii[keep].tolist(), volume_mm3=volumes[keep].tolist(),
+                     axis_ratio_middle=np.clip(middle[keep], 0, 1).tolist(),
                      axis_ratio_minor=np.clip(minor[keep], 0, 1).tolist(),
                      log_bandwidth=SHAPE_BANK_BANDWIDTH_FACTOR * silverman_bandwidth(np.log(radii)))
 
