@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import (  # noqa: E402
-    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
 )
 
 
@@ -38,10 +37,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args, benefit_args = parser.parse_known_args()
     benefit_args = [a for a in benefit_args if a != "--"]
-    require_new_folder(args.work)
-    with tempfile.TemporaryDirectory(prefix="lesiongen_benefit_") as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    with fresh_work_folder(args.work, "lesiongen_benefit_") as work:
         env = work_env(work)
         minutes: dict[str, float] = {}
         start = time.perf_counter()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from lesiongen.inference.strategies import SegVariant  # noqa: E402
 from lesiongen.models.folder import trainer_folder_name  # noqa: E402
 from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
 from measure import (  # noqa: E402
-    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
 )
 
 DATASET = "503"
@@ -123,10 +122,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (new or empty; default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    require_new_folder(args.work)
-    with tempfile.TemporaryDirectory(prefix="brain_extraction_") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with fresh_work_folder(args.work, "brain_extraction_") as work:
         result = run(args, work)
     print(f"brain extraction, {args.voxel_mm:g} mm heads, {args.steps} seg steps ({PLANS}), {args.n_test} held-out "
           f"heads: Dice mean {result['dice_mean']:.4f}, min {result['dice_min']:.4f}; 'nonzero = brain' Dice "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import (  # noqa: E402
-    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
 )
 
 SAMPLINGS = ("default", "few_step")
@@ -154,10 +153,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    require_new_folder(args.work)
-    with tempfile.TemporaryDirectory(prefix="lesiongen_few_step_") as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    with fresh_work_folder(args.work, "lesiongen_few_step_") as work:
         reports = run(args, work)
     rows = comparison_rows(reports)
     print_table(rows)

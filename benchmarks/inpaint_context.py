@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import (  # noqa: E402
-    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
 )
 
 PLANNED = "planned"
@@ -254,10 +253,7 @@ def main() -> None:
     if args.paired_only:
         add_paired_scores(args)
         return
-    require_new_folder(args.work)
-    with tempfile.TemporaryDirectory(prefix="lesiongen_context_") as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    with fresh_work_folder(args.work, "lesiongen_context_") as work:
         report = run(args, work)
     write_results("inpaint_context", report, args.json)
 

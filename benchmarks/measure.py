@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +128,17 @@ def require_new_folder(folder: Path | None) -> None:
     """A benchmark starts from scratch: a work folder given by the user must be new or empty."""
     if folder is not None and folder.exists() and any(folder.iterdir()):
         raise SystemExit(f"{folder}: not empty; the benchmark starts from scratch (give a new or empty folder)")
+
+
+@contextlib.contextmanager
+def fresh_work_folder(folder: Path | None, prefix: str) -> Iterator[Path]:
+    """The benchmark's work folder, resolved and created: ``folder`` when given (new or empty, see
+    :func:`require_new_folder`), else a temporary one removed afterwards."""
+    require_new_folder(folder)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = (folder or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
 
 
 def run_step(name: str, command: list[str], env: dict, minutes: dict, stream: bool = False) -> None:

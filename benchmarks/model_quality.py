@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import (  # noqa: E402
-    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
 )
 
 GENERATORS = ("spheremask", "unetmask", "diffmask", "ganmask")
@@ -55,10 +54,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (new or empty); default: temporary")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    require_new_folder(args.work)
-    with tempfile.TemporaryDirectory(prefix="lesiongen_quality_") as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    with fresh_work_folder(args.work, "lesiongen_quality_") as work:
         report = run(args, work)
     write_results("model_quality", report, args.json)
 

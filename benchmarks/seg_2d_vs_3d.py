@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from lesiongen.inference.strategies import SegVariant  # noqa: E402
 from lesiongen.models.folder import trainer_folder_name  # noqa: E402
 from lesiongen.utilities.seeding import DEFAULT_SEED  # noqa: E402
 from measure import (  # noqa: E402
-    console_script, require_new_folder, run_step, work_env, write_and_plan_demo, write_results,
+    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
 )
 
 DATASET = "502"
@@ -97,10 +96,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (new or empty; default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    require_new_folder(args.work)
-    with tempfile.TemporaryDirectory(prefix="seg_2d_vs_3d_") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with fresh_work_folder(args.work, "seg_2d_vs_3d_") as work:
         result = run(args, work)
     print(f"thick-slice demo, {args.steps} seg steps each ({PLANS}, fold 0), {args.n_test} held-out scans:")
     for configuration, entry in result["configurations"].items():
