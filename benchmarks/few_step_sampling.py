@@ -1,12 +1,14 @@
 """Few-step sampling against today's default sampler, side by side on the same trained models (issue 15).
 
     python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
-        [--max_patches 32] [-n 48] [--seeds 0 1] [--realistic] [-device cpu] [--work DIR] [--json FILE]
+        [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--realistic] [-device cpu]
+        [--work DIR] [--json FILE]
 
 From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
 at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
-trained on fold 0 with their default settings (diffmask's threshold is calibrated after training for each sampling
-preset, so both samplers run the same weights with the threshold fitted to them). Then, on fold 0's held-out
+trained on fold 0 with their default settings (``--models``: only these of the two; diffmask's threshold is
+calibrated after training for each sampling preset, so both samplers run the same weights with the threshold fitted
+to them). Then, on fold 0's held-out
 lesion patches, each model is evaluated once per sampler (``--sampling default`` and ``--sampling few_step``) and
 evaluation seed (``--seeds``: other fake-mask placements, sampling noise and spheres; the table gives the mean and
 the spread over seeds):
@@ -40,6 +42,7 @@ from measure import (  # noqa: E402
 )
 
 SAMPLINGS = ("default", "few_step")
+MODELS = ("diffmask", "inpaint")
 PLANS = "lesiongenPlansCPU"
 
 
@@ -49,25 +52,28 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     start = time.perf_counter()
     write_and_plan_demo(env, minutes, "501", ["--realistic"] if args.realistic else [], args.num_processes)
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
-    run_step("train_diffmask", [console_script("lesiongen_train"), "501", "diffmask", *common, "--steps",
-                             str(args.diffmask_steps)], env, minutes)
-    run_step("train_inpaint", [console_script("lesiongen_train"), "501", "inpaint", *common, "--steps",
-                            str(args.inpaint_steps)], env, minutes)
+    steps = {"diffmask": args.diffmask_steps, "inpaint": args.inpaint_steps}
+    for model in MODELS:
+        if model in args.models:
+            run_step(f"train_{model}", [console_script("lesiongen_train"), "501", model, *common, "--steps",
+                                        str(steps[model])], env, minutes)
     reports: dict[str, dict] = {"inpainting": {s: [] for s in SAMPLINGS}, "masks": {s: [] for s in SAMPLINGS}}
     for seed in args.seeds:
         for sampling in SAMPLINGS:  # alternating, so both samplers meet the same load on a shared machine
-            out = work / f"inpainting_{sampling}_seed{seed}"
-            run_step(f"evaluate_inpainting_{sampling}_seed{seed}", [
-                console_script("lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
-                args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches", "0",
-                "--seed", str(seed), "-o", str(out)], env, minutes)
-            reports["inpainting"][sampling].append(json.loads((out / "inpainting_evaluation.json").read_text()))
-            out = work / f"masks_{sampling}_seed{seed}"
-            run_step(f"evaluate_masks_{sampling}_seed{seed}", [
-                console_script("lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
-                args.device, "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed", str(seed),
-                "-o", str(out)], env, minutes)
-            reports["masks"][sampling].append(json.loads((out / "mask_evaluation.json").read_text()))
+            if "inpaint" in args.models:
+                out = work / f"inpainting_{sampling}_seed{seed}"
+                run_step(f"evaluate_inpainting_{sampling}_seed{seed}", [
+                    console_script("lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+                    args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches",
+                    "0", "--seed", str(seed), "-o", str(out)], env, minutes)
+                reports["inpainting"][sampling].append(json.loads((out / "inpainting_evaluation.json").read_text()))
+            if "diffmask" in args.models:
+                out = work / f"masks_{sampling}_seed{seed}"
+                run_step(f"evaluate_masks_{sampling}_seed{seed}", [
+                    console_script("lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
+                    args.device, "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed",
+                    str(seed), "-o", str(out)], env, minutes)
+                reports["masks"][sampling].append(json.loads((out / "mask_evaluation.json").read_text()))
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     return {"minutes": minutes, **reports}
 
@@ -96,32 +102,42 @@ def comparison_rows(reports: dict) -> list[dict]:
     def add(name: str, *keys, source: dict = inpainting) -> None:
         rows.append({"metric": name, **{s: _over_seeds(source[s], keys) for s in SAMPLINGS}})
 
-    add("inpaint: network evaluations / patch, remove", "remove_fake_masks", "speed", "network_evaluations_per_patch")
-    add("inpaint: network evaluations / patch, insert", "insert", "speed", "network_evaluations_per_patch")
-    add("inpaint: seconds / patch, remove", "remove_fake_masks", "speed", "seconds_per_patch")
-    add("inpaint: seconds / patch, insert", "insert", "speed", "seconds_per_patch")
-    add("remove (fake masks): in-mask SSIM", "remove_fake_masks", "ssim")
-    add("remove (fake masks): in-mask PSNR dB", "remove_fake_masks", "psnr")
-    add("remove (fake masks): in-mask MSE", "remove_fake_masks", "mse")
-    add("remove (fake masks): in-mask spread ratio", "remove_fake_masks", "std_ratio")
-    add("remove (real lesions): mean |contrast| after", "remove_real_lesions", "mean_abs_contrast_after")
-    channels = len(inpainting[SAMPLINGS[0]][0]["insert"]["contrast_real_mean"])
-    for section, label in (("insert", "insert"), ("insert_uncalibrated", "insert, uncalibrated")):
-        for c in range(channels):
-            add(f"{label}: contrast W / real std, ch {c}", section, "contrast_wasserstein_over_real_std", c)
-            add(f"{label}: contrast W by chance at these sizes, ch {c}", section,
-                "contrast_wasserstein_null_over_real_std", c)
-            add(f"{label}: contrast permutation p, ch {c}", section, "contrast_wasserstein_p", c)
-            add(f"{label}: contrast mean ratio, ch {c}", section, "contrast_mean_ratio", c)
-        add(f"{label}: DiffMapIoU", section, "diff_map_iou")
-    add("insert: SSIM outside the mask", "insert", "ssim_outside")
-    add("diffmask: network evaluations / mask", "timing", "diffmask", "network_evaluations_per_mask", source=masks)
-    add("diffmask: seconds / mask", "timing", "diffmask", "seconds_per_mask", source=masks)
-    for metric in masks[SAMPLINGS[0]][0]["methods"]["diffmask"]["wasserstein"]:
-        add(f"diffmask: Wasserstein {metric}", "methods", "diffmask", "wasserstein", metric, source=masks)
+    if inpainting[SAMPLINGS[0]]:
+        add("inpaint: network evaluations / patch, remove", "remove_fake_masks", "speed",
+            "network_evaluations_per_patch")
+        add("inpaint: network evaluations / patch, insert", "insert", "speed", "network_evaluations_per_patch")
+        add("inpaint: seconds / patch, remove", "remove_fake_masks", "speed", "seconds_per_patch")
+        add("inpaint: seconds / patch, insert", "insert", "speed", "seconds_per_patch")
+        add("remove (fake masks): in-mask SSIM", "remove_fake_masks", "ssim")
+        add("remove (fake masks): in-mask PSNR dB", "remove_fake_masks", "psnr")
+        add("remove (fake masks): in-mask MSE", "remove_fake_masks", "mse")
+        add("remove (fake masks): in-mask spread ratio", "remove_fake_masks", "std_ratio")
+        add("remove (real lesions): mean |contrast| after", "remove_real_lesions", "mean_abs_contrast_after")
+        channels = len(inpainting[SAMPLINGS[0]][0]["insert"]["contrast_real_mean"])
+        for section, label in (("insert", "insert"), ("insert_uncalibrated", "insert, uncalibrated")):
+            for c in range(channels):
+                add(f"{label}: contrast W / real std, ch {c}", section, "contrast_wasserstein_over_real_std", c)
+                add(f"{label}: contrast W by chance at these sizes, ch {c}", section,
+                    "contrast_wasserstein_null_over_real_std", c)
+                add(f"{label}: contrast permutation p, ch {c}", section, "contrast_wasserstein_p", c)
+                add(f"{label}: contrast mean ratio, ch {c}", section, "contrast_mean_ratio", c)
+            add(f"{label}: DiffMapIoU", section, "diff_map_iou")
+        add("insert: SSIM outside the mask", "insert", "ssim_outside")
+    if masks[SAMPLINGS[0]]:
+        add("diffmask: network evaluations / mask", "timing", "diffmask", "network_evaluations_per_mask", source=masks)
+        add("diffmask: seconds / mask", "timing", "diffmask", "seconds_per_mask", source=masks)
+        for metric in masks[SAMPLINGS[0]][0]["methods"]["diffmask"]["wasserstein"]:
+            add(f"diffmask: Wasserstein {metric}", "methods", "diffmask", "wasserstein", metric, source=masks)
     for row in rows:
         default, few = row["default"]["mean"], row["few_step"]["mean"]
         row["few_step_over_default"] = few / default if default not in (None, 0) and few is not None else None
+        # Same seed = same fake masks, spheres and held-out patches for both samplers: the paired difference
+        # separates the sampler from the seed-to-seed spread.
+        pairs = list(zip(row["default"]["per_seed"], row["few_step"]["per_seed"]))
+        differences = [few - default for default, few in pairs]
+        row["few_step_minus_default"] = {"mean": float(np.mean(differences)) if differences else None,
+                                         "std": float(np.std(differences)) if differences else None,
+                                         "per_seed": differences}
     return rows
 
 
@@ -132,11 +148,11 @@ def print_table(rows: list[dict]) -> None:
     def cell(entry: dict) -> str:
         return fmt(entry["mean"]) + (f" ± {entry['std']:.2g}" if len(entry["per_seed"]) > 1 else "")
 
-    print("| metric | default | few_step | few_step / default |")
-    print("|---|---|---|---|")
+    print("| metric | default | few_step | few_step / default | few_step - default, paired |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['metric']} | {cell(row['default'])} | {cell(row['few_step'])} | "
-              f"{fmt(row['few_step_over_default'])} |")
+              f"{fmt(row['few_step_over_default'])} | {cell(row['few_step_minus_default'])} |")
 
 
 def main() -> None:
@@ -147,6 +163,8 @@ def main() -> None:
     parser.add_argument("--max_patches", type=int, default=32, help="held-out lesion patches for the inpainter")
     parser.add_argument("-n", dest="n_masks", type=int, default=48, help="diffmask masks per sampler and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="evaluation seeds")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="train and compare only these (default: both)")
     parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("-device", default="cpu")
@@ -158,8 +176,8 @@ def main() -> None:
     rows = comparison_rows(reports)
     print_table(rows)
     print(f"wall time {reports['minutes']['wall']:.1f} min")
-    models = {**reports["masks"]["default"][0]["provenance"]["models"],
-              **reports["inpainting"]["default"][0]["provenance"]["models"]}
+    models = {name: model for section in ("masks", "inpainting") for report in reports[section]["default"][:1]
+              for name, model in report["provenance"]["models"].items()}
     name = "few_step_sampling" + ("_realistic" if args.realistic else "")
     write_results(name, {"settings": {k: str(v) for k, v in vars(args).items()}, "command": " ".join(sys.argv),
                          "models": models, "minutes": reports["minutes"], "table": rows,
