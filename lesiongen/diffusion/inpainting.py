@@ -18,7 +18,7 @@ import torch
 from scipy import ndimage
 
 from lesiongen.diffusion.presets import FEW_STEP_SPACING, FEW_STEPS
-from lesiongen.diffusion.schedules import TIMESTEP_SPACINGS, ScheduleConfig
+from lesiongen.diffusion.schedules import TIMESTEP_SPACINGS, ScheduleConfig, check_trained_timesteps
 
 
 @dataclass
@@ -71,6 +71,7 @@ def make_scheduler(schedule: InpaintSchedule, config: ScheduleConfig):
         scheduler.set_timesteps(config.num_train_timesteps)
     else:
         raise ValueError(f"unknown inpainting sampler {schedule.sampler}; use 'ddim' or 'ddpm'")
+    check_trained_timesteps(config, scheduler.timesteps)  # resampling jumps revisit these same timesteps
     return scheduler
 
 

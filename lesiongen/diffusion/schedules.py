@@ -1,10 +1,12 @@
 """Noise schedules from diffusers: DDPM for training, a DPM-Solver++ / DDIM schedule for sampling, and the few-step
-preset (a few deterministic DDIM steps, the last of which returns the network's clean estimate)."""
+preset (a few deterministic DDIM steps, the last of which returns the network's clean estimate). A schedule may
+record that its network was trained at a few timesteps only (a short schedule, as fastWDM3D trains): it can then be
+sampled only at those."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,9 @@ class ScheduleConfig:
     # DDIM: the last step goes to alpha_bar = 1 and returns the clean estimate, instead of stopping at the first
     # training timestep's noise level (DPM-Solver++ always ends clean)
     clean_final_step: bool = False
+    # the training timesteps the network has seen; None: all of them. A short schedule (trained only at the
+    # few-step sampler's timesteps) cannot be sampled anywhere else
+    trained_timesteps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
@@ -47,6 +52,12 @@ class ScheduleConfig:
             raise ValueError(f"unknown sampler {self.sampler}; choose one of {SAMPLERS}")
         if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"unknown timestep spacing {self.timestep_spacing}; choose one of {TIMESTEP_SPACINGS}")
+        if self.trained_timesteps is not None:
+            self.trained_timesteps = tuple(sorted({int(t) for t in self.trained_timesteps}, reverse=True))
+            if not self.trained_timesteps or not all(0 <= t < self.num_train_timesteps
+                                                     for t in self.trained_timesteps):
+                raise ValueError(f"trained timesteps {self.trained_timesteps} must lie in "
+                                 f"[0, {self.num_train_timesteps})")
 
 
 def default_sampling(config: ScheduleConfig) -> ScheduleConfig:
@@ -82,6 +93,20 @@ def training_scheduler(config: ScheduleConfig) -> DDPMScheduler:
 
 
 def sampling_scheduler(config: ScheduleConfig):
+    """The diffusers scheduler that samples ``config``, its timesteps set; refused for a short-schedule network at
+    timesteps it was not trained at."""
+    scheduler = _sampling_scheduler(config)
+    check_trained_timesteps(config, scheduler.timesteps)
+    return scheduler
+
+
+def samples_trained_timesteps(config: ScheduleConfig) -> bool:
+    """Whether ``config``'s sampler visits only timesteps its network was trained at (always, without a short
+    schedule)."""
+    return config.trained_timesteps is None or not untrained_timesteps(config, _sampling_scheduler(config).timesteps)
+
+
+def _sampling_scheduler(config: ScheduleConfig):
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
@@ -102,16 +127,41 @@ def sampling_scheduler(config: ScheduleConfig):
     return scheduler
 
 
+def short_schedule(config: ScheduleConfig, timesteps: Sequence[int]) -> ScheduleConfig:
+    """``config`` for a network trained only at ``timesteps`` (those of the sampler it will be used with)."""
+    return dataclasses.replace(config, trained_timesteps=tuple(int(t) for t in timesteps))
+
+
+def untrained_timesteps(config: ScheduleConfig, timesteps: Sequence[int]) -> list[int]:
+    """The sampling ``timesteps`` at which a network trained on ``config``'s schedule has never been trained."""
+    if config.trained_timesteps is None:
+        return []
+    return [int(t) for t in timesteps if int(t) not in config.trained_timesteps]
+
+
+def check_trained_timesteps(config: ScheduleConfig, timesteps: Sequence[int]) -> None:
+    """Refuse to sample a short-schedule network at timesteps it was never trained at (its output there is noise)."""
+    missing = untrained_timesteps(config, timesteps)
+    if missing:
+        raise ValueError(f"the network was trained only at timesteps {list(config.trained_timesteps)}; this sampler "
+                         f"also needs {missing[:4]}{' ...' if len(missing) > 4 else ''} (use the model's own sampler)")
+
+
 def sampling_evaluations(config: ScheduleConfig) -> int:
     """Network evaluations per sample: every training timestep with ddpm, else the few inference steps."""
     return config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps
 
 
-def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noisy, noise, timesteps) for a training batch; randomness from ``generator`` (on CPU) so runs resume exactly."""
+def add_noise(scheduler: DDPMScheduler, clean: torch.Tensor, generator: torch.Generator,
+              trained_timesteps: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy, noise, timesteps) for a training batch; randomness from ``generator`` (on CPU) so runs resume exactly.
+    Timesteps are uniform over the training schedule, or over ``trained_timesteps`` (a short schedule)."""
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+    if trained_timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+    else:
+        choices = torch.as_tensor(list(trained_timesteps), dtype=torch.long)
+        timesteps = choices[torch.randint(0, len(choices), (clean.shape[0],), generator=generator)]
     timesteps = timesteps.to(clean.device)
     return scheduler.add_noise(clean, noise, timesteps), noise, timesteps
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lesiongen.diffusion.guidance import classifier_free_guidance
-from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, feather_blend, repaint
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, feather_blend, make_scheduler, repaint
 from lesiongen.diffusion.presets import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, MODEL_SAMPLING
 from lesiongen.diffusion.schedules import ScheduleConfig
 from lesiongen.fingerprint.lesions import lesion_contrast, lesion_shell_statistics
@@ -200,6 +200,10 @@ class Inpainter(LesionModel):
             return self
         if sampling not in presets:
             raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, {', '.join(presets)}")
+        try:
+            make_scheduler(presets[sampling](), self.config.schedule)  # a short-schedule network: its timesteps only
+        except ValueError as error:
+            raise LesiongenError(f"{self.checkpoint or self.kind}: cannot sample with '{sampling}': {error}") from None
         twin = copy.copy(self)
         twin.config = dataclasses.replace(self.config, sampling=presets[sampling]())
         return twin

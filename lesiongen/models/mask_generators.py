@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
-from lesiongen.diffusion.schedules import ScheduleConfig, sample, sampling_evaluations, sampling_preset
+from lesiongen.diffusion.schedules import (ScheduleConfig, sample, sampling_evaluations, sampling_preset,
+                                           sampling_scheduler)
 from lesiongen.models.base import LesionModel
 from lesiongen.models.conditioning import MaskConditioning, drop_small_components, min_lesion_voxels
 from lesiongen.models.networks import build_network
@@ -272,11 +273,16 @@ class DiffMaskGenerator(MaskGenerator):
         if sampling not in SAMPLING_PRESETS:
             raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, "
                                  f"{', '.join(SAMPLING_PRESETS)}")
+        schedule = sampling_preset(self.config.schedule, sampling)
+        try:
+            sampling_scheduler(schedule)  # a short-schedule network runs only at the timesteps it was trained at
+        except ValueError as error:
+            raise LesiongenError(f"{self.checkpoint or self.kind}: cannot sample with '{sampling}': {error}") from None
         if sampling not in self.config.preset_thresholds:
             raise LesiongenError(f"{self.checkpoint or self.kind}: has no threshold calibrated for the '{sampling}' "
                                  "sampler (trained before sampling presets); retrain it or use its own sampler")
         twin = copy.copy(self)
-        twin.config = dataclasses.replace(self.config, schedule=sampling_preset(self.config.schedule, sampling),
+        twin.config = dataclasses.replace(self.config, schedule=schedule,
                                           threshold=self.config.preset_thresholds[sampling])
         return twin
 

@@ -20,8 +20,8 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from lesiongen.diffusion.presets import SAMPLING_PRESETS
-from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, few_step_sampling, sampling_evaluations,
-                                           sampling_preset,
+from lesiongen.diffusion.schedules import (ScheduleConfig, few_step_sampling, samples_trained_timesteps,
+                                           sampling_evaluations, sampling_preset, sampling_scheduler, short_schedule,
                                            training_target)
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
@@ -46,12 +46,17 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     lesion_loss_weight = 10.0
     sampling_steps = 20  # network evaluations per mask of the model's default sampler (DPM-Solver++)
     few_step_sampling = False  # the model's own sampler is the few-step preset (4 DDIM steps) instead
+    # train only at the few-step sampler's timesteps (a short schedule, fastWDM3D-style); implies few_step_sampling,
+    # and the model can then be sampled only with it
+    few_step_training = False
 
     def model_config(self) -> DiffMaskConfig:
         config = DiffMaskConfig(priors=self.priors)
         config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
-        if self.few_step_sampling:
+        if self.few_step_sampling or self.few_step_training:
             config.schedule = few_step_sampling(config.schedule)
+        if self.few_step_training:
+            config.schedule = short_schedule(config.schedule, sampling_scheduler(config.schedule).timesteps)
         return config
 
     def load_training_data(self) -> None:
@@ -67,7 +72,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         condition = self.to_device(self.model.condition(controls, tissue))
         # where the lesion's shape is decided: the lesion itself and the sphere around it
         region = self.to_device(((masks > 0) | (controls > 0))[:, None].astype(np.float32))
-        noisy, noise, timesteps = add_noise(self.scheduler, clean, self.generator)
+        noisy, noise, timesteps = self.add_training_noise(clean)
         predicted = self.trained["denoiser"](self.model.network_input(noisy, condition), timesteps)
         error = (predicted.float() - training_target(self.scheduler, clean, noise, timesteps)) ** 2
         return lesion_weighted_loss(error, region, self.lesion_loss_weight)
@@ -83,16 +88,18 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         details = {"own": self.calibrate(model, own, index)}
         for name in SAMPLING_PRESETS:
             preset = sampling_preset(own, name)
+            if not samples_trained_timesteps(preset):
+                continue  # a short-schedule model has no threshold for samplers it cannot run
             details[name] = details["own"] if preset == own else self.calibrate(model, preset, index)
         best = details["own"]["threshold"]
         model.config.threshold = best
-        model.config.preset_thresholds = {name: details[name]["threshold"] for name in SAMPLING_PRESETS}
+        model.config.preset_thresholds = {name: details[name]["threshold"] for name in details if name != "own"}
         real_count, real_volume = count_and_volume(self.data.masks[index])
         logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s",
                     model.config.threshold, real_count, real_volume, model.config.preset_thresholds)
         self.extra["calibration"] = {**details["own"], "patches": n, "real_mean_lesions": real_count,
                                      "real_mean_voxels": real_volume,
-                                     "presets": {name: details[name] for name in SAMPLING_PRESETS}}
+                                     "presets": {name: details[name] for name in model.config.preset_thresholds}}
 
     def calibrate(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray) -> dict:
         """Threshold calibration for one sampler on the training patches ``index``: the best threshold, the

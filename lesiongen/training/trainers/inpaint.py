@@ -24,8 +24,8 @@ import logging
 import numpy as np
 import torch
 
-from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
-from lesiongen.diffusion.schedules import add_noise, training_target
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, make_scheduler
+from lesiongen.diffusion.schedules import short_schedule, training_target
 from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast, class_step
 from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_patches, relocate_shape
 from lesiongen.training.base import Trainer
@@ -47,12 +47,18 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
     # the model's own sampler is the few-step preset (4 DDIM steps, no jumps, no guidance) instead
     few_step_sampling = False
+    # train only at the few-step sampler's timesteps (a short schedule, fastWDM3D-style); implies few_step_sampling,
+    # and the model can then be sampled only with it
+    few_step_training = False
 
     def model_config(self) -> InpainterConfig:
         config = InpainterConfig(margin_voxels=int(self.margin_voxels))
         config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
-        if self.few_step_sampling:
+        if self.few_step_sampling or self.few_step_training:
             config.sampling = InpaintSchedule.few_step()
+        if self.few_step_training:
+            timesteps = make_scheduler(config.sampling, config.schedule).timesteps
+            config.schedule = short_schedule(config.schedule, timesteps)
         return config
 
     def load_training_data(self) -> None:
@@ -95,7 +101,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.draw_inputs()
         clean = self.to_device(batch["images"])
-        noisy, noise, timesteps = add_noise(self.scheduler, clean, self.generator)
+        noisy, noise, timesteps = self.add_training_noise(clean)
         x = self.model.network_input(noisy, batch["known"], batch["lesion"], batch["heal"], batch["contrast"],
                                      batch["unconditioned"])
         predicted = self.trained["denoiser"](x, timesteps)
