@@ -1,17 +1,19 @@
 """Few-step sampling against today's default sampler, side by side on the same trained models (issue 15).
 
     python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
-        [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--realistic] [-device cpu]
-        [--work DIR] [--json FILE]
+        [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--short_schedule] [--realistic]
+        [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
 at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
 trained on fold 0 with their default settings (``--models``: only these of the two; diffmask's threshold is
 calibrated after training for each sampling preset, so both samplers run the same weights with the threshold fitted
-to them). Then, on fold 0's held-out
-lesion patches, each model is evaluated once per sampler (``--sampling default`` and ``--sampling few_step``) and
-evaluation seed (``--seeds``: other fake-mask placements, sampling noise and spheres; the table gives the mean and
-the spread over seeds):
+to them). ``--short_schedule``: each model is also trained, same steps and seed, with ``--set
+few_step_training=true`` (only at the few-step sampler's timesteps, fastWDM3D-style) in a results folder of its own.
+Then, on fold 0's held-out lesion patches, each model is evaluated once per sampler (``--sampling default`` and
+``--sampling few_step``; the short-schedule model with its own, few-step sampler) and evaluation seed (``--seeds``:
+other fake-mask placements, sampling noise and spheres; the table gives the mean and the spread over seeds, and the
+paired difference to the default, same seed = same masks and patches):
 
 * ``lesiongen_evaluate_inpainting``: network evaluations and seconds per patch (counted by the model), remove mode on
   fake masks over healthy tissue (in-mask SSIM / PSNR after BraTS-style normalisation, in-mask spread ratio), remove
@@ -20,9 +22,9 @@ the spread over seeds):
 * ``lesiongen_evaluate_masks -tr diffmask``: network evaluations and seconds per mask, and the Wasserstein distances
   of the generated masks' lesion statistics to the held-out real lesions'.
 
-It prints a table (few-step / default ratios) and writes ``benchmarks/results/few_step_sampling_<date>.json`` (or
-``--json``) with both reports, the settings, the minutes per step and the provenance (code version, and the sha256,
-steps and seed of every model used).
+It prints a table (ratios and paired differences to the default) and writes
+``benchmarks/results/few_step_sampling_<date>.json`` (or ``--json``) with every report, the settings, the minutes
+per step and the provenance (code version, and the sha256, steps and seed of every model used).
 """
 
 from __future__ import annotations
@@ -42,38 +44,47 @@ from measure import (  # noqa: E402
 )
 
 SAMPLINGS = ("default", "few_step")
+SHORT_SCHEDULE = "short_schedule"  # the model trained only at the few-step timesteps, with its own sampler
 MODELS = ("diffmask", "inpaint")
 PLANS = "lesiongenPlansCPU"
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     env = work_env(work)
+    short_env = dict(env, lesiongen_results=str(work / "results_short_schedule"))
     minutes: dict[str, float] = {}
     start = time.perf_counter()
     write_and_plan_demo(env, minutes, "501", ["--realistic"] if args.realistic else [], args.num_processes)
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
     steps = {"diffmask": args.diffmask_steps, "inpaint": args.inpaint_steps}
-    for model in MODELS:
-        if model in args.models:
-            run_step(f"train_{model}", [console_script("lesiongen_train"), "501", model, *common, "--steps",
-                                        str(steps[model])], env, minutes)
-    reports: dict[str, dict] = {"inpainting": {s: [] for s in SAMPLINGS}, "masks": {s: [] for s in SAMPLINGS}}
+    for model in (m for m in MODELS if m in args.models):
+        run_step(f"train_{model}", [console_script("lesiongen_train"), "501", model, *common, "--steps",
+                                    str(steps[model])], env, minutes)
+        if args.short_schedule:
+            run_step(f"train_{model}_short_schedule", [
+                console_script("lesiongen_train"), "501", model, *common, "--steps", str(steps[model]), "--set",
+                "few_step_training=true"], short_env, minutes)
+    # arm -> (environment, --sampling): the same full-schedule model with both samplers, the short-schedule one
+    arms = {sampling: (env, sampling) for sampling in SAMPLINGS}
+    if args.short_schedule:
+        arms[SHORT_SCHEDULE] = (short_env, "model")
+    reports: dict[str, dict] = {"inpainting": {arm: [] for arm in arms}, "masks": {arm: [] for arm in arms}}
     for seed in args.seeds:
-        for sampling in SAMPLINGS:  # alternating, so both samplers meet the same load on a shared machine
+        for arm, (arm_env, sampling) in arms.items():  # alternating, so every arm meets the same machine load
             if "inpaint" in args.models:
-                out = work / f"inpainting_{sampling}_seed{seed}"
-                run_step(f"evaluate_inpainting_{sampling}_seed{seed}", [
+                out = work / f"inpainting_{arm}_seed{seed}"
+                run_step(f"evaluate_inpainting_{arm}_seed{seed}", [
                     console_script("lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
                     args.device, "--sampling", sampling, "--max_patches", str(args.max_patches), "--full_patches",
-                    "0", "--seed", str(seed), "-o", str(out)], env, minutes)
-                reports["inpainting"][sampling].append(json.loads((out / "inpainting_evaluation.json").read_text()))
+                    "0", "--seed", str(seed), "-o", str(out)], arm_env, minutes)
+                reports["inpainting"][arm].append(json.loads((out / "inpainting_evaluation.json").read_text()))
             if "diffmask" in args.models:
-                out = work / f"masks_{sampling}_seed{seed}"
-                run_step(f"evaluate_masks_{sampling}_seed{seed}", [
+                out = work / f"masks_{arm}_seed{seed}"
+                run_step(f"evaluate_masks_{arm}_seed{seed}", [
                     console_script("lesiongen_evaluate_masks"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
                     args.device, "-tr", "diffmask", "--sampling", sampling, "-n", str(args.n_masks), "--seed",
-                    str(seed), "-o", str(out)], env, minutes)
-                reports["masks"][sampling].append(json.loads((out / "mask_evaluation.json").read_text()))
+                    str(seed), "-o", str(out)], arm_env, minutes)
+                reports["masks"][arm].append(json.loads((out / "mask_evaluation.json").read_text()))
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     return {"minutes": minutes, **reports}
 
@@ -98,9 +109,10 @@ def comparison_rows(reports: dict) -> list[dict]:
     """Per metric: default and few-step (mean and spread over seeds) for the table and the JSON."""
     rows = []
     inpainting, masks = reports["inpainting"], reports["masks"]
+    arms = list(masks if masks[SAMPLINGS[0]] else inpainting)
 
     def add(name: str, *keys, source: dict = inpainting) -> None:
-        rows.append({"metric": name, **{s: _over_seeds(source[s], keys) for s in SAMPLINGS}})
+        rows.append({"metric": name, **{arm: _over_seeds(source[arm], keys) for arm in arms}})
 
     if inpainting[SAMPLINGS[0]]:
         add("inpaint: network evaluations / patch, remove", "remove_fake_masks", "speed",
@@ -129,15 +141,15 @@ def comparison_rows(reports: dict) -> list[dict]:
         for metric in masks[SAMPLINGS[0]][0]["methods"]["diffmask"]["wasserstein"]:
             add(f"diffmask: Wasserstein {metric}", "methods", "diffmask", "wasserstein", metric, source=masks)
     for row in rows:
-        default, few = row["default"]["mean"], row["few_step"]["mean"]
-        row["few_step_over_default"] = few / default if default not in (None, 0) and few is not None else None
-        # Same seed = same fake masks, spheres and held-out patches for both samplers: the paired difference
-        # separates the sampler from the seed-to-seed spread.
-        pairs = list(zip(row["default"]["per_seed"], row["few_step"]["per_seed"]))
-        differences = [few - default for default, few in pairs]
-        row["few_step_minus_default"] = {"mean": float(np.mean(differences)) if differences else None,
-                                         "std": float(np.std(differences)) if differences else None,
-                                         "per_seed": differences}
+        for arm in arms[1:]:
+            default, other = row["default"]["mean"], row[arm]["mean"]
+            row[f"{arm}_over_default"] = other / default if default not in (None, 0) and other is not None else None
+            # same seed = same fake masks, spheres and held-out patches in every arm: the paired difference
+            # separates the arm from the seed-to-seed spread
+            differences = [o - d for d, o in zip(row["default"]["per_seed"], row[arm]["per_seed"])]
+            row[f"{arm}_minus_default"] = {"mean": float(np.mean(differences)) if differences else None,
+                                           "std": float(np.std(differences)) if differences else None,
+                                           "per_seed": differences}
     return rows
 
 
@@ -148,11 +160,14 @@ def print_table(rows: list[dict]) -> None:
     def cell(entry: dict) -> str:
         return fmt(entry["mean"]) + (f" ± {entry['std']:.2g}" if len(entry["per_seed"]) > 1 else "")
 
-    print("| metric | default | few_step | few_step / default | few_step - default, paired |")
-    print("|---|---|---|---|---|")
+    arms = [key for key in rows[0] if key != "metric" and "_over_" not in key and "_minus_" not in key]
+    header = arms + [f"{arm} / default" for arm in arms[1:]] + [f"{arm} - default, paired" for arm in arms[1:]]
+    print("| metric | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
     for row in rows:
-        print(f"| {row['metric']} | {cell(row['default'])} | {cell(row['few_step'])} | "
-              f"{fmt(row['few_step_over_default'])} | {cell(row['few_step_minus_default'])} |")
+        cells = ([cell(row[arm]) for arm in arms] + [fmt(row[f"{arm}_over_default"]) for arm in arms[1:]]
+                 + [cell(row[f"{arm}_minus_default"]) for arm in arms[1:]])
+        print(f"| {row['metric']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -165,6 +180,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="evaluation seeds")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="train and compare only these (default: both)")
+    parser.add_argument("--short_schedule", action="store_true",
+                        help="also train each model only at the few-step timesteps (--set few_step_training=true)")
     parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("-device", default="cpu")
@@ -176,8 +193,8 @@ def main() -> None:
     rows = comparison_rows(reports)
     print_table(rows)
     print(f"wall time {reports['minutes']['wall']:.1f} min")
-    models = {name: model for section in ("masks", "inpainting") for report in reports[section]["default"][:1]
-              for name, model in report["provenance"]["models"].items()}
+    models = {f"{name} ({arm})": model for section in ("masks", "inpainting") for arm in reports[section]
+              for report in reports[section][arm][:1] for name, model in report["provenance"]["models"].items()}
     name = "few_step_sampling" + ("_realistic" if args.realistic else "")
     write_results(name, {"settings": {k: str(v) for k, v in vars(args).items()}, "command": " ".join(sys.argv),
                          "models": models, "minutes": reports["minutes"], "table": rows,
