@@ -4,11 +4,13 @@ the schedule records them, and samplers that need other timesteps are refused.""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from conftest import TINY, TINY_NAME, trained_model
+from lesiongen.cli import evaluate_inpainting as evaluate_inpainting_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.diffusion.inpainting import InpaintSchedule, make_scheduler
 from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, default_sampling, few_step_sampling,
@@ -95,3 +97,18 @@ def test_a_short_schedule_model_trains_at_its_samplers_timesteps_and_refuses_the
         assert set(model.config.preset_thresholds) == {"few_step"}
     else:
         assert model.config.sampling == InpaintSchedule.few_step()
+
+
+def test_evaluating_a_short_schedule_inpainter_skips_the_full_chain_and_refuses_the_default_sampler(short_trained,
+                                                                                                   tmp_path, capsys):
+    assert evaluate_inpainting_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--max_patches", "16",
+                                         "--full_patches", "1", "-o", str(tmp_path / "own")]) == 0
+    report = json.loads((tmp_path / "own" / "inpainting_evaluation.json").read_text())
+    assert report["full_schedule"] == {"skipped": "short schedule: trained only at timesteps [750, 500, 250, 0]"}
+    assert report["insert"]["speed"]["network_evaluations_per_patch"] == 4
+    capsys.readouterr()
+    assert evaluate_inpainting_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--sampling", "default",
+                                         "-o", str(tmp_path / "default")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "cannot sample with 'default'" in error[0]
+    assert not (tmp_path / "default").exists()

@@ -201,7 +201,12 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     report["fast_schedule"] = {"network_evaluations_per_patch_insert": int(inpainter.last_evaluations),
                                "seconds": time.perf_counter() - start}
 
-    if full_patches > 0:
+    trained_timesteps = inpainter.config.schedule.trained_timesteps
+    if full_patches > 0 and trained_timesteps is not None:  # the full DDPM chain needs every timestep
+        logger.info("no full-schedule reference: the inpainter was trained only at timesteps %s",
+                    list(trained_timesteps))
+        report["full_schedule"] = {"skipped": f"short schedule: trained only at timesteps {list(trained_timesteps)}"}
+    elif full_patches > 0:
         k = min(full_patches, len(healthy))
         images, masks, brain = healthy.images[:k], fake[:k], healthy.brain[:k]
         fast_remove, _ = _remove_scores(inpainter, images, masks, brain, fast, seed)
