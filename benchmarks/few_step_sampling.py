@@ -105,11 +105,16 @@ def _over_seeds(reports: list[dict], keys: tuple) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": values}
 
 
+def compared_arms(reports: dict) -> list[str]:
+    """The arms the reports hold, the default first (the keys of whichever section was evaluated)."""
+    return list(reports["masks"] if reports["masks"][SAMPLINGS[0]] else reports["inpainting"])
+
+
 def comparison_rows(reports: dict) -> list[dict]:
     """Per metric: default and few-step (mean and spread over seeds) for the table and the JSON."""
     rows = []
     inpainting, masks = reports["inpainting"], reports["masks"]
-    arms = list(masks if masks[SAMPLINGS[0]] else inpainting)
+    arms = compared_arms(reports)
 
     def add(name: str, *keys, source: dict = inpainting) -> None:
         rows.append({"metric": name, **{arm: _over_seeds(source[arm], keys) for arm in arms}})
@@ -153,14 +158,13 @@ def comparison_rows(reports: dict) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], arms: list[str]) -> None:
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4g}"
 
     def cell(entry: dict) -> str:
         return fmt(entry["mean"]) + (f" ± {entry['std']:.2g}" if len(entry["per_seed"]) > 1 else "")
 
-    arms = [key for key in rows[0] if key != "metric" and "_over_" not in key and "_minus_" not in key]
     header = arms + [f"{arm} / default" for arm in arms[1:]] + [f"{arm} - default, paired" for arm in arms[1:]]
     print("| metric | " + " | ".join(header) + " |")
     print("|---" * (len(header) + 1) + "|")
@@ -191,7 +195,7 @@ def main() -> None:
     with fresh_work_folder(args.work, "lesiongen_few_step_") as work:
         reports = run(args, work)
     rows = comparison_rows(reports)
-    print_table(rows)
+    print_table(rows, compared_arms(reports))
     print(f"wall time {reports['minutes']['wall']:.1f} min")
     models = {f"{name} ({arm})": model for section in ("masks", "inpainting") for arm in reports[section]
               for report in reports[section][arm][:1] for name, model in report["provenance"]["models"].items()}

@@ -16,7 +16,7 @@ from lesiongen.diffusion.inpainting import InpaintSchedule, make_scheduler
 from lesiongen.diffusion.schedules import (ScheduleConfig, add_noise, default_sampling, few_step_sampling,
                                            samples_trained_timesteps, sampling_scheduler, short_schedule,
                                            training_scheduler)
-from lesiongen.models.checkpoint import FINAL
+from lesiongen.models.checkpoint import FINAL, load_checkpoint
 from lesiongen.training import diffusion as diffusion_training
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.serialization import from_dict
@@ -91,8 +91,7 @@ def test_a_short_schedule_model_trains_at_its_samplers_timesteps_and_refuses_the
     with pytest.raises(LesiongenError, match="cannot sample with 'default'"):
         model.with_sampling("default")
     if name == "diffmask":  # its own sampler is the few-step one, calibrated, and no threshold for the other
-        state = torch.load(folders["results"] / TINY_NAME / "diffmask__lesiongenPlans" / "fold_0" / FINAL,
-                           weights_only=True)
+        state = load_checkpoint(folders["results"] / TINY_NAME / "diffmask__lesiongenPlans" / "fold_0" / FINAL)
         assert state["extra"]["calibration"]["evaluations_per_mask"] == 4
         assert set(model.config.preset_thresholds) == {"few_step"}
     else:
