@@ -91,15 +91,16 @@ def run_fingerprint(dataset: RawDataset, num_processes: int = 1, clean: bool = F
 
 def run_planning(dataset: RawDataset, fingerprint: DatasetFingerprint | None = None,
                  gpu_memory_target_gb: float = 8.0, presets: tuple[str, ...] = (),
-                 lesion_margin_mm: float | None = None) -> Plans:
+                 lesion_margin_mm: float | None = None, sampling: str | None = None) -> Plans:
     """Write the default plans (and each preset's plans next to them); returns the default plans.
-    ``lesion_margin_mm`` replaces the planned context around the lesions in the lesion patch."""
+    ``lesion_margin_mm`` replaces the planned context around the lesions in the lesion patch, ``sampling`` the
+    planned sampler of newly trained diffusion models."""
     folder = preprocessed_folder(dataset)
     if fingerprint is None:
         fingerprint = load_fingerprint(_require(folder / FINGERPRINT_FILE, "lesiongen_extract_fingerprint", dataset))
     has_masks = all(c.brain_mask is not None for c in dataset.training)
     plans = plan_dataset(fingerprint, dataset.info, gpu_memory_target_gb, has_brain_masks=has_masks,
-                         lesion_margin_mm=lesion_margin_mm)
+                         lesion_margin_mm=lesion_margin_mm, sampling=sampling)
     for note in plans.notes:
         logger.info("plan: %s", note)
     for written in [plans, *(PRESETS[name](plans) for name in presets)]:

@@ -188,12 +188,19 @@ def test_plans_written_before_the_shape_bank_keep_their_hash(tmp_path):
     for prior in record["sphere_priors"].values():
         del prior["observed_shapes"]
     for stage in record["stages"].values():
-        del stage["slice_axis"]
+        del stage["slice_axis"], stage["sampling"]
     (tmp_path / "old.json").write_text(json.dumps(record))
     old = load_plans(tmp_path / "old.json")
     assert old.sphere_priors["1"].observed_shapes is None
     assert plans_sha256(old) == json_sha256(record)
     assert plans_sha256(plans) != plans_sha256(old)  # a bank is part of what a model was trained with
+    # the planned default sampler is what models had before the plans chose it; another one is a new decision
+    assert plans.stages["inpainting"].sampling == "default"
+    unset = dataclasses.replace(plans)
+    unset.stages = {name: dataclasses.replace(stage, sampling=None) for name, stage in plans.stages.items()}
+    assert plans_sha256(unset) == plans_sha256(plans)
+    unset.stages["inpainting"].sampling = "few_step"
+    assert plans_sha256(unset) != plans_sha256(plans)
 
 
 def test_unet_topology_respects_minimum_feature_map():

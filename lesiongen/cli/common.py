@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lesiongen import __version__
-from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
-from lesiongen.planning.plans import PLANS_NAME
+from lesiongen.planning.plans import MODEL_SAMPLING, PLANS_NAME, SAMPLING_PRESETS
 from lesiongen.utilities.devices import DEVICE_CHOICES
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import os_error_message

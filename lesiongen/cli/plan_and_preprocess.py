@@ -7,6 +7,7 @@ import os
 
 from lesiongen import workflow
 from lesiongen.cli.common import add_common_arguments, positive_float, positive_int, run_command
+from lesiongen.planning.plans import SAMPLING_PRESETS
 
 DEFAULT_PROCESSES = max(1, min(8, os.cpu_count() or 1))
 
@@ -34,6 +35,10 @@ def _parser(description: str, fingerprint: bool, plan: bool, preprocess: bool) -
                             help="tissue (mm) around the 95th-percentile lesion in the lesion patch, instead of "
                                  "the planned max(4 mm, 2 voxels, a quarter of its radius); more context helped "
                                  "lesion removal (documentation/inpainting.md) at several times the compute")
+        parser.add_argument("--sampling", choices=SAMPLING_PRESETS, default=None,
+                            help="the sampler newly trained diffmask and inpaint models use by default, instead of "
+                                 "the planned 'default' (20 / 44 network evaluations); few_step: 4 "
+                                 "(documentation/few_step_sampling.md)")
     add_common_arguments(parser)
     return parser
 
@@ -48,7 +53,7 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
             fp = workflow.run_fingerprint(dataset, args.num_processes, args.clean)
         if plan:
             plans = workflow.run_planning(dataset, fp, args.gpu_memory_target, tuple(args.preset),
-                                          args.lesion_margin_mm)
+                                          args.lesion_margin_mm, args.sampling)
         if preprocess:
             workflow.run_preprocessing(dataset, plans, args.num_processes, args.clean)
 

@@ -1,10 +1,6 @@
-"""The names of the samplers a diffusion model can be switched to at inference (``--sampling``), apart from the
-schedules themselves so that command-line parsing needs no torch or diffusers."""
+"""What the few-step sampling preset is made of (its names, which the plans choose from, are in
+``lesiongen.planning.plans``), apart from the schedules themselves so that it needs no torch or diffusers."""
 
-MODEL_SAMPLING = "model"  # the sampler the model's configuration holds
-DEFAULT_SAMPLING = "default"  # inpainter: 16 DDIM steps + 3 resampling jumps + guidance; diffmask: DPM-Solver++ 20
-FEW_STEP_SAMPLING = "few_step"  # FEW_STEPS deterministic DDIM steps, no jumps, no guidance
-SAMPLING_PRESETS = (DEFAULT_SAMPLING, FEW_STEP_SAMPLING)
 FEW_STEPS = 4  # network evaluations per sample of the few-step preset
 # where its steps sit: diffusers' "leading" spacing, timesteps 750, 500, 250, 0 (alpha_bar 0.008 at 750, so starting
 # from pure noise there is nearly exact). On the CPU demo it gave diffmask masks closer to the real lesions than

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lesiongen.diffusion.presets import (DEFAULT_SAMPLING, FEW_STEP_SAMPLING, FEW_STEP_SPACING, FEW_STEPS,
-                                        SAMPLING_PRESETS)
+from lesiongen.diffusion.presets import FEW_STEP_SPACING, FEW_STEPS
+from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 
 if TYPE_CHECKING:  # diffusers costs seconds to import: only what samples or trains a diffusion model loads it
     from diffusers import DDPMScheduler

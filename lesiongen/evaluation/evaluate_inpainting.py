@@ -25,7 +25,6 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
-from lesiongen.diffusion.presets import MODEL_SAMPLING
 from lesiongen.evaluation.inpainting_metrics import (diff_map_iou, in_mask_std_ratio, inpainting_metrics,
                                                      lesion_contrast, ssim_outside)
 from lesiongen.paths import results_root
@@ -33,6 +32,7 @@ from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches, relocate_shape
 from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter, class_step
 from lesiongen.models.registry import load_trained_model
+from lesiongen.planning.plans import MODEL_SAMPLING
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.provenance import code_version
 from lesiongen.utilities.errors import LesiongenError

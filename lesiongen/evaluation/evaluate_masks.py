@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.diffusion.presets import MODEL_SAMPLING
 from lesiongen.evaluation.mask_metrics import mask_statistics, write_report
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.folder import ModelFolder, trainer_folder
 from lesiongen.models.mask_generators import MaskGenerator
 from lesiongen.models.registry import MASK_GENERATORS, load_model
+from lesiongen.planning.plans import MODEL_SAMPLING
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.lesion_patches import fill_lesions, load_lesion_patches

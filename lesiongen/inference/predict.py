@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
 from lesiongen.io.images import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_geometry, read_image, write_image
-from lesiongen.planning.plans import segmentation_stage_name
+from lesiongen.planning.plans import MODEL_SAMPLING, SAMPLING_PRESETS, segmentation_stage_name
 from lesiongen.utilities.dtypes import cast_to
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import remove_partial_files

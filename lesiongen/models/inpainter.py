@@ -21,12 +21,12 @@ from torch import nn
 
 from lesiongen.diffusion.guidance import classifier_free_guidance
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, feather_blend, make_scheduler, repaint
-from lesiongen.diffusion.presets import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, MODEL_SAMPLING
 from lesiongen.diffusion.schedules import ScheduleConfig
 from lesiongen.fingerprint.lesions import lesion_contrast, lesion_shell_statistics
 from lesiongen.models.base import LesionModel
 from lesiongen.models.networks import build_network
 from lesiongen.planning import channels
+from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, MODEL_SAMPLING
 from lesiongen.utilities.errors import LesiongenError
 
 INSERT, REMOVE = "insert", "remove"

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesiongen.diffusion.presets import MODEL_SAMPLING, SAMPLING_PRESETS
 from lesiongen.diffusion.schedules import (ScheduleConfig, sample, sampling_evaluations, sampling_preset,
                                            sampling_scheduler)
 from lesiongen.models.base import LesionModel
@@ -39,7 +38,7 @@ from lesiongen.models.conditioning import MaskConditioning, drop_small_component
 from lesiongen.models.networks import build_network
 from lesiongen.models.spheres import SphereLesion, render_ellipsoids, render_spheres, sample_sphere_lesions
 from lesiongen.planning import channels
-from lesiongen.planning.plans import SpherePrior
+from lesiongen.planning.plans import MODEL_SAMPLING, SAMPLING_PRESETS, SpherePrior
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger(__name__)

@@ -45,6 +45,14 @@ def segmentation_stage_name(configuration: str, plans: "Plans | None" = None) ->
     return stage
 
 
+# the samplers a diffusion model can be switched to at inference (``--sampling``); a diffusion stage of the plans
+# names the one newly trained models use by default (``StagePlan.sampling``)
+MODEL_SAMPLING = "model"  # the sampler the model's configuration holds
+DEFAULT_SAMPLING = "default"  # inpainter: 16 DDIM steps + 3 resampling jumps + guidance; diffmask: DPM-Solver++ 20
+FEW_STEP_SAMPLING = "few_step"  # a few deterministic DDIM steps, no jumps, no guidance (diffusion/presets.py)
+SAMPLING_PRESETS = (DEFAULT_SAMPLING, FEW_STEP_SAMPLING)
+
+
 # normalisation schemes, picked from channel names as in nnU-Net
 ZSCORE = "zscore"
 CT = "ct"
@@ -84,10 +92,22 @@ class StagePlan:
     iterations_per_epoch: int
     estimated_memory_gb: float
     slice_axis: int | None = None  # a 2D stage: the volume axis its networks slice along (None: a 3D stage)
+    # a diffusion stage: the sampling preset of newly trained models (their ``--sampling model``), one of
+    # SAMPLING_PRESETS; None: a stage without a diffusion model, or plans from before the field (the default)
+    sampling: str | None = None
 
     @property
     def total_steps(self) -> int:
         return self.num_epochs * self.iterations_per_epoch
+
+    def planned_sampling(self, where: str) -> str:
+        """The stage's sampling preset (``DEFAULT_SAMPLING`` when the plans predate the field); ``where`` names the
+        plans and stage in the one-line error for a value that is not a preset."""
+        if self.sampling is None:
+            return DEFAULT_SAMPLING
+        if self.sampling not in SAMPLING_PRESETS:
+            raise LesiongenError(f"{where}: sampling '{self.sampling}' is not one of {', '.join(SAMPLING_PRESETS)}")
+        return self.sampling
 
 
 @dataclass

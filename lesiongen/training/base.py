@@ -29,6 +29,7 @@ from lesiongen.models import checkpoint as ckpt
 from lesiongen.models.base import LesionModel
 from lesiongen.models.folder import DATASET_JSON, PLANS_JSON, trainer_folder
 from lesiongen.models.registry import model_config_from_state
+from lesiongen.planning.plans import DEFAULT_SAMPLING
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.training.distributed import init_distributed
@@ -74,6 +75,8 @@ def plans_sha256(plans) -> str:
     for stage in record["stages"].values():
         if stage.get("slice_axis") is None:  # a 3d stage hashes as before 2d stages existed: trained models stay valid
             stage.pop("slice_axis", None)
+        if stage.get("sampling") in (None, DEFAULT_SAMPLING):  # the sampler models had before the plans chose it
+            stage.pop("sampling", None)
     for prior in record["sphere_priors"].values():
         if prior.get("observed_shapes") is None:  # plans from before the shape bank hash as they did
             prior.pop("observed_shapes", None)

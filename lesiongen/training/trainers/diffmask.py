@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from lesiongen.diffusion.presets import SAMPLING_PRESETS
 from lesiongen.diffusion.schedules import (ScheduleConfig, few_step_sampling, samples_trained_timesteps,
                                            sampling_evaluations, sampling_preset, sampling_scheduler, short_schedule,
                                            training_target)
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
+from lesiongen.planning.plans import SAMPLING_PRESETS
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.trainers.masks import MaskTrainer
