@@ -2,8 +2,8 @@
 every stage (training, CPU reload, prediction) through the console scripts and records what it asked for.
 
 The end-to-end run starts about ten processes that each import torch and diffusers (~10 s of CPU each), so it takes
-minutes on a 2-core machine; it runs when ``LESIONGEN_GPU_CHECK_TEST=1`` is set (CI's slow job), the stage-runner
-tests always.
+minutes on a 2-core machine (11 min measured, over the suite's budget); it runs when ``LESIONGEN_GPU_CHECK_TEST=1``
+is set, by hand before a GPU session, the stage-runner tests always.
 """
 
 from __future__ import annotations
