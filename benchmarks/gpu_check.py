@@ -60,9 +60,9 @@ def _size(args: argparse.Namespace) -> dict[str, Any]:
         return {"demo": ["--n_lesion_cases", "4", "--n_healthy", "1", "--n_test", "1", "--shape", "36", "44", "36",
                          "--spacing", "3", "3", "3"],
                 "shape": [36, 44, 36], "spacing": [3.0, 3.0, 3.0], "plans": CPU_PLANS, "preset": ["--preset", "cpu"],
-                # two sampling steps (calibration and synthesis), no augmentation workers and no validation pass
-                # (the predict stage runs the sliding window): each stage only has to run
-                "settings": {"diffmask": ["sampling_steps=2"], "inpaint": ["sampling_steps=2"],
+                # two sampling steps (calibration and synthesis), thresholds fitted on 4 patches, no augmentation
+                # workers and no validation pass (the predict stage runs the sliding window): each stage only has to run
+                "settings": {"diffmask": ["sampling_steps=2", "calibration_patches=4"], "inpaint": ["sampling_steps=2"],
                              "seg": ["num_workers=0", "validate=false"]},
                 "tta": ["--disable_tta"], "synth": ["--n_lesions", "2"]}
     return {"demo": ["--realistic", "--n_lesion_cases", "6", "--n_healthy", "2", "--n_test", "1"],

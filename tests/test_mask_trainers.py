@@ -44,7 +44,8 @@ def validation_conditioning(dataset, n: int) -> tuple[MaskConditioning, np.ndarr
     _, val = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
     real = load_lesion_patches(dataset.lesion_patch_folder, val)
     index = np.arange(n) % len(real)
-    return MaskConditioning(brain=real.brain[index], tissue=real.tissue[index], images=real.images[index]), real.brain[index]
+    conditioning = MaskConditioning(brain=real.brain[index], tissue=real.tissue[index], images=real.images[index])
+    return conditioning, real.brain[index]
 
 
 def env_of(folders) -> dict[str, str]:
@@ -221,12 +222,32 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path, name):
     (["501", "diffmask", "0", "--set", "nonsense=1"], "diffmask has no such setting"),
     (["501", "diffmask", "0", "--set", "lesion_loss_weight=heavy"], "lesion_loss_weight=heavy: expected a number"),
     (["501", "diffmask", "0", "--set", "sampling_steps=2.5"], "sampling_steps=2.5: expected a whole number"),
+    (["501", "diffmask", "0", "--set", "calibration_patches=0"], "calibration_patches=0: expected at least 1"),
 ])
 def test_bad_arguments_give_one_line(trained, capsys, argv, message):
     assert train_cli.main(argv + ["-device", "cpu", "--steps", "1"]) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1]
+
+
+def test_diffmask_calibrates_on_as_many_patches_as_set(tiny_preprocessed):
+    """``--set calibration_patches=2`` (what the tiny GPU check uses): every sampler's threshold is fitted on 2
+    training patches, one batched evaluation per sampling step."""
+    folder = tiny_preprocessed["preprocessed"] / DATASET
+    plans = json.loads((folder / "lesiongenPlans.json").read_text())
+    plans.update(plans_name="lesiongenPlansCalibration", data_identifier="lesiongenPlans")
+    (folder / "lesiongenPlansCalibration.json").write_text(json.dumps(plans))
+    assert train_cli.main(["501", "diffmask", "0", "-device", "cpu", "--steps", "1", "-p", "lesiongenPlansCalibration",
+                           "--set", "calibration_patches=2", "--set", "sampling_steps=3"]) == 0
+    fold = tiny_preprocessed["results"] / DATASET / "diffmask__lesiongenPlansCalibration" / "fold_0"
+    summary = json.loads((fold / "training_summary.json").read_text())
+    assert summary["calibration"]["patches"] == 2
+    log = (fold / "training_log.txt").read_text()
+    for evaluations in (3, 20, 4):  # own sampler, default and few-step presets
+        assert (f"calibrating the mask threshold on 2 training patches ({'ddim' if evaluations == 4 else 'dpm_solver'}"
+                f", {evaluations} network evaluations each)") in log
+        assert f"calibration sampling: {evaluations}/{evaluations} batched network evaluations (100%)" in log
 
 
 def test_ganmask_on_plans_from_before_ganmask_is_a_one_line_error(tiny_preprocessed, capsys):

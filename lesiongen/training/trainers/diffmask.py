@@ -29,6 +29,7 @@ from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.components import label_components
+from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.seeding import derive_seed
 
@@ -49,6 +50,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     # train only at the few-step sampler's timesteps (a short schedule, fastWDM3D-style); implies few_step_sampling,
     # and the model can then be sampled only with it
     few_step_training = False
+    # training patches the threshold is calibrated on, per sampler (own and each preset); fewer is faster and noisier
+    calibration_patches = CALIBRATION_PATCHES
 
     def model_config(self) -> DiffMaskConfig:
         config = DiffMaskConfig(priors=self.priors)
@@ -58,6 +61,11 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         if self.few_step_training:
             config.schedule = short_schedule(config.schedule, sampling_scheduler(config.schedule).timesteps)
         return config
+
+    def apply_settings(self, values: dict) -> None:
+        super().apply_settings(values)
+        if self.calibration_patches < 1:
+            raise LesiongenError(f"--set calibration_patches={self.calibration_patches}: expected at least 1")
 
     def load_training_data(self) -> None:
         super().load_training_data()
@@ -81,7 +89,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     def finish_training(self, model: DiffMaskGenerator) -> None:
         """The threshold whose masks best match the real lesion count and sizes on training patches: for the
         model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it)."""
-        n = min(CALIBRATION_PATCHES, len(self.data))
+        n = min(self.calibration_patches, len(self.data))
         index = np.random.default_rng(derive_seed(self.options.seed, "calibration")).choice(
             len(self.data), size=n, replace=False)
         own = model.config.schedule
