@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,16 @@ def trained_model(name: str, fold: int | str = 0):
     from lesiongen.models.registry import load_trained_model
 
     return load_trained_model(TINY_NAME, name, "lesiongenPlans", fold, "cpu")
+
+
+def write_plans_variant(dataset_folder: Path, name: str, edit: Callable[[dict], None] = lambda plans: None) -> str:
+    """Plans ``name`` next to the default plans of a preprocessed dataset folder: a copy changed by ``edit`` that
+    shares their preprocessed data, as a user derives plans by hand; returns ``name`` (for ``-p``)."""
+    plans = json.loads((dataset_folder / "lesiongenPlans.json").read_text())
+    edit(plans)
+    plans.update(plans_name=name, data_identifier="lesiongenPlans")
+    (dataset_folder / f"{name}.json").write_text(json.dumps(plans))
+    return name
 
 
 def shrink_networks(plans_file: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_NAME, trained_model
+from conftest import TINY, TINY_NAME, trained_model, write_plans_variant
 from lesiongen.cli import evaluate_masks as evaluate_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.models.conditioning import MaskConditioning
@@ -234,11 +234,8 @@ def test_bad_arguments_give_one_line(trained, capsys, argv, message):
 def test_diffmask_calibrates_on_as_many_patches_as_set(tiny_preprocessed):
     """``--set calibration_patches=2`` (what the tiny GPU check uses): every sampler's threshold is fitted on 2
     training patches, one batched evaluation per sampling step."""
-    folder = tiny_preprocessed["preprocessed"] / DATASET
-    plans = json.loads((folder / "lesiongenPlans.json").read_text())
-    plans.update(plans_name="lesiongenPlansCalibration", data_identifier="lesiongenPlans")
-    (folder / "lesiongenPlansCalibration.json").write_text(json.dumps(plans))
-    assert train_cli.main(["501", "diffmask", "0", "-device", "cpu", "--steps", "1", "-p", "lesiongenPlansCalibration",
+    name = write_plans_variant(tiny_preprocessed["preprocessed"] / DATASET, "lesiongenPlansCalibration")
+    assert train_cli.main(["501", "diffmask", "0", "-device", "cpu", "--steps", "1", "-p", name,
                            "--set", "calibration_patches=2", "--set", "sampling_steps=3"]) == 0
     fold = tiny_preprocessed["results"] / DATASET / "diffmask__lesiongenPlansCalibration" / "fold_0"
     summary = json.loads((fold / "training_summary.json").read_text())
@@ -252,12 +249,11 @@ def test_diffmask_calibrates_on_as_many_patches_as_set(tiny_preprocessed):
 
 def test_ganmask_on_plans_from_before_ganmask_is_a_one_line_error(tiny_preprocessed, capsys):
     """Plans written before ganmask have no GAN networks: one line says to plan again, no traceback."""
-    folder = tiny_preprocessed["preprocessed"] / DATASET
-    plans = json.loads((folder / "lesiongenPlans.json").read_text())
-    for name in ("gan_generator", "gan_discriminator"):
-        del plans["stages"]["mask_generation"]["networks"][name]
-    plans.update(plans_name="lesiongenPlansOld", data_identifier="lesiongenPlans")
-    (folder / "lesiongenPlansOld.json").write_text(json.dumps(plans))
+    def without_gan(plans: dict) -> None:
+        for name in ("gan_generator", "gan_discriminator"):
+            del plans["stages"]["mask_generation"]["networks"][name]
+
+    write_plans_variant(tiny_preprocessed["preprocessed"] / DATASET, "lesiongenPlansOld", without_gan)
     assert train_cli.main(["501", "ganmask", "0", "-device", "cpu", "--steps", "1", "-p", "lesiongenPlansOld"]) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_plans_variant
 from lesiongen.cli import plan_and_preprocess
 from lesiongen.cli import predict as predict_cli
 from lesiongen.cli import train as train_cli
@@ -108,11 +109,8 @@ def test_predict_refuses_another_configuration_than_the_model_folders(thick, tmp
 
 
 def test_2d_of_plans_without_it_is_one_line(thick, capsys):
-    plans_file = thick["preprocessed"] / THICK_NAME / "lesiongenPlans.json"
-    plans = json.loads(plans_file.read_text())
-    del plans["stages"]["segmentation_2d"]
-    plans.update(plans_name="lesiongenPlansNo2d", data_identifier="lesiongenPlans")
-    (plans_file.parent / "lesiongenPlansNo2d.json").write_text(json.dumps(plans))
+    write_plans_variant(thick["preprocessed"] / THICK_NAME, "lesiongenPlansNo2d",
+                        lambda plans: plans["stages"].pop("segmentation_2d"))
     assert train("seg", "0", "-c", "2d", "-p", "lesiongenPlansNo2d", "--steps", "1") == 1
     err = capsys.readouterr().err
     assert "have no 2d segmentation configuration" in err and len(err.strip().splitlines()) == 1
