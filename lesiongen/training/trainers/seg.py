@@ -64,12 +64,12 @@ class SegTrainer(Trainer):
     validate = True  # predict and score the validation cases after training (fold all: its own training cases)
     loss = "dice_ce"  # dice_ce (nnU-Net's) or weighted (generalised Dice + balanced cross-entropy); see SEG_LOSSES
 
-    def __init__(self, *args, strategy: str = "none", configuration: str = SEG_3D, **kwargs):
+    def __init__(self, dataset, *args, strategy: str = "none", configuration: str = SEG_3D, **kwargs):
         self.strategy = get_strategy(strategy).name
-        segmentation_stage_name(configuration)  # a known configuration, before any work
+        # a known configuration that these plans have, before any work (the base writes the splits)
+        segmentation_stage_name(configuration, dataset.plans)
         self.configuration = configuration
-        super().__init__(*args, **kwargs)
-        segmentation_stage_name(configuration, self.plans)  # ... that these plans have
+        super().__init__(dataset, *args, **kwargs)
 
     @property
     def variant(self) -> SegVariant:
