@@ -77,11 +77,13 @@ CASES = {
     # name: (corruption taking the dataset folder, expected file (relative), expected words, needs full check)
     "missing channel": (lambda d: (d / f"imagesTr/demo_000_0001{ENDING}").unlink(),
                         f"imagesTr/demo_000_0001{ENDING}", "missing channel 1", False),
-    "extra channel": (lambda d: (d / f"imagesTr/demo_000_0002{ENDING}").write_bytes((d / f"imagesTr/demo_000_0001{ENDING}").read_bytes()),
+    "extra channel": (lambda d: (d / f"imagesTr/demo_000_0002{ENDING}").write_bytes(
+                          (d / f"imagesTr/demo_000_0001{ENDING}").read_bytes()),
                       f"imagesTr/demo_000_0002{ENDING}", "extra channel 2", False),
     "missing label": (lambda d: (d / f"labelsTr/demo_001{ENDING}").unlink(),
                       f"labelsTr/demo_001{ENDING}", "missing label of case demo_001", False),
-    "label without image": (lambda d: (d / f"labelsTr/stray{ENDING}").write_bytes((d / f"labelsTr/demo_001{ENDING}").read_bytes()),
+    "label without image": (lambda d: (d / f"labelsTr/stray{ENDING}").write_bytes(
+                                (d / f"labelsTr/demo_001{ENDING}").read_bytes()),
                             f"labelsTr/stray{ENDING}", "without a matching image", False),
     "shape mismatch": (lambda d: _rewrite(d / f"labelsTr/demo_002{ENDING}", _change_shape),
                        f"labelsTr/demo_002{ENDING}", "shape", False),

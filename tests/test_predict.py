@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,8 @@ def test_an_installed_zip_predicts_anywhere_exactly_as_at_home(oblique_inputs, t
         for name in home_files:
             a, geometry_a = read_image(tmp_path / "home" / run / name)
             b, geometry_b = read_image(out / name)
-            assert a.dtype == b.dtype and geometry_b.matches(geometry_a) is None and geometry_b.matches(geometry) is None
+            assert a.dtype == b.dtype
+            assert geometry_b.matches(geometry_a) is None and geometry_b.matches(geometry) is None
             np.testing.assert_array_equal(a, b)
     assert not any((elsewhere / "preprocessed").iterdir()) and not any((elsewhere / "raw").iterdir())
 
@@ -192,7 +194,7 @@ def test_parts_split_the_cases_between_runs(oblique_inputs, tmp_path, capsys):
     many.mkdir()
     for case in ("a", "b", "c"):
         for channel in range(2):
-            (many / f"{case}_{channel:04d}.nrrd").write_bytes((folders["images"] / f"scan_{channel:04d}.nrrd").read_bytes())
+            shutil.copyfile(folders["images"] / f"scan_{channel:04d}.nrrd", many / f"{case}_{channel:04d}.nrrd")
     for part in range(2):
         assert predict("-i", many, "-o", tmp_path / "out", "-m", "seg", "--disable_tta", "--num_parts", "2",
                        "--part_id", part) == 0
@@ -228,7 +230,7 @@ def test_kill_9_during_prediction_then_continue_leaves_no_partial(oblique_inputs
     many.mkdir()
     for case in ("a", "b", "c", "d"):
         for channel in range(2):
-            (many / f"{case}_{channel:04d}.nrrd").write_bytes((folders["images"] / f"scan_{channel:04d}.nrrd").read_bytes())
+            shutil.copyfile(folders["images"] / f"scan_{channel:04d}.nrrd", many / f"{case}_{channel:04d}.nrrd")
     out = tmp_path / "out"
     args = ["-d", str(TINY.dataset_id), "-f", "0", "-device", "cpu", "-i", str(many), "-o", str(out), "-m", "seg",
             "--save_probabilities", "--disable_tta"]

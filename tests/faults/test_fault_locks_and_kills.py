@@ -131,8 +131,10 @@ def test_kill_9_at_a_random_point_then_a_rerun_finishes_cleanly(preprocessed_cop
     delays = [random.Random(seed + i).uniform(0.0, 0.8) for i in range(2)]
     for attempt, delay in enumerate(delays):
         log = tmp_path / f"run_{attempt}.log"
-        assert _kill_during_preprocessing(log, delay) in (None, 0), f"seed {seed}: failed on its own:\n{log.read_text()}"
-    assert main_plan_and_preprocess(["-d", DATASET_ID, "-np", "1"]) == 0, f"seed {seed}, delays {delays}: {capsys.readouterr().err}"
+        assert _kill_during_preprocessing(log, delay) in (None, 0), \
+            f"seed {seed}: failed on its own:\n{log.read_text()}"
+    assert main_plan_and_preprocess(["-d", DATASET_ID, "-np", "1"]) == 0, \
+        f"seed {seed}, delays {delays}: {capsys.readouterr().err}"
     assert not leftovers(preprocessed_copy["preprocessed"]), f"seed {seed}, delays {delays}"
     assert not (preprocessed_copy["dataset"] / LOCK_NAME).exists()  # the killed runs' lock was taken over, released
     sidecars = sorted([*data.glob("training/*.json"), *data.glob("healthy/*.json")])
