@@ -39,7 +39,7 @@ class Mutant:
     original: str  # an exact fragment that occurs once in the file
     replacement: str
     tests: tuple[str, ...]  # pytest node ids or files, relative to the repository root
-    origin: str = "own"  # "issue 11" for the breaks the review found, "own" for added ones
+    origin: str = "own"  # "issue 11": the breaks the review found; "issue 14/15": what those issues added
 
 
 ALG = "tests/test_algorithms.py"
@@ -77,8 +77,8 @@ MUTANTS = (
            "for weight, logits in zip(deep_supervision_weights(1), outputs[:1]):",
            (f"{ALG}::test_deep_supervision_weights_every_output",), "issue 11"),
     Mutant("copy_paste_donors_from_all_cases", "lesiongen/training/synthetic.py",
-           "donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)",
-           "donors = load_lesion_patches(dataset.lesion_patch_folder, dataset.case_ids())",
+           "return (load_lesion_patches(dataset.lesion_patch_folder, train_cases),",
+           "return (load_lesion_patches(dataset.lesion_patch_folder, dataset.case_ids()),",
            ("tests/test_seg.py::test_copy_paste_donors_come_from_the_fold_training_cases_only",), "issue 11"),
     Mutant("inference_without_ema", "lesiongen/models/registry.py",
            "model = model_from_state(state, folder.plans(), device, source=path)",
@@ -111,7 +111,7 @@ MUTANTS = (
            "train = set(train_cases)", "train = {c.case_id for c in fingerprint.cases}",
            (f"{ALG}::test_fold_priors_count_only_the_folds_training_lesions",)),
     Mutant("sliding_window_uniform_weights", "lesiongen/models/sliding_window.py",
-           "weight = gaussian_importance_map(patch_size).to(device)",
+           "weight = _cached_importance_map(patch_size).to(device)",
            "weight = torch.ones(tuple(patch_size), device=device)",
            ("tests/test_sliding_window.py",)),
     Mutant("sliding_window_mirror_not_undone", "lesiongen/models/sliding_window.py",
@@ -154,6 +154,48 @@ MUTANTS = (
     Mutant("ema_without_warm_up", "lesiongen/training/base.py",
            "d = min(decay, (1 + n) / (10 + n))", "d = decay",
            (f"{ALG}::test_ema_warm_up_follows_diffusers",)),
+    # ---------------------------------------------------- issues 14 and 15: benefit statistics, realism, few steps
+    Mutant("bootstrap_resamples_cases_only", "lesiongen/evaluation/statistics.py",
+           "seeds = rng.integers(0, n_seeds, size=(n_samples, n_seeds))",
+           "seeds = np.broadcast_to(np.arange(n_seeds), (n_samples, n_seeds))",
+           ("tests/test_statistics.py",), "issue 14"),
+    Mutant("wilcoxon_counts_each_seed_as_a_case", "lesiongen/evaluation/statistics.py",
+           "return PairedDifference(mean, low, high, wilcoxon_p(per_case),",
+           "return PairedDifference(mean, low, high, wilcoxon_p(differences.ravel()),",
+           ("tests/test_statistics.py",), "issue 14"),
+    Mutant("copy_paste_not_harmonised", "lesiongen/inference/copy_paste.py",
+           "pasted = donors.images[donor] + shift[:, None, None, None]", "pasted = donors.images[donor]",
+           ("tests/test_copy_paste.py",), "issue 14"),
+    Mutant("contrast_calibration_ignores_shell_spread", "lesiongen/models/inpainter.py",
+           "usable, np.asarray(target, dtype=np.float64) * shell_std + shell_mean - inside, 0.0))",
+           "usable, np.asarray(target, dtype=np.float64) + shell_mean - inside, 0.0))",
+           (f"{ALG}::test_contrast_calibration_hits_the_target_and_touches_only_the_lesion",), "issue 14"),
+    Mutant("step_calibration_ignores_shell", "lesiongen/models/inpainter.py",
+           "np.asarray(target, dtype=np.float64) + shell_mean - inside, 0.0))",
+           "np.asarray(target, dtype=np.float64) - inside, 0.0))",
+           (f"{ALG}::test_step_calibration_hits_the_target_step_and_touches_only_the_lesion",), "issue 14"),
+    Mutant("contrast_distance_not_in_real_spread", "lesiongen/evaluation/evaluate_inpainting.py",
+           '"wasserstein_over_real_std": [d / s if s > 0 else None for d, s in zip(distance, real_std)],',
+           '"wasserstein_over_real_std": [d if s > 0 else None for d, s in zip(distance, real_std)],',
+           ("tests/test_inpainting_metrics.py",), "issue 14"),
+    Mutant("plausibility_gate_open", "lesiongen/inference/synthesis.py",
+           "if problem is None:", "if True:",
+           (f"{ALG}::test_synthesis_replaces_implausible_masks_by_the_sphere_prior",), "issue 14"),
+    Mutant("shape_bank_radius_as_long_axis", "lesiongen/models/spheres.py",
+           "major = (3 * volume / (4 * math.pi * max(middle * middle * minor, 1e-9))) ** (1 / 3)",
+           "major = radius",
+           ("tests/test_sphere_sampler.py::test_shape_bank_draws_observed_shapes_whole",), "issue 14"),
+    Mutant("planner_context_margin_zero", "lesiongen/planning/planner.py",
+           "margin = max(4.0, 2 * max(spacing), 0.25 * r95)", "margin = 0.0",
+           ("tests/test_planner.py::test_lesion_patch_fits_95_percent_of_lesions_with_margin",), "issue 14"),
+    Mutant("planned_sampler_ignored", "lesiongen/training/diffusion.py",
+           "self.few_step_sampling = self.stage_plan.planned_sampling(where) == FEW_STEP_SAMPLING",
+           "self.few_step_sampling = False",
+           ("tests/test_planned_sampling.py",), "issue 15"),
+    Mutant("short_schedule_trains_every_timestep", "lesiongen/training/diffusion.py",
+           "return add_noise(self.scheduler, clean, self.generator, self.model.config.schedule.trained_timesteps)",
+           "return add_noise(self.scheduler, clean, self.generator, None)",
+           ("tests/test_short_schedule.py",), "issue 15"),
 )
 
 
@@ -197,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mutants = [m for m in MUTANTS if args.only is None or m.name in args.only]
     if args.list:
-        for m in MUTANTS:
-            print(f"{m.name:<38} {m.origin:<9} {m.file}")
+        for m in MUTANTS:  # a fragment that the code no longer holds exactly once is marked, not silently run
+            stale = "" if (ROOT / m.file).read_text().count(m.original) == 1 else "  STALE: fragment not found once"
+            print(f"{m.name:<42} {m.origin:<9} {m.file}{stale}")
         return 0
     for mutant in mutants:  # every fragment must exist before anything runs
         if (ROOT / mutant.file).read_text().count(mutant.original) != 1:
@@ -222,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             _apply(copy, mutant)
             code, seconds, output = _run_tests(copy, mutant.tests, args.timeout)
             outcome = "killed" if code != 0 else "SURVIVED"
-            print(f"{outcome:<9} {mutant.name:<38} ({seconds:.0f} s)")
+            print(f"{outcome:<9} {mutant.name:<42} ({seconds:.0f} s)")
             results.append({"name": mutant.name, "origin": mutant.origin, "file": mutant.file,
                             "original": mutant.original, "replacement": mutant.replacement,
                             "tests": list(mutant.tests), "outcome": outcome.lower(), "seconds": round(seconds, 1),

@@ -117,6 +117,12 @@ def test_lesion_patch_fits_95_percent_of_lesions_with_margin():
     assert fitting >= 0.95
     assert plans.lesion_fraction_fitting == pytest.approx(fitting)
     assert all(p % 8 == 0 for p in plans.lesion_patch_size)
+    # the margin rule: at least 4 mm and two voxels, a quarter of the 95th-percentile radius for large lesions
+    assert plans.lesion_patch_margin_mm == 4.0
+    large = plan_dataset(_fingerprint([[1.0, 1.0, 1.0]] * 3, [[160, 190, 160]] * 3, radii=(24.0,) * 40), _info())
+    assert large.lesion_patch_margin_mm == pytest.approx(6.0)
+    thick = plan_dataset(_fingerprint([[3.0, 3.0, 3.0]] * 3, [[60, 70, 60]] * 3, radii=radii), _info())
+    assert thick.lesion_patch_margin_mm == pytest.approx(6.0)
     # a context study's override: the given margin, and the patch grown to hold it
     wide = plan_dataset(fingerprint, _info(), lesion_margin_mm=20.0)
     r95 = np.percentile(radii, 95)
