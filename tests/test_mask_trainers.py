@@ -514,3 +514,32 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
     for first, second in moments:
         assert all(torch.equal(first[i]["exp_avg"], second[i]["exp_avg"]) for i in first)
     assert a["history"]["loss"] == b["history"]["loss"] and a["model"] == b["model"]
+
+
+def test_diffmask_stores_the_calibrated_thresholds_it_found():
+    """finish_training writes what calibration chose, per sampler, into the model's configuration (the tiny
+    training above happens to calibrate to 0.0, the default, so it cannot tell a stored threshold from none)."""
+    from types import SimpleNamespace
+
+    from lesiongen.diffusion.schedules import ScheduleConfig, sampling_preset
+    from lesiongen.planning.plans import SAMPLING_PRESETS
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+
+    own = ScheduleConfig()
+    chosen = {name: 0.1 * (i + 2) for i, name in enumerate(SAMPLING_PRESETS)}
+
+    class Patches(list):
+        masks = np.zeros((4, 8, 8, 8), np.uint8)
+
+    def calibrate(model, schedule, index):
+        name = next(n for n in SAMPLING_PRESETS if sampling_preset(own, n) == schedule)
+        return {"threshold": chosen[name], "preset": name}
+
+    trainer = SimpleNamespace(calibration_patches=3, data=Patches([0, 1, 2, 3]), options=SimpleNamespace(seed=0),
+                              calibrate=calibrate, extra={})
+    model = SimpleNamespace(config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={}))
+    DiffMaskTrainer.finish_training(trainer, model)
+    own_name = next(n for n in SAMPLING_PRESETS if sampling_preset(own, n) == own)
+    assert model.config.threshold == pytest.approx(chosen[own_name]) != 0.0
+    assert model.config.preset_thresholds == pytest.approx(chosen)
+    assert trainer.extra["calibration"]["patches"] == 3
