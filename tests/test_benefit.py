@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from conftest import TINY, TINY_NAME
 from lesiongen.benefit import BenefitOptions, check_no_leak, failed_trainings, held_out_cases, markdown
 from lesiongen.cli import benefit as benefit_cli
+from lesiongen.demo.phantom import write_demo_dataset
 from lesiongen.evaluation.compare import METRICS
+from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import read_image
 from lesiongen.utilities.errors import LesiongenError
 
@@ -82,3 +85,44 @@ def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
     report = {"dataset": "D", "strategies": [], "failed_trainings": ["seg_none_s0"]}
     assert "**Warning**: seg_none_s0 found no test lesion" in markdown(report, 3, 2)
     assert "Warning" not in markdown({**report, "failed_trainings": []}, 3, 2)
+
+
+OTHER = dataclasses.replace(TINY, dataset_id=TINY.dataset_id + 1, dataset_name="TinyOther", n_test=0, seed=8)
+
+
+def test_another_dataset_without_a_test_split_is_tested_on_all_its_scans(benefit):
+    """--test_dataset: the out-of-domain check scores the trained models on the other dataset's scans (its training
+    cases, which no model here saw) and reuses every training."""
+    folders, out, args = benefit
+    write_demo_dataset(folders["raw"], OTHER)
+    other_out = out.parent / "benefit_other"
+    assert benefit_cli.main([*args[:-1], str(other_out), "--test_dataset", str(OTHER.dataset_id)]) == 0
+    report = json.loads((other_out / "benefit.json").read_text())
+    other = load_dataset(str(OTHER.dataset_id))
+    assert report["test_dataset"] == other.name != TINY_NAME
+    assert report["test_cases"] == sorted(c.case_id for c in other.training) and not other.test
+    assert set(report["trainings"].values()) == {"up to date"}
+    # the other dataset's case ids may repeat this one's training ids: different scans, so no leak to refuse
+    raw, cases = held_out_cases(BenefitOptions(dataset=str(TINY.dataset_id), test_dataset=str(OTHER.dataset_id)))
+    check_no_leak([{"variant": "seg_none", "train_cases": [c.case_id for c in cases]}], raw, cases,
+                  BenefitOptions(dataset=str(TINY.dataset_id), test_dataset=str(OTHER.dataset_id)))
+
+
+def test_without_test_scans_it_says_so_and_compares_the_folds(benefit, monkeypatch, caplog):
+    from lesiongen import benefit as benefit_module
+
+    from lesiongen.cli import train as train_cli
+
+    folders, out, _ = benefit
+    raw = load_dataset(str(TINY.dataset_id))
+    monkeypatch.setattr(benefit_module, "held_out_cases", lambda options: (raw, []))
+    options = BenefitOptions(dataset=str(TINY.dataset_id), output=out.parent / "folds")
+    with pytest.raises(LesiongenError, match="no finished seg folds"):  # benefit trains no folds itself
+        benefit_module.run_benefit(options)
+    assert "has no labelled test scans" in caplog.text and "lesiongen_compare" in caplog.text
+    assert train_cli.main([str(TINY.dataset_id), "seg", "0", "--steps", "2", "-device", "cpu",
+                           "--set", "mirror_validation=false"]) == 0
+    result = benefit_module.run_benefit(options)
+    assert result.fell_back_to_folds
+    rows = json.loads(result.paths["json"].read_text())["rows"]
+    assert [(row["strategy"], row["folds"]) for row in rows] == [("none", ["0"])]
