@@ -16,11 +16,12 @@ from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
 @pytest.fixture(autouse=True)
 def restore_logging():
     """A CLI call points logging at the captured stderr of its test; later tests must not write to a closed stream."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, own = logging.getLogger(), logging.getLogger("lesiongen")
+    handlers, level, own_level = root.handlers[:], root.level, own.level
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    own.setLevel(own_level)
 
 
 TINY = DemoConfig(n_lesion_cases=4, n_healthy=2, n_test=1, shape=(36, 44, 36), spacing=(3.0, 3.0, 3.0),

@@ -240,3 +240,24 @@ def test_evaluate_accepts_float_maps_of_whole_numbers(tmp_path, capsys):
     assert evaluate_cli.main(["-ref", str(reference), "-pred", str(prediction)]) == 0
     summary = json.loads((prediction / "summary.json").read_text())
     assert summary["mean"]["1"]["mean"]["dice"] == 1.0
+
+
+def test_a_bad_dataset_id_is_the_only_line_on_stderr_of_a_fresh_process(tmp_path):
+    """In a new process (imports and logging set up as a user gets them) other libraries' INFO lines, such as
+    numexpr's thread count, do not crowd the one error line."""
+    import os
+    import subprocess
+    import sys
+
+    # numexpr logs its default thread count when none of these is set
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMEXPR_MAX_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update({f"lesiongen_{name}": str(tmp_path) for name in ("raw", "preprocessed", "results")})
+    for command in ("lesiongen.cli.benefit", "lesiongen.cli.train"):
+        arguments = ["-d", "777"] if command.endswith("benefit") else ["777", "seg", "0"]
+        result = subprocess.run([sys.executable, "-c", f"import sys; from {command} import main; "
+                                 f"sys.exit(main(sys.argv[1:]))", *arguments],
+                                capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [f"error: {tmp_path}: no dataset folder with ID 777 "
+                                                      "(expected Dataset777_Name)"], result.stderr
