@@ -199,6 +199,11 @@ MUTANTS = (
 )
 
 
+def fragment_found(mutant: Mutant, root: Path = ROOT) -> bool:
+    """Whether the code holds the mutant's fragment exactly once (else the mutant is stale: fix it)."""
+    return (root / mutant.file).read_text().count(mutant.original) == 1
+
+
 def _scratch_copy(target: Path, source_root: Path = ROOT) -> None:
     for name in ("lesiongen", "tests", "documentation", "pyproject.toml", "README.md"):
         source = source_root / name
@@ -240,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     mutants = [m for m in MUTANTS if args.only is None or m.name in args.only]
     if args.list:
         for m in MUTANTS:  # a fragment that the code no longer holds exactly once is marked, not silently run
-            stale = "" if (ROOT / m.file).read_text().count(m.original) == 1 else "  STALE: fragment not found once"
+            stale = "" if fragment_found(m) else "  STALE: fragment not found once"
             print(f"{m.name:<42} {m.origin:<9} {m.file}{stale}")
         return 0
     for mutant in mutants:  # every fragment must exist before anything runs
-        if (ROOT / mutant.file).read_text().count(mutant.original) != 1:
+        if not fragment_found(mutant):
             raise SystemExit(f"{mutant.name}: fragment not found exactly once in {mutant.file}")
     provenance = code_version()  # of the tree as it is now, which the snapshot below copies
     with tempfile.TemporaryDirectory(prefix="lesiongen_mutants_") as scratch:

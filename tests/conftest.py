@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,7 @@ def restore_logging():
     own.setLevel(own_level)
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = DemoConfig(n_lesion_cases=4, n_healthy=2, n_test=1, shape=(36, 44, 36), spacing=(3.0, 3.0, 3.0),
                   lesion_radius_mm=(3.0, 8.0), seed=7)
 
@@ -72,6 +75,16 @@ def trained_model(name: str, fold: int | str = 0):
     from lesiongen.models.registry import load_trained_model
 
     return load_trained_model(TINY_NAME, name, "lesiongenPlans", fold, "cpu")
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` imported as a module (they are scripts, not a package). Registered under its name
+    before it runs, because a dataclass looks its module up in ``sys.modules``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_plans_variant(dataset_folder: Path, name: str, edit: Callable[[dict], None] = lambda plans: None) -> str:

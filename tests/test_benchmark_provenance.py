@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def load_measure():
-    spec = importlib.util.spec_from_file_location("measure", BENCHMARKS / "measure.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("measure", module)  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("measure")
 
 
 def test_a_commit_made_during_the_run_is_not_recorded_as_what_ran(monkeypatch):

@@ -5,19 +5,11 @@ skip or mutate nothing."""
 from __future__ import annotations
 
 import ast
-import importlib.util
-import sys
 from pathlib import Path
 
+from conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _mutants():
-    spec = importlib.util.spec_from_file_location("mutation_check", ROOT / "benchmarks" / "mutation_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("mutation_check", module)  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module.MUTANTS
 
 
 def _test_functions(path: Path) -> set[str]:
@@ -25,10 +17,11 @@ def _test_functions(path: Path) -> set[str]:
 
 
 def test_every_fragment_occurs_once_and_every_named_test_exists():
-    mutants = _mutants()
+    check = load_benchmark("mutation_check")
+    mutants = check.MUTANTS
     assert len({m.name for m in mutants}) == len(mutants)
     for mutant in mutants:
-        assert (ROOT / mutant.file).read_text().count(mutant.original) == 1, mutant.name
+        assert check.fragment_found(mutant), mutant.name
         assert mutant.original != mutant.replacement, mutant.name
         for target in mutant.tests:
             file, _, function = target.partition("::")
