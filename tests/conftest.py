@@ -132,6 +132,14 @@ def _tiny_preprocessed_template(tmp_path_factory, _tiny_dataset_template) -> dic
     return folders
 
 
+@pytest.fixture(scope="session")
+def tiny_plans(_tiny_preprocessed_template):
+    """The tiny dataset's plans, read only (tests that change plans write their own copy)."""
+    from lesiongen.planning.plans import load_plans
+
+    return load_plans(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
+
+
 @pytest.fixture(scope="module")
 def tiny_preprocessed(tmp_path_factory, _tiny_preprocessed_template):
     """A module's own copy of the planned and preprocessed tiny dataset, an empty results folder, env set."""

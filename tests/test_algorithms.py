@@ -26,7 +26,6 @@ from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.inpainter import Inpainter, InpainterConfig
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator, GANMaskConfig, GANMaskGenerator
 from lesiongen.models.spheres import SphereLesion, render_spheres
-from lesiongen.planning.plans import load_plans
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.training.losses import (
     batch_soft_dice_loss,
@@ -44,8 +43,8 @@ from lesiongen.training.trainers.seg import SEG_LOSS_TERMS
 
 
 @pytest.fixture(scope="module")
-def plans(_tiny_preprocessed_template):
-    return load_plans(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
+def plans(tiny_plans):
+    return tiny_plans
 
 
 # ---------------------------------------------------------------------------------------------------- RePaint

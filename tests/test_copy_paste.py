@@ -8,9 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import TINY_NAME
 from lesiongen.inference.copy_paste import MAX_MARGIN_VOXELS, copy_paste
-from lesiongen.planning.plans import Categorical, load_plans
+from lesiongen.planning.plans import Categorical
 from lesiongen.preprocessing.lesion_patches import LesionPatches
 
 PATCH = [12, 12, 12]
@@ -20,9 +19,8 @@ RECIPIENT = np.array([2.0, 0.25], np.float32)
 
 
 @pytest.fixture(scope="module")
-def one_lesion_prior(_tiny_preprocessed_template):
-    plans = load_plans(_tiny_preprocessed_template["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
-    return {"1": dataclasses.replace(plans.sphere_priors["1"], lesions_per_case=Categorical({"1": 1.0}))}
+def one_lesion_prior(tiny_plans):
+    return {"1": dataclasses.replace(tiny_plans.sphere_priors["1"], lesions_per_case=Categorical({"1": 1.0}))}
 
 
 def _donor() -> LesionPatches:
