@@ -8,8 +8,10 @@ import json
 import pytest
 
 from conftest import TINY, TINY_NAME
+from lesiongen import benefit as benefit_module
 from lesiongen.benefit import BenefitOptions, check_no_leak, failed_trainings, held_out_cases, markdown
 from lesiongen.cli import benefit as benefit_cli
+from lesiongen.cli import train as train_cli
 from lesiongen.demo.phantom import write_demo_dataset
 from lesiongen.evaluation.compare import METRICS
 from lesiongen.io.dataset import load_dataset
@@ -103,16 +105,12 @@ def test_another_dataset_without_a_test_split_is_tested_on_all_its_scans(benefit
     assert report["test_cases"] == sorted(c.case_id for c in other.training) and not other.test
     assert set(report["trainings"].values()) == {"up to date"}
     # the other dataset's case ids may repeat this one's training ids: different scans, so no leak to refuse
-    raw, cases = held_out_cases(BenefitOptions(dataset=str(TINY.dataset_id), test_dataset=str(OTHER.dataset_id)))
-    check_no_leak([{"variant": "seg_none", "train_cases": [c.case_id for c in cases]}], raw, cases,
-                  BenefitOptions(dataset=str(TINY.dataset_id), test_dataset=str(OTHER.dataset_id)))
+    options = BenefitOptions(dataset=str(TINY.dataset_id), test_dataset=str(OTHER.dataset_id))
+    raw, cases = held_out_cases(options)
+    check_no_leak([{"variant": "seg_none", "train_cases": [c.case_id for c in cases]}], raw, cases, options)
 
 
 def test_without_test_scans_it_says_so_and_compares_the_folds(benefit, monkeypatch, caplog):
-    from lesiongen import benefit as benefit_module
-
-    from lesiongen.cli import train as train_cli
-
     folders, out, _ = benefit
     raw = load_dataset(str(TINY.dataset_id))
     monkeypatch.setattr(benefit_module, "held_out_cases", lambda options: (raw, []))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,10 +248,6 @@ def test_evaluate_accepts_float_maps_of_whole_numbers(tmp_path, capsys):
 def test_a_bad_dataset_id_is_the_only_line_on_stderr_of_a_fresh_process(tmp_path):
     """In a new process (imports and logging set up as a user gets them) other libraries' INFO lines, such as
     numexpr's thread count, do not crowd the one error line."""
-    import os
-    import subprocess
-    import sys
-
     # numexpr logs its default thread count when none of these is set
     env = {k: v for k, v in os.environ.items()
            if k not in ("NUMEXPR_MAX_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS")}
