@@ -46,6 +46,7 @@ from lesiongen.training.base import TrainingOptions
 from lesiongen.training.registry import trainer_class
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
+from lesiongen.utilities.parallel import thread_share
 from lesiongen.utilities.provenance import code_version, model_record
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,7 @@ def run_trainings(jobs: list[TrainingJob], options: BenefitOptions, logs: Path) 
             outcome[job.name] = "trained"
         return outcome
     # side by side in subprocesses, each with an equal share of the CPU threads (one GPU is shared the same way)
-    threads = str(max(1, (os.cpu_count() or 1) // options.parallel))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, **thread_share(options.parallel))
     logs.mkdir(parents=True, exist_ok=True)
     running: list[tuple[TrainingJob, subprocess.Popen, Path]] = []
     pending = list(todo)

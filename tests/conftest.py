@@ -6,14 +6,28 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from lesiongen.utilities.parallel import thread_share
 
-from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
+
+def _share_threads_between_xdist_workers() -> None:
+    """Under ``pytest -n N`` each worker, and the console scripts it starts, gets its share of the cores (as
+    ``lesiongen_benefit --parallel`` gives its trainings); before numpy and torch are imported, so that they use it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        os.environ.update(thread_share(workers))
+
+
+_share_threads_between_xdist_workers()
+
+import pytest  # noqa: E402
+
+from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def restore_logging():

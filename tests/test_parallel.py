@@ -8,7 +8,8 @@ import signal
 import pytest
 
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.parallel import map_cases
+from lesiongen.utilities import parallel
+from lesiongen.utilities.parallel import map_cases, thread_share
 
 
 def _square_plus(value: int, offset: int) -> int:
@@ -54,3 +55,21 @@ def test_an_error_in_a_case_reaches_the_caller(deadline):
 def test_a_dead_worker_is_an_error_not_a_hang(deadline):
     with pytest.raises(LesiongenError, match="worker process died"):
         map_cases(_die_on_two, [1, 2, 3, 4], 2, "checking", progress=False)
+
+
+@pytest.mark.parametrize("cores, processes, threads", [(2, 2, "1"), (2, 1, "2"), (8, 3, "2"), (2, 8, "1")])
+def test_side_by_side_processes_share_the_cores(monkeypatch, cores, processes, threads):
+    monkeypatch.setattr(parallel, "usable_cores", lambda: cores)
+    assert thread_share(processes) == {variable: threads for variable in parallel.THREAD_VARIABLES}
+
+
+def test_each_xdist_worker_runs_torch_on_its_share_of_the_cores():
+    """The README runs the tests with ``-n auto``; tests/conftest.py must give each worker's torch (and the console
+    scripts it starts) its share of the cores: all of them in every worker made the suite slower, not faster."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if not workers:
+        pytest.skip("runs under pytest-xdist (python -m pytest -n auto)")
+    import torch
+
+    share = max(1, parallel.usable_cores() // workers)
+    assert os.environ["OMP_NUM_THREADS"] == str(share) and torch.get_num_threads() == share

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +15,24 @@ from tqdm import tqdm
 from lesiongen.utilities.errors import LesiongenError
 
 T = TypeVar("T")
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def thread_share(processes: int) -> dict[str, str]:
+    """Environment variables that give each of ``processes`` side-by-side processes its share of the cores, so
+    that processes x threads <= cores: torch's default of one OpenMP thread per core in every process
+    oversubscribes them, and OpenMP barriers then wait for descheduled threads (documentation/scaling.md). They
+    take effect in a process started with them (or set before it imports numpy and torch)."""
+    threads = str(max(1, usable_cores() // max(1, processes)))
+    return {variable: threads for variable in THREAD_VARIABLES}
 
 
 def map_cases(
