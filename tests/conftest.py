@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lesiongen.utilities.parallel import thread_share
+from lesiongen.utilities.parallel import thread_share, usable_cores
 
 
 def _share_threads_between_xdist_workers() -> None:
@@ -24,6 +24,12 @@ def _share_threads_between_xdist_workers() -> None:
 
 
 _share_threads_between_xdist_workers()
+
+
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """``-n auto``: one worker per core this process may use (a container's CPU limit included), unless
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` says otherwise (pytest-xdist reads it)."""
+    return None if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else usable_cores()
 
 import pytest  # noqa: E402
 

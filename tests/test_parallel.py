@@ -63,6 +63,21 @@ def test_side_by_side_processes_share_the_cores(monkeypatch, cores, processes, t
     assert thread_share(processes) == {variable: threads for variable in parallel.THREAD_VARIABLES}
 
 
+@pytest.mark.parametrize("files, limit", [
+    ({"cpu.max": "150000 100000\n"}, 2), ({"cpu.max": "50000 100000\n"}, 1), ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.cfs_quota_us": "400000\n", "cpu.cfs_period_us": "100000\n"}, 4),
+    ({"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, None), ({}, None)])
+def test_a_containers_cpu_limit_caps_the_usable_cores(tmp_path, monkeypatch, files, limit):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(parallel, "CGROUP_CPU_LIMITS", ((str(tmp_path / "cpu.max"), None),
+                                                       (str(tmp_path / "cpu.cfs_quota_us"),
+                                                        str(tmp_path / "cpu.cfs_period_us"))))
+    assert parallel.cgroup_cpu_limit() == limit
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert parallel.usable_cores() == (limit or 64)
+
+
 def test_each_xdist_worker_runs_torch_on_its_share_of_the_cores():
     """The README runs the tests with ``-n auto``; tests/conftest.py must give each worker's torch (and the console
     scripts it starts) its share of the cores: all of them in every worker made the suite slower, not faster."""

@@ -18,6 +18,7 @@ def describe() -> list[str]:
     import torch
 
     from lesiongen.paths import preprocessed_root, raw_root, results_root
+    from lesiongen.utilities.parallel import usable_cores
     from lesiongen.utilities.provenance import code_version
 
     code = code_version()
@@ -25,7 +26,7 @@ def describe() -> list[str]:
                                                           f"{', uncommitted changes' if code['git_dirty'] else ''})"
                                                           if code["git_commit"] else ""),
              f"python {sys.version.split()[0]} on {platform.platform()}",
-             f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}"]
+             f"cpus {os.cpu_count()} ({usable_cores()} usable), torch threads {torch.get_num_threads()}"]
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         lines.append(f"cuda {torch.version.cuda}: {names}")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from lesiongen import workflow
 from lesiongen.cli.common import add_common_arguments, positive_float, positive_int, run_command
 from lesiongen.planning.plans import SAMPLING_PRESETS
+from lesiongen.utilities.parallel import usable_cores
 
-DEFAULT_PROCESSES = max(1, min(8, os.cpu_count() or 1))
+DEFAULT_PROCESSES = min(8, usable_cores())
 
 
 def _parser(description: str, fingerprint: bool, plan: bool, preprocess: bool) -> argparse.ArgumentParser:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import pickle
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -19,11 +21,33 @@ T = TypeVar("T")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+# a container's CPU limit (cgroup v2, then v1): the affinity mask still shows every core of the host
+CGROUP_CPU_LIMITS = (("/sys/fs/cgroup/cpu.max", None),
+                     ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS has one, else all of them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    """The cores this process may run on: its CPU affinity where the OS has one (else every core), capped by a
+    container's CPU limit."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, limit) if limit else cores)
+
+
+def cgroup_cpu_limit() -> int | None:
+    """CPUs a container may use (its quota over its period, rounded up), or None without a limit."""
+    for quota_file, period_file in CGROUP_CPU_LIMITS:
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file is not None:
+                fields.append(Path(period_file).read_text().strip())
+            quota, period = fields[0], fields[1]
+            if quota == "max" or int(quota) <= 0:
+                return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def thread_share(processes: int) -> dict[str, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, b
 from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases, strategy_checkpoints
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import json_plain, read_json, write_json
+from lesiongen.utilities.parallel import usable_cores
 from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.seeding import derive_seed
 
@@ -108,7 +108,7 @@ class SegTrainer(Trainer):
             return int(self.num_workers)
         if self.device.type == "cpu":
             return 0  # the CPU is busy with the network itself
-        return max(1, min(12, (os.cpu_count() or 2) - 1) // self.distributed.world_size)
+        return max(1, min(12, usable_cores() - 1) // self.distributed.world_size)
 
     def models_to_use(self) -> dict[str, Path]:
         return {} if self.strategy == "none" else strategy_checkpoints(self.dataset, self.fold, self.strategy)
