@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -307,7 +306,9 @@ def run_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = {"lesiongen_raw": str(raw_root), "lesiongen_preprocessed": str(work / "preprocessed"),
            "lesiongen_results": str(results_root)}
     stages = Stages(args.timeout)
-    processes = str(max(1, min(8, os.cpu_count() or 1)) if not args.tiny else 1)
+    from lesiongen.utilities.parallel import usable_cores
+
+    processes = str(min(8, usable_cores()) if not args.tiny else 1)
 
     stages.run("dataset", "dataset", lambda limit: run_command(
         [console("lesiongen_make_demo_dataset"), "-o", str(raw_root), *size["demo"]], env, limit))
