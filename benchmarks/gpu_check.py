@@ -306,14 +306,12 @@ def run_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = {"lesiongen_raw": str(raw_root), "lesiongen_preprocessed": str(work / "preprocessed"),
            "lesiongen_results": str(results_root)}
     stages = Stages(args.timeout)
-    from lesiongen.utilities.parallel import usable_cores
-
-    processes = str(min(8, usable_cores()) if not args.tiny else 1)
+    processes = ["-np", "1"] if args.tiny else []  # else the command's own default (its usable cores, at most 8)
 
     stages.run("dataset", "dataset", lambda limit: run_command(
         [console("lesiongen_make_demo_dataset"), "-o", str(raw_root), *size["demo"]], env, limit))
     stages.run("plan_and_preprocess", "plan_and_preprocess", lambda limit: run_command(
-        [console("lesiongen_plan_and_preprocess"), "-d", DATASET_ID, "-np", processes, *size["preset"]], env, limit))
+        [console("lesiongen_plan_and_preprocess"), "-d", DATASET_ID, *processes, *size["preset"]], env, limit))
     for trainer in TRAINERS:
         stages.run(f"train_{trainer}", "train_seg" if trainer == "seg" else "train",
                    train_stage(trainer, args, size, env, results))

@@ -25,15 +25,16 @@ def _share_threads_between_xdist_workers() -> None:
 
 _share_threads_between_xdist_workers()
 
+import pytest  # noqa: E402
+
+from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
+
 
 def pytest_xdist_auto_num_workers(config) -> int | None:
     """``-n auto``: one worker per core this process may use (a container's CPU limit included), unless
     ``PYTEST_XDIST_AUTO_NUM_WORKERS`` says otherwise (pytest-xdist reads it)."""
     return None if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else usable_cores()
 
-import pytest  # noqa: E402
-
-from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def restore_logging():
