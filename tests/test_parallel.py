@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities import parallel
 from lesiongen.utilities.parallel import map_cases, thread_share
+
+# multiprocessing.Pool used to wait forever for a dead worker's result: fail instead of hanging
+pytestmark = pytest.mark.timeout(60)
 
 
 def _square_plus(value: int, offset: int) -> int:
@@ -28,31 +30,18 @@ def _die_on_two(value: int) -> int:
     return value
 
 
-@pytest.fixture
-def deadline():
-    """Fail instead of hanging: multiprocessing.Pool used to wait forever for a dead worker's result."""
-    def expire(*_):
-        raise TimeoutError("map_cases hung")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
-def test_results_keep_the_input_order(deadline):
+def test_results_keep_the_input_order():
     items = [5, 1, 4, 2, 3]
     assert map_cases(_square_plus, items, 2, "test", extra_args=(1,), progress=False) == [26, 2, 17, 5, 10]
     assert map_cases(_square_plus, items, 1, "test", extra_args=(1,), progress=False) == [26, 2, 17, 5, 10]
 
 
-def test_an_error_in_a_case_reaches_the_caller(deadline):
+def test_an_error_in_a_case_reaches_the_caller():
     with pytest.raises(ValueError, match="case 3 is bad"):
         map_cases(_fail_on_three, [1, 2, 3, 4], 2, "test", progress=False)
 
 
-def test_a_dead_worker_is_an_error_not_a_hang(deadline):
+def test_a_dead_worker_is_an_error_not_a_hang():
     with pytest.raises(LesiongenError, match="worker process died"):
         map_cases(_die_on_two, [1, 2, 3, 4], 2, "checking", progress=False)
 

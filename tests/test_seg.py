@@ -211,8 +211,7 @@ def test_segmentation_batches_depend_on_the_batch_number_alone(tiny_preprocessed
         loader = SegPatchLoader(cases, [], patch, 2, 0.0, seed=5, first_batch=first, n_workers=workers)
         stream = batch_stream(loader, augmentation(patch, False), workers)
         out = [next(stream)["data"] for _ in range(count)]
-        if hasattr(stream, "_finish"):
-            stream._finish()
+        stream.close()
         return out
 
     straight = batches(0, 5)

@@ -156,8 +156,7 @@ class SegTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------- validation
     def finish_training(self, model: Segmenter) -> None:
-        if hasattr(self.batches, "_finish"):
-            self.batches._finish()
+        self.batches.close()
         if self.distributed.is_main and self.validate:
             self.extra["validation"] = json_plain(self.validate_cases(model))
 
