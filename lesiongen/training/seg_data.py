@@ -17,13 +17,10 @@ with or without background workers.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import random
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty, Full
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
@@ -37,8 +34,8 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 from lesiongen.preprocessing.storage import CHECKSUMS, open_array, verify_files
+from lesiongen.training.background import BackgroundBatches
 from lesiongen.utilities.cropping import extract_patch
-from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import read_json
 from lesiongen.utilities.seeding import derive_seed
 
@@ -196,94 +193,3 @@ def batch_stream(loader: SegPatchLoader, transforms: Compose, num_workers: int) 
 def _inline_batches(loader: SegPatchLoader, transforms: Compose) -> Iterator[dict]:
     while True:
         yield transforms(**next(loader))
-
-
-class BackgroundBatches:
-    """Batches made ahead in ``num_workers`` spawned processes, returned in the order one process would make them.
-
-    Worker w makes the loader's batches w, w + n, w + 2n, ... (``SegPatchLoader.next_batch_number``) into a queue of
-    its own, and the queues are read in turn. Spawn, not fork (batchgenerators' MultiThreadedAugmenter forks): a
-    forked child inherits the parent's thread pools without their threads, and blosc2's decompression pool, once
-    used by the parent, then hangs the child's first read for good. A worker that fails or dies ends the
-    iteration with an error instead of a wait.
-    """
-
-    def __init__(self, loader: SegPatchLoader, transforms: Compose, num_workers: int, queue_size: int = 2,
-                 poll_seconds: float = 0.5):
-        context = multiprocessing.get_context("spawn")
-        self._poll_seconds = poll_seconds
-        self._stop = context.Event()
-        self._queues = [context.Queue(queue_size) for _ in range(num_workers)]
-        self._workers = [context.Process(target=_make_batches, args=(loader, transforms, worker, queue, self._stop),
-                                         name=f"lesiongen-augmentation-{worker}", daemon=True)
-                         for worker, queue in enumerate(self._queues)]
-        for process in self._workers:
-            process.start()
-        self._turn = 0
-
-    def __iter__(self) -> BackgroundBatches:
-        return self
-
-    def __next__(self) -> dict:
-        if self._stop.is_set():
-            raise StopIteration
-        worker = self._turn % len(self._workers)
-        queue, process = self._queues[worker], self._workers[worker]
-        while True:
-            try:
-                kind, payload = queue.get(timeout=self._poll_seconds)
-                break
-            except Empty:
-                if process.is_alive():
-                    continue
-                try:  # it may have finished a batch just before dying
-                    kind, payload = queue.get(timeout=self._poll_seconds)
-                    break
-                except Empty:
-                    self.close()
-                    raise LesiongenError(f"augmentation worker {worker} died (exit code {process.exitcode}; killed "
-                                         "for lack of memory? try fewer with --set num_workers=N)") from None
-        if kind == "batch":
-            self._turn += 1
-            return payload
-        self.close()
-        if kind == "user_error":
-            raise LesiongenError(payload)
-        raise RuntimeError(f"augmentation worker {worker} failed:\n{payload}")
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the workers (terminating any that do not stop within ``timeout`` seconds) and free the queues."""
-        self._stop.set()
-        for process in self._workers:
-            process.join(timeout)
-            if process.is_alive():
-                process.terminate()
-                process.join()
-        for queue in self._queues:
-            queue.close()
-
-
-def _make_batches(loader: SegPatchLoader, transforms: Compose, worker: int, queue, stop) -> None:
-    """A background worker: its share of the batches, into its queue, until ``stop`` is set."""
-    import blosc2
-    from threadpoolctl import threadpool_limits
-
-    blosc2.set_nthreads(1)  # one thread per worker: the training process has the cores
-    loader.set_thread_id(worker)
-    with threadpool_limits(limits=1):
-        while not stop.is_set():
-            try:
-                message = ("batch", transforms(**next(loader)))
-            except LesiongenError as exc:
-                message = ("user_error", str(exc))
-            except Exception:
-                message = ("error", traceback.format_exc())
-            while not stop.is_set():
-                try:
-                    queue.put(message, timeout=0.1)
-                    break
-                except Full:
-                    continue
-            if message[0] != "batch":
-                return  # the error is flushed to the trainer before the process ends
-    queue.cancel_join_thread()  # asked to stop: a batch still in the pipe is not worth waiting for

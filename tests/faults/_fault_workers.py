@@ -13,8 +13,13 @@ def file_error_on_two(value: int) -> int:
     return value
 
 
+# set by a test in the parent: a forked worker would inherit the change, a spawned one imports the module afresh
+PARENT_STATE = "fresh"
+
+
 class NumberedBatches:
-    """A stand-in for ``SegPatchLoader`` in ``BackgroundBatches``: batch n is ``{"number": n}``, worker w of
+    """A stand-in for ``SegPatchLoader`` in ``BackgroundBatches``: batch n is ``{"number": n, "state": the worker's
+    PARENT_STATE}``, worker w of
     ``workers`` makes w, w + workers, ...; batch ``fail_at`` raises a user error (``how="user_error"``), a bug
     (``"bug"``) or kills its worker (``"die"``)."""
 
@@ -35,7 +40,7 @@ class NumberedBatches:
             if self.how == "bug":
                 raise ZeroDivisionError("division by zero in batch 3")
             raise FileError(f"/data/case_{number}.b2nd", "checksum differs from the recorded one")
-        return {"number": number}
+        return {"number": number, "state": PARENT_STATE}
 
 
 def unchanged(**batch) -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+import _fault_workers
 from _fault_workers import NumberedBatches, unchanged
-from lesiongen.training.seg_data import BackgroundBatches
+from lesiongen.training.background import BackgroundBatches
 from lesiongen.utilities.errors import LesiongenError
 
 pytestmark = pytest.mark.timeout(120)  # a worker lost without an error used to be waited for forever
@@ -16,11 +17,13 @@ def _numbers(stream, count: int) -> list[int]:
     return [next(stream)["number"] for _ in range(count)]
 
 
-def test_workers_batches_come_back_in_one_process_order_and_close_stops_them():
-    stream = BackgroundBatches(NumberedBatches(workers=3), unchanged, 3)
-    assert _numbers(stream, 7) == list(range(7))
+def test_workers_batches_come_back_in_one_process_order_and_close_stops_them(monkeypatch):
+    monkeypatch.setattr(_fault_workers, "PARENT_STATE", "changed by the parent")
+    stream = BackgroundBatches(NumberedBatches(workers=2), unchanged, 2)
+    assert next(stream) == {"number": 0, "state": "fresh"}  # spawned: nothing inherited from the trainer's process
+    assert _numbers(stream, 6) == list(range(1, 7))
     stream.close()
-    assert [process.exitcode for process in stream._workers] == [0, 0, 0]  # stopped, not terminated
+    assert [process.exitcode for process in stream._workers] == [0, 0]  # stopped, not terminated
     with pytest.raises(StopIteration):
         next(stream)
 
