@@ -196,6 +196,10 @@ MUTANTS = (
            "return add_noise(self.scheduler, clean, self.generator, self.model.config.schedule.trained_timesteps)",
            "return add_noise(self.scheduler, clean, self.generator, None)",
            ("tests/test_short_schedule.py",), "issue 15"),
+    # ------------------------------------------------------------------------- the CI hang of 2026-12-03
+    Mutant("augmentation_workers_forked", "lesiongen/training/background.py",
+           'context = multiprocessing.get_context("spawn")', 'context = multiprocessing.get_context("fork")',
+           ("tests/faults/test_fault_background_batches.py",)),
 )
 
 
