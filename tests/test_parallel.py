@@ -57,14 +57,36 @@ def test_side_by_side_processes_share_the_cores(monkeypatch, cores, processes, t
     ({"cpu.cfs_quota_us": "400000\n", "cpu.cfs_period_us": "100000\n"}, 4),
     ({"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, None), ({}, None)])
 def test_a_containers_cpu_limit_caps_the_usable_cores(tmp_path, monkeypatch, files, limit):
+    root = tmp_path / "cgroup"  # inside a container: the mount's root is the container's own cgroup
+    root.mkdir()
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.setattr(parallel, "CGROUP_CPU_LIMITS", ((str(tmp_path / "cpu.max"), None),
-                                                       (str(tmp_path / "cpu.cfs_quota_us"),
-                                                        str(tmp_path / "cpu.cfs_period_us"))))
+        (root / name).write_text(text)
+    monkeypatch.setattr(parallel, "CGROUP_ROOT", root)
+    monkeypatch.setattr(parallel, "CGROUP_MEMBERSHIP", tmp_path / "no_such_file")
     assert parallel.cgroup_cpu_limit() == limit
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert parallel.usable_cores() == (limit or 64)
+
+
+@pytest.mark.parametrize("membership, files, limit", [
+    # cgroup v2 on a host: a slice above the process's own cgroup sets the limit
+    ("0::/system.slice/job.service\n", {"system.slice/cpu.max": "300000 100000\n",
+                                        "system.slice/job.service/cpu.max": "max 100000\n"}, 3),
+    # the smallest limit on the way up wins
+    ("0::/a/b\n", {"a/cpu.max": "100000 100000\n", "a/b/cpu.max": "400000 100000\n"}, 1),
+    # cgroup v1: the cpu controller's hierarchy, the memory controller's ignored
+    ("5:memory:/user/job\n4:cpu,cpuacct:/user/job\n",
+     {"cpu,cpuacct/user/job/cpu.cfs_quota_us": "250000\n", "cpu,cpuacct/user/job/cpu.cfs_period_us": "100000\n",
+      "memory/user/job/cpu.max": "100000 100000\n"}, 3),
+    ("0::/free\n", {"free/cpu.max": "max 100000\n"}, None),
+])
+def test_a_cgroup_below_the_root_caps_the_cpus(tmp_path, membership, files, limit):
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "membership").write_text(membership)
+    assert parallel.cgroup_cpu_limit(root, tmp_path / "membership") == limit
 
 
 def test_each_xdist_worker_runs_torch_on_its_share_of_the_cores():

@@ -21,33 +21,66 @@ T = TypeVar("T")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-# a container's CPU limit (cgroup v2, then v1): the affinity mask still shows every core of the host
-CGROUP_CPU_LIMITS = (("/sys/fs/cgroup/cpu.max", None),
-                     ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+# where a process's CPU limit may be set: its cgroup (v2, or v1's cpu controller) or an ancestor of it. In a
+# container the mount's root is the container's own cgroup; on a host a systemd slice may set the limit further down
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
 
 
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity where the OS has one (else every core), capped by a
-    container's CPU limit."""
+    container's or cgroup's CPU limit (the affinity mask still shows every core of the host)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     limit = cgroup_cpu_limit()
     return max(1, min(cores, limit) if limit else cores)
 
 
-def cgroup_cpu_limit() -> int | None:
-    """CPUs a container may use (its quota over its period, rounded up), or None without a limit."""
-    for quota_file, period_file in CGROUP_CPU_LIMITS:
-        try:
-            fields = Path(quota_file).read_text().split()
-            if period_file is not None:
-                fields.append(Path(period_file).read_text().strip())
-            quota, period = fields[0], fields[1]
-            if quota == "max" or int(quota) <= 0:
-                return None
-            return max(1, math.ceil(int(quota) / int(period)))
-        except (OSError, ValueError, IndexError):
+def cgroup_cpu_limit(root: Path | None = None, membership: Path | None = None) -> int | None:
+    """CPUs this process may use (quota over period, rounded up; the smallest over its cgroup and the cgroups above
+    it), or None without a limit."""
+    folders = _cgroup_folders(root or CGROUP_ROOT, membership or CGROUP_MEMBERSHIP)
+    limits = [limit for limit in map(_cpu_limit_of, folders) if limit is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
+    """The cgroup folders that can limit this process's CPU: the mount roots, then its own cgroups (from
+    ``/proc/self/cgroup``: ``0::/path`` for v2, ``N:cpu,cpuacct:/path`` for v1) and their ancestors."""
+    folders = [root, root / "cpu", root / "cpu,cpuacct"]
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:
+            bases = [root]
+        elif "cpu" in controllers.split(","):
+            bases = [root / controllers, root / "cpu"]
+        else:
             continue
-    return None
+        parts = Path(path.strip().lstrip("/")).parts
+        folders += [base.joinpath(*parts[:depth]) for base in bases for depth in range(1, len(parts) + 1)]
+    return list(dict.fromkeys(folders))
+
+
+def _cpu_limit_of(folder: Path) -> int | None:
+    """The CPU limit one cgroup folder sets (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``)."""
+    try:
+        fields = (folder / "cpu.max").read_text().split()
+    except OSError:
+        try:
+            fields = [(folder / "cpu.cfs_quota_us").read_text().strip(),
+                      (folder / "cpu.cfs_period_us").read_text().strip()]
+        except OSError:
+            return None
+    try:
+        quota, period = fields[0], fields[1]
+        if quota == "max" or int(quota) <= 0 or int(period) <= 0:
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, IndexError):
+        return None
 
 
 def thread_share(processes: int) -> dict[str, str]:
