@@ -55,16 +55,12 @@ class BackgroundBatches:
         worker = self._turn % len(self._workers)
         queue, process = self._queues[worker], self._workers[worker]
         while True:
+            alive = process.is_alive()  # asked before waiting: a batch finished just before dying is still read
             try:
                 kind, payload = queue.get(timeout=self._poll_seconds)
                 break
             except Empty:
-                if process.is_alive():
-                    continue
-                try:  # it may have finished a batch just before dying
-                    kind, payload = queue.get(timeout=self._poll_seconds)
-                    break
-                except Empty:
+                if not alive:
                     self.close()
                     raise LesiongenError(f"augmentation worker {worker} died (exit code {process.exitcode}; killed "
                                          "for lack of memory? try fewer with --set num_workers=N)") from None

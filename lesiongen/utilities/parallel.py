@@ -52,7 +52,10 @@ def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
     except OSError:
         lines = []
     for line in lines:
-        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        hierarchy, controllers, path = fields
         if hierarchy == "0" and not controllers:
             bases = [root]
         elif "cpu" in controllers.split(","):
