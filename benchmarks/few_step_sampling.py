@@ -8,7 +8,8 @@ From scratch in a new work folder (models are never reused): the demo dataset (`
 at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
 trained on fold 0 with their default settings (``--models``: only these of the two; diffmask's threshold is
 calibrated after training for each sampling preset, so both samplers run the same weights with the threshold fitted
-to them). ``--short_schedule``: each model is also trained, same steps and seed, with ``--set
+to them; the few-step sampler itself is chosen then, see ``documentation/few_step_sampling.md``).
+``--short_schedule``: each model is also trained, same steps and seed, with ``--set
 few_step_training=true`` (only at the few-step sampler's timesteps, fastWDM3D-style) in a results folder of its own.
 Then, on fold 0's held-out lesion patches, each model is evaluated once per sampler (``--sampling default`` and
 ``--sampling few_step``; the short-schedule model with its own, few-step sampler) and evaluation seed (``--seeds``:
@@ -86,7 +87,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                     str(seed), "-o", str(out)], arm_env, minutes)
                 reports["masks"][arm].append(json.loads((out / "mask_evaluation.json").read_text()))
     minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
-    return {"minutes": minutes, **reports}
+    return {"minutes": minutes, "calibration": diffmask_calibration(env) if "diffmask" in args.models else None,
+            **reports}
+
+
+def diffmask_calibration(env: dict) -> dict:
+    """What diffmask's calibration after training chose: the thresholds, and the few-step sampler with every
+    candidate's distances to the real training lesions (from its checkpoint)."""
+    from lesiongen.models.checkpoint import load_checkpoint
+
+    checkpoint = next(Path(env["lesiongen_results"]).glob(f"*/diffmask__{PLANS}/fold_0/checkpoint_final.pt"))
+    calibration = load_checkpoint(checkpoint)["extra"]["calibration"]
+    return {key: calibration[key] for key in ("threshold", "few_step_variant", "few_step_variants")}
 
 
 def _lookup(report, keys: tuple) -> float | None:
@@ -196,12 +208,17 @@ def main() -> None:
         reports = run(args, work)
     rows = comparison_rows(reports)
     print_table(rows, compared_arms(reports))
+    if reports["calibration"]:
+        worst = {name: round(v["worst_excess"], 3) for name, v in reports["calibration"]["few_step_variants"].items()}
+        print(f"diffmask's few-step sampler, chosen after training: {reports['calibration']['few_step_variant']} "
+              f"(worst excess over the default's distances, in real spreads: {worst})")
     print(f"wall time {reports['minutes']['wall']:.1f} min")
     models = {f"{name} ({arm})": model for section in ("masks", "inpainting") for arm in reports[section]
               for report in reports[section][arm][:1] for name, model in report["provenance"]["models"].items()}
     name = "few_step_sampling" + ("_realistic" if args.realistic else "")
     write_results(name, {"settings": {k: str(v) for k, v in vars(args).items()}, "command": " ".join(sys.argv),
                          "models": models, "minutes": reports["minutes"], "table": rows,
+                         "diffmask_calibration": reports["calibration"],
                          "inpainting_evaluation": reports["inpainting"], "mask_evaluation": reports["masks"]},
                   args.json)
 

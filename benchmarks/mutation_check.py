@@ -200,6 +200,21 @@ MUTANTS = (
     Mutant("augmentation_workers_forked", "lesiongen/training/background.py",
            'context = multiprocessing.get_context("spawn")', 'context = multiprocessing.get_context("fork")',
            ("tests/faults/test_fault_background_batches.py",)),
+    # ------------------------------------------------------------ the few-step sampler chosen after training
+    Mutant("few_step_choice_takes_the_worst", "lesiongen/training/trainers/diffmask.py",
+           "return min(worst, key=worst.get), worst", "return max(worst, key=worst.get), worst",
+           (f"{ALG}::test_few_step_choice_weighs_each_statistic_by_the_real_spread_and_takes_the_smallest_worst_excess",
+            "tests/test_mask_trainers.py::test_diffmask_chooses_the_few_step_sampler_closest_to_the_real_lesions"),
+           "issue 15"),
+    Mutant("few_step_choice_ignores_the_spread", "lesiongen/training/trainers/diffmask.py",
+           "(reference[m] if np.isfinite(reference[m]) else 0.0)) / spread[m] for m in used]",
+           "(reference[m] if np.isfinite(reference[m]) else 0.0)) for m in used]",
+           (f"{ALG}::test_few_step_choice_weighs_each_statistic_by_the_real_spread_and_takes_the_smallest_worst_excess",),
+           "issue 15"),
+    Mutant("few_step_preset_ignores_the_choice", "lesiongen/models/mask_generators.py",
+           "schedule = sampling_preset(self.config.schedule, sampling, self.config.few_step_variant)",
+           "schedule = sampling_preset(self.config.schedule, sampling)",
+           (f"{ALG}::test_diffmask_switches_sampler_and_threshold_together",), "issue 15"),
 )
 
 

@@ -150,11 +150,15 @@ def test_sampling_settings_round_trip_through_the_checkpoint_description(plans):
     inpainter = Inpainter(plans, InpainterConfig(sampling=InpaintSchedule.few_step()), "cpu")
     schedule = few_step_sampling(ScheduleConfig(prediction_type="sample"))
     config = DiffMaskConfig(priors=plans.sphere_priors, schedule=schedule, threshold=-0.2,
-                            preset_thresholds={"default": 0.1, "few_step": -0.2})
+                            preset_thresholds={"default": 0.1, "few_step": -0.2}, few_step_variant="dpm_solver")
     diffmask = DiffMaskGenerator(plans, config, "cpu")
     for model in (inpainter, diffmask):
         _, config = model_config_from_state({"model": json.loads(json.dumps(model.description()))})
         assert config == model.config
+    described = json.loads(json.dumps(diffmask.description()))
+    described["config"]["few_step_variant"] = "ddim_quadratic"
+    with pytest.raises(LesiongenError, match="ckpt.pt: .*unknown few-step variant ddim_quadratic"):
+        model_config_from_state({"model": described}, source="ckpt.pt")
 
 
 def test_diffmask_switches_sampler_and_threshold_together(plans):
@@ -166,6 +170,11 @@ def test_diffmask_switches_sampler_and_threshold_together(plans):
     assert few.config.schedule.prediction_type == model.config.schedule.prediction_type == "sample"
     assert model.config.threshold == 0.0 and model.config.schedule.sampler == "dpm_solver"  # the original stays
     assert model.with_sampling("default").config.threshold == 0.1
+    model.config.few_step_variant = "ddim_trailing"  # the 4-step sampler chosen after training
+    trailing = model.with_sampling("few_step").config.schedule
+    assert (trailing.sampler, trailing.timestep_spacing, trailing.num_inference_steps) == ("ddim", "trailing", 4)
+    model.config.few_step_variant = "dpm_solver"
+    assert model.with_sampling("few_step").config.schedule.sampler == "dpm_solver"
     model.config.preset_thresholds = {}
     with pytest.raises(LesiongenError, match="no threshold calibrated for the 'few_step' sampler"):
         model.with_sampling("few_step")
@@ -231,10 +240,15 @@ def _sphere(centre, radius) -> SphereLesion:
                         rotation=np.eye(3).tolist())
 
 
-@pytest.mark.parametrize("sampling", ["model", "few_step"])
+@pytest.mark.parametrize("sampling", ["model", "few_step:ddim_leading", "few_step:ddim_trailing",
+                                      "few_step:dpm_solver"])
 def test_diffmask_masks_follow_the_sphere_control(plans, sampling):
+    """An oracle network (its output is the sphere control) gives back the spheres with every sampler, the
+    few-step ones in 4 evaluations."""
     model = _exact_diffmask(plans)
     model.config.preset_thresholds = {"default": 0.0, "few_step": 0.0}
+    sampling, _, variant = sampling.partition(":")
+    model.config.few_step_variant = variant or model.config.few_step_variant
     model = model.with_sampling(sampling)
     spheres = [[_sphere((8, 8, 8), 9.0)], [_sphere((6, 9, 7), 5.0), _sphere((11, 6, 10), 4.0)]]
     masks = model.sample_masks(2, MaskConditioning(spheres=spheres), seed=1)
@@ -337,6 +351,30 @@ def test_size_distance_by_hand_and_a_threshold_it_picks_that_count_and_mean_volu
     assert count_and_volume(even) == count_and_volume(real)
     assert best == 0.5 and scores[0.5] == pytest.approx(0.0)
     assert scores[0.0] == pytest.approx((abs(np.log(14)) + abs(np.log(14) - np.log(27))) / 2)
+
+
+
+def test_few_step_choice_weighs_each_statistic_by_the_real_spread_and_takes_the_smallest_worst_excess():
+    """By hand: real radii 1 and 3 mm (spread 1), log-volumes 2 and 2.5 (spread 0.25), one lesion per patch and
+    no tissue map (no spread: left out). Leading is 0.1 further on log-volume (0.4 spreads), trailing 0.2 further on
+    radius (0.2 spreads) and 0.05 closer on log-volume: trailing's worst excess is smaller. A variant without
+    lesions (NaN) is not chosen; all alike, the first wins."""
+    from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics
+    from lesiongen.training.trainers.diffmask import choose_few_step_variant
+
+    real = MaskStatistics(log_volume_mm3=[2.0, 2.5], radius_mm=[1.0, 3.0], sphericity=[0.6, 0.6],
+                          tissue_class=[0, 0], lesions_per_patch=[1, 1])
+    reference = dict.fromkeys(METRICS, 0.3)
+    leading = {**reference, "log_volume_mm3": 0.4, "sphericity": 5.0}  # sphericity has no spread: not counted
+    trailing = {**reference, "radius_mm": 0.5, "log_volume_mm3": 0.25}
+    empty = dict.fromkeys(METRICS, float("nan"))
+    chosen, worst = choose_few_step_variant({"ddim_leading": leading, "ddim_trailing": trailing, "dpm_solver": empty},
+                                            reference, real)
+    assert chosen == "ddim_trailing"
+    assert worst["ddim_leading"] == pytest.approx(0.4) and worst["ddim_trailing"] == pytest.approx(0.2)
+    assert worst["dpm_solver"] == float("inf")
+    chosen, worst = choose_few_step_variant({"ddim_leading": reference, "ddim_trailing": reference}, reference, real)
+    assert chosen == "ddim_leading" and worst["ddim_trailing"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------------ losses

@@ -516,30 +516,97 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
     assert a["history"]["loss"] == b["history"]["loss"] and a["model"] == b["model"]
 
 
+def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, dict[str, float]]):
+    """A trainer and model for DiffMaskTrainer.finish_training without networks: ``calibrate`` answers per
+    schedule with that sampler's threshold and Wasserstein distances (the default sampler's plus ``worse``)."""
+    from types import SimpleNamespace
+
+    from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
+    from lesiongen.diffusion.schedules import default_sampling, few_step_sampling
+    from lesiongen.evaluation.mask_metrics import METRICS
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+
+    named = {"default": default_sampling(own),
+             **{variant: few_step_sampling(own, variant=variant) for variant in FEW_STEP_VARIANTS}}
+    calls = []
+
+    def calibrate(model, schedule, index, real):
+        name = next(n for n, s in named.items() if s == schedule)
+        calls.append(name)
+        distances = {metric: 0.1 + worse.get(name, {}).get(metric, 0.0) for metric in METRICS}
+        return {"threshold": thresholds[name], "distances": distances, "evaluations_per_mask": 4}
+
+    masks = np.zeros((4, 8, 8, 8), np.uint8)
+    masks[:, 1:3, 1:3, 1:3] = 1  # 8 voxels, radius sqrt(3) * 0.5 mm
+    masks[:2, 5:7, 5:7, 4:7] = 1  # 12 voxels: the real statistics have a spread
+    trainer = SimpleNamespace(calibration_patches=3, data=_Patches(masks), options=SimpleNamespace(seed=0),
+                              calibrate=calibrate, extra={})
+    model = SimpleNamespace(spacing=[1.0, 1.0, 1.0],
+                            config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={},
+                                                   few_step_variant="ddim_leading"))
+    return (lambda: DiffMaskTrainer.finish_training(trainer, model)), trainer, model, calls
+
+
+class _Patches(list):
+    """The training patches' arrays as finish_training reads them."""
+
+    def __init__(self, masks):
+        super().__init__(range(len(masks)))
+        self.masks, self.tissue = masks, None
+
+
 def test_diffmask_stores_the_calibrated_thresholds_it_found():
     """finish_training writes what calibration chose, per sampler, into the model's configuration (the tiny
     training above happens to calibrate to 0.0, the default, so it cannot tell a stored threshold from none)."""
-    from types import SimpleNamespace
+    from lesiongen.diffusion.schedules import ScheduleConfig
 
-    from lesiongen.diffusion.schedules import ScheduleConfig, sampling_preset
-    from lesiongen.planning.plans import SAMPLING_PRESETS
-    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
-
-    own = ScheduleConfig()
-    chosen = {name: 0.1 * (i + 2) for i, name in enumerate(SAMPLING_PRESETS)}
-
-    class Patches(list):
-        masks = np.zeros((4, 8, 8, 8), np.uint8)
-
-    def calibrate(model, schedule, index):
-        name = next(n for n in SAMPLING_PRESETS if sampling_preset(own, n) == schedule)
-        return {"threshold": chosen[name], "preset": name}
-
-    trainer = SimpleNamespace(calibration_patches=3, data=Patches([0, 1, 2, 3]), options=SimpleNamespace(seed=0),
-                              calibrate=calibrate, extra={})
-    model = SimpleNamespace(config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={}))
-    DiffMaskTrainer.finish_training(trainer, model)
-    own_name = next(n for n in SAMPLING_PRESETS if sampling_preset(own, n) == own)
-    assert model.config.threshold == pytest.approx(chosen[own_name]) != 0.0
-    assert model.config.preset_thresholds == pytest.approx(chosen)
+    thresholds = {"default": 0.2, "ddim_leading": 0.3, "ddim_trailing": 0.4, "dpm_solver": 0.5}
+    finish, trainer, model, _ = _calibration_stand_in(ScheduleConfig(), thresholds, worse={})
+    finish()
+    assert model.config.threshold == pytest.approx(0.2)  # its own sampler is the default one
+    assert model.config.few_step_variant == "ddim_leading"  # all alike: the first variant
+    assert model.config.preset_thresholds == pytest.approx({"default": 0.2, "few_step": 0.3})
     assert trainer.extra["calibration"]["patches"] == 3
+    assert trainer.extra["calibration"]["few_step_variant"] == "ddim_leading"
+
+
+def test_diffmask_chooses_the_few_step_sampler_closest_to_the_real_lesions():
+    """Of the 4-step samplers, the one whose worst statistic is least further from the real lesions than the
+    default sampler's becomes the few-step preset, its threshold with it; a model whose own sampler is the few-step
+    preset switches to it too."""
+    from lesiongen.diffusion.schedules import ScheduleConfig, few_step_sampling
+
+    thresholds = {"default": 0.2, "ddim_leading": 0.3, "ddim_trailing": 0.4, "dpm_solver": 0.5}
+    worse = {"ddim_leading": {"sphericity": 0.05}, "ddim_trailing": {"log_volume_mm3": 0.02, "sphericity": -0.01},
+             "dpm_solver": {"lesions_per_patch": 0.5}}
+    finish, trainer, model, calls = _calibration_stand_in(ScheduleConfig(), thresholds, worse)
+    finish()
+    assert model.config.few_step_variant == "ddim_trailing"
+    assert model.config.preset_thresholds["few_step"] == pytest.approx(0.4)
+    assert model.config.schedule == ScheduleConfig()  # its own (default) sampler is kept
+    excess = trainer.extra["calibration"]["few_step_variants"]
+    assert excess["ddim_trailing"]["worst_excess"] < excess["ddim_leading"]["worst_excess"]
+    assert sorted(calls) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]  # each sampler once
+
+    own = few_step_sampling(ScheduleConfig(prediction_type="sample"))
+    finish, trainer, model, calls = _calibration_stand_in(own, thresholds, worse)
+    finish()
+    assert model.config.schedule == few_step_sampling(own, variant="ddim_trailing")
+    assert model.config.threshold == pytest.approx(0.4)
+    assert sorted(calls) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]
+
+
+def test_a_short_schedule_diffmask_keeps_the_only_few_step_sampler_it_can_run():
+    """A network trained at the leading timesteps only cannot be sampled at others: no other variant (nor the
+    default sampler) is calibrated, and its own sampler stays."""
+    from lesiongen.diffusion.schedules import (ScheduleConfig, few_step_sampling, sampling_scheduler,
+                                               short_schedule)
+
+    few = few_step_sampling(ScheduleConfig(prediction_type="sample"))
+    own = short_schedule(few, sampling_scheduler(few).timesteps)
+    thresholds = {"ddim_leading": 0.3}
+    finish, trainer, model, calls = _calibration_stand_in(own, thresholds, worse={})
+    finish()
+    assert calls == ["ddim_leading"]
+    assert model.config.schedule == own and model.config.few_step_variant == "ddim_leading"
+    assert model.config.preset_thresholds == pytest.approx({"few_step": 0.3})

@@ -6,3 +6,14 @@ FEW_STEPS = 4  # network evaluations per sample of the few-step preset
 # from pure noise there is nearly exact). On the CPU demo it gave diffmask masks closer to the real lesions than
 # "trailing" (999, 749, 499, 249) at equal inpainting quality (documentation/few_step_sampling.md)
 FEW_STEP_SPACING = "leading"
+
+# The 4-step samplers a diffmask model chooses its few-step preset from after training, as (sampler, timestep
+# spacing): which one comes closest to the real lesions differs between datasets and training runs (leading DDIM on
+# the 2 mm demo, trailing DDIM or DPM-Solver++ on sphericity at 1 mm; documentation/few_step_sampling.md). The first
+# is the preset of every model trained before the choice, and wins ties.
+FEW_STEP_VARIANTS: dict[str, tuple[str, str | None]] = {
+    "ddim_leading": ("ddim", FEW_STEP_SPACING),
+    "ddim_trailing": ("ddim", "trailing"),
+    "dpm_solver": ("dpm_solver", None),  # DPM-Solver++ (2nd order), diffusers' own "linspace" spacing
+}
+DEFAULT_FEW_STEP_VARIANT = "ddim_leading"

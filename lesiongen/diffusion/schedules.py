@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lesiongen.diffusion.presets import FEW_STEP_SPACING, FEW_STEPS
+from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, FEW_STEP_VARIANTS, FEW_STEPS
 from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 
 if TYPE_CHECKING:  # diffusers costs seconds to import: only what samples or trains a diffusion model loads it
@@ -67,20 +67,26 @@ def default_sampling(config: ScheduleConfig) -> ScheduleConfig:
                                timestep_spacing=None, clean_final_step=False)
 
 
-def few_step_sampling(config: ScheduleConfig, steps: int = FEW_STEPS) -> ScheduleConfig:
-    """``config``'s training schedule sampled in ``steps`` deterministic DDIM steps (spaced as
-    :data:`~lesiongen.diffusion.presets.FEW_STEP_SPACING`), the last of which returns the network's clean estimate:
-    for x0-predicting models."""
-    return dataclasses.replace(config, sampler="ddim", num_inference_steps=int(steps),
-                               timestep_spacing=FEW_STEP_SPACING, clean_final_step=True)
+def few_step_sampling(config: ScheduleConfig, steps: int = FEW_STEPS,
+                      variant: str = DEFAULT_FEW_STEP_VARIANT) -> ScheduleConfig:
+    """``config``'s training schedule sampled in ``steps`` deterministic steps of one of
+    :data:`~lesiongen.diffusion.presets.FEW_STEP_VARIANTS` (by default DDIM at the leading timesteps, the last step
+    returning the network's clean estimate; DPM-Solver++ always ends clean): for x0-predicting models."""
+    if variant not in FEW_STEP_VARIANTS:
+        raise ValueError(f"unknown few-step variant {variant}; choose one of {', '.join(FEW_STEP_VARIANTS)}")
+    sampler, spacing = FEW_STEP_VARIANTS[variant]
+    return dataclasses.replace(config, sampler=sampler, num_inference_steps=int(steps), timestep_spacing=spacing,
+                               clean_final_step=sampler == "ddim")
 
 
-def sampling_preset(config: ScheduleConfig, name: str) -> ScheduleConfig:
-    """The named sampler of :data:`SAMPLING_PRESETS` on ``config``'s training schedule."""
+def sampling_preset(config: ScheduleConfig, name: str,
+                    few_step_variant: str = DEFAULT_FEW_STEP_VARIANT) -> ScheduleConfig:
+    """The named sampler of :data:`SAMPLING_PRESETS` on ``config``'s training schedule (the few-step preset as
+    ``few_step_variant``)."""
     if name == DEFAULT_SAMPLING:
         return default_sampling(config)
     if name == FEW_STEP_SAMPLING:
-        return few_step_sampling(config)
+        return few_step_sampling(config, variant=few_step_variant)
     raise ValueError(f"unknown sampling preset {name}; choose one of {SAMPLING_PRESETS}")
 
 

@@ -7,6 +7,7 @@ compared with the real validation masks' by 1-D Wasserstein distances (see ``mas
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -87,6 +88,8 @@ def evaluate_mask_generators(dataset: PreprocessedDataset, fold: int | str, trai
                           extra={"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
                                  "n_masks": n, "seed": seed, "spacing_mm": spacing, "timing": timing,
                                  "sampling": sampling,
+                                 "samplers": {name: dataclasses.asdict(g.config.schedule)
+                                              for name, g in generators.items() if hasattr(g.config, "schedule")},
                                  "provenance": {**code_version(),
                                                 "models": {k: g.record() for k, g in generators.items()}}})
     logger.info("wrote %s", folder)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, FEW_STEP_VARIANTS
 from lesiongen.diffusion.schedules import (ScheduleConfig, sample, sampling_evaluations, sampling_preset,
                                            sampling_scheduler)
 from lesiongen.models.base import LesionModel
@@ -68,6 +69,14 @@ class DiffMaskConfig(MaskGeneratorConfig):
     # the threshold calibrated for each sampling preset (``default``, ``few_step``): what the denoised masks look like
     # depends on the sampler, so switching a model to a preset switches its threshold too
     preset_thresholds: dict[str, float] = field(default_factory=dict)
+    # which 4-step sampler the few-step preset is for this model (one of FEW_STEP_VARIANTS): chosen after training,
+    # on the same patches as the thresholds, as the one whose masks come closest to the real lesions
+    few_step_variant: str = DEFAULT_FEW_STEP_VARIANT
+
+    def __post_init__(self) -> None:
+        if self.few_step_variant not in FEW_STEP_VARIANTS:
+            raise ValueError(f"unknown few-step variant {self.few_step_variant}; "
+                             f"choose one of {', '.join(FEW_STEP_VARIANTS)}")
 
 
 class MaskGenerator(LesionModel):
@@ -266,13 +275,14 @@ class DiffMaskGenerator(MaskGenerator):
 
     def with_sampling(self, sampling: str) -> "DiffMaskGenerator":
         """This model with the sampler ``sampling`` names (``model``: its own; ``default``: DPM-Solver++ 20 steps;
-        ``few_step``) and the threshold calibrated for that sampler after training."""
+        ``few_step``: the 4-step sampler chosen for it after training) and the threshold calibrated for that
+        sampler."""
         if sampling == MODEL_SAMPLING:
             return self
         if sampling not in SAMPLING_PRESETS:
             raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, "
                                  f"{', '.join(SAMPLING_PRESETS)}")
-        schedule = sampling_preset(self.config.schedule, sampling)
+        schedule = sampling_preset(self.config.schedule, sampling, self.config.few_step_variant)
         try:
             sampling_scheduler(schedule)  # a short-schedule network runs only at the timesteps it was trained at
         except ValueError as error:

@@ -6,7 +6,8 @@ dataset has them, the tissue map. Training uses diffusers' DDPM scheduler with t
 mask (see :class:`lesiongen.models.mask_generators.DiffMaskConfig`). The loss adds a lesion-weighted term (default
 weight 10, as the MS study used) so the few lesion voxels are not drowned by background. After training, the
 binarisation threshold is calibrated on training patches so generated lesion counts and sizes match the real ones,
-for the model's own sampler and for each sampling preset (default DPM-Solver++, few-step DDIM).
+for the model's own sampler and for each sampling preset (default DPM-Solver++; few-step: of the 4-step samplers in
+``FEW_STEP_VARIANTS``, the one whose masks come closest to the real lesions on those patches).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
+from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
 from lesiongen.diffusion.schedules import (ScheduleConfig, few_step_sampling, samples_trained_timesteps,
                                            sampling_evaluations, sampling_preset, sampling_scheduler, short_schedule,
                                            training_target)
+from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics, mask_statistics, wasserstein_distances
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
-from lesiongen.planning.plans import SAMPLING_PRESETS
+from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.trainers.masks import MaskTrainer
@@ -88,42 +91,89 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     # --------------------------------------------------------------------------------------- calibration
     def finish_training(self, model: DiffMaskGenerator) -> None:
         """The threshold whose masks best match the real lesion count and sizes on training patches: for the
-        model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it)."""
+        model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it). The
+        few-step preset is the 4-step sampler of :data:`FEW_STEP_VARIANTS` whose calibrated masks come closest to
+        the real ones on the same patches (:func:`choose_few_step_variant`)."""
         n = min(self.calibration_patches, len(self.data))
         index = np.random.default_rng(derive_seed(self.options.seed, "calibration")).choice(
             len(self.data), size=n, replace=False)
+        real = mask_statistics(self.data.masks[index], model.spacing,
+                               self.data.tissue[index] if self.data.tissue is not None else None)
         own = model.config.schedule
-        details = {"own": self.calibrate(model, own, index)}
-        for name in SAMPLING_PRESETS:
-            preset = sampling_preset(own, name)
-            if not samples_trained_timesteps(preset):
-                continue  # a short-schedule model has no threshold for samplers it cannot run
-            details[name] = details["own"] if preset == own else self.calibrate(model, preset, index)
-        best = details["own"]["threshold"]
-        model.config.threshold = best
-        model.config.preset_thresholds = {name: details[name]["threshold"] for name in details if name != "own"}
-        real_count, real_volume = count_and_volume(self.data.masks[index])
-        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s",
-                    model.config.threshold, real_count, real_volume, model.config.preset_thresholds)
-        self.extra["calibration"] = {**details["own"], "patches": n, "real_mean_lesions": real_count,
-                                     "real_mean_voxels": real_volume,
-                                     "presets": {name: details[name] for name in model.config.preset_thresholds}}
+        details = {"own": self.calibrate(model, own, index, real)}
 
-    def calibrate(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray) -> dict:
+        def calibrated(schedule: ScheduleConfig) -> dict:
+            return details["own"] if schedule == own else self.calibrate(model, schedule, index, real)
+
+        default = sampling_preset(own, DEFAULT_SAMPLING)
+        if samples_trained_timesteps(default):
+            details[DEFAULT_SAMPLING] = calibrated(default)
+        variants = {name: few_step_sampling(own, variant=name) for name in FEW_STEP_VARIANTS}
+        variants = {name: schedule for name, schedule in variants.items() if samples_trained_timesteps(schedule)}
+        candidates = {name: calibrated(schedule) for name, schedule in variants.items()}
+        reference = details.get(DEFAULT_SAMPLING, details["own"])["distances"]
+        chosen, worst_excess = choose_few_step_variant({name: c["distances"] for name, c in candidates.items()},
+                                                       reference, real)
+        details[FEW_STEP_SAMPLING] = candidates[chosen]
+        if own == few_step_sampling(own):  # the model's own sampler is the few-step preset: it follows the choice
+            model.config.schedule = variants[chosen]
+            details["own"] = candidates[chosen]
+        model.config.few_step_variant = chosen
+        model.config.threshold = details["own"]["threshold"]
+        model.config.preset_thresholds = {name: details[name]["threshold"] for name in SAMPLING_PRESETS
+                                          if name in details}
+        real_count, real_volume = count_and_volume(self.data.masks[index])
+        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s; "
+                    "few-step sampler %s (worst excess over the %d-evaluation sampler's distances to the real "
+                    "lesions, in real spreads: %s)", model.config.threshold, real_count, real_volume,
+                    model.config.preset_thresholds, chosen, details.get(DEFAULT_SAMPLING, details["own"])[
+                        "evaluations_per_mask"], ", ".join(f"{k} {v:+.3f}" for k, v in worst_excess.items()))
+        self.extra["calibration"] = {
+            **details["own"], "patches": n, "real_mean_lesions": real_count, "real_mean_voxels": real_volume,
+            "presets": {name: details[name] for name in model.config.preset_thresholds},
+            "few_step_variant": chosen,
+            "few_step_variants": {name: {"threshold": c["threshold"], "distances": c["distances"],
+                                         "worst_excess": worst_excess[name]} for name, c in candidates.items()}}
+
+    def calibrate(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
+                  real: MaskStatistics) -> dict:
         """Threshold calibration for one sampler on the training patches ``index``: the best threshold, the
-        evaluations per mask and every candidate's score."""
+        evaluations per mask, every candidate's score and, at the best threshold, the Wasserstein distance of each
+        mask statistic to ``real`` (the statistics of those patches' real lesions)."""
         tissue = self.data.tissue[index] if self.data.tissue is not None else None
         logger.info("calibrating the mask threshold on %d training patches (%s, %d network evaluations each)",
                     len(index), schedule.sampler, sampling_evaluations(schedule))
         denoised, evaluations = model.denoise(
             self.controls[index], tissue, seed=derive_seed(self.options.seed, "calibration"), schedule=schedule,
             progress=ProgressLog(logger, "calibration sampling", unit="batched network evaluations").update)
-        best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index],
-                                           model.binarise, model.minimum_voxels(),
+        brain, minimum_voxels = self.data.brain[index], model.minimum_voxels()
+        best, scores = calibrate_threshold(denoised, self.data.masks[index], brain, model.binarise, minimum_voxels,
                                            progress=ProgressLog(logger, "calibration threshold search",
                                                                 unit="thresholds").update)
+        masks = calibrated_masks(denoised, best, brain, model.binarise, minimum_voxels)
+        distances = wasserstein_distances(real, mask_statistics(masks, model.spacing, tissue))
         return {"threshold": best, "evaluations_per_mask": evaluations, "sampler": schedule.sampler,
-                "steps": schedule.num_inference_steps, "scores": scores}
+                "steps": schedule.num_inference_steps, "timestep_spacing": schedule.timestep_spacing,
+                "scores": scores, "distances": distances}
+
+
+def choose_few_step_variant(distances: dict[str, dict[str, float]], reference: dict[str, float],
+                            real: MaskStatistics) -> tuple[str, dict[str, float]]:
+    """The few-step variant whose worst excess over ``reference`` (the default sampler's Wasserstein distances to
+    the real lesions) is smallest, and every variant's worst excess.
+
+    The excess of a statistic is its distance minus the reference's, in units of the real statistic's standard
+    deviation, so the five statistics weigh alike; statistics without spread among the real lesions (a single
+    lesion, no tissue map) are left out. A variant whose masks had no lesion (NaN distances) is never chosen
+    unless all are alike; ties go to the earlier variant (the preset of models trained before the choice).
+    """
+    spread = {metric: float(np.std(real.values(metric))) for metric in METRICS}
+    used = [metric for metric in METRICS if spread[metric] > 0]
+    worst = {}
+    for name, values in distances.items():
+        excess = [(values[m] - (reference[m] if np.isfinite(reference[m]) else 0.0)) / spread[m] for m in used]
+        worst[name] = float("inf") if not np.all(np.isfinite(excess)) else max(excess, default=0.0)
+    return min(worst, key=worst.get), worst
 
 
 def lesion_weighted_loss(error: torch.Tensor, region: torch.Tensor, lesion_weight: float
@@ -151,9 +201,7 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
     real_count = len(real_sizes) / max(len(real), 1)
     scores = {}
     for threshold in candidates:
-        masks = binarise(denoised, float(threshold))
-        masks[~brain] = 0
-        masks = np.stack([drop_small_components(m, minimum_voxels) for m in masks])
+        masks = calibrated_masks(denoised, float(threshold), brain, binarise, minimum_voxels)
         sizes = component_sizes(masks)
         count = len(sizes) / max(len(masks), 1)  # mean lesions per patch, as count_and_volume gives
         scores[float(threshold)] = float(size_distance(sizes, real_sizes) +
@@ -161,6 +209,16 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
         if progress is not None:
             progress(len(scores), len(candidates))
     return min(scores, key=scores.get), scores
+
+
+def calibrated_masks(denoised: np.ndarray, threshold: float, brain: np.ndarray,
+                     binarise: Callable[[np.ndarray, float], np.ndarray], minimum_voxels: dict[int, int]
+                     ) -> np.ndarray:
+    """The masks (n, z, y, x) as sampling makes them at ``threshold``: binarised, cut to ``brain``, small
+    components dropped."""
+    masks = binarise(denoised, threshold)
+    masks[~brain] = 0
+    return np.stack([drop_small_components(m, minimum_voxels) for m in masks])
 
 
 def component_sizes(masks: np.ndarray) -> np.ndarray:
