@@ -516,9 +516,11 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
     assert a["history"]["loss"] == b["history"]["loss"] and a["model"] == b["model"]
 
 
-def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, dict[str, float]]):
+def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, dict[str, float]],
+                          n_patches: int = 40):
     """A trainer and model for DiffMaskTrainer.finish_training without networks: ``calibrate`` answers per
-    schedule with that sampler's threshold and Wasserstein distances (the default sampler's plus ``worse``)."""
+    schedule with that sampler's threshold, ``mask_distances`` with its Wasserstein distances (the default
+    sampler's plus ``worse``) after checking that it got the threshold calibrated for that sampler."""
     from types import SimpleNamespace
 
     from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
@@ -528,19 +530,27 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
 
     named = {"default": default_sampling(own),
              **{variant: few_step_sampling(own, variant=variant) for variant in FEW_STEP_VARIANTS}}
-    calls = []
+    calls = {"calibrate": [], "distances": []}
 
-    def calibrate(model, schedule, index, real):
-        name = next(n for n, s in named.items() if s == schedule)
-        calls.append(name)
-        distances = {metric: 0.1 + worse.get(name, {}).get(metric, 0.0) for metric in METRICS}
-        return {"threshold": thresholds[name], "distances": distances, "evaluations_per_mask": 4}
+    def name_of(schedule):
+        return next(n for n, s in named.items() if s == schedule)
 
-    masks = np.zeros((4, 8, 8, 8), np.uint8)
+    def calibrate(model, schedule, index):
+        calls["calibrate"].append(name_of(schedule))
+        return {"threshold": thresholds[name_of(schedule)], "evaluations_per_mask": 4}
+
+    def mask_distances(model, schedule, threshold, index, real):
+        name = name_of(schedule)
+        assert threshold == thresholds[name]
+        calls["distances"].append((name, tuple(sorted(index))))
+        return {metric: 0.1 + worse.get(name, {}).get(metric, 0.0) for metric in METRICS}
+
+    masks = np.zeros((n_patches, 8, 8, 8), np.uint8)
     masks[:, 1:3, 1:3, 1:3] = 1  # 8 voxels, radius sqrt(3) * 0.5 mm
-    masks[:2, 5:7, 5:7, 4:7] = 1  # 12 voxels: the real statistics have a spread
-    trainer = SimpleNamespace(calibration_patches=3, data=_Patches(masks), options=SimpleNamespace(seed=0),
-                              calibrate=calibrate, extra={})
+    masks[::2, 5:7, 5:7, 4:7] = 1  # 12 voxels in every other patch: the real statistics have a spread
+    trainer = SimpleNamespace(calibration_patches=16, data=_Patches(masks), options=SimpleNamespace(seed=0),
+                              calibrate=calibrate, mask_distances=mask_distances, extra={})
+    trainer.calibration_patch_sets = lambda: DiffMaskTrainer.calibration_patch_sets(trainer)
     model = SimpleNamespace(spacing=[1.0, 1.0, 1.0],
                             config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={},
                                                    few_step_variant="ddim_leading"))
@@ -566,7 +576,7 @@ def test_diffmask_stores_the_calibrated_thresholds_it_found():
     assert model.config.threshold == pytest.approx(0.2)  # its own sampler is the default one
     assert model.config.few_step_variant == "ddim_leading"  # all alike: the first variant
     assert model.config.preset_thresholds == pytest.approx({"default": 0.2, "few_step": 0.3})
-    assert trainer.extra["calibration"]["patches"] == 3
+    assert trainer.extra["calibration"]["patches"] == 16
     assert trainer.extra["calibration"]["few_step_variant"] == "ddim_leading"
 
 
@@ -586,14 +596,35 @@ def test_diffmask_chooses_the_few_step_sampler_closest_to_the_real_lesions():
     assert model.config.schedule == ScheduleConfig()  # its own (default) sampler is kept
     excess = trainer.extra["calibration"]["few_step_variants"]
     assert excess["ddim_trailing"]["worst_excess"] < excess["ddim_leading"]["worst_excess"]
-    assert sorted(calls) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]  # each sampler once
+    assert sorted(calls["calibrate"]) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]  # each once
+    # the choice is made on 16 other training patches than the thresholds were fitted on, the same for every sampler
+    assert sorted(name for name, _ in calls["distances"]) == ["ddim_leading", "ddim_trailing", "default",
+                                                               "dpm_solver"]
+    choice_patches = {patches for _, patches in calls["distances"]}
+    fit, check = trainer.calibration_patch_sets()
+    assert choice_patches == {tuple(sorted(check))} and len(check) == len(fit) == 16
+    assert not set(check) & set(fit) and not trainer.extra["calibration"]["choice_on_fit_patches"]
 
     own = few_step_sampling(ScheduleConfig(prediction_type="sample"))
     finish, trainer, model, calls = _calibration_stand_in(own, thresholds, worse)
     finish()
     assert model.config.schedule == few_step_sampling(own, variant="ddim_trailing")
     assert model.config.threshold == pytest.approx(0.4)
-    assert sorted(calls) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]
+    assert sorted(calls["calibrate"]) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]
+
+
+def test_with_few_training_patches_the_few_step_sampler_is_chosen_on_the_fitted_ones():
+    """Fewer than MIN_CHOICE_PATCHES left over: the choice reuses the threshold's patches (and says so)."""
+    from lesiongen.diffusion.schedules import ScheduleConfig
+    from lesiongen.training.trainers.diffmask import MIN_CHOICE_PATCHES
+
+    thresholds = {"default": 0.2, "ddim_leading": 0.3, "ddim_trailing": 0.4, "dpm_solver": 0.5}
+    finish, trainer, model, calls = _calibration_stand_in(ScheduleConfig(), thresholds, worse={},
+                                                          n_patches=16 + MIN_CHOICE_PATCHES - 1)
+    finish()
+    fit, check = trainer.calibration_patch_sets()
+    assert np.array_equal(fit, check) and {patches for _, patches in calls["distances"]} == {tuple(sorted(fit))}
+    assert trainer.extra["calibration"]["choice_on_fit_patches"]
 
 
 def test_a_short_schedule_diffmask_keeps_the_only_few_step_sampler_it_can_run():
@@ -607,6 +638,6 @@ def test_a_short_schedule_diffmask_keeps_the_only_few_step_sampler_it_can_run():
     thresholds = {"ddim_leading": 0.3}
     finish, trainer, model, calls = _calibration_stand_in(own, thresholds, worse={})
     finish()
-    assert calls == ["ddim_leading"]
+    assert calls == {"calibrate": ["ddim_leading"], "distances": []}
     assert model.config.schedule == own and model.config.few_step_variant == "ddim_leading"
     assert model.config.preset_thresholds == pytest.approx({"few_step": 0.3})

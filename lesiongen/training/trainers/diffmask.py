@@ -40,6 +40,9 @@ logger = logging.getLogger("lesiongen.training")
 
 THRESHOLDS = np.round(np.linspace(-0.8, 0.8, 17), 3)  # candidate cut-offs on the denoised mask in [-1, 1]
 CALIBRATION_PATCHES = 32
+# training patches, besides those the thresholds are fitted on, below which the few-step sampler is chosen on the
+# fitted ones (where every sampler matches the real lesion count by construction)
+MIN_CHOICE_PATCHES = 8
 
 
 class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
@@ -49,7 +52,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     learning_rate = 1e-4
     lesion_loss_weight = 10.0
     sampling_steps = 20  # network evaluations per mask of the model's default sampler (DPM-Solver++)
-    few_step_sampling = False  # the model's own sampler is the few-step preset (4 DDIM steps) instead
+    # the model's own sampler is the few-step preset instead (4 steps; which sampler is chosen after training)
+    few_step_sampling = False
     # train only at the few-step sampler's timesteps (a short schedule, fastWDM3D-style); implies few_step_sampling,
     # and the model can then be sampled only with it
     few_step_training = False
@@ -92,18 +96,15 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     def finish_training(self, model: DiffMaskGenerator) -> None:
         """The threshold whose masks best match the real lesion count and sizes on training patches: for the
         model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it). The
-        few-step preset is the 4-step sampler of :data:`FEW_STEP_VARIANTS` whose calibrated masks come closest to
-        the real ones on the same patches (:func:`choose_few_step_variant`)."""
-        n = min(self.calibration_patches, len(self.data))
-        index = np.random.default_rng(derive_seed(self.options.seed, "calibration")).choice(
-            len(self.data), size=n, replace=False)
-        real = mask_statistics(self.data.masks[index], model.spacing,
-                               self.data.tissue[index] if self.data.tissue is not None else None)
+        few-step preset is the 4-step sampler of :data:`FEW_STEP_VARIANTS` whose masks, at their thresholds, come
+        closest to the real ones (:func:`choose_few_step_variant`) on other training patches than the thresholds
+        were fitted on (the same ones when there are too few)."""
+        fit, check = self.calibration_patch_sets()
         own = model.config.schedule
-        details = {"own": self.calibrate(model, own, index, real)}
+        details = {"own": self.calibrate(model, own, fit)}
 
         def calibrated(schedule: ScheduleConfig) -> dict:
-            return details["own"] if schedule == own else self.calibrate(model, schedule, index, real)
+            return details["own"] if schedule == own else self.calibrate(model, schedule, fit)
 
         default = sampling_preset(own, DEFAULT_SAMPLING)
         if samples_trained_timesteps(default):
@@ -111,9 +112,25 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         variants = {name: few_step_sampling(own, variant=name) for name in FEW_STEP_VARIANTS}
         variants = {name: schedule for name, schedule in variants.items() if samples_trained_timesteps(schedule)}
         candidates = {name: calibrated(schedule) for name, schedule in variants.items()}
-        reference = details.get(DEFAULT_SAMPLING, details["own"])["distances"]
-        chosen, worst_excess = choose_few_step_variant({name: c["distances"] for name, c in candidates.items()},
-                                                       reference, real)
+        choice: dict = {"few_step_variant": next(iter(variants))}
+        if len(variants) > 1 and DEFAULT_SAMPLING in details:  # a short-schedule model runs only its own sampler
+            real = mask_statistics(self.data.masks[check], model.spacing,
+                                   self.data.tissue[check] if self.data.tissue is not None else None)
+            reference = self.mask_distances(model, default, details[DEFAULT_SAMPLING]["threshold"], check, real)
+            distances = {name: self.mask_distances(model, variants[name], candidates[name]["threshold"], check, real)
+                         for name in variants}
+            chosen, worst = choose_few_step_variant(distances, reference, real)
+            choice = {"few_step_variant": chosen, "choice_patches": len(check),
+                      "choice_on_fit_patches": bool(np.array_equal(np.sort(check), np.sort(fit))),
+                      "default_distances": reference,
+                      "few_step_variants": {name: {"threshold": candidates[name]["threshold"],
+                                                   "distances": distances[name], "worst_excess": worst[name]}
+                                            for name in variants}}
+            logger.info("few-step sampler: %s (on %d training patches, worst excess over the %d-evaluation "
+                        "sampler's distances to the real lesions, in real spreads: %s)", chosen, len(check),
+                        details[DEFAULT_SAMPLING]["evaluations_per_mask"],
+                        ", ".join(f"{k} {v:+.3f}" for k, v in worst.items()))
+        chosen = choice["few_step_variant"]
         details[FEW_STEP_SAMPLING] = candidates[chosen]
         if own == few_step_sampling(own):  # the model's own sampler is the few-step preset: it follows the choice
             model.config.schedule = variants[chosen]
@@ -122,39 +139,55 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         model.config.threshold = details["own"]["threshold"]
         model.config.preset_thresholds = {name: details[name]["threshold"] for name in SAMPLING_PRESETS
                                           if name in details}
-        real_count, real_volume = count_and_volume(self.data.masks[index])
-        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s; "
-                    "few-step sampler %s (worst excess over the %d-evaluation sampler's distances to the real "
-                    "lesions, in real spreads: %s)", model.config.threshold, real_count, real_volume,
-                    model.config.preset_thresholds, chosen, details.get(DEFAULT_SAMPLING, details["own"])[
-                        "evaluations_per_mask"], ", ".join(f"{k} {v:+.3f}" for k, v in worst_excess.items()))
+        real_count, real_volume = count_and_volume(self.data.masks[fit])
+        logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s",
+                    model.config.threshold, real_count, real_volume, model.config.preset_thresholds)
         self.extra["calibration"] = {
-            **details["own"], "patches": n, "real_mean_lesions": real_count, "real_mean_voxels": real_volume,
-            "presets": {name: details[name] for name in model.config.preset_thresholds},
-            "few_step_variant": chosen,
-            "few_step_variants": {name: {"threshold": c["threshold"], "distances": c["distances"],
-                                         "worst_excess": worst_excess[name]} for name, c in candidates.items()}}
+            **details["own"], "patches": len(fit), "real_mean_lesions": real_count, "real_mean_voxels": real_volume,
+            "presets": {name: details[name] for name in model.config.preset_thresholds}, **choice}
 
-    def calibrate(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
-                  real: MaskStatistics) -> dict:
+    def calibration_patch_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the training patches the thresholds are fitted on (up to ``calibration_patches``) and of those
+        the few-step sampler is chosen on: as many others, drawn from the rest, when at least
+        :data:`MIN_CHOICE_PATCHES` are left; else the same ones."""
+        rng = np.random.default_rng(derive_seed(self.options.seed, "calibration"))
+        fit = rng.choice(len(self.data), size=min(self.calibration_patches, len(self.data)), replace=False)
+        rest = np.setdiff1d(np.arange(len(self.data)), fit)
+        if len(rest) < MIN_CHOICE_PATCHES:
+            return fit, fit
+        return fit, rng.choice(rest, size=min(len(fit), len(rest)), replace=False)
+
+    def calibrate(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray) -> dict:
         """Threshold calibration for one sampler on the training patches ``index``: the best threshold, the
-        evaluations per mask, every candidate's score and, at the best threshold, the Wasserstein distance of each
-        mask statistic to ``real`` (the statistics of those patches' real lesions)."""
-        tissue = self.data.tissue[index] if self.data.tissue is not None else None
-        logger.info("calibrating the mask threshold on %d training patches (%s, %d network evaluations each)",
-                    len(index), schedule.sampler, sampling_evaluations(schedule))
-        denoised, evaluations = model.denoise(
-            self.controls[index], tissue, seed=derive_seed(self.options.seed, "calibration"), schedule=schedule,
-            progress=ProgressLog(logger, "calibration sampling", unit="batched network evaluations").update)
-        brain, minimum_voxels = self.data.brain[index], model.minimum_voxels()
-        best, scores = calibrate_threshold(denoised, self.data.masks[index], brain, model.binarise, minimum_voxels,
+        evaluations per mask and every candidate's score."""
+        denoised, evaluations = self.denoise_patches(model, schedule, index, "calibration")
+        best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index], model.binarise,
+                                           model.minimum_voxels(),
                                            progress=ProgressLog(logger, "calibration threshold search",
                                                                 unit="thresholds").update)
-        masks = calibrated_masks(denoised, best, brain, model.binarise, minimum_voxels)
-        distances = wasserstein_distances(real, mask_statistics(masks, model.spacing, tissue))
         return {"threshold": best, "evaluations_per_mask": evaluations, "sampler": schedule.sampler,
                 "steps": schedule.num_inference_steps, "timestep_spacing": schedule.timestep_spacing,
-                "scores": scores, "distances": distances}
+                "scores": scores}
+
+    def mask_distances(self, model: DiffMaskGenerator, schedule: ScheduleConfig, threshold: float,
+                       index: np.ndarray, real: MaskStatistics) -> dict[str, float]:
+        """The Wasserstein distance of each mask statistic between the masks one sampler makes at ``threshold``
+        for the training patches ``index`` and ``real`` (the statistics of those patches' real lesions)."""
+        denoised, _ = self.denoise_patches(model, schedule, index, "few-step choice")
+        masks = calibrated_masks(denoised, threshold, self.data.brain[index], model.binarise, model.minimum_voxels())
+        tissue = self.data.tissue[index] if self.data.tissue is not None else None
+        return wasserstein_distances(real, mask_statistics(masks, model.spacing, tissue))
+
+    def denoise_patches(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
+                        purpose: str) -> tuple[np.ndarray, int]:
+        """Denoised masks for the training patches ``index`` from their sphere controls (noise seeded by
+        ``purpose``), and the network evaluations per mask."""
+        tissue = self.data.tissue[index] if self.data.tissue is not None else None
+        logger.info("%s: sampling %d training patches (%s, %d network evaluations each)", purpose, len(index),
+                    schedule.sampler, sampling_evaluations(schedule))
+        return model.denoise(self.controls[index], tissue, seed=derive_seed(self.options.seed, purpose),
+                             schedule=schedule, progress=ProgressLog(logger, f"{purpose} sampling",
+                                                                     unit="batched network evaluations").update)
 
 
 def choose_few_step_variant(distances: dict[str, dict[str, float]], reference: dict[str, float],
