@@ -69,8 +69,8 @@ class DiffMaskConfig(MaskGeneratorConfig):
     # the threshold calibrated for each sampling preset (``default``, ``few_step``): what the denoised masks look like
     # depends on the sampler, so switching a model to a preset switches its threshold too
     preset_thresholds: dict[str, float] = field(default_factory=dict)
-    # which 4-step sampler the few-step preset is for this model (one of FEW_STEP_VARIANTS): chosen after training,
-    # on the same patches as the thresholds, as the one whose masks come closest to the real lesions
+    # which 4-step sampler the few-step preset is for this model (one of FEW_STEP_VARIANTS): chosen after training
+    # as the one whose masks come closest to the real lesions of training patches (models from before: DDIM leading)
     few_step_variant: str = DEFAULT_FEW_STEP_VARIANT
 
     def __post_init__(self) -> None:

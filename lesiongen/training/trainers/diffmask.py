@@ -7,7 +7,7 @@ mask (see :class:`lesiongen.models.mask_generators.DiffMaskConfig`). The loss ad
 weight 10, as the MS study used) so the few lesion voxels are not drowned by background. After training, the
 binarisation threshold is calibrated on training patches so generated lesion counts and sizes match the real ones,
 for the model's own sampler and for each sampling preset (default DPM-Solver++; few-step: of the 4-step samplers in
-``FEW_STEP_VARIANTS``, the one whose masks come closest to the real lesions on those patches).
+``FEW_STEP_VARIANTS``, the one whose masks come closest to the real lesions of other training patches).
 """
 
 from __future__ import annotations
