@@ -98,7 +98,8 @@ def diffmask_calibration(env: dict) -> dict:
 
     checkpoint = next(Path(env["lesiongen_results"]).glob(f"*/diffmask__{PLANS}/fold_0/checkpoint_final.pt"))
     calibration = load_checkpoint(checkpoint)["extra"]["calibration"]
-    return {key: calibration[key] for key in ("threshold", "few_step_variant", "few_step_variants")}
+    return {key: calibration.get(key) for key in ("threshold", "few_step_variant", "few_step_variants",
+                                                  "choice_patches", "choice_on_fit_patches", "default_distances")}
 
 
 def _lookup(report, keys: tuple) -> float | None:
