@@ -66,7 +66,7 @@ MUTANTS = (
            "return min(scores, key=scores.get), scores", "return 0.0, scores",
            (f"{ALG}::test_calibration_picks_the_threshold_that_matches_count_and_volume",), "issue 11"),
     Mutant("calibrated_threshold_not_stored", "lesiongen/training/trainers/diffmask.py",
-           "model.config.threshold = best", "model.config.threshold = 0.0",
+           'model.config.threshold = details["own"]["threshold"]', "model.config.threshold = 0.0",
            ("tests/test_mask_trainers.py::test_diffmask_stores_the_calibrated_thresholds_it_found",), "issue 11"),
     Mutant("seg_without_dice", "lesiongen/training/trainers/seg.py",
            '"dice": lambda logits, labels: softmax_dice_loss(logits, labels[:, 0]),',

@@ -241,10 +241,13 @@ def test_diffmask_calibrates_on_as_many_patches_as_set(tiny_preprocessed):
     summary = json.loads((fold / "training_summary.json").read_text())
     assert summary["calibration"]["patches"] == 2
     log = (fold / "training_log.txt").read_text()
-    for evaluations in (3, 20, 4):  # own sampler, default and few-step presets
-        assert (f"calibrating the mask threshold on 2 training patches ({'ddim' if evaluations == 4 else 'dpm_solver'}"
-                f", {evaluations} network evaluations each)") in log
+    for sampler, evaluations in (("dpm_solver", 3), ("dpm_solver", 20), ("ddim", 4), ("dpm_solver", 4)):
+        # own sampler, default and the 4-step candidates of the few-step preset
+        assert f"calibration: sampling 2 training patches ({sampler}, {evaluations} network evaluations each)" in log
         assert f"calibration sampling: {evaluations}/{evaluations} batched network evaluations (100%)" in log
+    # the few-step sampler is chosen on as many other training patches
+    assert "few-step choice: sampling 2 training patches (dpm_solver, 20 network evaluations each)" in log
+    assert summary["calibration"]["choice_patches"] == 2
 
 
 def test_ganmask_on_plans_from_before_ganmask_is_a_one_line_error(tiny_preprocessed, capsys):
