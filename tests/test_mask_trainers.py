@@ -529,6 +529,7 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
     from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
     from lesiongen.diffusion.schedules import default_sampling, few_step_sampling
     from lesiongen.evaluation.mask_metrics import METRICS
+    from lesiongen.preprocessing.lesion_patches import LesionPatches
     from lesiongen.training.trainers.diffmask import DiffMaskTrainer
 
     named = {"default": default_sampling(own),
@@ -551,21 +552,15 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
     masks = np.zeros((n_patches, 8, 8, 8), np.uint8)
     masks[:, 1:3, 1:3, 1:3] = 1  # 8 voxels, radius sqrt(3) * 0.5 mm
     masks[::2, 5:7, 5:7, 4:7] = 1  # 12 voxels in every other patch: the real statistics have a spread
-    trainer = SimpleNamespace(calibration_patches=16, data=_Patches(masks), options=SimpleNamespace(seed=0),
+    patches = LesionPatches(np.zeros((n_patches, 1, 8, 8, 8), np.float32), masks, np.ones(masks.shape, bool), None,
+                            [f"case_{i}" for i in range(n_patches)])
+    trainer = SimpleNamespace(calibration_patches=16, data=patches, options=SimpleNamespace(seed=0),
                               calibrate=calibrate, mask_distances=mask_distances, extra={})
     trainer.calibration_patch_sets = lambda: DiffMaskTrainer.calibration_patch_sets(trainer)
     model = SimpleNamespace(spacing=[1.0, 1.0, 1.0],
                             config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={},
                                                    few_step_variant="ddim_leading"))
     return (lambda: DiffMaskTrainer.finish_training(trainer, model)), trainer, model, calls
-
-
-class _Patches(list):
-    """The training patches' arrays as finish_training reads them."""
-
-    def __init__(self, masks):
-        super().__init__(range(len(masks)))
-        self.masks, self.tissue = masks, None
 
 
 def test_diffmask_stores_the_calibrated_thresholds_it_found():

@@ -35,8 +35,12 @@ class LesionPatches:
 
     def subset(self, index: np.ndarray | list[int]) -> "LesionPatches":
         index = np.asarray(index, dtype=int)
-        return LesionPatches(self.images[index], self.masks[index], self.brain[index],
-                             None if self.tissue is None else self.tissue[index], [self.case_ids[i] for i in index])
+        return LesionPatches(self.images[index], self.masks[index], self.brain[index], self.tissue_at(index),
+                             [self.case_ids[i] for i in index])
+
+    def tissue_at(self, index: np.ndarray | list[int]) -> np.ndarray | None:
+        """The tissue maps of the patches ``index`` (None without tissue maps)."""
+        return None if self.tissue is None else self.tissue[np.asarray(index, dtype=int)]
 
 
 def load_lesion_patches(folder: Path, case_ids: list[str]) -> LesionPatches:

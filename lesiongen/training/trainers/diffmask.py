@@ -114,8 +114,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         candidates = {name: calibrated(schedule) for name, schedule in variants.items()}
         choice: dict = {"few_step_variant": next(iter(variants))}
         if len(variants) > 1 and DEFAULT_SAMPLING in details:  # a short-schedule model runs only its own sampler
-            real = mask_statistics(self.data.masks[check], model.spacing,
-                                   self.data.tissue[check] if self.data.tissue is not None else None)
+            real = mask_statistics(self.data.masks[check], model.spacing, self.data.tissue_at(check))
             reference = self.mask_distances(model, default, details[DEFAULT_SAMPLING]["threshold"], check, real)
             distances = {name: self.mask_distances(model, variants[name], candidates[name]["threshold"], check, real)
                          for name in variants}
@@ -175,19 +174,18 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         for the training patches ``index`` and ``real`` (the statistics of those patches' real lesions)."""
         denoised, _ = self.denoise_patches(model, schedule, index, "few-step choice")
         masks = calibrated_masks(denoised, threshold, self.data.brain[index], model.binarise, model.minimum_voxels())
-        tissue = self.data.tissue[index] if self.data.tissue is not None else None
-        return wasserstein_distances(real, mask_statistics(masks, model.spacing, tissue))
+        return wasserstein_distances(real, mask_statistics(masks, model.spacing, self.data.tissue_at(index)))
 
     def denoise_patches(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
                         purpose: str) -> tuple[np.ndarray, int]:
         """Denoised masks for the training patches ``index`` from their sphere controls (noise seeded by
         ``purpose``), and the network evaluations per mask."""
-        tissue = self.data.tissue[index] if self.data.tissue is not None else None
         logger.info("%s: sampling %d training patches (%s, %d network evaluations each)", purpose, len(index),
                     schedule.sampler, sampling_evaluations(schedule))
-        return model.denoise(self.controls[index], tissue, seed=derive_seed(self.options.seed, purpose),
-                             schedule=schedule, progress=ProgressLog(logger, f"{purpose} sampling",
-                                                                     unit="batched network evaluations").update)
+        return model.denoise(self.controls[index], self.data.tissue_at(index),
+                             seed=derive_seed(self.options.seed, purpose), schedule=schedule,
+                             progress=ProgressLog(logger, f"{purpose} sampling",
+                                                  unit="batched network evaluations").update)
 
 
 def choose_few_step_variant(distances: dict[str, dict[str, float]], reference: dict[str, float],

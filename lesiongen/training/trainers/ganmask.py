@@ -173,8 +173,7 @@ class GANMaskTrainer(MaskTrainer):
         n = min(CALIBRATION_PATCHES, len(self.data))
         seed = derive_seed(self.options.seed, "calibration")
         index = np.random.default_rng(seed).choice(len(self.data), size=n, replace=False)
-        tissue = self.data.tissue[index] if self.data.tissue is not None else None
-        probabilities = model.probabilities(self.controls[index], tissue, seed=seed)
+        probabilities = model.probabilities(self.controls[index], self.data.tissue_at(index), seed=seed)
         best, scores = calibrate_threshold(probabilities, self.data.masks[index], self.data.brain[index],
                                            model.binarise, model.minimum_voxels(), THRESHOLDS)
         model.config.threshold = best
