@@ -17,3 +17,9 @@ FEW_STEP_VARIANTS: dict[str, tuple[str, str | None]] = {
     "dpm_solver": ("dpm_solver", None),  # DPM-Solver++ (2nd order), diffusers' own "linspace" spacing
 }
 DEFAULT_FEW_STEP_VARIANT = "ddim_leading"
+
+
+def check_few_step_variant(name: str) -> None:
+    """Refuse a name that is not one of :data:`FEW_STEP_VARIANTS` (ValueError)."""
+    if name not in FEW_STEP_VARIANTS:
+        raise ValueError(f"unknown few-step variant {name}; choose one of {', '.join(FEW_STEP_VARIANTS)}")

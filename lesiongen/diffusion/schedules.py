@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, FEW_STEP_VARIANTS, FEW_STEPS
+from lesiongen.diffusion.presets import (DEFAULT_FEW_STEP_VARIANT, FEW_STEP_VARIANTS, FEW_STEPS,
+                                        check_few_step_variant)
 from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 
 if TYPE_CHECKING:  # diffusers costs seconds to import: only what samples or trains a diffusion model loads it
@@ -72,8 +73,7 @@ def few_step_sampling(config: ScheduleConfig, steps: int = FEW_STEPS,
     """``config``'s training schedule sampled in ``steps`` deterministic steps of one of
     :data:`~lesiongen.diffusion.presets.FEW_STEP_VARIANTS` (by default DDIM at the leading timesteps, the last step
     returning the network's clean estimate; DPM-Solver++ always ends clean): for x0-predicting models."""
-    if variant not in FEW_STEP_VARIANTS:
-        raise ValueError(f"unknown few-step variant {variant}; choose one of {', '.join(FEW_STEP_VARIANTS)}")
+    check_few_step_variant(variant)
     sampler, spacing = FEW_STEP_VARIANTS[variant]
     return dataclasses.replace(config, sampler=sampler, num_inference_steps=int(steps), timestep_spacing=spacing,
                                clean_final_step=sampler == "ddim")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, FEW_STEP_VARIANTS
+from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, check_few_step_variant
 from lesiongen.diffusion.schedules import (ScheduleConfig, sample, sampling_evaluations, sampling_preset,
                                            sampling_scheduler)
 from lesiongen.models.base import LesionModel
@@ -74,9 +74,7 @@ class DiffMaskConfig(MaskGeneratorConfig):
     few_step_variant: str = DEFAULT_FEW_STEP_VARIANT
 
     def __post_init__(self) -> None:
-        if self.few_step_variant not in FEW_STEP_VARIANTS:
-            raise ValueError(f"unknown few-step variant {self.few_step_variant}; "
-                             f"choose one of {', '.join(FEW_STEP_VARIANTS)}")
+        check_few_step_variant(self.few_step_variant)
 
 
 class MaskGenerator(LesionModel):
