@@ -17,7 +17,8 @@ process per stage, so one crash loses one stage):
    lesiongen's model classes in a process that sees no GPU (``CUDA_VISIBLE_DEVICES=``) and runs one tiny inference;
 4. ``lesiongen_predict -m seg`` on the test scans, ``nnUNetv2_predict`` with the same network and weights when it
    is on PATH (the model folder is built by ``predict_vs_nnunet.write_nnunet_model``), and ``lesiongen_predict -m
-   synth`` (diffmask masks) on the healthy scans; wall times include each command's start-up.
+   synth`` (diffmask masks) on the healthy scans, one scan at a time (``--batch_scans 1``) and all of them together
+   (their lesions sharing the inpainter's batches); wall times include each command's start-up.
 
 Each stage runs under its own time limit (a share of ``--timeout``, never more than what is left of it); a stage
 that fails or runs out of time is reported and the next one runs. The JSON (with provenance) goes to
@@ -50,13 +51,13 @@ CPU_PLANS = "lesiongenPlansCPU"
 DEFAULT_PLANS = "lesiongenPlans"
 # the share of --timeout each stage may take at most (never more than what is left of it)
 STAGE_SHARES = {"dataset": 0.15, "plan_and_preprocess": 0.15, "train": 0.2, "train_seg": 0.3, "cpu_reload": 0.15,
-                "predict_seg": 0.15, "nnunet_predict": 0.15, "predict_synth": 0.2}
+                "predict_seg": 0.15, "nnunet_predict": 0.15, "predict_synth": 0.15}
 
 
 def _size(args: argparse.Namespace) -> dict[str, Any]:
     """Demo dataset and run sizes: the realistic 1 mm demo on a GPU, a tiny one for CI."""
     if args.tiny:
-        return {"demo": ["--n_lesion_cases", "4", "--n_healthy", "1", "--n_test", "1", "--shape", "36", "44", "36",
+        return {"demo": ["--n_lesion_cases", "4", "--n_healthy", "2", "--n_test", "1", "--shape", "36", "44", "36",
                          "--spacing", "3", "3", "3"],
                 "shape": [36, 44, 36], "spacing": [3.0, 3.0, 3.0], "plans": CPU_PLANS, "preset": ["--preset", "cpu"],
                 # two sampling steps (calibration and synthesis), thresholds fitted on 4 patches, no augmentation
@@ -179,7 +180,9 @@ def reload_stage(args: argparse.Namespace, size: dict[str, Any], env: dict[str, 
 
 
 def predict_stage(mode: str, args: argparse.Namespace, size: dict[str, Any], env: dict[str, str], raw: Path,
-                  out: Path) -> Callable[[float], dict[str, Any]]:
+                  out: Path, together: bool = False) -> Callable[[float], dict[str, Any]]:
+    """``lesiongen_predict -m seg`` on the test scans or ``-m synth`` on the healthy ones (``together``: all of them
+    in one group, ``--batch_scans`` = their number; else one at a time)."""
     def body(limit: float) -> dict[str, Any]:
         if mode == "seg":
             inputs = raw / "imagesTs"
@@ -187,7 +190,8 @@ def predict_stage(mode: str, args: argparse.Namespace, size: dict[str, Any], env
         else:
             inputs = raw / "imagesHealthy"
             extra = ["-m", "synth", "--masks", "diffmask", "--brain_masks", str(raw / "brainmasksHealthy"),
-                     "--tissue", str(raw / "tissueHealthy"), *size["synth"]]
+                     "--tissue", str(raw / "tissueHealthy"), "--batch_scans",
+                     str(count_scans(inputs) if together else 1), *size["synth"]]
         scans = count_scans(inputs)
         command = [console("lesiongen_predict"), "-d", DATASET_ID, "-p", size["plans"], "-i", str(inputs), "-o",
                    str(out), "-f", "0", "-device", args.device, *extra]
@@ -323,6 +327,8 @@ def run_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         stages.results["nnunet_predict"] = {"ok": None, "skipped": "nnUNetv2_predict is not on PATH"}
     stages.run("predict_synth", "predict_synth", predict_stage("synth", args, size, env, raw,
                                                                work / "predict_synth"))
+    stages.run("predict_synth_batched", "predict_synth", predict_stage("synth", args, size, env, raw,
+                                                                       work / "predict_synth_batched", together=True))
     return {"settings": {"device": args.device, "tiny": args.tiny, "steps": args.steps, "timeout": args.timeout,
                          "plans": size["plans"], "demo_shape": size["shape"], "demo_spacing": size["spacing"],
                          "gpu": gpu_description(args.device)},
@@ -363,7 +369,7 @@ def print_table(payload: dict[str, Any]) -> None:
     if settings["plans"] == CPU_PLANS:
         print(f"({CPU_PLANS} does not recompute the estimates for its narrower networks: they are the default "
               "plans' widths)")
-    for name in ("predict_seg", "nnunet_predict", "predict_synth"):
+    for name in ("predict_seg", "nnunet_predict", "predict_synth", "predict_synth_batched"):
         result = stages.get(name, {})
         if result.get("ok") is None:
             print(f"{name:<15} skipped: {result.get('skipped')}")

@@ -215,6 +215,17 @@ MUTANTS = (
            "schedule = sampling_preset(self.config.schedule, sampling, self.config.few_step_variant)",
            "schedule = sampling_preset(self.config.schedule, sampling)",
            (f"{ALG}::test_diffmask_switches_sampler_and_threshold_together",), "issue 15"),
+    # ------------------------------------------------------------- several scans' lesions in one batch (issue 15)
+    Mutant("jobs_never_share_a_call", "lesiongen/inference/synthesis.py",
+           "together = {number: waiting.pop(number) for number in [n for n, r in waiting.items() if r.kind() == kind]}",
+           "together = {number: waiting.pop(number) for number in [n for n, r in waiting.items() if r.kind() == kind]"
+           "[:1]}",
+           ("tests/test_inpaint.py::test_jobs_of_several_scans_share_the_network_and_give_each_scan_alone",),
+           "issue 15"),
+    Mutant("predict_ignores_batch_scans", "lesiongen/inference/predict.py",
+           "for start in range(0, len(todo), options.batch_scans):", "for start in range(0, len(todo), 1):",
+           ("tests/test_predict.py::test_batch_scans_shares_the_inpainter_between_scans_and_changes_no_output",),
+           "issue 15"),
 )
 
 

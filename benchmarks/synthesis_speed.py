@@ -12,7 +12,8 @@ and one at a time; the target is <= 60 s on CPU.
 Then scans per minute of ``lesiongen_predict -m synth`` (``--lesions`` spheremask lesions, fast schedule) on
 ``--scans`` fresh 1 mm healthy phantoms, start-up and model loading included, with one process (all ``--threads``)
 and with two processes at once (``--num_parts 2 --part_id 0/1``, half the threads each): lesiongen_predict has no
-pool of its own; parts are how it spreads cases over processes. It asserts nothing.
+pool of its own; parts are how it spreads cases over processes. Last, one process with every scan in one group
+(``--batch_scans`` = ``--scans``: the scans' lesions share the inpainter's batches). It asserts nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def main() -> None:
 
 
 def predict_scans_per_minute(dataset_id: str, args: argparse.Namespace, work: Path) -> list[dict]:
-    """Wall time of ``lesiongen_predict -m synth`` on fresh 1 mm healthy phantoms: one process, then two parts."""
+    """Wall time of ``lesiongen_predict -m synth`` on fresh 1 mm healthy phantoms: one process, two parts, and one
+    process editing all scans at once."""
     from lesiongen.cli.demo import REALISTIC
     from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
 
@@ -68,11 +70,12 @@ def predict_scans_per_minute(dataset_id: str, args: argparse.Namespace, work: Pa
                "--masks", "spheremask", "-device", args.device, "--brain_masks", str(scans / "brainmasksHealthy"),
                "--tissue", str(scans / "tissueHealthy"), "--n_lesions", str(args.lesions)]
     rows = []
-    for processes in (1, 2):
+    for processes, batch_scans in ((1, 1), (2, 1), (1, args.scans)):
         threads = str(max(1, args.threads // processes))
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        out = work / f"speed_out_{processes}"
-        parts = [["--num_parts", str(processes), "--part_id", str(k)] if processes > 1 else []
+        out = work / f"speed_out_{processes}_{batch_scans}"
+        parts = [["--batch_scans", str(batch_scans),
+                  *(["--num_parts", str(processes), "--part_id", str(k)] if processes > 1 else [])]
                  for k in range(processes)]
         start = time.perf_counter()
         running = [subprocess.Popen([*command, "-o", str(out), *part], env=env, stdout=subprocess.DEVNULL,
@@ -83,8 +86,8 @@ def predict_scans_per_minute(dataset_id: str, args: argparse.Namespace, work: Pa
         if failed:
             raise SystemExit(f"lesiongen_predict failed:\n{failed[0]}")
         written = len(list((out / "labels").glob("*")))
-        rows.append({"processes": processes, "threads_per_process": int(threads), "scans": written,
-                     "seconds": seconds, "scans_per_minute": written / seconds * 60})
+        rows.append({"processes": processes, "threads_per_process": int(threads), "batch_scans": batch_scans,
+                     "scans": written, "seconds": seconds, "scans_per_minute": written / seconds * 60})
     return rows
 
 
@@ -140,11 +143,12 @@ def run(dataset_id: str, args: argparse.Namespace, work: Path) -> None:
           f"{seconds / 60:.2f}x of it)")
     prediction = predict_scans_per_minute(dataset_id, args, work) if args.scans > 0 else []
     for row in prediction:
-        print(f"lesiongen_predict -m synth, {row['processes']} process(es) x {row['threads_per_process']} thread(s): "
-              f"{row['scans']} scans in {row['seconds']:.1f} s = {row['scans_per_minute']:.2f} scans/min "
-              "(start-up included)")
-    if len(prediction) == 2:
-        print(f"2 processes / 1 process: {prediction[1]['scans_per_minute'] / prediction[0]['scans_per_minute']:.2f}x")
+        print(f"lesiongen_predict -m synth, {row['processes']} process(es) x {row['threads_per_process']} thread(s), "
+              f"--batch_scans {row['batch_scans']}: {row['scans']} scans in {row['seconds']:.1f} s = "
+              f"{row['scans_per_minute']:.2f} scans/min (start-up included)")
+    if prediction:
+        one, two, together = (row["scans_per_minute"] for row in prediction)
+        print(f"2 processes / 1 process: {two / one:.2f}x; all scans at once / one at a time: {together / one:.2f}x")
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -98,6 +98,21 @@ def trained_model(name: str, fold: int | str = 0):
     return load_trained_model(TINY_NAME, name, "lesiongenPlans", fold, "cpu")
 
 
+def count_inpaint_calls(monkeypatch) -> list[int]:
+    """Patches per call of any inpainter's ``inpaint`` from now on (also inside lesiongen_predict's ``main``)."""
+    from lesiongen.models.inpainter import Inpainter
+
+    calls: list[int] = []
+    original = Inpainter.inpaint
+
+    def counting(self, images, *args, **kwargs):
+        calls.append(len(images))
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Inpainter, "inpaint", counting)
+    return calls
+
+
 def load_benchmark(name: str):
     """A script of ``benchmarks/`` imported as a module (they are scripts, not a package). Registered under its name
     before it runs, because a dataclass looks its module up in ``sys.modules``."""

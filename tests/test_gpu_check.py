@@ -78,4 +78,9 @@ def test_tiny_check_on_cpu_runs_every_stage(tmp_path):
     assert all(model["ok"] for model in reload["models"].values())
     assert reload["models"]["seg_none"]["output_shape"][0] == 2  # background and lesion probabilities
     assert stages["predict_seg"]["scans"] == 1 and stages["predict_synth"]["lesions"] >= 1
+    # both healthy scans in one group: the same lesions as one at a time
+    synth, batched = stages["predict_synth"], stages["predict_synth_batched"]
+    assert synth["scans"] == batched["scans"] == 2 and "--batch_scans 2" in batched["command"]
+    assert "--batch_scans 1" in synth["command"]
+    assert batched["lesions"] == synth["lesions"]
     assert "samples/s" in done.stdout and "cpu_reload      ok: 5 of 5" in done.stdout

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_NAME, trained_model
+from conftest import TINY, TINY_NAME, count_inpaint_calls, trained_model
 from lesiongen.cli import evaluate_inpainting as evaluate_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, state_sequence
@@ -248,19 +248,6 @@ def test_per_patch_seeds_give_each_patch_what_it_gets_alone(inpainter, mode):
     assert not np.allclose(together[0], other_seed)
 
 
-def _count_inpaint_calls(model, monkeypatch) -> list[int]:
-    """Patches per inpainting call of ``model`` from now on."""
-    calls: list[int] = []
-    original = model.inpaint
-
-    def counting(images, *args, **kwargs):
-        calls.append(len(images))
-        return original(images, *args, **kwargs)
-
-    monkeypatch.setattr(model, "inpaint", counting)
-    return calls
-
-
 def _preprocessed_healthy(dataset, case: str = "healthy_000"):
     from lesiongen.preprocessing.storage import load_array
 
@@ -288,7 +275,7 @@ def test_lesions_with_separate_patches_share_a_batch_and_give_the_one_at_a_time_
     cube = np.zeros(patch, np.uint8)
     cube[tuple(slice(p // 2 - 1, p // 2 + 2) for p in patch)] = 1
     placements = [(1, a, cube), (1, b, cube), (1, c, cube)]
-    calls = _count_inpaint_calls(model, monkeypatch)
+    calls = count_inpaint_calls(monkeypatch)
     batched = synthesize_model_space(images, brain, tissue, dataset.plans, model, placements=placements, seed=3,
                                      schedule=QUICK)
     assert calls == [2, 1]
@@ -313,7 +300,7 @@ def test_generated_lesions_batched_equal_one_at_a_time(inpainter, monkeypatch):
     dataset = open_preprocessed(TINY.dataset_id)
     generator = _spheremask(dataset)
     images, brain, tissue = _preprocessed_healthy(dataset, "healthy_001")
-    calls = _count_inpaint_calls(model, monkeypatch)
+    calls = count_inpaint_calls(monkeypatch)
     batched = synthesize_model_space(images, brain, tissue, dataset.plans, model, generator, n_lesions=4, seed=8,
                                      schedule=QUICK)
     batched_calls, calls[:] = list(calls), []
@@ -323,6 +310,48 @@ def test_generated_lesions_batched_equal_one_at_a_time(inpainter, monkeypatch):
     np.testing.assert_allclose(batched.images, alone.images, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(batched.label, alone.label)
     assert batched.lesions == alone.lesions
+
+
+def test_jobs_of_several_scans_share_the_network_and_give_each_scan_alone(inpainter, monkeypatch):
+    """Two scans' syntheses and a removal run as jobs together: every call holds lesions of each job still waiting
+    (so fewer calls than the jobs alone), and each job's result is the one it gives alone."""
+    from lesiongen.inference.synthesis import model_space_synthesis_job, removal_job, run_jobs
+
+    model, _, folders = inpainter
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = _spheremask(dataset)
+    scans = [_preprocessed_healthy(dataset, case) for case in ("healthy_000", "healthy_001")]
+    images, geometry, _, brain = _healthy_scan(folders)
+    label = np.zeros(brain.shape, np.uint8)
+    centre = np.argwhere(brain).mean(axis=0).astype(int)
+    label[tuple(slice(c - 1, c + 2) for c in centre)] = 1
+    spacing = list(geometry.spacing_zyx)
+
+    def jobs(batch_lesions: bool = True):
+        return [*(model_space_synthesis_job(*scan, dataset.plans, model, generator, n_lesions=3, seed=5 + i,
+                                            schedule=QUICK, batch_lesions=batch_lesions)
+                  for i, scan in enumerate(scans)),
+                removal_job(images, spacing, label, dataset.plans, model, seed=2, brain_mask=brain, schedule=QUICK)]
+
+    alone_calls = []
+    calls = count_inpaint_calls(monkeypatch)
+    alone = []
+    for job in jobs():
+        alone += run_jobs([job])
+        alone_calls.append(list(calls))
+        calls.clear()
+    together = run_jobs(jobs())
+    # the syntheses' k-th batches share a call; the removal (another mode) has calls of its own
+    first, second, removal = alone_calls
+    assert calls[0] == first[0] + second[0], (calls, alone_calls)
+    assert sum(calls) == sum(first + second + removal)
+    assert len(calls) == max(len(first), len(second)) + len(removal)
+    for mine, theirs in zip(together[:2], alone[:2]):
+        np.testing.assert_allclose(mine.images, theirs.images, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(mine.label, theirs.label)
+        assert mine.lesions == theirs.lesions
+    np.testing.assert_allclose(together[2], alone[2], rtol=1e-5, atol=1e-5)
+    assert len(together[0].lesions) == len(together[1].lesions) == 3
 
 
 def test_removing_lesions_batched_equals_one_at_a_time(inpainter, monkeypatch):
@@ -339,7 +368,7 @@ def test_removing_lesions_batched_equals_one_at_a_time(inpainter, monkeypatch):
         centre[axis] += inward
         label[tuple(slice(c - 1, c + 2) for c in centre)] = 1
     spacing = list(geometry.spacing_zyx)
-    calls = _count_inpaint_calls(model, monkeypatch)
+    calls = count_inpaint_calls(monkeypatch)
     batched = remove_lesions(images, spacing, label, dataset.plans, model, seed=2, brain_mask=brain, schedule=QUICK)
     assert calls == [2]
     calls.clear()

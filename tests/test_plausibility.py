@@ -92,8 +92,8 @@ def test_run_cases_refuses_before_any_case_is_worked_on(tmp_path):
     cases = _cases(tmp_path / "in")
     worked: list[str] = []
     with pytest.raises(LesiongenError, match=r"far_0000\.nii\.gz: spacing \(8, 8, 8\) mm"):
-        run_cases(cases, tmp_path / "out", PredictOptions(mode="seg"), 1, lambda case, *_: worked.append(case.case_id),
-                  plans=PLANS)
+        run_cases(cases, tmp_path / "out", PredictOptions(mode="seg"), 1,
+                  lambda group: worked.extend(c.case.case_id for c in group), plans=PLANS)
     assert worked == [], "the near case was worked on before the far one was refused"
 
 
@@ -101,7 +101,7 @@ def test_run_cases_with_force_works_on_every_case(tmp_path):
     cases = _cases(tmp_path / "in")
     worked: list[str] = []
     counts = run_cases(cases, tmp_path / "out", PredictOptions(mode="seg", force=True), 1,
-                       lambda case, *_: worked.append(case.case_id), plans=PLANS)
+                       lambda group: worked.extend(c.case.case_id for c in group), plans=PLANS)
     assert worked == ["near", "far"] and counts["done"] == 2
 
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from conftest import TINY, TINY_NAME, folder_digest
+from conftest import TINY, TINY_NAME, count_inpaint_calls, folder_digest
 from lesiongen.cli import predict as predict_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.io.images import ImageGeometry, read_image, write_image
@@ -188,13 +188,17 @@ def test_one_model_folder_is_enough_for_seg(oblique_inputs, models, tmp_path):
     assert (tmp_path / "scan.nrrd").is_file()
 
 
-def test_parts_split_the_cases_between_runs(oblique_inputs, tmp_path, capsys):
-    folders, _ = oblique_inputs
-    many = tmp_path / "in"
-    many.mkdir()
-    for case in ("a", "b", "c"):
+def _copies_of_the_scan(folders, target: Path, cases) -> Path:
+    """The oblique test scan once per case name in ``target`` (a folder of several input cases)."""
+    target.mkdir()
+    for case in cases:
         for channel in range(2):
-            shutil.copyfile(folders["images"] / f"scan_{channel:04d}.nrrd", many / f"{case}_{channel:04d}.nrrd")
+            shutil.copyfile(folders["images"] / f"scan_{channel:04d}.nrrd", target / f"{case}_{channel:04d}.nrrd")
+    return target
+
+
+def test_parts_split_the_cases_between_runs(oblique_inputs, tmp_path, capsys):
+    many = _copies_of_the_scan(oblique_inputs[0], tmp_path / "in", ("a", "b", "c"))
     for part in range(2):
         assert predict("-i", many, "-o", tmp_path / "out", "-m", "seg", "--disable_tta", "--num_parts", "2",
                        "--part_id", part) == 0
@@ -202,6 +206,30 @@ def test_parts_split_the_cases_between_runs(oblique_inputs, tmp_path, capsys):
         assert written == (["a.nrrd", "c.nrrd"] if part == 0 else ["a.nrrd", "b.nrrd", "c.nrrd"])
     assert predict("-i", many, "-o", tmp_path / "x", "-m", "seg", "--num_parts", "2", "--part_id", "2") == 1
     assert "--part_id must be 0-1" in capsys.readouterr().err
+
+
+def test_batch_scans_shares_the_inpainter_between_scans_and_changes_no_output(oblique_inputs, tmp_path,
+                                                                               monkeypatch):
+    """--batch_scans 2 on three scans: scans a and b go through the inpainter together (fewer calls, as many
+    patches) and every written file is the one --batch_scans 1 writes."""
+    many = _copies_of_the_scan(oblique_inputs[0], tmp_path / "in", ("a", "b", "c"))
+    calls = count_inpaint_calls(monkeypatch)
+    patches = {}
+    for batch in (1, 2):
+        calls.clear()
+        assert predict("-i", many, "-o", tmp_path / f"out{batch}", "-m", "synth", "--masks", "spheremask",
+                       "--n_lesions", "2", "--batch_scans", batch) == 0
+        patches[batch] = list(calls)
+    assert sum(patches[2]) == sum(patches[1]) == 6 and len(patches[2]) < len(patches[1])
+    for case in ("a", "b", "c"):
+        label, _ = read_image(tmp_path / "out1" / "labels" / f"{case}_syn0.nrrd")
+        batched, _ = read_image(tmp_path / "out2" / "labels" / f"{case}_syn0.nrrd")
+        assert label.any() and np.array_equal(label, batched)
+        for channel in range(2):
+            alone, _ = read_image(tmp_path / "out1" / f"{case}_syn0_{channel:04d}.nrrd")
+            together, _ = read_image(tmp_path / "out2" / f"{case}_syn0_{channel:04d}.nrrd")
+            assert np.abs(alone.astype(int) - together.astype(int)).max() <= 1  # int16 rounding of float noise
+    assert not np.array_equal(*(read_image(tmp_path / "out1" / f"{c}_syn0_0000.nrrd")[0] for c in "ab"))
 
 
 def test_wrong_channel_count_names_the_models_dataset_json(oblique_inputs, tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_NAME
+from conftest import TINY, TINY_NAME, count_inpaint_calls
 from lesiongen.cli import compare as compare_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.io.images import read_image
@@ -120,6 +120,32 @@ def test_another_seed_gets_its_own_synthetic_cases_and_leaves_the_first_ones(seg
     assert keys[0]["seed"] != keys[1]["seed"]
 
 
+def test_synthetic_cases_made_together_equal_those_made_one_by_one(seg_runs, monkeypatch):
+    """batch_scans 3: the three cases' lesions share the inpainter's calls (fewer calls, as many patches) and each
+    case is the one made alone."""
+    import shutil
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    train_cases = json.loads((fold_folder(seg_runs, "sphere") / "training_summary.json").read_text())["train_cases"]
+    calls = count_inpaint_calls(monkeypatch)
+    seed = DEFAULT_SEED + 5
+    folder = synthetic_folder(dataset, "sphere", 0, seed)
+    made, patches = {}, {}
+    for batch in (1, 3):
+        shutil.rmtree(folder, ignore_errors=True)
+        calls.clear()
+        result = make_synthetic_cases(dataset, 0, "sphere", 3, train_cases, plans_sha256(dataset.plans), seed=seed,
+                                      batch_scans=batch)
+        assert result.made == 3
+        patches[batch] = list(calls)
+        made[batch] = [(load_array(f"{c.stem}.b2nd"), load_array(f"{c.stem}_seg.b2nd")) for c in result.cases]
+    assert sum(patches[3]) == sum(patches[1]) > 0 and len(patches[3]) < len(patches[1])
+    for (images, seg), (images_together, seg_together) in zip(made[1], made[3]):
+        np.testing.assert_allclose(images_together, images, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(seg_together, seg)
+    assert not np.array_equal(made[1][0][1], made[1][1][1])
+
+
 def test_generators_of_another_split_are_refused(seg_runs):
     dataset = open_preprocessed(TINY.dataset_id)
     with pytest.raises(LesiongenError, match="other cases than this fold's training split"):
@@ -175,6 +201,7 @@ def test_copy_paste_donors_come_from_the_fold_training_cases_only(tiny_preproces
 def test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them(tiny_preprocessed):
     """Same seed: realmask's label map is copy_paste's (same donors, shapes, places); only the look differs, and it
     is the inpainter's (here one that writes +5 into the mask and nothing else)."""
+    from lesiongen.inference.synthesis import run_jobs
     from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
     from lesiongen.training.synthetic import _copy_paste_maker, _healthy, _real_mask_maker
 
@@ -187,9 +214,9 @@ def test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them(tiny_pr
     dataset = open_preprocessed(TINY.dataset_id)
     train_cases, _ = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
     images, brain, tissue = _healthy(dataset, dataset.case_ids("healthy")[0])
-    pasted, pasted_label, pasted_records = _copy_paste_maker(dataset, train_cases)(images, brain, tissue, 3)
-    painted, painted_label, painted_records = _real_mask_maker(dataset, train_cases, MarkingInpainter())(
-        images, brain, tissue, 3)
+    (pasted, pasted_label, pasted_records), (painted, painted_label, painted_records) = run_jobs(
+        [_copy_paste_maker(dataset, train_cases)(images, brain, tissue, 3),
+         _real_mask_maker(dataset, train_cases, MarkingInpainter())(images, brain, tissue, 3)])
     assert len(painted_records) >= 2
     assert [(r["donor_case"], r["centre_model_voxel"]) for r in painted_records] == \
         [(r["donor_case"], r["centre_model_voxel"]) for r in pasted_records]

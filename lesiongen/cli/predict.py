@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_parts", type=positive_int, default=1,
                         help="split the cases into this many parts (e.g. cluster array jobs or several GPUs) ...")
     parser.add_argument("--part_id", type=int, default=0, help="... and predict this part (0 to num_parts - 1)")
+    parser.add_argument("--batch_scans", type=positive_int, default=None,
+                        help="synth/remove: scans edited at once, their lesions sharing the inpainter's batches "
+                             "(each scan's result stays the one it gets alone; the scans are held in memory "
+                             "together). Default 1 on CPU, 4 on a GPU")
     synth = parser.add_argument_group("synth")
     synth.add_argument("--masks", default="diffmask",
                        help="mask generator: spheremask, unetmask, diffmask or ganmask (default diffmask)")
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
 
     from lesiongen.inference.predict import PredictOptions, check_output_folder, find_input_cases, this_part
     from lesiongen.inference.run_predict import predict, resolve_models
+    from lesiongen.inference.synthesis import default_batch_scans
     from lesiongen.models.folder import DATASET_JSON
     from lesiongen.preprocessing.splits import parse_fold
     from lesiongen.utilities.errors import LesiongenError
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> None:
                              tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
                              save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
                              force=args.force, configuration=args.configuration, sampling=args.sampling,
-                             brain_model=args.brain_model)
+                             brain_model=args.brain_model,
+                             batch_scans=args.batch_scans or default_batch_scans(device.type))
     check_output_folder(args.output, [p for p in (args.input, args.labels, args.brain_masks, args.tissue) if p])
     source = args.model if args.model is not None else results_dataset_folder(args.dataset)
     models = resolve_models(source, options, args.plans)

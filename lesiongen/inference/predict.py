@@ -75,6 +75,9 @@ class PredictOptions:
     sampling: str = "model"
     # synth / remove / seg: a brain-extraction seg model folder; scans without a given brain mask get its mask
     brain_model: Path | None = None
+    # synth / remove: scans read at once whose lesions share the inpainter's batches (for a GPU's throughput; each
+    # scan's result is the one it gets alone, and the scans are held in memory together)
+    batch_scans: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,6 +90,8 @@ class PredictOptions:
         if self.brain_model is not None and self.mode == "brainmask":
             raise LesiongenError("--brain_model is for synth, remove and seg; -m brainmask takes the brain-extraction "
                                  "model as its model (-model or -d)")
+        if self.batch_scans < 1:
+            raise LesiongenError(f"--batch_scans must be at least 1, got {self.batch_scans}")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise LesiongenError(f"--part_id must be 0-{self.num_parts - 1} for --num_parts {self.num_parts}, "
                                  f"got {self.part_id}")
@@ -241,9 +246,45 @@ def check_cases_plausible(cases: list[InputCase], plans, force: bool) -> None:
         check_plausible(read_geometry(case.images[0]), plans, case.images[0], force)
 
 
+@dataclass
+class LoadedCase:
+    """A case read for prediction: its channels (c, z, y, x) float32, their geometry and file dtypes, and its maps."""
+
+    case: InputCase
+    images: np.ndarray
+    geometry: ImageGeometry
+    dtypes: list[np.dtype]
+    label: np.ndarray | None = None  # uint8
+    brain: np.ndarray | None = None  # bool
+    tissue: np.ndarray | None = None  # uint8
+
+    @property
+    def spacing(self) -> list[float]:
+        return list(self.geometry.spacing_zyx)
+
+
+def load_case(case: InputCase) -> LoadedCase:
+    """Read a case's channels and maps (with the voxel checks of the integrity check)."""
+    images, geometry, dtypes = read_case_channels(case.images)
+    label = read_map(case.label, geometry, "label")
+    brain = read_map(case.brain_mask, geometry, "brain mask")
+    tissue = read_map(case.tissue, geometry, "tissue map")
+    return LoadedCase(case, images, geometry, dtypes, None if label is None else label.astype(np.uint8),
+                      None if brain is None else brain > 0, None if tissue is None else tissue.astype(np.uint8))
+
+
+def one_by_one(work_on_case: Callable[[LoadedCase], None]) -> Callable[[list[LoadedCase]], None]:
+    """A ``run_cases`` work that does ``work_on_case`` to each case of a group in turn."""
+    def work(group: list[LoadedCase]) -> None:
+        for loaded in group:
+            work_on_case(loaded)
+
+    return work
+
+
 def run_cases(cases: list[InputCase], out: Path, options: PredictOptions, n_channels: int,
-              work: Callable[..., None], plans=None) -> dict[str, int]:
-    """Read each case (with the voxel checks of the integrity check) and hand it to ``work``.
+              work: Callable[[list[LoadedCase]], None], plans=None) -> dict[str, int]:
+    """Read the cases still to do in groups of ``options.batch_scans`` and hand each group to ``work``.
 
     With ``plans`` (the model's), every case still to do is first checked to be plausible input for the model
     (:func:`check_plausible`), so a far-off scan stops the run before any case is written.
@@ -254,19 +295,13 @@ def run_cases(cases: list[InputCase], out: Path, options: PredictOptions, n_chan
     remove_partial_files(out, [p for c in cases for p in output_files(c, options, out, n_channels)])
     if plans is not None:
         check_cases_plausible([c for c in cases if not _is_done(c, options, out, n_channels)], plans, options.force)
-    done = skipped = 0
-    for case in tqdm(cases, desc=f"lesiongen_predict {options.mode}", unit="case"):
-        if _is_done(case, options, out, n_channels):
-            skipped += 1
-            continue
-        images, geometry, dtypes = read_case_channels(case.images)
-        label = read_map(case.label, geometry, "label")
-        brain = read_map(case.brain_mask, geometry, "brain mask")
-        tissue = read_map(case.tissue, geometry, "tissue map")
-        work(case, images, geometry, dtypes, None if label is None else label.astype(np.uint8),
-             None if brain is None else brain > 0, None if tissue is None else tissue.astype(np.uint8))
-        done += 1
-    return {"done": done, "skipped": skipped}
+    todo = [c for c in cases if not _is_done(c, options, out, n_channels)]
+    with tqdm(total=len(todo), desc=f"lesiongen_predict {options.mode}", unit="case") as progress:
+        for start in range(0, len(todo), options.batch_scans):
+            group = [load_case(case) for case in todo[start:start + options.batch_scans]]
+            work(group)
+            progress.update(len(group))
+    return {"done": len(todo), "skipped": len(cases) - len(todo)}
 
 
 def read_case_channels(paths: list[Path],

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from lesiongen.inference.brain_extraction import check_brain_extraction_labels, extract_brain
-from lesiongen.inference.predict import InputCase, PredictOptions, run_cases, write_channels
+from lesiongen.inference.predict import InputCase, LoadedCase, PredictOptions, one_by_one, run_cases, write_channels
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import STRATEGIES, SegVariant
-from lesiongen.inference.synthesis import count_fallbacks, remove_lesions, synthesize
-from lesiongen.io.images import ImageGeometry, write_image
+from lesiongen.inference.synthesis import (InpaintJob, SynthesisResult, count_fallbacks, removal_job, run_jobs,
+                                           synthesis_job)
+from lesiongen.io.images import write_image
 from lesiongen.models.folder import PLANS_JSON, ModelFolder, trainer_folder_name
 from lesiongen.models.inpainter import Inpainter
 from lesiongen.models.mask_generators import MaskGenerator
@@ -176,15 +177,20 @@ def _check_same_channels(extractor: ModelFolder, main: ModelFolder) -> None:
 
 def _with_extracted_brain(work, extractors: list[Segmenter], options: PredictOptions):
     """``work`` with each case's brain mask extracted by ``extractors`` where no brain mask file was given."""
-    def with_brain(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
-        if brain is None:
-            brain = extract_brain(images, list(geometry.spacing_zyx), extractors, mirror=options.mirror) > 0
-            if not brain.any():
-                raise LesiongenError(f"{case.images[0]}: the brain model ({extractors[0].checkpoint}) found no brain")
-            logger.info("%s: brain extracted (%d voxels)", case.case_id, int(brain.sum()))
-        work(case, images, geometry, dtypes, label, brain, tissue)
+    def with_brain(loaded: LoadedCase) -> LoadedCase:
+        if loaded.brain is not None:
+            return loaded
+        brain = extract_brain(loaded.images, loaded.spacing, extractors, mirror=options.mirror) > 0
+        if not brain.any():
+            raise LesiongenError(f"{loaded.case.images[0]}: the brain model ({extractors[0].checkpoint}) found no "
+                                 "brain")
+        logger.info("%s: brain extracted (%d voxels)", loaded.case.case_id, int(brain.sum()))
+        return dataclasses.replace(loaded, brain=brain)
 
-    return with_brain
+    def work_with_brains(group: list[LoadedCase]) -> None:
+        work([with_brain(loaded) for loaded in group])
+
+    return work_with_brains
 
 
 def _check_same_plans(inpainter: Inpainter, generator: MaskGenerator) -> None:
@@ -199,45 +205,58 @@ def case_seed(seed: int, case_id: str, variant: int, attempt: int = 0) -> int:
 
 
 def _synth_work(inpainter: Inpainter, generator: MaskGenerator, out: Path, options: PredictOptions):
-    def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
-        spacing = list(geometry.spacing_zyx)
-        voxel_mm3 = float(np.prod(spacing))
-        for variant in range(options.n_variants):
-            for attempt in range(VOLUME_TRIES):
-                result = synthesize(images, spacing, inpainter.plans, inpainter, generator,
-                                    n_lesions=options.n_lesions, seed=case_seed(options.seed, case.case_id, variant,
-                                                                                attempt),
-                                    brain_mask=brain, tissue=tissue, tissue_classes=options.tissue_classes)
-                volume = float((result.label > 0).sum()) * voxel_mm3
-                low, high = options.volume_range_mm3 or (0.0, np.inf)
-                if low <= volume <= high:
-                    break
-                logger.info("%s variant %d: total lesion volume %.0f mm3 outside [%g, %g]; redrawing", case.case_id,
-                            variant, volume, low, high)
-            else:
-                logger.warning("%s variant %d: no draw within the volume range after %d tries; keeping the last "
-                               "(%.0f mm3)", case.case_id, variant, VOLUME_TRIES, volume)
-            name = f"{case.case_id}_syn{variant}"
-            work.records[name] = {"lesions": result.lesions, "lesion_volume_mm3": volume}
-            write_channels(result.images, geometry, out / name, case.ending, dtypes)
-            if options.preview:
-                from lesiongen.inference.previews import lesion_preview
+    low, high = options.volume_range_mm3 or (0.0, np.inf)
 
-                lesion_preview(images, result.images, result.label, spacing, out / "previews" / f"{name}.png",
-                               channel_names=list(inpainter.plans.channel_names.values()))
-                if len(work.gallery) < 16:
-                    work.gallery.append(((name, result.images, result.label, images), spacing))
-            write_image(out / "labels" / f"{name}{case.ending}", result.label, geometry)  # last: case done
+    def variant_job(loaded: LoadedCase, variant: int) -> InpaintJob[tuple[SynthesisResult, float]]:
+        """One synthetic version of a scan, redrawn while its total lesion volume is outside ``--volume_range``."""
+        voxel_mm3 = float(np.prod(loaded.spacing))
+        for attempt in range(VOLUME_TRIES):
+            result = yield from synthesis_job(
+                loaded.images, loaded.spacing, inpainter.plans, inpainter, generator, n_lesions=options.n_lesions,
+                seed=case_seed(options.seed, loaded.case.case_id, variant, attempt), brain_mask=loaded.brain,
+                tissue=loaded.tissue, tissue_classes=options.tissue_classes)
+            volume = float((result.label > 0).sum()) * voxel_mm3
+            if low <= volume <= high:
+                return result, volume
+            logger.info("%s variant %d: total lesion volume %.0f mm3 outside [%g, %g]; redrawing",
+                        loaded.case.case_id, variant, volume, low, high)
+        logger.warning("%s variant %d: no draw within the volume range after %d tries; keeping the last (%.0f mm3)",
+                       loaded.case.case_id, variant, VOLUME_TRIES, volume)
+        return result, volume
+
+    def write(loaded: LoadedCase, variant: int, result: SynthesisResult, volume: float) -> None:
+        """A version's channels, preview and label (last: the case's marker of being done); its record."""
+        name = f"{loaded.case.case_id}_syn{variant}"
+        work.records[name] = {"lesions": result.lesions, "lesion_volume_mm3": volume}
+        write_channels(result.images, loaded.geometry, out / name, loaded.case.ending, loaded.dtypes)
+        if options.preview:
+            from lesiongen.inference.previews import lesion_preview
+
+            lesion_preview(loaded.images, result.images, result.label, loaded.spacing,
+                           out / "previews" / f"{name}.png",
+                           channel_names=list(inpainter.plans.channel_names.values()))
+            if len(work.gallery) < 16:
+                work.gallery.append(((name, result.images, result.label, loaded.images), loaded.spacing))
+        write_image(out / "labels" / f"{name}{loaded.case.ending}", result.label, loaded.geometry)
+
+    def work(group: list[LoadedCase]) -> None:
+        versions = [(loaded, variant) for loaded in group for variant in range(options.n_variants)]
+        # every version of every scan of the group at once: their lesions share the inpainter's batches
+        results = run_jobs([variant_job(loaded, variant) for loaded, variant in versions])
+        for (loaded, variant), (result, volume) in zip(versions, results, strict=True):
+            write(loaded, variant, result, volume)
 
     work.gallery, work.records = [], {}
     return work
 
 
 def _remove_work(inpainter: Inpainter, out: Path, options: PredictOptions):
-    def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
-        healed = remove_lesions(images, list(geometry.spacing_zyx), label, inpainter.plans, inpainter,
-                                seed=case_seed(options.seed, case.case_id, 0), brain_mask=brain)
-        write_channels(healed, geometry, out / case.case_id, case.ending, dtypes)
+    def work(group: list[LoadedCase]) -> None:
+        healed = run_jobs([removal_job(loaded.images, loaded.spacing, loaded.label, inpainter.plans, inpainter,
+                                       seed=case_seed(options.seed, loaded.case.case_id, 0), brain_mask=loaded.brain)
+                           for loaded in group])
+        for loaded, images in zip(group, healed, strict=True):
+            write_channels(images, loaded.geometry, out / loaded.case.case_id, loaded.case.ending, loaded.dtypes)
 
     return work
 
@@ -245,29 +264,30 @@ def _remove_work(inpainter: Inpainter, out: Path, options: PredictOptions):
 def _seg_work(models: list[Segmenter], out: Path, options: PredictOptions):
     plans = models[0].plans
 
-    def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
-        spacing = list(geometry.spacing_zyx)
-        prediction, probabilities, scan = segment(images, spacing, models, brain, mirror=options.mirror)
+    def work(loaded: LoadedCase) -> None:
+        case_id = loaded.case.case_id
+        prediction, probabilities, scan = segment(loaded.images, loaded.spacing, models, loaded.brain,
+                                                  mirror=options.mirror)
         if options.save_probabilities:
             full = _probabilities_on_original_grid(probabilities, scan)
-            with atomic_path(out / f"{case.case_id}.npz") as tmp:
+            with atomic_path(out / f"{case_id}.npz") as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez_compressed(handle, probabilities=full.astype(np.float16))
-            write_json(out / f"{case.case_id}.json", {"labels": plans.labels, "geometry": geometry.to_json(),
-                                                       "axes": "class, z, y, x"})
-        write_image(out / f"{case.case_id}{case.ending}", prediction, geometry)
+            write_json(out / f"{case_id}.json", {"labels": plans.labels, "geometry": loaded.geometry.to_json(),
+                                                  "axes": "class, z, y, x"})
+        write_image(out / f"{case_id}{loaded.case.ending}", prediction, loaded.geometry)
 
-    return work
+    return one_by_one(work)
 
 
 def _brainmask_work(models: list[Segmenter], out: Path, options: PredictOptions):
-    def work(case: InputCase, images, geometry: ImageGeometry, dtypes, label, brain, tissue) -> None:
-        mask = extract_brain(images, list(geometry.spacing_zyx), models, mirror=options.mirror)
+    def work(loaded: LoadedCase) -> None:
+        mask = extract_brain(loaded.images, loaded.spacing, models, mirror=options.mirror)
         if not mask.any():
-            logger.warning("%s: no brain found; writing an empty mask", case.images[0])
-        write_image(out / f"{case.case_id}{case.ending}", mask, geometry)
+            logger.warning("%s: no brain found; writing an empty mask", loaded.case.images[0])
+        write_image(out / f"{loaded.case.case_id}{loaded.case.ending}", mask, loaded.geometry)
 
-    return work
+    return one_by_one(work)
 
 
 def _probabilities_on_original_grid(probabilities: np.ndarray, scan) -> np.ndarray:

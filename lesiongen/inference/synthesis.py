@@ -9,14 +9,21 @@ from the lesions are bit-identical to the input.
 Lesions are inpainted in batches: a run of consecutive lesions whose patches do not overlap goes through the network
 together, and a lesion whose patch overlaps one of the run waits for the run to be written. Every lesion keeps its
 own seed (drawn in lesion order, as one at a time), so batching changes results only by float rounding.
+
+The edit of one scan is a job (``synthesis_job``, ``model_space_synthesis_job``, ``removal_job``): a generator that
+yields each batch of lesions it waits on (:class:`InpaintRequest`) and is sent their inpainted patches.
+:func:`run_jobs` runs several jobs at once, so the lesions of several scans share the network's batches, and
+``synthesize`` / ``synthesize_model_space`` / ``remove_lesions`` run one job alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -41,6 +48,13 @@ MASK_RETRIES = 3  # draws of a generated mask before the sphere prior's ellipsoi
 VOLUME_TOLERANCE = 2.0
 RADIUS_TOLERANCE = 1.5
 MAX_PATCH_FRACTION = 0.5
+# scans edited together (their lesions share the inpainter's batches) unless chosen: a GPU fills larger batches at
+# little extra time; on a CPU a larger batch gains little and every scan of a group is held in memory
+GPU_BATCH_SCANS = 4
+
+
+def default_batch_scans(device_type: str) -> int:
+    return 1 if device_type == "cpu" else GPU_BATCH_SCANS
 
 
 @dataclass
@@ -134,8 +148,74 @@ class _PendingLesion:
     record: dict
 
 
+@dataclass
+class InpaintRequest:
+    """Lesions a job waits on: their patches go through ``inpainter`` (with other jobs' of the same request kind)."""
+
+    inpainter: Any
+    mode: str
+    schedule: InpaintSchedule | None
+    lesions: list[_PendingLesion]
+
+    def kind(self) -> tuple:
+        return id(self.inpainter), self.mode, self.schedule
+
+
+T = TypeVar("T")
+# one scan's edit: yields the batches of lesions it waits on, is sent their inpainted patches, returns its result
+InpaintJob = Generator[InpaintRequest, list[np.ndarray], T]
+
+
+def run_jobs(jobs: Sequence[InpaintJob[T]]) -> list[T]:
+    """The results of ``jobs``, run together: whenever every unfinished job waits on lesions, the lesions of all of
+    them go through the network in one call (per inpainter, mode and sampler). Each lesion keeps its own seed, so the
+    results are those of running the jobs one by one up to float rounding."""
+    results: list[Any] = [None] * len(jobs)
+    waiting: dict[int, InpaintRequest] = {}
+
+    def advance(number: int, patches: list[np.ndarray] | None) -> None:
+        try:
+            waiting[number] = jobs[number].send(patches)
+        except StopIteration as finished:
+            results[number] = finished.value
+
+    for number in range(len(jobs)):
+        advance(number, None)
+    while waiting:
+        kind = next(iter(waiting.values())).kind()
+        together = {number: waiting.pop(number) for number in [n for n, r in waiting.items() if r.kind() == kind]}
+        lesions = [lesion for request in together.values() for lesion in request.lesions]
+        first = next(iter(together.values()))
+        patches = first.inpainter.inpaint(np.stack([p.image_patch for p in lesions]),
+                                          np.stack([p.mask for p in lesions]), first.mode,
+                                          seed=[p.seed for p in lesions], schedule=first.schedule,
+                                          brain=np.stack([p.brain_patch for p in lesions]))
+        start = 0
+        for number, request in together.items():
+            advance(number, list(patches[start:start + len(request.lesions)]))
+            start += len(request.lesions)
+    return results
+
+
+def finished_job(result: T) -> InpaintJob[T]:
+    """A job with nothing to inpaint: it returns ``result`` at once (so edits without the inpainter run with
+    :func:`run_jobs` like the others)."""
+    return result
+    yield  # unreachable; makes this function a generator
+
+
+def run_alone(job_factory: Callable[..., InpaintJob[T]]) -> Callable[..., T]:
+    """``job_factory`` as a function that runs its job by itself and returns the job's result."""
+    @functools.wraps(job_factory)
+    def run(*args, **kwargs) -> T:
+        return run_jobs([job_factory(*args, **kwargs)])[0]
+
+    return run
+
+
 class _LesionBatches:
-    """Collects lesions whose patches do not overlap and inpaints them together into ``edited``."""
+    """Collects lesions whose patches do not overlap and has them inpainted together into ``edited`` (``make_room``
+    and ``flush`` are sub-generators of a job: ``yield from``)."""
 
     def __init__(self, edited: np.ndarray, label_model: np.ndarray | None, changed: np.ndarray, patch: list[int],
                  inpainter, mode: str, schedule: InpaintSchedule | None, batched: bool):
@@ -144,22 +224,20 @@ class _LesionBatches:
         self.pending: list[_PendingLesion] = []
         self.records: list[dict] = []
 
-    def make_room(self, centre: Sequence[int]) -> None:
+    def make_room(self, centre: Sequence[int]) -> InpaintJob[None]:
         """Inpaint the pending lesions first when a lesion at ``centre`` would see (overlap) one of them."""
         if not self.batched or any(patches_overlap(centre, p.centre, self.patch) for p in self.pending):
-            self.flush()
+            yield from self.flush()
 
     def add(self, lesion: _PendingLesion) -> None:
         self.pending.append(lesion)
 
-    def flush(self) -> None:
+    def flush(self) -> InpaintJob[None]:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        results = self.inpainter.inpaint(np.stack([p.image_patch for p in batch]), np.stack([p.mask for p in batch]),
-                                         self.mode, seed=[p.seed for p in batch], schedule=self.schedule,
-                                         brain=np.stack([p.brain_patch for p in batch]))
-        for lesion, result in zip(batch, results):
+        results = yield InpaintRequest(self.inpainter, self.mode, self.schedule, batch)
+        for lesion, result in zip(batch, results, strict=True):
             insert_patch(self.edited, result, lesion.centre)
             if self.label_model is not None:  # insert: the new lesions join the label map
                 existing = extract_patch(self.label_model, lesion.centre, self.patch, fill=0)
@@ -171,11 +249,12 @@ class _LesionBatches:
             self.records.append(lesion.record)
 
 
-def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, plans: Plans,
-                           inpainter, mask_generator=None, placements: list | None = None,
-                           n_lesions: int | None = None, seed: int = 0, tissue_classes: list[int] | None = None,
-                           schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> ModelSpaceEdit:
-    """Lesions into a preprocessed (normalised, target-spacing) scan; what ``synthesize`` runs in model space.
+def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, plans: Plans,
+                              inpainter, mask_generator=None, placements: list | None = None,
+                              n_lesions: int | None = None, seed: int = 0, tissue_classes: list[int] | None = None,
+                              schedule: InpaintSchedule | None = None, batch_lesions: bool = True
+                              ) -> InpaintJob[ModelSpaceEdit]:
+    """Lesions into a preprocessed (normalised, target-spacing) scan; what ``synthesis_job`` runs in model space.
 
     ``placements`` are (class, centre, patch mask or None) tuples; without them they are drawn from the generator's
     priors. Preprocessed healthy scans (e.g. for synthetic training cases) go through here directly.
@@ -198,7 +277,7 @@ def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.nda
 
     batches = _LesionBatches(edited, label_model, changed, patch, inpainter, "insert", schedule, batch_lesions)
     for number, (label, centre, given) in enumerate(placements):
-        batches.make_room(centre)  # this lesion's patch must see the lesions already placed over it
+        yield from batches.make_room(centre)  # this lesion's patch must see the lesions already placed over it
         image_patch = extract_patch(edited, centre, patch, fill=0.0)
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
@@ -218,24 +297,29 @@ def synthesize_model_space(images: np.ndarray, brain: np.ndarray, tissue: np.nda
             np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**31)),
             {"label": int(label), "centre_model_voxel": [int(c) for c in centre],
              "voxels_model": int((mask > 0).sum()), "mask_source": source, "rejected_masks": rejected}))
-    batches.flush()
+    yield from batches.flush()
     return ModelSpaceEdit(edited, label_model, changed, batches.records)
 
 
-def synthesize(images: np.ndarray, spacing: list[float], plans: Plans, inpainter, mask_generator=None,
-               masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
-               brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
-               tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None,
-               batch_lesions: bool = True) -> SynthesisResult:
+def synthesis_job(images: np.ndarray, spacing: list[float], plans: Plans, inpainter, mask_generator=None,
+                  masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
+                  brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
+                  tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None,
+                  batch_lesions: bool = True) -> InpaintJob[SynthesisResult]:
     """Put lesions into a healthy (c, z, y, x) scan; ``masks`` (a label map on the scan's grid) or generated ones."""
     if masks is None and mask_generator is None:
         raise LesiongenError("synthesis needs lesion masks or a mask generator")
     scan = to_model_space(images, spacing, plans, brain_mask, tissue)
     placements = _given_lesions(masks, scan, plans.lesion_patch_size) if masks is not None else None
-    edit = synthesize_model_space(scan.images, scan.brain, scan.tissue, plans, inpainter, mask_generator,
-                                  placements, n_lesions, seed, tissue_classes, schedule, batch_lesions)
+    edit = yield from model_space_synthesis_job(scan.images, scan.brain, scan.tissue, plans, inpainter,
+                                                mask_generator, placements, n_lesions, seed, tissue_classes, schedule,
+                                                batch_lesions)
     out = paste_back(images, edit.images, edit.changed, scan, margin_voxels=1)
     return SynthesisResult(out, region_to_original(edit.label, scan).astype(np.uint8), edit.lesions)
+
+
+synthesize_model_space = run_alone(model_space_synthesis_job)
+synthesize = run_alone(synthesis_job)
 
 
 SPHERE_FALLBACK = "sphere_fallback"
@@ -306,9 +390,9 @@ def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan,
     return out
 
 
-def remove_lesions(images: np.ndarray, spacing: list[float], label: np.ndarray, plans: Plans, inpainter,
-                   seed: int = 0, brain_mask: np.ndarray | None = None,
-                   schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> np.ndarray:
+def removal_job(images: np.ndarray, spacing: list[float], label: np.ndarray, plans: Plans, inpainter,
+                seed: int = 0, brain_mask: np.ndarray | None = None,
+                schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> InpaintJob[np.ndarray]:
     """A pseudo-healthy version of a (c, z, y, x) scan: every lesion of ``label`` filled with healthy tissue."""
     rng = np.random.default_rng(seed)
     scan = to_model_space(images, spacing, plans, brain_mask)
@@ -317,9 +401,12 @@ def remove_lesions(images: np.ndarray, spacing: list[float], label: np.ndarray, 
     patch = plans.lesion_patch_size
     batches = _LesionBatches(edited, None, changed, patch, inpainter, "remove", schedule, batch_lesions)
     for _, centre, mask in _given_lesions(label, scan, patch):
-        batches.make_room(centre)
+        yield from batches.make_room(centre)
         batches.add(_PendingLesion(centre, extract_patch(edited, centre, patch, fill=0.0),
                                    extract_patch(scan.brain, centre, patch, fill=False), mask,
                                    int(rng.integers(2**31)), {}))
-    batches.flush()
+    yield from batches.flush()
     return paste_back(images, edited, changed, scan, margin_voxels=1)
+
+
+remove_lesions = run_alone(removal_job)

@@ -25,7 +25,8 @@ import numpy as np
 
 from lesiongen.inference.copy_paste import copy_paste, donor_lesions
 from lesiongen.inference.strategies import SYNTHETIC, strategy as get_strategy
-from lesiongen.inference.synthesis import count_fallbacks, synthesize_model_space
+from lesiongen.inference.synthesis import (InpaintJob, count_fallbacks, finished_job, model_space_synthesis_job,
+                                           run_jobs)
 from lesiongen.models.folder import trainer_folder
 from lesiongen.models.registry import load_model
 from lesiongen.planning.priors import fold_sphere_priors
@@ -115,8 +116,9 @@ def case_key(strategy: str, fold: int | str, seed: int, source: str, model_sha25
 
 def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy: str, n_cases: int,
                          train_cases: list[str], plans_sha256: str, device: str = "cpu", seed: int = 0,
-                         max_empty_fraction: float = MAX_EMPTY_FRACTION) -> SyntheticSet:
-    """``n_cases`` synthetic cases of ``strategy`` for ``fold``: cached ones whose key matches, the rest made now.
+                         max_empty_fraction: float = MAX_EMPTY_FRACTION, batch_scans: int = 1) -> SyntheticSet:
+    """``n_cases`` synthetic cases of ``strategy`` for ``fold``: cached ones whose key matches, the rest made now,
+    ``batch_scans`` at a time (their lesions share the inpainter's batches; each case is the one it is alone).
 
     More than ``max_empty_fraction`` of cases without any lesion is an error (the models give too few lesions to
     train on); fewer is a warning, and the count is returned.
@@ -143,9 +145,10 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
                         folder, n_cases - len(todo))
             maker = _maker(dataset, strategy, train_cases, models)
             progress = ProgressLog(logger, f"synthetic {strategy} cases for fold {fold}", len(todo), "cases")
-            for i in todo:
-                _make_case(dataset, cases[i], keys[i], maker)
-                progress.advance()
+            for start in range(0, len(todo), batch_scans):
+                group = todo[start:start + batch_scans]
+                run_jobs([_case_job(dataset, cases[i], keys[i], maker) for i in group])
+                progress.advance(len(group))
     model_records = {role: {"checkpoint": str(path), "sha256": sha[role],
                             **({"steps_trained": models[role].provenance.get("steps_trained")} if role in models
                                else {})}
@@ -186,7 +189,8 @@ def _recorded_key(case: SegCase) -> dict[str, Any] | None:
 
 
 def _maker(dataset: PreprocessedDataset, strategy: str, train_cases: list[str], models: dict[str, Any]):
-    """``make(images, brain, tissue, seed) -> (images, label, lesion records)`` for one healthy scan."""
+    """``make(images, brain, tissue, seed)``: the job that edits one healthy scan into (images, label, lesion
+    records)."""
     plan = get_strategy(strategy, SYNTHETIC)
     if not plan.inpainted:
         return _copy_paste_maker(dataset, train_cases)
@@ -196,8 +200,9 @@ def _maker(dataset: PreprocessedDataset, strategy: str, train_cases: list[str], 
 
 
 def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):
-    def make(images, brain, tissue, seed: int):
-        edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter, generator, seed=seed)
+    def make(images, brain, tissue, seed: int) -> InpaintJob[tuple]:
+        edit = yield from model_space_synthesis_job(images, brain, tissue, dataset.plans, inpainter, generator,
+                                                    seed=seed)
         return edit.images, edit.label, edit.lesions
 
     return make
@@ -212,9 +217,9 @@ def _donors_and_priors(dataset: PreprocessedDataset, train_cases: list[str]):
 def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
     donors, priors = _donors_and_priors(dataset, train_cases)
 
-    def make(images, brain, tissue, seed: int):
-        return copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
-                          np.random.default_rng(seed))
+    def make(images, brain, tissue, seed: int) -> InpaintJob[tuple]:
+        return finished_job(copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
+                                       np.random.default_rng(seed)))
 
     return make
 
@@ -223,10 +228,11 @@ def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpai
     donors, priors = _donors_and_priors(dataset, train_cases)
     patch = dataset.plans.lesion_patch_size
 
-    def make(images, brain, tissue, seed: int):
+    def make(images, brain, tissue, seed: int) -> InpaintJob[tuple]:
         drawn = list(donor_lesions(brain, tissue, donors, priors, patch, np.random.default_rng(seed)))
-        edit = synthesize_model_space(images, brain, tissue, dataset.plans, inpainter,
-                                      placements=[(d.label, d.centre, d.lesion) for d in drawn], seed=seed)
+        edit = yield from model_space_synthesis_job(images, brain, tissue, dataset.plans, inpainter,
+                                                    placements=[(d.label, d.centre, d.lesion) for d in drawn],
+                                                    seed=seed)
         for record, lesion in zip(edit.lesions, drawn, strict=True):  # given masks are never skipped
             record["donor_case"] = donors.case_ids[lesion.donor]
         return edit.images, edit.label, edit.lesions
@@ -234,11 +240,12 @@ def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpai
     return make
 
 
-def _make_case(dataset: PreprocessedDataset, case: SegCase, key: dict[str, Any], make) -> None:
+def _case_job(dataset: PreprocessedDataset, case: SegCase, key: dict[str, Any], make) -> InpaintJob[None]:
+    """Makes and saves one synthetic case (redrawn while it holds no lesion)."""
     images, brain, tissue = _healthy(dataset, key["source_healthy_case"])
     for attempt in range(EMPTY_RETRIES):
         used_seed = derive_seed(key["seed"], "attempt", attempt)
-        out, label, lesions = make(images, brain, tissue, used_seed)
+        out, label, lesions = yield from make(images, brain, tissue, used_seed)
         if label.any():
             break
     voxel_mm3 = float(np.prod(dataset.plans.target_spacing))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lesiongen.evaluation.segmentation_metrics import aggregate, case_metrics
 from lesiongen.inference.segment import probabilities_to_labels
 from lesiongen.inference.strategies import SegVariant, strategy as get_strategy
+from lesiongen.inference.synthesis import default_batch_scans
 from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import ImageGeometry, read_image, write_image
 from lesiongen.models.segmenter import Segmenter, SegmenterConfig
@@ -61,6 +62,8 @@ class SegTrainer(Trainer):
     num_workers = -1  # background augmentation processes; -1: nnU-Net's rule from the CPU count and device
     mirror_validation = True  # mirroring test-time augmentation when predicting the validation cases
     max_empty_synthetic_fraction = MAX_EMPTY_FRACTION  # more lesion-free synthetic cases than this is an error
+    # synthetic cases made at once, their lesions sharing the inpainter's batches; -1: default_batch_scans(device)
+    synthetic_batch_scans = -1
     validate = True  # predict and score the validation cases after training (fold all: its own training cases)
     loss = "dice_ce"  # dice_ce (nnU-Net's) or weighted (generalised Dice + balanced cross-entropy); see SEG_LOSSES
 
@@ -119,7 +122,9 @@ class SegTrainer(Trainer):
         def make():
             return make_synthetic_cases(self.dataset, self.fold, self.strategy, n_synthetic, self.train_cases,
                                         plans_sha256(self.plans), str(self.device), self.options.seed,
-                                        self.max_empty_synthetic_fraction)
+                                        self.max_empty_synthetic_fraction,
+                                        int(self.synthetic_batch_scans) if self.synthetic_batch_scans > 0 else
+                                        default_batch_scans(self.device.type))
 
         made = make() if self.distributed.is_main else None
         self.distributed.barrier()  # the other ranks read the cases rank 0 made
