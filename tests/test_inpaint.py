@@ -313,8 +313,9 @@ def test_generated_lesions_batched_equal_one_at_a_time(inpainter, monkeypatch):
 
 
 def test_jobs_of_several_scans_share_the_network_and_give_each_scan_alone(inpainter, monkeypatch):
-    """Two scans' syntheses and a removal run as jobs together: every call holds lesions of each job still waiting
-    (so fewer calls than the jobs alone), and each job's result is the one it gives alone."""
+    """Two scans' syntheses and a removal run as jobs together: every inpainter call holds lesions of each job still
+    waiting (so fewer calls than the jobs alone), the two scans' masks are drawn in shared calls too, and each job's
+    result is the one it gives alone."""
     from lesiongen.inference.synthesis import model_space_synthesis_job, removal_job, run_jobs
 
     model, _, folders = inpainter
@@ -333,19 +334,24 @@ def test_jobs_of_several_scans_share_the_network_and_give_each_scan_alone(inpain
                   for i, scan in enumerate(scans)),
                 removal_job(images, spacing, label, dataset.plans, model, seed=2, brain_mask=brain, schedule=QUICK)]
 
-    alone_calls = []
+    mask_calls: list[int] = []
+    draw = generator.sample_masks
+    monkeypatch.setattr(generator, "sample_masks", lambda n, *args, **kwargs: mask_calls.append(n) or
+                        draw(n, *args, **kwargs))
+    alone_calls, alone_masks = [], []
     calls = count_inpaint_calls(monkeypatch)
     alone = []
     for job in jobs():
         alone += run_jobs([job])
         alone_calls.append(list(calls))
+        alone_masks.append(list(mask_calls))
         calls.clear()
+        mask_calls.clear()
     together = run_jobs(jobs())
-    # the syntheses' k-th batches share a call; the removal (another mode) has calls of its own
-    first, second, removal = alone_calls
-    assert calls[0] == first[0] + second[0], (calls, alone_calls)
-    assert sum(calls) == sum(first + second + removal)
-    assert len(calls) == max(len(first), len(second)) + len(removal)
+    assert alone_masks[0] == alone_masks[1] == [1, 1, 1] and mask_calls[0] == 2 and sum(mask_calls) == 6
+    # the syntheses' batches share calls (the removal, another mode, never joins them): fewer calls, as many patches
+    assert sum(calls) == sum(map(sum, alone_calls)) and len(calls) < sum(map(len, alone_calls)), (calls, alone_calls)
+    assert max(calls) > max(map(max, alone_calls))
     for mine, theirs in zip(together[:2], alone[:2]):
         np.testing.assert_allclose(mine.images, theirs.images, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(mine.label, theirs.label)

@@ -22,6 +22,7 @@ from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.models.checkpoint import FINAL, LATEST, load_checkpoint
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits, make_splits
+from lesiongen.utilities.errors import LesiongenError
 
 DATASET = TINY_NAME
 GENERATORS = ("spheremask", "unetmask", "diffmask", "ganmask")
@@ -130,6 +131,42 @@ def test_sample_masks_shape_dtype_brain_and_seed(trained, name):
     assert set(np.unique(masks)) <= {0, *dataset.plans.lesion_labels}
     assert not masks[~brain].any()
     np.testing.assert_array_equal(masks, generator.sample_masks(3, conditioning, seed=11))
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_per_mask_seeds_give_each_mask_what_it_gets_alone(trained, name):
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = trained_model(name)
+    conditioning, _ = validation_conditioning(dataset, 5)
+    seeds = [21, 22, 23, 24, 25]
+    together = generator.sample_masks(5, conditioning, seed=seeds)
+    for i, seed in enumerate(seeds):
+        np.testing.assert_array_equal(together[i], generator.sample_masks(1, conditioning.select(i), seed=seed)[0])
+    with pytest.raises(LesiongenError, match="2 seeds for 5 masks"):
+        generator.sample_masks(5, conditioning, seed=[1, 2])
+
+
+@pytest.mark.parametrize("name", ["diffmask", "ganmask"])
+def test_per_mask_seeds_draw_each_masks_own_noise(trained, name):
+    """The networks' continuous outputs (before thresholding), over more patches than one network batch: with one
+    seed per patch, each patch's output is the one it gets alone with its seed, and the seed matters."""
+    dataset = open_preprocessed(TINY.dataset_id)
+    generator = trained_model(name)
+    n = 2 * generator.stage_plan.batch_size + 1
+    conditioning, _ = validation_conditioning(dataset, n)
+    controls = generator.render_controls(generator.draw_spheres(n, conditioning, np.random.default_rng(0)))
+    tissue = conditioning.tissue
+
+    def output(index, seed):
+        if name == "diffmask":
+            return generator.denoise(controls[index], tissue[index], seed)[0]
+        return generator.probabilities(controls[index], tissue[index], seed)
+
+    seeds = list(range(40, 40 + n))
+    together = output(slice(None), seeds)
+    for i in (0, n - 1):
+        np.testing.assert_allclose(together[i], output(slice(i, i + 1), seeds[i])[0], rtol=0, atol=1e-5)
+    assert not np.allclose(together[0], output(slice(0, 1), seeds[1])[0], atol=1e-3)
 
 
 def test_format_1_checkpoints_still_load_with_the_prediction_type_they_recorded(trained, tmp_path):

@@ -18,7 +18,7 @@ import torch
 from scipy import ndimage
 
 from lesiongen.diffusion.presets import FEW_STEP_SPACING, FEW_STEPS
-from lesiongen.diffusion.schedules import TIMESTEP_SPACINGS, ScheduleConfig, check_trained_timesteps
+from lesiongen.diffusion.schedules import TIMESTEP_SPACINGS, ScheduleConfig, check_trained_timesteps, draw_noise
 
 
 @dataclass
@@ -103,16 +103,6 @@ def denoising_steps(schedule: InpaintSchedule) -> int:
     n = schedule.num_inference_steps if schedule.sampler == "ddim" else 1000
     seq = state_sequence(n, schedule.jump_length, schedule.n_jumps)
     return sum(1 for a, b in zip(seq, seq[1:]) if b == a + 1)
-
-
-def draw_noise(shape: Sequence[int], generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise (on the CPU) from one generator, or from one generator per batch item: each item then
-    gets exactly what a batch of one with its generator gets, so batching items does not change their draws."""
-    if isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
 
 
 @torch.no_grad()

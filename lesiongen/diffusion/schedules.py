@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from lesiongen.diffusion.presets import (DEFAULT_FEW_STEP_VARIANT, FEW_STEP_VARIANTS, FEW_STEPS,
@@ -183,22 +184,48 @@ def training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.
     return scheduler.get_velocity(clean, noise, timesteps)
 
 
+def draw_noise(shape: Sequence[int], generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise (on the CPU) from one generator, or from one generator per batch item: each item then
+    gets exactly what a batch of one with its generator gets, so batching items does not change their draws."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+
+
+def seeded_generators(seed: int | Sequence[int]) -> torch.Generator | list[torch.Generator]:
+    """A CPU generator for one seed, or one per seed (per batch item; see :func:`draw_noise`)."""
+    if isinstance(seed, (int, np.integer)):
+        return torch.Generator().manual_seed(int(seed))
+    return [torch.Generator().manual_seed(int(s)) for s in seed]
+
+
+def batch_part(generator: torch.Generator | Sequence[torch.Generator], part: slice
+               ) -> torch.Generator | list[torch.Generator]:
+    """The generator(s) for the batch items ``part``: the one shared generator, or those items' own."""
+    return generator if isinstance(generator, torch.Generator) else list(generator[part])
+
+
 @torch.no_grad()
 def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
-           config: ScheduleConfig, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, int]:
+           config: ScheduleConfig, generator: torch.Generator | Sequence[torch.Generator],
+           device: torch.device) -> tuple[torch.Tensor, int]:
     """Run the reverse process from pure noise; returns the sample and the number of network evaluations.
 
     ``denoise(x_t, t)`` predicts what ``config.prediction_type`` names (the noise by default); conditioning is the
-    caller's business (it closes over it).
+    caller's business (it closes over it). ``generator``: one for the batch, or one per item (a list), whose draws
+    then do not depend on the batch.
     """
     scheduler = sampling_scheduler(config)
-    x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
+    x = draw_noise(shape, generator).to(device) * scheduler.init_noise_sigma
     evaluations = 0
     for t in scheduler.timesteps:
         timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         output = denoise(scheduler.scale_model_input(x, t), timestep)
         evaluations += 1
         # the step's own noise (DDPM) must come from the seeded generator too, for reproducible samples
-        step_kwargs = {"generator": generator} if config.sampler == "ddpm" else {}
+        step_kwargs = {"generator": generator if isinstance(generator, torch.Generator) else list(generator)} \
+            if config.sampler == "ddpm" else {}
         x = scheduler.step(output.float(), t, x, **step_kwargs).prev_sample
     return x, evaluations

@@ -18,7 +18,7 @@ from lesiongen.inference.brain_extraction import check_brain_extraction_labels, 
 from lesiongen.inference.predict import InputCase, LoadedCase, PredictOptions, one_by_one, run_cases, write_channels
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import STRATEGIES, SegVariant
-from lesiongen.inference.synthesis import (InpaintJob, SynthesisResult, count_fallbacks, removal_job, run_jobs,
+from lesiongen.inference.synthesis import (EditJob, SynthesisResult, count_fallbacks, removal_job, run_jobs,
                                            synthesis_job)
 from lesiongen.io.images import write_image
 from lesiongen.models.folder import PLANS_JSON, ModelFolder, trainer_folder_name
@@ -207,7 +207,7 @@ def case_seed(seed: int, case_id: str, variant: int, attempt: int = 0) -> int:
 def _synth_work(inpainter: Inpainter, generator: MaskGenerator, out: Path, options: PredictOptions):
     low, high = options.volume_range_mm3 or (0.0, np.inf)
 
-    def variant_job(loaded: LoadedCase, variant: int) -> InpaintJob[tuple[SynthesisResult, float]]:
+    def variant_job(loaded: LoadedCase, variant: int) -> EditJob[tuple[SynthesisResult, float]]:
         """One synthetic version of a scan, redrawn while its total lesion volume is outside ``--volume_range``."""
         voxel_mm3 = float(np.prod(loaded.spacing))
         for attempt in range(VOLUME_TRIES):

@@ -11,9 +11,10 @@ together, and a lesion whose patch overlaps one of the run waits for the run to 
 own seed (drawn in lesion order, as one at a time), so batching changes results only by float rounding.
 
 The edit of one scan is a job (``synthesis_job``, ``model_space_synthesis_job``, ``removal_job``): a generator that
-yields each batch of lesions it waits on (:class:`InpaintRequest`) and is sent their inpainted patches.
-:func:`run_jobs` runs several jobs at once, so the lesions of several scans share the network's batches, and
-``synthesize`` / ``synthesize_model_space`` / ``remove_lesions`` run one job alone.
+yields what it waits on — a batch of lesions to inpaint (:class:`InpaintRequest`) or a lesion's mask to draw
+(:class:`MaskRequest`) — and is sent the answer. :func:`run_jobs` runs several jobs at once, so the lesions and masks
+of several scans share the networks' batches, and ``synthesize`` / ``synthesize_model_space`` / ``remove_lesions``
+run one job alone.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class _PendingLesion:
 
 @dataclass
 class InpaintRequest:
-    """Lesions a job waits on: their patches go through ``inpainter`` (with other jobs' of the same request kind)."""
+    """Lesions a job waits on: their patches go through ``inpainter`` (with other jobs' of the same kind)."""
 
     inpainter: Any
     mode: str
@@ -158,53 +159,83 @@ class InpaintRequest:
     lesions: list[_PendingLesion]
 
     def kind(self) -> tuple:
-        return id(self.inpainter), self.mode, self.schedule
+        return "inpaint", id(self.inpainter), self.mode, self.schedule
+
+    @staticmethod
+    def answer(requests: list[InpaintRequest]) -> list[list[np.ndarray]]:
+        """The inpainted patches of each request, from one call for all their lesions (each with its own seed)."""
+        lesions = [lesion for request in requests for lesion in request.lesions]
+        first = requests[0]
+        patches = first.inpainter.inpaint(np.stack([p.image_patch for p in lesions]),
+                                          np.stack([p.mask for p in lesions]), first.mode,
+                                          seed=[p.seed for p in lesions], schedule=first.schedule,
+                                          brain=np.stack([p.brain_patch for p in lesions]))
+        answers, start = [], 0
+        for request in requests:
+            answers.append(list(patches[start:start + len(request.lesions)]))
+            start += len(request.lesions)
+        return answers
+
+
+@dataclass
+class MaskRequest:
+    """One lesion's mask a job waits on: drawn by ``generator`` (with other jobs' masks from the same generator)."""
+
+    generator: Any
+    conditioning: MaskConditioning  # of one patch
+    seed: int
+
+    def kind(self) -> tuple:
+        return "mask", id(self.generator)
+
+    @staticmethod
+    def answer(requests: list[MaskRequest]) -> list[np.ndarray]:
+        """Each request's mask, from one call (per-mask seeds: each is the mask it gets alone)."""
+        conditioning = MaskConditioning.stack([request.conditioning for request in requests])
+        return list(requests[0].generator.sample_masks(len(requests), conditioning,
+                                                       seed=[request.seed for request in requests]))
 
 
 T = TypeVar("T")
-# one scan's edit: yields the batches of lesions it waits on, is sent their inpainted patches, returns its result
-InpaintJob = Generator[InpaintRequest, list[np.ndarray], T]
+# one scan's edit: yields the requests (lesions to inpaint, a mask to draw) it waits on, is sent their answers,
+# returns its result
+EditJob = Generator[InpaintRequest | MaskRequest, Any, T]
 
 
-def run_jobs(jobs: Sequence[InpaintJob[T]]) -> list[T]:
-    """The results of ``jobs``, run together: whenever every unfinished job waits on lesions, the lesions of all of
-    them go through the network in one call (per inpainter, mode and sampler). Each lesion keeps its own seed, so the
-    results are those of running the jobs one by one up to float rounding."""
+def run_jobs(jobs: Sequence[EditJob[T]]) -> list[T]:
+    """The results of ``jobs``, run together: whenever every unfinished job waits on a request, the requests of the
+    kind most of them wait on (lesions for the same inpainter, mode and sampler; masks from the same generator) are
+    answered by one network call. Each lesion and mask keeps its own seed, so the results are those of running the
+    jobs one by one up to float rounding."""
     results: list[Any] = [None] * len(jobs)
-    waiting: dict[int, InpaintRequest] = {}
+    waiting: dict[int, InpaintRequest | MaskRequest] = {}
 
-    def advance(number: int, patches: list[np.ndarray] | None) -> None:
+    def advance(number: int, answer: Any) -> None:
         try:
-            waiting[number] = jobs[number].send(patches)
+            waiting[number] = jobs[number].send(answer)
         except StopIteration as finished:
             results[number] = finished.value
 
     for number in range(len(jobs)):
         advance(number, None)
     while waiting:
-        kind = next(iter(waiting.values())).kind()
+        kinds = [request.kind() for request in waiting.values()]
+        kind = max(kinds, key=kinds.count)
         together = {number: waiting.pop(number) for number in [n for n, r in waiting.items() if r.kind() == kind]}
-        lesions = [lesion for request in together.values() for lesion in request.lesions]
-        first = next(iter(together.values()))
-        patches = first.inpainter.inpaint(np.stack([p.image_patch for p in lesions]),
-                                          np.stack([p.mask for p in lesions]), first.mode,
-                                          seed=[p.seed for p in lesions], schedule=first.schedule,
-                                          brain=np.stack([p.brain_patch for p in lesions]))
-        start = 0
-        for number, request in together.items():
-            advance(number, list(patches[start:start + len(request.lesions)]))
-            start += len(request.lesions)
+        requests = list(together.values())
+        for number, answer in zip(together, type(requests[0]).answer(requests), strict=True):
+            advance(number, answer)
     return results
 
 
-def finished_job(result: T) -> InpaintJob[T]:
+def finished_job(result: T) -> EditJob[T]:
     """A job with nothing to inpaint: it returns ``result`` at once (so edits without the inpainter run with
     :func:`run_jobs` like the others)."""
     return result
     yield  # unreachable; makes this function a generator
 
 
-def run_alone(job_factory: Callable[..., InpaintJob[T]]) -> Callable[..., T]:
+def run_alone(job_factory: Callable[..., EditJob[T]]) -> Callable[..., T]:
     """``job_factory`` as a function that runs its job by itself and returns the job's result."""
     @functools.wraps(job_factory)
     def run(*args, **kwargs) -> T:
@@ -224,7 +255,7 @@ class _LesionBatches:
         self.pending: list[_PendingLesion] = []
         self.records: list[dict] = []
 
-    def make_room(self, centre: Sequence[int]) -> InpaintJob[None]:
+    def make_room(self, centre: Sequence[int]) -> EditJob[None]:
         """Inpaint the pending lesions first when a lesion at ``centre`` would see (overlap) one of them."""
         if not self.batched or any(patches_overlap(centre, p.centre, self.patch) for p in self.pending):
             yield from self.flush()
@@ -232,7 +263,7 @@ class _LesionBatches:
     def add(self, lesion: _PendingLesion) -> None:
         self.pending.append(lesion)
 
-    def flush(self) -> InpaintJob[None]:
+    def flush(self) -> EditJob[None]:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
@@ -253,7 +284,7 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
                               inpainter, mask_generator=None, placements: list | None = None,
                               n_lesions: int | None = None, seed: int = 0, tissue_classes: list[int] | None = None,
                               schedule: InpaintSchedule | None = None, batch_lesions: bool = True
-                              ) -> InpaintJob[ModelSpaceEdit]:
+                              ) -> EditJob[ModelSpaceEdit]:
     """Lesions into a preprocessed (normalised, target-spacing) scan; what ``synthesis_job`` runs in model space.
 
     ``placements`` are (class, centre, patch mask or None) tuples; without them they are drawn from the generator's
@@ -285,8 +316,8 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
         if given is not None:
             mask = given
         else:
-            mask, source, rejected = _generate_mask(mask_generator, label, image_patch, brain_patch, tissue_patch,
-                                                    rng)
+            mask, source, rejected = yield from _generate_mask(mask_generator, label, image_patch, brain_patch,
+                                                               tissue_patch, rng)
             if mask is None:
                 logger.warning("lesion %d: no mask, not even the sphere prior's, fits the brain here; skipped", number)
                 continue
@@ -305,7 +336,7 @@ def synthesis_job(images: np.ndarray, spacing: list[float], plans: Plans, inpain
                   masks: np.ndarray | None = None, n_lesions: int | None = None, seed: int = 0,
                   brain_mask: np.ndarray | None = None, tissue: np.ndarray | None = None,
                   tissue_classes: list[int] | None = None, schedule: InpaintSchedule | None = None,
-                  batch_lesions: bool = True) -> InpaintJob[SynthesisResult]:
+                  batch_lesions: bool = True) -> EditJob[SynthesisResult]:
     """Put lesions into a healthy (c, z, y, x) scan; ``masks`` (a label map on the scan's grid) or generated ones."""
     if masks is None and mask_generator is None:
         raise LesiongenError("synthesis needs lesion masks or a mask generator")
@@ -345,9 +376,9 @@ def implausible_mask(mask: np.ndarray, prior: SpherePrior, spacing: list[float])
 
 
 def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, rng
-                   ) -> tuple[np.ndarray | None, str, list[str]]:
+                   ) -> EditJob[tuple[np.ndarray | None, str, list[str]]]:
     """(mask, "generator" or "sphere_fallback", why earlier draws were rejected): up to ``MASK_RETRIES`` draws of
-    the generator, then the sphere prior's ellipsoid of the last draw's spheres."""
+    the generator (each a :class:`MaskRequest`), then the sphere prior's ellipsoid of the last draw's spheres."""
     priors = _single_lesion_priors(generator.priors, label)
     rejected: list[str] = []
     spheres = []
@@ -356,7 +387,7 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
                                         tissue=tissue_patch)
         conditioning = MaskConditioning(brain=brain_patch[None], tissue=None if tissue_patch is None else
                                         tissue_patch[None], images=image_patch[None], spheres=[spheres])
-        mask = generator.sample_masks(1, conditioning, seed=int(rng.integers(2**31)))[0]
+        mask = yield MaskRequest(generator, conditioning, int(rng.integers(2**31)))
         problem = implausible_mask(mask, priors[str(label)], generator.spacing)
         if problem is None:
             return mask, "generator", rejected
@@ -392,7 +423,7 @@ def _given_lesions(masks: np.ndarray, scan: ModelSpaceScan,
 
 def removal_job(images: np.ndarray, spacing: list[float], label: np.ndarray, plans: Plans, inpainter,
                 seed: int = 0, brain_mask: np.ndarray | None = None,
-                schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> InpaintJob[np.ndarray]:
+                schedule: InpaintSchedule | None = None, batch_lesions: bool = True) -> EditJob[np.ndarray]:
     """A pseudo-healthy version of a (c, z, y, x) scan: every lesion of ``label`` filled with healthy tissue."""
     rng = np.random.default_rng(seed)
     scan = to_model_space(images, spacing, plans, brain_mask)

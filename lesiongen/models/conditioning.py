@@ -40,6 +40,25 @@ class MaskConditioning:
         value = getattr(self, name)
         return None if value is None else value[index]
 
+    def select(self, index: int) -> MaskConditioning:
+        """The conditioning of patch ``index`` alone (a batch of one)."""
+        return MaskConditioning(*(None if v is None else v[index:index + 1]
+                                  for v in (self.brain, self.tissue, self.images)),
+                                spheres=None if self.spheres is None else self.spheres[index:index + 1])
+
+    @staticmethod
+    def stack(parts: list[MaskConditioning]) -> MaskConditioning:
+        """The patches of ``parts``, in order, as one conditioning; a field must be given for all parts or none."""
+        def joined(name: str):
+            values = [getattr(part, name) for part in parts]
+            if all(v is None for v in values):
+                return None
+            if any(v is None for v in values):
+                raise LesiongenError(f"conditioning '{name}' is given for some patches and not for others")
+            return [x for v in values for x in v] if name == "spheres" else np.concatenate(values)
+
+        return MaskConditioning(*(joined(name) for name in ("brain", "tissue", "images", "spheres")))
+
 
 def min_lesion_voxels(min_volume_mm3: float, spacing: list[float]) -> int:
     """The smallest real lesion's volume in voxels of the target spacing (at least one voxel)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, check_few_step_variant
-from lesiongen.diffusion.schedules import (ScheduleConfig, sample, sampling_evaluations, sampling_preset,
-                                           sampling_scheduler)
+from lesiongen.diffusion.schedules import (ScheduleConfig, batch_part, draw_noise, sample, sampling_evaluations,
+                                           sampling_preset, sampling_scheduler, seeded_generators)
 from lesiongen.models.base import LesionModel
 from lesiongen.models.conditioning import MaskConditioning, drop_small_components, min_lesion_voxels
 from lesiongen.models.networks import build_network
@@ -138,29 +138,44 @@ class MaskGenerator(LesionModel):
     def minimum_voxels(self) -> dict[int, int]:
         return {int(k): min_lesion_voxels(p.min_lesion_volume_mm3, self.spacing) for k, p in self.priors.items()}
 
-    def sample_masks(self, n: int, conditioning: MaskConditioning | None = None, seed: int = 0) -> np.ndarray:
-        """``n`` lesion masks (n, z, y, x) uint8 at the plans' lesion patch size; same seed, same masks."""
+    def sample_masks(self, n: int, conditioning: MaskConditioning | None = None,
+                     seed: int | Sequence[int] = 0) -> np.ndarray:
+        """``n`` lesion masks (n, z, y, x) uint8 at the plans' lesion patch size; same seed, same masks.
+
+        ``seed`` is one seed for the batch, or one per mask: each mask is then the one a call with that mask's
+        conditioning alone and its seed gives (its spheres and noise are its own), so masks of independent lesions
+        can share a batch."""
         conditioning = conditioning or MaskConditioning()
         conditioning.check(n, self.patch_size)
         if n == 0:
             return np.zeros((0, *self.patch_size), dtype=np.uint8)
-        rng = np.random.default_rng(seed)
-        masks = self.generate(self.draw_spheres(n, conditioning, rng), conditioning, rng)
+        if isinstance(seed, (int, np.integer)):
+            rng = np.random.default_rng(seed)
+            spheres = self.draw_spheres(n, conditioning, rng)
+            noise_seed: int | list[int] = int(rng.integers(2**31))
+        else:
+            if len(seed) != n:
+                raise LesiongenError(f"sample_masks got {len(seed)} seeds for {n} masks")
+            rngs = [np.random.default_rng(s) for s in seed]  # each draws, in order, what a call alone draws
+            spheres = [self.draw_spheres(1, conditioning.select(i), rng)[0] for i, rng in enumerate(rngs)]
+            noise_seed = [int(rng.integers(2**31)) for rng in rngs]
+        masks = self.generate(spheres, conditioning, noise_seed)
         if conditioning.brain is not None:
             masks[~conditioning.brain.astype(bool)] = 0
         minimum = self.minimum_voxels()
         return np.stack([drop_small_components(m, minimum) for m in masks]).astype(np.uint8)
 
     def generate(self, spheres: list[list[SphereLesion]], conditioning: MaskConditioning,
-                 rng: np.random.Generator) -> np.ndarray:
-        """Label maps for the given spheres; each generator's own method."""
+                 noise_seed: int | list[int]) -> np.ndarray:
+        """Label maps for the given spheres, the network's noise (where it has any) seeded by ``noise_seed``: one
+        seed for the batch or one per mask; each generator's own method."""
         raise NotImplementedError
 
 
 class SphereMaskGenerator(MaskGenerator):
     kind = "spheremask"
 
-    def generate(self, spheres, conditioning, rng) -> np.ndarray:
+    def generate(self, spheres, conditioning, noise_seed) -> np.ndarray:
         self.last_evaluations = 0
         minimum = self.minimum_voxels()
         return np.stack([render_ellipsoids(s, self.patch_size, self.spacing, minimum) for s in spheres])
@@ -186,7 +201,7 @@ class UNetMaskGenerator(MaskGenerator):
         return self.input_layout.assemble(parts, lambda xs: np.concatenate(xs, axis=1))
 
     @torch.no_grad()
-    def generate(self, spheres, conditioning, rng) -> np.ndarray:
+    def generate(self, spheres, conditioning, noise_seed) -> np.ndarray:
         if conditioning.images is None:
             raise LesiongenError("unetmask draws lesions into image patches: give conditioning images "
                                  "(lesion-free patches of the planned size)")
@@ -240,15 +255,16 @@ class DiffMaskGenerator(MaskGenerator):
         return self.input_layout.assemble(parts, lambda xs: torch.cat(xs, dim=1))
 
     @torch.no_grad()
-    def denoise(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int,
+    def denoise(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int | Sequence[int],
                 schedule: ScheduleConfig | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
         """Denoised masks (n, K, z, y, x) in [-1, 1] for the given controls; and network evaluations per mask.
 
+        ``seed``: one for the batch, or one per mask (whose noise is then that of the mask alone).
         ``progress(done, total)`` is called after every (batched) network evaluation."""
         schedule = schedule or self.config.schedule
         network = self.networks["denoiser"]
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generators(seed)
         out, evaluations = [], 0
         chunk = max(1, self.stage_plan.batch_size)
         total_calls = -(-len(controls) // chunk) * sampling_evaluations(schedule)
@@ -267,7 +283,8 @@ class DiffMaskGenerator(MaskGenerator):
                     progress(calls, total_calls)
                 return prediction
 
-            x, evaluations = sample(predict, shape, schedule, generator, self.device)
+            x, evaluations = sample(predict, shape, schedule, batch_part(generator, slice(start, start + chunk)),
+                                    self.device)
             out.append(x.clamp(-1, 1).float().cpu().numpy())
         return np.concatenate(out), evaluations
 
@@ -293,9 +310,8 @@ class DiffMaskGenerator(MaskGenerator):
                                           threshold=self.config.preset_thresholds[sampling])
         return twin
 
-    def generate(self, spheres, conditioning, rng) -> np.ndarray:
-        denoised, self.last_evaluations = self.denoise(self.render_controls(spheres), conditioning.tissue,
-                                                       int(rng.integers(2**31)))
+    def generate(self, spheres, conditioning, noise_seed) -> np.ndarray:
+        denoised, self.last_evaluations = self.denoise(self.render_controls(spheres), conditioning.tissue, noise_seed)
         return self.binarise(denoised, self.config.threshold)
 
 
@@ -327,12 +343,12 @@ class GANMaskGenerator(MaskGenerator):
             parts["tissue"] = self.encode_tissue(tissue, len(controls))
         return parts
 
-    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def noise(self, n: int, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
         """(n, noise channels, z, y, x) smooth standard-normal fields: normal values on a grid of one knot per
         ``NOISE_CELL_VOXELS`` voxels, trilinearly interpolated, so the network gets lesion-sized variation to shape
         masks with (voxel-wise white noise is easy to average away)."""
         knots = [max(2, -(-size // self.NOISE_CELL_VOXELS) + 1) for size in self.patch_size]
-        coarse = torch.randn((n, channels.GAN_NOISE_CHANNELS, *knots), generator=generator)
+        coarse = draw_noise((n, channels.GAN_NOISE_CHANNELS, *knots), generator)
         fields = F.interpolate(coarse, size=self.patch_size, mode="trilinear", align_corners=True)
         return fields / fields.flatten(1).std(dim=1).clamp(min=1e-6).view(-1, 1, 1, 1, 1)
 
@@ -344,23 +360,25 @@ class GANMaskGenerator(MaskGenerator):
         return self.discriminator_layout.assemble({"mask": masks, **condition}, lambda xs: torch.cat(xs, dim=1))
 
     @torch.no_grad()
-    def probabilities(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int) -> np.ndarray:
-        """Lesion probabilities (n, K, z, y, x) for the given sphere controls; the seed draws the noise."""
+    def probabilities(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int | Sequence[int]
+                      ) -> np.ndarray:
+        """Lesion probabilities (n, K, z, y, x) for the given sphere controls; the seed draws the noise (one for the
+        batch, or one per mask)."""
         network = self.networks["generator"]
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generators(seed)
         out = []
         chunk = max(1, self.stage_plan.batch_size)
         for start in range(0, len(controls), chunk):
             part = slice(start, start + chunk)
             condition = {k: self.to_device(v) for k, v in
                          self.condition(controls[part], None if tissue is None else tissue[part]).items()}
-            noise = self.noise(len(controls[part]), generator).to(self.device)
+            noise = self.noise(len(controls[part]), batch_part(generator, part)).to(self.device)
             with self.autocast():
                 logits = network(self.generator_input(noise, condition))
             out.append(torch.sigmoid(logits.float()).cpu().numpy())
         return np.concatenate(out)
 
-    def generate(self, spheres, conditioning, rng) -> np.ndarray:
-        probabilities = self.probabilities(self.render_controls(spheres), conditioning.tissue, int(rng.integers(2**31)))
+    def generate(self, spheres, conditioning, noise_seed) -> np.ndarray:
+        probabilities = self.probabilities(self.render_controls(spheres), conditioning.tissue, noise_seed)
         self.last_evaluations = 1
         return self.binarise(probabilities, self.config.threshold)

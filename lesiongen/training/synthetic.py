@@ -25,7 +25,7 @@ import numpy as np
 
 from lesiongen.inference.copy_paste import copy_paste, donor_lesions
 from lesiongen.inference.strategies import SYNTHETIC, strategy as get_strategy
-from lesiongen.inference.synthesis import (InpaintJob, count_fallbacks, finished_job, model_space_synthesis_job,
+from lesiongen.inference.synthesis import (EditJob, count_fallbacks, finished_job, model_space_synthesis_job,
                                            run_jobs)
 from lesiongen.models.folder import trainer_folder
 from lesiongen.models.registry import load_model
@@ -200,7 +200,7 @@ def _maker(dataset: PreprocessedDataset, strategy: str, train_cases: list[str], 
 
 
 def _inpainting_maker(dataset: PreprocessedDataset, inpainter, generator):
-    def make(images, brain, tissue, seed: int) -> InpaintJob[tuple]:
+    def make(images, brain, tissue, seed: int) -> EditJob[tuple]:
         edit = yield from model_space_synthesis_job(images, brain, tissue, dataset.plans, inpainter, generator,
                                                     seed=seed)
         return edit.images, edit.label, edit.lesions
@@ -217,7 +217,7 @@ def _donors_and_priors(dataset: PreprocessedDataset, train_cases: list[str]):
 def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
     donors, priors = _donors_and_priors(dataset, train_cases)
 
-    def make(images, brain, tissue, seed: int) -> InpaintJob[tuple]:
+    def make(images, brain, tissue, seed: int) -> EditJob[tuple]:
         return finished_job(copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
                                        np.random.default_rng(seed)))
 
@@ -228,7 +228,7 @@ def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpai
     donors, priors = _donors_and_priors(dataset, train_cases)
     patch = dataset.plans.lesion_patch_size
 
-    def make(images, brain, tissue, seed: int) -> InpaintJob[tuple]:
+    def make(images, brain, tissue, seed: int) -> EditJob[tuple]:
         drawn = list(donor_lesions(brain, tissue, donors, priors, patch, np.random.default_rng(seed)))
         edit = yield from model_space_synthesis_job(images, brain, tissue, dataset.plans, inpainter,
                                                     placements=[(d.label, d.centre, d.lesion) for d in drawn],
@@ -240,7 +240,7 @@ def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpai
     return make
 
 
-def _case_job(dataset: PreprocessedDataset, case: SegCase, key: dict[str, Any], make) -> InpaintJob[None]:
+def _case_job(dataset: PreprocessedDataset, case: SegCase, key: dict[str, Any], make) -> EditJob[None]:
     """Makes and saves one synthetic case (redrawn while it holds no lesion)."""
     images, brain, tissue = _healthy(dataset, key["source_healthy_case"])
     for attempt in range(EMPTY_RETRIES):
