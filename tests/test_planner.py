@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,11 @@ import torch
 from lesiongen.fingerprint.fingerprint import CaseFingerprint, DatasetFingerprint, IntensityProperties
 from lesiongen.fingerprint.lesions import LesionComponent
 from lesiongen.io.dataset import DatasetInfo
-from lesiongen.planning import topology
+from lesiongen.planning import channels, topology
 from lesiongen.planning.planner import plan_dataset, target_spacing
 from lesiongen.planning.plans import CT, ZSCORE, load_plans, save_plans
+
+from conftest import BENCHMARKS
 
 
 def _lesion(radius: float, centre, tissue: int = 2) -> LesionComponent:
@@ -272,3 +276,19 @@ def test_asking_for_2d_of_isotropic_plans_is_one_line():
         segmentation_stage_name("2d", plans)
     with pytest.raises(LesiongenError, match="unknown segmentation configuration '3d_lowres'"):
         segmentation_stage_name("3d_lowres", plans)
+
+
+def test_diffusion_memory_estimate_matches_the_peak_measured_on_a_gpu():
+    """The two diffusion stages' memory estimate against the peak GPU memory the GPU check measured while training
+    them at their planned batch and patch (realistic demo: 2 image channels, tissue maps, one lesion class)."""
+    report = json.loads((BENCHMARKS / "results" / "gpu_check_cuda_2026-12-04.json").read_text())
+    in_channels = {"diffmask": channels.diffmask_input(1, True).total, "inpaint": channels.inpaint_input(2, 1).total}
+    for trainer, inputs in in_channels.items():
+        stage = report["stages"][f"train_{trainer}"]
+        patch = report["stages"]["cpu_reload"]["models"][trainer]["patch_size"]
+        measured = stage["performance"]["peak_gpu_allocated_gib"]
+        estimate = topology.diffusion_memory_gb(topology.diffusion_topology(patch), patch, inputs, stage["batch_size"])
+        assert estimate == pytest.approx(measured, rel=0.03), trainer
+        # the batch planned now for the default 8 GB target stays within it by the same estimate
+        batch = topology.diffusion_batch_size(topology.diffusion_topology(patch), patch, inputs, 8.0, cap=64)
+        assert batch < stage["batch_size"]
