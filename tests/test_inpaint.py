@@ -14,7 +14,7 @@ from lesiongen.cli import evaluate_inpainting as evaluate_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, state_sequence
 from lesiongen.preprocessing.dataset import open_preprocessed
-from lesiongen.preprocessing.lesion_patches import load_lesion_patches
+from lesiongen.preprocessing.lesion_patches import load_lesion_patches, shifted
 from lesiongen.training.trainers.inpaint import heal_shape
 
 
@@ -382,3 +382,34 @@ def test_removing_lesions_batched_equals_one_at_a_time(inpainter, monkeypatch):
                            batch_lesions=False)
     assert calls == [1, 1]
     np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-5)  # back in the scan's intensity units
+
+
+def test_edit_region_is_the_26_neighbourhood_dilation_repeated_margin_times():
+    from scipy import ndimage
+
+    corner = np.zeros((6, 7, 8), bool)
+    corner[0, 0, 0] = True
+    assert np.array_equal(np.argwhere(edit_region(corner, 2)).max(axis=0), [2, 2, 2])  # a 5-cube cut by the border
+    assert edit_region(corner, 2).sum() == 27 and edit_region(corner, 0).sum() == 1
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 9, 11, 10)) > 0.97
+    masks[1] = False
+    masks[2, -1, -1, -1] = True  # on the far border
+    for margin in (1, 2, 3):
+        expected = np.stack([ndimage.binary_dilation(m, structure=np.ones((3, 3, 3), bool), iterations=margin)
+                             for m in masks])
+        assert np.array_equal(edit_region(masks, margin), expected)  # a stack: no mask grows into its neighbour
+        assert np.array_equal(edit_region(masks[0], margin), expected[0])
+    assert not edit_region(masks, 3)[1].any()
+
+
+def test_shifted_moves_whole_voxels_and_fills_with_zero():
+    from scipy import ndimage
+
+    small = np.arange(1, 7, dtype=np.uint8).reshape(2, 3)
+    assert shifted(small, np.array([1, -1])).tolist() == [[0, 0, 0], [2, 3, 0]]
+    rng = np.random.default_rng(1)
+    shape = rng.random((8, 9, 10)) > 0.7
+    for shift in ([0, 0, 0], [3, -2, 5], [-7, 8, -9], [8, 0, 0], [-20, 1, 1]):
+        expected = ndimage.shift(shape.astype(np.uint8), shift, order=0, mode="constant", cval=0).astype(bool)
+        assert np.array_equal(shifted(shape, np.array(shift)), expected), shift

@@ -149,10 +149,15 @@ def repaint(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], known
 
 
 def edit_region(mask: np.ndarray, margin_voxels: int) -> np.ndarray:
-    """Voxels the model may change: the mask grown by ``margin_voxels`` (26-neighbourhood)."""
+    """Voxels the model may change: the mask (z, y, x), or a stack of masks along leading axes, grown by
+    ``margin_voxels`` in every direction, diagonals included: the 26-neighbourhood dilation repeated
+    ``margin_voxels`` times, which is the maximum over a cube of ``2 * margin_voxels + 1`` voxels."""
+    mask = mask.astype(bool)
     if margin_voxels <= 0:
-        return mask.astype(bool)
-    return ndimage.binary_dilation(mask.astype(bool), structure=np.ones((3, 3, 3), bool), iterations=margin_voxels)
+        return mask
+    # the cube's maximum is separable: one pass per axis instead of margin passes over 27 neighbours
+    size = (1,) * (mask.ndim - 3) + (2 * margin_voxels + 1,) * 3
+    return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0).astype(bool)
 
 
 def feather_blend(known: np.ndarray, generated: np.ndarray, mask: np.ndarray, margin_voxels: int) -> np.ndarray:

@@ -248,7 +248,7 @@ class Inpainter(LesionModel):
             contrast, step = (np.concatenate(parts) for parts in zip(*drawn))
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         lesion_any = lesion_masks > 0
-        region = np.stack([edit_region(m, self.margin_voxels) for m in lesion_any])
+        region = edit_region(lesion_any, self.margin_voxels)
         if brain is not None:
             region &= brain.astype(bool)
         heal = region if mode == REMOVE else np.zeros_like(region)

@@ -99,6 +99,19 @@ def fill_lesions(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, tissu
     return out
 
 
+def shifted(array: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``array`` moved by whole voxels along every axis (``shift[i]`` along axis i), zero where nothing moved in."""
+    out = np.zeros_like(array)
+    source, target = [], []
+    for n, s in zip(array.shape, (int(v) for v in shift)):
+        if abs(s) >= n:
+            return out
+        source.append(slice(max(0, -s), n - max(0, s)))
+        target.append(slice(max(0, s), n - max(0, -s)))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
 def relocate_shape(shape: np.ndarray, avoid: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
                    tries: int) -> np.ndarray | None:
     """``shape`` (bool) shifted to a random place in the patch, whole, inside ``brain`` and off ``avoid``; None
@@ -106,7 +119,7 @@ def relocate_shape(shape: np.ndarray, avoid: np.ndarray, brain: np.ndarray, rng:
     size = np.asarray(shape.shape)
     for _ in range(tries):
         shift = rng.integers(-size // 2, size // 2 + 1)
-        moved = ndimage.shift(shape.astype(np.uint8), shift, order=0, mode="constant", cval=0).astype(bool)
+        moved = shifted(shape, shift)
         if moved.sum() == shape.sum() and not (moved & avoid).any() and brain[moved].all():
             return moved
     return None

@@ -94,7 +94,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
                 masks[i] = 0  # the model must not be told where the real lesions are
                 unconditioned[i] = True
         lesion = np.where(heal.any(axis=(1, 2, 3))[:, None, None, None], 0, masks)
-        region = np.stack([edit_region(m > 0, margin) for m in lesion]) | heal
+        region = edit_region(lesion > 0, margin) | heal
         return {"images": images, "known": images * ~region[:, None], "lesion": lesion, "heal": heal,
                 "region": region, "contrast": contrast, "unconditioned": unconditioned}
 
