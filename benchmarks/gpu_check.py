@@ -18,7 +18,8 @@ process per stage, so one crash loses one stage):
 4. ``lesiongen_predict -m seg`` on the test scans, ``nnUNetv2_predict`` with the same network and weights when it
    is on PATH (the model folder is built by ``predict_vs_nnunet.write_nnunet_model``), and ``lesiongen_predict -m
    synth`` (diffmask masks) on the healthy scans, one scan at a time (``--batch_scans 1``) and all of them together
-   (their lesions sharing the inpainter's batches); wall times include each command's start-up.
+   (their lesions sharing the inpainter's batches); wall times include each command's start-up. Last, the
+   one-at-a-time run again under cProfile: its top functions by own time say where the time goes.
 
 Each stage runs under its own time limit (a share of ``--timeout``, never more than what is left of it); a stage
 that fails or runs out of time is reported and the next one runs. The JSON (with provenance) goes to
@@ -181,9 +182,10 @@ def reload_stage(args: argparse.Namespace, size: dict[str, Any], env: dict[str, 
 
 
 def predict_stage(mode: str, args: argparse.Namespace, size: dict[str, Any], env: dict[str, str], raw: Path,
-                  out: Path, together: bool = False) -> Callable[[float], dict[str, Any]]:
+                  out: Path, together: bool = False, profile: bool = False) -> Callable[[float], dict[str, Any]]:
     """``lesiongen_predict -m seg`` on the test scans or ``-m synth`` on the healthy ones (``together``: all of them
-    in one group, ``--batch_scans`` = their number; else one at a time)."""
+    in one group, ``--batch_scans`` = their number; else one at a time). ``profile``: under cProfile, whose top
+    functions by own time (where the time goes, waits for the GPU included) join the result."""
     def body(limit: float) -> dict[str, Any]:
         if mode == "seg":
             inputs = raw / "imagesTs"
@@ -196,8 +198,13 @@ def predict_stage(mode: str, args: argparse.Namespace, size: dict[str, Any], env
         scans = count_scans(inputs)
         command = [console("lesiongen_predict"), "-d", DATASET_ID, "-p", size["plans"], "-i", str(inputs), "-o",
                    str(out), "-f", "0", "-device", args.device, *extra]
+        profile_file = out.with_name(out.name + ".prof")
+        if profile:
+            command = [sys.executable, "-m", "cProfile", "-o", str(profile_file), *command]
         record = run_command(command, env, limit)
         result = {**record, "scans": scans, "seconds_per_scan": record["wall_seconds"] / max(scans, 1)}
+        if profile:
+            result["profile_top"] = profile_top(profile_file)
         if mode == "synth":
             summary = json.loads((out / "synthesis_summary.json").read_text())
             result.update(lesions=summary["lesions"], sphere_fallbacks=summary["sphere_fallbacks"])
@@ -226,6 +233,16 @@ def nnunet_stage(args: argparse.Namespace, size: dict[str, Any], env: dict[str, 
         return record
 
     return body
+
+
+def profile_top(path: Path, n: int = 15) -> list[dict[str, Any]]:
+    """The ``n`` functions of a cProfile file with the most own time, with their cumulative time and calls."""
+    import pstats
+
+    stats = pstats.Stats(str(path)).stats  # {(file, line, name): (primitive calls, calls, own, cumulative, callers)}
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:n]
+    return [{"function": f"{Path(file).name}:{line}({name})", "calls": calls, "own_seconds": own,
+             "cumulative_seconds": cumulative} for (file, line, name), (_, calls, own, cumulative, _) in rows]
 
 
 def count_scans(folder: Path) -> int:
@@ -332,6 +349,9 @@ def run_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                                                work / "predict_synth"))
     stages.run("predict_synth_batched", "predict_synth", predict_stage("synth", args, size, env, raw,
                                                                        work / "predict_synth_batched", together=True))
+    # last, as it runs slower under the profiler: where a synthesis run's time goes
+    stages.run("predict_synth_profiled", "predict_synth", predict_stage("synth", args, size, env, raw,
+                                                                        work / "predict_synth_profiled", profile=True))
     return {"settings": {"device": args.device, "tiny": args.tiny, "steps": args.steps, "timeout": args.timeout,
                          "plans": size["plans"], "demo_shape": size["shape"], "demo_spacing": size["spacing"],
                          "gpu": gpu_description(args.device)},
@@ -382,6 +402,12 @@ def print_table(payload: dict[str, Any]) -> None:
                   f"({_fmt(result.get('seconds_per_scan'), '.1f')} s/scan, start-up included){extra}")
         else:
             print(f"{name:<15} FAILED: {result.get('error')}")
+    profiled = stages.get("predict_synth_profiled", {})
+    if profiled.get("ok"):
+        print(f"where -m synth spends its {profiled['wall_seconds']:.1f} s (cProfile, own time):")
+        for row in profiled["profile_top"][:8]:
+            print(f"    {row['own_seconds']:7.2f} s own, {row['cumulative_seconds']:7.2f} s with callees, "
+                  f"{row['calls']:6d} calls  {row['function']}")
     reload_result = stages.get("cpu_reload", {})
     loaded = sum(1 for m in reload_models.values() if m.get("ok"))
     print(f"cpu_reload      {'ok' if reload_result.get('ok') else 'FAILED'}: {loaded} of {len(TRAINERS)} model "

@@ -53,6 +53,19 @@ def test_a_stage_gets_no_more_than_what_is_left_of_the_budget():
     assert stages.results["too_late"]["ok"] is False and "budget is spent" in stages.results["too_late"]["error"]
 
 
+def test_profile_top_ranks_functions_by_their_own_time(tmp_path):
+    script = tmp_path / "work.py"
+    script.write_text("import time\n\ndef waits():\n    time.sleep(0.3)\n\ndef adds():\n"
+                      "    return sum(range(10_000))\n\nwaits()\nfor _ in range(5):\n    adds()\n")
+    profile = tmp_path / "work.prof"
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), str(script)], check=True, timeout=60)
+    top = gpu_check().profile_top(profile, n=3)
+    assert len(top) == 3
+    assert top[0]["function"] == "~:0(<built-in method time.sleep>)" and top[0]["own_seconds"] >= 0.29
+    adds = gpu_check().profile_top(profile, n=100)
+    assert [row["calls"] for row in adds if row["function"].endswith("(adds)")] == [5]
+
+
 @pytest.mark.timeout(900)  # the suite's slowest test: ten console scripts end to end
 def test_tiny_check_on_cpu_runs_every_stage(tmp_path):
     out = tmp_path / "check.json"
@@ -84,3 +97,8 @@ def test_tiny_check_on_cpu_runs_every_stage(tmp_path):
     assert "--batch_scans 1" in synth["command"]
     assert batched["lesions"] == synth["lesions"]
     assert "samples/s" in done.stdout and "cpu_reload      ok: 5 of 5" in done.stdout
+    profiled = stages["predict_synth_profiled"]
+    assert profiled["lesions"] == synth["lesions"] and "cProfile" in profiled["command"]
+    own = [row["own_seconds"] for row in profiled["profile_top"]]
+    assert own == sorted(own, reverse=True) and 0 < sum(own) <= profiled["wall_seconds"]
+    assert "where -m synth spends" in done.stdout
