@@ -1,8 +1,8 @@
 """benchmarks/gpu_check.py: one failing or overrunning stage never ends the check, and ``--tiny -device cpu`` runs
 every stage (training, CPU reload, prediction) through the console scripts and records what it asked for.
 
-The end-to-end run starts about ten console-script processes; with diffmask's thresholds fitted on 4 patches it
-takes about 40 s on a quiet 2-core machine (minutes when other jobs oversubscribe the cores).
+The end-to-end run starts about a dozen console-script processes (diffmask's thresholds fitted on 4 patches to
+keep it short); it is the suite's slowest test (its time: README, "The prepared GPU check").
 """
 
 from __future__ import annotations
