@@ -233,6 +233,18 @@ MUTANTS = (
            "for start in range(0, len(todo), options.batch_scans):", "for start in range(0, len(todo), 1):",
            ("tests/test_predict.py::test_batch_scans_shares_the_inpainter_between_scans_and_changes_no_output",),
            "issue 15"),
+    # ------------------------------------------------------------------- what the GPU check changed (issue 15)
+    Mutant("diffusion_memory_footprint_as_before", "lesiongen/planning/topology.py",
+           "DIFFUSION_ACTIVATION_FOOTPRINT = 2.67", "DIFFUSION_ACTIVATION_FOOTPRINT = 2.0",
+           ("tests/test_planner.py::test_diffusion_memory_estimate_matches_the_peak_measured_on_a_gpu",), "issue 15"),
+    Mutant("edit_region_cube_one_voxel_short", "lesiongen/diffusion/inpainting.py",
+           "size = (1,) * (mask.ndim - 3) + (2 * margin_voxels + 1,) * 3",
+           "size = (1,) * (mask.ndim - 3) + (2 * margin_voxels,) * 3",
+           ("tests/test_inpaint.py::test_edit_region_is_the_26_neighbourhood_dilation_repeated_margin_times",),
+           "issue 15"),
+    Mutant("shift_by_one_voxel_too_few", "lesiongen/preprocessing/lesion_patches.py",
+           "target.append(slice(max(0, s), n - max(0, -s)))", "target.append(slice(max(0, s - 1), n - max(0, -s) - 1))",
+           ("tests/test_inpaint.py::test_shifted_moves_whole_voxels_and_fills_with_zero",), "issue 15"),
 )
 
 
