@@ -254,7 +254,8 @@ def fragment_found(mutant: Mutant, root: Path = ROOT) -> bool:
 
 
 def _scratch_copy(target: Path, source_root: Path = ROOT) -> None:
-    for name in ("lesiongen", "tests", "documentation", "pyproject.toml", "README.md"):
+    # benchmarks: some tests load a benchmark script or check a recorded result
+    for name in ("lesiongen", "tests", "documentation", "benchmarks", "pyproject.toml", "README.md"):
         source = source_root / name
         if source.is_dir():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
