@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY, TINY_NAME
+from conftest import TINY, TINY_NAME, count_inpaint_calls
 from lesiongen.cli import export_nnunet as export_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.sharing.export_nnunet import check_nnunet_layout
@@ -134,3 +134,30 @@ def test_export_from_installed_models_and_user_healthy_scans_needs_no_raw_data(e
     assert recorded["sha256"] == sha256_file(models / "inpaint__lesiongenPlans" / "fold_0" / "checkpoint_final.pt")
     # without --synthetic_only the real cases are needed, and the raw dataset is not there: one line says so
     assert export_cli.main([a for a in args if a != "--synthetic_only"][:-2] + ["--id", "612"]) == 1
+
+
+def test_batch_scans_shares_the_inpainter_between_cases_and_changes_no_case(exported, tmp_path, monkeypatch):
+    """--batch_scans 3: the three synthetic cases go through the inpainter together (fewer calls, as many patches)
+    and each is the case --batch_scans 1 writes."""
+    folders, _ = exported
+    healthy = folders["raw"] / TINY_NAME / "imagesHealthy"
+    calls = count_inpaint_calls(monkeypatch)
+    patches = {}
+    for batch in (1, 3):
+        calls.clear()
+        assert export_cli.main(["-model", str(folders["results"] / TINY_NAME), "--synthetic", "sphere", "--n", "3",
+                                "-o", str(tmp_path / f"out{batch}"), "--id", "613", "-f", "0", "-device", "cpu",
+                                "--healthy", str(healthy), "--synthetic_only", "--seed", "5",
+                                "--batch_scans", str(batch)]) == 0
+        patches[batch] = list(calls)
+    assert sum(patches[3]) == sum(patches[1]) > 0 and len(patches[3]) < len(patches[1])
+    alone, together = (tmp_path / f"out{b}" / "Dataset613_DemoMSSynth" for b in (1, 3))
+    records = [json.loads((out / "dataset.json").read_text())["lesiongen"]["synthetic_cases"] for out in (alone, together)]
+    assert records[0] == records[1]
+    for i in range(3):
+        label, _ = read_image(alone / "labelsTr" / f"syn_{i:04d}.nii.gz")
+        assert label.any() and np.array_equal(label, read_image(together / "labelsTr" / f"syn_{i:04d}.nii.gz")[0])
+        for channel in range(2):
+            one, _ = read_image(alone / "imagesTr" / f"syn_{i:04d}_{channel:04d}.nii.gz")
+            many, _ = read_image(together / "imagesTr" / f"syn_{i:04d}_{channel:04d}.nii.gz")
+            np.testing.assert_allclose(many, one, rtol=0, atol=1e-6 * np.abs(one).max())  # float rounding only

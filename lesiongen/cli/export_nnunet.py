@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+    parser.add_argument("--batch_scans", type=positive_int, default=None,
+                        help="synthetic cases made at once, their lesions sharing the networks' calls (each case "
+                             "stays the one it is alone). Default 1 on CPU, 4 on a GPU")
     add_common_arguments(parser)
     return parser
 
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
     from lesiongen.models.folder import DATASET_JSON, ModelFolder, trainer_folder_name
     from lesiongen.preprocessing.splits import parse_fold
     from lesiongen.io.dataset import CaseFiles
+    from lesiongen.inference.synthesis import default_batch_scans
     from lesiongen.sharing.export_nnunet import export_nnunet
     from lesiongen.utilities.devices import pick_device
     from lesiongen.utilities.errors import LesiongenError
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
         healthy = raw.healthy
     folder = export_nnunet(models, args.synthetic, args.n, args.output, args.dataset_id, healthy,
                            raw=None if args.synthetic_only else raw, plans_name=args.plans, fold=fold,
-                           device=str(device), seed=args.seed, overwrite=args.overwrite)
+                           device=str(device), seed=args.seed, overwrite=args.overwrite,
+                           batch_scans=args.batch_scans or default_batch_scans(device.type))
     print(f"nnU-Net raw dataset written to {folder}")
 
 

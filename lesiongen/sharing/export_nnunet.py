@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,10 @@ from tqdm import tqdm
 
 from lesiongen.inference.predict import read_case_channels, read_map
 from lesiongen.inference.strategies import WHOLE_SCAN, strategy as get_strategy
-from lesiongen.inference.synthesis import synthesize
+from lesiongen.inference.synthesis import EditJob, SynthesisResult, run_jobs, synthesis_job
 from lesiongen.io.dataset import CaseFiles, DatasetInfo, RawDataset
-from lesiongen.io.images import READER_ALIASES, SUPPORTED_ENDINGS, read_geometry, read_image, write_image
+from lesiongen.io.images import (READER_ALIASES, SUPPORTED_ENDINGS, ImageGeometry, read_geometry, read_image,
+                                  write_image)
 from lesiongen.models.folder import ModelFolder, trainer_folder_name
 from lesiongen.models.inpainter import Inpainter
 from lesiongen.models.mask_generators import MaskGenerator
@@ -114,15 +116,19 @@ def _nnunet_json(info: DatasetInfo, source_json: dict, folder_name: str, num_tra
 def export_nnunet(models: Path, strategy: str, n: int, out_root: str | Path, dataset_id: int,
                   healthy: list[CaseFiles], raw: RawDataset | None = None, plans_name: str = "lesiongenPlans",
                   fold: int | str | None = None, device: str = "cpu", seed: int = 0,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, batch_scans: int = 1) -> Path:
     """Write the nnU-Net v2 raw dataset ``out_root/Dataset{dataset_id}_<Name>Synth``; returns its folder.
 
     ``models`` is the results dataset folder holding the model folders; ``raw``, when given, contributes its real
     training cases (copied unchanged). Everything that can be checked is checked before the first file is written.
+    Synthetic cases are made ``batch_scans`` at a time, their lesions sharing the networks' calls (each case is the
+    one it is alone).
     """
     get_strategy(strategy, WHOLE_SCAN)
     if n < 1:
         raise LesiongenError(f"--n must be at least 1, got {n}")
+    if batch_scans < 1:
+        raise LesiongenError(f"--batch_scans must be at least 1, got {batch_scans}")
     if not 1 <= dataset_id <= 999:
         raise LesiongenError(f"--id must be 1-999, got {dataset_id}")
     if not healthy:
@@ -166,30 +172,57 @@ def export_nnunet(models: Path, strategy: str, n: int, out_root: str | Path, dat
             for path in case.images:
                 shutil.copyfile(path, images_tr / path.name)
             shutil.copyfile(case.label, labels_tr / f"{case.case_id}{ending}")
-        for i in tqdm(range(n), desc="lesiongen_export_nnunet", unit="case"):
-            scan = healthy[i % len(healthy)]
-            images, geometry, dtypes = read_case_channels(scan.images, reader)
-            brain = read_map(scan.brain_mask, geometry, "brain mask", reader)
-            tissue = read_map(scan.tissue, geometry, "tissue map", reader)
-            for attempt in range(EMPTY_RETRIES):
-                used_seed = derive_seed(seed, "export", i, attempt)
-                result = synthesize(images, list(geometry.spacing_zyx), inpainter.plans, inpainter, generator,
-                                    seed=used_seed, brain_mask=None if brain is None else brain > 0,
-                                    tissue=None if tissue is None else tissue.astype(np.uint8))
-                if result.label.any():
-                    break
-            else:
-                logger.warning("%s%04d (from %s): no lesion after %d draws; kept with an empty label",
-                               SYNTHETIC_PREFIX, i, scan.case_id, EMPTY_RETRIES)
-            case_id = f"{SYNTHETIC_PREFIX}{i:04d}"
-            for c, image in enumerate(result.images):
-                write_image(images_tr / f"{case_id}_{c:04d}{ending}", cast_to(image, dtypes[c]), geometry, reader)
-            write_image(labels_tr / f"{case_id}{ending}", result.label.astype(np.uint8), geometry, reader)
-            record["synthetic_cases"].append({"case": case_id, "source_healthy_case": scan.case_id,
-                                              "seed": used_seed, "lesions": len(result.lesions),
-                                              "lesion_voxels": int((result.label > 0).sum())})
+        with tqdm(total=n, desc="lesiongen_export_nnunet", unit="case") as progress:
+            for start in range(0, n, batch_scans):
+                group = range(start, min(n, start + batch_scans))
+                scans = [_read_healthy(healthy[i % len(healthy)], reader) for i in group]
+                results = run_jobs([_synthetic_case_job(scan, i, seed, inpainter, generator)
+                                    for i, scan in zip(group, scans)])
+                for i, scan, (result, used_seed) in zip(group, scans, results, strict=True):
+                    case_id = f"{SYNTHETIC_PREFIX}{i:04d}"
+                    for c, image in enumerate(result.images):
+                        write_image(images_tr / f"{case_id}_{c:04d}{ending}", cast_to(image, scan.dtypes[c]),
+                                    scan.geometry, reader)
+                    write_image(labels_tr / f"{case_id}{ending}", result.label.astype(np.uint8), scan.geometry,
+                                reader)
+                    record["synthetic_cases"].append({"case": case_id, "source_healthy_case": scan.case_id,
+                                                      "seed": used_seed, "lesions": len(result.lesions),
+                                                      "lesion_voxels": int((result.label > 0).sum())})
+                progress.update(len(group))
         write_json(staging / "dataset.json", _nnunet_json(info, source_json, folder_name, len(real_cases) + n, record))
     return target
+
+
+@dataclass
+class _HealthyScan:
+    case_id: str
+    images: np.ndarray
+    geometry: ImageGeometry
+    dtypes: list[np.dtype]
+    brain: np.ndarray | None
+    tissue: np.ndarray | None
+
+
+def _read_healthy(scan: CaseFiles, reader: str | None) -> _HealthyScan:
+    images, geometry, dtypes = read_case_channels(scan.images, reader)
+    brain = read_map(scan.brain_mask, geometry, "brain mask", reader)
+    tissue = read_map(scan.tissue, geometry, "tissue map", reader)
+    return _HealthyScan(scan.case_id, images, geometry, dtypes, None if brain is None else brain > 0,
+                        None if tissue is None else tissue.astype(np.uint8))
+
+
+def _synthetic_case_job(scan: _HealthyScan, index: int, seed: int, inpainter: Inpainter,
+                        generator: MaskGenerator) -> EditJob[tuple[SynthesisResult, int]]:
+    """Synthetic case ``index`` from ``scan``, redrawn while it holds no lesion; its result and the seed used."""
+    for attempt in range(EMPTY_RETRIES):
+        used_seed = derive_seed(seed, "export", index, attempt)
+        result = yield from synthesis_job(scan.images, list(scan.geometry.spacing_zyx), inpainter.plans, inpainter,
+                                          generator, seed=used_seed, brain_mask=scan.brain, tissue=scan.tissue)
+        if result.label.any():
+            return result, used_seed
+    logger.warning("%s%04d (from %s): no lesion after %d draws; kept with an empty label", SYNTHETIC_PREFIX, index,
+                   scan.case_id, EMPTY_RETRIES)
+    return result, used_seed
 
 
 # -------------------------------------------------------------------------------------------------- check
