@@ -152,7 +152,8 @@ def test_batch_scans_shares_the_inpainter_between_cases_and_changes_no_case(expo
         patches[batch] = list(calls)
     assert sum(patches[3]) == sum(patches[1]) > 0 and len(patches[3]) < len(patches[1])
     alone, together = (tmp_path / f"out{b}" / "Dataset613_DemoMSSynth" for b in (1, 3))
-    records = [json.loads((out / "dataset.json").read_text())["lesiongen"]["synthetic_cases"] for out in (alone, together)]
+    records = [json.loads((out / "dataset.json").read_text())["lesiongen"]["synthetic_cases"]
+               for out in (alone, together)]
     assert records[0] == records[1]
     for i in range(3):
         label, _ = read_image(alone / "labelsTr" / f"syn_{i:04d}.nii.gz")
