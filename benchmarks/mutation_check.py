@@ -233,6 +233,10 @@ MUTANTS = (
            "for start in range(0, len(todo), options.batch_scans):", "for start in range(0, len(todo), 1):",
            ("tests/test_predict.py::test_batch_scans_shares_the_inpainter_between_scans_and_changes_no_output",),
            "issue 15"),
+    Mutant("export_ignores_batch_scans", "lesiongen/sharing/export_nnunet.py",
+           "for start in range(0, n, batch_scans):", "for start in range(0, n, 1):",
+           ("tests/test_export_nnunet.py::test_batch_scans_shares_the_inpainter_between_cases_and_changes_no_case",),
+           "issue 15"),
     # ------------------------------------------------------------------- what the GPU check changed (issue 15)
     Mutant("diffusion_memory_footprint_as_before", "lesiongen/planning/topology.py",
            "DIFFUSION_ACTIVATION_FOOTPRINT = 2.67", "DIFFUSION_ACTIVATION_FOOTPRINT = 2.0",
