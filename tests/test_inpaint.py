@@ -12,7 +12,8 @@ import torch
 from conftest import TINY, TINY_NAME, count_inpaint_calls, trained_model
 from lesiongen.cli import evaluate_inpainting as evaluate_cli
 from lesiongen.cli import train as train_cli
-from lesiongen.diffusion.inpainting import InpaintSchedule, denoising_steps, edit_region, feather_blend, state_sequence
+from lesiongen.diffusion.inpainting import (InpaintSchedule, denoising_steps, edit_region, feather_blend,
+                                           painted_lesion, state_sequence)
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches, shifted
 from lesiongen.training.trainers.inpaint import heal_shape
@@ -413,3 +414,67 @@ def test_shifted_moves_whole_voxels_and_fills_with_zero():
     for shift in ([0, 0, 0], [3, -2, 5], [-7, 8, -9], [8, 0, 0], [-20, 1, 1]):
         expected = ndimage.shift(shape.astype(np.uint8), shift, order=0, mode="constant", cval=0).astype(bool)
         assert np.array_equal(shifted(shape, np.array(shift)), expected), shift
+
+
+def test_painted_lesion_labels_the_margin_voxels_painted_like_the_lesion():
+    """A lesion painted +2 in FLAIR (-1 in T1) with a +1.5 rim one voxel out and +0.5 two voxels out: the rim joins
+    the label (at least half of +2), the outer shell does not, nor a bright blob apart from the lesion, nor a rim
+    voxel outside the brain or changed the other way."""
+    shape = (15, 15, 15)
+    z, y, x = np.indices(shape)
+    distance = np.sqrt((z - 7) ** 2 + (y - 7) ** 2 + (x - 7) ** 2)
+    mask = np.where(distance <= 2.5, 2, 0).astype(np.uint8)  # class 2
+    rim = edit_region(mask > 0, 1) & ~(mask > 0)
+    outer = edit_region(mask > 0, 2) & ~edit_region(mask > 0, 1)
+    before = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32) * 0.01
+    after = before.copy()
+    after[1][mask > 0] += 2.0
+    after[0][mask > 0] -= 1.0
+    after[1][rim] += 1.5
+    after[1][outer] += 0.5
+    after[1][1, 1, 1] += 3.0  # bright, but not touching the lesion
+    brain = np.ones(shape, bool)
+    outside_brain = tuple(np.argwhere(rim)[0])
+    brain[outside_brain] = False
+    other_way = tuple(np.argwhere(rim)[-1])
+    after[1][other_way] = before[1][other_way] - 1.5
+    label = painted_lesion(before, after, mask, margin_voxels=3, brain=brain)
+    expected = (mask > 0) | rim
+    expected[outside_brain] = expected[other_way] = False
+    assert np.array_equal(label > 0, expected)
+    assert set(np.unique(label[label > 0])) == {2}  # the rim takes the lesion's class
+    assert np.array_equal(painted_lesion(before, after, mask, margin_voxels=0), mask)
+    plain = before.copy()
+    plain[1][mask > 0] += 2.0  # painted exactly inside its mask: the label is the mask
+    assert np.array_equal(painted_lesion(before, plain, mask, margin_voxels=3), mask)
+
+
+def test_generated_lesions_are_labelled_as_painted_and_given_masks_as_given(inpainter, monkeypatch):
+    """An inpainter that paints each mask +5 and a one-voxel rim around it +3: a generated lesion's label takes the
+    rim (inside the brain), a given mask stays the label asked for."""
+    from lesiongen.inference.synthesis import GIVEN_MASK, synthesize_model_space
+    from lesiongen.models.inpainter import Inpainter
+
+    def rim_painter(self, images, lesion_masks, mode="insert", contrast=None, seed=0, schedule=None, brain=None,
+                    calibrate=None):
+        inside = lesion_masks > 0
+        rim = edit_region(inside, 1) & ~inside
+        self.last_evaluations = 0
+        return np.asarray(images, np.float32) + (5.0 * inside + 3.0 * rim)[:, None]
+
+    model, _, _ = inpainter
+    monkeypatch.setattr(Inpainter, "inpaint", rim_painter)
+    dataset = open_preprocessed(TINY.dataset_id)
+    images, brain, tissue = _preprocessed_healthy(dataset, "healthy_001")
+    generated = synthesize_model_space(images, brain, tissue, dataset.plans, model, _spheremask(dataset),
+                                       n_lesions=2, seed=3)
+    assert generated.lesions and all(r["mask_source"] != GIVEN_MASK for r in generated.lesions)
+    drawn = sum(r["voxels_model"] for r in generated.lesions)
+    assert sum(r["voxels_labelled"] for r in generated.lesions) == (generated.label > 0).sum() > drawn
+    painted = np.abs(generated.images - images).max(axis=0) > 2.0  # the masks and their rims
+    np.testing.assert_array_equal(generated.label > 0, painted & brain)
+    centre = np.argwhere(brain).mean(axis=0).astype(int)
+    mask = np.zeros(model.patch_size, np.uint8)
+    mask[tuple(slice(p // 2 - 1, p // 2 + 2) for p in model.patch_size)] = 1
+    given = synthesize_model_space(images, brain, tissue, dataset.plans, model, placements=[(1, centre, mask)])
+    assert [r["voxels_labelled"] for r in given.lesions] == [27] and (given.label > 0).sum() == 27

@@ -160,6 +160,36 @@ def edit_region(mask: np.ndarray, margin_voxels: int) -> np.ndarray:
     return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0).astype(bool)
 
 
+def painted_lesion(before: np.ndarray, after: np.ndarray, mask: np.ndarray, margin_voxels: int,
+                   brain: np.ndarray | None = None) -> np.ndarray:
+    """The lesion label of an inserted lesion: ``mask`` (z, y, x, its class values) grown into the voxels of its edit
+    margin that the inpainter painted like the lesion.
+
+    The inpainter may change the margin around a mask (to blend), and it can paint lesion-like intensity there; left
+    unlabelled, that rim teaches a segmentation network that a lesion's edge is background. In the channel where
+    the lesion changed most (``after - before``, both (c, z, y, x), mean over the mask), a margin voxel joins the
+    label when it changed in the same direction by at least half the lesion's mean change (the half-maximum edge)
+    and touches the mask through such voxels (26-neighbourhood); it takes the class of the nearest mask voxel.
+    """
+    inside = mask > 0
+    if not inside.any() or margin_voxels <= 0:
+        return mask.copy()
+    change = after - before
+    mean_change = change[:, inside].mean(axis=1)
+    channel = int(np.argmax(np.abs(mean_change)))
+    if mean_change[channel] == 0:
+        return mask.copy()
+    like_lesion = change[channel] * np.sign(mean_change[channel]) >= 0.5 * abs(mean_change[channel])
+    candidates = edit_region(inside, margin_voxels) & like_lesion
+    if brain is not None:
+        candidates &= brain.astype(bool)
+    grown = ndimage.binary_propagation(inside, structure=np.ones((3, 3, 3), bool), mask=candidates | inside)
+    if not (grown & ~inside).any():
+        return mask.copy()
+    nearest = ndimage.distance_transform_edt(~inside, return_distances=False, return_indices=True)
+    return np.where(grown, mask[tuple(nearest)], 0).astype(mask.dtype)
+
+
 def feather_blend(known: np.ndarray, generated: np.ndarray, mask: np.ndarray, margin_voxels: int) -> np.ndarray:
     """Generated inside ``mask``, a linear ramp over ``margin_voxels`` around it, and ``known`` bit-for-bit beyond.
 

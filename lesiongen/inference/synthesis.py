@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 from scipy import ndimage
 
-from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
 from lesiongen.inference.scan_space import ModelSpaceScan, paste_back, region_to_original, to_model_space
 from lesiongen.models.conditioning import MaskConditioning
@@ -271,9 +271,12 @@ class _LesionBatches:
         for lesion, result in zip(batch, results, strict=True):
             insert_patch(self.edited, result, lesion.centre)
             if self.label_model is not None:  # insert: the new lesions join the label map
+                # a generated mask's label follows what was painted around it; a given mask is the label asked for
+                label = lesion.mask if lesion.record["mask_source"] == GIVEN_MASK else painted_lesion(
+                    lesion.image_patch, result, lesion.mask, self.inpainter.margin_voxels, lesion.brain_patch)
+                lesion.record["voxels_labelled"] = int((label > 0).sum())
                 existing = extract_patch(self.label_model, lesion.centre, self.patch, fill=0)
-                insert_patch(self.label_model, np.where(lesion.mask > 0, lesion.mask, existing).astype(np.uint8),
-                             lesion.centre)
+                insert_patch(self.label_model, np.where(label > 0, label, existing).astype(np.uint8), lesion.centre)
             region = extract_patch(self.changed, lesion.centre, self.patch, fill=False) | \
                 edit_region(lesion.mask > 0, self.inpainter.margin_voxels)
             insert_patch(self.changed, region, lesion.centre)
@@ -312,7 +315,7 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
         image_patch = extract_patch(edited, centre, patch, fill=0.0)
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
-        source, rejected = "given", []
+        source, rejected = GIVEN_MASK, []
         if given is not None:
             mask = given
         else:
@@ -354,6 +357,7 @@ synthesize = run_alone(synthesis_job)
 
 
 SPHERE_FALLBACK = "sphere_fallback"
+GIVEN_MASK = "given"  # the mask source of a lesion whose mask the caller gave
 
 
 def implausible_mask(mask: np.ndarray, prior: SpherePrior, spacing: list[float]) -> str | None:
