@@ -131,7 +131,7 @@ MUTANTS = (
            "small = ref_sizes * voxel_mm3 < small_lesion_mm3", "small = ref_sizes >= 0",
            ("tests/test_segmentation_metrics.py",)),
     Mutant("paste_back_without_margin", "lesiongen/inference/scan_space.py",
-           "region = ndimage.binary_dilation(region, structure=_CUBE, iterations=margin_voxels)",
+           "region = edit_region(region, margin_voxels)",
            "region = region",
            ("tests/test_scan_space.py",)),
     Mutant("placement_ignores_tissue", "lesiongen/inference/synthesis.py",

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from lesiongen.diffusion.inpainting import edit_region
 from lesiongen.planning.plans import CT, NO_NORM, RESCALE_0_1, ZSCORE, ChannelNormalization, Plans
 from lesiongen.preprocessing.normalization import normalize
 from lesiongen.preprocessing.resampling import _coarse_axis, resample_images, resample_labels
@@ -51,7 +52,6 @@ from lesiongen.utilities.cropping import bbox_slices, brain_region, mask_bbox
 from lesiongen.utilities.dtypes import cast_to
 
 SPLINE_PAD = 12  # model voxels of context around a block for the cubic prefilter (0.268**12 ~ 1e-7)
-_CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass
@@ -302,7 +302,7 @@ def paste_back(original: np.ndarray, edited_model: np.ndarray, changed_model: np
     else:
         region = _resample_back(changed.astype(np.float32), coords, box, order=1) > 0
     if margin_voxels:
-        region = ndimage.binary_dilation(region, structure=_CUBE, iterations=margin_voxels)
+        region = edit_region(region, margin_voxels)
     if not region.any():
         return out
     # tighten to the region before the (costlier) cubic resampling
