@@ -4,11 +4,12 @@ For a dataset with ``imagesTs``/``labelsTs`` (or the scans of a second, differen
 ``test_dataset``: an out-of-domain check), it trains what is missing — the mask generators and the inpainter on
 every training case (fold ``all``; the test scans are never seen), then one ``seg`` model per strategy x seed x
 synthetic ratio — segments every test scan at its own geometry with every model and writes a report: per strategy
-Dice, lesion F1 / recall / precision, small-lesion recall, HD95 and volume error; the paired difference to real data
-only (``none``) with a 95 % bootstrap interval over test cases *and* seeds and a Wilcoxon p-value; the sweep over
-synthetic ratios as a plot. Trainings that are already as asked (steps, seed, settings, plans, the models they used)
-are skipped, so a rerun only does what is missing. Without test scans it says so and compares the trained folds
-instead (``lesiongen_compare``).
+Dice, lesion F1 / recall / precision, small-lesion recall, HD95 and volume error (absolute, and signed: predicted −
+reference, so over- and under-segmentation show); the paired difference to real data only (``none``) with a 95 %
+bootstrap interval over test cases *and* seeds and a Wilcoxon p-value; the sweep over synthetic ratios as a plot.
+Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, so a rerun
+only does what is missing. Without test scans it says so and compares the trained folds instead
+(``lesiongen_compare``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.compare import METRICS, run_comparison
+from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, run_comparison
 from lesiongen.evaluation.segmentation_metrics import case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
@@ -281,12 +282,12 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
              "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
              "Dice points (x100), with the 95 % bootstrap interval over test cases and seeds and the Wilcoxon "
              "signed-rank p over cases (seed means).", ""]
-    header = ["strategy", "ratio", "Dice", "lesion F1", "recall", "precision", "small recall", "HD95 mm",
-              "|vol diff| mm3", "Dice vs none (95 % CI)", "p", "cases better / worse"]
+    header = ["strategy", "ratio", *(METRIC_HEADINGS[m] for m in METRICS), "Dice vs none (95 % CI)", "p",
+              "cases better / worse"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["strategies"]:
         cells = [row["strategy"], f"{row['ratio']:g}"] + [
-            _cell(row[m]["mean"], digits=1 if m in ("hd95", "abs_volume_difference_mm3") else 3) for m in METRICS]
+            _cell(row[m]["mean"], digits=1 if m in IN_MILLIMETRES else 3) for m in METRICS]
         d = row.get("vs_none", {}).get("dice")
         cells += ([f"{100 * d['mean']:+.1f} ({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})",
                    _cell(d["p_value"]), f"{d['cases_better']} / {d['cases_worse']}"] if d else ["–", "–", "–"])

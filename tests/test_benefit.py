@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from conftest import TINY, TINY_NAME
@@ -45,6 +46,9 @@ def test_report_compares_each_strategy_with_real_data_only(benefit):
     total = (reference == 1).sum() + (prediction == 1).sum()
     expected = 1.0 if total == 0 else 2 * ((reference == 1) & (prediction == 1)).sum() / total
     assert dice["seg_none_s0"] == pytest.approx(expected)
+    voxel_mm3 = float(np.prod(read_image(folders["raw"] / TINY_NAME / "labelsTs" / "test_000.nii.gz")[1].spacing_zyx))
+    signed = report["per_case"]["seg_none_s0"]["test_000"]["volume_difference_mm3"]
+    assert signed == pytest.approx(((prediction == 1).sum() - (reference == 1).sum()) * voxel_mm3)
     for name in ("md", "csv", "png"):
         assert (out / f"benefit.{name}").stat().st_size > 100
     assert "| copy_paste | 0.33 |" in (out / "benefit.md").read_text()
@@ -87,6 +91,17 @@ def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
     report = {"dataset": "D", "strategies": [], "failed_trainings": ["seg_none_s0"]}
     assert "**Warning**: seg_none_s0 found no test lesion" in markdown(report, 3, 2)
     assert "Warning" not in markdown({**report, "failed_trainings": []}, 3, 2)
+
+
+def test_report_table_shows_the_signed_volume_difference_in_its_column():
+    values = {"dice": 0.8, "lesion_f1": 0.7, "lesion_recall": 0.6, "lesion_precision": 0.9, "small_lesion_recall": 0.5,
+              "hd95": 12.34, "abs_volume_difference_mm3": 345.0, "volume_difference_mm3": -55.0}
+    report = {"dataset": "D", "strategies": [
+        {"strategy": "none", "ratio": 1.0, **{m: {"mean": v, "std_over_seeds": 0.0} for m, v in values.items()}}]}
+    header, _, row = markdown(report, 12, 3).splitlines()[4:7]
+    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert columns["vol diff mm3 (pred - ref)"] == "-55.0" and columns["abs vol diff mm3"] == "345.0"
+    assert columns["HD95 mm"] == "12.3" and columns["Dice"] == "0.800"
 
 
 OTHER = dataclasses.replace(TINY, dataset_id=TINY.dataset_id + 1, dataset_name="TinyOther", n_test=0, seed=8)

@@ -96,6 +96,9 @@ def test_dice_of_half_overlapping_cubes_and_anisotropic_volumes():
     assert m["volume_ref_mm3"] == pytest.approx(64.0)
     assert m["volume_pred_mm3"] == pytest.approx(32.0)
     assert m["abs_volume_difference_mm3"] == pytest.approx(32.0)
+    assert m["volume_difference_mm3"] == pytest.approx(-32.0)  # under-segmented: prediction minus reference
+    swapped = case_metrics(prediction, reference, spacing, [1])[1]
+    assert swapped["volume_difference_mm3"] == pytest.approx(32.0)
 
 
 def test_one_side_empty():

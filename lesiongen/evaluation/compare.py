@@ -20,9 +20,13 @@ from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, read_json, write_json
 from lesiongen.utilities.provenance import code_version, model_record
 
-METRICS = ("dice", "lesion_f1", "lesion_recall", "lesion_precision", "small_lesion_recall", "hd95",
-           "abs_volume_difference_mm3")
-HIGHER_IS_BETTER = {"dice", "lesion_f1", "lesion_recall", "lesion_precision", "small_lesion_recall"}
+# every metric a comparison reports, with its column heading
+METRIC_HEADINGS = {"dice": "Dice", "lesion_f1": "lesion F1", "lesion_recall": "recall",
+                   "lesion_precision": "precision", "small_lesion_recall": "small recall", "hd95": "HD95 mm",
+                   "abs_volume_difference_mm3": "abs vol diff mm3",
+                   "volume_difference_mm3": "vol diff mm3 (pred - ref)"}
+METRICS = tuple(METRIC_HEADINGS)
+IN_MILLIMETRES = {"hd95", "abs_volume_difference_mm3", "volume_difference_mm3"}  # shown to 0.1, not 0.001
 STRATEGY_ORDER = tuple(STRATEGIES)
 
 
@@ -86,7 +90,8 @@ def _cell(pair: tuple[float, float], scale: float = 1.0) -> str:
 
 
 def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = None) -> dict[str, Path]:
-    header = ["strategy", "folds"] + [m for m in METRICS] + [f"{m} vs none" for m in ("dice", "lesion_f1")]
+    header = ["strategy", "folds"] + [METRIC_HEADINGS[m] for m in METRICS] + \
+        [f"{METRIC_HEADINGS[m]} vs none" for m in ("dice", "lesion_f1")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["strategy"], ",".join(row["folds"])] + [_cell(row[m]) for m in METRICS]

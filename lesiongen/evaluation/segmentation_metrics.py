@@ -27,7 +27,9 @@ Per class and case (:func:`case_metrics`):
   distance transforms that use ``sampling=spacing``. The surface of a mask is the mask minus its erosion
   (6-connected structuring element; voxels on the array border belong to the surface). NaN when either mask is
   empty (the distance is undefined, not "large");
-* ``volume_ref_mm3``, ``volume_pred_mm3``, ``abs_volume_difference_mm3``;
+* ``volume_ref_mm3``, ``volume_pred_mm3``, ``abs_volume_difference_mm3`` and the signed
+  ``volume_difference_mm3`` = predicted − reference volume (> 0: over-segmented; its mean over cases says which
+  way a model errs, which the absolute error cannot);
 * ``small_lesion_recall``: recall over reference lesions with volume ``< small_lesion_mm3`` only; NaN when the
   case has none. ``n_small_ref_lesions`` and ``tp_small_lesions`` are its counts;
 * ``n_ref_lesions``, ``n_pred_lesions``.
@@ -72,6 +74,7 @@ METRIC_NAMES = (
     "volume_ref_mm3",
     "volume_pred_mm3",
     "abs_volume_difference_mm3",
+    "volume_difference_mm3",
 )
 # Counts summed over cases for the pooled lesion-level totals.
 _COUNT_NAMES = ("tp_lesions", "fn_lesions", "fp_lesions", "matched_pred_lesions", "n_ref_lesions",
@@ -190,6 +193,7 @@ def _class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: tuple
         "volume_ref_mm3": volume_ref,
         "volume_pred_mm3": volume_pred,
         "abs_volume_difference_mm3": abs(volume_ref - volume_pred),
+        "volume_difference_mm3": volume_pred - volume_ref,
     }
 
 
