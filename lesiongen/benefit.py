@@ -277,6 +277,30 @@ def _cell(value: float, scale: float = 1.0, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
+def answer(report: dict, n_seeds: int) -> list[str]:
+    """The question in words, one line per strategy: its Dice against real data only, judged by the 95 % interval
+    over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect). A Wilcoxon p < 0.05 over the
+    scans with an interval that includes 0 is named: consistent over these scans, not over training runs."""
+    lines = []
+    for row in report["strategies"]:
+        d = row.get("vs_none", {}).get("dice")
+        if not d or not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+            continue
+        verdict = "helps" if d["ci_low"] > 0 else "hurts" if d["ci_high"] < 0 else "no clear effect"
+        line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {verdict}, {100 * d['mean']:+.1f} Dice points "
+                f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
+        if verdict == "no clear effect" and math.isfinite(d["p_value"]) and d["p_value"] < 0.05:
+            better = d["mean"] > 0
+            line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "
+                     f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "
+                     "the training seed, includes 0")
+        lines.append(line)
+    if lines and n_seeds < 2:
+        lines.append("- One training seed: how much a result moves between training runs is not in these intervals; "
+                     "run with --seeds 0 1 2 before trusting them.")
+    return lines
+
+
 def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     lines = [f"# Does synthetic data help? ({report['dataset']}, {n_cases} test case(s), {n_seeds} seed(s))", "",
              "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
@@ -292,6 +316,10 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
         cells += ([f"{100 * d['mean']:+.1f} ({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})",
                    _cell(d["p_value"]), f"{d['cases_better']} / {d['cases_worse']}"] if d else ["–", "–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
+    verdicts = answer(report, n_seeds)
+    if verdicts:
+        lines += ["", "Does it help? (Dice against real data only; the 95 % interval over test scans and training "
+                      "seeds decides)", "", *verdicts]
     if report.get("failed_trainings"):
         lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
                       "lesion recall 0 on every test case with lesions): those trainings did not learn, and their "

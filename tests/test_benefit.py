@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY, TINY_NAME
 from lesiongen import benefit as benefit_module
-from lesiongen.benefit import BenefitOptions, check_no_leak, failed_trainings, held_out_cases, markdown
+from lesiongen.benefit import BenefitOptions, answer, check_no_leak, failed_trainings, held_out_cases, markdown
 from lesiongen.cli import benefit as benefit_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.demo.phantom import write_demo_dataset
@@ -139,3 +139,29 @@ def test_without_test_scans_it_says_so_and_compares_the_folds(benefit, monkeypat
     assert result.fell_back_to_folds
     rows = json.loads(result.paths["json"].read_text())["rows"]
     assert [(row["strategy"], row["folds"]) for row in rows] == [("none", ["0"])]
+
+
+def _paired(mean, low, high, p, better, worse):
+    return {"dice": {"mean": mean, "ci_low": low, "ci_high": high, "p_value": p, "n_cases": 12, "n_seeds": 3,
+                     "cases_better": better, "cases_worse": worse}}
+
+
+def test_the_answer_follows_the_interval_and_names_a_significant_wilcoxon_inside_it():
+    report = {"strategies": [
+        {"strategy": "none", "ratio": 1.0},
+        {"strategy": "copy_paste", "ratio": 2.0, "vs_none": _paired(0.021, -0.017, 0.070, 0.009, 11, 1)},
+        {"strategy": "sphere", "ratio": 2.0, "vs_none": _paired(0.031, 0.004, 0.060, 0.02, 10, 2)},
+        {"strategy": "diffmask", "ratio": 2.0, "vs_none": _paired(-0.041, -0.089, -0.004, 0.027, 2, 10)},
+        {"strategy": "realmask", "ratio": 2.0, "vs_none": _paired(-0.010, -0.030, 0.010, 0.30, 5, 7)}]}
+    lines = answer(report, n_seeds=3)
+    assert len(lines) == 4
+    assert lines[0].startswith("- **copy_paste** (ratio 2): no clear effect, +2.1 Dice points (95 % CI -1.7 to +7.0)")
+    assert "better on 11 of 12 test scans (Wilcoxon p 0.009)" in lines[0]
+    assert lines[1].startswith("- **sphere** (ratio 2): helps, +3.1") and "Wilcoxon" not in lines[1]
+    assert lines[2].startswith("- **diffmask** (ratio 2): hurts, -4.1") and "Wilcoxon" not in lines[2]
+    assert lines[3].startswith("- **realmask** (ratio 2): no clear effect, -1.0") and "Wilcoxon" not in lines[3]
+    one_seed = answer(report, n_seeds=1)
+    assert len(one_seed) == 5 and "One training seed" in one_seed[-1]
+    metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in METRICS}
+    table = markdown({"dataset": "D", "strategies": [{**row, **metrics} for row in report["strategies"]]}, 12, 3)
+    assert table.endswith("\n".join(lines) + "\n") and "Does it help?" in table
