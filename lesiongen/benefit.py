@@ -277,6 +277,10 @@ def _cell(value: float, scale: float = 1.0, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def answer(report: dict, n_seeds: int) -> list[str]:
     """The question in words, one line per strategy: its Dice against real data only, judged by the 95 % interval
     over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect). A Wilcoxon p < 0.05 over the
@@ -284,12 +288,12 @@ def answer(report: dict, n_seeds: int) -> list[str]:
     lines = []
     for row in report["strategies"]:
         d = row.get("vs_none", {}).get("dice")
-        if not d or not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+        if not d or not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
             continue
         verdict = "helps" if d["ci_low"] > 0 else "hurts" if d["ci_high"] < 0 else "no clear effect"
         line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {verdict}, {100 * d['mean']:+.1f} Dice points "
                 f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
-        if verdict == "no clear effect" and math.isfinite(d["p_value"]) and d["p_value"] < 0.05:
+        if verdict == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
             better = d["mean"] > 0
             line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "
                      f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "
@@ -394,7 +398,7 @@ def write_report(report: dict, folder: Path, n_cases: int, n_seeds: int) -> dict
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(_csv(report))
     _plot(report, paths["png"])
-    write_json(paths["json"], nan_to_none(report))  # last: marks a complete report
+    write_json(paths["json"], nan_to_none({**report, "answer": answer(report, n_seeds)}))  # last: a complete report
     return paths
 
 

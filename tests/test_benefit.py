@@ -52,6 +52,7 @@ def test_report_compares_each_strategy_with_real_data_only(benefit):
     for name in ("md", "csv", "png"):
         assert (out / f"benefit.{name}").stat().st_size > 100
     assert "| copy_paste | 0.33 |" in (out / "benefit.md").read_text()
+    assert report["answer"] == answer(report, 1) and report["answer"][-1].startswith("- One training seed")
     assert set(report["provenance"]["models"]) >= {"seg_none_s0", "seg_copy_paste_r0.33_s0", "seg_copy_paste_r0.67_s0"}
 
 
