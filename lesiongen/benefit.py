@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, run_comparison
-from lesiongen.evaluation.segmentation_metrics import case_metrics
+from lesiongen.evaluation.lesion_census import lesion_census
+from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
@@ -43,8 +44,11 @@ from lesiongen.models.segmenter import Segmenter
 from lesiongen.paths import results_root
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.preprocessing.dataset import PreprocessedDataset, open_preprocessed
+from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import TrainingOptions
 from lesiongen.training.registry import trainer_class
+from lesiongen.training.seg_data import SegCase
+from lesiongen.training.synthetic import synthetic_case_count, synthetic_cases
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
 from lesiongen.utilities.parallel import thread_share
@@ -201,6 +205,31 @@ def check_no_leak(provenances: list[dict], raw: RawDataset, cases: list[CaseFile
                                  f"{provenance.get('variant')}; the test set must be held out")
 
 
+# ------------------------------------------------------------------------------------------------- census
+def lesion_censuses(dataset: PreprocessedDataset, options: BenefitOptions, train_cases: list[str]) -> dict[str, dict]:
+    """The lesions the seg models learnt from: the real training cases', and each strategy's synthetic cases' at the
+    table's ratio (every seed's pooled), counted in the preprocessed space. A strategy whose cases cannot be read
+    (removed since training) is left out with a warning."""
+    voxel_mm3 = float(np.prod(dataset.plans.target_spacing))
+
+    def census(cases: list[SegCase]) -> dict:
+        for case in cases:
+            case.verify()  # checksums: a case changed since training is not what the model learnt from
+        return dataclasses.asdict(lesion_census((load_array(f"{c.stem}_seg.b2nd") for c in cases), voxel_mm3))
+
+    out = {"real": census([SegCase(c, dataset.data_folder / "training" / c) for c in train_cases])}
+    n_synthetic = synthetic_case_count(options.ratio, len(train_cases))
+    for strategy in options.strategies:
+        if strategy == "none":
+            continue
+        cases = [c for seed in options.seeds for c in synthetic_cases(dataset, strategy, FOLD, seed, n_synthetic)]
+        try:
+            out[strategy] = census(cases)
+        except LesiongenError as error:
+            logger.warning("no lesion census of the %s cases: %s", strategy, error)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- scoring
 def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: list[int]) -> dict[str, float]:
     """Every metric of one case, averaged over the lesion classes (as lesiongen_compare averages folds)."""
@@ -324,6 +353,16 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if verdicts:
         lines += ["", "Does it help? (Dice against real data only; the 95 % interval over test scans and training "
                       "seeds decides)", "", *verdicts]
+    if report.get("lesion_census"):
+        lines += ["", f"Lesions the seg models learnt from (preprocessed space; small: < {SMALL_LESION_MM3:g} mm3; "
+                      "synthetic cases at the table's ratio, every seed's)", "",
+                  "| cases of | cases | lesions / case | median lesion mm3 | small | lesion mm3 / case |",
+                  "|---|---|---|---|---|---|"]
+        for name, c in report["lesion_census"].items():
+            small = _cell(c["small_fraction"], 100, 0)
+            lines.append(f"| {name} | {c['cases']} | {_cell(c['lesions_per_case'], digits=2)} | "
+                         f"{_cell(c['median_lesion_mm3'], digits=1)} | {small}{' %' * (small != 'n/a')} | "
+                         f"{_cell(c['lesion_mm3_per_case'], digits=1)} |")
     if report.get("failed_trainings"):
         lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
                       "lesion recall 0 on every test case with lesions): those trainings did not learn, and their "
@@ -442,8 +481,10 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     if failed:
         logger.warning("%s found no test lesion at all: those trainings did not learn (see the report)",
                        ", ".join(failed))
+    train_cases = next(iter(models.values())).provenance.get("train_cases", dataset.case_ids())
     report = {"dataset": dataset.name, "plans": options.plans, "test_dataset": raw.name, "test_cases": case_ids,
-              **summarise(scores, options, case_ids), "failed_trainings": failed, "per_case": scores,
+              **summarise(scores, options, case_ids), "failed_trainings": failed,
+              "lesion_census": lesion_censuses(dataset, options, train_cases), "per_case": scores,
               "trainings": outcome, "minutes": {"training": minutes_training,
                                                 "testing": (time.perf_counter() - start) / 60},
               "settings": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)

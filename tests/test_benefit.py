@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from conftest import TINY, TINY_NAME
 from lesiongen import benefit as benefit_module
@@ -17,6 +19,8 @@ from lesiongen.demo.phantom import write_demo_dataset
 from lesiongen.evaluation.compare import METRICS
 from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import read_image
+from lesiongen.preprocessing.dataset import open_preprocessed
+from lesiongen.preprocessing.storage import load_array
 from lesiongen.utilities.errors import LesiongenError
 
 
@@ -54,6 +58,22 @@ def test_report_compares_each_strategy_with_real_data_only(benefit):
     assert "| copy_paste | 0.33 |" in (out / "benefit.md").read_text()
     assert report["answer"] == answer(report, 1) and report["answer"][-1].startswith("- One training seed")
     assert set(report["provenance"]["models"]) >= {"seg_none_s0", "seg_copy_paste_r0.33_s0", "seg_copy_paste_r0.67_s0"}
+
+
+def test_report_counts_the_lesions_of_the_real_and_the_synthetic_training_cases(benefit):
+    _, out, _ = benefit
+    report = json.loads((out / "benefit.json").read_text())
+    dataset = open_preprocessed(str(TINY.dataset_id))
+    train_cases = dataset.case_ids()
+    lesions = 0
+    for case in train_cases:  # an independent count: 26-connected components of the preprocessed labels
+        label = load_array(dataset.data_folder / "training" / f"{case}_seg.b2nd")
+        lesions += sum(ndimage.label(label == v, structure=np.ones((3, 3, 3)))[1] for v in np.unique(label[label > 0]))
+    real = report["lesion_census"]["real"]
+    assert real["cases"] == len(train_cases) and real["lesions_per_case"] == pytest.approx(lesions / len(train_cases))
+    synthetic = report["lesion_census"]["copy_paste"]
+    assert synthetic["cases"] == math.ceil(0.33 * len(train_cases)) and synthetic["lesions_per_case"] > 0
+    assert "| real | " in (out / "benefit.md").read_text()
 
 
 def test_no_test_case_reaches_any_training_set(benefit):

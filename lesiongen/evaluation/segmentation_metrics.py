@@ -55,6 +55,7 @@ from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger(__name__)
 
+SMALL_LESION_MM3 = 100.0  # a lesion below this volume is small (small-lesion recall, the lesion census)
 # Order of the per-class metrics in every result dict.
 METRIC_NAMES = (
     "dice",
@@ -198,7 +199,7 @@ def _class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: tuple
 
 
 def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], labels: list[int],
-                 small_lesion_mm3: float = 100.0) -> dict:
+                 small_lesion_mm3: float = SMALL_LESION_MM3) -> dict:
     """Metrics of one case: ``{label: {metric: value}}`` for every label (see the module docstring).
 
     ``spacing`` is in array order (one value per axis). Labels absent from both arrays get the both-empty
@@ -318,7 +319,7 @@ def _evaluate_pair(item: tuple[str, Path, Path], labels: list[int], small_lesion
 
 def evaluate_folders(reference_dir: Path, prediction_dir: Path, labels: list[int] | None = None,
                      file_ending: str | None = None, num_processes: int = 1,
-                     small_lesion_mm3: float = 100.0) -> dict:
+                     small_lesion_mm3: float = SMALL_LESION_MM3) -> dict:
     """Evaluate every reference image against the prediction of the same file name.
 
     ``file_ending`` (e.g. ``".nii.gz"``) restricts both folders to that ending; by default every supported

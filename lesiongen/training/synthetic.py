@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ class SyntheticSet:
 
 def synthetic_folder(dataset: PreprocessedDataset, strategy: str, fold: int | str, seed: int) -> Path:
     return dataset.folder / "synthetic" / strategy / f"fold_{fold}" / f"seed_{seed}"
+
+
+def synthetic_case_count(ratio: float, n_real: int) -> int:
+    """How many synthetic cases a seg run at ``ratio`` synthetic cases per real one trains with (at least one)."""
+    return max(1, math.ceil(ratio * n_real))
+
+
+def synthetic_cases(dataset: PreprocessedDataset, strategy: str, fold: int | str, seed: int,
+                    n_cases: int) -> list[SegCase]:
+    """The first ``n_cases`` synthetic cases of a strategy, fold and seed (runs at other ratios share them)."""
+    folder = synthetic_folder(dataset, strategy, fold, seed)
+    return [SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True) for i in range(n_cases)]
 
 
 def _healthy(dataset: PreprocessedDataset, case_id: str):
@@ -132,7 +145,7 @@ def make_synthetic_cases(dataset: PreprocessedDataset, fold: int | str, strategy
     sha = {role: sha256_file(path) for role, path in checkpoints.items()}
     folder = synthetic_folder(dataset, strategy, fold, seed)
     _remove_unseeded_cases(folder.parent)
-    cases = [SegCase(f"syn_{i:03d}", folder / f"syn_{i:03d}", synthetic=True) for i in range(n_cases)]
+    cases = synthetic_cases(dataset, strategy, fold, seed, n_cases)
     keys = [case_key(strategy, fold, derive_seed(seed, "synthetic", strategy, i), healthy_ids[i % len(healthy_ids)],
                      sha, plans_sha256, train_cases) for i in range(n_cases)]
     models: dict[str, Any] = {}

@@ -17,7 +17,6 @@ its original geometry to ``fold_X/validation/`` and scored against the raw label
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,8 @@ from lesiongen.training.losses import (
     softmax_dice_loss,
 )
 from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
-from lesiongen.training.synthetic import MAX_EMPTY_FRACTION, make_synthetic_cases, strategy_checkpoints
+from lesiongen.training.synthetic import (MAX_EMPTY_FRACTION, make_synthetic_cases, strategy_checkpoints,
+                                         synthetic_case_count)
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import json_plain, read_json, write_json
 from lesiongen.utilities.parallel import usable_cores
@@ -117,7 +117,7 @@ class SegTrainer(Trainer):
         return {} if self.strategy == "none" else strategy_checkpoints(self.dataset, self.fold, self.strategy)
 
     def _synthetic_cases(self, n_real: int) -> list[SegCase]:
-        n_synthetic = max(1, math.ceil(self.synthetic_ratio * n_real))
+        n_synthetic = synthetic_case_count(self.synthetic_ratio, n_real)
 
         def make():
             return make_synthetic_cases(self.dataset, self.fold, self.strategy, n_synthetic, self.train_cases,

@@ -1,0 +1,49 @@
+"""What lesions a set of label maps holds: how many per case, how large, how many small.
+
+The benefit report puts the census of each strategy's synthetic training cases next to that of the real training
+cases, because a segmentation model learns the lesion counts and sizes it is shown: synthetic cases with too few,
+too large lesions cost small-lesion recall (README, "Does synthetic data help?"). A lesion is a 26-connected
+component of one class (``lesiongen.utilities.components``); small means below the volume small-lesion recall uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3
+from lesiongen.utilities.components import label_components
+
+
+@dataclass(frozen=True)
+class LesionCensus:
+    cases: int
+    lesions_per_case: float
+    median_lesion_mm3: float  # NaN without a lesion
+    small_fraction: float  # share of lesions below SMALL_LESION_MM3; NaN without a lesion
+    lesion_mm3_per_case: float
+
+
+def lesion_volumes(label_map: np.ndarray, voxel_mm3: float) -> np.ndarray:
+    """The volume (mm^3) of every lesion of every class > 0 in one label map (values <= 0 are background)."""
+    sizes = []
+    for value in np.unique(label_map[label_map > 0]):
+        ids, n = label_components(label_map == value)
+        sizes.append(np.bincount(ids.ravel(), minlength=n + 1)[1:])
+    return np.concatenate(sizes).astype(float) * voxel_mm3 if sizes else np.zeros(0)
+
+
+def lesion_census(label_maps: Iterable[np.ndarray], voxel_mm3: float,
+                  small_lesion_mm3: float = SMALL_LESION_MM3) -> LesionCensus:
+    """The census of ``label_maps`` (one per case, same voxel volume)."""
+    per_case = [lesion_volumes(label_map, voxel_mm3) for label_map in label_maps]
+    if not per_case:
+        raise ValueError("a lesion census needs at least one case")
+    volumes = np.concatenate(per_case)
+    return LesionCensus(cases=len(per_case), lesions_per_case=len(volumes) / len(per_case),
+                        median_lesion_mm3=float(np.median(volumes)) if volumes.size else math.nan,
+                        small_fraction=float(np.mean(volumes < small_lesion_mm3)) if volumes.size else math.nan,
+                        lesion_mm3_per_case=float(volumes.sum()) / len(per_case))

@@ -1,0 +1,43 @@
+"""The lesion census of label maps, on constructed cases with known lesions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lesiongen.evaluation.lesion_census import lesion_census, lesion_volumes
+
+
+def _case() -> np.ndarray:
+    label = np.full((12, 12, 12), -1, dtype=np.int8)  # -1: outside the brain, as preprocessed labels are
+    label[1:11, 1:11, 1:11] = 0
+    label[1:3, 1:3, 1:3] = 1  # 8 voxels
+    label[3, 3, 3] = 1  # touches the cube above by a corner: the same lesion (26-connected), 9 voxels
+    label[6:9, 6:9, 6:9] = 1  # 27 voxels
+    label[9, 6, 6] = 2  # touches the 27-voxel lesion, but another class: a lesion of its own, 1 voxel
+    return label
+
+
+def test_volumes_count_26_connected_components_of_each_class():
+    assert sorted(lesion_volumes(_case(), voxel_mm3=8.0)) == [8.0, 72.0, 216.0]
+
+
+def test_census_of_a_case_with_lesions_and_an_empty_one():
+    empty = np.zeros((12, 12, 12), dtype=np.int8)
+    census = lesion_census([_case(), empty], voxel_mm3=8.0)  # 2 mm voxels: 8, 72 and 216 mm3
+    assert census.cases == 2
+    assert census.lesions_per_case == pytest.approx(1.5)
+    assert census.median_lesion_mm3 == pytest.approx(72.0)
+    assert census.small_fraction == pytest.approx(2 / 3)  # below 100 mm3: 8 and 72
+    assert census.lesion_mm3_per_case == pytest.approx((8 + 72 + 216) / 2)
+    assert lesion_census([_case()], 8.0, small_lesion_mm3=50.0).small_fraction == pytest.approx(1 / 3)
+
+
+def test_census_without_lesions_has_no_median_or_small_share():
+    census = lesion_census([np.zeros((4, 4, 4), dtype=np.int8)], voxel_mm3=1.0)
+    assert census.lesions_per_case == 0 and census.lesion_mm3_per_case == 0
+    assert math.isnan(census.median_lesion_mm3) and math.isnan(census.small_fraction)
+    with pytest.raises(ValueError):
+        lesion_census([], voxel_mm3=1.0)
