@@ -334,6 +334,7 @@ def test_cli_writes_summary_and_prints_table(tmp_path, capsys):
     assert summary["mean"]["1"]["mean"]["dice"] == pytest.approx(
         (2 * 8 / 43 + 2 * 18 / 54) / 2)
     assert summary["provenance"]["reference"] == str(ref_dir.resolve())
+    assert summary["provenance"]["small_lesion_mm3"] == 100.0  # the default, recorded as used
     assert summary["provenance"]["lesiongen_version"] == __import__("lesiongen").__version__
     out = capsys.readouterr().out
     assert "lesion F1" in out and "HD95" in out

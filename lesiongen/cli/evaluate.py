@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", "--num_processes", type=positive_int, default=1, help="worker processes (default 1)")
     parser.add_argument("--file_ending", default=None,
                         help="only files with this ending, e.g. .nii.gz (default: every supported image file)")
-    parser.add_argument("--small_lesion_mm3", type=float, default=100.0,
-                        help="reference lesions below this volume count for small_lesion_recall (default 100)")
+    parser.add_argument("--small_lesion_mm3", type=float, default=None,
+                        help="reference lesions below this volume count for small_lesion_recall (default: "
+                             "lesiongen's SMALL_LESION_MM3, 100)")
     add_common_arguments(parser)
     return parser
 
@@ -48,10 +49,12 @@ def format_table(mean: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lesiongen.evaluation.segmentation_metrics import evaluate_folders
+    from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, evaluate_folders
     from lesiongen.utilities.files import nan_to_none, write_json
     from lesiongen.utilities.provenance import code_version
 
+    if args.small_lesion_mm3 is None:  # the default lives with the metric (the import above is the slow part)
+        args.small_lesion_mm3 = SMALL_LESION_MM3
     result = evaluate_folders(args.reference, args.prediction, args.labels, args.file_ending, args.num_processes,
                               small_lesion_mm3=args.small_lesion_mm3)
     output = args.output if args.output is not None else args.prediction / SUMMARY_NAME
