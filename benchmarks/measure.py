@@ -101,6 +101,36 @@ _PACKAGE_AT_START = _package_state()
 _STARTED = time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+# instruction sets that change which CPU kernels torch runs (and so, after enough steps, the trained weights)
+NOTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def machine_record(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The CPU and the numeric libraries a figure came from. Training on a CPU is deterministic on one machine, but
+    torch picks its kernels by instruction set, and their rounding differs: two machines with the same code and
+    seeds train different weights, and a 1,000-step seg model's test Dice can move by points."""
+    import platform
+
+    import numpy
+    import scipy
+    import torch
+
+    model, flags = None, set()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model is None:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # no /proc (macOS): the processor name alone
+        pass
+    model = model or platform.processor() or None
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": [flag for flag in NOTED_CPU_FLAGS if flag in flags], "torch": torch.__version__,
+            "cuda": torch.version.cuda, "numpy": numpy.__version__, "scipy": scipy.__version__}
+
+
 def benchmark_provenance() -> dict:
     """What a benchmark's figures came from: lesiongen's version and commit when the benchmark started (and whether
     the package's code had changed by its end; None: unknown), the machine and the dates."""
@@ -110,7 +140,7 @@ def benchmark_provenance() -> dict:
     changed = None if _PACKAGE_AT_START is None else _package_state() != _PACKAGE_AT_START
     return {**_CODE_AT_START, "code_changed_during_run": changed, "started": _STARTED,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "from_scratch": True}
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), **machine_record(), "from_scratch": True}
 
 
 def write_results(name: str, payload: dict, path: Path | None = None) -> Path:

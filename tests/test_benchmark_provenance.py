@@ -24,3 +24,20 @@ def test_unchanged_code_is_recorded_as_unchanged():
     record = measure.benchmark_provenance()
     assert record["code_changed_during_run"] is (False if measure._PACKAGE_AT_START else None)
     assert record["started"] <= record["date"]
+
+
+def test_the_record_names_the_cpu_kernels_and_library_versions(tmp_path):
+    import numpy
+    import torch
+
+    measure = load_measure()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 avx512f amx_tile\n\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    record = measure.machine_record(cpuinfo)
+    assert record["cpu_model"] == "Test CPU 9000"
+    assert record["cpu_flags"] == ["avx2", "avx512f", "amx_tile"]  # the first processor's, in NOTED_CPU_FLAGS order
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["torch"] == torch.__version__ and record["numpy"] == numpy.__version__
+    assert measure.machine_record(tmp_path / "missing")["cpu_flags"] == []
+    assert {"cpu_model", "cpu_capability", "torch"} <= set(measure.benchmark_provenance())
