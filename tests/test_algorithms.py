@@ -36,8 +36,8 @@ from lesiongen.training.losses import (
     sigmoid_dice_loss,
     softmax_dice_loss,
 )
-from lesiongen.training.trainers.diffmask import (calibrate_threshold, component_sizes, count_and_volume,
-                                                  lesion_weighted_loss, size_distance)
+from lesiongen.training.trainers.diffmask import (calibrate_threshold, count_and_volume,
+                                                  lesion_weighted_loss, size_distance, stack_component_sizes)
 from lesiongen.training.trainers.inpaint import inpainting_loss
 from lesiongen.training.trainers.seg import SEG_LOSS_TERMS
 
@@ -336,9 +336,9 @@ def test_size_distance_by_hand_and_a_threshold_it_picks_that_count_and_mean_volu
     real = np.zeros((1, 12, 12, 12), np.uint8)
     real[0, 1, 1, 1] = 1  # a 1-voxel lesion and a 27-voxel one
     real[0, 5:8, 5:8, 5:8] = 1
-    assert sorted(component_sizes(real)) == [1, 27]
-    assert size_distance(np.array([27, 27]), component_sizes(real)) == pytest.approx(np.log(27) / 2)
-    assert size_distance(np.zeros(0), component_sizes(real)) == pytest.approx(np.log(27) / 2)  # nothing ~ 1 voxel
+    assert sorted(stack_component_sizes(real)) == [1, 27]
+    assert size_distance(np.array([27, 27]), stack_component_sizes(real)) == pytest.approx(np.log(27) / 2)
+    assert size_distance(np.zeros(0), stack_component_sizes(real)) == pytest.approx(np.log(27) / 2)  # nothing ~ 1 voxel
     # two candidate outputs with the real count and mean volume per patch (2 lesions, 28 voxels): two lesions of 14
     # voxels, or the real 1 and 27. Count and mean volume alone tie them (and the lower threshold would win); the
     # sizes pick the real ones

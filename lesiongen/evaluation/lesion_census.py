@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3
-from lesiongen.utilities.components import label_components
+from lesiongen.utilities.components import component_sizes
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,7 @@ class LesionCensus:
 
 def lesion_volumes(label_map: np.ndarray, voxel_mm3: float) -> np.ndarray:
     """The volume (mm^3) of every lesion of every class > 0 in one label map (values <= 0 are background)."""
-    sizes = []
-    for value in np.unique(label_map[label_map > 0]):
-        ids, n = label_components(label_map == value)
-        sizes.append(np.bincount(ids.ravel(), minlength=n + 1)[1:])
+    sizes = [component_sizes(label_map == value) for value in np.unique(label_map[label_map > 0])]
     return np.concatenate(sizes).astype(float) * voxel_mm3 if sizes else np.zeros(0)
 
 

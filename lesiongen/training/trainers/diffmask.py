@@ -31,7 +31,7 @@ from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, SAMPLI
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.trainers.masks import MaskTrainer
-from lesiongen.utilities.components import label_components
+from lesiongen.utilities.components import component_sizes, label_components
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.seeding import derive_seed
@@ -228,12 +228,12 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
     weigh the same, and a threshold that gets the mean size right with too few small lesions still pays); the lower
     threshold wins a tie.
     """
-    real_sizes = component_sizes(real)
+    real_sizes = stack_component_sizes(real)
     real_count = len(real_sizes) / max(len(real), 1)
     scores = {}
     for threshold in candidates:
         masks = calibrated_masks(denoised, float(threshold), brain, binarise, minimum_voxels)
-        sizes = component_sizes(masks)
+        sizes = stack_component_sizes(masks)
         count = len(sizes) / max(len(masks), 1)  # mean lesions per patch, as count_and_volume gives
         scores[float(threshold)] = float(size_distance(sizes, real_sizes) +
                                          abs(np.log((count + 1e-3) / (real_count + 1e-3))))
@@ -252,9 +252,9 @@ def calibrated_masks(denoised: np.ndarray, threshold: float, brain: np.ndarray,
     return np.stack([drop_small_components(m, minimum_voxels) for m in masks])
 
 
-def component_sizes(masks: np.ndarray) -> np.ndarray:
+def stack_component_sizes(masks: np.ndarray) -> np.ndarray:
     """Voxels of every lesion (connected component) in the masks (n, z, y, x)."""
-    sizes = [np.bincount(ids.ravel())[1:] for ids, _ in (label_components(m > 0) for m in masks)]
+    sizes = [component_sizes(m > 0) for m in masks]
     return np.concatenate(sizes) if sizes else np.zeros(0, int)
 
 
