@@ -1,8 +1,8 @@
 """Few-step sampling against today's default sampler, side by side on the same trained models (issue 15).
 
     python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
-        [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--short_schedule] [--realistic]
-        [-device cpu] [--work DIR] [--json FILE]
+        [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--short_schedule]
+        [--distill_steps N [--distill_trajectories 256]] [--realistic] [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
 at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
@@ -11,6 +11,9 @@ calibrated after training for each sampling preset, so both samplers run the sam
 to them; the few-step sampler itself is chosen then, see ``documentation/few_step_sampling.md``).
 ``--short_schedule``: each model is also trained, same steps and seed, with ``--set
 few_step_training=true`` (only at the few-step sampler's timesteps, fastWDM3D-style) in a results folder of its own.
+``--distill_steps N``: diffmask is trained with ``--set distill_steps=N`` (a 4-step student distilled from its
+20-step sampler after training, one more candidate of the few-step choice) and its student is a third mask arm
+(``--sampling distilled``); the default and few-step arms run the same model.
 Then, on fold 0's held-out lesion patches, each model is evaluated once per sampler (``--sampling default`` and
 ``--sampling few_step``; the short-schedule model with its own, few-step sampler) and evaluation seed (``--seeds``:
 other fake-mask placements, sampling noise and spheres; the table gives the mean and the spread over seeds, and the
@@ -46,6 +49,7 @@ from measure import (  # noqa: E402
 
 SAMPLINGS = ("default", "few_step")
 SHORT_SCHEDULE = "short_schedule"  # the model trained only at the few-step timesteps, with its own sampler
+DISTILLED = "distilled"  # diffmask's distilled student (masks only)
 MODELS = ("diffmask", "inpaint")
 PLANS = "lesiongenPlansCPU"
 
@@ -58,9 +62,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     write_and_plan_demo(env, minutes, "501", ["--realistic"] if args.realistic else [], args.num_processes)
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
     steps = {"diffmask": args.diffmask_steps, "inpaint": args.inpaint_steps}
+    distill = ["--set", f"distill_steps={args.distill_steps}", "--set",
+               f"distill_trajectories={args.distill_trajectories}"] if args.distill_steps else []
     for model in (m for m in MODELS if m in args.models):
         run_step(f"train_{model}", [console_script("lesiongen_train"), "501", model, *common, "--steps",
-                                    str(steps[model])], env, minutes)
+                                    str(steps[model]), *(distill if model == "diffmask" else [])], env, minutes)
         if args.short_schedule:
             run_step(f"train_{model}_short_schedule", [
                 console_script("lesiongen_train"), "501", model, *common, "--steps", str(steps[model]), "--set",
@@ -69,10 +75,12 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     arms = {sampling: (env, sampling) for sampling in SAMPLINGS}
     if args.short_schedule:
         arms[SHORT_SCHEDULE] = (short_env, "model")
+    if args.distill_steps and "diffmask" in args.models:
+        arms[DISTILLED] = (env, DISTILLED)
     reports: dict[str, dict] = {"inpainting": {arm: [] for arm in arms}, "masks": {arm: [] for arm in arms}}
     for seed in args.seeds:
         for arm, (arm_env, sampling) in arms.items():  # alternating, so every arm meets the same machine load
-            if "inpaint" in args.models:
+            if "inpaint" in args.models and arm != DISTILLED:
                 out = work / f"inpainting_{arm}_seed{seed}"
                 run_step(f"evaluate_inpainting_{arm}_seed{seed}", [
                     console_script("lesiongen_evaluate_inpainting"), "-d", "501", "-f", "0", "-p", PLANS, "-device",
@@ -97,9 +105,12 @@ def diffmask_calibration(env: dict) -> dict:
     from lesiongen.models.checkpoint import load_checkpoint
 
     checkpoint = next(Path(env["lesiongen_results"]).glob(f"*/diffmask__{PLANS}/fold_0/checkpoint_final.pt"))
-    calibration = load_checkpoint(checkpoint)["extra"]["calibration"]
-    return {key: calibration.get(key) for key in ("threshold", "few_step_variant", "few_step_variants",
-                                                  "choice_patches", "choice_on_fit_patches", "default_distances")}
+    extra = load_checkpoint(checkpoint)["extra"]
+    calibration = extra["calibration"]
+    return {**{key: calibration.get(key) for key in ("threshold", "few_step_variant", "few_step_variants",
+                                                     "choice_patches", "choice_on_fit_patches", "default_distances",
+                                                     "presets")},
+            "distillation": extra.get("distillation")}
 
 
 def _lookup(report, keys: tuple) -> float | None:
@@ -199,6 +210,11 @@ def main() -> None:
                         help="train and compare only these (default: both)")
     parser.add_argument("--short_schedule", action="store_true",
                         help="also train each model only at the few-step timesteps (--set few_step_training=true)")
+    parser.add_argument("--distill_steps", type=int, default=0,
+                        help="distil diffmask's 20-step sampler into a 4-step student for this many steps after "
+                             "training, and compare it too (--sampling distilled)")
+    parser.add_argument("--distill_trajectories", type=int, default=256,
+                        help="teacher trajectories the student learns from")
     parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("-device", default="cpu")

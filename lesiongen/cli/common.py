@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lesiongen import __version__
-from lesiongen.planning.plans import MODEL_SAMPLING, PLANS_NAME, SAMPLING_PRESETS
+from lesiongen.planning.plans import DISTILLED_SAMPLING, MODEL_SAMPLING, PLANS_NAME, SAMPLING_PRESETS
 from lesiongen.utilities.devices import DEVICE_CHOICES
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import os_error_message
@@ -29,12 +29,18 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="cpu, cuda or mps (default: cuda when available, else cpu)")
 
 
-def add_sampling_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sampling", choices=(MODEL_SAMPLING, *SAMPLING_PRESETS), default=MODEL_SAMPLING,
+def add_sampling_argument(parser: argparse.ArgumentParser, masks_only: bool = False) -> None:
+    """``--sampling``; ``masks_only`` (a command that runs mask generators only) also offers diffmask's distilled
+    student by name."""
+    extra = (DISTILLED_SAMPLING,) if masks_only else ()
+    parser.add_argument("--sampling", choices=(MODEL_SAMPLING, *SAMPLING_PRESETS, *extra), default=MODEL_SAMPLING,
                         help="sampler of the diffusion models (inpainter, diffmask): model (each model's own, "
                              "default), default (inpainter: 16 DDIM steps + 3 resampling jumps + guidance, 44 "
                              "network evaluations per inserted patch; diffmask: DPM-Solver++ 20) or few_step (4 "
-                             "deterministic DDIM steps, no jumps, no guidance: 4 evaluations)")
+                             "deterministic steps, no jumps, no guidance: 4 evaluations; diffmask: the 4-step "
+                             "sampler chosen for the model after training)"
+                             + ("; distilled: diffmask's distilled 4-step student (models trained with "
+                                "--set distill_steps=N)" if masks_only else ""))
 
 
 def add_plans_argument(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", dest="n_masks", type=positive_int, default=None,
                         help="masks per generator (default: one per held-out lesion patch)")
     parser.add_argument("--seed", type=int, default=0)
-    add_sampling_argument(parser)
+    add_sampling_argument(parser, masks_only=True)
     add_device_argument(parser)
     add_plans_argument(parser)
     parser.add_argument("-o", dest="output", type=Path, default=None,

@@ -17,9 +17,14 @@ FEW_STEP_VARIANTS: dict[str, tuple[str, str | None]] = {
     "dpm_solver": ("dpm_solver", None),  # DPM-Solver++ (2nd order), diffusers' own "linspace" spacing
 }
 DEFAULT_FEW_STEP_VARIANT = "ddim_leading"
+# a diffmask model trained with distillation carries a 4-step student network of its own (DDIM at the trailing
+# timesteps, trained to land where 20 DPM-Solver++ steps do); the few-step choice after training weighs it too
+DISTILLED_VARIANT = "distilled"
+FEW_STEP_CHOICES = (*FEW_STEP_VARIANTS, DISTILLED_VARIANT)
 
 
-def check_few_step_variant(name: str) -> None:
-    """Refuse a name that is not one of :data:`FEW_STEP_VARIANTS` (ValueError)."""
-    if name not in FEW_STEP_VARIANTS:
-        raise ValueError(f"unknown few-step variant {name}; choose one of {', '.join(FEW_STEP_VARIANTS)}")
+def check_few_step_variant(name: str, choices: tuple[str, ...] | dict = FEW_STEP_VARIANTS) -> None:
+    """Refuse a name that is not one of ``choices`` (by default the samplers of :data:`FEW_STEP_VARIANTS`;
+    a model's choice may also be :data:`DISTILLED_VARIANT`) (ValueError)."""
+    if name not in choices:
+        raise ValueError(f"unknown few-step variant {name}; choose one of {', '.join(choices)}")

@@ -1,7 +1,8 @@
 """Noise schedules from diffusers: DDPM for training, a DPM-Solver++ / DDIM schedule for sampling, and the few-step
 preset (a few deterministic DDIM steps, the last of which returns the network's clean estimate). A schedule may
 record that its network was trained at a few timesteps only (a short schedule, as fastWDM3D trains): it can then be
-sampled only at those."""
+sampled only at those. Distillation pairs a many-step teacher sampler with a 4-step DDIM student whose timesteps lie
+on the teacher's grid, and gives the clean estimate whose DDIM step lands where the teacher did."""
 
 from __future__ import annotations
 
@@ -78,6 +79,37 @@ def few_step_sampling(config: ScheduleConfig, steps: int = FEW_STEPS,
     sampler, spacing = FEW_STEP_VARIANTS[variant]
     return dataclasses.replace(config, sampler=sampler, num_inference_steps=int(steps), timestep_spacing=spacing,
                                clean_final_step=sampler == "ddim")
+
+
+def distillation_schedules(config: ScheduleConfig, steps: int = FEW_STEPS) -> tuple[ScheduleConfig, ScheduleConfig]:
+    """(teacher, student) for distilling ``config``'s default sampler into ``steps`` DDIM steps.
+
+    The teacher is the default sampler (DPM-Solver++, 20 steps) at the "trailing" spacing (999, 949, ..., 49), whose
+    grid holds the student's DDIM "trailing" timesteps (999, 749, 499, 249), so each student step has the teacher's
+    state at both of its ends. The student is a short schedule at those timesteps (its network is trained only
+    there), with a clean final step and without clipping: its step must be exactly the DDIM step the targets of
+    :func:`distillation_target` assume."""
+    teacher = dataclasses.replace(default_sampling(config), timestep_spacing="trailing")
+    student = dataclasses.replace(few_step_sampling(config, steps, variant="ddim_trailing"), clip_sample=False)
+    student = short_schedule(student, _sampling_scheduler(student).timesteps)
+    off_grid = set(student.trained_timesteps) - {int(t) for t in _sampling_scheduler(teacher).timesteps}
+    if off_grid:
+        raise ValueError(f"the student's timesteps {sorted(off_grid)} are not on the teacher's grid")
+    return teacher, student
+
+
+def distillation_target(x_t: torch.Tensor, x_s: torch.Tensor, t: int, s: int, config: ScheduleConfig) -> torch.Tensor:
+    """The clean estimate whose deterministic DDIM step from ``x_t`` at timestep ``t`` lands exactly on ``x_s`` at
+    timestep ``s`` (``s`` < 0: the clean end, where the estimate is ``x_s`` itself).
+
+    DDIM steps x_s = a_s x0 + b_s (x_t - a_t x0) / b_t with a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar); solved for
+    x0: (x_s - (b_s / b_t) x_t) / (a_s - b_s a_t / b_t)."""
+    if s < 0:
+        return x_s
+    alphas = training_scheduler(config).alphas_cumprod.double()
+    a_t, a_s = alphas[t].sqrt(), alphas[s].sqrt()
+    b_t, b_s = (1 - alphas[t]).sqrt(), (1 - alphas[s]).sqrt()
+    return ((x_s.double() - (b_s / b_t) * x_t.double()) / (a_s - b_s * a_t / b_t)).to(x_s.dtype)
 
 
 def sampling_preset(config: ScheduleConfig, name: str,
@@ -210,18 +242,22 @@ def batch_part(generator: torch.Generator | Sequence[torch.Generator], part: sli
 @torch.no_grad()
 def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
            config: ScheduleConfig, generator: torch.Generator | Sequence[torch.Generator],
-           device: torch.device) -> tuple[torch.Tensor, int]:
+           device: torch.device, record: Callable[[int, torch.Tensor], None] | None = None
+           ) -> tuple[torch.Tensor, int]:
     """Run the reverse process from pure noise; returns the sample and the number of network evaluations.
 
     ``denoise(x_t, t)`` predicts what ``config.prediction_type`` names (the noise by default); conditioning is the
     caller's business (it closes over it). ``generator``: one for the batch, or one per item (a list), whose draws
-    then do not depend on the batch.
+    then do not depend on the batch. ``record(t, x_t)`` sees every state before the network does (a teacher's
+    trajectory, for distillation).
     """
     scheduler = sampling_scheduler(config)
     x = draw_noise(shape, generator).to(device) * scheduler.init_noise_sigma
     evaluations = 0
     for t in scheduler.timesteps:
         timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        if record is not None:
+            record(int(t), x)
         output = denoise(scheduler.scale_model_input(x, t), timestep)
         evaluations += 1
         # the step's own noise (DDPM) must come from the seeded generator too, for reproducible samples

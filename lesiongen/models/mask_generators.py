@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesiongen.diffusion.presets import DEFAULT_FEW_STEP_VARIANT, check_few_step_variant
+from lesiongen.diffusion.presets import (DEFAULT_FEW_STEP_VARIANT, DISTILLED_VARIANT, FEW_STEP_CHOICES,
+                                        check_few_step_variant)
 from lesiongen.diffusion.schedules import (ScheduleConfig, batch_part, draw_noise, sample, sampling_evaluations,
                                            sampling_preset, sampling_scheduler, seeded_generators)
 from lesiongen.models.base import LesionModel
@@ -39,7 +40,8 @@ from lesiongen.models.conditioning import MaskConditioning, drop_small_component
 from lesiongen.models.networks import build_network
 from lesiongen.models.spheres import SphereLesion, render_ellipsoids, render_spheres, sample_sphere_lesions
 from lesiongen.planning import channels
-from lesiongen.planning.plans import MODEL_SAMPLING, SAMPLING_PRESETS, SpherePrior
+from lesiongen.planning.plans import (DISTILLED_SAMPLING, FEW_STEP_SAMPLING, MODEL_SAMPLING, SAMPLING_PRESETS,
+                                      SpherePrior)
 from lesiongen.utilities.errors import LesiongenError
 
 logger = logging.getLogger(__name__)
@@ -69,12 +71,17 @@ class DiffMaskConfig(MaskGeneratorConfig):
     # the threshold calibrated for each sampling preset (``default``, ``few_step``): what the denoised masks look like
     # depends on the sampler, so switching a model to a preset switches its threshold too
     preset_thresholds: dict[str, float] = field(default_factory=dict)
-    # which 4-step sampler the few-step preset is for this model (one of FEW_STEP_VARIANTS): chosen after training
+    # which 4-step sampler the few-step preset is for this model (one of FEW_STEP_CHOICES): chosen after training
     # as the one whose masks come closest to the real lesions of training patches (models from before: DDIM leading)
     few_step_variant: str = DEFAULT_FEW_STEP_VARIANT
+    # the sampler of the distilled 4-step student network ("student"), for a model trained with distillation; None:
+    # the model has no student
+    student_schedule: ScheduleConfig | None = None
 
     def __post_init__(self) -> None:
-        check_few_step_variant(self.few_step_variant)
+        check_few_step_variant(self.few_step_variant, FEW_STEP_CHOICES)
+        if self.few_step_variant == DISTILLED_VARIANT and self.student_schedule is None:
+            raise ValueError("few-step variant 'distilled' needs a student schedule")
 
 
 class MaskGenerator(LesionModel):
@@ -228,9 +235,14 @@ class DiffMaskGenerator(MaskGenerator):
     kind = "diffmask"
     config_class = DiffMaskConfig
     config: DiffMaskConfig
+    STUDENT: ClassVar[str] = "student"  # the distilled network's name, next to the "denoiser"
+    sampling_network: str = "denoiser"  # the network ``generate`` samples with (a twin may run the student)
 
     def build_networks(self) -> dict[str, nn.Module]:
-        return {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
+        networks = {"denoiser": build_network(self.stage_plan.networks["diffusion"])}
+        if self.config.student_schedule is not None:
+            networks[self.STUDENT] = build_network(self.stage_plan.networks["diffusion"])
+        return networks
 
     @property
     def input_layout(self) -> channels.ChannelLayout:
@@ -262,8 +274,32 @@ class DiffMaskGenerator(MaskGenerator):
 
         ``seed``: one for the batch, or one per mask (whose noise is then that of the mask alone).
         ``progress(done, total)`` is called after every (batched) network evaluation."""
-        schedule = schedule or self.config.schedule
-        network = self.networks["denoiser"]
+        return self._run_sampler(controls, tissue, seed, schedule or self.config.schedule, progress)
+
+    @torch.no_grad()
+    def trajectories(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int | Sequence[int],
+                     schedule: ScheduleConfig, timesteps: Sequence[int],
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """The sampler's states at ``timesteps`` (before the network sees them) and its denoised mask: (n,
+        len(timesteps) + 1, K, z, y, x) float32; what a distilled student learns to reproduce in fewer steps."""
+        wanted = [int(t) for t in timesteps]
+        states: dict[int, list[torch.Tensor]] = {t: [] for t in wanted}
+
+        def record(t: int, x: torch.Tensor) -> None:
+            if t in states:
+                states[t].append(x.float().cpu())
+
+        final, _ = self._run_sampler(controls, tissue, seed, schedule, progress, record)
+        missing = [t for t in wanted if not states[t]]
+        if missing:
+            raise ValueError(f"the sampler does not visit timesteps {missing}")
+        stacked = [torch.cat(states[t]).numpy() for t in wanted]
+        return np.stack([*stacked, final], axis=1).astype(np.float32)
+
+    def _run_sampler(self, controls: np.ndarray, tissue: np.ndarray | None, seed: int | Sequence[int],
+                     schedule: ScheduleConfig, progress: Callable[[int, int], None] | None,
+                     record: Callable[[int, torch.Tensor], None] | None = None) -> tuple[np.ndarray, int]:
+        network = self.networks[self.sampling_network]
         generator = seeded_generators(seed)
         out, evaluations = [], 0
         chunk = max(1, self.stage_plan.batch_size)
@@ -284,19 +320,22 @@ class DiffMaskGenerator(MaskGenerator):
                 return prediction
 
             x, evaluations = sample(predict, shape, schedule, batch_part(generator, slice(start, start + chunk)),
-                                    self.device)
+                                    self.device, record)
             out.append(x.clamp(-1, 1).float().cpu().numpy())
         return np.concatenate(out), evaluations
 
     def with_sampling(self, sampling: str) -> "DiffMaskGenerator":
         """This model with the sampler ``sampling`` names (``model``: its own; ``default``: DPM-Solver++ 20 steps;
-        ``few_step``: the 4-step sampler chosen for it after training) and the threshold calibrated for that
-        sampler."""
+        ``few_step``: the 4-step sampler chosen for it after training; ``distilled``: its distilled student) and the
+        threshold calibrated for that sampler."""
         if sampling == MODEL_SAMPLING:
             return self
+        if sampling == DISTILLED_SAMPLING or (sampling == FEW_STEP_SAMPLING
+                                              and self.config.few_step_variant == DISTILLED_VARIANT):
+            return self.distilled(sampling)
         if sampling not in SAMPLING_PRESETS:
             raise LesiongenError(f"unknown sampling '{sampling}'; choose {MODEL_SAMPLING}, "
-                                 f"{', '.join(SAMPLING_PRESETS)}")
+                                 f"{', '.join(SAMPLING_PRESETS)}, {DISTILLED_SAMPLING}")
         schedule = sampling_preset(self.config.schedule, sampling, self.config.few_step_variant)
         try:
             sampling_scheduler(schedule)  # a short-schedule network runs only at the timesteps it was trained at
@@ -308,6 +347,30 @@ class DiffMaskGenerator(MaskGenerator):
         twin = copy.copy(self)
         twin.config = dataclasses.replace(self.config, schedule=schedule,
                                           threshold=self.config.preset_thresholds[sampling])
+        return twin
+
+    def distilled(self, sampling: str = DISTILLED_SAMPLING) -> "DiffMaskGenerator":
+        """This model running its distilled student with the student's sampler and the threshold calibrated for it
+        (under ``sampling``'s name: ``distilled``, or ``few_step`` when the choice after training took the
+        student)."""
+        if self.config.student_schedule is None:
+            raise LesiongenError(f"{self.checkpoint or self.kind}: has no distilled student (train diffmask with "
+                                 "--set distill_steps=N)")
+        if sampling not in self.config.preset_thresholds:
+            raise LesiongenError(f"{self.checkpoint or self.kind}: its student has no threshold calibrated for "
+                                 f"'{sampling}'")
+        twin = self.running(self.STUDENT)
+        twin.config = dataclasses.replace(self.config, schedule=self.config.student_schedule,
+                                          threshold=self.config.preset_thresholds[sampling])
+        return twin
+
+    def running(self, network: str) -> "DiffMaskGenerator":
+        """This model sampling with its network ``network`` (``denoiser`` or the distilled ``student``), same
+        configuration object."""
+        if network not in self.networks:
+            raise LesiongenError(f"{self.checkpoint or self.kind}: has no network '{network}'")
+        twin = copy.copy(self)
+        twin.sampling_network = network
         return twin
 
     def generate(self, spheres, conditioning, noise_seed) -> np.ndarray:

@@ -51,6 +51,9 @@ MODEL_SAMPLING = "model"  # the sampler the model's configuration holds
 DEFAULT_SAMPLING = "default"  # inpainter: 16 DDIM steps + 3 resampling jumps + guidance; diffmask: DPM-Solver++ 20
 FEW_STEP_SAMPLING = "few_step"  # a few deterministic DDIM steps, no jumps, no guidance (diffusion/presets.py)
 SAMPLING_PRESETS = (DEFAULT_SAMPLING, FEW_STEP_SAMPLING)
+# diffmask's distilled 4-step student, of models trained with one: asked for by name when evaluating masks; at
+# inference ``few_step`` runs it when the choice after training took it
+DISTILLED_SAMPLING = "distilled"
 
 
 # normalisation schemes, picked from channel names as in nnU-Net

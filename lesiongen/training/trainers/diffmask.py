@@ -7,29 +7,34 @@ mask (see :class:`lesiongen.models.mask_generators.DiffMaskConfig`). The loss ad
 weight 10, as the MS study used) so the few lesion voxels are not drowned by background. After training, the
 binarisation threshold is calibrated on training patches so generated lesion counts and sizes match the real ones,
 for the model's own sampler and for each sampling preset (default DPM-Solver++; few-step: of the 4-step samplers in
-``FEW_STEP_VARIANTS``, the one whose masks come closest to the real lesions of other training patches).
+``FEW_STEP_VARIANTS``, the one whose masks come closest to the real lesions of other training patches). With
+``--set distill_steps=N`` a 4-step student network is distilled from the 20-step sampler first
+(:mod:`lesiongen.training.distillation`) and is one more candidate for the few-step preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
+from torch.optim.swa_utils import AveragedModel
 
-from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
-from lesiongen.diffusion.schedules import (ScheduleConfig, few_step_sampling, samples_trained_timesteps,
-                                           sampling_evaluations, sampling_preset, sampling_scheduler, short_schedule,
-                                           training_target)
+from lesiongen.diffusion.presets import DISTILLED_VARIANT, FEW_STEP_VARIANTS
+from lesiongen.diffusion.schedules import (ScheduleConfig, distillation_schedules, few_step_sampling,
+                                           samples_trained_timesteps, sampling_evaluations, sampling_preset,
+                                           sampling_scheduler, short_schedule, training_target)
 from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics, mask_statistics, wasserstein_distances
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
-from lesiongen.planning.plans import DEFAULT_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
+from lesiongen.planning.plans import DEFAULT_SAMPLING, DISTILLED_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
+from lesiongen.training.distillation import DistillationSettings, build_teacher_bank, distill_student
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.components import component_sizes, label_components
 from lesiongen.utilities.errors import LesiongenError
@@ -59,8 +64,16 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     few_step_training = False
     # training patches the threshold is calibrated on, per sampler (own and each preset); fewer is faster and noisier
     calibration_patches = CALIBRATION_PATCHES
+    # after training, distil the 20-step sampler into a 4-step student network for this many steps (0: no student)
+    distill_steps = 0
+    # teacher trajectories (20 evaluations each, sampled once) the student learns from
+    distill_trajectories = 256
 
     def model_config(self) -> DiffMaskConfig:
+        if self.distill_steps and (self.few_step_sampling or self.few_step_training):
+            raise LesiongenError("--set distill_steps: the student learns the default 20-step sampler; it cannot be "
+                                 "combined with a few-step own sampler (few_step_sampling / few_step_training, or "
+                                 "plans whose diffusion stages sample few_step)")
         config = DiffMaskConfig(priors=self.priors)
         config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
         if self.few_step_sampling or self.few_step_training:
@@ -73,6 +86,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         super().apply_settings(values)
         if self.calibration_patches < 1:
             raise LesiongenError(f"--set calibration_patches={self.calibration_patches}: expected at least 1")
+        if self.distill_steps < 0 or self.distill_trajectories < 1:
+            raise LesiongenError(f"--set distill_steps={self.distill_steps} distill_trajectories="
+                                 f"{self.distill_trajectories}: expected steps >= 0 and at least 1 trajectory")
 
     def load_training_data(self) -> None:
         super().load_training_data()
@@ -98,26 +114,32 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         model's own sampler and for each sampling preset (so ``--sampling`` can switch the model to it). The
         few-step preset is the 4-step sampler of :data:`FEW_STEP_VARIANTS` whose masks, at their thresholds, come
         closest to the real ones (:func:`choose_few_step_variant`) on other training patches than the thresholds
-        were fitted on (the same ones when there are too few)."""
+        were fitted on (the same ones when there are too few). A distilled student (``distill_steps``) is trained
+        first and is one more few-step candidate."""
+        if self.distill_steps > 0:
+            self.distill(model)
         fit, check = self.calibration_patch_sets()
         own = model.config.schedule
         details = {"own": self.calibrate(model, own, fit)}
 
-        def calibrated(schedule: ScheduleConfig) -> dict:
-            return details["own"] if schedule == own else self.calibrate(model, schedule, fit)
+        def calibrated(schedule: ScheduleConfig, sampler: DiffMaskGenerator = model) -> dict:
+            return details["own"] if schedule == own and sampler is model else self.calibrate(sampler, schedule, fit)
 
         default = sampling_preset(own, DEFAULT_SAMPLING)
         if samples_trained_timesteps(default):
             details[DEFAULT_SAMPLING] = calibrated(default)
-        variants = {name: few_step_sampling(own, variant=name) for name in FEW_STEP_VARIANTS}
-        variants = {name: schedule for name, schedule in variants.items() if samples_trained_timesteps(schedule)}
-        candidates = {name: calibrated(schedule) for name, schedule in variants.items()}
+        # name -> (the model running the right network, its 4-step sampler)
+        variants = {name: (model, few_step_sampling(own, variant=name)) for name in FEW_STEP_VARIANTS}
+        variants = {name: v for name, v in variants.items() if samples_trained_timesteps(v[1])}
+        if model.config.student_schedule is not None:
+            variants[DISTILLED_VARIANT] = (model.running(model.STUDENT), model.config.student_schedule)
+        candidates = {name: calibrated(schedule, sampler) for name, (sampler, schedule) in variants.items()}
         choice: dict = {"few_step_variant": next(iter(variants))}
         if len(variants) > 1 and DEFAULT_SAMPLING in details:  # a short-schedule model runs only its own sampler
             real = mask_statistics(self.data.masks[check], model.spacing, self.data.tissue_at(check))
             reference = self.mask_distances(model, default, details[DEFAULT_SAMPLING]["threshold"], check, real)
-            distances = {name: self.mask_distances(model, variants[name], candidates[name]["threshold"], check, real)
-                         for name in variants}
+            distances = {name: self.mask_distances(sampler, schedule, candidates[name]["threshold"], check, real)
+                         for name, (sampler, schedule) in variants.items()}
             chosen, worst = choose_few_step_variant(distances, reference, real)
             choice = {"few_step_variant": chosen, "choice_patches": len(check),
                       "choice_on_fit_patches": bool(np.array_equal(np.sort(check), np.sort(fit))),
@@ -132,18 +154,59 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         chosen = choice["few_step_variant"]
         details[FEW_STEP_SAMPLING] = candidates[chosen]
         if own == few_step_sampling(own):  # the model's own sampler is the few-step preset: it follows the choice
-            model.config.schedule = variants[chosen]
+            model.config.schedule = variants[chosen][1]
             details["own"] = candidates[chosen]
         model.config.few_step_variant = chosen
         model.config.threshold = details["own"]["threshold"]
         model.config.preset_thresholds = {name: details[name]["threshold"] for name in SAMPLING_PRESETS
                                           if name in details}
+        if DISTILLED_VARIANT in candidates:
+            details[DISTILLED_SAMPLING] = candidates[DISTILLED_VARIANT]
+            model.config.preset_thresholds[DISTILLED_SAMPLING] = details[DISTILLED_SAMPLING]["threshold"]
         real_count, real_volume = count_and_volume(self.data.masks[fit])
         logger.info("calibrated threshold %.2f (real: mean lesions %.2f, mean voxels %.1f per patch); presets %s",
                     model.config.threshold, real_count, real_volume, model.config.preset_thresholds)
         self.extra["calibration"] = {
             **details["own"], "patches": len(fit), "real_mean_lesions": real_count, "real_mean_voxels": real_volume,
             "presets": {name: details[name] for name in model.config.preset_thresholds}, **choice}
+
+    def distill(self, model: DiffMaskGenerator) -> None:
+        """Distil the model's 20-step sampler into a 4-step student network (:mod:`lesiongen.training.distillation`):
+        a bank of teacher trajectories from training patches' sphere controls (mirrored as in training), then
+        ``distill_steps`` student steps. The student becomes the model's ``student`` network (saved with it) and its
+        sampler the model's ``student_schedule``."""
+        teacher, student_schedule = distillation_schedules(model.config.schedule)
+        rng = np.random.default_rng(derive_seed(self.options.seed, "distillation"))
+        index, flips = draw_batch(rng, len(self.data), self.distill_trajectories)
+        controls = mirrored(self.controls[index], flips)
+        tissue = mirrored(self.data.tissue[index], flips) if self.data.tissue is not None else None
+        logger.info("distillation: sampling %d teacher trajectories (%s, %d network evaluations each)", len(index),
+                    teacher.sampler, sampling_evaluations(teacher))
+        start = time.perf_counter()
+        bank = build_teacher_bank(
+            lambda c, t: model.trajectories(c, t, seed=derive_seed(self.options.seed, "distillation noise"),
+                                            schedule=teacher, timesteps=student_schedule.trained_timesteps,
+                                            progress=ProgressLog(logger, "distillation teacher sampling",
+                                                                 unit="batched network evaluations").update),
+            controls, tissue, student_schedule)
+        bank_seconds = round(time.perf_counter() - start, 1)
+        settings = DistillationSettings(steps=self.distill_steps, batch_size=self.batch_size,
+                                        learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                                        grad_clip=self.grad_clip,
+                                        seed=derive_seed(self.options.seed, "distillation batches"))
+        student, record = distill_student(
+            model.networks["denoiser"], bank,
+            lambda states, c, t: model.network_input(states, self.to_device(model.condition(c, t))),
+            lambda error, region: lesion_weighted_loss(error, region, self.lesion_loss_weight), settings,
+            self.device, self.amp)
+        model.config.student_schedule = student_schedule
+        model.networks[model.STUDENT] = student
+        self.networks[model.STUDENT] = student  # saved with the model: raw weights and (unaveraged) EMA copy
+        self.ema[model.STUDENT] = AveragedModel(student, use_buffers=True)
+        self.extra["distillation"] = {**record, "teacher": {"sampler": teacher.sampler,
+                                                            "steps": teacher.num_inference_steps,
+                                                            "timestep_spacing": teacher.timestep_spacing},
+                                      "teacher_seconds": bank_seconds}
 
     def calibration_patch_sets(self) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the training patches the thresholds are fitted on (up to ``calibration_patches``) and of those
