@@ -268,6 +268,18 @@ MUTANTS = (
     Mutant("shift_by_one_voxel_too_few", "lesiongen/preprocessing/lesion_patches.py",
            "target.append(slice(max(0, s), n - max(0, -s)))", "target.append(slice(max(0, s - 1), n - max(0, -s) - 1))",
            ("tests/test_inpaint.py::test_shifted_moves_whole_voxels_and_fills_with_zero",), "issue 15"),
+    Mutant("distillation_target_ignores_the_start", "lesiongen/diffusion/schedules.py",
+           "(x_s.double() - (b_s / b_t) * x_t.double())", "(x_s.double() - 0 * x_t.double())",
+           ("tests/test_schedules.py::test_the_distillation_target_makes_the_ddim_step_land_on_the_teachers_next_state",
+            "tests/test_schedules.py::test_a_student_with_exact_targets_retraces_the_teachers_trajectory_in_four_steps"),
+           "issue 15"),
+    Mutant("student_never_stepped", "lesiongen/training/distillation.py",
+           "scaler.step(optimizer)", "pass",
+           ("tests/test_distillation.py",), "issue 15"),
+    Mutant("distilled_sampling_runs_the_teacher", "lesiongen/models/mask_generators.py",
+           "network = self.networks[self.sampling_network]", "network = self.networks['denoiser']",
+           ("tests/test_distillation.py::test_the_loaded_model_samples_with_its_student_in_four_evaluations",),
+           "issue 15"),
 )
 
 

@@ -557,32 +557,38 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
 
 
 def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, dict[str, float]],
-                          n_patches: int = 40):
+                          n_patches: int = 40, student: bool = False):
     """A trainer and model for DiffMaskTrainer.finish_training without networks: ``calibrate`` answers per
     schedule with that sampler's threshold, ``mask_distances`` with its Wasserstein distances (the default
-    sampler's plus ``worse``) after checking that it got the threshold calibrated for that sampler."""
+    sampler's plus ``worse``) after checking that it got the threshold calibrated for that sampler and the model
+    running the right network (``student``: the model has a distilled student, named ``distilled``)."""
     from types import SimpleNamespace
 
     from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
-    from lesiongen.diffusion.schedules import default_sampling, few_step_sampling
+    from lesiongen.diffusion.schedules import default_sampling, distillation_schedules, few_step_sampling
     from lesiongen.evaluation.mask_metrics import METRICS
     from lesiongen.preprocessing.lesion_patches import LesionPatches
     from lesiongen.training.trainers.diffmask import DiffMaskTrainer
 
     named = {"default": default_sampling(own),
              **{variant: few_step_sampling(own, variant=variant) for variant in FEW_STEP_VARIANTS}}
+    student_schedule = distillation_schedules(own)[1] if student else None
+    if student:
+        named["distilled"] = student_schedule
     calls = {"calibrate": [], "distances": []}
 
     def name_of(schedule):
         return next(n for n, s in named.items() if s == schedule)
 
     def calibrate(model, schedule, index):
+        assert model.network == ("student" if name_of(schedule) == "distilled" else "denoiser")
         calls["calibrate"].append(name_of(schedule))
         return {"threshold": thresholds[name_of(schedule)], "evaluations_per_mask": 4}
 
     def mask_distances(model, schedule, threshold, index, real):
         name = name_of(schedule)
         assert threshold == thresholds[name]
+        assert model.network == ("student" if name == "distilled" else "denoiser")
         calls["distances"].append((name, tuple(sorted(index))))
         return {metric: 0.1 + worse.get(name, {}).get(metric, 0.0) for metric in METRICS}
 
@@ -592,11 +598,13 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
     patches = LesionPatches(np.zeros((n_patches, 1, 8, 8, 8), np.float32), masks, np.ones(masks.shape, bool), None,
                             [f"case_{i}" for i in range(n_patches)])
     trainer = SimpleNamespace(calibration_patches=16, data=patches, options=SimpleNamespace(seed=0),
-                              calibrate=calibrate, mask_distances=mask_distances, extra={})
+                              calibrate=calibrate, mask_distances=mask_distances, extra={}, distill_steps=0)
     trainer.calibration_patch_sets = lambda: DiffMaskTrainer.calibration_patch_sets(trainer)
-    model = SimpleNamespace(spacing=[1.0, 1.0, 1.0],
+    model = SimpleNamespace(spacing=[1.0, 1.0, 1.0], network="denoiser", STUDENT="student",
                             config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={},
-                                                   few_step_variant="ddim_leading"))
+                                                   few_step_variant="ddim_leading",
+                                                   student_schedule=student_schedule))
+    model.running = lambda network: SimpleNamespace(**{**vars(model), "network": network})
     return (lambda: DiffMaskTrainer.finish_training(trainer, model)), trainer, model, calls
 
 
@@ -646,6 +654,30 @@ def test_diffmask_chooses_the_few_step_sampler_closest_to_the_real_lesions():
     assert model.config.schedule == few_step_sampling(own, variant="ddim_trailing")
     assert model.config.threshold == pytest.approx(0.4)
     assert sorted(calls["calibrate"]) == ["ddim_leading", "ddim_trailing", "default", "dpm_solver"]
+
+
+def test_a_distilled_student_competes_for_the_few_step_preset_and_keeps_its_own_threshold():
+    """With a student, the distilled sampler (run on the student network) is a fourth candidate: chosen when its
+    worst statistic is the least further, its threshold stored under ``distilled`` either way."""
+    from lesiongen.diffusion.schedules import ScheduleConfig
+
+    thresholds = {"default": 0.2, "ddim_leading": 0.3, "ddim_trailing": 0.4, "dpm_solver": 0.5, "distilled": -0.1}
+    behind = {"sphericity": 0.03}
+    worse = {"ddim_leading": behind, "ddim_trailing": behind, "dpm_solver": behind, "distilled": {"radius_mm": 0.01}}
+    finish, trainer, model, calls = _calibration_stand_in(ScheduleConfig(prediction_type="sample"), thresholds, worse,
+                                                          student=True)
+    finish()
+    assert model.config.few_step_variant == "distilled"
+    assert model.config.preset_thresholds == pytest.approx({"default": 0.2, "few_step": -0.1, "distilled": -0.1})
+    assert sorted(calls["calibrate"]) == ["ddim_leading", "ddim_trailing", "default", "distilled", "dpm_solver"]
+    assert model.config.schedule == ScheduleConfig(prediction_type="sample")  # its own sampler stays the default
+
+    worse["distilled"] = {"sphericity": 0.06}  # twice as far behind as the others
+    finish, trainer, model, calls = _calibration_stand_in(ScheduleConfig(prediction_type="sample"), thresholds, worse,
+                                                          student=True)
+    finish()
+    assert model.config.few_step_variant == "ddim_leading"
+    assert model.config.preset_thresholds == pytest.approx({"default": 0.2, "few_step": 0.3, "distilled": -0.1})
 
 
 def test_with_few_training_patches_the_few_step_sampler_is_chosen_on_the_fitted_ones():

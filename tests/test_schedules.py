@@ -76,3 +76,65 @@ def test_training_targets_match_the_prediction_type():
 def test_unknown_prediction_type_is_refused():
     with pytest.raises(ValueError, match="prediction type"):
         ScheduleConfig(prediction_type="noise")
+
+
+# ------------------------------------------------------------------------------------------------ distillation
+def test_the_distillation_student_steps_on_the_teachers_grid_without_clipping():
+    from lesiongen.diffusion.schedules import distillation_schedules, sampling_scheduler
+
+    teacher, student = distillation_schedules(ScheduleConfig(prediction_type="sample"))
+    assert (teacher.sampler, teacher.num_inference_steps) == ("dpm_solver", 20)
+    assert student.trained_timesteps == (999, 749, 499, 249)
+    assert [int(t) for t in sampling_scheduler(student).timesteps] == [999, 749, 499, 249]
+    assert set(student.trained_timesteps) <= {int(t) for t in sampling_scheduler(teacher).timesteps}
+    assert student.sampler == "ddim" and student.clean_final_step and not student.clip_sample
+
+
+def test_the_distillation_target_makes_the_ddim_step_land_on_the_teachers_next_state():
+    """Known answer: a DDIM step (diffusers' own) from x_t with the target as its clean estimate gives x_s; the
+    last step's target is the teacher's final sample."""
+    from lesiongen.diffusion.schedules import distillation_schedules, distillation_target, sampling_scheduler
+
+    _, student = distillation_schedules(ScheduleConfig(prediction_type="sample"))
+    generator = torch.Generator().manual_seed(3)
+    x_t, x_s = torch.randn(2, 1, 4, 4, 4, generator=generator), torch.randn(2, 1, 4, 4, 4, generator=generator)
+    for t, s in ((999, 749), (749, 499), (499, 249)):
+        scheduler = sampling_scheduler(student)
+        target = distillation_target(x_t, x_s, t, s, student)
+        landed = scheduler.step(target, t, x_t).prev_sample
+        assert torch.allclose(landed, x_s, atol=1e-4), (t, s)
+    assert torch.equal(distillation_target(x_t, x_s, 249, -1, student), x_s)
+
+
+def test_a_student_with_exact_targets_retraces_the_teachers_trajectory_in_four_steps():
+    """An oracle student (it returns the bank's targets) run by the student's sampler passes through the teacher's
+    recorded states and ends on the teacher's 20-step sample."""
+    import numpy as np
+
+    from lesiongen.diffusion.schedules import distillation_schedules, seeded_generators
+    from lesiongen.training.distillation import student_targets
+
+    teacher, student = distillation_schedules(ScheduleConfig(prediction_type="sample"))
+
+    def teacher_network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # any x0 prediction in [-1, 1]
+        return torch.tanh(1.5 * x + 0.3 * torch.sin(3 * x) + t.view(-1, 1, 1, 1, 1) / 2000)
+
+    states: dict[int, torch.Tensor] = {}
+    shape = (3, 1, 4, 4, 4)
+    final, _ = sample(teacher_network, shape, teacher, seeded_generators(0), torch.device("cpu"),
+                      lambda t, x: states.__setitem__(t, x.clone()))
+    timesteps = student.trained_timesteps
+    trajectories = np.stack([*(states[t].numpy() for t in timesteps), final.numpy()], axis=1).astype(np.float32)
+    targets = torch.from_numpy(student_targets(trajectories, timesteps, student))
+    visited = []
+
+    def oracle_student(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        k = timesteps.index(int(t[0]))
+        visited.append(int(t[0]))
+        assert torch.allclose(x, torch.from_numpy(trajectories[:, k]), atol=1e-4)
+        return targets[:, k]
+
+    out, evaluations = sample(oracle_student, shape, student, seeded_generators(0), torch.device("cpu"))
+    assert evaluations == 4 and visited == list(timesteps)
+    assert torch.allclose(out, final, atol=1e-4)
+    assert not torch.allclose(states[749], final, atol=0.1)  # the states are not the answer already

@@ -360,8 +360,8 @@ class DiffMaskGenerator(MaskGenerator):
             raise LesiongenError(f"{self.checkpoint or self.kind}: its student has no threshold calibrated for "
                                  f"'{sampling}'")
         twin = self.running(self.STUDENT)
-        twin.config = dataclasses.replace(self.config, schedule=self.config.student_schedule,
-                                          threshold=self.config.preset_thresholds[sampling])
+        calibrated = self.config.preset_thresholds[sampling]
+        twin.config = dataclasses.replace(self.config, schedule=self.config.student_schedule, threshold=calibrated)
         return twin
 
     def running(self, network: str) -> "DiffMaskGenerator":

@@ -70,10 +70,6 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     distill_trajectories = 256
 
     def model_config(self) -> DiffMaskConfig:
-        if self.distill_steps and (self.few_step_sampling or self.few_step_training):
-            raise LesiongenError("--set distill_steps: the student learns the default 20-step sampler; it cannot be "
-                                 "combined with a few-step own sampler (few_step_sampling / few_step_training, or "
-                                 "plans whose diffusion stages sample few_step)")
         config = DiffMaskConfig(priors=self.priors)
         config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
         if self.few_step_sampling or self.few_step_training:
@@ -89,6 +85,10 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         if self.distill_steps < 0 or self.distill_trajectories < 1:
             raise LesiongenError(f"--set distill_steps={self.distill_steps} distill_trajectories="
                                  f"{self.distill_trajectories}: expected steps >= 0 and at least 1 trajectory")
+        if self.distill_steps and (self.few_step_sampling or self.few_step_training):
+            raise LesiongenError("--set distill_steps: the student learns the default 20-step sampler; it cannot be "
+                                 "combined with a few-step own sampler (few_step_sampling / few_step_training, or "
+                                 "plans whose diffusion stages sample few_step)")
 
     def load_training_data(self) -> None:
         super().load_training_data()

@@ -1,0 +1,140 @@
+"""diffmask's distilled 4-step student (``--set distill_steps=N``): the student learns from a bank of teacher
+trajectories, is saved as a second network of the model, and runs under ``--sampling distilled`` (or ``few_step``
+when the choice after training took it). The schedule maths (targets, the oracle student retracing the teacher) is
+tested in test_schedules.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY, TINY_NAME, trained_model
+from lesiongen.cli import train as train_cli
+from lesiongen.diffusion.schedules import ScheduleConfig, distillation_schedules
+from lesiongen.models.checkpoint import FINAL, load_checkpoint
+from lesiongen.training.distillation import DistillationSettings, TeacherBank, distill_student
+from lesiongen.utilities.errors import LesiongenError
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_preprocessed):
+    """diffmask trained 2 steps on fold 0, then a student distilled for 3 steps from 6 teacher trajectories."""
+    assert train_cli.main([str(TINY.dataset_id), "diffmask", "0", "-device", "cpu", "--steps", "2", "--set",
+                           "distill_steps=3", "--set", "distill_trajectories=6"]) == 0
+    path = tiny_preprocessed["results"] / TINY_NAME / "diffmask__lesiongenPlans" / "fold_0" / FINAL
+    return tiny_preprocessed, load_checkpoint(path)
+
+
+def test_the_student_is_saved_with_the_model_and_differs_from_its_teacher(distilled):
+    _, state = distilled
+    assert set(state["networks"]) == set(state["ema"]) == {"denoiser", "student"}
+    teacher, student = state["networks"]["denoiser"], state["networks"]["student"]
+    assert teacher.keys() == student.keys()
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the student was trained
+    record = state["extra"]["distillation"]
+    assert (record["steps"], record["trajectories"], record["timesteps"]) == (3, 6, [999, 749, 499, 249])
+    assert record["teacher"] == {"sampler": "dpm_solver", "steps": 20, "timestep_spacing": "trailing"}
+    assert "distilled" in state["extra"]["calibration"]["few_step_variants"]
+
+
+def test_the_loaded_model_samples_with_its_student_in_four_evaluations(distilled):
+    model = trained_model("diffmask")
+    student_schedule = distillation_schedules(model.config.schedule)[1]
+    assert model.config.student_schedule == student_schedule
+    assert {"default", "few_step", "distilled"} <= set(model.config.preset_thresholds)
+    twin = model.with_sampling("distilled")
+    assert twin.sampling_network == "student" and twin.config.schedule == student_schedule
+    assert twin.config.threshold == model.config.preset_thresholds["distilled"]
+    masks = twin.sample_masks(3, seed=0)
+    assert masks.shape == (3, *model.patch_size) and twin.last_evaluations == 4
+    # the student's sampler on the teacher's network gives other values: the student network is what runs
+    controls = np.zeros((2, *model.patch_size), np.uint8)
+    controls[:, 5:10, 5:10, 5:10] = 1
+    by_student, _ = twin.denoise(controls, None, seed=1)
+    by_teacher, _ = model.running("denoiser").denoise(controls, None, seed=1, schedule=student_schedule)
+    assert not np.allclose(by_student, by_teacher)
+
+
+def test_few_step_runs_the_student_when_the_choice_took_it(distilled):
+    model = trained_model("diffmask")
+    model.config = dataclasses.replace(model.config, few_step_variant="distilled")
+    twin = model.with_sampling("few_step")
+    assert twin.sampling_network == "student" and twin.config.schedule == model.config.student_schedule
+    assert twin.config.threshold == model.config.preset_thresholds["few_step"]
+    assert model.with_sampling("default").sampling_network == "denoiser"
+
+
+def test_a_model_without_a_student_refuses_the_distilled_sampler(tiny_plans):
+    from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
+
+    model = DiffMaskGenerator(tiny_plans, DiffMaskConfig(priors={}))
+    assert set(model.networks) == {"denoiser"}
+    with pytest.raises(LesiongenError, match="has no distilled student"):
+        model.with_sampling("distilled")
+    with pytest.raises(ValueError, match="needs a student schedule"):
+        DiffMaskConfig(priors={}, few_step_variant="distilled")
+
+
+@pytest.mark.parametrize("setting", ["few_step_training=true", "few_step_sampling=true"])
+def test_distillation_is_refused_with_a_few_step_own_sampler_before_anything_is_written(tiny_preprocessed, setting,
+                                                                                       capsys):
+    folder = tiny_preprocessed["results"] / TINY_NAME / "diffmask__lesiongenPlans"
+    before = sorted(folder.rglob("*")) if folder.exists() else []
+    assert train_cli.main([str(TINY.dataset_id), "diffmask", "1", "-device", "cpu", "--steps", "1", "--set",
+                           "distill_steps=2", "--set", setting]) == 1
+    assert "cannot be combined with a few-step own sampler" in capsys.readouterr().err
+    assert (sorted(folder.rglob("*")) if folder.exists() else []) == before
+
+
+def test_distilling_fits_the_banks_targets_and_leaves_the_teacher_alone():
+    """A small network distilled on a bank whose targets are a fixed function of the states: the loss falls to a
+    fraction of its start, the student moves and the teacher's weights do not."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 1, 3, padding=1))
+
+    class Timed(nn.Module):  # the networks take (x, t)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t):
+            return self.inner(x)
+
+    network = Timed(teacher)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    rng = np.random.default_rng(0)
+    n, shape = 16, (6, 6, 6)
+    states = rng.normal(size=(n, 4, 1, *shape)).astype(np.float32)
+    controls = (rng.random((n, *shape)) < 0.3).astype(np.uint8)
+    bank = TeacherBank(controls=controls, tissue=None, states=states, targets=np.tanh(0.5 * states),
+                       final=np.zeros((n, 1, *shape), np.float32), timesteps=(999, 749, 499, 249))
+
+    def network_input(x, c, t):
+        return torch.cat([x, torch.from_numpy(c[:, None].astype(np.float32))], dim=1)
+
+    def loss_fn(error, region):
+        return error.mean(), {}
+
+    settings = DistillationSettings(steps=150, batch_size=8, learning_rate=3e-3, weight_decay=0.0, grad_clip=1.0,
+                                    seed=0)
+    student, record = distill_student(network, bank, network_input, loss_fn, settings, torch.device("cpu"))
+    assert record["loss_last"] < 0.3 * record["loss_first"]
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert not student.training
+
+
+def test_a_configuration_with_a_student_round_trips_through_json():
+    """A model configuration with a student schedule survives the checkpoint's JSON."""
+    from lesiongen.models.mask_generators import DiffMaskConfig
+    from lesiongen.utilities.files import json_plain
+    from lesiongen.utilities.serialization import from_dict
+
+    student = distillation_schedules(ScheduleConfig(prediction_type="sample"))[1]
+    config = DiffMaskConfig(priors={}, student_schedule=student, few_step_variant="distilled",
+                            preset_thresholds={"distilled": -0.2})
+    assert from_dict(DiffMaskConfig, json_plain(dataclasses.asdict(config))) == config
