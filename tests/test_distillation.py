@@ -138,3 +138,11 @@ def test_a_configuration_with_a_student_round_trips_through_json():
     config = DiffMaskConfig(priors={}, student_schedule=student, few_step_variant="distilled",
                             preset_thresholds={"distilled": -0.2})
     assert from_dict(DiffMaskConfig, json_plain(dataclasses.asdict(config))) == config
+
+
+def test_the_last_steps_estimate_is_judged_as_sampled_clamped_and_the_others_as_they_are():
+    from lesiongen.training.distillation import as_sampled
+
+    prediction = torch.tensor([1.5, -2.0, 0.3, 1.7]).view(2, 1, 2, 1, 1)
+    out = as_sampled(prediction, torch.tensor([True, False]))
+    assert out.flatten().tolist() == pytest.approx([1.0, -1.0, 0.3, 1.7])

@@ -67,6 +67,13 @@ def build_teacher_bank(sample_trajectories: Callable[[np.ndarray, np.ndarray | N
                        timesteps=timesteps)
 
 
+def as_sampled(prediction: torch.Tensor, last_step: torch.Tensor) -> torch.Tensor:
+    """What the student's sampler makes of its clean estimates (b, K, z, y, x): at the last step the estimate is the
+    sample, which ends clamped to [-1, 1] as masks are, so overshooting it costs nothing; earlier estimates enter an
+    unclipped DDIM step as they are. ``last_step`` (b,) marks the samples of the last step."""
+    return torch.where(last_step.view(-1, *([1] * (prediction.ndim - 1))), prediction.clamp(-1, 1), prediction)
+
+
 @dataclass
 class DistillationSettings:
     steps: int
@@ -109,7 +116,8 @@ def distill_student(teacher: nn.Module, bank: TeacherBank,
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
             prediction = student(network_input(states, bank.controls[items], tissue), t)
-        loss, _ = loss_fn((prediction.float() - targets) ** 2, region)
+        last_step = torch.from_numpy(steps == len(timesteps) - 1).to(device)
+        loss, _ = loss_fn((as_sampled(prediction.float(), last_step) - targets) ** 2, region)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(student.parameters(), settings.grad_clip)
