@@ -8,8 +8,8 @@ lesion shapes:
 * ``unetmask`` (seed 000's tissue-conditioned 3D UNet) draws a lesion into a lesion-free image patch, guided by a
   sphere cue; deterministic given image and spheres, so the seed varies the spheres;
 * ``diffmask`` (DiffMask in 3D) denoises a mask conditioned on the union of the spheres (and the tissue map) with
-  DPM-Solver++ (20 steps) or the few-step preset (4), then binarises it at a threshold calibrated after training
-  for that sampler;
+  DPM-Solver++ (20 steps) or the few-step preset (4; with a model trained with distillation, possibly its 4-step
+  student network), then binarises it at a threshold calibrated after training for that sampler;
 * ``ganmask`` (a pix2pix-style conditional GAN in 3D) maps smooth noise fields, the union of the spheres and the
   tissue map to lesion probabilities in one network evaluation, then binarises them at a calibrated threshold;
   the noise makes repeated draws for the same spheres differ.
