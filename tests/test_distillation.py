@@ -111,7 +111,7 @@ def test_distilling_fits_the_banks_targets_and_leaves_the_teacher_alone():
     states = rng.normal(size=(n, 4, 1, *shape)).astype(np.float32)
     controls = (rng.random((n, *shape)) < 0.3).astype(np.uint8)
     bank = TeacherBank(controls=controls, tissue=None, states=states, targets=np.tanh(0.5 * states),
-                       final=np.zeros((n, 1, *shape), np.float32), timesteps=(999, 749, 499, 249))
+                       timesteps=(999, 749, 499, 249))
 
     def network_input(x, c, t):
         return torch.cat([x, torch.from_numpy(c[:, None].astype(np.float32))], dim=1)

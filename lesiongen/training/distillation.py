@@ -40,11 +40,15 @@ class TeacherBank:
     tissue: np.ndarray | None  # (n, z, y, x) tissue maps, or None
     states: np.ndarray  # (n, S, K, z, y, x) the teacher's states at the student's S timesteps
     targets: np.ndarray  # (n, S, K, z, y, x) the student's clean estimate for each of them
-    final: np.ndarray  # (n, K, z, y, x) the teacher's denoised mask
     timesteps: tuple[int, ...]  # the student's timesteps, first (noisiest) first
 
     def __len__(self) -> int:
         return len(self.controls)
+
+    @property
+    def final(self) -> np.ndarray:
+        """(n, K, z, y, x) the teacher's denoised mask: the last step's target."""
+        return self.targets[:, -1]
 
 
 def student_targets(trajectories: np.ndarray, timesteps: tuple[int, ...], student: ScheduleConfig) -> np.ndarray:
@@ -63,8 +67,7 @@ def build_teacher_bank(sample_trajectories: Callable[[np.ndarray, np.ndarray | N
     timesteps = tuple(int(t) for t in student.trained_timesteps)  # a short schedule's, noisiest first
     trajectories = sample_trajectories(controls, tissue)
     return TeacherBank(controls=controls, tissue=tissue, states=trajectories[:, :-1],
-                       targets=student_targets(trajectories, timesteps, student), final=trajectories[:, -1],
-                       timesteps=timesteps)
+                       targets=student_targets(trajectories, timesteps, student), timesteps=timesteps)
 
 
 def as_sampled(prediction: torch.Tensor, last_step: torch.Tensor) -> torch.Tensor:
