@@ -274,7 +274,7 @@ MUTANTS = (
             "tests/test_schedules.py::test_a_student_with_exact_targets_retraces_the_teachers_trajectory_in_four_steps"),
            "issue 15"),
     Mutant("student_never_stepped", "lesiongen/training/distillation.py",
-           "scaler.step(optimizer)", "pass",
+           "clipped_step(scaler, optimizer, student.parameters(), settings.grad_clip)", "pass",
            ("tests/test_distillation.py",), "issue 15"),
     Mutant("student_last_step_judged_unclamped", "lesiongen/training/distillation.py",
            "prediction.clamp(-1, 1), prediction)", "prediction, prediction)",

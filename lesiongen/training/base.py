@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -518,9 +519,8 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.amp):
             loss, parts = self.training_loss()
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_([p for n in self.networks.values() for p in n.parameters()], self.grad_clip)
-        self.scaler.step(self.optimizer)
+        clipped_step(self.scaler, self.optimizer, [p for n in self.networks.values() for p in n.parameters()],
+                     self.grad_clip)
         self.scaler.update()
         self.lr_scheduler.step()
         for name, net in self.networks.items():
@@ -530,6 +530,16 @@ class Trainer:
     # ---------------------------------------------------------------------------------- helpers for subclasses
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+
+def clipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                 parameters: Iterable[torch.nn.Parameter], grad_clip: float) -> None:
+    """The optimiser step after ``scaler.scale(loss).backward()``: gradients unscaled, their norm clipped to
+    ``grad_clip``, then stepped (skipped by the scaler on inf / NaN); ``scaler.update()`` is the caller's, once per
+    iteration."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
 
 
 def load_fitting_weights(network: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

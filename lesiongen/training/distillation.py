@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lesiongen.diffusion.schedules import ScheduleConfig, distillation_target
+from lesiongen.training.base import clipped_step
 from lesiongen.utilities.progress_log import ProgressLog
 
 logger = logging.getLogger("lesiongen.training")
@@ -122,9 +123,7 @@ def distill_student(teacher: nn.Module, bank: TeacherBank,
         last_step = torch.from_numpy(steps == len(timesteps) - 1).to(device)
         loss, _ = loss_fn((as_sampled(prediction.float(), last_step) - targets) ** 2, region)
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(student.parameters(), settings.grad_clip)
-        scaler.step(optimizer)
+        clipped_step(scaler, optimizer, student.parameters(), settings.grad_clip)
         scaler.update()
         schedule.step()
         losses.append(float(loss.detach()))

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lesiongen.models.mask_generators import GANMaskConfig, GANMaskGenerator
 from lesiongen.models.networks import build_network
+from lesiongen.training.base import clipped_step
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.losses import discriminator_loss, generator_loss
 from lesiongen.training.trainers.diffmask import CALIBRATION_PATCHES, calibrate_threshold, count_and_volume
@@ -112,9 +113,7 @@ class GANMaskTrainer(MaskTrainer):
             verdicts = patch_verdicts(self.trained_discriminator, pairs).float()
         loss = discriminator_loss(verdicts[:len(real)], verdicts[len(real):])
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.discriminator_optimizer)
-        torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.grad_clip)
-        self.scaler.step(self.discriminator_optimizer)
+        clipped_step(self.scaler, self.discriminator_optimizer, self.discriminator.parameters(), self.grad_clip)
         return float(loss.detach())
 
     def generator_step(self, condition: dict[str, torch.Tensor], real: torch.Tensor,
@@ -131,9 +130,7 @@ class GANMaskTrainer(MaskTrainer):
             self.scaler.scale(loss).backward()
         finally:
             self.discriminator.requires_grad_(True)
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.networks["generator"].parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
+        clipped_step(self.scaler, self.optimizer, self.networks["generator"].parameters(), self.grad_clip)
         return loss, parts
 
     def _train_step(self) -> tuple[float, dict[str, float]]:
