@@ -611,6 +611,68 @@ def test_step_calibration_hits_the_target_step_and_touches_only_the_lesion():
     np.testing.assert_array_equal(out[:, ~lesion], image[:, ~lesion])
 
 
+def _ring_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2-channel image of 1.0 with a box lesion, its first ring (26-neighbour steps) at +0.3 / +0.6, its second at
+    +0.1 / +0.2, the two rings beyond at 1.0 (the surroundings), 7.0 further out, and 100.0 outside the brain."""
+    from lesiongen.models.inpainter import margin_rings
+
+    lesion = np.zeros((20, 20, 20), bool)
+    lesion[8:11, 8:12, 8:11] = True
+    brain = np.ones_like(lesion)
+    brain[:, :, :7] = False  # cuts through the rings and the surroundings
+    image = np.full((2, 20, 20, 20), 7.0)
+    (ring1, ring2), surroundings = margin_rings(lesion, brain, 2)
+    image[:, surroundings] = 1.0
+    image[:, ring1] = np.array([1.3, 1.6])[:, None]
+    image[:, ring2] = np.array([1.1, 1.2])[:, None]
+    image[:, lesion] = 4.0
+    image[:, ~brain] = 100.0
+    return image, lesion, brain
+
+
+def test_margin_rings_and_edge_steps_by_hand():
+    from lesiongen.models.inpainter import class_edges, margin_rings
+
+    image, lesion, brain = _ring_case()
+    (ring1, ring2), surroundings = margin_rings(lesion, brain, 2)
+    distance = np.max(np.abs(np.indices(lesion.shape)[:, :, :, :, None] -
+                             np.argwhere(lesion).T[:, None, None, None, :]), axis=0).min(axis=-1)  # chessboard
+    np.testing.assert_array_equal(ring1, (distance == 1) & brain)
+    np.testing.assert_array_equal(ring2, (distance == 2) & brain)
+    np.testing.assert_array_equal(surroundings, ((distance == 3) | (distance == 4)) & brain)
+    np.testing.assert_allclose(class_edges(image, lesion, brain, 2), [[0.3, 0.6], [0.1, 0.2]], atol=1e-12)
+    other = np.zeros_like(lesion)
+    other[8:11, 12, 9] = True  # another lesion inside the first ring: not part of it
+    image[:, other] = 50.0
+    np.testing.assert_allclose(class_edges(image, lesion, brain, 2, other), [[0.3, 0.6], [0.1, 0.2]], atol=1e-12)
+    assert np.isnan(class_edges(image, lesion, np.zeros_like(brain), 2)).all()  # no surroundings: undefined
+
+
+def test_edge_calibration_scales_the_painted_change_to_the_target_step():
+    from lesiongen.models.inpainter import calibrate_edges, class_edges, margin_rings
+
+    rng = np.random.default_rng(3)
+    _, lesion, brain = _ring_case()
+    before = rng.normal(size=(2, 20, 20, 20))
+    (ring1, ring2), _ = margin_rings(lesion, brain, 2)
+    painted = before.copy()
+    painted[:, lesion] += 3.0
+    painted[:, ring1] += 1.0 + rng.random((2, int(ring1.sum())))  # a spill, strongest where the noise is
+    painted[:, ring2] += 0.2
+    start = class_edges(painted, lesion, brain, 2)
+    was = class_edges(before, lesion, brain, 2)
+    target = np.array([[was[0, 0] + 0.25, np.nan], [start[1, 0] + 1.0, was[1, 1] - 5.0]])
+    out = calibrate_edges(painted, before, lesion, brain, target)
+    scale = 0.25 / (painted[0][ring1] - before[0][ring1]).mean()  # by hand: the ring's mean change to 0.25
+    np.testing.assert_allclose(out[0][ring1] - before[0][ring1], scale * (painted[0][ring1] - before[0][ring1]))
+    assert class_edges(out, lesion, brain, 2)[0, 0] == pytest.approx(target[0, 0], abs=1e-9)
+    np.testing.assert_array_equal(out[1][ring1], painted[1][ring1])  # NaN target: as painted
+    np.testing.assert_array_equal(out[0][ring2], painted[0][ring2])  # target past what was painted: as painted
+    np.testing.assert_allclose(out[1][ring2], before[1][ring2])  # target below the tissue: back to it
+    rest = ~(ring1 | ring2)
+    np.testing.assert_array_equal(out[:, rest], painted[:, rest])  # lesion, surroundings, beyond: untouched
+
+
 def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_came_from(plans):
     """Condition and calibration target are drawn as a pair: each inserted lesion gets the contrast condition of one
     training lesion and that same lesion's intensity step."""
@@ -629,7 +691,7 @@ def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_c
     seeds = [3, 4, 5, 6]
     out = model.inpaint(images, mask, "insert", seed=seeds, schedule=InpaintSchedule(guidance_scale=1.0))
     for i, seed in enumerate(seeds):
-        contrast, _ = model.draw_condition(mask[i:i + 1], np.random.default_rng(seed))
+        contrast, _, _ = model.draw_condition(mask[i:i + 1], np.random.default_rng(seed))
         j = [row[0] for row in bank["1"]].index(float(contrast[0, 0, 0]))
         assert class_step(out[i], mask[i] > 0, np.ones(patch, bool)) == pytest.approx(steps["1"][j], abs=1e-4)
     contrast_model = Inpainter(plans, InpainterConfig(contrast_bank=bank, step_bank=steps,
@@ -638,6 +700,49 @@ def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_c
     assert not model.calibrates_steps(True)  # contrasts set by the caller: their own target
     with pytest.raises(LesiongenError, match="calibration_target 'mean'"):
         InpainterConfig(calibration_target="mean")
+
+
+def test_inserted_lesions_take_the_edges_of_their_training_lesion_and_their_label_follows_the_mask(plans):
+    """A network that paints every voxel of the edit region bright spills past the mask; insert mode brings the
+    margin's rings to the drawn training lesion's edge steps, so with sharp real edges the label that follows what
+    was painted (what synthetic cases get) is the mask itself, where without the edges it grows."""
+    from lesiongen.diffusion.inpainting import painted_lesion
+    from lesiongen.models.inpainter import class_edges, class_step
+
+    n_channels = plans.num_channels
+    bank = {"1": [[1.0] * n_channels, [2.0] * n_channels]}
+    steps = {"1": [[1.5] * n_channels, [2.5] * n_channels]}
+    edges = {"1": [[[0.4] * n_channels, [0.2] * n_channels], [[0.0] * n_channels, [None] * n_channels]]}
+    model = Inpainter(plans, InpainterConfig(contrast_bank=bank, step_bank=steps, edge_bank=edges), "cpu")
+    model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
+    patch = model.patch_size
+    images = (0.1 * np.random.default_rng(2).normal(size=(6, model.n_channels, *patch))).astype(np.float32)
+    mask = np.zeros((6, *patch), np.uint8)
+    mask[:, 5:10, 6:10, 6:11] = 1
+    seeds = list(range(6))
+    schedule = InpaintSchedule(guidance_scale=1.0)
+    out = model.inpaint(images, mask, "insert", seed=seeds, schedule=schedule)
+    as_painted = model.with_edge_calibration(False).inpaint(images, mask, "insert", seed=seeds, schedule=schedule)
+    whole = np.ones(patch, bool)
+    drawn = set()
+    for i, seed in enumerate(seeds):
+        contrast, _, _ = model.draw_condition(mask[i:i + 1], np.random.default_rng(seed))
+        j = int(contrast[0, 0, 0]) - 1
+        drawn.add(j)
+        got = class_edges(out[i], mask[i] > 0, whole, model.margin_voxels)
+        if j == 0:
+            np.testing.assert_allclose(got, edges["1"][0], atol=1e-4)
+        else:  # a sharp first ring (or the tissue's own edge where it is above 0); the second (null) as painted
+            tissue = class_edges(images[i], mask[i] > 0, whole, model.margin_voxels)[0]
+            np.testing.assert_allclose(got[0], np.maximum(tissue, 0.0), atol=1e-5)
+            np.testing.assert_allclose(got[1], class_edges(as_painted[i], mask[i] > 0, whole, 2)[1], atol=1e-5)
+            label = painted_lesion(images[i], out[i], mask[i], model.margin_voxels)
+            np.testing.assert_array_equal(label, mask[i])
+            assert (painted_lesion(images[i], as_painted[i], mask[i], model.margin_voxels) > 0).sum() > \
+                1.3 * (mask[i] > 0).sum()
+        assert class_step(out[i], mask[i] > 0, whole) == pytest.approx(steps["1"][j], abs=1e-4)
+    assert drawn == {0, 1}
+    assert model.calibrates_edges and not model.with_edge_calibration(False).calibrates_edges
 
 
 def test_settings_parse_in_the_type_of_the_setting():

@@ -5,7 +5,8 @@ is the noisy image, the known image with the edit region blanked, the lesion mas
 texture condition broadcast as channels (per class and channel, the lesion-vs-surrounding contrast) and a
 *no condition* flag. Sampling is RePaint-style (known region replaced at every step, a few resampling jumps) with
 classifier-free guidance in insert mode, then a feathered blend: voxels farther than ``margin_voxels`` from the
-lesion come back bit-identical.
+lesion come back bit-identical. Insert mode then calibrates what the network over- or undershoots to the training
+lesion the condition was drawn from: the margin's rings to its edge steps, the lesion to its intensity step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from lesiongen.diffusion.guidance import classifier_free_guidance
@@ -31,6 +33,7 @@ from lesiongen.utilities.errors import LesiongenError
 
 INSERT, REMOVE = "insert", "remove"
 SHELL_VOXELS = 2
+SURROUNDING_RINGS = 2  # rings just beyond the edit margin: the tissue an edge step is measured against
 CALIBRATION_TARGETS = ("step", "contrast")
 
 
@@ -53,6 +56,12 @@ class InpainterConfig:
     # per lesion class, entry by entry with contrast_bank: the same lesions' intensity steps (empty: an older model,
     # which calibrates to the contrast)
     step_bank: dict[str, list[list[float]]] = field(default_factory=dict)
+    # per lesion class, entry by entry with contrast_bank: the same lesions' edge steps (class_edges; a ring beyond
+    # the patch's brain is null). Insert mode shifts the rings of the edit margin to them before the step
+    # calibration (calibrate_edges); the network alone paints lesion-like intensity into the margin. Empty: an
+    # older model, whose margin stays as painted.
+    edge_bank: dict[str, list[list[list[float | None]]]] = field(default_factory=dict)
+    calibrate_edges: bool = True
 
     def __post_init__(self):
         if self.calibration_target not in CALIBRATION_TARGETS:
@@ -92,6 +101,65 @@ def calibrate_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray,
     usable = np.isfinite(shell_std) & (shell_std > 1e-6)
     return _shift_lesion(image, lesion, np.where(
         usable, np.asarray(target, dtype=np.float64) * shell_std + shell_mean - inside, 0.0))
+
+
+def margin_rings(lesion: np.ndarray, brain: np.ndarray, margin_voxels: int, other_lesions: np.ndarray | None = None
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The rings of the edit margin around ``lesion`` (z, y, x): ring k holds the brain voxels k 26-neighbour steps
+    away (k = 1..``margin_voxels``; together the margin :func:`edit_region` adds), and the surroundings, the
+    :data:`SURROUNDING_RINGS` rings beyond the margin, which insertion leaves as they were. Voxels of
+    ``other_lesions`` belong to no ring."""
+    distance = ndimage.distance_transform_cdt(~lesion.astype(bool), metric="chessboard")  # 0 in the lesion
+    usable = brain.astype(bool) & ~lesion.astype(bool)
+    if other_lesions is not None:
+        usable &= ~other_lesions.astype(bool)
+    rings = [(distance == k) & usable for k in range(1, margin_voxels + 1)]
+    surroundings = (distance > margin_voxels) & (distance <= margin_voxels + SURROUNDING_RINGS) & usable
+    return rings, surroundings
+
+
+def class_edges(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, margin_voxels: int,
+                other_lesions: np.ndarray | None = None) -> np.ndarray:
+    """(margin_voxels, C) edge steps of a (c, z, y, x) patch's lesion: per ring of :func:`margin_rings`, its mean minus
+    the surroundings' mean, per channel — how far the lesion's intensity reaches past its label (about 0 for a sharp
+    edge, a fraction of the lesion's step where partial volume blurs it). NaN where a ring or the surroundings
+    are empty."""
+    rings, surroundings = margin_rings(lesion, brain, margin_voxels, other_lesions)
+    edges = np.full((margin_voxels, len(image)), np.nan, dtype=np.float64)
+    if not lesion.any() or not surroundings.any():
+        return edges
+    base = image[:, surroundings].mean(axis=1, dtype=np.float64)
+    for k, ring in enumerate(rings):
+        if ring.any():
+            edges[k] = image[:, ring].mean(axis=1, dtype=np.float64) - base
+    return edges
+
+
+def calibrate_edges(image: np.ndarray, before: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray,
+                    other_lesions: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (c, z, y, x), a lesion inserted into ``before``, with the change (image - before) in each ring of the
+    edit margin scaled per channel by the factor in [0, 1] that gives the edge step ``target`` (rings, C;
+    :func:`class_edges`): a spill shrinks most where it is strongest and a voxel the inpainter left alone stays.
+    Exact where the painted ring reaches past the target; a ring painted short of it (or against it) is kept as
+    painted (or goes back to ``before``). NaN targets and empty rings stay; only ring voxels change."""
+    target = np.asarray(target, dtype=np.float64)
+    rings, surroundings = margin_rings(lesion, brain, len(target), other_lesions)
+    out = image.copy()
+    if not surroundings.any():
+        return out
+    base = image[:, surroundings].mean(axis=1, dtype=np.float64)
+    for ring, ring_target in zip(rings, target):
+        if not ring.any():
+            continue
+        was = before[:, ring].astype(np.float64)
+        change = image[:, ring].astype(np.float64) - was
+        wanted = ring_target + base - was.mean(axis=1)  # the ring's mean change that gives the target step
+        mean_change = change.mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.clip(wanted / mean_change, 0.0, 1.0)
+        scale = np.where(np.isfinite(scale), scale, 1.0)  # NaN target, or nothing painted: as it is
+        out[:, ring] = (was + scale[:, None] * change).astype(image.dtype)
+    return out
 
 
 def _shift_lesion(image: np.ndarray, lesion: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -146,12 +214,15 @@ class Inpainter(LesionModel):
         rest = {k: self.to_device(np.ascontiguousarray(v, dtype=np.float32)) for k, v in parts.items()}
         return self.input_layout.assemble({"noisy": noisy, **rest}, lambda xs: torch.cat(xs, dim=1))
 
-    def draw_condition(self, lesion_masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(n, K, C) texture conditions drawn from the training lesions, for the classes present, and the same
-        lesions' intensity steps (zeros where the model has no step bank)."""
-        bank, steps = self.config.contrast_bank, self.config.step_bank
+    def draw_condition(self, lesion_masks: np.ndarray, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n, K, C) texture conditions drawn from the training lesions, for the classes present, the same
+        lesions' intensity steps (zeros where the model has no step bank) and (n, K, margin, C) their edge steps
+        (NaN where it has no edge bank: those rings stay as painted)."""
+        bank, steps, edge_bank = self.config.contrast_bank, self.config.step_bank, self.config.edge_bank
         contrast = np.zeros((len(lesion_masks), self.n_classes, self.n_channels), dtype=np.float32)
         step = np.zeros_like(contrast)
+        edges = np.full((len(lesion_masks), self.n_classes, self.margin_voxels, self.n_channels), np.nan)
         for i, mask in enumerate(lesion_masks):
             for k, label in enumerate(self.plans.lesion_labels):
                 choices = bank.get(str(label), [])
@@ -160,7 +231,9 @@ class Inpainter(LesionModel):
                     contrast[i, k] = choices[j]
                     if steps.get(str(label)):
                         step[i, k] = steps[str(label)][j]
-        return contrast, step
+                    if edge_bank.get(str(label)):
+                        edges[i, k] = np.array(edge_bank[str(label)][j], dtype=np.float64)  # null -> NaN
+        return contrast, step, edges
 
     def calibrates_steps(self, contrast_given: bool) -> bool:
         """Whether insert mode's calibration targets the drawn lesions' steps (else their contrasts): only when the
@@ -208,6 +281,17 @@ class Inpainter(LesionModel):
         twin.config = dataclasses.replace(self.config, sampling=presets[sampling]())
         return twin
 
+    @property
+    def calibrates_edges(self) -> bool:
+        """Whether insert mode brings the margin's rings to the drawn training lesions' edge steps."""
+        return self.config.calibrate_edges and bool(self.config.edge_bank)
+
+    def with_edge_calibration(self, enabled: bool) -> "Inpainter":
+        """This model with the margin's edge calibration on or off."""
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, calibrate_edges=enabled)
+        return twin
+
     def with_calibration_target(self, target: str) -> "Inpainter":
         """This model calibrating inserted lesions to ``target`` (one of :data:`CALIBRATION_TARGETS`)."""
         twin = copy.copy(self)
@@ -223,10 +307,12 @@ class Inpainter(LesionModel):
         ``lesion_masks`` (n, z, y, x) hold lesion class labels. ``contrast`` (n, K, C) is the texture condition
         (default: drawn from the training lesions); ignored in ``remove`` mode. ``schedule`` defaults to the
         model's sampler; ``calibrate`` (default: the configuration's ``calibrate_contrast``) shifts each inserted
-        lesion to exactly its condition's contrast. Voxels farther than ``margin_voxels`` from the masks come back
-        bit-identical. ``seed`` is one seed for the batch, or one per patch: each patch then draws (its condition
-        and its noise) exactly what a call with that patch alone and its seed draws, so patches of independent
-        lesions can share a batch without changing their results beyond float rounding.
+        lesion to exactly its condition's step (or contrast), and first, for a drawn condition and a model with an
+        edge bank, the rings of its margin to that training lesion's edge steps. Voxels farther than
+        ``margin_voxels`` from the masks come back bit-identical. ``seed`` is one seed for the batch, or one per
+        patch: each patch then draws (its condition and its noise) exactly what a call with that patch alone and its
+        seed draws, so patches of independent lesions can share a batch without changing their results beyond float
+        rounding.
         """
         if mode not in (INSERT, REMOVE):
             raise LesiongenError(f"inpainting mode must be '{INSERT}' or '{REMOVE}', got '{mode}'")
@@ -241,11 +327,15 @@ class Inpainter(LesionModel):
             raise LesiongenError(f"inpainting got {len(seed)} seeds for {n} patches")
         seeds = [int(s) for s in seed] if per_patch else [int(seed)]
         by_step = self.calibrates_steps(contrast is not None)
+        # edge targets come with a drawn training lesion; contrasts set by the caller have none
+        edges = np.full((n, self.n_classes, self.margin_voxels, self.n_channels), np.nan)
         if contrast is None:
             drawn = [self.draw_condition(lesion_masks[i:i + 1], np.random.default_rng(s))
                      for i, s in enumerate(seeds)] if per_patch else \
                 [self.draw_condition(lesion_masks, np.random.default_rng(seeds[0]))]
-            contrast, step = (np.concatenate(parts) for parts in zip(*drawn))
+            contrast, step, edges = (np.concatenate(parts) for parts in zip(*drawn))
+        if not self.config.calibrate_edges:
+            edges[:] = np.nan
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         lesion_any = lesion_masks > 0
         region = edit_region(lesion_any, self.margin_voxels)
@@ -278,6 +368,10 @@ class Inpainter(LesionModel):
                 for k, label in enumerate(self.plans.lesion_labels):
                     lesion_k = lesion_masks[i] == label
                     if lesion_k.any():
+                        # the margin first: the step is measured against a shell that lies in it
+                        if not np.isnan(edges[i, k]).all():
+                            out[i] = calibrate_edges(out[i], images[i], lesion_k, patch_brain, edges[i, k],
+                                                     lesion_any[i] & ~lesion_k)
                         out[i] = calibrate_step(out[i], lesion_k, patch_brain, step[i, k]) if by_step else \
                             calibrate_contrast(out[i], lesion_k, patch_brain, contrast[i, k])
         return out

@@ -26,7 +26,7 @@ import torch
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, make_scheduler
 from lesiongen.diffusion.schedules import short_schedule, training_target
-from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast, class_step
+from lesiongen.models.inpainter import Inpainter, InpainterConfig, class_contrast, class_edges, class_step
 from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_patches, relocate_shape
 from lesiongen.training.base import Trainer
 from lesiongen.training.data import draw_batch, mirrored
@@ -73,6 +73,11 @@ class InpaintTrainer(DiffusionTraining, Trainer):
             np.stack([class_step(self.data.images[i], self.data.masks[i] == label, self.data.brain[i])
                       for label in labels])
             for i in range(len(self.data))])  # (n, K, C)
+        self.edges = np.stack([  # and their edge steps: what insert mode calibrates the margin to
+            np.stack([class_edges(self.data.images[i], self.data.masks[i] == label, self.data.brain[i],
+                                  int(self.margin_voxels), (self.data.masks[i] > 0) & (self.data.masks[i] != label))
+                      for label in labels])
+            for i in range(len(self.data))])  # (n, K, margin, C)
         logger.info("%d lesion patches from %d training cases", len(self.data), len(set(self.data.case_ids)))
 
     def draw_inputs(self) -> dict[str, np.ndarray]:
@@ -113,13 +118,16 @@ class InpaintTrainer(DiffusionTraining, Trainer):
 
     def finish_training(self, model: Inpainter) -> None:
         # the texture conditions seen in training, per class: insert mode draws from these
-        bank, steps = {}, {}
+        bank, steps, edges = {}, {}, {}
         for k, label in enumerate(self.plans.lesion_labels):
             present = np.array([(m == label).any() for m in self.data.masks])
             bank[str(label)] = self.contrasts[present, k].tolist()
             steps[str(label)] = self.steps[present, k].tolist()
+            edges[str(label)] = [[[None if np.isnan(v) else float(v) for v in ring] for ring in lesion]
+                                 for lesion in self.edges[present, k]]
         model.config.contrast_bank = bank
         model.config.step_bank = steps
+        model.config.edge_bank = edges
 
 
 def heal_shape(lesion: np.ndarray, brain: np.ndarray, margin: int, rng: np.random.Generator) -> np.ndarray | None:
