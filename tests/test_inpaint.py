@@ -74,6 +74,22 @@ def test_training_wrote_contrast_bank_and_network_input_has_cfg_flag(inpainter):
     assert float(x[1, -1 - model.n_channels:-1].abs().max()) == 0.0  # its condition values are blanked
 
 
+def test_training_wrote_the_edge_steps_of_its_training_lesions(inpainter):
+    """Entry by entry with the contrast bank: each training patch's edge steps (class_edges), null where undefined."""
+    from lesiongen.models.inpainter import class_edges
+
+    model, _, _ = inpainter
+    train = load_lesion_patches(open_preprocessed(TINY.dataset_id).lesion_patch_folder,
+                                model.provenance["train_cases"])
+    present = [i for i in range(len(train)) if (train.masks[i] == 1).any()]
+    expected = [class_edges(train.images[i], train.masks[i] == 1, train.brain[i], model.margin_voxels,
+                            train.masks[i] > 1) for i in present]
+    stored = np.array(model.config.edge_bank["1"], dtype=np.float64)  # null -> NaN
+    assert stored.shape == (len(present), model.margin_voxels, model.n_channels) == np.shape(expected)
+    np.testing.assert_allclose(stored, expected, atol=1e-6)
+    assert len(model.config.contrast_bank["1"]) == len(present) and model.calibrates_edges
+
+
 @pytest.mark.parametrize("mode", ["insert", "remove"])
 def test_inpaint_changes_only_near_the_mask_and_is_seeded(inpainter, mode):
     model, patches, _ = inpainter
@@ -125,6 +141,25 @@ def test_evaluate_inpainting_report(inpainter, tmp_path):
     assert from_bank(report["insert"]["step_inserted"], model.config.step_bank["1"])
     assert from_bank(report["insert_contrast_calibrated"]["contrast_inserted"], model.config.contrast_bank["1"])
     assert not from_bank(report["insert_uncalibrated"]["step_inserted"], model.config.step_bank["1"])
+    # the margin's calibration: on, compared with the margin as painted; the real lesions' own growth for reference
+    assert report["insert"]["edges_calibrated"] is True
+    # the step is calibrated after the margin, against a shell that lies in it: the same steps either way
+    np.testing.assert_allclose(report["insert_edges_as_painted"]["step_inserted"], report["insert"]["step_inserted"],
+                               atol=1e-4)
+    assert report["remove_real_lesions"]["label_growth"] >= 1.0
+
+
+def test_evaluate_inpainting_with_the_full_schedule_reference(inpainter, tmp_path, monkeypatch):
+    """The default run (--full_patches 2) scores a few patches with the full schedule too; here a 4-step stand-in
+    for it keeps the test fast (the full DDPM chain is 1,000 steps plus jumps)."""
+    few = InpaintSchedule.few_step()
+    monkeypatch.setattr(InpaintSchedule, "full", classmethod(lambda cls: few))
+    assert evaluate_cli.main(["-d", str(TINY.dataset_id), "-f", "0", "--full_patches", "1", "--max_patches", "4",
+                              "-device", "cpu", "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "inpainting_evaluation.json").read_text())
+    full = report["full_schedule"]
+    assert full["patches"] == 1 and full["network_evaluations_per_patch_insert"] == denoising_steps(few)
+    assert set(full["insert"]) >= {"ssim_outside", "diff_map_iou", "label_growth", "speed"}
 
 
 def test_evaluate_inpainting_with_the_few_step_sampler(inpainter, tmp_path):

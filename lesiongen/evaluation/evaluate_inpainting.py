@@ -24,13 +24,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
-from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region
+from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
 from lesiongen.evaluation.inpainting_metrics import (diff_map_iou, in_mask_std_ratio, inpainting_metrics,
                                                      lesion_contrast, ssim_outside)
 from lesiongen.paths import results_root
 from lesiongen.preprocessing.dataset import PreprocessedDataset
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches, relocate_shape
-from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter, class_step
+from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter, class_edges, class_step
 from lesiongen.models.registry import load_trained_model
 from lesiongen.planning.plans import MODEL_SAMPLING
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
@@ -77,18 +77,48 @@ def _remove_scores(inpainter, images, masks, brain, schedule, seed) -> tuple[dic
     return {**_mean(scores, ("mse", "psnr", "ssim", "std_ratio")), "speed": speed}, healed
 
 
-def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: bool | None = None
-                   ) -> tuple[dict, np.ndarray, list]:
+@dataclasses.dataclass
+class _Inserted:
+    """Insert mode on a set of patches: the mean scores, the patches, and per lesion its contrast, intensity step
+    and first-ring edge step (NaN where the ring or its surroundings are empty)."""
+    scores: dict
+    patches: np.ndarray
+    contrasts: np.ndarray
+    steps: np.ndarray
+    edges: np.ndarray
+
+
+def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: bool | None = None) -> _Inserted:
     inserted, speed = _timed_inpaint(inpainter, images, masks, INSERT, seed=seed, schedule=schedule, brain=brain,
                                      calibrate=calibrate)
-    rows, contrasts, steps = [], [], []
+    rows = []
     for i in range(len(images)):
         lesion = masks[i] > 0
         rows.append({"ssim_outside": ssim_outside(images[i], inserted[i], lesion, inpainter.margin_voxels),
-                     "diff_map_iou": diff_map_iou(images[i], inserted[i], lesion)})
-        contrasts.append(lesion_contrast(inserted[i], lesion, brain[i]))
-        steps.append(class_step(inserted[i], lesion, brain[i]))
-    return {**_mean(rows, ("ssim_outside", "diff_map_iou")), "speed": speed}, inserted, contrasts, steps
+                     "diff_map_iou": diff_map_iou(images[i], inserted[i], lesion),
+                     "label_growth": label_growth(images[i], inserted[i], masks[i], inpainter.margin_voxels,
+                                                  brain[i])})
+    lesions = [(inserted[i], masks[i] > 0, brain[i]) for i in range(len(images))]
+    return _Inserted({**_mean(rows, ("ssim_outside", "diff_map_iou", "label_growth")), "speed": speed}, inserted,
+                     np.asarray([lesion_contrast(*lesion) for lesion in lesions]),
+                     np.asarray([class_step(*lesion) for lesion in lesions]),
+                     np.asarray([class_edges(*lesion, inpainter.margin_voxels)[0] for lesion in lesions]))
+
+
+def label_growth(before: np.ndarray, after: np.ndarray, mask: np.ndarray, margin_voxels: int,
+                 brain: np.ndarray) -> float:
+    """Voxels of the label that follows what was painted (:func:`painted_lesion`, the label synthetic cases get)
+    over the mask's voxels: 1 when the lesion's intensity ends at its mask, more the further the inpainter
+    spilled lesion-like intensity into the margin."""
+    return float((painted_lesion(before, after, mask, margin_voxels, brain) > 0).sum() / (mask > 0).sum())
+
+
+def _agreement(real: np.ndarray, inserted: np.ndarray, name: str) -> dict:
+    """:func:`contrast_agreement` over the lesions whose value is defined on both sides (edges can be NaN)."""
+    real, inserted = real[np.isfinite(real).all(axis=1)], inserted[np.isfinite(inserted).all(axis=1)]
+    if len(real) < 2 or len(inserted) < 2:
+        return {f"{name}_skipped": f"{len(real)} real and {len(inserted)} inserted lesions with a defined value"}
+    return contrast_agreement(real, inserted, name=name)
 
 
 CONTRAST_PERMUTATIONS = 2000
@@ -179,25 +209,32 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
                                      "mean_abs_contrast_after": float(np.mean(np.abs(after)))}
     report["remove_fake_masks"], healed = _remove_scores(inpainter, healthy.images, fake, healthy.brain, fast, seed)
     real_contrast = np.asarray(before)
-    real_step = np.stack([class_step(real.images[i], real.masks[i] > 0, real.brain[i]) for i in range(len(real))])
-    report["insert"], inserted, contrasts, steps = _insert_scores(inpainter, healthy.images, fake, healthy.brain,
-                                                                  fast, seed)
-    report["insert"].update(contrast_agreement(real_contrast, np.asarray(contrasts)))
-    report["insert"].update(contrast_agreement(real_step, np.asarray(steps), name="step"))
+    real_lesions = [(real.images[i], real.masks[i] > 0, real.brain[i]) for i in range(len(real))]
+    real_step = np.stack([class_step(*lesion) for lesion in real_lesions])
+    real_edge = np.stack([class_edges(*lesion, inpainter.margin_voxels)[0] for lesion in real_lesions])
+    # the real lesions' own growth under the same label rule, against the inpainter's healed patches
+    report["remove_real_lesions"]["label_growth"] = float(np.mean([
+        label_growth(removed_real[i], real.images[i], real.masks[i], inpainter.margin_voxels, real.brain[i])
+        for i in range(len(real))]))
+
+    def scored(model, calibrate: bool | None = None) -> tuple[dict, _Inserted]:
+        result = _insert_scores(model, healthy.images, fake, healthy.brain, fast, seed, calibrate)
+        return {**result.scores, **contrast_agreement(real_contrast, result.contrasts),
+                **contrast_agreement(real_step, result.steps, name="step"),
+                **_agreement(real_edge, result.edges, name="edge")}, result
+
+    report["insert"], result = scored(inpainter)
+    inserted = result.patches
     report["insert"]["contrast_calibrated"] = bool(inpainter.config.calibrate_contrast)
     report["insert"]["calibration_target"] = "step" if inpainter.calibrates_steps(False) else "contrast"
-    if inpainter.calibrates_steps(False):  # the calibration to contrasts on the same patches, for comparison
-        by_contrast, _, contrast_contrasts, contrast_steps = _insert_scores(
-            inpainter.with_calibration_target("contrast"), healthy.images, fake, healthy.brain, fast, seed)
-        report["insert_contrast_calibrated"] = {
-            **by_contrast, **contrast_agreement(real_contrast, np.asarray(contrast_contrasts)),
-            **contrast_agreement(real_step, np.asarray(contrast_steps), name="step")}
-    if inpainter.config.calibrate_contrast:  # what the network alone gives, for comparison
-        uncalibrated, _, raw_contrasts, raw_steps = _insert_scores(inpainter, healthy.images, fake, healthy.brain,
-                                                                   fast, seed, calibrate=False)
-        report["insert_uncalibrated"] = {**uncalibrated,
-                                         **contrast_agreement(real_contrast, np.asarray(raw_contrasts)),
-                                         **contrast_agreement(real_step, np.asarray(raw_steps), name="step")}
+    report["insert"]["edges_calibrated"] = inpainter.calibrates_edges
+    # the same patches without each calibration, for comparison
+    if inpainter.calibrates_steps(False):
+        report["insert_contrast_calibrated"], _ = scored(inpainter.with_calibration_target("contrast"))
+    if inpainter.calibrates_edges:
+        report["insert_edges_as_painted"], _ = scored(inpainter.with_edge_calibration(False))
+    if inpainter.config.calibrate_contrast:  # what the network alone gives
+        report["insert_uncalibrated"], _ = scored(inpainter, calibrate=False)
     report["fast_schedule"] = {"network_evaluations_per_patch_insert": int(inpainter.last_evaluations),
                                "seconds": time.perf_counter() - start}
 
@@ -212,7 +249,7 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
         fast_remove, _ = _remove_scores(inpainter, images, masks, brain, fast, seed)
         start = time.perf_counter()
         full_remove, _ = _remove_scores(inpainter, images, masks, brain, full, seed)
-        full_insert, _, _ = _insert_scores(inpainter, images, masks, brain, full, seed)
+        full_insert = _insert_scores(inpainter, images, masks, brain, full, seed).scores
         report["full_schedule"] = {"patches": k, "remove_fake_masks": full_remove, "insert": full_insert,
                                    "fast_remove_fake_masks_same_patches": fast_remove,
                                    "in_mask_ssim_loss_of_fast": full_remove["ssim"] - fast_remove["ssim"],
