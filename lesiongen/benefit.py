@@ -31,7 +31,7 @@ import numpy as np
 from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, case_metrics
-from lesiongen.evaluation.statistics import nanmean, paired_difference
+from lesiongen.evaluation.statistics import nanmean, paired_difference, verdict
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
                                            strategy as get_strategy)
@@ -319,10 +319,10 @@ def answer(report: dict, n_seeds: int) -> list[str]:
         d = row.get("vs_none", {}).get("dice")
         if not d or not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
             continue
-        verdict = "helps" if d["ci_low"] > 0 else "hurts" if d["ci_high"] < 0 else "no clear effect"
-        line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {verdict}, {100 * d['mean']:+.1f} Dice points "
+        judged = verdict(d["ci_low"], d["ci_high"])
+        line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {judged}, {100 * d['mean']:+.1f} Dice points "
                 f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
-        if verdict == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
+        if judged == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
             better = d["mean"] > 0
             line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "
                      f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "

@@ -178,11 +178,20 @@ def test_compare_lists_every_strategy_with_paired_difference(seg_runs, tmp_path)
         assert row["dice"][0] == pytest.approx(dice[strategy])  # one fold: the mean is that fold's value
         if strategy != "none":
             assert row["dice_vs_none"][0] == pytest.approx(dice[strategy] - dice["none"])
+            # over the validation cases, from each case's score in the folds' summaries
+            per_case = {s: json.loads((fold_folder(seg_runs, s) / "summary.json").read_text())["per_case"]
+                        for s in (strategy, "none")}
+            differences = [per_case[strategy][c]["1"]["dice"] - per_case["none"][c]["1"]["dice"]
+                           for c in per_case["none"]]
+            paired = row["paired_vs_none"]["dice"]
+            assert paired["n_cases"] == len(differences) > 0
+            assert paired["mean"] == pytest.approx(float(np.mean(differences)))
     for strategy in STRATEGIES:  # every seg model the table used, by checksum
         record = report["provenance"]["models"][variant(strategy)]["0"]
         assert record["sha256"] == sha256_file(fold_folder(seg_runs, strategy) / "checkpoint_final.pt")
     table = (tmp_path / "comparison.md").read_text()
     assert all(f"| {variant(s)} |" in table for s in STRATEGIES)
+    assert report["answer"] and "## Answer" in table and report["answer"][0] in table
     assert (tmp_path / "comparison.csv").read_text().count("\n") == len(STRATEGIES) + 1
 
 

@@ -2,17 +2,23 @@
 
 Collects ``summary.json`` of every ``seg_STRATEGY`` fold, and writes a table of each metric per strategy
 (mean ± std over folds) with the paired difference to ``none`` over the folds both have, as markdown, CSV and a PNG.
+Dice and lesion F1 also get the paired difference over the validation cases both have (each case is scored by the
+one fold that held it out) with a 95 % bootstrap interval and a Wilcoxon p (``statistics.paired_difference``), and
+the answer in words by the rule ``lesiongen_benefit`` uses. One training run per fold: the interval varies the
+cases, not the training run, which a held-out test set with several seeds (``lesiongen_benefit``) adds.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from pathlib import Path
 
 import numpy as np
 
+from lesiongen.evaluation.statistics import paired_difference, verdict
 from lesiongen.inference.strategies import STRATEGIES, SegVariant
 from lesiongen.models.checkpoint import FINAL
 from lesiongen.paths import results_root
@@ -28,23 +34,40 @@ METRIC_HEADINGS = {"dice": "Dice", "lesion_f1": "lesion F1", "lesion_recall": "r
 METRICS = tuple(METRIC_HEADINGS)
 IN_MILLIMETRES = {"hd95", "abs_volume_difference_mm3", "volume_difference_mm3"}  # shown to 0.1, not 0.001
 STRATEGY_ORDER = tuple(STRATEGIES)
+PAIRED_OVER_CASES = ("dice", "lesion_f1")  # metrics with a per-case paired difference and interval
+
+
+def _class_mean(per_class: list[dict], metric: str) -> float:
+    values = [cls.get(metric) for cls in per_class]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
 
 
 def fold_metrics(summary: dict) -> dict[str, float]:
     """One value per metric for a fold: the mean over cases, averaged over lesion classes."""
-    out = {}
-    for metric in METRICS:
-        values = [cls["mean"].get(metric) for cls in summary["mean"].values()]
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        out[metric] = float(np.mean(values)) if values else math.nan
-    return out
+    return {metric: _class_mean([cls["mean"] for cls in summary["mean"].values()], metric) for metric in METRICS}
 
 
-def collect(dataset_name: str, plans_name: str, folds: list[str] | None
-            ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, dict]]]:
-    """(strategy -> fold -> metric -> value, strategy -> fold -> model record) from every finished ``seg`` fold."""
+def case_metrics(summary: dict) -> dict[str, dict[str, float]]:
+    """case -> metric -> value (averaged over lesion classes) for each validation case a fold scored."""
+    return {case: {metric: _class_mean(list(per_class.values()), metric) for metric in METRICS}
+            for case, per_class in summary.get("per_case", {}).items()}
+
+
+@dataclasses.dataclass
+class FoldResults:
+    """What the finished ``seg`` folds hold, per strategy: fold -> metric, validation case -> metric, fold -> model
+    record."""
+    folds: dict[str, dict[str, dict[str, float]]]
+    cases: dict[str, dict[str, dict[str, float]]]
+    models: dict[str, dict[str, dict]]
+
+
+def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> FoldResults:
+    """Every finished ``seg`` fold of the dataset and plans (``folds``: only these)."""
     root = results_root() / dataset_name
     found: dict[str, dict[str, dict[str, float]]] = {}
+    cases: dict[str, dict[str, dict[str, float]]] = {}
     models: dict[str, dict[str, dict]] = {}
     for folder in sorted(root.glob(f"seg_*__{plans_name}")):
         variant = SegVariant.parse(folder.name[: -len(f"__{plans_name}")])
@@ -57,11 +80,12 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None
             if (folds is None or fold in folds) and checkpoint.is_file():
                 summary = read_json(summary_file)
                 found.setdefault(strategy, {})[fold] = fold_metrics(summary)
+                cases.setdefault(strategy, {}).update(case_metrics(summary))
                 models.setdefault(strategy, {})[fold] = model_record(checkpoint, summary.get("provenance"))
     if not found:
         raise LesiongenError(f"{root}: no finished seg folds (summary.json) to compare; run lesiongen_train "
                              f"{dataset_name} seg FOLD --synthetic STRATEGY first")
-    return found, models
+    return FoldResults(found, cases, models)
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -69,9 +93,24 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return (float(np.mean(finite)), float(np.std(finite))) if finite else (math.nan, math.nan)
 
 
-def compare(results: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
+def paired_over_cases(cases: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> dict:
+    """metric -> the paired difference (``statistics.PairedDifference`` as a dict) of a strategy's validation cases
+    against the baseline's on the cases both scored, for :data:`PAIRED_OVER_CASES`; empty without a common case."""
+    common = sorted(set(cases) & set(baseline))
+    if not common:
+        return {}
+    return {metric: dataclasses.asdict(paired_difference(np.array([[cases[c][metric] for c in common]]),
+                                                         np.array([[baseline[c][metric] for c in common]])))
+            for metric in PAIRED_OVER_CASES}
+
+
+def compare(results: dict[str, dict[str, dict[str, float]]],
+            cases: dict[str, dict[str, dict[str, float]]] | None = None) -> list[dict]:
+    """One row per strategy: each metric's mean ± std over folds, the paired difference to ``none`` over the folds
+    both have and, given the validation ``cases``, over the cases both have (``paired_vs_none``)."""
     rows = []
     baseline = results.get("none", {})
+    cases = cases or {}
     order = sorted(results, key=lambda key: (STRATEGY_ORDER.index(SegVariant.parse(f"seg_{key}").strategy), key))
     for strategy in order:
         folds = results[strategy]
@@ -80,8 +119,41 @@ def compare(results: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
             row[metric] = _stats([f[metric] for f in folds.values()])
             paired = [folds[k][metric] - baseline[k][metric] for k in folds if k in baseline]
             row[f"{metric}_vs_none"] = _stats(paired) if strategy != "none" and paired else (math.nan, math.nan)
+        if strategy != "none" and "none" in cases:
+            row["paired_vs_none"] = paired_over_cases(cases.get(strategy, {}), cases["none"])
         rows.append(row)
     return rows
+
+
+def answer(rows: list[dict]) -> list[str]:
+    """One line per strategy: its Dice against real data only over the validation cases, judged by the 95 %
+    interval as ``lesiongen_benefit`` judges (``statistics.verdict``), and what the interval leaves out."""
+    lines = []
+    for row in rows:
+        d = row.get("paired_vs_none", {}).get("dice")
+        if not d or not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+            continue
+        lines.append(f"- **{row['strategy']}**: {verdict(d['ci_low'], d['ci_high'])}, {100 * d['mean']:+.1f} Dice "
+                     f"points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}, Wilcoxon p "
+                     f"{_p(d['p_value'])}; better on {d['cases_better']}, worse on {d['cases_worse']} of "
+                     f"{d['n_cases']} validation cases of folds {','.join(row['folds'])})")
+    if lines:
+        lines.append("- One training run per fold: these intervals vary the validation cases, not the training run. "
+                     "lesiongen_benefit (held-out test scans, --seeds 0 1 2) varies both.")
+    return lines
+
+
+def _p(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _difference_cell(row: dict, metric: str) -> str:
+    d = row.get("paired_vs_none", {}).get(metric)
+    if not d or not math.isfinite(d["mean"]):
+        return "–"
+    if not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+        return f"{d['mean']:+.3f}"
+    return f"{d['mean']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f}; p {_p(d['p_value'])}; n {d['n_cases']})"
 
 
 def _cell(pair: tuple[float, float], scale: float = 1.0) -> str:
@@ -91,15 +163,20 @@ def _cell(pair: tuple[float, float], scale: float = 1.0) -> str:
 
 def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = None) -> dict[str, Path]:
     header = ["strategy", "folds"] + [METRIC_HEADINGS[m] for m in METRICS] + \
-        [f"{METRIC_HEADINGS[m]} vs none" for m in ("dice", "lesion_f1")]
+        [f"{METRIC_HEADINGS[m]} vs none" for m in PAIRED_OVER_CASES] + \
+        [f"{METRIC_HEADINGS[m]} vs none over cases (95 % CI; p; n)" for m in PAIRED_OVER_CASES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["strategy"], ",".join(row["folds"])] + [_cell(row[m]) for m in METRICS]
-        cells += [_cell(row[f"{m}_vs_none"]) for m in ("dice", "lesion_f1")]
+        cells += [_cell(row[f"{m}_vs_none"]) for m in PAIRED_OVER_CASES]
+        cells += [_difference_cell(row, m) for m in PAIRED_OVER_CASES]
         lines.append("| " + " | ".join(cells) + " |")
+    verdicts = answer(rows)
     markdown = "# Segmentation with and without synthetic lesions\n\nMean ± std over folds; \"vs none\" is the " \
-               "paired difference to real data only over the folds both have (Dice ×1, not percent points).\n\n" + \
-               "\n".join(lines) + "\n"
+               "paired difference to real data only over the folds both have (Dice ×1, not percent points); " \
+               "\"over cases\": over the validation cases both have, with a 95 % bootstrap interval and the " \
+               "Wilcoxon signed-rank p.\n\n" + "\n".join(lines) + "\n" + \
+               ("\n## Answer\n\n" + "\n".join(verdicts) + "\n" if verdicts else "")
     paths = {"markdown": folder / "comparison.md", "csv": folder / "comparison.csv",
              "json": folder / "comparison.json", "png": folder / "comparison.png"}
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,14 +184,19 @@ def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = N
         tmp.write_text(markdown)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
+    paired_keys = ("mean", "ci_low", "ci_high", "p_value", "n_cases")
     writer.writerow(["strategy", "folds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] +
-                    [f"{m}_vs_none_{s}" for m in METRICS for s in ("mean", "std")])
+                    [f"{m}_vs_none_{s}" for m in METRICS for s in ("mean", "std")] +
+                    [f"{m}_vs_none_cases_{k}" for m in PAIRED_OVER_CASES for k in paired_keys])
     for row in rows:
+        paired = row.get("paired_vs_none", {})
         writer.writerow([row["strategy"], " ".join(row["folds"])] + [v for m in METRICS for v in row[m]] +
-                        [v for m in METRICS for v in row[f"{m}_vs_none"]])
+                        [v for m in METRICS for v in row[f"{m}_vs_none"]] +
+                        [paired[m][k] if m in paired else "" for m in PAIRED_OVER_CASES for k in paired_keys])
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(buffer.getvalue())
-    write_json(paths["json"], nan_to_none({"rows": rows, "provenance": provenance or code_version()}))
+    write_json(paths["json"], nan_to_none({"rows": rows, "answer": verdicts,
+                                           "provenance": provenance or code_version()}))
     _plot(rows, paths["png"])
     return paths
 
@@ -142,7 +224,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def run_comparison(dataset_name: str, plans_name: str, folds: list[str] | None = None,
                    output: Path | None = None) -> tuple[list[dict], dict[str, Path]]:
-    results, models = collect(dataset_name, plans_name, folds)
-    rows = compare(results)
-    provenance = {**code_version(), "plans_name": plans_name, "models": models}
+    found = collect(dataset_name, plans_name, folds)
+    rows = compare(found.folds, found.cases)
+    provenance = {**code_version(), "plans_name": plans_name, "models": found.models}
     return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison", provenance)

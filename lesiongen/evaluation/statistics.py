@@ -85,3 +85,8 @@ def paired_difference(strategy: np.ndarray, baseline: np.ndarray, seed: int = 0)
     finite = per_case[np.isfinite(per_case)]
     return PairedDifference(mean, low, high, wilcoxon_p(per_case), differences.shape[1], differences.shape[0],
                             int((finite > 0).sum()), int((finite < 0).sum()))
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """What a paired difference's 95 % interval says: "helps" above 0, "hurts" below 0, else "no clear effect"."""
+    return "helps" if ci_low > 0 else "hurts" if ci_high < 0 else "no clear effect"
