@@ -319,7 +319,7 @@ def answer(report: dict, n_seeds: int) -> list[str]:
         d = row.get("vs_none", {}).get("dice")
         if not d or not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
             continue
-        judged = verdict(d["ci_low"], d["ci_high"])
+        judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
         line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {judged}, {100 * d['mean']:+.1f} Dice points "
                 f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
         if judged == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:

@@ -62,3 +62,12 @@ def test_without_per_case_scores_the_fold_table_stays_and_there_is_no_answer():
     rows = compare(folds)
     assert rows[1]["dice_vs_none"][0] == pytest.approx(0.1)
     assert "paired_vs_none" not in rows[1] and answer(rows) == []
+
+
+def test_too_few_validation_cases_get_no_verdict():
+    """Three cases all better by 0.05: the bootstrap interval excludes 0, but three cases cannot show it."""
+    none = {"0": {f"c{i}": _case(0.5 + 0.1 * i, 0.5) for i in range(3)}}
+    better = {"0": {f"c{i}": _case(0.55 + 0.1 * i, 0.5) for i in range(3)}}
+    rows = compare(*_results({"none": none, "sphere": better}))
+    assert rows[1]["paired_vs_none"]["dice"]["ci_low"] > 0
+    assert answer(rows)[0].startswith("- **sphere**: too few cases to judge (3 < 6), +5.0 Dice points")

@@ -133,8 +133,9 @@ def answer(rows: list[dict]) -> list[str]:
         d = row.get("paired_vs_none", {}).get("dice")
         if not d or not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
             continue
-        lines.append(f"- **{row['strategy']}**: {verdict(d['ci_low'], d['ci_high'])}, {100 * d['mean']:+.1f} Dice "
-                     f"points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}, Wilcoxon p "
+        judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
+        lines.append(f"- **{row['strategy']}**: {judged}, {100 * d['mean']:+.1f} Dice points"
+                     f" (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}, Wilcoxon p "
                      f"{_p(d['p_value'])}; better on {d['cases_better']}, worse on {d['cases_worse']} of "
                      f"{d['n_cases']} validation cases of folds {','.join(row['folds'])})")
     if lines:

@@ -87,6 +87,14 @@ def paired_difference(strategy: np.ndarray, baseline: np.ndarray, seed: int = 0)
                             int((finite > 0).sum()), int((finite < 0).sum()))
 
 
-def verdict(ci_low: float, ci_high: float) -> str:
-    """What a paired difference's 95 % interval says: "helps" above 0, "hurts" below 0, else "no clear effect"."""
+# Below this many cases no verdict: even with every case on one side the two-sided Wilcoxon p is >= 2 / 2**5, and a
+# bootstrap over 3 cases has 10 distinct means, so its interval is far narrower than the uncertainty.
+MIN_CASES_TO_JUDGE = 6
+
+
+def verdict(ci_low: float, ci_high: float, n_cases: int) -> str:
+    """What a paired difference's 95 % interval says: "helps" above 0, "hurts" below 0, else "no clear effect";
+    with fewer than :data:`MIN_CASES_TO_JUDGE` cases, that there are too few to judge."""
+    if n_cases < MIN_CASES_TO_JUDGE:
+        return f"too few cases to judge ({n_cases} < {MIN_CASES_TO_JUDGE})"
     return "helps" if ci_low > 0 else "hurts" if ci_high < 0 else "no clear effect"
