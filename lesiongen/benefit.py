@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, run_comparison
+from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, class_means, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference, verdict
@@ -234,12 +234,7 @@ def lesion_censuses(dataset: PreprocessedDataset, options: BenefitOptions, train
 def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: list[int]) -> dict[str, float]:
     """Every metric of one case, averaged over the lesion classes (as lesiongen_compare averages folds)."""
     per_class = case_metrics(reference, prediction, spacing, labels)
-    out = {}
-    for metric in METRICS:
-        values = [float(per_class[label][metric]) for label in labels]
-        values = [v for v in values if math.isfinite(v)]
-        out[metric] = float(np.mean(values)) if values else math.nan
-    return out
+    return class_means([per_class[label] for label in labels])
 
 
 def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[CaseFiles], labels: list[int],

@@ -37,21 +37,25 @@ STRATEGY_ORDER = tuple(STRATEGIES)
 PAIRED_OVER_CASES = ("dice", "lesion_f1")  # metrics with a per-case paired difference and interval
 
 
-def _class_mean(per_class: list[dict], metric: str) -> float:
-    values = [cls.get(metric) for cls in per_class]
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else math.nan
+def class_means(per_class: list[dict]) -> dict[str, float]:
+    """metric -> the mean over lesion classes of each class's value (``per_class``: one metric dict per class),
+    leaving out undefined ones (NaN, or null in a JSON summary); NaN where no class has a value."""
+    out = {}
+    for metric in METRICS:
+        values = [cls.get(metric) for cls in per_class]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        out[metric] = float(np.mean(values)) if values else math.nan
+    return out
 
 
 def fold_metrics(summary: dict) -> dict[str, float]:
     """One value per metric for a fold: the mean over cases, averaged over lesion classes."""
-    return {metric: _class_mean([cls["mean"] for cls in summary["mean"].values()], metric) for metric in METRICS}
+    return class_means([cls["mean"] for cls in summary["mean"].values()])
 
 
-def case_metrics(summary: dict) -> dict[str, dict[str, float]]:
+def per_case_metrics(summary: dict) -> dict[str, dict[str, float]]:
     """case -> metric -> value (averaged over lesion classes) for each validation case a fold scored."""
-    return {case: {metric: _class_mean(list(per_class.values()), metric) for metric in METRICS}
-            for case, per_class in summary.get("per_case", {}).items()}
+    return {case: class_means(list(per_class.values())) for case, per_class in summary.get("per_case", {}).items()}
 
 
 @dataclasses.dataclass
@@ -80,7 +84,7 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> Fold
             if (folds is None or fold in folds) and checkpoint.is_file():
                 summary = read_json(summary_file)
                 found.setdefault(strategy, {})[fold] = fold_metrics(summary)
-                cases.setdefault(strategy, {}).update(case_metrics(summary))
+                cases.setdefault(strategy, {}).update(per_case_metrics(summary))
                 models.setdefault(strategy, {})[fold] = model_record(checkpoint, summary.get("provenance"))
     if not found:
         raise LesiongenError(f"{root}: no finished seg folds (summary.json) to compare; run lesiongen_train "

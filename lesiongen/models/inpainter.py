@@ -57,9 +57,9 @@ class InpainterConfig:
     # which calibrates to the contrast)
     step_bank: dict[str, list[list[float]]] = field(default_factory=dict)
     # per lesion class, entry by entry with contrast_bank: the same lesions' edge steps (class_edges; a ring beyond
-    # the patch's brain is null). Insert mode shifts the rings of the edit margin to them before the step
-    # calibration (calibrate_edges); the network alone paints lesion-like intensity into the margin. Empty: an
-    # older model, whose margin stays as painted.
+    # the patch's brain is null). Insert mode scales the painted change in the rings of the edit margin to them
+    # before the step calibration (calibrate_edges); the network alone paints lesion-like intensity into the
+    # margin. Empty: an older model, whose margin stays as painted.
     edge_bank: dict[str, list[list[list[float | None]]]] = field(default_factory=dict)
     calibrate_edges: bool = True
 

@@ -31,6 +31,7 @@ from lesiongen.preprocessing.lesion_patches import LesionPatches, load_lesion_pa
 from lesiongen.training.base import Trainer
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
+from lesiongen.utilities.files import nan_to_none
 
 logger = logging.getLogger("lesiongen.training")
 
@@ -123,8 +124,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
             present = np.array([(m == label).any() for m in self.data.masks])
             bank[str(label)] = self.contrasts[present, k].tolist()
             steps[str(label)] = self.steps[present, k].tolist()
-            edges[str(label)] = [[[None if np.isnan(v) else float(v) for v in ring] for ring in lesion]
-                                 for lesion in self.edges[present, k]]
+            edges[str(label)] = nan_to_none(self.edges[present, k].tolist())  # an undefined ring: null
         model.config.contrast_bank = bank
         model.config.step_bank = steps
         model.config.edge_bank = edges
