@@ -537,17 +537,17 @@ def test_small_components_are_dropped_per_class():
 def test_placement_follows_the_tissue_probabilities(plans):
     import dataclasses
 
-    from lesiongen.inference.synthesis import placement_weights
+    from lesiongen.inference.placement import placement_weights
     from lesiongen.planning.plans import Categorical
 
     brain = np.ones((4, 4, 4), bool)
     tissue = np.ones((4, 4, 4), np.uint8)
     tissue[:, :, 2:] = 2
     prior = dataclasses.replace(plans.sphere_priors["1"], location_histogram=[1 / 64] * 64, location_bins=4,
-                                tissue_probability=Categorical({"1": 0.2, "2": 0.8}))
-    weights = placement_weights(brain, tissue, prior, None).reshape(4, 4, 4)
+                                tissue_probability=Categorical({"1": 0.2, "2": 0.8}), neighbourhood=None)
+    weights = placement_weights(brain, tissue, prior, (1.0, 1.0, 1.0)).reshape(4, 4, 4)
     assert float(weights[tissue == 2].sum()) == pytest.approx(0.8)
-    only_1 = placement_weights(brain, tissue, prior, [1]).reshape(4, 4, 4)
+    only_1 = placement_weights(brain, tissue, prior, (1.0, 1.0, 1.0), [1]).reshape(4, 4, 4)
     assert float(only_1[tissue == 1].sum()) == pytest.approx(1.0)
 
 

@@ -35,7 +35,7 @@ def _donor() -> LesionPatches:
 def test_pasted_lesion_keeps_its_offset_to_the_recipients_surroundings(one_lesion_prior, seed):
     scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
     brain = np.ones(scan.shape[1:], bool)
-    out, label, records = copy_paste(scan, brain, None, _donor(), one_lesion_prior, PATCH,
+    out, label, records = copy_paste(scan, brain, None, _donor(), one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
                                      np.random.default_rng(seed))
     assert len(records) == 1 and records[0]["donor_case"] == "donor_case"
     assert 1 <= records[0]["margin_voxels"] <= MAX_MARGIN_VOXELS

@@ -17,6 +17,8 @@ from scipy import ndimage
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
 from lesiongen.utilities.components import CONNECTIVITY_26
 
+# Width of the shell around a lesion (its contrast and the tissue it borders are measured there).
+SHELL_MM = 3.0
 # Shell intensity spread below this fraction of the shell mean counts as zero (rounding noise on a
 # constant background would otherwise give enormous contrasts).
 _STD_RTOL = 1e-9
@@ -38,6 +40,9 @@ class LesionComponent:
     tissue_class: int  # most frequent tissue label under the lesion voxels (0 when no tissue map)
     contrast: list[float]  # per channel: (mean in lesion - mean in shell) / std in shell
     intensity_ratio: list[float]  # per channel: mean in lesion / mean in shell
+    # share of each tissue class (str(value)) among the shell's voxels: what the lesion borders; None without a
+    # tissue map (and in fingerprints written before it was recorded)
+    shell_tissue: dict[str, float] | None = None
 
 
 def analyse_lesions(
@@ -46,7 +51,7 @@ def analyse_lesions(
     images: np.ndarray | None = None,
     tissue: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
-    shell_mm: float = 3.0,
+    shell_mm: float = SHELL_MM,
 ) -> list[LesionComponent]:
     """Connected lesion components of ``label`` (per class, 26-connected) with their statistics.
 
@@ -82,7 +87,8 @@ def analyse_lesions(
     lesion_any = label > 0
     brain_lo, brain_size = _brain_box(brain_mask, label.shape)
     voxel_volume = float(np.prod(spacing_arr))
-    pad = [int(math.ceil(shell_mm / s)) for s in spacing_arr] if images is not None else [0, 0, 0]
+    needs_shell = images is not None or tissue is not None
+    pad = [int(math.ceil(shell_mm / s)) for s in spacing_arr] if needs_shell else [0, 0, 0]
 
     components: list[LesionComponent] = []
     for value, class_box in enumerate(class_boxes, start=1):
@@ -192,15 +198,18 @@ def _describe(
     surface = comp & ~ndimage.binary_erosion(comp)
     _, radius = minimum_enclosing_sphere(np.argwhere(surface) * spacing)
 
+    needs_shell = images is not None or tissue is not None
+    shell = _shell(comp, crop, spacing, brain_mask, lesion_any, shell_mm) if needs_shell else None
     tissue_class = 0
+    shell_tissue = None
     if tissue is not None:
         classes, counts = np.unique(tissue[crop][comp], return_counts=True)
         tissue_class = int(classes[np.argmax(counts)])  # ties: the smallest tissue label
+        shell_tissue = _shares(tissue[crop][shell])
 
     contrast: list[float] = []
     ratio: list[float] = []
     if images is not None:
-        shell = _shell(comp, crop, spacing, brain_mask, lesion_any, shell_mm)
         for channel in images:
             region = channel[crop]
             lesion_mean = float(np.mean(region[comp], dtype=np.float64))
@@ -228,7 +237,16 @@ def _describe(
         tissue_class=tissue_class,
         contrast=contrast,
         intensity_ratio=ratio,
+        shell_tissue=shell_tissue,
     )
+
+
+def _shares(values: np.ndarray) -> dict[str, float]:
+    """Share of each value among ``values`` (str keys, ascending); empty for no values."""
+    if values.size == 0:
+        return {}
+    classes, counts = np.unique(values, return_counts=True)
+    return {str(int(c)): float(n / values.size) for c, n in zip(classes, counts)}
 
 
 def _shell(

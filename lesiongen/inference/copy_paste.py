@@ -1,6 +1,6 @@
 """Copy-paste lesions as CarveMix does it: a region carved around a real lesion of the fold's training cases (the
 lesion grown by a random margin, so some of its surrounding tissue comes along) is pasted into a healthy model-space
-scan at a place drawn from the prior's location histogram x tissue probabilities, its intensities harmonised to the
+scan at a place drawn as synthetic lesions are placed (``placement``), its intensities harmonised to the
 recipient (per channel, the donor's surroundings are shifted to the recipient's; TumorCP's matching) and its edge
 feathered over the margin.
 
@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import edit_region, feather_blend
-from lesiongen.inference.synthesis import placement_weights
+from lesiongen.inference.placement import placement_weights
 from lesiongen.planning.plans import SpherePrior
 from lesiongen.preprocessing.lesion_patches import LesionPatches
 from lesiongen.utilities.cropping import extract_patch, insert_patch
@@ -36,12 +36,13 @@ class DonorLesion:
 
 
 def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
-                  priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
+                  priors: dict[str, SpherePrior], patch_size: list[int], spacing, rng: np.random.Generator,
                   max_margin: int = MAX_MARGIN_VOXELS) -> Iterator[DonorLesion]:
-    """Real training lesions drawn for one healthy scan, lazily in drawing order: the count from the lesions-per-case
-    prior, per lesion a donor patch, a place (location histogram x tissue probability) and a carving margin. A
-    lesion that falls wholly outside the recipient's brain is skipped."""
+    """Real training lesions drawn for one healthy scan (model space, ``spacing`` mm), lazily in drawing order: the
+    count from the lesions-per-case prior, per lesion a donor patch, a place (``placement.placement_weights``) and a
+    carving margin. A lesion that falls wholly outside the recipient's brain is skipped."""
     coords = np.argwhere(brain)
+    weights: dict[int, np.ndarray] = {}  # per class: computed once per scan
     for _ in range(_lesion_count(priors, rng)):
         donor = int(rng.integers(len(donors)))
         mask = donors.masks[donor]
@@ -49,8 +50,9 @@ def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPa
         centre_id = ids[tuple(np.asarray(mask.shape) // 2)]  # the lesion the donor patch is centred on
         lesion = np.where(ids == centre_id if centre_id else mask > 0, mask, 0).astype(np.uint8)
         value = int(lesion.max()) if lesion.any() else 1
-        weights = placement_weights(brain, tissue, priors[str(value)], None)
-        centre = coords[rng.choice(len(coords), p=weights)]
+        if value not in weights:
+            weights[value] = placement_weights(brain, tissue, priors[str(value)], spacing)
+        centre = coords[rng.choice(len(coords), p=weights[value])]
         lesion = np.where(extract_patch(brain, centre, patch_size, fill=False), lesion, 0).astype(np.uint8)
         if not lesion.any():
             continue
@@ -58,13 +60,13 @@ def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPa
 
 
 def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
-               priors: dict[str, SpherePrior], patch_size: list[int], rng: np.random.Generator,
+               priors: dict[str, SpherePrior], patch_size: list[int], spacing, rng: np.random.Generator,
                max_margin: int = MAX_MARGIN_VOXELS) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Paste real training lesions into a healthy model-space scan; (images, label map, one record per lesion)."""
     out = images.copy()
     label = np.zeros(brain.shape, np.uint8)
     records = []
-    for drawn in donor_lesions(brain, tissue, donors, priors, patch_size, rng, max_margin):
+    for drawn in donor_lesions(brain, tissue, donors, priors, patch_size, spacing, rng, max_margin):
         donor, lesion, value, centre, margin = drawn.donor, drawn.lesion, drawn.label, drawn.centre, drawn.margin
         recipient = extract_patch(out, centre, patch_size, fill=0.0)
         recipient_brain = extract_patch(brain, centre, patch_size, fill=False)

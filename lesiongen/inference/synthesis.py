@@ -1,10 +1,10 @@
 """Whole-scan synthesis: plausible lesions put into a healthy scan, or lesions removed, at the scan's own geometry.
 
 ``synthesize`` maps the scan to model space (crop, normalise, resample as in preprocessing), draws lesion placements
-from the sphere priors (location histogram within the brain box x tissue probability), generates each lesion's mask
-with a mask generator (or takes the masks it is given), inpaints the lesion patches (so overlapping lesions see each
-other and merge into one label map), and writes only the changed region back into the original array. Voxels away
-from the lesions are bit-identical to the input.
+from the sphere priors (``placement``: where in the brain box, in which tissue, bordering what tissue), generates
+each lesion's mask with a mask generator (or takes the masks it is given), inpaints the lesion patches (so
+overlapping lesions see each other and merge into one label map), and writes only the changed region back into the
+original array. Voxels away from the lesions are bit-identical to the input.
 
 Lesions are inpainted in batches: a run of consecutive lesions whose patches do not overlap goes through the network
 together, and a lesion whose patch overlaps one of the run waits for the run to be written. Every lesion keeps its
@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
+from lesiongen.inference.placement import placement_weights
 from lesiongen.inference.scan_space import ModelSpaceScan, paste_back, region_to_original, to_model_space
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.spheres import render_ellipsoids, sample_sphere_lesions
@@ -90,32 +91,6 @@ def _lesion_counts(priors: dict[str, SpherePrior], n_lesions: int | None, rng: n
             count = int(keys[rng.choice(len(keys), p=np.asarray(list(options.values())) / sum(options.values()))])
             classes += [int(k)] * count
     return classes or [int(labels[int(np.argmax(weights))])]
-
-
-def placement_weights(brain: np.ndarray, tissue: np.ndarray | None, prior: SpherePrior,
-                      tissue_classes: list[int] | None) -> np.ndarray:
-    """Per brain voxel (``np.argwhere`` order): location histogram x tissue probability, normalised."""
-    coords = np.argwhere(brain)
-    lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
-    bins = prior.location_bins
-    relative = (coords - lo) / np.maximum(hi - lo, 1)
-    index = np.minimum((relative * bins).astype(int), bins - 1)
-    histogram = np.asarray(prior.location_histogram).reshape((bins,) * 3)
-    weights = histogram[index[:, 0], index[:, 1], index[:, 2]]
-    if tissue is not None:
-        tissue = tissue[brain]
-        probabilities = prior.tissue_probability.probabilities
-        if tissue_classes:
-            weights = weights * np.isin(tissue, tissue_classes)
-        elif set(probabilities) - {"0"}:
-            lookup = np.full(int(tissue.max()) + 1, 1e-3)
-            for key, p in probabilities.items():
-                if int(key) < len(lookup):
-                    lookup[int(key)] = max(p, 1e-3)
-            weights = weights * lookup[tissue]
-    if weights.sum() <= 0:
-        raise LesiongenError(f"no brain voxel of tissue class {tissue_classes} to place a lesion in")
-    return weights / weights.sum()
 
 
 def _single_lesion_priors(priors: dict[str, SpherePrior], label: int) -> dict[str, SpherePrior]:
@@ -305,9 +280,12 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
         priors = mask_generator.priors
         brain_coords = np.argwhere(brain)
         placements = []
+        weights: dict[int, np.ndarray] = {}  # per class: computed once per scan
         for label in _lesion_counts(priors, n_lesions, rng):
-            weights = placement_weights(brain, tissue, priors[str(label)], tissue_classes)
-            placements.append((label, brain_coords[rng.choice(len(brain_coords), p=weights)], None))
+            if label not in weights:
+                weights[label] = placement_weights(brain, tissue, priors[str(label)], plans.target_spacing,
+                                                   tissue_classes)
+            placements.append((label, brain_coords[rng.choice(len(brain_coords), p=weights[label])], None))
 
     batches = _LesionBatches(edited, label_model, changed, patch, inpainter, "insert", schedule, batch_lesions)
     for number, (label, centre, given) in enumerate(placements):

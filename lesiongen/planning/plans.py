@@ -152,6 +152,23 @@ class ShapeBank:
 
 
 @dataclass
+class NeighbourhoodBank:
+    """The tissue each observed lesion borders, entry by entry, so that new lesions are placed where real ones sit
+    (next to the ventricles, at the cortex) and not only on the tissue class under them.
+
+    Per lesion, the share of each of ``tissue_classes`` among the brain voxels within ``shell_mm`` of it (the
+    fingerprint's shell). A candidate centre is scored by the kernel density (Gaussian, ``bandwidth`` in share units)
+    of these shares at the shares of the shell a lesion of ``inner_radius_mm`` (the class's median equivalent-sphere
+    radius) centred there would have."""
+
+    tissue_classes: list[int]
+    shares: list[list[float]]  # per observed lesion, one share per tissue class, in tissue_classes order
+    inner_radius_mm: float
+    shell_mm: float
+    bandwidth: float
+
+
+@dataclass
 class SpherePrior:
     """What a lesion of one class looks like, as sampling distributions for the mask generators."""
 
@@ -170,6 +187,8 @@ class SpherePrior:
     min_lesion_volume_mm3: float
     # None in plans and models written before the bank: their samplers draw from the fitted distributions above
     observed_shapes: ShapeBank | None = None
+    # None without tissue maps, and in plans and models written before it: placement then ignores the neighbourhood
+    neighbourhood: NeighbourhoodBank | None = None
 
 
 @dataclass

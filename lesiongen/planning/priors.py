@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 
 from lesiongen.fingerprint.fingerprint import FINGERPRINT_FILE, DatasetFingerprint
+from lesiongen.fingerprint.lesions import SHELL_MM
 from lesiongen.paths import preprocessed_root
-from lesiongen.planning.plans import Beta, Categorical, LogNormal, ShapeBank, SpherePrior
+from lesiongen.planning.plans import Beta, Categorical, LogNormal, NeighbourhoodBank, ShapeBank, SpherePrior
 from lesiongen.utilities.errors import LesiongenError
 
 LOCATION_BINS = 4
@@ -18,6 +19,8 @@ SHAPE_BANK_MAX = 1000  # entries kept in plans.json; a larger dataset keeps even
 # triples in log volume. Half the rule kept the demo's rendered lesion sizes at the real quantiles (the full rule
 # spread them: 5th / 95th percentile 7 / 215 voxels against the real 12 / 143).
 SHAPE_BANK_BANDWIDTH_FACTOR = 0.5
+# Tissue shares vary in steps of 1 / shell voxels; narrower kernels would make a placement's score hinge on a voxel
+NEIGHBOURHOOD_MIN_BANDWIDTH = 0.05
 
 
 def categorical(values: list) -> Categorical:
@@ -69,12 +72,36 @@ def fit_shape_bank(lesions: list, floor: float) -> ShapeBank:
     middle, minor = axes[:, 1] / axes[:, 0], axes[:, 2] / axes[:, 1]
     keep = np.arange(radii.size)
     if radii.size > SHAPE_BANK_MAX:
-        keep = np.argsort(radii, kind="stable")[np.linspace(0, radii.size - 1, SHAPE_BANK_MAX).round().astype(int)]
+        keep = np.argsort(radii, kind="stable")[evenly_spaced(radii.size, SHAPE_BANK_MAX)]
     volumes = np.asarray([l.volume_mm3 for l in lesions], dtype=float)
     return ShapeBank(radius_mm=radii[keep].tolist(), volume_mm3=volumes[keep].tolist(),
                      axis_ratio_middle=np.clip(middle[keep], 0, 1).tolist(),
                      axis_ratio_minor=np.clip(minor[keep], 0, 1).tolist(),
                      log_bandwidth=SHAPE_BANK_BANDWIDTH_FACTOR * silverman_bandwidth(np.log(radii)))
+
+
+def evenly_spaced(n: int, keep: int) -> np.ndarray:
+    """Indices of at most ``keep`` of ``n`` entries, evenly spaced (all of them when ``n <= keep``)."""
+    return np.arange(n) if n <= keep else np.linspace(0, n - 1, keep).round().astype(int)
+
+
+def fit_neighbourhood_bank(lesions: list) -> NeighbourhoodBank | None:
+    """The tissue shares of the lesions' shells (at most ``SHAPE_BANK_MAX``), with a kernel width by Scott's rule
+    (at least ``NEIGHBOURHOOD_MIN_BANDWIDTH``); None when a lesion has no shell shares (no tissue maps) or none
+    borders any tissue."""
+    if not lesions or any(l.shell_tissue is None for l in lesions):
+        return None
+    classes = sorted({int(k) for l in lesions for k in l.shell_tissue if int(k) > 0})
+    if not classes:
+        return None
+    shares = np.asarray([[l.shell_tissue.get(str(c), 0.0) for c in classes] for l in lesions], dtype=float)
+    n, dims = shares.shape
+    spread = float(shares.std(axis=0, ddof=1).mean()) if n > 1 else 0.0
+    bandwidth = max(spread * n ** (-1.0 / (dims + 4)), NEIGHBOURHOOD_MIN_BANDWIDTH)
+    radii = np.cbrt(3.0 * np.asarray([l.volume_mm3 for l in lesions], dtype=float) / (4.0 * np.pi))
+    keep = evenly_spaced(n, SHAPE_BANK_MAX)
+    return NeighbourhoodBank(tissue_classes=classes, shares=shares[keep].round(4).tolist(),
+                             inner_radius_mm=float(np.median(radii)), shell_mm=SHELL_MM, bandwidth=bandwidth)
 
 
 def lesions_per_patch(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray) -> list[int]:
@@ -122,6 +149,7 @@ def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.n
         min_lesion_voxels=int(min((l.voxel_count for l in lesions), default=1)),
         min_lesion_volume_mm3=float(min((l.volume_mm3 for l in lesions), default=voxel_volume)),
         observed_shapes=fit_shape_bank(lesions, floor=finest_spacing / 2),
+        neighbourhood=fit_neighbourhood_bank(lesions),
     )
 
 

@@ -232,7 +232,7 @@ def _copy_paste_maker(dataset: PreprocessedDataset, train_cases: list[str]):
 
     def make(images, brain, tissue, seed: int) -> EditJob[tuple]:
         return finished_job(copy_paste(images, brain, tissue, donors, priors, dataset.plans.lesion_patch_size,
-                                       np.random.default_rng(seed)))
+                                       dataset.plans.target_spacing, np.random.default_rng(seed)))
 
     return make
 
@@ -242,7 +242,8 @@ def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpai
     patch = dataset.plans.lesion_patch_size
 
     def make(images, brain, tissue, seed: int) -> EditJob[tuple]:
-        drawn = list(donor_lesions(brain, tissue, donors, priors, patch, np.random.default_rng(seed)))
+        drawn = list(donor_lesions(brain, tissue, donors, priors, patch, dataset.plans.target_spacing,
+                                   np.random.default_rng(seed)))
         edit = yield from model_space_synthesis_job(images, brain, tissue, dataset.plans, inpainter,
                                                     placements=[(d.label, d.centre, d.lesion) for d in drawn],
                                                     seed=seed)

@@ -1,0 +1,129 @@
+"""Where a new lesion goes: a weight per brain voxel of a model-space scan, from one lesion class's sphere prior.
+
+The weight of a candidate centre is the product of
+* the location histogram (where in the brain's bounding box the class's lesions lie),
+* the tissue probability of the voxel's own tissue class (what the lesions lie in), and
+* with tissue maps and a prior that records it, the **neighbourhood density**: how alike the tissue a lesion placed
+  there would border is to the tissue the real lesions border. Real lesions in MS sit against the ventricles and the
+  cortex; the first two factors alone put synthetic ones in the middle of the white matter, where their shells are
+  smoother than real ones (twice the real contrast, README).
+
+The neighbourhood of a candidate is the share of each tissue class among the brain voxels of the shell a sphere of
+the class's median size would have there (between ``inner_radius_mm`` and ``inner_radius_mm + shell_mm`` from the
+centre): a stand-in for the shell of a lesion whose size is drawn only after its place. The factor is the ratio of
+two Gaussian kernel densities of such shares: the observed lesions' (:class:`~lesiongen.planning.plans.NeighbourhoodBank`)
+over the one the other two factors alone would place lesions with, so that placed lesions border tissue as the real
+ones do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import signal
+
+from lesiongen.planning.plans import NeighbourhoodBank, SpherePrior
+from lesiongen.utilities.errors import LesiongenError
+
+# the neighbourhood factor never drops below this share of its largest value: a scan whose tissue is unlike the
+# training scans' still gets lesions (like the location histogram's pseudo count)
+NEIGHBOURHOOD_FLOOR = 1e-3
+# shares are rounded to this fraction of the kernel's width before the densities are evaluated (once per distinct
+# value): the rounding moves a density by a few per cent at most, and the cost grows with the distinct values squared
+SHARE_STEP_PER_BANDWIDTH = 0.25
+
+
+def shell_kernel(spacing, inner_mm: float, shell_mm: float) -> np.ndarray:
+    """Boolean (z, y, x) kernel of the offsets whose distance from the centre, in mm, lies in (inner, inner + shell]."""
+    spacing = np.asarray(spacing, dtype=float)
+    half = np.ceil((inner_mm + shell_mm) / spacing).astype(int)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, spacing)], indexing="ij")
+    distance = np.sqrt(sum(g ** 2 for g in grids))
+    return (distance > inner_mm) & (distance <= inner_mm + shell_mm)
+
+
+def neighbourhood_shares(brain: np.ndarray, tissue: np.ndarray, spacing, bank: NeighbourhoodBank) -> np.ndarray:
+    """(brain voxels, tissue classes) share of each of the bank's tissue classes among the brain voxels of the
+    shell around each brain voxel (``np.argwhere(brain)`` order); rows of zeros where the shell holds no brain."""
+    kernel = shell_kernel(spacing, bank.inner_radius_mm, bank.shell_mm).astype(np.float32)
+    pad = np.asarray(kernel.shape) // 2
+    coords = np.argwhere(brain)
+    lo = np.maximum(coords.min(axis=0) - pad, 0)
+    hi = np.minimum(coords.max(axis=0) + pad + 1, brain.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    brain_box, tissue_box = brain[box], tissue[box]
+
+    def shell_count(mask: np.ndarray) -> np.ndarray:
+        # FFT convolution is exact up to rounding, so counts come back as near-integers
+        return np.maximum(signal.fftconvolve(mask.astype(np.float32), kernel, mode="same"), 0.0)[brain_box]
+
+    total = shell_count(brain_box)
+    shares = np.zeros((len(total), len(bank.tissue_classes)), dtype=np.float64)
+    filled = total > 0.5
+    for column, value in enumerate(bank.tissue_classes):
+        shares[filled, column] = shell_count(brain_box & (tissue_box == value))[filled] / total[filled]
+    return shares
+
+
+def _kernel_sum(points: np.ndarray, centres: np.ndarray, masses: np.ndarray, bandwidth: float,
+                chunk: int = 2048) -> np.ndarray:
+    """sum_j masses[j] exp(-|points[i] - centres[j]|^2 / (2 bandwidth^2)) for each point."""
+    out = np.empty(len(points))
+    for start in range(0, len(points), chunk):
+        part = points[start:start + chunk]
+        squared = ((part[:, None, :] - centres[None, :, :]) ** 2).sum(axis=-1)
+        out[start:start + chunk] = np.exp(-squared / (2.0 * bandwidth ** 2)) @ masses
+    return out
+
+
+def neighbourhood_factor(shares: np.ndarray, weights: np.ndarray, bank: NeighbourhoodBank) -> np.ndarray:
+    """Per candidate (rows of ``shares``), the factor that turns placement by ``weights`` into placement whose
+    neighbourhoods follow the real lesions': the ratio of the bank's kernel density to the density of the
+    neighbourhoods ``weights`` alone would place lesions in (same kernel). Relative to its largest value, floored
+    at ``NEIGHBOURHOOD_FLOOR``.
+
+    A ratio, not the bank's density alone: most real lesions border mostly white matter, so their density peaks
+    there, and multiplying by it would pull lesions further from the ventricles than the other factors already do."""
+    step = SHARE_STEP_PER_BANDWIDTH * bank.bandwidth
+    distinct, inverse = np.unique(np.round(shares / step).astype(np.int32), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    points = distinct * step
+    observed = np.asarray(bank.shares, dtype=np.float64)
+    real = _kernel_sum(points, observed, np.full(len(observed), 1.0 / len(observed)), bank.bandwidth)
+    mass = np.bincount(inverse, weights=weights, minlength=len(points))
+    placed = _kernel_sum(points, points, mass / mass.sum(), bank.bandwidth)
+    ratio = np.divide(real, placed, out=np.zeros_like(real), where=placed > 0)
+    top = ratio.max()
+    factor = np.maximum(ratio / top, NEIGHBOURHOOD_FLOOR) if top > 0 else np.ones_like(ratio)
+    return factor[inverse]
+
+
+def placement_weights(brain: np.ndarray, tissue: np.ndarray | None, prior: SpherePrior, spacing,
+                      tissue_classes: list[int] | None = None) -> np.ndarray:
+    """Per brain voxel (``np.argwhere`` order): location histogram x tissue probability (x neighbourhood density
+    with a tissue map and a prior that has a neighbourhood bank), normalised. ``spacing`` is the scan's (z, y, x) mm;
+    ``tissue_classes`` restricts lesions to those classes and replaces both tissue factors."""
+    coords = np.argwhere(brain)
+    lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
+    bins = prior.location_bins
+    relative = (coords - lo) / np.maximum(hi - lo, 1)
+    index = np.minimum((relative * bins).astype(int), bins - 1)
+    histogram = np.asarray(prior.location_histogram).reshape((bins,) * 3)
+    weights = histogram[index[:, 0], index[:, 1], index[:, 2]]
+    if tissue is not None:
+        tissue_in_brain = tissue[brain]
+        probabilities = prior.tissue_probability.probabilities
+        if tissue_classes:
+            weights = weights * np.isin(tissue_in_brain, tissue_classes)
+        else:
+            if set(probabilities) - {"0"}:
+                lookup = np.full(int(tissue_in_brain.max()) + 1, 1e-3)
+                for key, p in probabilities.items():
+                    if int(key) < len(lookup):
+                        lookup[int(key)] = max(p, 1e-3)
+                weights = weights * lookup[tissue_in_brain]
+            if prior.neighbourhood is not None:
+                shares = neighbourhood_shares(brain, tissue, spacing, prior.neighbourhood)
+                weights = weights * neighbourhood_factor(shares, weights, prior.neighbourhood)
+    if weights.sum() <= 0:
+        raise LesiongenError(f"no brain voxel of tissue class {tissue_classes} to place a lesion in")
+    return weights / weights.sum()
