@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, class_means, run_comparison
-from lesiongen.evaluation.lesion_census import lesion_census
+from lesiongen.evaluation.lesion_census import lesion_borders, lesion_census
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference, verdict
+from lesiongen.fingerprint.lesions import SHELL_MM
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
                                            strategy as get_strategy)
@@ -48,7 +49,7 @@ from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import TrainingOptions
 from lesiongen.training.registry import trainer_class
 from lesiongen.training.seg_data import SegCase
-from lesiongen.training.synthetic import synthetic_case_count, synthetic_cases
+from lesiongen.training.synthetic import case_tissue, synthetic_case_count, synthetic_cases
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
 from lesiongen.utilities.parallel import thread_share
@@ -208,14 +209,21 @@ def check_no_leak(provenances: list[dict], raw: RawDataset, cases: list[CaseFile
 # ------------------------------------------------------------------------------------------------- census
 def lesion_censuses(dataset: PreprocessedDataset, options: BenefitOptions, train_cases: list[str]) -> dict[str, dict]:
     """The lesions the seg models learnt from: the real training cases', and each strategy's synthetic cases' at the
-    table's ratio (every seed's pooled), counted in the preprocessed space. A strategy whose cases cannot be read
-    (removed since training) is left out with a warning."""
-    voxel_mm3 = float(np.prod(dataset.plans.target_spacing))
+    table's ratio (every seed's pooled), counted in the preprocessed space; with tissue maps, also what the lesions
+    border. A strategy whose cases cannot be read (removed since training) is left out with a warning."""
+    spacing = dataset.plans.target_spacing
+    voxel_mm3 = float(np.prod(spacing))
 
     def census(cases: list[SegCase]) -> dict:
         for case in cases:
             case.verify()  # checksums: a case changed since training is not what the model learnt from
-        return dataclasses.asdict(lesion_census((load_array(f"{c.stem}_seg.b2nd") for c in cases), voxel_mm3))
+        labels = [load_array(f"{c.stem}_seg.b2nd") for c in cases]
+        counted = lesion_census(labels, voxel_mm3)
+        tissues = [case_tissue(dataset, c) for c in cases]
+        if dataset.plans.has_tissue_maps and all(t is not None for t in tissues):
+            borders = lesion_borders(zip(labels, tissues), spacing, dataset.plans.tissue_labels)
+            counted = dataclasses.replace(counted, borders=borders)
+        return dataclasses.asdict(counted)
 
     out = {"real": census([SegCase(c, dataset.data_folder / "training" / c) for c in train_cases])}
     n_synthetic = synthetic_case_count(options.ratio, len(train_cases))
@@ -351,13 +359,16 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if report.get("lesion_census"):
         lines += ["", f"Lesions the seg models learnt from (preprocessed space; small: < {SMALL_LESION_MM3:g} mm3; "
                       "synthetic cases at the table's ratio, every seed's)", "",
-                  "| cases of | cases | lesions / case | median lesion mm3 | small | lesion mm3 / case |",
-                  "|---|---|---|---|---|---|"]
+                  "| cases of | cases | lesions / case | median lesion mm3 | small | lesion mm3 / case | "
+                  f"tissue in the lesions' {SHELL_MM:g} mm shells |",
+                  "|---|---|---|---|---|---|---|"]
         for name, c in report["lesion_census"].items():
             small = _cell(c["small_fraction"], 100, 0)
+            borders = " · ".join(f"{tissue} {_cell(share, 100, 0)} %" for tissue, share in
+                                 (c.get("borders") or {}).items()) or "–"
             lines.append(f"| {name} | {c['cases']} | {_cell(c['lesions_per_case'], digits=2)} | "
                          f"{_cell(c['median_lesion_mm3'], digits=1)} | {small}{' %' * (small != 'n/a')} | "
-                         f"{_cell(c['lesion_mm3_per_case'], digits=1)} |")
+                         f"{_cell(c['lesion_mm3_per_case'], digits=1)} | {borders} |")
     if report.get("failed_trainings"):
         lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
                       "lesion recall 0 on every test case with lesions): those trainings did not learn, and their "

@@ -74,6 +74,11 @@ def test_report_counts_the_lesions_of_the_real_and_the_synthetic_training_cases(
     synthetic = report["lesion_census"]["copy_paste"]
     assert synthetic["cases"] == math.ceil(0.33 * len(train_cases)) and synthetic["lesions_per_case"] > 0
     assert "| real | " in (out / "benefit.md").read_text()
+    # what the lesions border, from each case's tissue map (a synthetic case's: its healthy source scan's)
+    for census in (real, synthetic):
+        assert list(census["borders"]) == sorted(dataset.plans.tissue_labels, key=dataset.plans.tissue_labels.get)
+        assert sum(census["borders"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert real["borders"]["WM"] > 0.5 and "mm shells" in (out / "benefit.md").read_text()
 
 
 def test_no_test_case_reaches_any_training_set(benefit):

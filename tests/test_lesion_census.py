@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lesiongen.evaluation.lesion_census import lesion_census, lesion_volumes
+from lesiongen.evaluation.lesion_census import lesion_borders, lesion_census, lesion_volumes
 
 
 def _case() -> np.ndarray:
@@ -41,3 +41,17 @@ def test_census_without_lesions_has_no_median_or_small_share():
     assert math.isnan(census.median_lesion_mm3) and math.isnan(census.small_fraction)
     with pytest.raises(ValueError):
         lesion_census([], voxel_mm3=1.0)
+
+
+def test_borders_are_the_mean_tissue_shares_of_the_lesions_shells():
+    label = np.zeros((12, 12, 12), dtype=np.int8)
+    label[0] = -1  # outside the brain: never in a shell
+    label[6, 6, 6] = 1
+    tissue = np.full(label.shape, 2, np.uint8)
+    tissue[:, :, 8:] = 3  # the 3 mm shell of the lesion: 22 of its 122 voxels here (tests/test_placement.py)
+    far = np.zeros_like(label)
+    far[6, 6, 2] = 1  # 4 voxels from the other tissue: a shell of white matter only
+    borders = lesion_borders([(label, tissue), (far, tissue)], (1.0, 1.0, 1.0), {"WM": 2, "CSF": 3, "GM": 1})
+    assert list(borders) == ["GM", "WM", "CSF"]  # by tissue value
+    assert borders == pytest.approx({"GM": 0.0, "WM": (100 / 122 + 1) / 2, "CSF": (22 / 122) / 2})
+    assert math.isnan(lesion_borders([(np.zeros_like(label), tissue)], (1.0, 1.0, 1.0), {"WM": 2})["WM"])

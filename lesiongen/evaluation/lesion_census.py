@@ -4,6 +4,7 @@ The benefit report puts the census of each strategy's synthetic training cases n
 cases, because a segmentation model learns the lesion counts and sizes it is shown: synthetic cases with too few,
 too large lesions cost small-lesion recall (README, "Does synthetic data help?"). A lesion is a 26-connected
 component of one class (``lesiongen.utilities.components``); small means below the volume small-lesion recall uses.
+With tissue maps it also says what the lesions border: the tissue shares of their shells, by the fingerprint's rule.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3
+from lesiongen.fingerprint.lesions import analyse_lesions
 from lesiongen.utilities.components import component_sizes
 
 
@@ -25,6 +27,8 @@ class LesionCensus:
     median_lesion_mm3: float  # NaN without a lesion
     small_fraction: float  # share of lesions below SMALL_LESION_MM3; NaN without a lesion
     lesion_mm3_per_case: float
+    # tissue name -> mean over the lesions of its share of their shells (None without tissue maps)
+    borders: dict[str, float] | None = None
 
 
 def lesion_volumes(label_map: np.ndarray, voxel_mm3: float) -> np.ndarray:
@@ -44,3 +48,16 @@ def lesion_census(label_maps: Iterable[np.ndarray], voxel_mm3: float,
                         median_lesion_mm3=float(np.median(volumes)) if volumes.size else math.nan,
                         small_fraction=float(np.mean(volumes < small_lesion_mm3)) if volumes.size else math.nan,
                         lesion_mm3_per_case=float(volumes.sum()) / len(per_case))
+
+
+def lesion_borders(cases: Iterable[tuple[np.ndarray, np.ndarray]], spacing,
+                   tissue_labels: dict[str, int]) -> dict[str, float]:
+    """What the lesions of preprocessed ``(label map, tissue map)`` cases border: per tissue name, the mean over
+    every lesion of the tissue's share of the lesion's shell (``fingerprint.lesions``: brain voxels within
+    ``SHELL_MM`` of it, no lesion); NaN without a lesion. Label values < 0 are outside the brain."""
+    shares = []
+    for label, tissue in cases:
+        lesions = analyse_lesions(np.where(label > 0, label, 0), spacing, tissue=tissue, brain_mask=label >= 0)
+        shares += [lesion.shell_tissue for lesion in lesions]
+    return {name: float(np.mean([s.get(str(value), 0.0) for s in shares])) if shares else math.nan
+            for name, value in sorted(tissue_labels.items(), key=lambda item: item[1])}

@@ -11,9 +11,8 @@ The weight of a candidate centre is the product of
 The neighbourhood of a candidate is the share of each tissue class among the brain voxels of the shell a sphere of
 the class's median size would have there (between ``inner_radius_mm`` and ``inner_radius_mm + shell_mm`` from the
 centre): a stand-in for the shell of a lesion whose size is drawn only after its place. The factor is the ratio of
-two Gaussian kernel densities of such shares: the observed lesions' (:class:`~lesiongen.planning.plans.NeighbourhoodBank`)
-over the one the other two factors alone would place lesions with, so that placed lesions border tissue as the real
-ones do.
+two Gaussian kernel densities of such shares: the observed lesions' (``plans.NeighbourhoodBank``) over the one the
+other two factors alone would place lesions with, so that placed lesions border tissue as the real ones do.
 """
 
 from __future__ import annotations

@@ -201,6 +201,18 @@ def _recorded_key(case: SegCase) -> dict[str, Any] | None:
     return read_json(record).get("key") if record.is_file() else None
 
 
+def case_tissue(dataset: PreprocessedDataset, case: SegCase) -> np.ndarray | None:
+    """The tissue map on a training case's grid: a real case's own, a synthetic case's healthy source scan's (the
+    edit leaves the grid as it is); None without one."""
+    if case.synthetic:
+        key = _recorded_key(case)
+        stem = dataset.data_folder / "healthy" / key["source_healthy_case"] if key else None
+    else:
+        stem = case.stem
+    path = Path(f"{stem}_tissue.b2nd") if stem is not None else None
+    return load_array(path) if path is not None and path.is_file() else None
+
+
 def _maker(dataset: PreprocessedDataset, strategy: str, train_cases: list[str], models: dict[str, Any]):
     """``make(images, brain, tissue, seed)``: the job that edits one healthy scan into (images, label, lesion
     records)."""
