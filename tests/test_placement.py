@@ -118,3 +118,14 @@ def test_placed_lesions_border_the_tissue_real_ones_border(tiny_plans, target):
     # the candidates' own density is smoothed by the kernel too (so no single voxel takes every lesion): near, not at
     assert float(weights @ shares) == pytest.approx(target, abs=0.05)
     assert float(weights[tissue[brain] == CSF].sum()) == pytest.approx(0.0, abs=1e-3)  # still in white matter
+
+
+def test_factor_is_the_same_with_many_tissue_classes():
+    # twelve classes exceed the one-integer-per-row code (the rows' own unique is used): same factor as one class
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0, 1, (200, 1))
+    many = np.hstack([np.zeros((200, 11)), one])
+    bank = NeighbourhoodBank([3], [[0.2], [0.7]], inner_radius_mm=1.0, shell_mm=1.0, bandwidth=0.05)
+    wide = dataclasses.replace(bank, tissue_classes=list(range(1, 13)), shares=[[0.0] * 11 + [0.2], [0.0] * 11 + [0.7]])
+    weights = rng.uniform(0, 1, 200)
+    assert neighbourhood_factor(many, weights, wide) == pytest.approx(neighbourhood_factor(one, weights, bank))
