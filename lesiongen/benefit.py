@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, class_means, run_comparison
-from lesiongen.evaluation.lesion_census import lesion_borders, lesion_census
+from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference, verdict
 from lesiongen.fingerprint.lesions import SHELL_MM
@@ -218,12 +218,11 @@ def lesion_censuses(dataset: PreprocessedDataset, options: BenefitOptions, train
         for case in cases:
             case.verify()  # checksums: a case changed since training is not what the model learnt from
         labels = [load_array(f"{c.stem}_seg.b2nd") for c in cases]
-        counted = lesion_census(labels, voxel_mm3)
-        tissues = [case_tissue(dataset, c) for c in cases]
-        if dataset.plans.has_tissue_maps and all(t is not None for t in tissues):
-            borders = lesion_borders(zip(labels, tissues), spacing, dataset.plans.tissue_labels)
-            counted = dataclasses.replace(counted, borders=borders)
-        return dataclasses.asdict(counted)
+        around = ((label, case_tissue(dataset, c), load_array(f"{c.stem}.b2nd")) for label, c in zip(labels, cases))
+        borders, contrast = lesion_surroundings(around, spacing, dataset.plans.tissue_labels,
+                                                list(dataset.plans.channel_names.values()))
+        return dataclasses.asdict(dataclasses.replace(lesion_census(labels, voxel_mm3), borders=borders,
+                                                      contrast=contrast))
 
     out = {"real": census([SegCase(c, dataset.data_folder / "training" / c) for c in train_cases])}
     n_synthetic = synthetic_case_count(options.ratio, len(train_cases))
@@ -360,15 +359,17 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
         lines += ["", f"Lesions the seg models learnt from (preprocessed space; small: < {SMALL_LESION_MM3:g} mm3; "
                       "synthetic cases at the table's ratio, every seed's)", "",
                   "| cases of | cases | lesions / case | median lesion mm3 | small | lesion mm3 / case | "
-                  f"tissue in the lesions' {SHELL_MM:g} mm shells |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"tissue in the lesions' {SHELL_MM:g} mm shells | contrast to the shell (per s.d.) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, c in report["lesion_census"].items():
             small = _cell(c["small_fraction"], 100, 0)
             borders = " · ".join(f"{tissue} {_cell(share, 100, 0)} %" for tissue, share in
                                  (c.get("borders") or {}).items()) or "–"
+            contrast = " · ".join(f"{channel} {_cell(value, digits=2)}" for channel, value in
+                                  (c.get("contrast") or {}).items()) or "–"
             lines.append(f"| {name} | {c['cases']} | {_cell(c['lesions_per_case'], digits=2)} | "
                          f"{_cell(c['median_lesion_mm3'], digits=1)} | {small}{' %' * (small != 'n/a')} | "
-                         f"{_cell(c['lesion_mm3_per_case'], digits=1)} | {borders} |")
+                         f"{_cell(c['lesion_mm3_per_case'], digits=1)} | {borders} | {contrast} |")
     if report.get("failed_trainings"):
         lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
                       "lesion recall 0 on every test case with lesions): those trainings did not learn, and their "

@@ -78,7 +78,9 @@ def test_report_counts_the_lesions_of_the_real_and_the_synthetic_training_cases(
     for census in (real, synthetic):
         assert list(census["borders"]) == sorted(dataset.plans.tissue_labels, key=dataset.plans.tissue_labels.get)
         assert sum(census["borders"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert list(census["contrast"]) == list(dataset.plans.channel_names.values())
     assert real["borders"]["WM"] > 0.5 and "mm shells" in (out / "benefit.md").read_text()
+    assert real["contrast"]["FLAIR"] > 1 > real["contrast"]["T1"]  # the demo's lesions: bright on FLAIR, dark on T1
 
 
 def test_no_test_case_reaches_any_training_set(benefit):

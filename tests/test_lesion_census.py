@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lesiongen.evaluation.lesion_census import lesion_borders, lesion_census, lesion_volumes
+from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings, lesion_volumes
 
 
 def _case() -> np.ndarray:
@@ -43,15 +43,25 @@ def test_census_without_lesions_has_no_median_or_small_share():
         lesion_census([], voxel_mm3=1.0)
 
 
-def test_borders_are_the_mean_tissue_shares_of_the_lesions_shells():
+def test_surroundings_are_the_mean_tissue_shares_and_contrasts_of_the_lesions_shells():
     label = np.zeros((12, 12, 12), dtype=np.int8)
-    label[0] = -1  # outside the brain: never in a shell
     label[6, 6, 6] = 1
     tissue = np.full(label.shape, 2, np.uint8)
     tissue[:, :, 8:] = 3  # the 3 mm shell of the lesion: 22 of its 122 voxels here (tests/test_placement.py)
+    images = np.where(tissue == 3, 1.0, 0.0)[None].astype(np.float32)
+    images[0, 6, 6, 6] = 5.0
     far = np.zeros_like(label)
-    far[6, 6, 2] = 1  # 4 voxels from the other tissue: a shell of white matter only
-    borders = lesion_borders([(label, tissue), (far, tissue)], (1.0, 1.0, 1.0), {"WM": 2, "CSF": 3, "GM": 1})
+    far[6, 6, 2] = 1  # 4 voxels from the other tissue: a shell of white matter only, and of one intensity
+    far[0] = -1  # outside the brain: not in the shell (its intensity 9 would change the contrast)
+    far_images = np.zeros_like(images)
+    far_images[0, 6, 6, 2] = 3.0
+    far_images[0, 0] = 9.0
+    borders, contrast = lesion_surroundings([(label, tissue, images), (far, tissue, far_images)], (1.0, 1.0, 1.0),
+                                            {"WM": 2, "CSF": 3, "GM": 1}, ["FLAIR"])
     assert list(borders) == ["GM", "WM", "CSF"]  # by tissue value
     assert borders == pytest.approx({"GM": 0.0, "WM": (100 / 122 + 1) / 2, "CSF": (22 / 122) / 2})
-    assert math.isnan(lesion_borders([(np.zeros_like(label), tissue)], (1.0, 1.0, 1.0), {"WM": 2})["WM"])
+    p = 22 / 122  # the near lesion's shell: a share p at 1, the rest at 0 (mean p, s.d. sqrt(p (1 - p)))
+    assert contrast == pytest.approx({"FLAIR": ((5 - p) / np.sqrt(p * (1 - p)) + 0.0) / 2})  # flat shell: 0
+    borders, contrast = lesion_surroundings([(np.zeros_like(label), tissue, None)], (1.0, 1.0, 1.0), {"WM": 2},
+                                            ["FLAIR"])
+    assert math.isnan(borders["WM"]) and contrast is None  # no lesion; no images
