@@ -334,8 +334,9 @@ def test_json_serialisable_plain_types():
         data = dataclasses.asdict(comp)
         assert json.loads(json.dumps(data, allow_nan=False)) == data
         for value in data.values():
-            items = value if isinstance(value, list) else [value]
+            items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
             assert all(type(v) in (int, float) for v in items)
+        assert all(type(k) is str for k in comp.shell_tissue)
         assert all(0.0 <= r <= 1.0 for r in comp.centroid_relative)
 
 
