@@ -141,6 +141,10 @@ def run(dataset_id: str, args: argparse.Namespace, work: Path) -> None:
     print(f"whole scan 180x210x170 at 1 mm, {len(result.lesions)} lesions, fast schedule: {seconds:.1f} s with the "
           f"lesions batched, {whole_scan['one_at_a_time']:.1f} s one at a time (target <= 60 s on CPU: "
           f"{seconds / 60:.2f}x of it)")
+    placement = time_placement(images, subject, dataset.plans, generator.priors)
+    print(f"placement weights of one lesion class in that scan (model space, {placement['brain_voxels']} brain "
+          f"voxels): {placement['seconds_with_neighbourhood']:.2f} s with the neighbourhood factor, "
+          f"{placement['seconds_without']:.2f} s without")
     prediction = predict_scans_per_minute(dataset_id, args, work) if args.scans > 0 else []
     for row in prediction:
         print(f"lesiongen_predict -m synth, {row['processes']} process(es) x {row['threads_per_process']} thread(s), "
@@ -160,7 +164,27 @@ def run(dataset_id: str, args: argparse.Namespace, work: Path) -> None:
         "per_patch": [{"schedule": n, "network_evaluations": e, "seconds": s} for n, e, s in rows],
         "whole_scan": {"shape": [180, 210, 170], "spacing": [1.0, 1.0, 1.0], "lesions": len(result.lesions),
                        "seconds": seconds, "seconds_one_lesion_at_a_time": whole_scan["one_at_a_time"]},
+        "placement": placement,
         "predict_synth": prediction}, args.json)
+
+
+def time_placement(images, subject, plans, priors) -> dict:
+    """Seconds to weigh every brain voxel of the scan as a lesion centre (done once per lesion class per scan), with
+    and without the neighbourhood factor, in the model space synthesis places lesions in."""
+    import dataclasses
+
+    from lesiongen.inference.placement import placement_weights
+    from lesiongen.inference.scan_space import to_model_space
+
+    scan = to_model_space(images, [1.0, 1.0, 1.0], plans, subject.brain_mask.astype(bool), subject.tissue)
+    prior = priors[min(priors, key=int)]
+    out = {"brain_voxels": int(scan.brain.sum()), "has_neighbourhood_bank": prior.neighbourhood is not None}
+    for name, used in (("seconds_with_neighbourhood", prior), ("seconds_without",
+                                                                dataclasses.replace(prior, neighbourhood=None))):
+        start = time.perf_counter()
+        placement_weights(scan.brain, scan.tissue, used, plans.target_spacing)
+        out[name] = time.perf_counter() - start
+    return out
 
 
 if __name__ == "__main__":
