@@ -3,10 +3,10 @@
 The weight of a candidate centre is the product of
 * the location histogram (where in the brain's bounding box the class's lesions lie),
 * the tissue probability of the voxel's own tissue class (what the lesions lie in), and
-* with tissue maps and a prior that records it, the **neighbourhood density**: how alike the tissue a lesion placed
-  there would border is to the tissue the real lesions border. Real lesions in MS sit against the ventricles and the
-  cortex; the first two factors alone put synthetic ones in the middle of the white matter, where their shells are
-  smoother than real ones (twice the real contrast, README).
+* with tissue maps and a prior that records it, the **neighbourhood factor**: how much more often real lesions
+  border the tissue a lesion placed there would border than the first two factors alone would place lesions against
+  it. Real lesions in MS sit against the ventricles and the cortex; the first two factors alone put synthetic ones
+  deeper in the white matter, where their shells are smoother than real ones (README, "Where lesions go").
 
 The neighbourhood of a candidate is the share of each tissue class among the brain voxels of the shell a sphere of
 the class's median size would have there (between ``inner_radius_mm`` and ``inner_radius_mm + shell_mm`` from the
