@@ -129,3 +129,16 @@ def test_factor_is_the_same_with_many_tissue_classes():
     wide = dataclasses.replace(bank, tissue_classes=list(range(1, 13)), shares=[[0.0] * 11 + [0.2], [0.0] * 11 + [0.7]])
     weights = rng.uniform(0, 1, 200)
     assert neighbourhood_factor(many, weights, wide) == pytest.approx(neighbourhood_factor(one, weights, bank))
+
+
+def test_demo_report_names_what_the_lesions_border(tiny_plans, tmp_path):
+    from types import SimpleNamespace
+
+    from lesiongen.cli.demo import _report
+
+    bank = NeighbourhoodBank([1, 2, 3], [[0.2, 0.7, 0.1], [0.0, 0.9, 0.1]], inner_radius_mm=2.0, shell_mm=3.0,
+                             bandwidth=0.1)
+    plans = dataclasses.replace(tiny_plans, tissue_labels={"GM": 1, "WM": 2, "CSF": 3}, sphere_priors={
+        "1": dataclasses.replace(tiny_plans.sphere_priors["1"], neighbourhood=bank)})
+    lines = _report("demo", SimpleNamespace(cases=[]), plans, {"done": 0, "skipped": 0, "lesion_patches": 0}, tmp_path)
+    assert "    its lesions' 3 mm shells: GM 10%, WM 80%, CSF 10%" in lines

@@ -212,6 +212,12 @@ def _report(name, fingerprint, plans, counts, folder: Path) -> list[str]:
         tissue = {k: round(v, 2) for k, v in prior.tissue_probability.probabilities.items()}
         lines.append(f"  class {label} sphere prior: radius median {r.get('q50', 0):.1f} mm "
                      f"(5-95 %: {r.get('q05', 0):.1f}-{r.get('q95', 0):.1f}), tissue {tissue}")
+        if prior.neighbourhood is not None:  # what the lesions border, which placement follows
+            bank = prior.neighbourhood
+            mean = [sum(column) / len(bank.shares) for column in zip(*bank.shares)]
+            names = {value: name for name, value in plans.tissue_labels.items()}
+            lines.append(f"    its lesions' {bank.shell_mm:g} mm shells: " + ", ".join(
+                f"{names.get(value, value)} {share:.0%}" for value, share in zip(bank.tissue_classes, mean)))
     lines.append(f"  preprocessed: {counts['done']} new, {counts['skipped']} up to date, "
                  f"{counts['lesion_patches']} new lesion patches")
     lines.append(f"  outputs: {folder}")
