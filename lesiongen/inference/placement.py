@@ -21,6 +21,7 @@ import numpy as np
 from scipy import signal
 
 from lesiongen.planning.plans import NeighbourhoodBank, SpherePrior
+from lesiongen.utilities.cropping import mask_bbox
 from lesiongen.utilities.errors import LesiongenError
 
 # the neighbourhood factor never drops below this share of its largest value: a scan whose tissue is unlike the
@@ -45,10 +46,8 @@ def neighbourhood_shares(brain: np.ndarray, tissue: np.ndarray, spacing, bank: N
     shell around each brain voxel (``np.argwhere(brain)`` order); rows of zeros where the shell holds no brain."""
     kernel = shell_kernel(spacing, bank.inner_radius_mm, bank.shell_mm).astype(np.float32)
     pad = np.asarray(kernel.shape) // 2
-    coords = np.argwhere(brain)
-    lo = np.maximum(coords.min(axis=0) - pad, 0)
-    hi = np.minimum(coords.max(axis=0) + pad + 1, brain.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = tuple(slice(max(start - p, 0), min(stop + p, n))
+                for (start, stop), p, n in zip(mask_bbox(brain), pad, brain.shape))
     brain_box, tissue_box = brain[box], tissue[box]
 
     def shell_count(mask: np.ndarray) -> np.ndarray:
