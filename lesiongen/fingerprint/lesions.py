@@ -43,6 +43,9 @@ class LesionComponent:
     # share of each tissue class (str(value)) among the shell's voxels: what the lesion borders; None without a
     # tissue map (and in fingerprints written before it was recorded)
     shell_tissue: dict[str, float] | None = None
+    # share of each tissue class (str(value)) among the lesion's own voxels: what lesions may cover (synthetic masks
+    # are kept off the rest); None without a tissue map (and in fingerprints written before it was recorded)
+    lesion_tissue: dict[str, float] | None = None
 
 
 def analyse_lesions(
@@ -201,10 +204,10 @@ def _describe(
     needs_shell = images is not None or tissue is not None
     shell = _shell(comp, crop, spacing, brain_mask, lesion_any, shell_mm) if needs_shell else None
     tissue_class = 0
-    shell_tissue = None
+    shell_tissue = lesion_tissue = None
     if tissue is not None:
-        classes, counts = np.unique(tissue[crop][comp], return_counts=True)
-        tissue_class = int(classes[np.argmax(counts)])  # ties: the smallest tissue label
+        lesion_tissue = _shares(tissue[crop][comp])
+        tissue_class = int(max(lesion_tissue, key=lesion_tissue.get))  # ties: the smallest tissue label (first key)
         shell_tissue = _shares(tissue[crop][shell])
 
     contrast: list[float] = []
@@ -238,6 +241,7 @@ def _describe(
         contrast=contrast,
         intensity_ratio=ratio,
         shell_tissue=shell_tissue,
+        lesion_tissue=lesion_tissue,
     )
 
 

@@ -189,6 +189,9 @@ class SpherePrior:
     observed_shapes: ShapeBank | None = None
     # None without tissue maps, and in plans and models written before it: placement then ignores the neighbourhood
     neighbourhood: NeighbourhoodBank | None = None
+    # share of each tissue class (str(value)) among all the class's lesion voxels; None without tissue maps, and in
+    # plans and models written before it: inserted masks then cover any brain tissue
+    lesion_tissue: dict[str, float] | None = None
 
 
 @dataclass

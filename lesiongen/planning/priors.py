@@ -104,6 +104,19 @@ def fit_neighbourhood_bank(lesions: list) -> NeighbourhoodBank | None:
                              inner_radius_mm=float(np.median(radii)), shell_mm=SHELL_MM, bandwidth=bandwidth)
 
 
+def fit_lesion_tissue(lesions: list) -> dict[str, float] | None:
+    """Share of each tissue class among all the lesions' voxels (each lesion weighted by its voxels); None when a
+    lesion has no tissue shares (no tissue maps, or a fingerprint written before they were recorded)."""
+    if not lesions or any(l.lesion_tissue is None for l in lesions):
+        return None
+    totals: dict[str, float] = {}
+    for lesion in lesions:
+        for key, share in lesion.lesion_tissue.items():
+            totals[key] = totals.get(key, 0.0) + share * lesion.voxel_count
+    voxels = sum(totals.values())
+    return {key: round(totals[key] / voxels, 6) for key in sorted(totals, key=int)} if voxels > 0 else None
+
+
 def lesions_per_patch(fingerprint: DatasetFingerprint, label: int, patch_mm: np.ndarray) -> list[int]:
     """For each lesion, the lesions of its case whose centroids fall in the patch centred on it (itself included)."""
     counts = []
@@ -150,6 +163,7 @@ def fit_sphere_prior(fingerprint: DatasetFingerprint, label: int, patch_mm: np.n
         min_lesion_volume_mm3=float(min((l.volume_mm3 for l in lesions), default=voxel_volume)),
         observed_shapes=fit_shape_bank(lesions, floor=finest_spacing / 2),
         neighbourhood=fit_neighbourhood_bank(lesions),
+        lesion_tissue=fit_lesion_tissue(lesions),
     )
 
 
