@@ -184,9 +184,9 @@ def test_plans_round_trip_through_json(tmp_path):
     assert load_plans(tmp_path / "plans.json") == plans
 
 
-def test_plans_written_before_the_shape_bank_keep_their_hash(tmp_path):
-    """Models record the plans' sha256; plans without the (later) shape bank must hash as their file did, or
-    every model trained before it would count as stale."""
+def test_plans_written_before_the_later_prior_fields_keep_their_hash(tmp_path):
+    """Models record the plans' sha256; plans without the (later) shape bank, neighbourhood bank and lesion tissue
+    must hash as their file did, or every model trained before them would count as stale."""
     import dataclasses
     import json
 
@@ -196,12 +196,12 @@ def test_plans_written_before_the_shape_bank_keep_their_hash(tmp_path):
     plans = plan_dataset(_fingerprint([[1.0] * 3] * 3, [[100] * 3] * 3), _info())
     record = dataclasses.asdict(plans)
     for prior in record["sphere_priors"].values():
-        del prior["observed_shapes"]
+        del prior["observed_shapes"], prior["neighbourhood"], prior["lesion_tissue"]
     for stage in record["stages"].values():
         del stage["slice_axis"], stage["sampling"]
     (tmp_path / "old.json").write_text(json.dumps(record))
     old = load_plans(tmp_path / "old.json")
-    assert old.sphere_priors["1"].observed_shapes is None
+    assert old.sphere_priors["1"].observed_shapes is None and old.sphere_priors["1"].lesion_tissue is None
     assert plans_sha256(old) == json_sha256(record)
     assert plans_sha256(plans) != plans_sha256(old)  # a bank is part of what a model was trained with
     # the planned default sampler is what models had before the plans chose it; another one is a new decision

@@ -71,6 +71,10 @@ def ema_average(decay: float):
     return average
 
 
+# sphere prior fields added after models were first shared; None (absent) leaves a plans' hash as it was
+_LATER_PRIOR_FIELDS = ("observed_shapes", "neighbourhood", "lesion_tissue")
+
+
 def plans_sha256(plans) -> str:
     record = dataclasses.asdict(plans)
     for stage in record["stages"].values():
@@ -79,8 +83,9 @@ def plans_sha256(plans) -> str:
         if stage.get("sampling") in (None, DEFAULT_SAMPLING):  # the sampler models had before the plans chose it
             stage.pop("sampling", None)
     for prior in record["sphere_priors"].values():
-        if prior.get("observed_shapes") is None:  # plans from before the shape bank hash as they did
-            prior.pop("observed_shapes", None)
+        for later in _LATER_PRIOR_FIELDS:  # plans from before a field hash as they did
+            if prior.get(later) is None:
+                prior.pop(later, None)
     return json_sha256(record)
 
 
