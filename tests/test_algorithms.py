@@ -787,6 +787,46 @@ def test_implausible_masks_are_named(plans):
     assert implausible_mask(far, prior(max_radius=3.0), spacing) == "radius 5.5 mm above 4.5 mm"
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_inserted_lesions_and_their_margins_stay_off_tissue_real_lesions_avoid(plans, recorded):
+    """Masks drawn across a ventricle (CSF stripes every fourth x column): with the lesions' tissue recorded (CSF
+    under 1 % of their voxels), the label never covers CSF and the CSF voxels of the scan stay exactly as they were,
+    margin included; plans without it paint and label over them as before."""
+    import dataclasses
+
+    from lesiongen.inference.synthesis import synthesize_model_space
+    from lesiongen.models.mask_generators import MaskGeneratorConfig, SphereMaskGenerator
+    from lesiongen.planning.plans import Categorical
+
+    class BlockMasks(SphereMaskGenerator):
+        def generate(self, spheres, conditioning, rng):
+            mask = np.zeros((len(spheres), *self.patch_size), np.uint8)
+            centre = np.asarray(self.patch_size) // 2
+            mask[(slice(None), *(slice(c - 2, c + 3) for c in centre))] = 1  # 5 x 5 x 5 across a CSF stripe
+            return mask
+
+    prior = dataclasses.replace(plans.sphere_priors["1"], tissue_probability=Categorical({"2": 1.0}),
+                                neighbourhood=None, lesion_tissue={"2": 0.995, "3": 0.005} if recorded else None)
+    generator = BlockMasks(plans, MaskGeneratorConfig(priors={"1": prior}))
+    inpainter = Inpainter(plans, InpainterConfig(calibrate_contrast=False), "cpu")
+    inpainter.networks["denoiser"] = _FlagNetwork(inpainter.input_layout.offsets()["unconditioned"].start,
+                                                   inpainter.n_channels)
+    shape = [2 * s for s in plans.lesion_patch_size]
+    images = np.random.default_rng(0).normal(size=(plans.num_channels, *shape)).astype(np.float32)
+    brain = np.ones(shape, bool)
+    tissue = np.full(shape, 2, np.uint8)
+    tissue[:, :, ::4] = 3
+    csf = tissue == 3
+    edit = synthesize_model_space(images, brain, tissue, plans, inpainter, generator, n_lesions=2, seed=1,
+                                  schedule=InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0))
+    assert edit.label.any() and edit.changed.any()
+    if recorded:
+        assert not (edit.label > 0)[csf].any()
+        np.testing.assert_array_equal(edit.images[:, csf], images[:, csf])
+    else:
+        assert (edit.label > 0)[csf].any() and not np.array_equal(edit.images[:, csf], images[:, csf])
+
+
 def test_synthesis_replaces_implausible_masks_by_the_sphere_prior(plans):
     """A generator that always fills its patch: every lesion takes the sphere prior's ellipsoid, and says so."""
     from lesiongen.inference.synthesis import SPHERE_FALLBACK, synthesize_model_space

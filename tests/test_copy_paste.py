@@ -46,3 +46,30 @@ def test_pasted_lesion_keeps_its_offset_to_the_recipients_surroundings(one_lesio
     expected[:, label > 0] += (DONOR_LESION - DONOR_BACKGROUND)[:, None]
     np.testing.assert_allclose(out, expected, atol=1e-6)
     assert np.array_equal(scan, np.broadcast_to(RECIPIENT[:, None, None, None], scan.shape))  # input untouched
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_pasted_lesions_and_their_carved_margin_stay_off_tissue_real_lesions_avoid(one_lesion_prior, recorded):
+    """A recipient with CSF stripes (every third x column): with the lesions' tissue recorded (no CSF), the pasted
+    label never covers CSF and the recipient's CSF voxels stay exactly as they were; without it, the paste covers
+    them (as before)."""
+    prior = dataclasses.replace(one_lesion_prior["1"], tissue_probability=Categorical({"2": 1.0}), neighbourhood=None,
+                                lesion_tissue={"2": 1.0} if recorded else None)
+    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
+    brain = np.ones(scan.shape[1:], bool)
+    tissue = np.full(brain.shape, 2, np.uint8)
+    tissue[:, :, ::3] = 3
+    csf = tissue == 3
+    pasted = 0
+    for seed in range(3):
+        out, label, records = copy_paste(scan, brain, tissue, _donor(), {"1": prior}, PATCH, (1.0, 1.0, 1.0),
+                                         np.random.default_rng(seed))
+        pasted += len(records)
+        if recorded:
+            assert not (label > 0)[csf].any()
+            np.testing.assert_array_equal(out[:, csf], scan[:, csf])
+            if records:  # the 4 voxels wide lesion, cut by the stripes: its largest piece, 2 columns wide
+                assert records[0]["voxels_model"] == 18 and (label > 0).sum() == 18
+        else:
+            assert (label > 0)[csf].any() and not np.array_equal(out[:, csf], scan[:, csf])
+    assert pasted == 3

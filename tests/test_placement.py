@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from lesiongen.fingerprint.lesions import SHELL_MM, analyse_lesions
-from lesiongen.inference.placement import (NEIGHBOURHOOD_FLOOR, neighbourhood_factor, neighbourhood_shares,
+from lesiongen.inference.placement import (LESION_TISSUE_MIN_SHARE, NEIGHBOURHOOD_FLOOR, keep_on_lesion_tissue,
+                                           lesion_tissue_classes, neighbourhood_factor, neighbourhood_shares,
                                            placement_weights, shell_kernel)
 from lesiongen.planning.plans import Categorical, NeighbourhoodBank
-from lesiongen.planning.priors import NEIGHBOURHOOD_MIN_BANDWIDTH, fit_neighbourhood_bank
+from lesiongen.planning.priors import NEIGHBOURHOOD_MIN_BANDWIDTH, fit_lesion_tissue, fit_neighbourhood_bank
 
-WM, CSF = 2, 3
+GM, WM, CSF = 1, 2, 3
 
 
 def _offsets_within(radius: float, inner: float = -1.0) -> list[tuple[int, int, int]]:
@@ -142,3 +143,43 @@ def test_demo_report_names_what_the_lesions_border(tiny_plans, tmp_path):
         "1": dataclasses.replace(tiny_plans.sphere_priors["1"], neighbourhood=bank)})
     lines = _report("demo", SimpleNamespace(cases=[]), plans, {"done": 0, "skipped": 0, "lesion_patches": 0}, tmp_path)
     assert "    its lesions' 3 mm shells: GM 10%, WM 80%, CSF 10%" in lines
+
+
+# ------------------------------------------------------------------------------------- what a lesion may cover
+def test_fingerprint_and_prior_record_the_tissue_under_the_lesions():
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[1:3, 1:3, 1:3] = 1  # 8 voxels, all white matter
+    label[6:9, 6:9, 6:9] = 1  # 27 voxels, the slab x = 8 (9 of them) in grey matter
+    tissue = np.full(label.shape, WM, np.uint8)
+    tissue[:, :, 8:] = GM
+    small, large = analyse_lesions(label, (1.0, 1.0, 1.0), tissue=tissue)
+    assert small.lesion_tissue == {"2": 1.0} and small.tissue_class == WM
+    assert large.lesion_tissue == pytest.approx({"1": 9 / 27, "2": 18 / 27}) and large.tissue_class == WM
+    assert fit_lesion_tissue([small, large]) == pytest.approx({"1": 9 / 35, "2": 26 / 35})  # weighted by voxels
+    assert analyse_lesions(label, (1.0, 1.0, 1.0))[0].lesion_tissue is None  # no tissue map, no shares
+    assert fit_lesion_tissue([small, dataclasses.replace(large, lesion_tissue=None)]) is None  # an older fingerprint
+
+
+def test_inserted_lesions_may_cover_the_tissue_classes_real_lesions_cover(tiny_plans):
+    def prior(shares):
+        return dataclasses.replace(tiny_plans.sphere_priors["1"], lesion_tissue=shares)
+
+    rare = LESION_TISSUE_MIN_SHARE * 0.9
+    assert lesion_tissue_classes(prior({"1": 0.3, "2": 0.7 - rare, "3": rare})) == [GM, WM]
+    assert lesion_tissue_classes(prior({"2": 1 - LESION_TISSUE_MIN_SHARE, "3": LESION_TISSUE_MIN_SHARE})) == [WM, CSF]
+    assert lesion_tissue_classes(prior({"2": 1.0}), tissue_classes=[GM]) == [GM, WM]  # where a caller asked for them
+    assert lesion_tissue_classes(prior(None)) is None  # plans without it: no restriction
+    assert tiny_plans.sphere_priors["1"].lesion_tissue is not None  # planning records it for the demo
+
+
+def test_a_mask_is_kept_off_other_tissue_as_its_largest_piece():
+    tissue = np.full((9, 9, 9), WM, np.uint8)
+    tissue[:, :, 3] = CSF  # a ventricle wall across the mask
+    mask = np.zeros(tissue.shape, np.uint8)
+    mask[3:6, 3:6, 1:8] = 2  # columns 1-2 left of the wall (18 voxels), 4-7 right of it (36 voxels)
+    kept = keep_on_lesion_tissue(mask, tissue, [GM, WM])
+    expected = np.zeros_like(mask)
+    expected[3:6, 3:6, 4:8] = 2  # the larger piece, its class value kept
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(keep_on_lesion_tissue(mask, tissue, [WM, CSF]), mask)  # nothing off: as it was
+    assert keep_on_lesion_tissue(mask, None, [WM]) is mask and keep_on_lesion_tissue(mask, tissue, None) is mask

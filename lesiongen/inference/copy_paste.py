@@ -2,7 +2,9 @@
 lesion grown by a random margin, so some of its surrounding tissue comes along) is pasted into a healthy model-space
 scan at a place drawn as synthetic lesions are placed (``placement``), its intensities harmonised to the
 recipient (per channel, the donor's surroundings are shifted to the recipient's; TumorCP's matching) and its edge
-feathered over the margin.
+feathered over the margin. With tissue maps, the pasted lesion is kept off the recipient's tissue classes that real
+lesions of its class avoid, and the carved region leaves those voxels as they are (a lesion pasted next to a
+ventricle borders the recipient's ventricle, not the donor's white matter).
 
 ``donor_lesions`` is the drawing rule (how many lesions, which donor lesion, where, which margin) that copy_paste and
 the ``realmask`` strategy share: with the same random stream both place the same real lesion shapes at the same
@@ -17,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import edit_region, feather_blend
-from lesiongen.inference.placement import placement_weights
+from lesiongen.inference.placement import keep_on_lesion_tissue, lesion_tissue_classes, placement_weights
 from lesiongen.planning.plans import SpherePrior
 from lesiongen.preprocessing.lesion_patches import LesionPatches
 from lesiongen.utilities.cropping import extract_patch, insert_patch
@@ -54,6 +56,9 @@ def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPa
             weights[value] = placement_weights(brain, tissue, priors[str(value)], spacing)
         centre = coords[rng.choice(len(coords), p=weights[value])]
         lesion = np.where(extract_patch(brain, centre, patch_size, fill=False), lesion, 0).astype(np.uint8)
+        if tissue is not None:
+            lesion = keep_on_lesion_tissue(lesion, extract_patch(tissue, centre, patch_size, fill=0),
+                                           lesion_tissue_classes(priors[str(value)]))
         if not lesion.any():
             continue
         yield DonorLesion(donor, lesion, value, centre, int(rng.integers(1, max_margin + 1)))
@@ -70,6 +75,10 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         donor, lesion, value, centre, margin = drawn.donor, drawn.lesion, drawn.label, drawn.centre, drawn.margin
         recipient = extract_patch(out, centre, patch_size, fill=0.0)
         recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
+        paste_into = recipient_brain
+        allowed = lesion_tissue_classes(priors[str(value)])
+        if tissue is not None and allowed is not None:  # the recipient's tissue that lesions avoid stays as it is
+            paste_into = recipient_brain & np.isin(extract_patch(tissue, centre, patch_size, fill=0), allowed)
         shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
         donor_shell = shell & donors.brain[donor]
         if not shell.any() or not donor_shell.any():
@@ -78,7 +87,7 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         shift = recipient[:, shell].mean(axis=1) - donors.images[donor][:, donor_shell].mean(axis=1)
         pasted = donors.images[donor] + shift[:, None, None, None]
         blended = feather_blend(recipient, pasted.astype(recipient.dtype), lesion > 0, margin)
-        blended = np.where(recipient_brain[None], blended, recipient)  # the ramp must not spill out of the brain
+        blended = np.where(paste_into[None], blended, recipient)  # the ramp must not spill out of the brain either
         insert_patch(out, blended, centre)
         existing = extract_patch(label, centre, patch_size, fill=0)
         insert_patch(label, np.where(lesion > 0, lesion, existing).astype(np.uint8), centre)

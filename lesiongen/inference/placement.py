@@ -13,6 +13,10 @@ the class's median size would have there (between ``inner_radius_mm`` and ``inne
 centre): a stand-in for the shell of a lesion whose size is drawn only after its place. The factor is the ratio of
 two Gaussian kernel densities of such shares: the observed lesions' (``plans.NeighbourhoodBank``) over the one the
 other two factors alone would place lesions with, so that placed lesions border tissue as the real ones do.
+
+What a placed lesion may cover: with tissue maps, an inserted mask is kept off the tissue classes that (almost) none
+of the class's real lesion voxels lie in (``lesion_tissue_classes``, ``keep_on_lesion_tissue``). Placement chooses a
+centre; the mask drawn around it can still reach into a ventricle, where no MS lesion lies.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from scipy import signal
 
 from lesiongen.planning.plans import NeighbourhoodBank, SpherePrior
+from lesiongen.utilities.components import label_components
 from lesiongen.utilities.cropping import mask_bbox
 from lesiongen.utilities.errors import LesiongenError
 
@@ -30,6 +35,9 @@ NEIGHBOURHOOD_FLOOR = 1e-3
 # shares are rounded to this fraction of the kernel's width before the densities are evaluated (once per distinct
 # value): the rounding moves a density by a few per cent at most, and the cost grows with the distinct values squared
 SHARE_STEP_PER_BANDWIDTH = 0.25
+# a tissue class holding less than this share of a lesion class's real voxels is kept free of inserted lesions of
+# the class (tissue maps misclassify some lesion voxels; a class they reach that rarely is not where lesions lie)
+LESION_TISSUE_MIN_SHARE = 0.01
 
 
 def shell_kernel(spacing, inner_mm: float, shell_mm: float) -> np.ndarray:
@@ -131,3 +139,31 @@ def placement_weights(brain: np.ndarray, tissue: np.ndarray | None, prior: Spher
     if weights.sum() <= 0:
         raise LesiongenError(f"no brain voxel of tissue class {tissue_classes} to place a lesion in")
     return weights / weights.sum()
+
+
+def lesion_tissue_classes(prior: SpherePrior, tissue_classes: list[int] | None = None) -> list[int] | None:
+    """The tissue classes an inserted lesion of the prior's class may cover: those holding at least
+    ``LESION_TISSUE_MIN_SHARE`` of the real lesions' voxels, and any of ``tissue_classes`` (where a caller asked for
+    lesions); None, no restriction, when the prior does not record its lesions' tissue (no tissue maps, older plans)."""
+    if prior.lesion_tissue is None:
+        return None
+    kept = {int(key) for key, share in prior.lesion_tissue.items() if share >= LESION_TISSUE_MIN_SHARE}
+    return sorted(kept | set(tissue_classes or ()))
+
+
+def keep_on_lesion_tissue(mask: np.ndarray, tissue: np.ndarray | None, allowed: list[int] | None) -> np.ndarray:
+    """``mask`` (a lesion's class values, z, y, x) without its voxels on tissue classes outside ``allowed``; when
+    that removes any, only the largest remaining 26-connected piece stays (a lesion is one piece, not the slivers a
+    cut leaves). Unchanged without a tissue map or a restriction."""
+    if tissue is None or allowed is None:
+        return mask
+    off = (mask > 0) & ~np.isin(tissue, allowed)
+    if not off.any():
+        return mask
+    kept = np.where(off, 0, mask).astype(mask.dtype)
+    ids, count = label_components(kept > 0)
+    if count > 1:
+        sizes = np.bincount(ids.ravel())
+        sizes[0] = 0
+        kept[ids != int(np.argmax(sizes))] = 0
+    return kept

@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
-from lesiongen.inference.placement import placement_weights
+from lesiongen.inference.placement import keep_on_lesion_tissue, lesion_tissue_classes, placement_weights
 from lesiongen.inference.scan_space import ModelSpaceScan, paste_back, region_to_original, to_model_space
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.spheres import render_ellipsoids, sample_sphere_lesions
@@ -122,6 +122,9 @@ class _PendingLesion:
     mask: np.ndarray
     seed: int
     record: dict
+    # patch voxels the edit leaves as they were (tissue the class's lesions avoid: a ventricle next to a new lesion
+    # stays a ventricle rather than being painted over by the inpainter's margin); None: the whole edit region
+    keep: np.ndarray | None = None
 
 
 @dataclass
@@ -244,6 +247,8 @@ class _LesionBatches:
         batch, self.pending = self.pending, []
         results = yield InpaintRequest(self.inpainter, self.mode, self.schedule, batch)
         for lesion, result in zip(batch, results, strict=True):
+            if lesion.keep is not None:
+                result = np.where(lesion.keep[None], lesion.image_patch, result)
             insert_patch(self.edited, result, lesion.centre)
             if self.label_model is not None:  # insert: the new lesions join the label map
                 # a generated mask's label follows what was painted around it; a given mask is the label asked for
@@ -294,21 +299,24 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
         source, rejected = GIVEN_MASK, []
+        allowed = (None if mask_generator is None or tissue_patch is None
+                   else lesion_tissue_classes(mask_generator.priors[str(label)], tissue_classes))
         if given is not None:
             mask = given
         else:
             mask, source, rejected = yield from _generate_mask(mask_generator, label, image_patch, brain_patch,
-                                                               tissue_patch, rng)
+                                                               tissue_patch, allowed, rng)
             if mask is None:
                 logger.warning("lesion %d: no mask, not even the sphere prior's, fits the brain here; skipped", number)
                 continue
             if source == SPHERE_FALLBACK:
                 logger.warning("lesion %d: the %s masks were implausible %d time(s) (%s); used the sphere prior's "
                                "ellipsoid instead", number, mask_generator.kind, len(rejected), rejected[-1])
+        keep = None if allowed is None else ~np.isin(tissue_patch, allowed) & (mask == 0)
         batches.add(_PendingLesion(
             np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**31)),
             {"label": int(label), "centre_model_voxel": [int(c) for c in centre],
-             "voxels_model": int((mask > 0).sum()), "mask_source": source, "rejected_masks": rejected}))
+             "voxels_model": int((mask > 0).sum()), "mask_source": source, "rejected_masks": rejected}, keep))
     yield from batches.flush()
     return ModelSpaceEdit(edited, label_model, changed, batches.records)
 
@@ -357,10 +365,11 @@ def implausible_mask(mask: np.ndarray, prior: SpherePrior, spacing: list[float])
     return None
 
 
-def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, rng
+def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, allowed: list[int] | None, rng
                    ) -> EditJob[tuple[np.ndarray | None, str, list[str]]]:
     """(mask, "generator" or "sphere_fallback", why earlier draws were rejected): up to ``MASK_RETRIES`` draws of
-    the generator (each a :class:`MaskRequest`), then the sphere prior's ellipsoid of the last draw's spheres."""
+    the generator (each a :class:`MaskRequest`), then the sphere prior's ellipsoid of the last draw's spheres. Each
+    is kept off the tissue classes outside ``allowed`` (``placement.keep_on_lesion_tissue``) before it is judged."""
     priors = _single_lesion_priors(generator.priors, label)
     rejected: list[str] = []
     spheres = []
@@ -369,8 +378,10 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
                                         tissue=tissue_patch)
         conditioning = MaskConditioning(brain=brain_patch[None], tissue=None if tissue_patch is None else
                                         tissue_patch[None], images=image_patch[None], spheres=[spheres])
-        mask = yield MaskRequest(generator, conditioning, int(rng.integers(2**31)))
-        problem = implausible_mask(mask, priors[str(label)], generator.spacing)
+        drawn = yield MaskRequest(generator, conditioning, int(rng.integers(2**31)))
+        mask = keep_on_lesion_tissue(drawn, tissue_patch, allowed)
+        problem = ("only on tissue its class's lesions avoid" if drawn.any() and not mask.any()
+                   else implausible_mask(mask, priors[str(label)], generator.spacing))
         if problem is None:
             return mask, "generator", rejected
         rejected.append(problem)
@@ -378,6 +389,7 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
                 if spheres else None)
     if fallback is not None:
         fallback[~brain_patch.astype(bool)] = 0
+        fallback = keep_on_lesion_tissue(fallback, tissue_patch, allowed)
     if fallback is None or not fallback.any():
         return None, SPHERE_FALLBACK, rejected
     return fallback, SPHERE_FALLBACK, rejected

@@ -45,7 +45,7 @@ from lesiongen.utilities.seeding import derive_seed
 logger = logging.getLogger(__name__)
 
 # bump when what a seed and set of models produce changes, so cached cases are made again
-SYNTHESIS_VERSION = 3
+SYNTHESIS_VERSION = 4
 EMPTY_RETRIES = 3  # a draw may give no lesion (e.g. every mask below the minimum lesion size): redraw
 MAX_EMPTY_FRACTION = 0.1  # default: more lesion-free synthetic cases than this is an error, not a warning
 
