@@ -105,8 +105,8 @@ def paired_remove_scores(names: dict[str, str], patches: dict[str, list[int]], m
     real = real.subset(rng.permutation(len(real))[:max_patches])
     small = central(patches[largest], patches[smallest])
     inpainters = {m: load_trained_model(dataset.name, "inpaint", names[m], 0, device) for m in names}
-    fake_small, ok = moved_masks(real.masks[(slice(None), *small)], real.brain[(slice(None), *small)],
-                                 inpainters[smallest].margin_voxels, rng)
+    fake_small, ok, _ = moved_masks(real.masks[(slice(None), *small)], real.brain[(slice(None), *small)],
+                                    inpainters[smallest].margin_voxels, rng)
     real, fake_small = real.subset(np.flatnonzero(ok)), fake_small[ok]
     fake = np.zeros_like(real.masks)
     fake[(slice(None), *small)] = fake_small

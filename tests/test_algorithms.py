@@ -825,6 +825,15 @@ def test_inserted_lesions_and_their_margins_stay_off_tissue_real_lesions_avoid(p
         np.testing.assert_array_equal(edit.images[:, csf], images[:, csf])
     else:
         assert (edit.label > 0)[csf].any() and not np.array_equal(edit.images[:, csf], images[:, csf])
+    # a given mask (realmask's real shapes) stays as given; with the priors passed, the margin keeps off CSF too
+    given = generator.generate([None], None, None)[0]
+    centre = np.asarray(shape) // 2
+    edit = synthesize_model_space(images, brain, tissue, plans, inpainter, placements=[(1, centre, given)], seed=1,
+                                  schedule=InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0),
+                                  lesion_priors={"1": prior})
+    beside = csf & (edit.label == 0)
+    assert (edit.label > 0).sum() == (given > 0).sum() and edit.changed[beside].any()
+    assert np.array_equal(edit.images[:, beside], images[:, beside]) == recorded
 
 
 def test_synthesis_replaces_implausible_masks_by_the_sphere_prior(plans):

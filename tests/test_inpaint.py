@@ -121,6 +121,25 @@ def test_heal_shapes_land_on_lesion_free_brain(inpainter):
     assert moved_any
 
 
+def test_fake_masks_lie_on_the_tissue_lesions_may_cover_and_the_rest_is_kept():
+    """The held-out insertions follow synthesis's rule: a fake mask lies wholly on the tissue its class's lesions
+    cover, and the other tissue of the patch is what an insertion leaves as it was."""
+    from lesiongen.evaluation.evaluate_inpainting import moved_masks
+
+    masks = np.zeros((6, 12, 12, 12), np.uint8)
+    masks[:, 5:7, 5:7, 5:7] = 1
+    brain = np.ones(masks.shape, bool)
+    tissue = np.full(masks.shape, 2, np.uint8)
+    tissue[:, :, :, ::3] = 3  # CSF stripes: a 2-voxel wide shape fits between two of them
+    fake, ok, kept = moved_masks(masks, brain, 1, np.random.default_rng(0), tissue, {1: [1, 2]})
+    assert ok.sum() >= 4
+    for i in np.flatnonzero(ok):
+        assert (fake[i] > 0).sum() == 8 and (tissue[i][fake[i] > 0] == 2).all()
+        np.testing.assert_array_equal(kept[i], tissue[i] == 3)
+    anywhere, ok_any, kept_any = moved_masks(masks, brain, 1, np.random.default_rng(0), tissue, {1: None})
+    assert not kept_any.any() and any((tissue[i][anywhere[i] > 0] == 3).any() for i in np.flatnonzero(ok_any))
+
+
 def test_evaluate_inpainting_report(inpainter, tmp_path):
     from lesiongen.utilities.provenance import sha256_file
 
@@ -147,6 +166,7 @@ def test_evaluate_inpainting_report(inpainter, tmp_path):
     np.testing.assert_allclose(report["insert_edges_as_painted"]["step_inserted"], report["insert"]["step_inserted"],
                                atol=1e-4)
     assert report["remove_real_lesions"]["label_growth"] >= 1.0
+    assert 2 in report["lesion_tissue_classes"]["1"] and 3 not in report["lesion_tissue_classes"]["1"]  # not CSF
 
 
 def test_evaluate_inpainting_with_the_full_schedule_reference(inpainter, tmp_path, monkeypatch):

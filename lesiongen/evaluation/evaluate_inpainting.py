@@ -25,6 +25,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
+from lesiongen.inference.placement import lesion_tissue_classes
 from lesiongen.evaluation.inpainting_metrics import (diff_map_iou, in_mask_std_ratio, inpainting_metrics,
                                                      lesion_contrast, ssim_outside)
 from lesiongen.paths import results_root
@@ -33,6 +34,7 @@ from lesiongen.preprocessing.lesion_patches import load_lesion_patches, relocate
 from lesiongen.models.inpainter import INSERT, REMOVE, Inpainter, class_edges, class_step
 from lesiongen.models.registry import load_trained_model
 from lesiongen.planning.plans import MODEL_SAMPLING
+from lesiongen.planning.priors import fold_sphere_priors
 from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
 from lesiongen.utilities.provenance import code_version
 from lesiongen.utilities.errors import LesiongenError
@@ -44,22 +46,31 @@ REPORT_JSON = "inpainting_evaluation.json"
 REPORT_PNG = "inpainting_evaluation.png"
 
 
-def moved_masks(masks: np.ndarray, brain: np.ndarray, margin: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Each patch's lesion shape moved onto lesion-free brain (fake masks on healthy tissue); and which worked."""
+def moved_masks(masks: np.ndarray, brain: np.ndarray, margin: int, rng: np.random.Generator,
+                tissue: np.ndarray | None = None, allowed: dict[int, list[int] | None] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each patch's lesion shape moved onto lesion-free brain (fake masks on healthy tissue); which worked; and the
+    voxels an insertion leaves as they were. With ``tissue`` maps and ``allowed`` (lesion class -> the tissue classes
+    its lesions may cover, ``placement.lesion_tissue_classes``), the shape lies wholly on allowed tissue and the other
+    tissue is left as it was, as whole-scan synthesis does."""
     out = np.zeros_like(masks)
     ok = np.zeros(len(masks), dtype=bool)
+    kept = np.zeros(masks.shape, dtype=bool)
     for i, mask in enumerate(masks):
         labels, count = ndimage.label(mask > 0)
         if count == 0:
             continue
         centre = labels[tuple(np.asarray(mask.shape) // 2)]
         lesion = labels == (centre if centre else 1)
-        moved = relocate_shape(lesion, edit_region(mask > 0, margin + 2), brain[i], rng, tries=32)
+        value = int(mask[lesion].max())
+        classes = None if tissue is None or allowed is None else allowed.get(value)
+        off = np.zeros(mask.shape, bool) if classes is None else ~np.isin(tissue[i], classes)
+        moved = relocate_shape(lesion, edit_region(mask > 0, margin + 2) | off, brain[i], rng, tries=32)
         if moved is not None:
-            out[i][moved] = mask[lesion].max()
+            out[i][moved] = value
             ok[i] = True
-    return out, ok
+            kept[i] = off
+    return out, ok, kept
 
 
 def _timed_inpaint(inpainter, images, *args, **kwargs) -> tuple[np.ndarray, dict]:
@@ -88,9 +99,12 @@ class _Inserted:
     edges: np.ndarray
 
 
-def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: bool | None = None) -> _Inserted:
+def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: bool | None = None,
+                   kept: np.ndarray | None = None) -> _Inserted:
     inserted, speed = _timed_inpaint(inpainter, images, masks, INSERT, seed=seed, schedule=schedule, brain=brain,
                                      calibrate=calibrate)
+    if kept is not None:  # tissue the lesions avoid stays as it was, as in whole-scan synthesis
+        inserted = np.where(kept[:, None], images, inserted)
     rows = []
     for i in range(len(images)):
         lesion = masks[i] > 0
@@ -184,21 +198,25 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     if not isinstance(inpainter, Inpainter):
         raise LesiongenError(f"{inpainter.checkpoint}: not an inpainter")
     inpainter = inpainter.with_sampling(sampling)
-    _, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
+    train_cases, val_cases = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), fold)
     real = load_lesion_patches(dataset.lesion_patch_folder, val_cases)
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(real))[:max_patches]
     real = real.subset(pick)
-    fake, ok = moved_masks(real.masks, real.brain, inpainter.margin_voxels, rng)
+    priors = fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)
+    allowed = {int(key): lesion_tissue_classes(prior) for key, prior in priors.items()}
+    fake, ok, kept = moved_masks(real.masks, real.brain, inpainter.margin_voxels, rng, real.tissue, allowed)
     if not ok.any():
         raise LesiongenError(f"{dataset.name} fold {fold}: no validation patch has room for a fake mask on healthy "
                              "tissue; the patches are too full of lesions")
     healthy = real.subset(np.flatnonzero(ok))
-    fake = fake[ok]
+    fake, kept = fake[ok], kept[ok]
     fast, full = inpainter.config.sampling, InpaintSchedule.full()
     report: dict = {"dataset": dataset.name, "fold": str(fold), "validation_cases": val_cases,
                     "patches_real_lesions": len(real), "patches_fake_masks": len(healthy), "seed": seed,
                     "sampling": {"name": sampling, "schedule": dataclasses.asdict(fast)},
+                    # per lesion class, the tissue classes fake masks lie on (None: any; synthesis's rule)
+                    "lesion_tissue_classes": {str(k): v for k, v in allowed.items()},
                     "provenance": {**code_version(), "models": {"inpainter": inpainter.record()}}}
 
     start = time.perf_counter()
@@ -218,7 +236,7 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
         for i in range(len(real))]))
 
     def scored(model, calibrate: bool | None = None) -> tuple[dict, _Inserted]:
-        result = _insert_scores(model, healthy.images, fake, healthy.brain, fast, seed, calibrate)
+        result = _insert_scores(model, healthy.images, fake, healthy.brain, fast, seed, calibrate, kept)
         return {**result.scores, **contrast_agreement(real_contrast, result.contrasts),
                 **contrast_agreement(real_step, result.steps, name="step"),
                 **_agreement(real_edge, result.edges, name="edge")}, result
@@ -245,11 +263,11 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
         report["full_schedule"] = {"skipped": f"short schedule: trained only at timesteps {list(trained_timesteps)}"}
     elif full_patches > 0:
         k = min(full_patches, len(healthy))
-        images, masks, brain = healthy.images[:k], fake[:k], healthy.brain[:k]
+        images, masks, brain, kept_k = healthy.images[:k], fake[:k], healthy.brain[:k], kept[:k]
         fast_remove, _ = _remove_scores(inpainter, images, masks, brain, fast, seed)
         start = time.perf_counter()
         full_remove, _ = _remove_scores(inpainter, images, masks, brain, full, seed)
-        full_insert = _insert_scores(inpainter, images, masks, brain, full, seed).scores
+        full_insert = _insert_scores(inpainter, images, masks, brain, full, seed, kept=kept_k).scores
         report["full_schedule"] = {"patches": k, "remove_fake_masks": full_remove, "insert": full_insert,
                                    "fast_remove_fake_masks_same_patches": fast_remove,
                                    "in_mask_ssim_loss_of_fast": full_remove["ssim"] - fast_remove["ssim"],

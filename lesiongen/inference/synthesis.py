@@ -266,16 +266,20 @@ class _LesionBatches:
 def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, plans: Plans,
                               inpainter, mask_generator=None, placements: list | None = None,
                               n_lesions: int | None = None, seed: int = 0, tissue_classes: list[int] | None = None,
-                              schedule: InpaintSchedule | None = None, batch_lesions: bool = True
-                              ) -> EditJob[ModelSpaceEdit]:
+                              schedule: InpaintSchedule | None = None, batch_lesions: bool = True,
+                              lesion_priors: dict[str, SpherePrior] | None = None) -> EditJob[ModelSpaceEdit]:
     """Lesions into a preprocessed (normalised, target-spacing) scan; what ``synthesis_job`` runs in model space.
 
     ``placements`` are (class, centre, patch mask or None) tuples; without them they are drawn from the generator's
     priors. Preprocessed healthy scans (e.g. for synthetic training cases) go through here directly.
+    ``lesion_priors`` (default: the generator's) say which tissue the edits keep off (``placement``); given masks
+    without them are painted wherever they reach.
     ``batch_lesions=False`` inpaints one lesion at a time (the reference the batched path is tested against).
     """
     rng = np.random.default_rng(seed)
     patch = plans.lesion_patch_size
+    if lesion_priors is None and mask_generator is not None:
+        lesion_priors = mask_generator.priors
     edited = images.copy()
     label_model = np.zeros(brain.shape, dtype=np.uint8)
     changed = np.zeros(brain.shape, dtype=bool)
@@ -299,8 +303,8 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
         source, rejected = GIVEN_MASK, []
-        allowed = (None if mask_generator is None or tissue_patch is None
-                   else lesion_tissue_classes(mask_generator.priors[str(label)], tissue_classes))
+        allowed = (None if lesion_priors is None or tissue_patch is None
+                   else lesion_tissue_classes(lesion_priors[str(label)], tissue_classes))
         if given is not None:
             mask = given
         else:

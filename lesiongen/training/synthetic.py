@@ -258,7 +258,7 @@ def _real_mask_maker(dataset: PreprocessedDataset, train_cases: list[str], inpai
                                    np.random.default_rng(seed)))
         edit = yield from model_space_synthesis_job(images, brain, tissue, dataset.plans, inpainter,
                                                     placements=[(d.label, d.centre, d.lesion) for d in drawn],
-                                                    seed=seed)
+                                                    seed=seed, lesion_priors=priors)
         for record, lesion in zip(edit.lesions, drawn, strict=True):  # given masks are never skipped
             record["donor_case"] = donors.case_ids[lesion.donor]
         return edit.images, edit.label, edit.lesions
