@@ -235,6 +235,39 @@ def test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them(tiny_pr
     assert (pasted != images).sum() > (painted != images).sum()  # copy_paste also blends a carved margin
 
 
+def test_realmask_leaves_the_tissue_its_lesions_avoid_as_it_was(tiny_preprocessed):
+    """An inpainter that paints the whole edit region (mask and a 1-voxel margin): realmask's margin stays off the
+    tissue the fold's lesions avoid (the demo's CSF), as generated lesions' margins do."""
+    from lesiongen.diffusion.inpainting import edit_region
+    from lesiongen.inference.placement import lesion_tissue_classes
+    from lesiongen.inference.synthesis import run_jobs
+    from lesiongen.planning.priors import fold_sphere_priors
+    from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
+    from lesiongen.training.synthetic import _healthy, _real_mask_maker
+
+    class SpillingInpainter:
+        margin_voxels = 1
+
+        def inpaint(self, images, masks, mode, seed=0, schedule=None, brain=None):
+            region = np.stack([edit_region(m > 0, 1) for m in masks])
+            return np.where(region[:, None], 5.0, images).astype(images.dtype)
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    train_cases, _ = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
+    allowed = lesion_tissue_classes(fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans)["1"])
+    images, brain, tissue = _healthy(dataset, dataset.case_ids("healthy")[0])
+    avoided = ~np.isin(tissue, allowed)
+    touched = 0
+    for seed in range(4):
+        painted, label, _ = run_jobs([_real_mask_maker(dataset, train_cases, SpillingInpainter())(
+            images, brain, tissue, seed)])[0]
+        beside = edit_region(label > 0, 1) & ~(label > 0)
+        touched += int((beside & avoided & brain).sum())
+        np.testing.assert_array_equal(painted[:, avoided & (label == 0)], images[:, avoided & (label == 0)])
+        assert (painted[:, beside & ~avoided] == 5.0).all()  # the rest of the margin is painted
+    assert touched > 0  # some margins did reach the avoided tissue
+
+
 def test_segmentation_batches_depend_on_the_batch_number_alone(tiny_preprocessed):
     """A run resumed at step k sees the batches k, k+1 ... of an uninterrupted run, with or without workers."""
     from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
