@@ -648,6 +648,30 @@ def test_margin_rings_and_edge_steps_by_hand():
     assert np.isnan(class_edges(image, lesion, np.zeros_like(brain), 2)).all()  # no surroundings: undefined
 
 
+def test_euclidean_rings_cut_the_margin_by_distance_and_keep_its_voxels():
+    """Around one voxel, a 2-voxel margin: the first Euclidean ring is its 6 face neighbours, the second the other
+    118 voxels of the 5^3 cube; the chessboard rings are the 26 neighbours and the 98 beyond. Both cover the margin."""
+    from lesiongen.models.inpainter import InpainterConfig, class_edges, margin_rings
+    from lesiongen.utilities.errors import LesiongenError
+
+    lesion = np.zeros((11, 11, 11), bool)
+    lesion[5, 5, 5] = True
+    brain = np.ones_like(lesion)
+    (near, rest), surroundings = margin_rings(lesion, brain, 2, rings="euclidean")
+    (ring1, ring2), same = margin_rings(lesion, brain, 2)
+    offsets = np.argwhere(near) - 5
+    assert near.sum() == 6 and (np.abs(offsets).sum(axis=1) == 1).all()
+    assert (rest.sum(), ring1.sum(), ring2.sum()) == (118, 26, 98)
+    np.testing.assert_array_equal(near | rest, ring1 | ring2)
+    np.testing.assert_array_equal(surroundings, same)
+    image = np.zeros((1, 11, 11, 11))
+    image[0, near] = 0.6  # a halo on the face neighbours only
+    np.testing.assert_allclose(class_edges(image, lesion, brain, 2, rings="euclidean")[:, 0], [0.6, 0.0])
+    np.testing.assert_allclose(class_edges(image, lesion, brain, 2)[:, 0], [0.6 * 6 / 26, 0.0])  # averaged away
+    with pytest.raises(LesiongenError, match="edge_rings 'manhattan'"):
+        InpainterConfig(edge_rings="manhattan")
+
+
 def test_edge_calibration_scales_the_painted_change_to_the_target_step():
     from lesiongen.models.inpainter import calibrate_edges, class_edges, margin_rings
 
@@ -702,18 +726,20 @@ def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_c
         InpainterConfig(calibration_target="mean")
 
 
-def test_inserted_lesions_take_the_edges_of_their_training_lesion_and_their_label_follows_the_mask(plans):
+@pytest.mark.parametrize("rings", ["chessboard", "euclidean"])
+def test_inserted_lesions_take_the_edges_of_their_training_lesion_and_their_label_follows_the_mask(plans, rings):
     """A network that paints every voxel of the edit region bright spills past the mask; insert mode brings the
     margin's rings to the drawn training lesion's edge steps, so with sharp real edges the label that follows what
     was painted (what synthetic cases get) is the mask itself, where without the edges it grows."""
     from lesiongen.diffusion.inpainting import painted_lesion
-    from lesiongen.models.inpainter import class_edges, class_step
+    from lesiongen.models.inpainter import class_edges, class_step, margin_rings
 
     n_channels = plans.num_channels
     bank = {"1": [[1.0] * n_channels, [2.0] * n_channels]}
     steps = {"1": [[1.5] * n_channels, [2.5] * n_channels]}
     edges = {"1": [[[0.4] * n_channels, [0.2] * n_channels], [[0.0] * n_channels, [None] * n_channels]]}
-    model = Inpainter(plans, InpainterConfig(contrast_bank=bank, step_bank=steps, edge_bank=edges), "cpu")
+    model = Inpainter(plans, InpainterConfig(contrast_bank=bank, step_bank=steps, edge_bank=edges, edge_rings=rings),
+                      "cpu")
     model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start, model.n_channels)
     patch = model.patch_size
     images = (0.1 * np.random.default_rng(2).normal(size=(6, model.n_channels, *patch))).astype(np.float32)
@@ -729,15 +755,20 @@ def test_inserted_lesions_take_the_edges_of_their_training_lesion_and_their_labe
         contrast, _, _ = model.draw_condition(mask[i:i + 1], np.random.default_rng(seed))
         j = int(contrast[0, 0, 0]) - 1
         drawn.add(j)
-        got = class_edges(out[i], mask[i] > 0, whole, model.margin_voxels)
+        got = class_edges(out[i], mask[i] > 0, whole, model.margin_voxels, rings=rings)
         if j == 0:
             np.testing.assert_allclose(got, edges["1"][0], atol=1e-4)
         else:  # a sharp first ring (or the tissue's own edge where it is above 0); the second (null) as painted
-            tissue = class_edges(images[i], mask[i] > 0, whole, model.margin_voxels)[0]
+            tissue = class_edges(images[i], mask[i] > 0, whole, model.margin_voxels, rings=rings)[0]
             np.testing.assert_allclose(got[0], np.maximum(tissue, 0.0), atol=1e-5)
-            np.testing.assert_allclose(got[1], class_edges(as_painted[i], mask[i] > 0, whole, 2)[1], atol=1e-5)
+            np.testing.assert_allclose(got[1], class_edges(as_painted[i], mask[i] > 0, whole, 2, rings=rings)[1],
+                                       atol=1e-5)
             label = painted_lesion(images[i], out[i], mask[i], model.margin_voxels)
-            np.testing.assert_array_equal(label, mask[i])
+            if rings == "chessboard":
+                np.testing.assert_array_equal(label, mask[i])
+            else:  # the face neighbours are sharp; the rest of the margin (null target) keeps what was painted
+                (near, _), _ = margin_rings(mask[i] > 0, whole, model.margin_voxels, rings=rings)
+                assert (label[mask[i] > 0] == 1).all() and not (label[near] > 0).any()
             assert (painted_lesion(images[i], as_painted[i], mask[i], model.margin_voxels) > 0).sum() > \
                 1.3 * (mask[i] > 0).sum()
         assert class_step(out[i], mask[i] > 0, whole) == pytest.approx(steps["1"][j], abs=1e-4)

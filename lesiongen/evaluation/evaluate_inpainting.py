@@ -116,7 +116,8 @@ def _insert_scores(inpainter, images, masks, brain, schedule, seed, calibrate: b
     return _Inserted({**_mean(rows, ("ssim_outside", "diff_map_iou", "label_growth")), "speed": speed}, inserted,
                      np.asarray([lesion_contrast(*lesion) for lesion in lesions]),
                      np.asarray([class_step(*lesion) for lesion in lesions]),
-                     np.asarray([class_edges(*lesion, inpainter.margin_voxels)[0] for lesion in lesions]))
+                     np.asarray([class_edges(*lesion, inpainter.margin_voxels, rings=inpainter.config.edge_rings)[0]
+                                 for lesion in lesions]))
 
 
 def label_growth(before: np.ndarray, after: np.ndarray, mask: np.ndarray, margin_voxels: int,
@@ -229,7 +230,8 @@ def evaluate_inpainting(dataset: PreprocessedDataset, fold: int | str, device: s
     real_contrast = np.asarray(before)
     real_lesions = [(real.images[i], real.masks[i] > 0, real.brain[i]) for i in range(len(real))]
     real_step = np.stack([class_step(*lesion) for lesion in real_lesions])
-    real_edge = np.stack([class_edges(*lesion, inpainter.margin_voxels)[0] for lesion in real_lesions])
+    real_edge = np.stack([class_edges(*lesion, inpainter.margin_voxels, rings=inpainter.config.edge_rings)[0]
+                          for lesion in real_lesions])
     # the real lesions' own growth under the same label rule, against the inpainter's healed patches
     report["remove_real_lesions"]["label_growth"] = float(np.mean([
         label_growth(removed_real[i], real.images[i], real.masks[i], inpainter.margin_voxels, real.brain[i])

@@ -35,6 +35,12 @@ INSERT, REMOVE = "insert", "remove"
 SHELL_VOXELS = 2
 SURROUNDING_RINGS = 2  # rings just beyond the edit margin: the tissue an edge step is measured against
 CALIBRATION_TARGETS = ("step", "contrast")
+# how the edit margin is cut into rings for the edge steps: "chessboard", ring k = the voxels k 26-neighbour steps
+# from the lesion (models trained before 2026-12-05); "euclidean", ring k < margin = the margin's voxels at a
+# Euclidean distance in (k - 1, k] voxels, the last ring the rest of the margin. A lesion's partial-volume halo falls
+# off with the Euclidean distance (its face neighbours carry it, the corners hardly): one chessboard ring averages
+# the two, and calibrating to that average left synthetic halos flatter than real ones.
+EDGE_RINGS = ("chessboard", "euclidean")
 
 
 @dataclass
@@ -62,11 +68,14 @@ class InpainterConfig:
     # margin. Empty: an older model, whose margin stays as painted.
     edge_bank: dict[str, list[list[list[float | None]]]] = field(default_factory=dict)
     calibrate_edges: bool = True
+    edge_rings: str = "chessboard"  # the rings the edge bank was measured in (EDGE_RINGS); trainers write "euclidean"
 
     def __post_init__(self):
         if self.calibration_target not in CALIBRATION_TARGETS:
             raise LesiongenError(f"inpainter calibration_target '{self.calibration_target}': choose one of "
                                  f"{', '.join(CALIBRATION_TARGETS)}")
+        if self.edge_rings not in EDGE_RINGS:
+            raise LesiongenError(f"inpainter edge_rings '{self.edge_rings}': choose one of {', '.join(EDGE_RINGS)}")
 
 
 def class_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -103,52 +112,61 @@ def calibrate_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray,
         usable, np.asarray(target, dtype=np.float64) * shell_std + shell_mean - inside, 0.0))
 
 
-def margin_rings(lesion: np.ndarray, brain: np.ndarray, margin_voxels: int, other_lesions: np.ndarray | None = None
-                 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """The rings of the edit margin around ``lesion`` (z, y, x): ring k holds the brain voxels k 26-neighbour steps
-    away (k = 1..``margin_voxels``; together the margin :func:`edit_region` adds), and the surroundings, the
-    :data:`SURROUNDING_RINGS` rings beyond the margin, which insertion leaves as they were. Voxels of
+def margin_rings(lesion: np.ndarray, brain: np.ndarray, margin_voxels: int, other_lesions: np.ndarray | None = None,
+                 rings: str = "chessboard") -> tuple[list[np.ndarray], np.ndarray]:
+    """The ``margin_voxels`` rings of the edit margin around ``lesion`` (z, y, x; together the brain voxels of the
+    margin :func:`edit_region` adds), cut as :data:`EDGE_RINGS` says, and the surroundings, the
+    :data:`SURROUNDING_RINGS` 26-neighbour rings beyond the margin, which insertion leaves as they were. Voxels of
     ``other_lesions`` belong to no ring."""
-    distance = ndimage.distance_transform_cdt(~lesion.astype(bool), metric="chessboard")  # 0 in the lesion
-    usable = brain.astype(bool) & ~lesion.astype(bool)
+    if rings not in EDGE_RINGS:
+        raise LesiongenError(f"edge rings '{rings}': choose one of {', '.join(EDGE_RINGS)}")
+    outside = ~lesion.astype(bool)
+    steps = ndimage.distance_transform_cdt(outside, metric="chessboard")  # 0 in the lesion
+    usable = brain.astype(bool) & outside
     if other_lesions is not None:
         usable &= ~other_lesions.astype(bool)
-    rings = [(distance == k) & usable for k in range(1, margin_voxels + 1)]
-    surroundings = (distance > margin_voxels) & (distance <= margin_voxels + SURROUNDING_RINGS) & usable
-    return rings, surroundings
+    if rings == "chessboard":
+        cut = [(steps == k) & usable for k in range(1, margin_voxels + 1)]
+    else:
+        margin = (steps >= 1) & (steps <= margin_voxels) & usable
+        distance = ndimage.distance_transform_edt(outside)
+        cut = [margin & (distance > k - 1) & (distance <= k) for k in range(1, margin_voxels)]
+        cut.append(margin & (distance > margin_voxels - 1))
+    surroundings = (steps > margin_voxels) & (steps <= margin_voxels + SURROUNDING_RINGS) & usable
+    return cut, surroundings
 
 
 def class_edges(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, margin_voxels: int,
-                other_lesions: np.ndarray | None = None) -> np.ndarray:
+                other_lesions: np.ndarray | None = None, rings: str = "chessboard") -> np.ndarray:
     """(margin_voxels, C) edge steps of a (c, z, y, x) patch's lesion: per ring of :func:`margin_rings`, its mean minus
     the surroundings' mean, per channel — how far the lesion's intensity reaches past its label (about 0 for a sharp
     edge, a fraction of the lesion's step where partial volume blurs it). NaN where a ring or the surroundings
     are empty."""
-    rings, surroundings = margin_rings(lesion, brain, margin_voxels, other_lesions)
+    cut, surroundings = margin_rings(lesion, brain, margin_voxels, other_lesions, rings)
     edges = np.full((margin_voxels, len(image)), np.nan, dtype=np.float64)
     if not lesion.any() or not surroundings.any():
         return edges
     base = image[:, surroundings].mean(axis=1, dtype=np.float64)
-    for k, ring in enumerate(rings):
+    for k, ring in enumerate(cut):
         if ring.any():
             edges[k] = image[:, ring].mean(axis=1, dtype=np.float64) - base
     return edges
 
 
 def calibrate_edges(image: np.ndarray, before: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray,
-                    other_lesions: np.ndarray | None = None) -> np.ndarray:
+                    other_lesions: np.ndarray | None = None, rings: str = "chessboard") -> np.ndarray:
     """``image`` (c, z, y, x), a lesion inserted into ``before``, with the change (image - before) in each ring of the
     edit margin scaled per channel by the factor in [0, 1] that gives the edge step ``target`` (rings, C;
     :func:`class_edges`): a spill shrinks most where it is strongest and a voxel the inpainter left alone stays.
     Exact where the painted ring reaches past the target; a ring painted short of it (or against it) is kept as
     painted (or goes back to ``before``). NaN targets and empty rings stay; only ring voxels change."""
     target = np.asarray(target, dtype=np.float64)
-    rings, surroundings = margin_rings(lesion, brain, len(target), other_lesions)
+    cut, surroundings = margin_rings(lesion, brain, len(target), other_lesions, rings)
     out = image.copy()
     if not surroundings.any():
         return out
     base = image[:, surroundings].mean(axis=1, dtype=np.float64)
-    for ring, ring_target in zip(rings, target):
+    for ring, ring_target in zip(cut, target):
         if not ring.any():
             continue
         was = before[:, ring].astype(np.float64)
@@ -371,7 +389,7 @@ class Inpainter(LesionModel):
                         # the margin first: the step is measured against a shell that lies in it
                         if not np.isnan(edges[i, k]).all():
                             out[i] = calibrate_edges(out[i], images[i], lesion_k, patch_brain, edges[i, k],
-                                                     lesion_any[i] & ~lesion_k)
+                                                     lesion_any[i] & ~lesion_k, self.config.edge_rings)
                         out[i] = calibrate_step(out[i], lesion_k, patch_brain, step[i, k]) if by_step else \
                             calibrate_contrast(out[i], lesion_k, patch_brain, contrast[i, k])
         return out

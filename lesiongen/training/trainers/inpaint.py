@@ -45,6 +45,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     condition_dropout = 0.15
     heal_probability = 0.25
     outside_loss_weight = 0.1
+    edge_rings = "euclidean"  # the rings the edge bank is measured in (models.inpainter.EDGE_RINGS)
     sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
     # the model's own sampler is the few-step preset (4 DDIM steps, no jumps, no guidance) instead
     few_step_sampling = False
@@ -53,7 +54,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     few_step_training = False
 
     def model_config(self) -> InpainterConfig:
-        config = InpainterConfig(margin_voxels=int(self.margin_voxels))
+        config = InpainterConfig(margin_voxels=int(self.margin_voxels), edge_rings=str(self.edge_rings))
         config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
         if self.few_step_sampling or self.few_step_training:
             config.sampling = InpaintSchedule.few_step()
@@ -76,7 +77,8 @@ class InpaintTrainer(DiffusionTraining, Trainer):
             for i in range(len(self.data))])  # (n, K, C)
         self.edges = np.stack([  # and their edge steps: what insert mode calibrates the margin to
             np.stack([class_edges(self.data.images[i], self.data.masks[i] == label, self.data.brain[i],
-                                  int(self.margin_voxels), (self.data.masks[i] > 0) & (self.data.masks[i] != label))
+                                  int(self.margin_voxels), (self.data.masks[i] > 0) & (self.data.masks[i] != label),
+                                  str(self.edge_rings))
                       for label in labels])
             for i in range(len(self.data))])  # (n, K, margin, C)
         logger.info("%d lesion patches from %d training cases", len(self.data), len(set(self.data.case_ids)))
