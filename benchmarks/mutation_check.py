@@ -191,7 +191,7 @@ MUTANTS = (
            "cut = [margin & (distance > k - 1) & (distance <= 1.8 * k) for k in range(1, margin_voxels)]",
            (f"{ALG}::test_euclidean_rings_cut_the_margin_by_distance_and_keep_its_voxels",), "issue 14"),
     Mutant("edge_bank_measured_in_chessboard_rings", "lesiongen/training/trainers/inpaint.py",
-           "                                  str(self.edge_rings))", '                                  "chessboard")',
+           "                                  self.edge_rings)", '                                  "chessboard")',
            ("tests/test_inpaint.py::test_training_wrote_the_edge_steps_of_its_training_lesions",), "issue 14"),
     Mutant("edges_calibrated_in_chessboard_rings", "lesiongen/models/inpainter.py",
            "lesion_any[i] & ~lesion_k, self.config.edge_rings)", "lesion_any[i] & ~lesion_k)",

@@ -459,6 +459,28 @@ def test_stale_reason_notices_other_steps_seed_and_changed_models(trained):
     assert reason(total_steps=4) is None and UNetMaskTrainer(dataset, 3, "cpu").stale_reason() == "not trained yet"
 
 
+def test_a_setting_recorded_later_is_judged_by_the_value_models_had_before(trained, monkeypatch):
+    """A model trained before a setting was recorded counts as trained with today's default, unless the trainer
+    names the value such models had (the inpainter's chessboard edge rings): then it is stale."""
+    from lesiongen.models import checkpoint
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.unetmask import UNetMaskTrainer
+
+    trainer = UNetMaskTrainer(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=4))
+    assert trainer.stale_reason() is None
+    load = checkpoint.load_checkpoint
+
+    def before_the_setting(path):
+        state = load(path)
+        del state["provenance"]["settings"]["learning_rate"]
+        return state
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", before_the_setting)
+    assert trainer.stale_reason() is None
+    monkeypatch.setattr(UNetMaskTrainer, "settings_before_recorded", {"learning_rate": 0.5})
+    assert "'learning_rate': 0.5" in trainer.stale_reason()
+
+
 def test_a_fitted_spheremask_is_up_to_date_whatever_steps_are_asked(trained):
     """Nothing in spheremask steps: asked for 1,000 generator steps (lesiongen_benefit), the fitted model must not be
     refitted on every run, taking every seg run that used it along."""

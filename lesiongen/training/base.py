@@ -116,6 +116,9 @@ class Trainer:
     weight_decay: ClassVar[float] = 1e-5
     ema_decay: ClassVar[float] = 0.999
     grad_clip: ClassVar[float] = 1.0
+    # settings recorded only since some models were trained, with the value those models had where it differs from
+    # today's default (a model without the setting is judged as trained with that value)
+    settings_before_recorded: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, dataset: PreprocessedDataset, fold: int | str, device: torch.device | str = "cpu",
                  options: TrainingOptions | None = None):
@@ -314,8 +317,10 @@ class Trainer:
             return "not trained yet"
         provenance = ckpt.load_checkpoint(path).get("provenance", {})
         if isinstance(provenance.get("settings"), dict):
-            # a setting added since the model was trained (e.g. seg's loss) was its default then
-            defaults = json_plain({k: getattr(type(self), k, v) for k, v in self.settings().items()})
+            # a setting added since the model was trained (e.g. seg's loss) was its default then, unless the
+            # trainer says what it was
+            defaults = json_plain({k: self.settings_before_recorded.get(k, getattr(type(self), k, v))
+                                   for k, v in self.settings().items()})
             provenance["settings"] = {**defaults, **provenance["settings"]}
         wanted = {"steps_trained": self.total_steps, "plans_sha256": plans_sha256(self.plans),
                   "seed": self.options.seed, "settings": json_plain(self.settings())}

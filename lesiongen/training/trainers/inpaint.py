@@ -45,7 +45,9 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     condition_dropout = 0.15
     heal_probability = 0.25
     outside_loss_weight = 0.1
-    edge_rings = "euclidean"  # the rings the edge bank is measured in (models.inpainter.EDGE_RINGS)
+    # the edge bank in Euclidean rings (models.inpainter.EDGE_RINGS); False: chessboard rings, as before 2026-12-05
+    euclidean_edge_rings = True
+    settings_before_recorded = {"euclidean_edge_rings": False}
     sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
     # the model's own sampler is the few-step preset (4 DDIM steps, no jumps, no guidance) instead
     few_step_sampling = False
@@ -53,8 +55,12 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     # and the model can then be sampled only with it
     few_step_training = False
 
+    @property
+    def edge_rings(self) -> str:
+        return "euclidean" if self.euclidean_edge_rings else "chessboard"
+
     def model_config(self) -> InpainterConfig:
-        config = InpainterConfig(margin_voxels=int(self.margin_voxels), edge_rings=str(self.edge_rings))
+        config = InpainterConfig(margin_voxels=int(self.margin_voxels), edge_rings=self.edge_rings)
         config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
         if self.few_step_sampling or self.few_step_training:
             config.sampling = InpaintSchedule.few_step()
@@ -78,7 +84,7 @@ class InpaintTrainer(DiffusionTraining, Trainer):
         self.edges = np.stack([  # and their edge steps: what insert mode calibrates the margin to
             np.stack([class_edges(self.data.images[i], self.data.masks[i] == label, self.data.brain[i],
                                   int(self.margin_voxels), (self.data.masks[i] > 0) & (self.data.masks[i] != label),
-                                  str(self.edge_rings))
+                                  self.edge_rings)
                       for label in labels])
             for i in range(len(self.data))])  # (n, K, margin, C)
         logger.info("%d lesion patches from %d training cases", len(self.data), len(set(self.data.case_ids)))
