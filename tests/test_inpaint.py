@@ -82,9 +82,9 @@ def test_training_wrote_the_edge_steps_of_its_training_lesions(inpainter):
     train = load_lesion_patches(open_preprocessed(TINY.dataset_id).lesion_patch_folder,
                                 model.provenance["train_cases"])
     present = [i for i in range(len(train)) if (train.masks[i] == 1).any()]
-    assert model.config.edge_rings == "euclidean"  # what new models calibrate in
+    assert model.config.edge_rings == "chessboard"  # the trainer's default (euclidean_edge_rings off)
     expected = [class_edges(train.images[i], train.masks[i] == 1, train.brain[i], model.margin_voxels,
-                            train.masks[i] > 1, rings="euclidean") for i in present]
+                            train.masks[i] > 1, rings="chessboard") for i in present]
     stored = np.array(model.config.edge_bank["1"], dtype=np.float64)  # null -> NaN
     assert stored.shape == (len(present), model.margin_voxels, model.n_channels) == np.shape(expected)
     np.testing.assert_allclose(stored, expected, atol=1e-6)
