@@ -818,6 +818,20 @@ def test_implausible_masks_are_named(plans):
     assert implausible_mask(far, prior(max_radius=3.0), spacing) == "radius 5.5 mm above 4.5 mm"
 
 
+TWO_STEPS = InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0)
+
+
+def _flag_inpainter_and_scan(plans) -> tuple[Inpainter, np.ndarray, np.ndarray]:
+    """An inpainter whose network is :class:`_FlagNetwork` (it paints the edit region), and a random model-space scan
+    of two lesion patches a side, all brain."""
+    inpainter = Inpainter(plans, InpainterConfig(calibrate_contrast=False), "cpu")
+    inpainter.networks["denoiser"] = _FlagNetwork(inpainter.input_layout.offsets()["unconditioned"].start,
+                                                   inpainter.n_channels)
+    shape = [2 * s for s in plans.lesion_patch_size]
+    images = np.random.default_rng(0).normal(size=(plans.num_channels, *shape)).astype(np.float32)
+    return inpainter, images, np.ones(shape, bool)
+
+
 @pytest.mark.parametrize("recorded", [True, False])
 def test_inserted_lesions_and_their_margins_stay_off_tissue_real_lesions_avoid(plans, recorded):
     """Masks drawn across a ventricle (CSF stripes every fourth x column): with the lesions' tissue recorded (CSF
@@ -839,17 +853,13 @@ def test_inserted_lesions_and_their_margins_stay_off_tissue_real_lesions_avoid(p
     prior = dataclasses.replace(plans.sphere_priors["1"], tissue_probability=Categorical({"2": 1.0}),
                                 neighbourhood=None, lesion_tissue={"2": 0.995, "3": 0.005} if recorded else None)
     generator = BlockMasks(plans, MaskGeneratorConfig(priors={"1": prior}))
-    inpainter = Inpainter(plans, InpainterConfig(calibrate_contrast=False), "cpu")
-    inpainter.networks["denoiser"] = _FlagNetwork(inpainter.input_layout.offsets()["unconditioned"].start,
-                                                   inpainter.n_channels)
-    shape = [2 * s for s in plans.lesion_patch_size]
-    images = np.random.default_rng(0).normal(size=(plans.num_channels, *shape)).astype(np.float32)
-    brain = np.ones(shape, bool)
+    inpainter, images, brain = _flag_inpainter_and_scan(plans)
+    shape = list(brain.shape)
     tissue = np.full(shape, 2, np.uint8)
     tissue[:, :, ::4] = 3
     csf = tissue == 3
     edit = synthesize_model_space(images, brain, tissue, plans, inpainter, generator, n_lesions=2, seed=1,
-                                  schedule=InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0))
+                                  schedule=TWO_STEPS)
     assert edit.label.any() and edit.changed.any()
     if recorded:
         assert not (edit.label > 0)[csf].any()
@@ -860,7 +870,7 @@ def test_inserted_lesions_and_their_margins_stay_off_tissue_real_lesions_avoid(p
     given = generator.generate([None], None, None)[0]
     centre = np.asarray(shape) // 2
     edit = synthesize_model_space(images, brain, tissue, plans, inpainter, placements=[(1, centre, given)], seed=1,
-                                  schedule=InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0),
+                                  schedule=TWO_STEPS,
                                   lesion_priors={"1": prior})
     beside = csf & (edit.label == 0)
     assert (edit.label > 0).sum() == (given > 0).sum() and edit.changed[beside].any()
@@ -877,14 +887,9 @@ def test_synthesis_replaces_implausible_masks_by_the_sphere_prior(plans):
             return np.ones((len(spheres), *self.patch_size), np.uint8)
 
     generator = PatchFiller(plans, MaskGeneratorConfig(priors=plans.sphere_priors))
-    inpainter = Inpainter(plans, InpainterConfig(calibrate_contrast=False), "cpu")
-    inpainter.networks["denoiser"] = _FlagNetwork(inpainter.input_layout.offsets()["unconditioned"].start,
-                                                   inpainter.n_channels)
-    shape = [2 * s for s in plans.lesion_patch_size]
-    images = np.random.default_rng(0).normal(size=(plans.num_channels, *shape)).astype(np.float32)
-    brain = np.ones(shape, bool)
+    inpainter, images, brain = _flag_inpainter_and_scan(plans)
     edit = synthesize_model_space(images, brain, None, plans, inpainter, generator, n_lesions=2, seed=1,
-                                  schedule=InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0))
+                                  schedule=TWO_STEPS)
     assert len(edit.lesions) == 2 and all(r["mask_source"] == SPHERE_FALLBACK for r in edit.lesions)
     assert all(len(r["rejected_masks"]) == 3 for r in edit.lesions)
     assert 0 < edit.label.sum() < 0.5 * edit.label.size
