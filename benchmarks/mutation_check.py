@@ -172,7 +172,7 @@ MUTANTS = (
            "blended = np.where(recipient_brain[None], blended, recipient)",
            ("tests/test_copy_paste.py",), "issue 14"),
     Mutant("held_out_fake_masks_on_any_tissue", "lesiongen/evaluation/evaluate_inpainting.py",
-           "off = np.zeros(mask.shape, bool) if classes is None else ~np.isin(tissue[i], classes)",
+           "off = np.zeros(mask.shape, bool) if avoided is None else avoided",
            "off = np.zeros(mask.shape, bool)",
            ("tests/test_inpaint.py::test_fake_masks_lie_on_the_tissue_lesions_may_cover_and_the_rest_is_kept",),
            "issue 14"),

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from lesiongen.fingerprint.lesions import SHELL_MM, analyse_lesions
-from lesiongen.inference.placement import (LESION_TISSUE_MIN_SHARE, NEIGHBOURHOOD_FLOOR, keep_on_lesion_tissue,
-                                           lesion_tissue_classes, neighbourhood_factor, neighbourhood_shares,
-                                           placement_weights, shell_kernel)
+from lesiongen.inference.placement import (LESION_TISSUE_MIN_SHARE, NEIGHBOURHOOD_FLOOR, avoided_tissue,
+                                           keep_on_lesion_tissue, lesion_tissue_classes, neighbourhood_factor,
+                                           neighbourhood_shares, placement_weights, shell_kernel)
 from lesiongen.planning.plans import Categorical, NeighbourhoodBank
 from lesiongen.planning.priors import NEIGHBOURHOOD_MIN_BANDWIDTH, fit_lesion_tissue, fit_neighbourhood_bank
 
@@ -177,9 +177,11 @@ def test_a_mask_is_kept_off_other_tissue_as_its_largest_piece():
     tissue[:, :, 3] = CSF  # a ventricle wall across the mask
     mask = np.zeros(tissue.shape, np.uint8)
     mask[3:6, 3:6, 1:8] = 2  # columns 1-2 left of the wall (18 voxels), 4-7 right of it (36 voxels)
-    kept = keep_on_lesion_tissue(mask, tissue, [GM, WM])
+    np.testing.assert_array_equal(avoided_tissue(tissue, [GM, WM]), tissue == CSF)
+    kept = keep_on_lesion_tissue(mask, avoided_tissue(tissue, [GM, WM]))
     expected = np.zeros_like(mask)
     expected[3:6, 3:6, 4:8] = 2  # the larger piece, its class value kept
     np.testing.assert_array_equal(kept, expected)
-    np.testing.assert_array_equal(keep_on_lesion_tissue(mask, tissue, [WM, CSF]), mask)  # nothing off: as it was
-    assert keep_on_lesion_tissue(mask, None, [WM]) is mask and keep_on_lesion_tissue(mask, tissue, None) is mask
+    np.testing.assert_array_equal(keep_on_lesion_tissue(mask, avoided_tissue(tissue, [WM, CSF])), mask)  # as it was
+    assert avoided_tissue(None, [WM]) is None and avoided_tissue(tissue, None) is None
+    assert keep_on_lesion_tissue(mask, None) is mask

@@ -25,7 +25,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
-from lesiongen.inference.placement import lesion_tissue_classes
+from lesiongen.inference.placement import avoided_tissue, lesion_tissue_classes
 from lesiongen.evaluation.inpainting_metrics import (diff_map_iou, in_mask_std_ratio, inpainting_metrics,
                                                      lesion_contrast, ssim_outside)
 from lesiongen.paths import results_root
@@ -63,8 +63,8 @@ def moved_masks(masks: np.ndarray, brain: np.ndarray, margin: int, rng: np.rando
         centre = labels[tuple(np.asarray(mask.shape) // 2)]
         lesion = labels == (centre if centre else 1)
         value = int(mask[lesion].max())
-        classes = None if tissue is None or allowed is None else allowed.get(value)
-        off = np.zeros(mask.shape, bool) if classes is None else ~np.isin(tissue[i], classes)
+        avoided = None if tissue is None or allowed is None else avoided_tissue(tissue[i], allowed.get(value))
+        off = np.zeros(mask.shape, bool) if avoided is None else avoided
         moved = relocate_shape(lesion, edit_region(mask > 0, margin + 2) | off, brain[i], rng, tries=32)
         if moved is not None:
             out[i][moved] = value

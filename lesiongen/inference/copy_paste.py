@@ -19,7 +19,8 @@ import numpy as np
 from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import edit_region, feather_blend
-from lesiongen.inference.placement import keep_on_lesion_tissue, lesion_tissue_classes, placement_weights
+from lesiongen.inference.placement import (avoided_tissue, keep_on_lesion_tissue, lesion_tissue_classes,
+                                           placement_weights)
 from lesiongen.planning.plans import SpherePrior
 from lesiongen.preprocessing.lesion_patches import LesionPatches
 from lesiongen.utilities.cropping import extract_patch, insert_patch
@@ -35,6 +36,8 @@ class DonorLesion:
     label: int
     centre: np.ndarray  # model-space voxel of the recipient the patch is centred on
     margin: int  # voxels of surrounding tissue carved with it (copy_paste)
+    # the recipient patch's voxels of tissue the lesion's class avoids (placement.avoided_tissue); None: no such rule
+    avoided: np.ndarray | None = None
 
 
 def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
@@ -56,12 +59,12 @@ def donor_lesions(brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPa
             weights[value] = placement_weights(brain, tissue, priors[str(value)], spacing)
         centre = coords[rng.choice(len(coords), p=weights[value])]
         lesion = np.where(extract_patch(brain, centre, patch_size, fill=False), lesion, 0).astype(np.uint8)
-        if tissue is not None:
-            lesion = keep_on_lesion_tissue(lesion, extract_patch(tissue, centre, patch_size, fill=0),
-                                           lesion_tissue_classes(priors[str(value)]))
+        avoided = None if tissue is None else avoided_tissue(extract_patch(tissue, centre, patch_size, fill=0),
+                                                             lesion_tissue_classes(priors[str(value)]))
+        lesion = keep_on_lesion_tissue(lesion, avoided)
         if not lesion.any():
             continue
-        yield DonorLesion(donor, lesion, value, centre, int(rng.integers(1, max_margin + 1)))
+        yield DonorLesion(donor, lesion, value, centre, int(rng.integers(1, max_margin + 1)), avoided)
 
 
 def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None, donors: LesionPatches,
@@ -75,10 +78,8 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         donor, lesion, value, centre, margin = drawn.donor, drawn.lesion, drawn.label, drawn.centre, drawn.margin
         recipient = extract_patch(out, centre, patch_size, fill=0.0)
         recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
-        paste_into = recipient_brain
-        allowed = lesion_tissue_classes(priors[str(value)])
-        if tissue is not None and allowed is not None:  # the recipient's tissue that lesions avoid stays as it is
-            paste_into = recipient_brain & np.isin(extract_patch(tissue, centre, patch_size, fill=0), allowed)
+        # the recipient's tissue that lesions avoid stays as it is
+        paste_into = recipient_brain if drawn.avoided is None else recipient_brain & ~drawn.avoided
         shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
         donor_shell = shell & donors.brain[donor]
         if not shell.any() or not donor_shell.any():

@@ -151,13 +151,19 @@ def lesion_tissue_classes(prior: SpherePrior, tissue_classes: list[int] | None =
     return sorted(kept | set(tissue_classes or ()))
 
 
-def keep_on_lesion_tissue(mask: np.ndarray, tissue: np.ndarray | None, allowed: list[int] | None) -> np.ndarray:
-    """``mask`` (a lesion's class values, z, y, x) without its voxels on tissue classes outside ``allowed``; when
-    that removes any, only the largest remaining 26-connected piece stays (a lesion is one piece, not the slivers a
-    cut leaves). Unchanged without a tissue map or a restriction."""
-    if tissue is None or allowed is None:
+def avoided_tissue(tissue: np.ndarray | None, allowed: list[int] | None) -> np.ndarray | None:
+    """The voxels of ``tissue`` on classes outside ``allowed`` (``lesion_tissue_classes``): what an inserted lesion
+    may not cover and its edit leaves as it was. None without a tissue map or a restriction."""
+    return None if tissue is None or allowed is None else ~np.isin(tissue, allowed)
+
+
+def keep_on_lesion_tissue(mask: np.ndarray, avoided: np.ndarray | None) -> np.ndarray:
+    """``mask`` (a lesion's class values, z, y, x) without its voxels on ``avoided`` tissue (:func:`avoided_tissue`);
+    when that removes any, only the largest remaining 26-connected piece stays (a lesion is one piece, not the
+    slivers a cut leaves). Unchanged without a restriction (None)."""
+    if avoided is None:
         return mask
-    off = (mask > 0) & ~np.isin(tissue, allowed)
+    off = (mask > 0) & avoided
     if not off.any():
         return mask
     kept = np.where(off, 0, mask).astype(mask.dtype)

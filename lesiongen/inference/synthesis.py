@@ -31,7 +31,8 @@ from scipy import ndimage
 
 from lesiongen.diffusion.inpainting import InpaintSchedule, edit_region, painted_lesion
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere
-from lesiongen.inference.placement import keep_on_lesion_tissue, lesion_tissue_classes, placement_weights
+from lesiongen.inference.placement import (avoided_tissue, keep_on_lesion_tissue, lesion_tissue_classes,
+                                           placement_weights)
 from lesiongen.inference.scan_space import ModelSpaceScan, paste_back, region_to_original, to_model_space
 from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.models.spheres import render_ellipsoids, sample_sphere_lesions
@@ -303,20 +304,20 @@ def model_space_synthesis_job(images: np.ndarray, brain: np.ndarray, tissue: np.
         brain_patch = extract_patch(brain, centre, patch, fill=False)
         tissue_patch = None if tissue is None else extract_patch(tissue, centre, patch, fill=0)
         source, rejected = GIVEN_MASK, []
-        allowed = (None if lesion_priors is None or tissue_patch is None
-                   else lesion_tissue_classes(lesion_priors[str(label)], tissue_classes))
+        avoided = None if lesion_priors is None else avoided_tissue(
+            tissue_patch, lesion_tissue_classes(lesion_priors[str(label)], tissue_classes))
         if given is not None:
             mask = given
         else:
             mask, source, rejected = yield from _generate_mask(mask_generator, label, image_patch, brain_patch,
-                                                               tissue_patch, allowed, rng)
+                                                               tissue_patch, avoided, rng)
             if mask is None:
                 logger.warning("lesion %d: no mask, not even the sphere prior's, fits the brain here; skipped", number)
                 continue
             if source == SPHERE_FALLBACK:
                 logger.warning("lesion %d: the %s masks were implausible %d time(s) (%s); used the sphere prior's "
                                "ellipsoid instead", number, mask_generator.kind, len(rejected), rejected[-1])
-        keep = None if allowed is None else ~np.isin(tissue_patch, allowed) & (mask == 0)
+        keep = None if avoided is None else avoided & (mask == 0)
         batches.add(_PendingLesion(
             np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**31)),
             {"label": int(label), "centre_model_voxel": [int(c) for c in centre],
@@ -369,11 +370,11 @@ def implausible_mask(mask: np.ndarray, prior: SpherePrior, spacing: list[float])
     return None
 
 
-def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, allowed: list[int] | None, rng
+def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch, avoided: np.ndarray | None, rng
                    ) -> EditJob[tuple[np.ndarray | None, str, list[str]]]:
     """(mask, "generator" or "sphere_fallback", why earlier draws were rejected): up to ``MASK_RETRIES`` draws of
     the generator (each a :class:`MaskRequest`), then the sphere prior's ellipsoid of the last draw's spheres. Each
-    is kept off the tissue classes outside ``allowed`` (``placement.keep_on_lesion_tissue``) before it is judged."""
+    is kept off the ``avoided`` tissue (``placement.keep_on_lesion_tissue``) before it is judged."""
     priors = _single_lesion_priors(generator.priors, label)
     rejected: list[str] = []
     spheres = []
@@ -383,7 +384,7 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
         conditioning = MaskConditioning(brain=brain_patch[None], tissue=None if tissue_patch is None else
                                         tissue_patch[None], images=image_patch[None], spheres=[spheres])
         drawn = yield MaskRequest(generator, conditioning, int(rng.integers(2**31)))
-        mask = keep_on_lesion_tissue(drawn, tissue_patch, allowed)
+        mask = keep_on_lesion_tissue(drawn, avoided)
         problem = ("only on tissue its class's lesions avoid" if drawn.any() and not mask.any()
                    else implausible_mask(mask, priors[str(label)], generator.spacing))
         if problem is None:
@@ -393,7 +394,7 @@ def _generate_mask(generator, label: int, image_patch, brain_patch, tissue_patch
                 if spheres else None)
     if fallback is not None:
         fallback[~brain_patch.astype(bool)] = 0
-        fallback = keep_on_lesion_tissue(fallback, tissue_patch, allowed)
+        fallback = keep_on_lesion_tissue(fallback, avoided)
     if fallback is None or not fallback.any():
         return None, SPHERE_FALLBACK, rejected
     return fallback, SPHERE_FALLBACK, rejected
