@@ -363,6 +363,17 @@ MUTANTS = (
            "network = self.networks[self.sampling_network]", "network = self.networks['denoiser']",
            ("tests/test_distillation.py::test_the_loaded_model_samples_with_its_student_in_four_evaluations",),
            "issue 15"),
+    # ------------------------------------------------------------------- synthetic cases faded out (issue 14)
+    Mutant("synthetic_share_never_fades", "lesiongen/training/seg_data.py",
+           "share = self.synthetic_share.at(number)", "share = self.synthetic_share.share",
+           ("tests/test_seg.py::test_segmentation_batches_draw_synthetic_cases_at_their_step_s_share",), "issue 14"),
+    Mutant("fade_measured_from_the_start", "lesiongen/training/seg_data.py",
+           "return self.share * max(0.0, 1.0 - progress) / (1.0 - self.fade_start)",
+           "return self.share * max(0.0, 1.0 - progress)",
+           ("tests/test_seg.py::test_synthetic_share_fades_linearly_after_its_start",), "issue 14"),
+    Mutant("benefit_drops_the_fade", "lesiongen/benefit.py",
+           "1.0 if s == \"none\" else options.synthetic_fade_start)", "1.0)",
+           ("tests/test_benefit.py::test_a_fade_reaches_the_seg_models_with_synthetic_cases_only",), "issue 14"),
 )
 
 

@@ -77,6 +77,8 @@ class BenefitOptions:
     generator_steps: int | None = None
     inpaint_steps: int | None = None
     mirror: bool = True  # test-time mirroring when segmenting the test scans
+    # seg's synthetic_fade_start for the models with synthetic cases (1: the synthetic share constant throughout)
+    synthetic_fade_start: float = 1.0
     device: str = "cpu"
     parallel: int = 1  # trainings at the same time (subprocesses sharing the device)
     output: Path | None = None
@@ -89,6 +91,7 @@ class TrainingJob:
     seed: int | None = None
     strategy: str | None = None  # seg only
     ratio: float = 1.0  # seg only
+    fade_start: float = 1.0  # seg with synthetic cases only
 
     @property
     def name(self) -> str:
@@ -97,8 +100,13 @@ class TrainingJob:
         return SegVariant.of(self.strategy, self.ratio, self.seed).name
 
     def settings(self) -> dict[str, object]:
+        if self.trainer != "seg":
+            return {}
         # fold all validates on its own training cases: nothing to learn from that here, and it costs minutes
-        return {"synthetic_ratio": self.ratio, "validate": False} if self.trainer == "seg" else {}
+        settings: dict[str, object] = {"synthetic_ratio": self.ratio, "validate": False}
+        if self.fade_start != 1.0:  # a fade has nothing to fade without synthetic cases
+            settings["synthetic_fade_start"] = self.fade_start
+        return settings
 
     def command(self, options: BenefitOptions) -> list[str]:
         command = [sys.executable, "-m", "lesiongen.cli.train", options.dataset, self.trainer, FOLD, "-device",
@@ -125,7 +133,8 @@ def training_jobs(options: BenefitOptions) -> tuple[list[TrainingJob], list[Trai
     first = [TrainingJob(g, options.generator_steps) for g in generators]
     if any(STRATEGIES[s].inpainted for s, _ in seg_runs):
         first.append(TrainingJob("inpaint", options.inpaint_steps))
-    seg = [TrainingJob("seg", options.seg_steps, seed, s, 1.0 if s == "none" else r)
+    seg = [TrainingJob("seg", options.seg_steps, seed, s, 1.0 if s == "none" else r,
+                       1.0 if s == "none" else options.synthetic_fade_start)
            for s, r in sorted(seg_runs, key=lambda sr: (list(STRATEGIES).index(sr[0]), sr[1]))
            for seed in options.seeds]
     seg = list(dict.fromkeys(seg))  # "none" at every ratio is one run
@@ -341,6 +350,10 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
              "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
              "Dice points (x100), with the 95 % bootstrap interval over test cases and seeds and the Wilcoxon "
              "signed-rank p over cases (seed means).", ""]
+    fade_start = report.get("settings", {}).get("synthetic_fade_start", 1.0)
+    if fade_start < 1.0:
+        lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "
+                  f"first {fade_start:.0%} of its steps, then ever fewer, none at the end.", ""]
     header = ["strategy", "ratio", *(METRIC_HEADINGS[m] for m in METRICS), "Dice vs none (95 % CI)", "p",
               "cases better / worse"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

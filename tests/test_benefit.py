@@ -103,6 +103,24 @@ def test_a_rerun_trains_nothing_again(benefit, capsys):
     assert set(report["trainings"].values()) == {"up to date"}
 
 
+def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
+    from lesiongen.benefit import training_jobs
+
+    first, second = training_jobs(BenefitOptions(dataset="501", strategies=("none", "copy_paste"), seeds=(0,),
+                                                 ratio=2.0, sweep_strategy=None, synthetic_fade_start=0.5))
+    none = next(job for job in first if job.trainer == "seg")
+    assert "synthetic_fade_start" not in none.settings()  # nothing to fade: the real-only model stays as it is
+    (copy_paste,) = second
+    assert copy_paste.settings()["synthetic_fade_start"] == 0.5
+    assert "synthetic_fade_start=0.5" in copy_paste.command(BenefitOptions(dataset="501"))
+    _, (plain,) = training_jobs(BenefitOptions(dataset="501", strategies=("none", "copy_paste"), seeds=(0,),
+                                               sweep_strategy=None))
+    assert "synthetic_fade_start" not in plain.settings()  # no fade asked: models trained before it stay up to date
+    report = {"dataset": "D", "strategies": [], "failed_trainings": []}
+    assert "for the first 50% of its steps" in markdown({**report, "settings": {"synthetic_fade_start": 0.5}}, 3, 2)
+    assert "fade" not in markdown({**report, "settings": {"synthetic_fade_start": 1.0}}, 3, 2)
+
+
 def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
     nan = float("nan")
     lesion_free = {"dice": 1.0, "lesion_recall": nan}  # no lesion, none predicted: Dice 1 by convention

@@ -292,6 +292,54 @@ def test_segmentation_batches_depend_on_the_batch_number_alone(tiny_preprocessed
         np.testing.assert_array_equal(a, b)
 
 
+def test_synthetic_share_fades_linearly_after_its_start():
+    from lesiongen.training.seg_data import SyntheticShare
+
+    fading = SyntheticShare(0.6, total_steps=10, fade_start=0.5)
+    # steps 0-5 (progress <= 0.5): the whole share; then 0.6 x (1 - step / 10) / 0.5
+    assert [fading.at(step) for step in range(10)] == pytest.approx([0.6] * 6 + [0.48, 0.36, 0.24, 0.12])
+    assert fading.mean == pytest.approx(0.45)  # 0.6 x (0.5 + 0.5 / 2)
+    constant = SyntheticShare(0.6, total_steps=10)
+    assert [constant.at(step) for step in (0, 9, 12)] == [0.6, 0.6, 0.6] and constant.mean == 0.6
+
+
+def test_segmentation_batches_draw_synthetic_cases_at_their_step_s_share(tiny_preprocessed, monkeypatch):
+    """All synthetic at the first step of a full share, all real once the fade has reached 0."""
+    from lesiongen.training.seg_data import SegCase, SegPatchLoader, SyntheticShare
+
+    dataset = open_preprocessed(TINY.dataset_id)
+    folder = dataset.data_folder / "training"
+    ids = dataset.case_ids()
+    real, synthetic = [SegCase(ids[0], folder / ids[0])], [SegCase(ids[1], folder / ids[1], synthetic=True)]
+    drawn: list[bool] = []
+    arrays = SegCase.arrays
+    monkeypatch.setattr(SegCase, "arrays", lambda case: drawn.append(case.synthetic) or arrays(case))
+    share = SyntheticShare(1.0, total_steps=4, fade_start=0.5)
+    for step, expected in ((0, True), (4, False)):
+        drawn.clear()
+        loader = SegPatchLoader(real, synthetic, dataset.plans.stages["segmentation"].patch_size, 3, share, seed=2,
+                                first_batch=step)
+        next(loader)
+        assert drawn == [expected] * 3, step
+
+
+def test_seg_records_the_fade_and_refuses_a_start_outside_0_1(tiny_preprocessed):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import trainer_class
+
+    # a seed of its own: its synthetic cases (copy_paste needs no trained model) are no other test's
+    trainer = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu",
+                                   TrainingOptions(total_steps=2, seed=77), strategy="copy_paste")
+    trainer.apply_settings({"synthetic_ratio": 0.33, "synthetic_fade_start": 0.5})
+    trainer.load_training_data()
+    trainer.batches.close()
+    share = 0.33 / 1.33
+    assert trainer.extra["synthetic_share_of_samples"] == pytest.approx(share)
+    assert trainer.extra["synthetic_share_over_the_run"] == pytest.approx(share * 0.75)
+    with pytest.raises(LesiongenError, match="synthetic_fade_start=1.5"):
+        trainer.apply_settings({"synthetic_fade_start": 1.5})
+
+
 def test_seg_resume_is_exact(seg_runs, tmp_path, monkeypatch):
     """Interrupted after 2 of 4 steps and continued with --c: the same weights as 4 uninterrupted steps."""
     from lesiongen.models.checkpoint import load_checkpoint

@@ -3,7 +3,8 @@ augmentation, in background workers when asked.
 
 Cases are read lazily from the preprocessed blosc2 arrays (real training cases and cached synthetic ones), so a
 fold never has to fit in memory. A batch's ``force_fg`` share of samples is centred on a random lesion voxel (from
-the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume.
+the case's precomputed ``_locations.npz``); the rest is centred anywhere in the volume. Each sample comes from a
+synthetic case with the probability its step's :class:`SyntheticShare` gives, else from a real one.
 For the 2d configuration (``slice_axis`` set) a sample is the in-plane
 patch of one slice through that centre, so the same oversampling puts a lesion into a third of the slices.
 
@@ -94,8 +95,32 @@ class SegCase:
         return np.concatenate(arrays) if arrays else np.zeros((0, 3), dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class SyntheticShare:
+    """The share of a batch's samples drawn from synthetic cases, per training step: ``share`` throughout, or with
+    ``fade_start`` < 1, ``share`` until that fraction of the ``total_steps`` and then linearly less, towards 0 at the
+    last step: the synthetic cases shape the early steps, the real ones the last (pre-training on synthetic data
+    and fine-tuning on real data, in one run and one learning-rate schedule)."""
+
+    share: float
+    total_steps: int = 1
+    fade_start: float = 1.0
+
+    def at(self, step: int) -> float:
+        progress = step / max(self.total_steps, 1)
+        if self.fade_start >= 1.0 or progress <= self.fade_start:
+            return self.share
+        return self.share * max(0.0, 1.0 - progress) / (1.0 - self.fade_start)
+
+    @property
+    def mean(self) -> float:
+        """The share over the whole run (the fade's triangle counts half)."""
+        return self.share * (self.fade_start + (1.0 - self.fade_start) / 2)
+
+
 class SegPatchLoader(DataLoader):
-    """Random patches of real and synthetic cases; ``synthetic_share`` of samples come from synthetic cases.
+    """Random patches of real and synthetic cases; ``synthetic_share`` (a number: the same at every step) says what
+    share of a batch's samples come from synthetic cases.
 
     Randomness comes from numpy's global generator, reseeded per batch (see the module docstring); with
     ``n_workers`` background processes, worker w makes batches ``first_batch + w``, ``+ n_workers``, ... in the
@@ -103,7 +128,7 @@ class SegPatchLoader(DataLoader):
     """
 
     def __init__(self, real: list[SegCase], synthetic: list[SegCase], patch_size: list[int], batch_size: int,
-                 synthetic_share: float, seed: int, first_batch: int = 0, n_workers: int = 1,
+                 synthetic_share: SyntheticShare | float, seed: int, first_batch: int = 0, n_workers: int = 1,
                  slice_axis: int | None = None):
         super().__init__(real + synthetic, batch_size, max(1, n_workers), seed_for_shuffle=seed, infinite=True)
         self.seed, self.first_batch, self._made = seed, first_batch, 0
@@ -113,11 +138,13 @@ class SegPatchLoader(DataLoader):
         # what is cut from the volume: a 3D patch, or for 2D one slice thick along slice_axis
         self.volume_patch = list(patch_size) if slice_axis is None else \
             [*patch_size[:slice_axis], 1, *patch_size[slice_axis:]]
-        self.synthetic_share = synthetic_share if synthetic else 0.0
+        if not isinstance(synthetic_share, SyntheticShare):
+            synthetic_share = SyntheticShare(float(synthetic_share))
+        self.synthetic_share = synthetic_share if synthetic else SyntheticShare(0.0)
         self._locations: dict[str, np.ndarray] = {}
 
-    def _case(self) -> SegCase:
-        pool = self.synthetic if np.random.random_sample() < self.synthetic_share else self.real
+    def _case(self, share: float) -> SegCase:
+        pool = self.synthetic if np.random.random_sample() < share else self.real
         return pool[np.random.randint(len(pool))]
 
     def _centre(self, case: SegCase, shape: tuple[int, ...], force_fg: bool) -> np.ndarray:
@@ -135,12 +162,14 @@ class SegPatchLoader(DataLoader):
         return number
 
     def generate_train_batch(self) -> dict:
-        seed = derive_seed(self.seed, "batch", self.next_batch_number())
+        number = self.next_batch_number()  # the training step the batch is for
+        seed = derive_seed(self.seed, "batch", number)
         np.random.seed(seed)
         random.seed(seed)  # some batchgenerators transforms draw from Python's own generator (e.g. noise variance)
+        share = self.synthetic_share.at(number)
         data, seg = [], []
         for index in range(self.batch_size):
-            case = self._case()
+            case = self._case(share)
             images, labels = case.arrays()
             force_fg = index >= round(self.batch_size * (1 - FOREGROUND_OVERSAMPLING))
             centre = self._centre(case, labels.shape, force_fg)

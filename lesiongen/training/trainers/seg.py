@@ -8,7 +8,9 @@ for lesions that fill a tiny fraction of the scan. SGD with
 Nesterov momentum 0.99, lr 1e-2, poly decay, gradient clipping at 12. Batches: foreground oversampling and
 batchgenerators augmentation (spatial, noise, blur, brightness, contrast, gamma, mirroring), in ``num_workers``
 background processes. With ``--synthetic STRATEGY`` a share ``R / (1 + R)`` of the samples (``R`` = the synthetic
-ratio) comes from synthetic cases made from the healthy scans by that strategy's models of the same fold.
+ratio) comes from synthetic cases made from the healthy scans by that strategy's models of the same fold; with
+``--set synthetic_fade_start=F`` (< 1) that share holds for the first F of the steps and then falls linearly
+towards 0 at the last step (the synthetic cases early, the real ones last).
 
 After training, every validation case is predicted by sliding window (Gaussian weighting, mirroring), exported at
 its original geometry to ``fold_X/validation/`` and scored against the raw label in ``fold_X/summary.json``.
@@ -39,7 +41,7 @@ from lesiongen.training.losses import (
     generalized_dice_loss,
     softmax_dice_loss,
 )
-from lesiongen.training.seg_data import SegCase, SegPatchLoader, augmentation, batch_stream
+from lesiongen.training.seg_data import SegCase, SegPatchLoader, SyntheticShare, augmentation, batch_stream
 from lesiongen.training.synthetic import (MAX_EMPTY_FRACTION, make_synthetic_cases, strategy_checkpoints,
                                          synthetic_case_count)
 from lesiongen.utilities.errors import LesiongenError
@@ -59,6 +61,8 @@ class SegTrainer(Trainer):
     weight_decay = 3e-5
     grad_clip = 12.0
     synthetic_ratio = 1.0  # synthetic cases per real training case (when a strategy is chosen)
+    # fraction of the steps after which the synthetic share of samples fades linearly to 0 at the end; 1: no fade
+    synthetic_fade_start = 1.0
     num_workers = -1  # background augmentation processes; -1: nnU-Net's rule from the CPU count and device
     mirror_validation = True  # mirroring test-time augmentation when predicting the validation cases
     max_empty_synthetic_fraction = MAX_EMPTY_FRACTION  # more lesion-free synthetic cases than this is an error
@@ -99,6 +103,9 @@ class SegTrainer(Trainer):
         if self.loss not in SEG_LOSSES:
             raise LesiongenError(f"--loss {self.loss}: unknown segmentation loss; choose one of "
                                  f"{', '.join(SEG_LOSSES)}")
+        if not 0.0 <= self.synthetic_fade_start <= 1.0:
+            raise LesiongenError(f"--set synthetic_fade_start={self.synthetic_fade_start}: a fraction of the steps, "
+                                 f"from 0 to 1 (1: no fade)")
 
     # ---------------------------------------------------------------------------------------------- set-up
     def configure_optimizer(self, parameters):
@@ -140,9 +147,11 @@ class SegTrainer(Trainer):
         synthetic = self._synthetic_cases(len(real)) if self.strategy != "none" else []
         for case in real + synthetic:  # here, not in an augmentation worker, a corrupt file ends in one line
             case.verify()
-        share = self.synthetic_ratio / (1 + self.synthetic_ratio) if synthetic else 0.0
+        share = SyntheticShare(self.synthetic_ratio / (1 + self.synthetic_ratio) if synthetic else 0.0,
+                               self.total_steps, self.synthetic_fade_start)
         self.extra.update({"strategy": self.strategy, "synthetic_cases": len(synthetic),
-                           "synthetic_share_of_samples": share})
+                           "synthetic_share_of_samples": share.share, "synthetic_fade_start": share.fade_start,
+                           "synthetic_share_over_the_run": share.mean})
         loader = SegPatchLoader(real, synthetic, self.stage_plan.patch_size, self.batch_size, share,
                                 derive_seed(self.options.seed, "augmentation", self.distributed.rank),
                                 first_batch=self.step, n_workers=self.workers, slice_axis=self.stage_plan.slice_axis)
