@@ -372,8 +372,12 @@ MUTANTS = (
            "return self.share * max(0.0, 1.0 - progress)",
            ("tests/test_seg.py::test_synthetic_share_fades_linearly_after_its_start",), "issue 14"),
     Mutant("benefit_drops_the_fade", "lesiongen/benefit.py",
-           "1.0 if s == \"none\" else options.synthetic_fade_start)", "1.0)",
+           "None if s == \"none\" else options.synthetic_fade_start)", "None)",
            ("tests/test_benefit.py::test_a_fade_reaches_the_seg_models_with_synthetic_cases_only",), "issue 14"),
+    Mutant("real_only_seg_depends_on_the_fade", "lesiongen/training/trainers/seg.py",
+           'del settings["synthetic_fade_start"]', "pass",
+           ("tests/test_seg.py::test_seg_models_from_before_the_fade_are_stale_unless_they_had_nothing_to_fade",),
+           "issue 14"),
 )
 
 

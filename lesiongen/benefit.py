@@ -50,6 +50,7 @@ from lesiongen.training.base import TrainingOptions
 from lesiongen.training.registry import trainer_class
 from lesiongen.training.seg_data import SegCase
 from lesiongen.training.synthetic import case_tissue, synthetic_case_count, synthetic_cases
+from lesiongen.training.trainers.seg import SegTrainer
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
 from lesiongen.utilities.parallel import thread_share
@@ -78,7 +79,7 @@ class BenefitOptions:
     inpaint_steps: int | None = None
     mirror: bool = True  # test-time mirroring when segmenting the test scans
     # seg's synthetic_fade_start for the models with synthetic cases (1: the synthetic share constant throughout)
-    synthetic_fade_start: float = 1.0
+    synthetic_fade_start: float = SegTrainer.synthetic_fade_start
     device: str = "cpu"
     parallel: int = 1  # trainings at the same time (subprocesses sharing the device)
     output: Path | None = None
@@ -91,7 +92,7 @@ class TrainingJob:
     seed: int | None = None
     strategy: str | None = None  # seg only
     ratio: float = 1.0  # seg only
-    fade_start: float = 1.0  # seg with synthetic cases only
+    fade_start: float | None = None  # seg with synthetic cases only (real-only models have nothing to fade)
 
     @property
     def name(self) -> str:
@@ -104,7 +105,7 @@ class TrainingJob:
             return {}
         # fold all validates on its own training cases: nothing to learn from that here, and it costs minutes
         settings: dict[str, object] = {"synthetic_ratio": self.ratio, "validate": False}
-        if self.fade_start != 1.0:  # a fade has nothing to fade without synthetic cases
+        if self.fade_start is not None:
             settings["synthetic_fade_start"] = self.fade_start
         return settings
 
@@ -134,7 +135,7 @@ def training_jobs(options: BenefitOptions) -> tuple[list[TrainingJob], list[Trai
     if any(STRATEGIES[s].inpainted for s, _ in seg_runs):
         first.append(TrainingJob("inpaint", options.inpaint_steps))
     seg = [TrainingJob("seg", options.seg_steps, seed, s, 1.0 if s == "none" else r,
-                       1.0 if s == "none" else options.synthetic_fade_start)
+                       None if s == "none" else options.synthetic_fade_start)
            for s, r in sorted(seg_runs, key=lambda sr: (list(STRATEGIES).index(sr[0]), sr[1]))
            for seed in options.seeds]
     seg = list(dict.fromkeys(seg))  # "none" at every ratio is one run

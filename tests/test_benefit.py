@@ -105,6 +105,7 @@ def test_a_rerun_trains_nothing_again(benefit, capsys):
 
 def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
     from lesiongen.benefit import training_jobs
+    from lesiongen.training.trainers.seg import SegTrainer
 
     first, second = training_jobs(BenefitOptions(dataset="501", strategies=("none", "copy_paste"), seeds=(0,),
                                                  ratio=2.0, sweep_strategy=None, synthetic_fade_start=0.5))
@@ -115,7 +116,7 @@ def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
     assert "synthetic_fade_start=0.5" in copy_paste.command(BenefitOptions(dataset="501"))
     _, (plain,) = training_jobs(BenefitOptions(dataset="501", strategies=("none", "copy_paste"), seeds=(0,),
                                                sweep_strategy=None))
-    assert "synthetic_fade_start" not in plain.settings()  # no fade asked: models trained before it stay up to date
+    assert plain.settings()["synthetic_fade_start"] == SegTrainer.synthetic_fade_start  # none asked: seg's default
     report = {"dataset": "D", "strategies": [], "failed_trainings": []}
     assert "for the first 50% of its steps" in markdown({**report, "settings": {"synthetic_fade_start": 0.5}}, 3, 2)
     assert "fade" not in markdown({**report, "settings": {"synthetic_fade_start": 1.0}}, 3, 2)
@@ -211,3 +212,21 @@ def test_the_answer_follows_the_interval_and_names_a_significant_wilcoxon_inside
     metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in METRICS}
     table = markdown({"dataset": "D", "strategies": [{**row, **metrics} for row in report["strategies"]]}, 12, 3)
     assert table.endswith("\n".join(lines) + "\n") and "Does it help?" in table
+
+
+def test_two_runs_are_compared_model_by_model_on_the_same_cases():
+    """benchmarks/compare_benefit_runs.py: NEW − OLD per case over the seeds both runs hold, Dice in points."""
+    from conftest import load_benchmark
+
+    runs = load_benchmark("compare_benefit_runs")
+    old = {f"seg_{name}_s{seed}": {f"c{i}": {"dice": 0.5 + 0.01 * i} for i in range(8)}
+           for name in ("none", "diffmask_r2") for seed in (0, 1)}
+    new = {name: {case: {"dice": v["dice"] + (0.02 if "diffmask" in name else 0.0)} for case, v in cases.items()}
+           for name, cases in old.items()}
+    new["seg_sphere_r2_s0"] = old["seg_none_s0"]  # in one run only: not compared
+    lines = runs.compare(new, old, ("dice",))
+    assert len(lines) == 2
+    diffmask, none = lines
+    assert diffmask.startswith("diffmask r2") and "+2.000 (+2.000 to +2.000)" in diffmask
+    assert "better / worse 8 / 0" in diffmask and "(2 seed(s), 8 cases)" in diffmask
+    assert none.startswith("none") and "+0.000" in none

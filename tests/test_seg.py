@@ -340,6 +340,36 @@ def test_seg_records_the_fade_and_refuses_a_start_outside_0_1(tiny_preprocessed)
         trainer.apply_settings({"synthetic_fade_start": 1.5})
 
 
+def test_seg_models_from_before_the_fade_are_stale_unless_they_had_nothing_to_fade(seg_runs, monkeypatch):
+    """A seg model trained before the fade drew its synthetic cases at a constant share: with synthetic cases it is
+    not what the default (a fade) makes now; a real-only model is."""
+    from lesiongen.models import checkpoint
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import trainer_class
+
+    def trainer(strategy: str, settings: dict):
+        made = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=2),
+                                    strategy=strategy)
+        made.apply_settings(settings)
+        return made
+
+    sphere = trainer("sphere", {"synthetic_ratio": 0.33, "mirror_validation": False})
+    none = trainer("none", {"synthetic_ratio": 0.33})
+    assert sphere.stale_reason() is None and none.stale_reason() is None
+    load = checkpoint.load_checkpoint
+
+    def before_the_fade(path):
+        state = load(path)
+        state["provenance"]["settings"].pop("synthetic_fade_start", None)
+        return state
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", before_the_fade)
+    assert "'synthetic_fade_start': 1.0" in sphere.stale_reason()
+    assert none.stale_reason() is None
+    with pytest.raises(LesiongenError, match="no synthetic cases to fade"):
+        none.apply_settings({"synthetic_fade_start": 0.5})
+
+
 def test_seg_resume_is_exact(seg_runs, tmp_path, monkeypatch):
     """Interrupted after 2 of 4 steps and continued with --c: the same weights as 4 uninterrupted steps."""
     from lesiongen.models.checkpoint import load_checkpoint

@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", dest="sweep_strategy", default="diffmask",
                         help="strategy also trained at every --sweep_ratios value ('none' for no sweep)")
     parser.add_argument("--sweep_ratios", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0])
-    parser.add_argument("--synthetic_fade_start", type=float, default=1.0,
+    parser.add_argument("--synthetic_fade_start", type=float, default=None,
                         help="seg models with synthetic cases draw them at the ratio's share until this fraction of "
-                             "their steps, then ever less, none at the end (default 1: the same share throughout)")
+                             "their steps, then ever less, none at the end (1: the same share throughout; default: "
+                             "the seg trainer's, documentation/segmentation.md)")
     parser.add_argument("--test_dataset", default=None,
                         help="test on this dataset's scans instead (its imagesTs, else its training cases): "
                              "an out-of-domain check; channels must match")
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> None:
                              sweep_ratios=tuple(args.sweep_ratios), test_dataset=args.test_dataset,
                              seg_steps=args.seg_steps, generator_steps=args.generator_steps,
                              inpaint_steps=args.inpaint_steps, mirror=not args.disable_tta,
-                             synthetic_fade_start=args.synthetic_fade_start,
+                             **({} if args.synthetic_fade_start is None else
+                                {"synthetic_fade_start": args.synthetic_fade_start}),
                              device=str(pick_device(args.device)), parallel=args.parallel, output=args.output)
     result = run_benefit(options)
     if not result.fell_back_to_folds:

@@ -61,8 +61,10 @@ class SegTrainer(Trainer):
     weight_decay = 3e-5
     grad_clip = 12.0
     synthetic_ratio = 1.0  # synthetic cases per real training case (when a strategy is chosen)
-    # fraction of the steps after which the synthetic share of samples fades linearly to 0 at the end; 1: no fade
-    synthetic_fade_start = 1.0
+    # fraction of the steps after which the synthetic share of samples fades linearly to 0 at the end; 1: no fade.
+    # 0.5 since 2026-12-05: on the 4-case demo it raised every strategy's Dice (README, "the fade")
+    synthetic_fade_start = 0.5
+    settings_before_recorded = {"synthetic_fade_start": 1.0}  # seg models trained before the fade had none
     num_workers = -1  # background augmentation processes; -1: nnU-Net's rule from the CPU count and device
     mirror_validation = True  # mirroring test-time augmentation when predicting the validation cases
     max_empty_synthetic_fraction = MAX_EMPTY_FRACTION  # more lesion-free synthetic cases than this is an error
@@ -96,9 +98,15 @@ class SegTrainer(Trainer):
         return SegmenterConfig(configuration=self.configuration)
 
     def settings(self) -> dict:
-        return {**super().settings(), "loss": self.loss}
+        settings = {**super().settings(), "loss": self.loss}
+        if self.strategy == "none":  # nothing to fade: a real-only model does not depend on it
+            del settings["synthetic_fade_start"]
+        return settings
 
     def apply_settings(self, values: dict) -> None:
+        if self.strategy == "none" and "synthetic_fade_start" in values:
+            raise LesiongenError("--set synthetic_fade_start: a seg run with --synthetic none has no synthetic cases "
+                                 "to fade out")
         super().apply_settings(values)
         if self.loss not in SEG_LOSSES:
             raise LesiongenError(f"--loss {self.loss}: unknown segmentation loss; choose one of "

@@ -1,0 +1,72 @@
+"""Paired differences between two ``lesiongen_benefit`` reports of the same test scans and seeds.
+
+    python benchmarks/compare_benefit_runs.py NEW.json OLD.json [--metrics dice lesion_f1 ...]
+
+Two runs that differ in one thing (a seg setting, a retrained inpainter, another synthesis rule) and share the test
+scans and training seeds are compared model by model: for every seg model both reports hold (same strategy, ratio
+and seed), NEW minus OLD per test case, with the 95 % bootstrap interval over cases and seeds and the Wilcoxon p of
+the report itself (``evaluation.statistics.paired_difference``). Accepts the report (``benefit.json``) or the JSON
+``benchmarks/augmentation_benefit.py`` wraps it in. Prints a table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lesiongen.evaluation.statistics import paired_difference  # noqa: E402
+from lesiongen.inference.strategies import SegVariant  # noqa: E402
+
+DEFAULT_METRICS = ("dice", "lesion_f1", "small_lesion_recall", "hd95", "volume_difference_mm3")
+
+
+def per_case(path: Path) -> dict[str, dict[str, dict]]:
+    report = json.loads(path.read_text())
+    return report.get("benefit", report)["per_case"]
+
+
+def score_matrix(scores: dict[str, dict[str, dict]], models: list[str], cases: list[str], metric: str) -> np.ndarray:
+    """(seeds, cases) of one metric; NaN where a case has no value (e.g. recall without a lesion)."""
+    return np.array([[np.nan if scores[m][c].get(metric) is None else scores[m][c][metric] for c in cases]
+                     for m in models], dtype=float)
+
+
+def compare(new: dict, old: dict, metrics: tuple[str, ...]) -> list[str]:
+    """One line per (strategy and ratio, metric): NEW − OLD over the seg models of every seed both runs hold."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(new.keys() & old.keys()):
+        variant = SegVariant.parse(name)
+        if variant is not None:
+            groups[variant.label].append(name)
+    lines = []
+    for label, models in groups.items():
+        cases = sorted(set.intersection(*(set(new[m]) & set(old[m]) for m in models)))
+        for metric in metrics:
+            d = paired_difference(score_matrix(new, models, cases, metric), score_matrix(old, models, cases, metric))
+            scale = 100.0 if metric == "dice" else 1.0  # Dice in points, as the report gives it
+            lines.append(f"{label:16s} {metric:22s} {d.mean * scale:+8.3f} ({d.ci_low * scale:+.3f} to "
+                         f"{d.ci_high * scale:+.3f})  p {d.p_value:.3f}  better / worse {d.cases_better} / "
+                         f"{d.cases_worse}  ({len(models)} seed(s), {len(cases)} cases)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("new", type=Path)
+    parser.add_argument("old", type=Path)
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    args = parser.parse_args(argv)
+    print("NEW − OLD (Dice in points)")
+    print("\n".join(compare(per_case(args.new), per_case(args.old), tuple(args.metrics))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
