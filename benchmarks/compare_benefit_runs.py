@@ -1,17 +1,19 @@
 """Paired differences between two ``lesiongen_benefit`` reports of the same test scans and seeds.
 
-    python benchmarks/compare_benefit_runs.py NEW.json OLD.json [--metrics dice lesion_f1 ...]
+    python benchmarks/compare_benefit_runs.py NEW.json OLD.json [--metrics dice lesion_f1 ...] [--ratios 4 2]
 
 Two runs that differ in one thing (a seg setting, a retrained inpainter, another synthesis rule) and share the test
 scans and training seeds are compared model by model: for every seg model both reports hold (same strategy, ratio
 and seed), NEW minus OLD per test case, with the 95 % bootstrap interval over cases and seeds and the Wilcoxon p of
 the report itself (``evaluation.statistics.paired_difference``). Accepts the report (``benefit.json``) or the JSON
-``benchmarks/augmentation_benefit.py`` wraps it in. Prints a table; writes nothing.
+``benchmarks/augmentation_benefit.py`` wraps it in. ``--ratios A B`` pairs NEW's models of synthetic ratio A with
+OLD's of ratio B (same strategy and seed), to compare two doses. Prints a table; writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import defaultdict
@@ -38,8 +40,22 @@ def score_matrix(scores: dict[str, dict[str, dict]], models: list[str], cases: l
                      for m in models], dtype=float)
 
 
-def compare(new: dict, old: dict, metrics: tuple[str, ...]) -> list[str]:
-    """One line per (strategy and ratio, metric): NEW − OLD over the seg models of every seed both runs hold."""
+def as_ratio(scores: dict[str, dict], ratio: float, paired_with: float) -> dict[str, dict]:
+    """The report's models of synthetic ratio ``ratio`` under the names they would have at ``paired_with``; its other
+    models left out."""
+    renamed = {}
+    for name, cases in scores.items():
+        variant = SegVariant.parse(name)
+        if variant is not None and variant.strategy != "none" and variant.ratio == ratio:
+            renamed[dataclasses.replace(variant, ratio=paired_with).name] = cases
+    return renamed
+
+
+def compare(new: dict, old: dict, metrics: tuple[str, ...], ratios: tuple[float, float] | None = None) -> list[str]:
+    """One line per (strategy and ratio, metric): NEW − OLD over the seg models of every seed both runs hold; with
+    ``ratios`` (NEW's, OLD's), NEW's models of the one ratio against OLD's of the other, labelled with OLD's."""
+    if ratios is not None:
+        new = as_ratio(new, *ratios)
     groups: dict[str, list[str]] = defaultdict(list)
     for name in sorted(new.keys() & old.keys()):
         variant = SegVariant.parse(name)
@@ -62,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path)
     parser.add_argument("old", type=Path)
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--ratios", nargs=2, type=float, metavar=("NEW", "OLD"),
+                        help="pair NEW's models of this synthetic ratio with OLD's of that one")
     args = parser.parse_args(argv)
-    print("NEW − OLD (Dice in points)")
-    print("\n".join(compare(per_case(args.new), per_case(args.old), tuple(args.metrics))))
+    ratios = tuple(args.ratios) if args.ratios else None
+    print("NEW − OLD (Dice in points)" + (f"; NEW's ratio {ratios[0]:g} against OLD's {ratios[1]:g}" if ratios else ""))
+    print("\n".join(compare(per_case(args.new), per_case(args.old), tuple(args.metrics), ratios)))
     return 0
 
 

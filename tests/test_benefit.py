@@ -230,3 +230,9 @@ def test_two_runs_are_compared_model_by_model_on_the_same_cases():
     assert diffmask.startswith("diffmask r2") and "+2.000 (+2.000 to +2.000)" in diffmask
     assert "better / worse 8 / 0" in diffmask and "(2 seed(s), 8 cases)" in diffmask
     assert none.startswith("none") and "+0.000" in none
+
+    # two doses: NEW's ratio-4 models against OLD's ratio-2 ones, seed by seed; real-only models are not paired
+    new_dose = {name.replace("_r2_", "_r4_"): cases for name, cases in new.items()}
+    new_dose["seg_diffmask_r2_s0"] = old["seg_none_s0"]  # NEW's own ratio 2: not in the pairing
+    (dose,) = runs.compare(new_dose, old, ("dice",), ratios=(4.0, 2.0))
+    assert dose.startswith("diffmask r2") and "+2.000 (+2.000 to +2.000)" in dose and "(2 seed(s), 8 cases)" in dose
