@@ -351,6 +351,12 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
              "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
              "Dice points (x100), with the 95 % bootstrap interval over test cases and seeds and the Wilcoxon "
              "signed-rank p over cases (seed means).", ""]
+    steps = sorted({m["steps_trained"] for m in report.get("provenance", {}).get("models", {}).values()
+                    if m.get("trainer") == "seg" and m.get("steps_trained") is not None})
+    if steps:
+        # the answer compares equal schedules; if real-only still improves at the end, it is about the schedule
+        lines += [f"Seg models trained {' / '.join(map(str, steps))} steps each: compare at a schedule after which "
+                  "real-only no longer improves (documentation/segmentation.md).", ""]
     fade_start = report.get("settings", {}).get("synthetic_fade_start", 1.0)
     if fade_start < 1.0:
         lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "

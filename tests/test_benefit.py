@@ -120,6 +120,9 @@ def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
     report = {"dataset": "D", "strategies": [], "failed_trainings": []}
     assert "for the first 50% of its steps" in markdown({**report, "settings": {"synthetic_fade_start": 0.5}}, 3, 2)
     assert "fade" not in markdown({**report, "settings": {"synthetic_fade_start": 1.0}}, 3, 2)
+    models = {"seg_none_s0": {"trainer": "seg", "steps_trained": 2000}, "inpaint": {"trainer": "inpaint",
+                                                                                     "steps_trained": 400}}
+    assert "Seg models trained 2000 steps each" in markdown({**report, "provenance": {"models": models}}, 3, 2)
 
 
 def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
