@@ -7,6 +7,8 @@ synthetic ratio — segments every test scan at its own geometry with every mode
 Dice, lesion F1 / recall / precision, small-lesion recall, HD95 and volume error (absolute, and signed: predicted −
 reference, so over- and under-segmentation show); the paired difference to real data only (``none``) with a 95 %
 bootstrap interval over test cases *and* seeds and a Wilcoxon p-value; the sweep over synthetic ratios as a plot.
+With ``schedule_check`` it also trains real-only at half the seg steps and reports whether the second half still
+raised its test Dice: if it did, the comparison is about the schedule as much as about the synthetic cases.
 Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, so a rerun
 only does what is missing. Without test scans it says so and compares the trained folds instead
 (``lesiongen_compare``).
@@ -42,7 +44,7 @@ from lesiongen.models.checkpoint import FINAL, load_checkpoint
 from lesiongen.models.folder import ModelFolder, trainer_folder
 from lesiongen.models.registry import load_model
 from lesiongen.models.segmenter import Segmenter
-from lesiongen.paths import results_root
+from lesiongen.paths import results_root, results_root_at
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.preprocessing.dataset import PreprocessedDataset, open_preprocessed
 from lesiongen.preprocessing.storage import load_array
@@ -62,6 +64,7 @@ FOLD = "all"
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SWEEP = (0.25, 0.5, 1.0, 2.0)
 REPORT = "benefit"
+SCHEDULE_CHECK = "schedule_check"  # $lesiongen_results/schedule_check: a results tree of its own for these models
 
 
 @dataclass
@@ -82,6 +85,7 @@ class BenefitOptions:
     synthetic_fade_start: float = SegTrainer.synthetic_fade_start
     device: str = "cpu"
     parallel: int = 1  # trainings at the same time (subprocesses sharing the device)
+    schedule_check: bool = False  # also train real-only at half the seg steps: was it still improving?
     output: Path | None = None
 
 
@@ -140,6 +144,25 @@ def training_jobs(options: BenefitOptions) -> tuple[list[TrainingJob], list[Trai
            for seed in options.seeds]
     seg = list(dict.fromkeys(seg))  # "none" at every ratio is one run
     return first + [j for j in seg if j.strategy == "none"], [j for j in seg if j.strategy != "none"]
+
+
+def seg_schedule(options: BenefitOptions, dataset: PreprocessedDataset) -> int:
+    """The seg models' steps: ``--seg_steps``, else the plans' schedule."""
+    return options.seg_steps or _trainer(TrainingJob("seg", None, options.seeds[0], "none"), dataset,
+                                         options.device).total_steps
+
+
+def schedule_check_jobs(options: BenefitOptions, dataset: PreprocessedDataset) -> list[TrainingJob]:
+    """Real-only at half the seg steps, one per seed: trained into a results tree of their own
+    (``$lesiongen_results/schedule_check``), so the dataset's real-only models (the full schedule) stay as they are
+    and ``lesiongen_compare`` never mistakes the two schedules for two strategies."""
+    if "none" not in options.strategies:
+        raise LesiongenError("--schedule_check compares real-only models at two schedules; keep none among "
+                             "--strategies")
+    full = seg_schedule(options, dataset)
+    if full < 2:
+        raise LesiongenError(f"--schedule_check halves the seg schedule; {full} step(s) cannot be halved")
+    return [TrainingJob("seg", full // 2, seed, "none") for seed in options.seeds]
 
 
 def _trainer(job: TrainingJob, dataset: PreprocessedDataset, device: str):
@@ -288,8 +311,9 @@ def _matrix(scores: dict, names: list[str], cases: list[str], metric: str) -> np
     return np.array([[scores[name][case][metric] for case in cases] for name in names], dtype=float)
 
 
-def summarise(scores: dict, options: BenefitOptions, cases: list[str]) -> dict:
-    """The strategy table (at ``options.ratio``), paired differences to ``none`` and the ratio sweep."""
+def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule: tuple[int, int] | None = None) -> dict:
+    """The strategy table (at ``options.ratio``), paired differences to ``none``, the ratio sweep and, with
+    ``schedule`` (full, half steps), real-only at the full schedule against its half-schedule models."""
     def names(strategy: str, ratio: float) -> list[str]:
         return [SegVariant.of(strategy, ratio, seed).name for seed in options.seeds]
 
@@ -307,6 +331,14 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str]) -> dict:
         return out
 
     report = {"strategies": [row(s, options.ratio) for s in options.strategies]}
+    if schedule:
+        full = names("none", 1.0)
+        half = [f"{SCHEDULE_CHECK}/{name}" for name in full]
+        report["schedule_check"] = {
+            "steps": schedule[0], "half_steps": schedule[1],
+            "dice_half_schedule": float(nanmean(_matrix(scores, half, cases, "dice"))),
+            "dice": dataclasses.asdict(paired_difference(_matrix(scores, full, cases, "dice"),
+                                                         _matrix(scores, half, cases, "dice")))}
     if options.sweep_strategy:
         report["sweep"] = {"strategy": options.sweep_strategy,
                            "rows": [row(options.sweep_strategy, r) for r in options.sweep_ratios]}
@@ -320,6 +352,24 @@ def _cell(value: float, scale: float = 1.0, digits: int = 3) -> str:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def schedule_line(check: dict) -> str:
+    """What the schedule check says: real-only's Dice at the full schedule against half of it, and what follows."""
+    d, full, half = check["dice"], check["steps"], check["half_steps"]
+    line = (f"- **Schedule check**: real-only at {full} steps against {half} steps (the same seeds): "
+            f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}; "
+            f"better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test scans). ")
+    judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
+    if judged == "helps":
+        return line + (f"Real-only was still improving: part of every difference above may be the schedule; rerun "
+                       f"with --seg_steps {2 * full} and check again.")
+    if judged == "hurts":
+        return line + ("Real-only was worse after the second half (over-fitting its training cases?): a shorter "
+                       "schedule may suit this dataset better.")
+    if judged == "no clear effect":
+        return line + "No clear gain from the second half: the schedule is long enough for this comparison."
+    return line + f"Not judged: {judged}."
 
 
 def answer(report: dict, n_seeds: int) -> list[str]:
@@ -343,6 +393,8 @@ def answer(report: dict, n_seeds: int) -> list[str]:
     if lines and n_seeds < 2:
         lines.append("- One training seed: how much a result moves between training runs is not in these intervals; "
                      "run with --seeds 0 1 2 before trusting them.")
+    if report.get("schedule_check"):
+        lines.append(schedule_line(report["schedule_check"]))
     return lines
 
 
@@ -351,8 +403,9 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
              "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
              "Dice points (x100), with the 95 % bootstrap interval over test cases and seeds and the Wilcoxon "
              "signed-rank p over cases (seed means).", ""]
-    steps = sorted({m["steps_trained"] for m in report.get("provenance", {}).get("models", {}).values()
-                    if m.get("trainer") == "seg" and m.get("steps_trained") is not None})
+    steps = sorted({m["steps_trained"] for name, m in report.get("provenance", {}).get("models", {}).items()
+                    if m.get("trainer") == "seg" and m.get("steps_trained") is not None
+                    and not name.startswith(f"{SCHEDULE_CHECK}/")})
     if steps:
         # the answer compares equal schedules; if real-only still improves at the end, it is about the schedule
         lines += [f"Seg models trained {' / '.join(map(str, steps))} steps each: compare at a schedule after which "
@@ -491,12 +544,21 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         return BenefitResult(paths, fell_back_to_folds=True)
     started = time.perf_counter()
     first, second = training_jobs(options)
+    check_jobs = schedule_check_jobs(options, dataset) if options.schedule_check else []
     outcome = run_trainings(first, options, folder / "logs")
     outcome.update(run_trainings(second, options, folder / "logs"))
+    check_root = results_root() / SCHEDULE_CHECK
+    if check_jobs:
+        with results_root_at(check_root):
+            checked = run_trainings(check_jobs, options, folder / "logs" / SCHEDULE_CHECK)
+        outcome.update({f"{SCHEDULE_CHECK}/{name}": state for name, state in checked.items()})
     minutes_training = (time.perf_counter() - started) / 60
     seg_jobs = [j for j in first + second if j.trainer == "seg"]
     models = {j.name: load_model(ModelFolder(trainer_folder(dataset.name, j.name, options.plans)), FOLD,
                                  options.device, expect=Segmenter) for j in seg_jobs}
+    models.update({f"{SCHEDULE_CHECK}/{j.name}": load_model(
+        ModelFolder(trainer_folder(dataset.name, j.name, options.plans, root=check_root)), FOLD,
+        options.device, expect=Segmenter) for j in check_jobs})
     others = {j.name: load_checkpoint(trainer_folder(dataset.name, j.name, options.plans) / f"fold_{FOLD}" / FINAL)
               for j in first if j.trainer != "seg"}
     check_no_leak([m.provenance for m in models.values()] + [s.get("provenance", {}) for s in others.values()],
@@ -510,7 +572,9 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
                        ", ".join(failed))
     train_cases = next(iter(models.values())).provenance.get("train_cases", dataset.case_ids())
     report = {"dataset": dataset.name, "plans": options.plans, "test_dataset": raw.name, "test_cases": case_ids,
-              **summarise(scores, options, case_ids), "failed_trainings": failed,
+              **summarise(scores, options, case_ids,
+                          (seg_schedule(options, dataset), check_jobs[0].steps) if check_jobs else None),
+              "failed_trainings": failed,
               "lesion_census": lesion_censuses(dataset, options, train_cases), "per_case": scores,
               "trainings": outcome, "minutes": {"training": minutes_training,
                                                 "testing": (time.perf_counter() - start) / 60},

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -44,3 +46,18 @@ def preprocessed_root() -> Path:
 
 def results_root() -> Path:
     return _folder("lesiongen_results")
+
+
+@contextmanager
+def results_root_at(folder: Path) -> Iterator[Path]:
+    """Within the block, and in the subprocesses started in it, trained models go to ``folder``: for models that
+    belong to one report rather than to the dataset's results (``lesiongen_benefit --schedule_check``)."""
+    previous = os.environ.get("lesiongen_results")
+    os.environ["lesiongen_results"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            del os.environ["lesiongen_results"]
+        else:
+            os.environ["lesiongen_results"] = previous

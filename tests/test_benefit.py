@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def benefit(tiny_preprocessed, tmp_path_factory):
     out = tmp_path_factory.mktemp("benefit")
     args = ["-d", str(TINY.dataset_id), "--strategies", "none", "copy_paste", "--seeds", "0", "--ratio", "0.33",
             "--sweep", "copy_paste", "--sweep_ratios", "0.33", "0.67", "--seg_steps", "2", "--disable_tta",
-            "-device", "cpu", "-o", str(out)]
+            "--schedule_check", "-device", "cpu", "-o", str(out)]
     assert benefit_cli.main(args) == 0
     return tiny_preprocessed, out, args
 
@@ -56,7 +57,7 @@ def test_report_compares_each_strategy_with_real_data_only(benefit):
     for name in ("md", "csv", "png"):
         assert (out / f"benefit.{name}").stat().st_size > 100
     assert "| copy_paste | 0.33 |" in (out / "benefit.md").read_text()
-    assert report["answer"] == answer(report, 1) and report["answer"][-1].startswith("- One training seed")
+    assert report["answer"] == answer(report, 1) and report["answer"][-2].startswith("- One training seed")
     assert set(report["provenance"]["models"]) >= {"seg_none_s0", "seg_copy_paste_r0.33_s0", "seg_copy_paste_r0.67_s0"}
 
 
@@ -86,14 +87,70 @@ def test_report_counts_the_lesions_of_the_real_and_the_synthetic_training_cases(
 def test_no_test_case_reaches_any_training_set(benefit):
     folders, out, _ = benefit
     report = json.loads((out / "benefit.json").read_text())
-    for name in report["provenance"]["models"]:
-        summary = json.loads((folders["results"] / TINY_NAME / f"{name}__lesiongenPlans" / "fold_all" /
-                              "training_summary.json").read_text())
+    assert "schedule_check/seg_none_s0" in report["provenance"]["models"]
+    for record in report["provenance"]["models"].values():
+        summary = json.loads((Path(record["checkpoint"]).parent / "training_summary.json").read_text())
         assert "test_000" not in summary["train_cases"]
     raw, cases = held_out_cases(BenefitOptions(dataset=str(TINY.dataset_id)))
     with pytest.raises(LesiongenError, match="test case"):
         check_no_leak([{"variant": "seg_none", "train_cases": ["test_000"]}], raw, cases,
                       BenefitOptions(dataset=str(TINY.dataset_id)))
+
+
+def test_the_schedule_check_trains_real_only_at_half_the_steps_in_a_results_tree_of_its_own(benefit):
+    from lesiongen.models.checkpoint import FINAL, load_checkpoint
+    from lesiongen.models.folder import trainer_folder
+    from lesiongen.planning.plans import PLANS_NAME
+
+    folders, out, _ = benefit
+    report = json.loads((out / "benefit.json").read_text())
+    half_name = "schedule_check/seg_none_s0"
+    half = trainer_folder(TINY_NAME, "seg_none_s0", PLANS_NAME, root=folders["results"] / "schedule_check") / \
+        "fold_all" / FINAL
+    full = trainer_folder(TINY_NAME, "seg_none_s0", PLANS_NAME) / "fold_all" / FINAL
+    assert load_checkpoint(half)["provenance"]["steps_trained"] == 1  # its own folder: the 2-step model is kept
+    assert load_checkpoint(full)["provenance"]["steps_trained"] == 2
+    check = report["schedule_check"]
+    assert (check["steps"], check["half_steps"]) == (2, 1)
+    dice = report["per_case"]
+    assert check["dice"]["mean"] == pytest.approx(dice["seg_none_s0"]["test_000"]["dice"]
+                                                  - dice[half_name]["test_000"]["dice"], abs=1e-12)
+    assert report["provenance"]["models"][half_name]["steps_trained"] == 1
+    text = (out / "benefit.md").read_text()
+    assert "Seg models trained 2 steps each" in text  # the check's models are not among the compared ones
+    assert "**Schedule check**: real-only at 2 steps against 1 steps" in text
+    with pytest.raises(LesiongenError, match="keep none among --strategies"):
+        benefit_module.run_benefit(BenefitOptions(dataset=str(TINY.dataset_id), strategies=("copy_paste",),
+                                                  schedule_check=True, output=out / "refused"))
+    assert not (out / "refused").exists()
+
+
+def test_the_schedule_check_says_whether_real_only_was_still_improving():
+    from lesiongen.benefit import schedule_line, summarise
+
+    cases = [f"c{i}" for i in range(8)]
+    half = {c: 0.5 + 0.01 * i for i, c in enumerate(cases)}
+
+    def scores(gain: dict[str, float]) -> dict:
+        def case(dice: float) -> dict[str, float]:
+            return {**{metric: 0.5 for metric in METRICS}, "dice": dice}
+        return {**{f"seg_none_s{s}": {c: case(half[c] + gain[c]) for c in cases} for s in (0, 1)},
+                **{f"schedule_check/seg_none_s{s}": {c: case(half[c]) for c in cases} for s in (0, 1)}}
+
+    options = BenefitOptions(dataset="D", strategies=("none",), seeds=(0, 1), sweep_strategy=None)
+    gains = {"improving": {c: 0.04 for c in cases}, "worse": {c: -0.03 for c in cases},
+             "flat": {c: 0.02 * (-1) ** i for i, c in enumerate(cases)}}
+    checks = {k: summarise(scores(g), options, cases, (1000, 500))["schedule_check"] for k, g in gains.items()}
+    assert checks["improving"]["dice"]["mean"] == pytest.approx(0.04)
+    assert checks["improving"]["dice_half_schedule"] == pytest.approx(np.mean(list(half.values())))
+    assert (checks["improving"]["dice"]["cases_better"], checks["worse"]["dice"]["cases_worse"]) == (8, 8)
+    assert "+4.0 Dice points" in schedule_line(checks["improving"])
+    assert "still improving" in schedule_line(checks["improving"]) and "--seg_steps 2000" in \
+        schedule_line(checks["improving"])
+    assert "worse after the second half" in schedule_line(checks["worse"])
+    assert "long enough" in schedule_line(checks["flat"])
+    few = summarise(scores(gains["improving"]), options, cases[:3], (1000, 500))
+    assert "Not judged: too few cases" in schedule_line(few["schedule_check"])
 
 
 def test_a_rerun_trains_nothing_again(benefit, capsys):

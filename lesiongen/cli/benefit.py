@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generator_steps", type=positive_int, default=None, help="default: the plans' schedule")
     parser.add_argument("--inpaint_steps", type=positive_int, default=None, help="default: the plans' schedule")
     parser.add_argument("--disable_tta", action="store_true", help="segment the test scans without mirroring")
+    parser.add_argument("--schedule_check", action="store_true",
+                        help="also train real-only at half the seg steps (each seed; under "
+                             "$lesiongen_results/schedule_check, the dataset's models stay as they are) and report "
+                             "whether the second half still raised its test Dice: if so, the comparison is about the "
+                             "schedule; costs half the real-only trainings again")
     add_device_argument(parser)
     parser.add_argument("--parallel", type=positive_int, default=1,
                         help="trainings side by side (subprocesses sharing the CPU threads or one GPU)")
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> None:
                              inpaint_steps=args.inpaint_steps, mirror=not args.disable_tta,
                              **({} if args.synthetic_fade_start is None else
                                 {"synthetic_fade_start": args.synthetic_fade_start}),
-                             device=str(pick_device(args.device)), parallel=args.parallel, output=args.output)
+                             device=str(pick_device(args.device)), parallel=args.parallel, output=args.output,
+                             schedule_check=args.schedule_check)
     result = run_benefit(options)
     if not result.fell_back_to_folds:
         print(result.paths["markdown"].read_text())
