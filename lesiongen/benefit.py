@@ -10,15 +10,13 @@ bootstrap interval over test cases *and* seeds and a Wilcoxon p-value; the sweep
 With ``schedule_check`` it also trains real-only at half the seg steps and reports whether the second half still
 raised its test Dice: if it did, the comparison is about the schedule as much as about the synthetic cases.
 Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, so a rerun
-only does what is missing. Without test scans it says so and compares the trained folds instead
+only does what is missing. The report's files and sentences: :mod:`lesiongen.evaluation.benefit_report`. Without test scans it says so and compares the trained folds instead
 (``lesiongen_compare``).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
 import os
@@ -30,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, class_means, run_comparison
+from lesiongen.evaluation.benefit_report import REPORT, SCHEDULE_CHECK, write_report
+from lesiongen.evaluation.compare import METRICS, class_means, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
-from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3, case_metrics
-from lesiongen.evaluation.statistics import nanmean, paired_difference, verdict
-from lesiongen.fingerprint.lesions import SHELL_MM
+from lesiongen.evaluation.segmentation_metrics import case_metrics
+from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
                                            strategy as get_strategy)
@@ -54,7 +52,6 @@ from lesiongen.training.seg_data import SegCase
 from lesiongen.training.synthetic import case_tissue, synthetic_case_count, synthetic_cases
 from lesiongen.training.trainers.seg import SegTrainer
 from lesiongen.utilities.errors import LesiongenError
-from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
 from lesiongen.utilities.parallel import thread_share
 from lesiongen.utilities.provenance import code_version, model_record
 
@@ -63,8 +60,6 @@ logger = logging.getLogger(__name__)
 FOLD = "all"
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SWEEP = (0.25, 0.5, 1.0, 2.0)
-REPORT = "benefit"
-SCHEDULE_CHECK = "schedule_check"  # $lesiongen_results/schedule_check: a results tree of its own for these models
 
 
 @dataclass
@@ -343,182 +338,6 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule:
         report["sweep"] = {"strategy": options.sweep_strategy,
                            "rows": [row(options.sweep_strategy, r) for r in options.sweep_ratios]}
     return report
-
-
-# ------------------------------------------------------------------------------------------------- report
-def _cell(value: float, scale: float = 1.0, digits: int = 3) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def schedule_line(check: dict) -> str:
-    """What the schedule check says: real-only's Dice at the full schedule against half of it, and what follows."""
-    d, full, half = check["dice"], check["steps"], check["half_steps"]
-    line = (f"- **Schedule check**: real-only at {full} steps against {half} steps (the same seeds): "
-            f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}; "
-            f"better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test scans). ")
-    judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
-    if judged == "helps":
-        return line + (f"Real-only was still improving: part of every difference above may be the schedule; rerun "
-                       f"with --seg_steps {2 * full} and check again.")
-    if judged == "hurts":
-        return line + ("Real-only was worse after the second half (over-fitting its training cases?): a shorter "
-                       "schedule may suit this dataset better.")
-    if judged == "no clear effect":
-        return line + "No clear gain from the second half: the schedule is long enough for this comparison."
-    return line + f"Not judged: {judged}."
-
-
-def answer(report: dict, n_seeds: int) -> list[str]:
-    """The question in words, one line per strategy: its Dice against real data only, judged by the 95 % interval
-    over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect). A Wilcoxon p < 0.05 over the
-    scans with an interval that includes 0 is named: consistent over these scans, not over training runs."""
-    lines = []
-    for row in report["strategies"]:
-        d = row.get("vs_none", {}).get("dice")
-        if not d or not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
-            continue
-        judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
-        line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {judged}, {100 * d['mean']:+.1f} Dice points "
-                f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
-        if judged == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
-            better = d["mean"] > 0
-            line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "
-                     f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "
-                     "the training seed, includes 0")
-        lines.append(line)
-    if lines and n_seeds < 2:
-        lines.append("- One training seed: how much a result moves between training runs is not in these intervals; "
-                     "run with --seeds 0 1 2 before trusting them.")
-    if report.get("schedule_check"):
-        lines.append(schedule_line(report["schedule_check"]))
-    return lines
-
-
-def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
-    lines = [f"# Does synthetic data help? ({report['dataset']}, {n_cases} test case(s), {n_seeds} seed(s))", "",
-             "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
-             "Dice points (x100), with the 95 % bootstrap interval over test cases and seeds and the Wilcoxon "
-             "signed-rank p over cases (seed means).", ""]
-    steps = sorted({m["steps_trained"] for name, m in report.get("provenance", {}).get("models", {}).items()
-                    if m.get("trainer") == "seg" and m.get("steps_trained") is not None
-                    and not name.startswith(f"{SCHEDULE_CHECK}/")})
-    if steps:
-        # the answer compares equal schedules; if real-only still improves at the end, it is about the schedule
-        lines += [f"Seg models trained {' / '.join(map(str, steps))} steps each: compare at a schedule after which "
-                  "real-only no longer improves (documentation/segmentation.md).", ""]
-    fade_start = report.get("settings", {}).get("synthetic_fade_start", 1.0)
-    if fade_start < 1.0:
-        lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "
-                  f"first {fade_start:.0%} of its steps, then ever fewer, none at the end.", ""]
-    header = ["strategy", "ratio", *(METRIC_HEADINGS[m] for m in METRICS), "Dice vs none (95 % CI)", "p",
-              "cases better / worse"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in report["strategies"]:
-        cells = [row["strategy"], f"{row['ratio']:g}"] + [
-            _cell(row[m]["mean"], digits=1 if m in IN_MILLIMETRES else 3) for m in METRICS]
-        d = row.get("vs_none", {}).get("dice")
-        cells += ([f"{100 * d['mean']:+.1f} ({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})",
-                   _cell(d["p_value"]), f"{d['cases_better']} / {d['cases_worse']}"] if d else ["–", "–", "–"])
-        lines.append("| " + " | ".join(cells) + " |")
-    verdicts = answer(report, n_seeds)
-    if verdicts:
-        lines += ["", "Does it help? (Dice against real data only; the 95 % interval over test scans and training "
-                      "seeds decides)", "", *verdicts]
-    if report.get("lesion_census"):
-        lines += ["", f"Lesions the seg models learnt from (preprocessed space; small: < {SMALL_LESION_MM3:g} mm3; "
-                      "synthetic cases at the table's ratio, every seed's)", "",
-                  "| cases of | cases | lesions / case | median lesion mm3 | small | lesion mm3 / case | "
-                  f"tissue in the lesions' {SHELL_MM:g} mm shells | contrast to the shell (per s.d.) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, c in report["lesion_census"].items():
-            small = _cell(c["small_fraction"], 100, 0)
-            borders = " · ".join(f"{tissue} {_cell(share, 100, 0)} %" for tissue, share in
-                                 (c.get("borders") or {}).items()) or "–"
-            contrast = " · ".join(f"{channel} {_cell(value, digits=2)}" for channel, value in
-                                  (c.get("contrast") or {}).items()) or "–"
-            lines.append(f"| {name} | {c['cases']} | {_cell(c['lesions_per_case'], digits=2)} | "
-                         f"{_cell(c['median_lesion_mm3'], digits=1)} | {small}{' %' * (small != 'n/a')} | "
-                         f"{_cell(c['lesion_mm3_per_case'], digits=1)} | {borders} | {contrast} |")
-    if report.get("failed_trainings"):
-        lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
-                      "lesion recall 0 on every test case with lesions): those trainings did not learn, and their "
-                      "zeros are in the means and paired differences above. Train longer (--seg_steps) or with other "
-                      "seeds."]
-    if "sweep" in report:
-        lines += ["", f"Synthetic ratio sweep ({report['sweep']['strategy']}): Dice "
-                      + ", ".join(f"{r['ratio']:g}: {_cell(r['dice']['mean'])}" for r in report["sweep"]["rows"])]
-    return "\n".join(lines) + "\n"
-
-
-def _csv(report: dict) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["strategy", "ratio"] + [f"{m}_mean" for m in METRICS] + [f"{m}_std_over_seeds" for m in METRICS]
-                    + [f"{m}_vs_none_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high", "p_value")])
-    rows = report["strategies"] + (report["sweep"]["rows"] if "sweep" in report else [])
-    for row in rows:
-        vs = row.get("vs_none", {})
-        writer.writerow([row["strategy"], row["ratio"]] + [row[m]["mean"] for m in METRICS]
-                        + [row[m]["std_over_seeds"] for m in METRICS]
-                        + [vs.get(m, {}).get(k, "") for m in METRICS for k in ("mean", "ci_low", "ci_high", "p_value")])
-    return buffer.getvalue()
-
-
-def _plot(report: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 3.6))
-    FigureCanvasAgg(fig)
-    rows = report["strategies"]
-    ax = fig.add_subplot(1, 3, 1)
-    ax.bar(range(len(rows)), [r["dice"]["mean"] for r in rows], yerr=[r["dice"]["std_over_seeds"] for r in rows],
-           color=[f"C{i}" for i in range(len(rows))])
-    ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_title("test Dice (± sd over seeds)", fontsize=9)
-    ax = fig.add_subplot(1, 3, 2)
-    paired = [r for r in rows if "vs_none" in r]
-    for i, r in enumerate(paired):
-        d = r["vs_none"]["dice"]
-        ax.errorbar([i], [100 * d["mean"]],
-                    yerr=[[100 * (d["mean"] - d["ci_low"])], [100 * (d["ci_high"] - d["mean"])]],
-                    fmt="o", color=f"C{rows.index(r)}", capsize=4)
-    ax.axhline(0, color="k", linewidth=0.8)
-    ax.set_xticks(range(len(paired)), [r["strategy"] for r in paired], rotation=30, ha="right", fontsize=8)
-    ax.set_title("Dice vs none, points (95 % CI)", fontsize=9)
-    if "sweep" in report:
-        ax = fig.add_subplot(1, 3, 3)
-        sweep = report["sweep"]["rows"]
-        ratios = [r["ratio"] for r in sweep]
-        ax.errorbar(ratios, [r["dice"]["mean"] for r in sweep], yerr=[r["dice"]["std_over_seeds"] for r in sweep],
-                    fmt="o-", capsize=3)
-        none = next((r for r in rows if r["strategy"] == "none"), None)
-        if none:
-            ax.axhline(none["dice"]["mean"], color="k", linestyle="--", linewidth=0.8, label="none")
-            ax.legend(fontsize=8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("synthetic cases per real case", fontsize=8)
-        ax.set_title(f"ratio sweep ({report['sweep']['strategy']})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-
-
-def write_report(report: dict, folder: Path, n_cases: int, n_seeds: int) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": folder / f"{REPORT}.md", "csv": folder / f"{REPORT}.csv", "png": folder / f"{REPORT}.png",
-             "json": folder / f"{REPORT}.json"}
-    with atomic_path(paths["markdown"]) as tmp:
-        tmp.write_text(markdown(report, n_cases, n_seeds))
-    with atomic_path(paths["csv"]) as tmp:
-        tmp.write_text(_csv(report))
-    _plot(report, paths["png"])
-    write_json(paths["json"], nan_to_none({**report, "answer": answer(report, n_seeds)}))  # last: a complete report
-    return paths
 
 
 # ------------------------------------------------------------------------------------------------- run

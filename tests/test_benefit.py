@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from conftest import TINY, TINY_NAME
 from lesiongen import benefit as benefit_module
-from lesiongen.benefit import BenefitOptions, answer, check_no_leak, failed_trainings, held_out_cases, markdown
+from lesiongen.benefit import BenefitOptions, check_no_leak, failed_trainings, held_out_cases
+from lesiongen.evaluation.benefit_report import answer, markdown
 from lesiongen.cli import benefit as benefit_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.demo.phantom import write_demo_dataset
@@ -126,7 +127,8 @@ def test_the_schedule_check_trains_real_only_at_half_the_steps_in_a_results_tree
 
 
 def test_the_schedule_check_says_whether_real_only_was_still_improving():
-    from lesiongen.benefit import schedule_line, summarise
+    from lesiongen.benefit import summarise
+    from lesiongen.evaluation.benefit_report import schedule_line
 
     cases = [f"c{i}" for i in range(8)]
     half = {c: 0.5 + 0.01 * i for i, c in enumerate(cases)}
