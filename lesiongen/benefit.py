@@ -10,8 +10,8 @@ bootstrap interval over test cases *and* seeds and a Wilcoxon p-value; the sweep
 With ``schedule_check`` it also trains real-only at half the seg steps and reports whether the second half still
 raised its test Dice: if it did, the comparison is about the schedule as much as about the synthetic cases.
 Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, so a rerun
-only does what is missing. The report's files and sentences: :mod:`lesiongen.evaluation.benefit_report`. Without test scans it says so and compares the trained folds instead
-(``lesiongen_compare``).
+only does what is missing. Without test scans it says so and compares the trained folds instead
+(``lesiongen_compare``). The report's files and sentences: :mod:`lesiongen.evaluation.benefit_report`.
 """
 
 from __future__ import annotations

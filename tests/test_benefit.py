@@ -119,6 +119,7 @@ def test_the_schedule_check_trains_real_only_at_half_the_steps_in_a_results_tree
     assert report["provenance"]["models"][half_name]["steps_trained"] == 1
     text = (out / "benefit.md").read_text()
     assert "Seg models trained 2 steps each" in text  # the check's models are not among the compared ones
+    assert "see the schedule check below" in text
     assert "**Schedule check**: real-only at 2 steps against 1 steps" in text
     with pytest.raises(LesiongenError, match="keep none among --strategies"):
         benefit_module.run_benefit(BenefitOptions(dataset=str(TINY.dataset_id), strategies=("copy_paste",),
@@ -182,6 +183,7 @@ def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
     models = {"seg_none_s0": {"trainer": "seg", "steps_trained": 2000}, "inpaint": {"trainer": "inpaint",
                                                                                      "steps_trained": 400}}
     assert "Seg models trained 2000 steps each" in markdown({**report, "provenance": {"models": models}}, 3, 2)
+    assert "--schedule_check tells" in markdown({**report, "provenance": {"models": models}}, 3, 2)
 
 
 def test_a_training_that_found_no_test_lesion_is_named_in_the_report():

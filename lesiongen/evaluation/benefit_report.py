@@ -83,8 +83,9 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
                     and not name.startswith(f"{SCHEDULE_CHECK}/")})
     if steps:
         # the answer compares equal schedules; if real-only still improves at the end, it is about the schedule
+        checked = "see the schedule check below" if report.get("schedule_check") else "--schedule_check tells"
         lines += [f"Seg models trained {' / '.join(map(str, steps))} steps each: compare at a schedule after which "
-                  "real-only no longer improves (documentation/segmentation.md).", ""]
+                  f"real-only no longer improves ({checked}; documentation/segmentation.md).", ""]
     fade_start = report.get("settings", {}).get("synthetic_fade_start", 1.0)
     if fade_start < 1.0:
         lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "
