@@ -156,7 +156,7 @@ def test_cpu_preset_plans_share_the_preprocessed_data(tiny_preprocessed):
     assert cpu.plans.plans_name == "lesiongenPlansCPU" and cpu.data_folder == default.data_folder
     assert cpu.case_ids() == default.case_ids()
     seg = cpu.plans.stages["segmentation"]
-    assert seg.networks["unet"].kwargs["features_per_stage"][0] == 8 and seg.total_steps == 1000
+    assert seg.networks["unet"].kwargs["features_per_stage"][0] == 8 and seg.total_steps == 2000
     assert cpu.plans.stages["inpainting"].batch_size <= 8
     assert cpu.plans.target_spacing == default.plans.target_spacing
     assert cpu.plans.sphere_priors == default.plans.sphere_priors
