@@ -378,6 +378,14 @@ MUTANTS = (
            'del settings["synthetic_fade_start"]', "pass",
            ("tests/test_seg.py::test_seg_models_from_before_the_fade_are_stale_unless_they_had_nothing_to_fade",),
            "issue 14"),
+    Mutant("schedule_check_pairs_half_against_full", "lesiongen/benefit.py",
+           'paired_difference(_matrix(scores, full, cases, "dice"),',
+           'paired_difference(_matrix(scores, half, cases, "dice"),',
+           ("tests/test_benefit.py::test_the_schedule_check_says_whether_real_only_was_still_improving",), "own"),
+    Mutant("schedule_check_without_its_own_results_tree", "lesiongen/benefit.py",
+           "with results_root_at(check_root):", "if True:",
+           ("tests/test_benefit.py::test_the_schedule_check_trains_real_only_at_half_the_steps_in_a_results_tree_of_its_own",),
+           "own"),
 )
 
 
