@@ -147,14 +147,13 @@ def seg_schedule(options: BenefitOptions, dataset: PreprocessedDataset) -> int:
                                          options.device).total_steps
 
 
-def schedule_check_jobs(options: BenefitOptions, dataset: PreprocessedDataset) -> list[TrainingJob]:
-    """Real-only at half the seg steps, one per seed: trained into a results tree of their own
+def schedule_check_jobs(options: BenefitOptions, full: int) -> list[TrainingJob]:
+    """Real-only at half of the ``full`` seg steps, one per seed: trained into a results tree of their own
     (``$lesiongen_results/schedule_check``), so the dataset's real-only models (the full schedule) stay as they are
     and ``lesiongen_compare`` never mistakes the two schedules for two strategies."""
     if "none" not in options.strategies:
         raise LesiongenError("--schedule_check compares real-only models at two schedules; keep none among "
                              "--strategies")
-    full = seg_schedule(options, dataset)
     if full < 2:
         raise LesiongenError(f"--schedule_check halves the seg schedule; {full} step(s) cannot be halved")
     return [TrainingJob("seg", full // 2, seed, "none") for seed in options.seeds]
@@ -363,7 +362,8 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         return BenefitResult(paths, fell_back_to_folds=True)
     started = time.perf_counter()
     first, second = training_jobs(options)
-    check_jobs = schedule_check_jobs(options, dataset) if options.schedule_check else []
+    full_steps = seg_schedule(options, dataset) if options.schedule_check else None
+    check_jobs = schedule_check_jobs(options, full_steps) if options.schedule_check else []
     outcome = run_trainings(first, options, folder / "logs")
     outcome.update(run_trainings(second, options, folder / "logs"))
     check_root = results_root() / SCHEDULE_CHECK
@@ -392,7 +392,7 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     train_cases = next(iter(models.values())).provenance.get("train_cases", dataset.case_ids())
     report = {"dataset": dataset.name, "plans": options.plans, "test_dataset": raw.name, "test_cases": case_ids,
               **summarise(scores, options, case_ids,
-                          (seg_schedule(options, dataset), check_jobs[0].steps) if check_jobs else None),
+                          (full_steps, check_jobs[0].steps) if check_jobs else None),
               "failed_trainings": failed,
               "lesion_census": lesion_censuses(dataset, options, train_cases), "per_case": scores,
               "trainings": outcome, "minutes": {"training": minutes_training,
