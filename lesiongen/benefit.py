@@ -8,7 +8,10 @@ Dice, lesion F1 / recall / precision, small-lesion recall, HD95 and volume error
 reference, so over- and under-segmentation show); the paired difference to real data only (``none``) with a 95 %
 bootstrap interval over test cases *and* seeds and a Wilcoxon p-value; the sweep over synthetic ratios as a plot.
 With ``schedule_check`` it also trains real-only at half the seg steps and reports whether the second half still
-raised its test Dice: if it did, the comparison is about the schedule as much as about the synthetic cases.
+raised its test Dice: if it did, the comparison is about the schedule as much as about the synthetic cases. With
+``data_check`` it trains real-only on a seeded half of the real training cases and reports what the other half
+added: synthetic cases stand in for real ones, so if more real cases did not raise Dice, synthetic ones are unlikely
+to.
 Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, so a rerun
 only does what is missing. Without test scans it says so and compares the trained folds instead
 (``lesiongen_compare``). The report's files and sentences: :mod:`lesiongen.evaluation.benefit_report`.
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.benefit_report import REPORT, SCHEDULE_CHECK, write_report
+from lesiongen.evaluation.benefit_report import DATA_CHECK, REPORT, SCHEDULE_CHECK, write_report
 from lesiongen.evaluation.compare import METRICS, class_means, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
 from lesiongen.evaluation.segmentation_metrics import case_metrics
@@ -60,6 +63,7 @@ logger = logging.getLogger(__name__)
 FOLD = "all"
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SWEEP = (0.25, 0.5, 1.0, 2.0)
+DATA_CHECK_FRACTION = 0.5  # the share of the real training cases the data check's real-only models learn from
 
 
 @dataclass
@@ -81,6 +85,7 @@ class BenefitOptions:
     device: str = "cpu"
     parallel: int = 1  # trainings at the same time (subprocesses sharing the device)
     schedule_check: bool = False  # also train real-only at half the seg steps: was it still improving?
+    data_check: bool = False  # also train real-only on half the real cases: did the other half raise Dice?
     output: Path | None = None
 
 
@@ -92,6 +97,7 @@ class TrainingJob:
     strategy: str | None = None  # seg only
     ratio: float = 1.0  # seg only
     fade_start: float | None = None  # seg with synthetic cases only (real-only models have nothing to fade)
+    real_case_fraction: float = 1.0  # seg real-only only: the share of the real training cases it learns from
 
     @property
     def name(self) -> str:
@@ -106,6 +112,8 @@ class TrainingJob:
         settings: dict[str, object] = {"synthetic_ratio": self.ratio, "validate": False}
         if self.fade_start is not None:
             settings["synthetic_fade_start"] = self.fade_start
+        if self.real_case_fraction < 1.0:
+            settings["real_case_fraction"] = self.real_case_fraction
         return settings
 
     def command(self, options: BenefitOptions) -> list[str]:
@@ -157,6 +165,18 @@ def schedule_check_jobs(options: BenefitOptions, full: int) -> list[TrainingJob]
     if full < 2:
         raise LesiongenError(f"--schedule_check halves the seg schedule; {full} step(s) cannot be halved")
     return [TrainingJob("seg", full // 2, seed, "none") for seed in options.seeds]
+
+
+def data_check_jobs(options: BenefitOptions, n_cases: int) -> list[TrainingJob]:
+    """Real-only on a seeded half of the ``n_cases`` real training cases (each seed its own half), at the same steps,
+    one per seed, in a results tree of their own (``$lesiongen_results/data_check``) as the schedule check's."""
+    if "none" not in options.strategies:
+        raise LesiongenError("--data_check compares real-only models on all and on half of the real cases; keep "
+                             "none among --strategies")
+    if n_cases < 2:
+        raise LesiongenError(f"--data_check halves the real training cases; {n_cases} case(s) cannot be halved")
+    return [TrainingJob("seg", options.seg_steps, seed, "none", real_case_fraction=DATA_CHECK_FRACTION)
+            for seed in options.seeds]
 
 
 def _trainer(job: TrainingJob, dataset: PreprocessedDataset, device: str):
@@ -305,9 +325,11 @@ def _matrix(scores: dict, names: list[str], cases: list[str], metric: str) -> np
     return np.array([[scores[name][case][metric] for case in cases] for name in names], dtype=float)
 
 
-def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule: tuple[int, int] | None = None) -> dict:
+def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule: tuple[int, int] | None = None,
+              data: tuple[int, int] | None = None) -> dict:
     """The strategy table (at ``options.ratio``), paired differences to ``none``, the ratio sweep and, with
-    ``schedule`` (full, half steps), real-only at the full schedule against its half-schedule models."""
+    ``schedule`` (full, half steps), real-only at the full schedule against its half-schedule models; with ``data``
+    (all, half the real cases), real-only on all real cases against its half-data models."""
     def names(strategy: str, ratio: float) -> list[str]:
         return [SegVariant.of(strategy, ratio, seed).name for seed in options.seeds]
 
@@ -324,15 +346,21 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule:
                 for metric in METRICS}
         return out
 
+    def against_real_only(check: str) -> tuple[float, dict]:
+        """(mean Dice of the check's models, the paired difference of the full real-only models to them)."""
+        full = names("none", 1.0)
+        half = _matrix(scores, [f"{check}/{name}" for name in full], cases, "dice")
+        return float(nanmean(half)), dataclasses.asdict(paired_difference(_matrix(scores, full, cases, "dice"), half))
+
     report = {"strategies": [row(s, options.ratio) for s in options.strategies]}
     if schedule:
-        full = names("none", 1.0)
-        half = [f"{SCHEDULE_CHECK}/{name}" for name in full]
-        report["schedule_check"] = {
-            "steps": schedule[0], "half_steps": schedule[1],
-            "dice_half_schedule": float(nanmean(_matrix(scores, half, cases, "dice"))),
-            "dice": dataclasses.asdict(paired_difference(_matrix(scores, full, cases, "dice"),
-                                                         _matrix(scores, half, cases, "dice")))}
+        dice_half, difference = against_real_only(SCHEDULE_CHECK)
+        report[SCHEDULE_CHECK] = {"steps": schedule[0], "half_steps": schedule[1], "dice_half_schedule": dice_half,
+                                  "dice": difference}
+    if data:
+        dice_half, difference = against_real_only(DATA_CHECK)
+        report[DATA_CHECK] = {"cases": data[0], "half_cases": data[1], "dice_half_data": dice_half,
+                              "dice": difference}
     if options.sweep_strategy:
         report["sweep"] = {"strategy": options.sweep_strategy,
                            "rows": [row(options.sweep_strategy, r) for r in options.sweep_ratios]}
@@ -362,22 +390,26 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         return BenefitResult(paths, fell_back_to_folds=True)
     started = time.perf_counter()
     first, second = training_jobs(options)
+    # the checks' real-only models, each check in a results tree of its own (named as the check)
+    checks: dict[str, list[TrainingJob]] = {}
     full_steps = seg_schedule(options, dataset) if options.schedule_check else None
-    check_jobs = schedule_check_jobs(options, full_steps) if options.schedule_check else []
+    if options.schedule_check:
+        checks[SCHEDULE_CHECK] = schedule_check_jobs(options, full_steps)
+    if options.data_check:
+        checks[DATA_CHECK] = data_check_jobs(options, len(dataset.case_ids()))
     outcome = run_trainings(first, options, folder / "logs")
     outcome.update(run_trainings(second, options, folder / "logs"))
-    check_root = results_root() / SCHEDULE_CHECK
-    if check_jobs:
-        with results_root_at(check_root):
-            checked = run_trainings(check_jobs, options, folder / "logs" / SCHEDULE_CHECK)
-        outcome.update({f"{SCHEDULE_CHECK}/{name}": state for name, state in checked.items()})
+    for check, jobs in checks.items():
+        with results_root_at(results_root() / check):
+            checked = run_trainings(jobs, options, folder / "logs" / check)
+        outcome.update({f"{check}/{name}": state for name, state in checked.items()})
     minutes_training = (time.perf_counter() - started) / 60
     seg_jobs = [j for j in first + second if j.trainer == "seg"]
     models = {j.name: load_model(ModelFolder(trainer_folder(dataset.name, j.name, options.plans)), FOLD,
                                  options.device, expect=Segmenter) for j in seg_jobs}
-    models.update({f"{SCHEDULE_CHECK}/{j.name}": load_model(
-        ModelFolder(trainer_folder(dataset.name, j.name, options.plans, root=check_root)), FOLD,
-        options.device, expect=Segmenter) for j in check_jobs})
+    models.update({f"{check}/{j.name}": load_model(
+        ModelFolder(trainer_folder(dataset.name, j.name, options.plans, root=results_root() / check)), FOLD,
+        options.device, expect=Segmenter) for check, jobs in checks.items() for j in jobs})
     others = {j.name: load_checkpoint(trainer_folder(dataset.name, j.name, options.plans) / f"fold_{FOLD}" / FINAL)
               for j in first if j.trainer != "seg"}
     check_no_leak([m.provenance for m in models.values()] + [s.get("provenance", {}) for s in others.values()],
@@ -390,9 +422,11 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         logger.warning("%s found no test lesion at all: those trainings did not learn (see the report)",
                        ", ".join(failed))
     train_cases = next(iter(models.values())).provenance.get("train_cases", dataset.case_ids())
+    schedule = (full_steps, checks[SCHEDULE_CHECK][0].steps) if SCHEDULE_CHECK in checks else None
+    data = (len(train_cases), len(models[f"{DATA_CHECK}/{checks[DATA_CHECK][0].name}"].provenance["train_cases"])) \
+        if DATA_CHECK in checks else None
     report = {"dataset": dataset.name, "plans": options.plans, "test_dataset": raw.name, "test_cases": case_ids,
-              **summarise(scores, options, case_ids,
-                          (full_steps, check_jobs[0].steps) if check_jobs else None),
+              **summarise(scores, options, case_ids, schedule, data),
               "failed_trainings": failed,
               "lesion_census": lesion_censuses(dataset, options, train_cases), "per_case": scores,
               "trainings": outcome, "minutes": {"training": minutes_training,

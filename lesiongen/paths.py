@@ -51,7 +51,8 @@ def results_root() -> Path:
 @contextmanager
 def results_root_at(folder: Path) -> Iterator[Path]:
     """Within the block, and in the subprocesses started in it, trained models go to ``folder``: for models that
-    belong to one report rather than to the dataset's results (``lesiongen_benefit --schedule_check``)."""
+    belong to one report rather than to the dataset's results (``lesiongen_benefit --schedule_check`` and
+    ``--data_check``)."""
     previous = os.environ.get("lesiongen_results")
     os.environ["lesiongen_results"] = str(folder)
     try:

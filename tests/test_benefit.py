@@ -31,7 +31,7 @@ def benefit(tiny_preprocessed, tmp_path_factory):
     out = tmp_path_factory.mktemp("benefit")
     args = ["-d", str(TINY.dataset_id), "--strategies", "none", "copy_paste", "--seeds", "0", "--ratio", "0.33",
             "--sweep", "copy_paste", "--sweep_ratios", "0.33", "0.67", "--seg_steps", "2", "--disable_tta",
-            "--schedule_check", "-device", "cpu", "-o", str(out)]
+            "--schedule_check", "--data_check", "-device", "cpu", "-o", str(out)]
     assert benefit_cli.main(args) == 0
     return tiny_preprocessed, out, args
 
@@ -58,7 +58,8 @@ def test_report_compares_each_strategy_with_real_data_only(benefit):
     for name in ("md", "csv", "png"):
         assert (out / f"benefit.{name}").stat().st_size > 100
     assert "| copy_paste | 0.33 |" in (out / "benefit.md").read_text()
-    assert report["answer"] == answer(report, 1) and report["answer"][-2].startswith("- One training seed")
+    # the seeds warning, then the two checks' lines
+    assert report["answer"] == answer(report, 1) and report["answer"][-3].startswith("- One training seed")
     assert set(report["provenance"]["models"]) >= {"seg_none_s0", "seg_copy_paste_r0.33_s0", "seg_copy_paste_r0.67_s0"}
 
 
@@ -127,22 +128,61 @@ def test_the_schedule_check_trains_real_only_at_half_the_steps_in_a_results_tree
     assert not (out / "refused").exists()
 
 
+def test_the_data_check_trains_real_only_on_half_the_real_cases_in_a_results_tree_of_its_own(benefit):
+    from lesiongen.models.checkpoint import FINAL, load_checkpoint
+    from lesiongen.models.folder import trainer_folder
+    from lesiongen.planning.plans import PLANS_NAME
+
+    folders, out, _ = benefit
+    report = json.loads((out / "benefit.json").read_text())
+    half_name = "data_check/seg_none_s0"
+    half = load_checkpoint(trainer_folder(TINY_NAME, "seg_none_s0", PLANS_NAME, root=folders["results"] /
+                                          "data_check") / "fold_all" / FINAL)["provenance"]
+    full = load_checkpoint(trainer_folder(TINY_NAME, "seg_none_s0", PLANS_NAME) / "fold_all" / FINAL)["provenance"]
+    assert len(full["train_cases"]) == 4 and len(half["train_cases"]) == 2
+    assert set(half["train_cases"]) < set(full["train_cases"])
+    assert (half["settings"]["real_case_fraction"], full["settings"]["real_case_fraction"]) == (0.5, 1.0)
+    assert half["steps_trained"] == full["steps_trained"] == 2  # the same schedule: only the cases differ
+    check = report["data_check"]
+    assert (check["cases"], check["half_cases"]) == (4, 2)
+    dice = report["per_case"]
+    assert check["dice"]["mean"] == pytest.approx(dice["seg_none_s0"]["test_000"]["dice"]
+                                                  - dice[half_name]["test_000"]["dice"], abs=1e-12)
+    assert check["dice_half_data"] == pytest.approx(dice[half_name]["test_000"]["dice"])
+    text = (out / "benefit.md").read_text()
+    assert "**Data check**: real-only with all 4 real training cases against 2 of them" in text
+    with pytest.raises(LesiongenError, match="keep none among --strategies"):
+        benefit_module.run_benefit(BenefitOptions(dataset=str(TINY.dataset_id), strategies=("copy_paste",),
+                                                  data_check=True, output=out / "refused"))
+    assert not (out / "refused").exists()
+
+
+def _real_only_check_scores(check: str, cases: list[str], half: dict[str, float], gain: dict[str, float]) -> dict:
+    """Per-case scores of real-only at two seeds and of a check's models: Dice ``half`` for the check's models,
+    ``half + gain`` for the full ones, every other metric 0.5."""
+    def case(dice: float) -> dict[str, float]:
+        return {**{metric: 0.5 for metric in METRICS}, "dice": dice}
+    return {**{f"seg_none_s{s}": {c: case(half[c] + gain[c]) for c in cases} for s in (0, 1)},
+            **{f"{check}/seg_none_s{s}": {c: case(half[c]) for c in cases} for s in (0, 1)}}
+
+
+CASES = [f"c{i}" for i in range(8)]
+HALF_DICE = {c: 0.5 + 0.01 * i for i, c in enumerate(CASES)}
+GAINS = {"improving": {c: 0.04 for c in CASES}, "worse": {c: -0.03 for c in CASES},
+         "flat": {c: 0.02 * (-1) ** i for i, c in enumerate(CASES)}}
+
+
 def test_the_schedule_check_says_whether_real_only_was_still_improving():
     from lesiongen.benefit import summarise
     from lesiongen.evaluation.benefit_report import schedule_line
 
-    cases = [f"c{i}" for i in range(8)]
-    half = {c: 0.5 + 0.01 * i for i, c in enumerate(cases)}
+    cases, half = CASES, HALF_DICE
 
     def scores(gain: dict[str, float]) -> dict:
-        def case(dice: float) -> dict[str, float]:
-            return {**{metric: 0.5 for metric in METRICS}, "dice": dice}
-        return {**{f"seg_none_s{s}": {c: case(half[c] + gain[c]) for c in cases} for s in (0, 1)},
-                **{f"schedule_check/seg_none_s{s}": {c: case(half[c]) for c in cases} for s in (0, 1)}}
+        return _real_only_check_scores("schedule_check", cases, half, gain)
 
     options = BenefitOptions(dataset="D", strategies=("none",), seeds=(0, 1), sweep_strategy=None)
-    gains = {"improving": {c: 0.04 for c in cases}, "worse": {c: -0.03 for c in cases},
-             "flat": {c: 0.02 * (-1) ** i for i, c in enumerate(cases)}}
+    gains = GAINS
     checks = {k: summarise(scores(g), options, cases, (1000, 500))["schedule_check"] for k, g in gains.items()}
     assert checks["improving"]["dice"]["mean"] == pytest.approx(0.04)
     assert checks["improving"]["dice_half_schedule"] == pytest.approx(np.mean(list(half.values())))
@@ -154,6 +194,27 @@ def test_the_schedule_check_says_whether_real_only_was_still_improving():
     assert "long enough" in schedule_line(checks["flat"])
     few = summarise(scores(gains["improving"]), options, cases[:3], (1000, 500))
     assert "Not judged: too few cases" in schedule_line(few["schedule_check"])
+
+
+def test_the_data_check_says_whether_more_real_cases_raised_dice():
+    from lesiongen.benefit import summarise
+    from lesiongen.evaluation.benefit_report import data_line
+
+    options = BenefitOptions(dataset="D", strategies=("none",), seeds=(0, 1), sweep_strategy=None)
+    checks = {k: summarise(_real_only_check_scores("data_check", CASES, HALF_DICE, g), options, CASES,
+                           data=(8, 4))["data_check"] for k, g in GAINS.items()}
+    assert (checks["improving"]["cases"], checks["improving"]["half_cases"]) == (8, 4)
+    assert checks["improving"]["dice"]["mean"] == pytest.approx(0.04)
+    assert checks["worse"]["dice"]["mean"] == pytest.approx(-0.03)  # all minus half, not the other way round
+    assert checks["improving"]["dice_half_data"] == pytest.approx(np.mean(list(HALF_DICE.values())))
+    assert "all 8 real training cases against 4 of them" in data_line(checks["improving"])
+    assert "+4.0 Dice points" in data_line(checks["improving"]) and "data-limited" in data_line(checks["improving"])
+    assert "worse with all of its cases" in data_line(checks["worse"])
+    assert "unlikely to raise it" in data_line(checks["flat"])
+    few = summarise(_real_only_check_scores("data_check", CASES[:3], HALF_DICE, GAINS["improving"]), options,
+                    CASES[:3], data=(8, 4))
+    assert "Not judged: too few cases" in data_line(few["data_check"])
+    assert "schedule_check" not in few and data_line(few["data_check"]) in answer(few, 2)
 
 
 def test_a_rerun_trains_nothing_again(benefit, capsys):

@@ -21,7 +21,7 @@ from lesiongen.models.conditioning import MaskConditioning
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.models.checkpoint import FINAL, LATEST, load_checkpoint
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
-from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits, make_splits
+from lesiongen.preprocessing.splits import case_subset, fold_cases, load_or_create_splits, make_splits
 from lesiongen.utilities.errors import LesiongenError
 
 DATASET = TINY_NAME
@@ -68,6 +68,19 @@ def test_splits_cover_every_case_once_and_are_reused(tmp_path):
     (tmp_path / "splits_final.json").write_text(json.dumps([{"train": ["c1"], "val": ["c0"]}] * 2))
     assert load_or_create_splits(tmp_path, cases)[0] == {"train": ["c1"], "val": ["c0"]}  # written once, then read
     assert fold_cases(splits, "all")[0] == sorted(cases)
+
+
+def test_a_share_of_the_cases_is_seeded_rounded_half_up_and_in_order():
+    cases = [f"c{i}" for i in range(5)]
+    half = case_subset(cases, 0.5, seed=0)
+    assert len(half) == 3 and half == [c for c in cases if c in half]  # 2.5 rounds up; the cases' own order
+    assert case_subset(cases, 0.5, seed=0) == half  # seeded
+    assert len({tuple(case_subset(cases, 0.5, seed)) for seed in range(10)}) > 1  # each seed its own subset
+    assert len(case_subset(cases[:4], 0.5, seed=0)) == 2 and case_subset(cases, 0.01, seed=0) != []
+    assert case_subset(cases, 1.0, seed=3) == cases
+    for fraction in (0.0, 1.5):
+        with pytest.raises(LesiongenError, match="share of the training cases"):
+            case_subset(cases, fraction, seed=0)
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -338,6 +339,34 @@ def test_seg_records_the_fade_and_refuses_a_start_outside_0_1(tiny_preprocessed)
     assert trainer.extra["synthetic_share_over_the_run"] == pytest.approx(share * 0.75)
     with pytest.raises(LesiongenError, match="synthetic_fade_start=1.5"):
         trainer.apply_settings({"synthetic_fade_start": 1.5})
+
+
+def test_seg_learns_from_a_seeded_share_of_the_real_cases_with_real_data_only(tiny_preprocessed, caplog):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import trainer_class
+
+    def trainer(strategy: str, seed: int, settings: dict):
+        made = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu",
+                                    TrainingOptions(total_steps=2, seed=seed), strategy=strategy)
+        made.apply_settings(settings)
+        return made
+
+    full = trainer("none", 0, {})
+    half = trainer("none", 0, {"real_case_fraction": 0.5})
+    assert len(full.train_cases) == 3 and len(half.train_cases) == 2  # fold 0 of 4 cases; 1.5 rounds up
+    assert set(half.train_cases) < set(full.train_cases) and half.val_cases == full.val_cases
+    assert half.settings()["real_case_fraction"] == 0.5
+    half.apply_settings({"real_case_fraction": 0.5})
+    assert len(half.train_cases) == 2  # a share of the fold's cases, not of the share already taken
+    assert len({tuple(trainer("none", seed, {"real_case_fraction": 0.34}).train_cases) for seed in range(8)}) > 1
+    with caplog.at_level(logging.INFO, logger="lesiongen.training"):
+        half.load_training_data()
+    half.batches.close()
+    assert "2 real + 0 synthetic (none) training cases" in caplog.text  # the share is what it learns from
+    with pytest.raises(LesiongenError, match="only with --synthetic none"):
+        trainer("copy_paste", 0, {"real_case_fraction": 0.5})
+    with pytest.raises(LesiongenError, match="real_case_fraction=0"):
+        trainer("none", 0, {"real_case_fraction": 0})
 
 
 def test_seg_models_from_before_the_fade_are_stale_unless_they_had_nothing_to_fade(seg_runs, monkeypatch):

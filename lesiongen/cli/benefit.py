@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "$lesiongen_results/schedule_check, the dataset's models stay as they are) and report "
                              "whether the second half still raised its test Dice: if so, the comparison is about the "
                              "schedule; costs half the real-only trainings again")
+    parser.add_argument("--data_check", action="store_true",
+                        help="also train real-only on a seeded half of the real training cases (each seed its own "
+                             "half; under $lesiongen_results/data_check) and report whether the other half raised "
+                             "its test Dice: if more real cases did not, synthetic ones are unlikely to; costs the "
+                             "real-only trainings again")
     add_device_argument(parser)
     parser.add_argument("--parallel", type=positive_int, default=1,
                         help="trainings side by side (subprocesses sharing the CPU threads or one GPU)")
@@ -65,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
                              **({} if args.synthetic_fade_start is None else
                                 {"synthetic_fade_start": args.synthetic_fade_start}),
                              device=str(pick_device(args.device)), parallel=args.parallel, output=args.output,
-                             schedule_check=args.schedule_check)
+                             schedule_check=args.schedule_check, data_check=args.data_check)
     result = run_benefit(options)
     if not result.fell_back_to_folds:
         print(result.paths["markdown"].read_text())

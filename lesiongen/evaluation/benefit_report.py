@@ -1,7 +1,7 @@
 """The report of ``lesiongen_benefit``: the answer in words, markdown, csv, json and a figure.
 
 The report dict is made by :mod:`lesiongen.benefit` (strategies, paired differences to ``none``, the sweep, the lesion
-census, the schedule check, provenance); this module only turns it into files and sentences.
+census, the schedule and data checks, provenance); this module only turns it into files and sentences.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
 
 REPORT = "benefit"  # the report's file names: benefit.md, .csv, .png, .json
 SCHEDULE_CHECK = "schedule_check"  # name prefix of the half-schedule real-only models (and their results tree)
+DATA_CHECK = "data_check"  # name prefix of the half-data real-only models (and their results tree)
 
 
 def _cell(value: float, scale: float = 1.0, digits: int = 3) -> str:
@@ -47,6 +48,29 @@ def schedule_line(check: dict) -> str:
     return line + f"Not judged: {judged}."
 
 
+def data_line(check: dict) -> str:
+    """What the data check says: real-only's Dice with all real training cases against half of them, and what that
+    means for synthetic cases, which stand in for real ones (on test scans like the training cases, a synthetic case
+    is not expected to teach more than a real one)."""
+    d, full, half = check["dice"], check["cases"], check["half_cases"]
+    line = (f"- **Data check**: real-only with all {full} real training cases against {half} of them (a seeded "
+            f"subset per seed, the same steps): {100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} "
+            f"to {100 * d['ci_high']:+.1f}; better on {d['cases_better']}, worse on {d['cases_worse']} of "
+            f"{d['n_cases']} test scans). ")
+    judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
+    if judged == "helps":
+        return line + ("More real cases still raised Dice: the dataset is data-limited, so more cases, real or "
+                       "synthetic, may help; doubling them again is likely to add less than this (learning curves "
+                       "flatten), and a synthetic case is not expected to add more than a real one.")
+    if judged == "hurts":
+        return line + ("Real-only was worse with all of its cases: the added cases may differ from the test scans, "
+                       "or the schedule be too short for more cases (--schedule_check).")
+    if judged == "no clear effect":
+        return line + ("No clear gain from the other half of the real cases: Dice is not limited by the number of "
+                       "cases here, so synthetic cases, which stand in for real ones, are unlikely to raise it.")
+    return line + f"Not judged: {judged}."
+
+
 def answer(report: dict, n_seeds: int) -> list[str]:
     """The question in words, one line per strategy: its Dice against real data only, judged by the 95 % interval
     over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect). A Wilcoxon p < 0.05 over the
@@ -68,8 +92,10 @@ def answer(report: dict, n_seeds: int) -> list[str]:
     if lines and n_seeds < 2:
         lines.append("- One training seed: how much a result moves between training runs is not in these intervals; "
                      "run with --seeds 0 1 2 before trusting them.")
-    if report.get("schedule_check"):
-        lines.append(schedule_line(report["schedule_check"]))
+    if report.get(SCHEDULE_CHECK):
+        lines.append(schedule_line(report[SCHEDULE_CHECK]))
+    if report.get(DATA_CHECK):
+        lines.append(data_line(report[DATA_CHECK]))
     return lines
 
 
@@ -80,7 +106,7 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
              "signed-rank p over cases (seed means).", ""]
     steps = sorted({m["steps_trained"] for name, m in report.get("provenance", {}).get("models", {}).items()
                     if m.get("trainer") == "seg" and m.get("steps_trained") is not None
-                    and not name.startswith(f"{SCHEDULE_CHECK}/")})
+                    and not name.startswith((f"{SCHEDULE_CHECK}/", f"{DATA_CHECK}/"))})
     if steps:
         # the answer compares equal schedules; if real-only still improves at the end, it is about the schedule
         checked = "see the schedule check below" if report.get("schedule_check") else "--schedule_check tells"

@@ -7,12 +7,14 @@ mask generators, the inpainter and the segmentation folds of one dataset all hol
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import read_json, write_json
+from lesiongen.utilities.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,18 @@ def fold_cases(splits: list[dict[str, list[str]]], fold: int | str) -> tuple[lis
         raise LesiongenError(f"fold {fold} does not exist: the splits have folds 0-{len(splits) - 1} and 'all'")
     split = splits[int(fold)]
     return list(split["train"]), list(split["val"])
+
+
+def case_subset(cases: list[str], fraction: float, seed: int) -> list[str]:
+    """A seeded share ``fraction`` of ``cases`` (rounded half up, at least one), in their order: one point of a
+    learning curve. Each training seed draws its own subset, so a comparison over seeds also varies which cases."""
+    if not 0.0 < fraction <= 1.0:
+        raise LesiongenError(f"a share of the training cases must be in (0, 1], got {fraction}")
+    keep = max(1, math.floor(fraction * len(cases) + 0.5))
+    if keep >= len(cases):
+        return list(cases)
+    chosen = np.random.default_rng(derive_seed(seed, "case subset")).choice(len(cases), size=keep, replace=False)
+    return [cases[i] for i in sorted(chosen)]
 
 
 def parse_fold(text: str) -> int | str:

@@ -33,6 +33,7 @@ from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import ImageGeometry, read_image, write_image
 from lesiongen.models.segmenter import Segmenter, SegmenterConfig
 from lesiongen.planning.plans import SEG_3D, StagePlan, segmentation_stage_name
+from lesiongen.preprocessing.splits import case_subset
 from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import Trainer, plans_sha256
 from lesiongen.training.losses import (
@@ -72,6 +73,9 @@ class SegTrainer(Trainer):
     synthetic_batch_scans = -1
     validate = True  # predict and score the validation cases after training (fold all: its own training cases)
     loss = "dice_ce"  # dice_ce (nnU-Net's) or weighted (generalised Dice + balanced cross-entropy); see SEG_LOSSES
+    # train on this seeded share of the fold's training cases (real-only; lesiongen_benefit --data_check): one point
+    # of a learning curve. The validation cases stay the fold's.
+    real_case_fraction = 1.0
 
     def __init__(self, dataset, *args, strategy: str = "none", configuration: str = SEG_3D, **kwargs):
         self.strategy = get_strategy(strategy).name
@@ -79,6 +83,7 @@ class SegTrainer(Trainer):
         segmentation_stage_name(configuration, dataset.plans)
         self.configuration = configuration
         super().__init__(dataset, *args, **kwargs)
+        self.fold_train_cases = list(self.train_cases)  # before a real_case_fraction takes its share
 
     @property
     def variant(self) -> SegVariant:
@@ -114,6 +119,14 @@ class SegTrainer(Trainer):
         if not 0.0 <= self.synthetic_fade_start <= 1.0:
             raise LesiongenError(f"--set synthetic_fade_start={self.synthetic_fade_start}: a fraction of the steps, "
                                  f"from 0 to 1 (1: no fade)")
+        if not 0.0 < self.real_case_fraction <= 1.0:
+            raise LesiongenError(f"--set real_case_fraction={self.real_case_fraction}: a share of the training "
+                                 f"cases, above 0 and at most 1")
+        if self.real_case_fraction < 1.0 and self.strategy != "none":
+            # the strategy's generators learnt from every training case, so the seg model would not be limited
+            raise LesiongenError("--set real_case_fraction: only with --synthetic none; the synthetic cases' "
+                                 "models learnt from all of the fold's training cases")
+        self.train_cases = case_subset(self.fold_train_cases, self.real_case_fraction, self.options.seed)
 
     # ---------------------------------------------------------------------------------------------- set-up
     def configure_optimizer(self, parameters):
