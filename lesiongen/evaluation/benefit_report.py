@@ -30,12 +30,16 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def _paired_dice(d: dict) -> str:
+    """A check's paired Dice difference in words: mean, interval and how many test scans went which way."""
+    return (f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}; "
+            f"better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test scans). ")
+
+
 def schedule_line(check: dict) -> str:
     """What the schedule check says: real-only's Dice at the full schedule against half of it, and what follows."""
     d, full, half = check["dice"], check["steps"], check["half_steps"]
-    line = (f"- **Schedule check**: real-only at {full} steps against {half} steps (the same seeds): "
-            f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}; "
-            f"better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test scans). ")
+    line = f"- **Schedule check**: real-only at {full} steps against {half} steps (the same seeds): {_paired_dice(d)}"
     judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
     if judged == "helps":
         return line + (f"Real-only was still improving: part of every difference above may be the schedule; rerun "
@@ -54,9 +58,7 @@ def data_line(check: dict) -> str:
     is not expected to teach more than a real one)."""
     d, full, half = check["dice"], check["cases"], check["half_cases"]
     line = (f"- **Data check**: real-only with all {full} real training cases against {half} of them (a seeded "
-            f"subset per seed, the same steps): {100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} "
-            f"to {100 * d['ci_high']:+.1f}; better on {d['cases_better']}, worse on {d['cases_worse']} of "
-            f"{d['n_cases']} test scans). ")
+            f"subset per seed, the same steps): {_paired_dice(d)}")
     judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
     if judged == "helps":
         return line + ("More real cases still raised Dice: the dataset is data-limited, so more cases, real or "
@@ -109,7 +111,7 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
                     and not name.startswith((f"{SCHEDULE_CHECK}/", f"{DATA_CHECK}/"))})
     if steps:
         # the answer compares equal schedules; if real-only still improves at the end, it is about the schedule
-        checked = "see the schedule check below" if report.get("schedule_check") else "--schedule_check tells"
+        checked = "see the schedule check below" if report.get(SCHEDULE_CHECK) else "--schedule_check tells"
         lines += [f"Seg models trained {' / '.join(map(str, steps))} steps each: compare at a schedule after which "
                   f"real-only no longer improves ({checked}; documentation/segmentation.md).", ""]
     fade_start = report.get("settings", {}).get("synthetic_fade_start", 1.0)
