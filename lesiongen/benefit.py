@@ -56,6 +56,7 @@ from lesiongen.training.synthetic import case_tissue, synthetic_case_count, synt
 from lesiongen.training.trainers.seg import SegTrainer
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.parallel import thread_share
+from lesiongen.utilities.progress_log import ProgressLog
 from lesiongen.utilities.provenance import code_version, model_record
 
 logger = logging.getLogger(__name__)
@@ -187,8 +188,9 @@ def _trainer(job: TrainingJob, dataset: PreprocessedDataset, device: str):
     return trainer
 
 
-def run_trainings(jobs: list[TrainingJob], options: BenefitOptions, logs: Path) -> dict[str, str]:
-    """Train every job that is not already as asked; returns job name -> "trained" or "up to date"."""
+def run_trainings(jobs: list[TrainingJob], options: BenefitOptions, logs: Path, phase: str) -> dict[str, str]:
+    """Train every job that is not already as asked, logging how many of ``phase``'s trainings are done and about
+    how long the rest will take; returns job name -> "trained" or "up to date"."""
     dataset = open_preprocessed(options.dataset, options.plans)
     todo, outcome = [], {}
     for job in jobs:
@@ -198,10 +200,13 @@ def run_trainings(jobs: list[TrainingJob], options: BenefitOptions, logs: Path) 
         else:
             logger.info("%s: %s; training", job.name, reason)
             todo.append(job)
+    # a benefit run trains for hours on a CPU: after each training, how far this phase is and about how long it needs
+    progress = ProgressLog(logger, f"trainings ({phase})", total=len(todo), unit="done", interval=0.0)
     if options.parallel <= 1:
         for job in todo:
             _trainer(job, dataset, options.device).run_training()
             outcome[job.name] = "trained"
+            progress.advance()
         return outcome
     # side by side in subprocesses, each with an equal share of the CPU threads (one GPU is shared the same way)
     env = dict(os.environ, **thread_share(options.parallel))
@@ -227,6 +232,7 @@ def run_trainings(jobs: list[TrainingJob], options: BenefitOptions, logs: Path) 
                 tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
                 raise LesiongenError(f"{log}: training {job.name} failed (exit {process.returncode}): {tail[0]}")
             outcome[job.name] = "trained"
+            progress.advance()
     return outcome
 
 
@@ -295,6 +301,7 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
                    mirror: bool, predictions: Path | None) -> dict[str, dict[str, dict[str, float]]]:
     """model name -> case -> metric; each test scan is read once and segmented by every model."""
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
+    progress = ProgressLog(logger, "segmenting the test scans", total=len(cases) * len(models), unit="segmentations")
     for case in cases:
         images, geometry = read_channels(case.images, raw.info.reader)
         reference = read_image(case.label, raw.info.reader)[0].astype(np.uint8)
@@ -304,7 +311,7 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
                 write_image(predictions / name / f"{case.case_id}{raw.info.file_ending}", prediction, geometry,
                             raw.info.reader)
             scores[name][case.case_id] = case_scores(reference, prediction, geometry.spacing_zyx, labels)
-        logger.info("scored test case %s with %d model(s)", case.case_id, len(models))
+            progress.advance()
     return scores
 
 
@@ -397,11 +404,11 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         checks[SCHEDULE_CHECK] = schedule_check_jobs(options, full_steps)
     if options.data_check:
         checks[DATA_CHECK] = data_check_jobs(options, len(dataset.case_ids()))
-    outcome = run_trainings(first, options, folder / "logs")
-    outcome.update(run_trainings(second, options, folder / "logs"))
+    outcome = run_trainings(first, options, folder / "logs", "generators, inpainter, real only")
+    outcome.update(run_trainings(second, options, folder / "logs", "with synthetic cases"))
     for check, jobs in checks.items():
         with results_root_at(results_root() / check):
-            checked = run_trainings(jobs, options, folder / "logs" / check)
+            checked = run_trainings(jobs, options, folder / "logs" / check, check)
         outcome.update({f"{check}/{name}": state for name, state in checked.items()})
     minutes_training = (time.perf_counter() - started) / 60
     seg_jobs = [j for j in first + second if j.trainer == "seg"]

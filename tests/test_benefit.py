@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -219,9 +220,37 @@ def test_the_data_check_says_whether_more_real_cases_raised_dice():
 
 def test_a_rerun_trains_nothing_again(benefit, capsys):
     _, out, args = benefit
+    capsys.readouterr()
     assert benefit_cli.main(args) == 0
+    log = capsys.readouterr().err  # the command's own console logging (it replaces pytest's log capture)
     report = json.loads((out / "benefit.json").read_text())
     assert set(report["trainings"].values()) == {"up to date"}
+    assert "trainings (" not in log  # nothing to train, no training progress
+    # every test scan is segmented by every model (the checks' included), and the progress counts them all
+    segmentations = len(report["test_cases"]) * len(report["per_case"])
+    assert f"segmenting the test scans: {segmentations}/{segmentations} segmentations (100%)" in log
+
+
+def test_the_trainings_log_how_many_of_those_to_train_are_done(monkeypatch, caplog):
+    class FakeTrainer:
+        def __init__(self, job):
+            self.job = job
+
+        def stale_reason(self):
+            return None if self.job.strategy == "up to date" else "not trained yet"
+
+        def run_training(self):
+            pass
+
+    monkeypatch.setattr(benefit_module, "open_preprocessed", lambda *args: None)
+    monkeypatch.setattr(benefit_module, "_trainer", lambda job, dataset, device: FakeTrainer(job))
+    jobs = [benefit_module.TrainingJob("seg", 2, seed, strategy)
+            for seed, strategy in [(0, "none"), (0, "up to date"), (1, "none")]]
+    caplog.set_level(logging.INFO, logger="lesiongen")
+    outcome = benefit_module.run_trainings(jobs, BenefitOptions(dataset="1"), Path("logs"), "real only")
+    assert sorted(outcome.values()) == ["trained", "trained", "up to date"]
+    progress = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("trainings (")]
+    assert progress == ["trainings (real only): 1/2 done (50%)", "trainings (real only): 2/2 done (100%)"]
 
 
 def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
