@@ -12,8 +12,9 @@ raised its test Dice: if it did, the comparison is about the schedule as much as
 ``data_check`` it trains real-only on a seeded half of the real training cases and reports what the other half
 added: synthetic cases stand in for real ones, so if more real cases did not raise Dice, synthetic ones are unlikely
 to.
-Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, so a rerun
-only does what is missing. Without test scans it says so and compares the trained folds instead
+Trainings that are already as asked (steps, seed, settings, plans, the models they used) are skipped, and so are
+test segmentations already made by the same checkpoint of the same scan (:func:`score_test_set`), so a rerun only
+does what is missing. Without test scans it says so and compares the trained folds instead
 (``lesiongen_compare``). The report's files and sentences: :mod:`lesiongen.evaluation.benefit_report`.
 """
 
@@ -55,9 +56,10 @@ from lesiongen.training.seg_data import SegCase
 from lesiongen.training.synthetic import case_tissue, synthetic_case_count, synthetic_cases
 from lesiongen.training.trainers.seg import SegTrainer
 from lesiongen.utilities.errors import LesiongenError
+from lesiongen.utilities.files import read_json, write_json
 from lesiongen.utilities.parallel import thread_share
 from lesiongen.utilities.progress_log import ProgressLog
-from lesiongen.utilities.provenance import code_version, model_record
+from lesiongen.utilities.provenance import code_version, model_record, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -297,21 +299,64 @@ def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: 
     return class_means([per_class[label] for label in labels])
 
 
+def prediction_key(checkpoint_sha256: str | None, images_sha256: list[str], mirror: bool) -> dict[str, object]:
+    """What a test prediction depends on: the model's checkpoint, the test scan's channels, test-time mirroring and
+    the code that segmented (lesiongen version and commit)."""
+    code = code_version()
+    return {"model_sha256": checkpoint_sha256, "images_sha256": images_sha256, "mirror": mirror,
+            "lesiongen_version": code["lesiongen_version"], "git_commit": code["git_commit"]}
+
+
+def _reusable(prediction: Path, record: Path, key: dict[str, object]) -> bool:
+    """Whether ``prediction`` was written for ``key`` and is, byte for byte, the file its record names."""
+    if key["model_sha256"] is None or not prediction.is_file() or not record.is_file():
+        return False
+    try:
+        recorded = read_json(record)
+        return (isinstance(recorded, dict) and {k: recorded.get(k) for k in key} == key
+                and recorded.get("prediction_sha256") == sha256_file(prediction))
+    except (OSError, ValueError):  # unreadable or not JSON: not verifiable, so segmented again
+        return False
+
+
 def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[CaseFiles], labels: list[int],
                    mirror: bool, predictions: Path | None) -> dict[str, dict[str, dict[str, float]]]:
-    """model name -> case -> metric; each test scan is read once and segmented by every model."""
+    """model name -> case -> metric. Each test scan is read once and segmented by every model whose prediction of it
+    is not already in ``predictions`` as asked (:func:`prediction_key`; each prediction has a JSON record next to
+    it with its own sha256): a rerun that adds a strategy segments with the new models only."""
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    progress = ProgressLog(logger, "segmenting the test scans", total=len(cases) * len(models), unit="segmentations")
+    checkpoints = {name: sha256_file(m.checkpoint) if m.checkpoint is not None else None for name, m in models.items()}
+
+    def paths(name: str, case: CaseFiles) -> tuple[Path, Path]:
+        folder = predictions / name
+        return folder / f"{case.case_id}{raw.info.file_ending}", folder / f"{case.case_id}.json"
+
+    plan = []  # (case, model name -> key, the models that must segment it)
     for case in cases:
-        images, geometry = read_channels(case.images, raw.info.reader)
-        reference = read_image(case.label, raw.info.reader)[0].astype(np.uint8)
+        images_sha256 = [sha256_file(path) for path in case.images]
+        keys = {name: prediction_key(checkpoints[name], images_sha256, mirror) for name in models}
+        stale = {name for name in models if predictions is None or not _reusable(*paths(name, case), keys[name])}
+        plan.append((case, keys, stale))
+    total = sum(len(stale) for _, _, stale in plan)
+    if total < len(cases) * len(models):
+        logger.info("%d of %d test segmentations are in %s as asked (the same models, scans, mirroring and code): "
+                    "reused", len(cases) * len(models) - total, len(cases) * len(models), predictions)
+    progress = ProgressLog(logger, "segmenting the test scans", total=total, unit="segmentations")
+    for case, keys, stale in plan:
+        reference, reference_geometry = read_image(case.label, raw.info.reader)
+        reference = reference.astype(np.uint8)
+        images, geometry = read_channels(case.images, raw.info.reader) if stale else (None, None)
         for name, model in models.items():
-            prediction, _, _ = segment(images, list(geometry.spacing_zyx), [model], mirror=mirror)
-            if predictions is not None:
-                write_image(predictions / name / f"{case.case_id}{raw.info.file_ending}", prediction, geometry,
-                            raw.info.reader)
-            scores[name][case.case_id] = case_scores(reference, prediction, geometry.spacing_zyx, labels)
-            progress.advance()
+            if name in stale:
+                prediction, _, _ = segment(images, list(geometry.spacing_zyx), [model], mirror=mirror)
+                if predictions is not None:
+                    target, record = paths(name, case)
+                    write_image(target, prediction, geometry, raw.info.reader)
+                    write_json(record, {**keys[name], "prediction_sha256": sha256_file(target)})
+                progress.advance()
+            else:
+                prediction = read_image(paths(name, case)[0], raw.info.reader)[0]
+            scores[name][case.case_id] = case_scores(reference, prediction, reference_geometry.spacing_zyx, labels)
     return scores
 
 

@@ -218,17 +218,77 @@ def test_the_data_check_says_whether_more_real_cases_raised_dice():
     assert "schedule_check" not in few and data_line(few["data_check"]) in answer(few, 2)
 
 
-def test_a_rerun_trains_nothing_again(benefit, capsys):
+def test_a_rerun_trains_nothing_again_and_reuses_the_test_predictions(benefit, capsys):
     _, out, args = benefit
+    first = json.loads((out / "benefit.json").read_text())
     capsys.readouterr()
     assert benefit_cli.main(args) == 0
     log = capsys.readouterr().err  # the command's own console logging (it replaces pytest's log capture)
     report = json.loads((out / "benefit.json").read_text())
     assert set(report["trainings"].values()) == {"up to date"}
     assert "trainings (" not in log  # nothing to train, no training progress
-    # every test scan is segmented by every model (the checks' included), and the progress counts them all
+    # every test scan x every model (the checks' included) was segmented by the first run: all reused, none redone
     segmentations = len(report["test_cases"]) * len(report["per_case"])
-    assert f"segmenting the test scans: {segmentations}/{segmentations} segmentations (100%)" in log
+    assert f"{segmentations} of {segmentations} test segmentations are in" in log
+    assert "segmenting the test scans" not in log
+    assert report["per_case"] == first["per_case"]
+
+
+class _ThresholdSegmenter:
+    """Stands in for a seg model: its checkpoint is a file, and it segments channel 0 above its threshold."""
+
+    def __init__(self, checkpoint: Path, threshold: float):
+        self.checkpoint, self.threshold = checkpoint, threshold
+
+
+def test_a_test_prediction_is_reused_only_for_the_same_model_scan_mirroring_and_file(tmp_path, monkeypatch):
+    from lesiongen.io.dataset import CaseFiles
+    from lesiongen.io.images import ImageGeometry, write_image
+
+    geometry = ImageGeometry.simple((6, 7, 8), (1.0, 1.0, 1.0))
+    ramp = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8) / (6 * 7 * 8)
+    cases = []
+    for i in range(2):
+        write_image(tmp_path / f"c{i}_0000.nii.gz", ramp + 0.1 * i, geometry)
+        write_image(tmp_path / f"c{i}.nii.gz", (ramp > 0.5).astype(np.uint8), geometry)
+        cases.append(CaseFiles(f"c{i}", [tmp_path / f"c{i}_0000.nii.gz"], tmp_path / f"c{i}.nii.gz"))
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.pt").write_bytes(name.encode())
+    models = {"a": _ThresholdSegmenter(tmp_path / "a.pt", 0.5), "b": _ThresholdSegmenter(tmp_path / "b.pt", 0.7)}
+    calls = []
+
+    def fake_segment(images, spacing, segmenters, mirror):
+        calls.append((segmenters[0].checkpoint.stem, round(float(images[0].flat[0]), 3), mirror))
+        return (images[0] > segmenters[0].threshold).astype(np.uint8), None, None
+
+    monkeypatch.setattr(benefit_module, "segment", fake_segment)
+    raw = dataclasses.make_dataclass("Raw", ["info"])(dataclasses.make_dataclass("Info", ["reader", "file_ending"])(
+        None, ".nii.gz"))
+    predictions = tmp_path / "predictions"
+
+    def score(mirror=False):
+        calls.clear()
+        return benefit_module.score_test_set(models, raw, cases, [1], mirror, predictions)
+
+    first = score()
+    assert sorted(calls) == [("a", 0.0, False), ("a", 0.1, False), ("b", 0.0, False), ("b", 0.1, False)]
+    assert first["a"]["c0"]["dice"] == pytest.approx(1.0) and first["b"]["c0"]["dice"] < 0.9
+    assert score() == first and calls == []  # everything as recorded: nothing segmented again
+    assert score(mirror=True) == first and len(calls) == 4  # another mirroring: every one again
+    score()  # back to the records without mirroring
+    # the prediction file changed since its record: that one again
+    target = predictions / "b" / "c1.nii.gz"
+    write_image(target, np.zeros((6, 7, 8), np.uint8), geometry)
+    assert score() == first and calls == [("b", 0.1, False)]
+    (tmp_path / "a.pt").write_bytes(b"retrained")  # another checkpoint: its model's predictions again
+    assert score() == first and sorted(calls) == [("a", 0.0, False), ("a", 0.1, False)]
+    write_image(cases[0].images[0], ramp + 0.05, geometry)  # another test scan: both models segment it again
+    score()
+    assert sorted(calls) == [("a", 0.05, False), ("b", 0.05, False)]
+    (predictions / "a" / "c1.json").write_text("{not json")  # an unreadable record: not trusted
+    score()
+    assert calls == [("a", 0.1, False)]
+    assert benefit_module.score_test_set(models, raw, cases, [1], False, None)["a"]["c1"] == first["a"]["c1"]
 
 
 def test_the_trainings_log_how_many_of_those_to_train_are_done(monkeypatch, caplog):
