@@ -379,7 +379,8 @@ def _matrix(scores: dict, names: list[str], cases: list[str], metric: str) -> np
 
 def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule: tuple[int, int] | None = None,
               data: tuple[int, int] | None = None) -> dict:
-    """The strategy table (at ``options.ratio``), paired differences to ``none``, the ratio sweep and, with
+    """The strategy table (at ``options.ratio``), paired differences to ``none``, each synthetic strategy's Dice
+    against every one listed before it (``between_strategies``), the ratio sweep and, with
     ``schedule`` (full, half steps), real-only at the full schedule against its half-schedule models; with ``data``
     (all, half the real cases), real-only on all real cases against its half-data models."""
     def names(strategy: str, ratio: float) -> list[str]:
@@ -405,6 +406,13 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule:
         return float(nanmean(half)), dataclasses.asdict(paired_difference(_matrix(scores, full, cases, "dice"), half))
 
     report = {"strategies": [row(s, options.ratio) for s in options.strategies]}
+    # is one way of making cases better than another (diffmask against copy_paste)? Paired: same seed, same scan
+    synthetic = [s for s in options.strategies if s != "none"]
+    report["between_strategies"] = [
+        {"strategy": later, "against": earlier, "dice": dataclasses.asdict(paired_difference(
+            _matrix(scores, names(later, options.ratio), cases, "dice"),
+            _matrix(scores, names(earlier, options.ratio), cases, "dice")))}
+        for i, later in enumerate(synthetic) for earlier in synthetic[:i]]
     if schedule:
         dice_half, difference = against_real_only(SCHEDULE_CHECK)
         report[SCHEDULE_CHECK] = {"steps": schedule[0], "half_steps": schedule[1], "dice_half_schedule": dice_half,

@@ -218,6 +218,42 @@ def test_the_data_check_says_whether_more_real_cases_raised_dice():
     assert "schedule_check" not in few and data_line(few["data_check"]) in answer(few, 2)
 
 
+def test_the_synthetic_strategies_are_compared_with_each_other_paired():
+    from lesiongen.benefit import summarise
+    from lesiongen.inference.strategies import SegVariant
+
+    # per case and seed: none at HALF_DICE, copy_paste +0.02, sphere +0.06 and diffmask +0.07 on every case but
+    # alternating +/-0.02 around copy_paste's level for diffmask's second seed
+    offsets = {"none": [0.0] * 8, "copy_paste": [0.02] * 8, "sphere": [0.06] * 8, "diffmask": [0.07] * 8}
+
+    def dice(strategy: str, seed: int, i: int) -> float:
+        if strategy == "diffmask" and seed == 1:
+            return HALF_DICE[CASES[i]] + 0.02 + 0.02 * (-1) ** i
+        return HALF_DICE[CASES[i]] + offsets[strategy][i]
+
+    scores = {SegVariant.of(strategy, 1.0, seed).name:
+              {c: {**{m: 0.5 for m in METRICS}, "dice": dice(strategy, seed, i)} for i, c in enumerate(CASES)}
+              for strategy in offsets for seed in (0, 1)}
+    options = BenefitOptions(dataset="D", strategies=tuple(offsets), seeds=(0, 1), sweep_strategy=None)
+    pairs = summarise(scores, options, CASES)["between_strategies"]
+    assert [(p["strategy"], p["against"]) for p in pairs] == [
+        ("sphere", "copy_paste"), ("diffmask", "copy_paste"), ("diffmask", "sphere")]
+    by_pair = {(p["strategy"], p["against"]): p["dice"] for p in pairs}
+    assert by_pair["sphere", "copy_paste"]["mean"] == pytest.approx(0.04)
+    assert by_pair["diffmask", "copy_paste"]["mean"] == pytest.approx((0.05 + 0.0) / 2)  # the seeds' mean
+    assert by_pair["diffmask", "sphere"]["mean"] == pytest.approx((0.01 - 0.04) / 2)
+    assert by_pair["diffmask", "sphere"]["cases_worse"] == 8 and by_pair["diffmask", "sphere"]["n_seeds"] == 2
+    report = {"strategies": [], "between_strategies": pairs}
+    lines = answer(report, n_seeds=2)
+    assert lines[0].startswith("- **sphere against copy_paste**: better, +4.0 Dice points")
+    # worse on all 8 scans, but the two seeds disagree (+1 and -4 points), and the interval resamples seeds too
+    assert lines[2].startswith("- **diffmask against sphere**: no clear difference, -1.5 Dice points")
+    assert "worse on 8 of 8 test scans" in lines[2]
+    worse = dict(pairs[2], dice=dict(pairs[2]["dice"], ci_low=-0.03, ci_high=-0.01))
+    assert answer({"strategies": [], "between_strategies": [worse]}, 2)[0].startswith(
+        "- **diffmask against sphere**: worse, -1.5 Dice points (95 % CI -3.0 to -1.0;")
+
+
 def test_a_rerun_trains_nothing_again_and_reuses_the_test_predictions(benefit, capsys):
     _, out, args = benefit
     first = json.loads((out / "benefit.json").read_text())

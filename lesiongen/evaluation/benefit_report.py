@@ -31,7 +31,7 @@ def _finite(value: float | None) -> bool:
 
 
 def _paired_dice(d: dict) -> str:
-    """A check's paired Dice difference in words: mean, interval and how many test scans went which way."""
+    """A paired Dice difference in words: mean, interval and how many test scans went which way."""
     return (f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}; "
             f"better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test scans). ")
 
@@ -75,8 +75,9 @@ def data_line(check: dict) -> str:
 
 def answer(report: dict, n_seeds: int) -> list[str]:
     """The question in words, one line per strategy: its Dice against real data only, judged by the 95 % interval
-    over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect). A Wilcoxon p < 0.05 over the
-    scans with an interval that includes 0 is named: consistent over these scans, not over training runs."""
+    over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect); then each synthetic strategy
+    against each one listed before it, judged the same way. A Wilcoxon p < 0.05 over the scans with an interval that
+    includes 0 is named: consistent over these scans, not over training runs."""
     lines = []
     for row in report["strategies"]:
         d = row.get("vs_none", {}).get("dice")
@@ -91,6 +92,13 @@ def answer(report: dict, n_seeds: int) -> list[str]:
                      f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "
                      "the training seed, includes 0")
         lines.append(line)
+    for pair in report.get("between_strategies", []):
+        d = pair["dice"]
+        if not (_finite(d["ci_low"]) and _finite(d["ci_high"])):
+            continue
+        judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
+        says = {"helps": "better", "hurts": "worse", "no clear effect": "no clear difference"}.get(judged, judged)
+        lines.append(f"- **{pair['strategy']} against {pair['against']}**: {says}, {_paired_dice(d)}".rstrip())
     if lines and n_seeds < 2:
         lines.append("- One training seed: how much a result moves between training runs is not in these intervals; "
                      "run with --seeds 0 1 2 before trusting them.")
@@ -130,8 +138,8 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = answer(report, n_seeds)
     if verdicts:
-        lines += ["", "Does it help? (Dice against real data only; the 95 % interval over test scans and training "
-                      "seeds decides)", "", *verdicts]
+        lines += ["", "Does it help? (Dice against real data only, then the synthetic strategies against each other; "
+                      "the 95 % interval over test scans and training seeds decides)", "", *verdicts]
     if report.get("lesion_census"):
         lines += ["", f"Lesions the seg models learnt from (preprocessed space; small: < {SMALL_LESION_MM3:g} mm3; "
                       "synthetic cases at the table's ratio, every seed's)", "",
