@@ -248,10 +248,10 @@ def test_the_synthetic_strategies_are_compared_with_each_other_paired():
     assert lines[0].startswith("- **sphere against copy_paste**: better, +4.0 Dice points")
     # worse on all 8 scans, but the two seeds disagree (+1 and -4 points), and the interval resamples seeds too
     assert lines[2].startswith("- **diffmask against sphere**: no clear difference, -1.5 Dice points")
-    assert "worse on 8 of 8 test scans" in lines[2]
+    assert "worse on 8 of 8 test scans (Wilcoxon p 0.008), but the interval" in lines[2]
     worse = dict(pairs[2], dice=dict(pairs[2]["dice"], ci_low=-0.03, ci_high=-0.01))
     assert answer({"strategies": [], "between_strategies": [worse]}, 2)[0].startswith(
-        "- **diffmask against sphere**: worse, -1.5 Dice points (95 % CI -3.0 to -1.0;")
+        "- **diffmask against sphere**: worse, -1.5 Dice points (95 % CI -3.0 to -1.0)")
 
 
 def test_a_rerun_trains_nothing_again_and_reuses_the_test_predictions(benefit, capsys):

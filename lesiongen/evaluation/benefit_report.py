@@ -73,6 +73,25 @@ def data_line(check: dict) -> str:
     return line + f"Not judged: {judged}."
 
 
+_PAIR_WORDS = {"helps": "better", "hurts": "worse", "no clear effect": "no clear difference"}  # one strategy vs another
+
+
+def _judged(subject: str, d: dict, words: dict[str, str] | None = None) -> list[str]:
+    """One answer line for a paired Dice difference judged by its interval (none without a finite interval), naming
+    a Wilcoxon p < 0.05 over the scans when the interval includes 0."""
+    if not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
+        return []
+    judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
+    line = (f"- {subject}: {(words or {}).get(judged, judged)}, {100 * d['mean']:+.1f} Dice points "
+            f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
+    if judged == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
+        better = d["mean"] > 0
+        line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "
+                 f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "
+                 "the training seed, includes 0")
+    return [line]
+
+
 def answer(report: dict, n_seeds: int) -> list[str]:
     """The question in words, one line per strategy: its Dice against real data only, judged by the 95 % interval
     over test cases and seeds (above 0: helps; below 0: hurts; else no clear effect); then each synthetic strategy
@@ -81,24 +100,10 @@ def answer(report: dict, n_seeds: int) -> list[str]:
     lines = []
     for row in report["strategies"]:
         d = row.get("vs_none", {}).get("dice")
-        if not d or not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
-            continue
-        judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
-        line = (f"- **{row['strategy']}** (ratio {row['ratio']:g}): {judged}, {100 * d['mean']:+.1f} Dice points "
-                f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
-        if judged == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
-            better = d["mean"] > 0
-            line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "
-                     f"{d['n_cases']} test scans (Wilcoxon p {d['p_value']:.3f}), but the interval, which also varies "
-                     "the training seed, includes 0")
-        lines.append(line)
+        if d:
+            lines += _judged(f"**{row['strategy']}** (ratio {row['ratio']:g})", d)
     for pair in report.get("between_strategies", []):
-        d = pair["dice"]
-        if not (_finite(d["ci_low"]) and _finite(d["ci_high"])):
-            continue
-        judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
-        says = {"helps": "better", "hurts": "worse", "no clear effect": "no clear difference"}.get(judged, judged)
-        lines.append(f"- **{pair['strategy']} against {pair['against']}**: {says}, {_paired_dice(d)}".rstrip())
+        lines += _judged(f"**{pair['strategy']} against {pair['against']}**", pair["dice"], _PAIR_WORDS)
     if lines and n_seeds < 2:
         lines.append("- One training seed: how much a result moves between training runs is not in these intervals; "
                      "run with --seeds 0 1 2 before trusting them.")
