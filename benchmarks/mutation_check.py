@@ -392,7 +392,7 @@ MUTANTS = (
            'f"trainings ({phase})", total=len(todo)', 'f"trainings ({phase})", total=len(jobs)',
            ("tests/test_benefit.py::test_the_trainings_log_how_many_of_those_to_train_are_done",), "issue 15"),
     Mutant("benefit_trusts_a_prediction_without_its_hash", "lesiongen/benefit.py",
-           'and recorded.get("prediction_sha256") == sha256_file(prediction))', ")",
+           '\n                and first_mismatch(record.parent, recorded["checksums"]) is None)', ")",
            ("tests/test_benefit.py::test_a_test_prediction_is_reused_only_for_the_same_model_scan_mirroring_and_file",),
            "issue 14"),
     Mutant("benefit_prediction_key_without_mirroring", "lesiongen/benefit.py",

@@ -49,7 +49,7 @@ from lesiongen.models.segmenter import Segmenter
 from lesiongen.paths import results_root, results_root_at
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.preprocessing.dataset import PreprocessedDataset, open_preprocessed
-from lesiongen.preprocessing.storage import load_array
+from lesiongen.preprocessing.storage import checksum_files, first_mismatch, load_array
 from lesiongen.training.base import TrainingOptions
 from lesiongen.training.registry import trainer_class
 from lesiongen.training.seg_data import SegCase
@@ -308,14 +308,15 @@ def prediction_key(checkpoint_sha256: str | None, images_sha256: list[str], mirr
 
 
 def _reusable(prediction: Path, record: Path, key: dict[str, object]) -> bool:
-    """Whether ``prediction`` was written for ``key`` and is, byte for byte, the file its record names."""
-    if key["model_sha256"] is None or not prediction.is_file() or not record.is_file():
+    """Whether ``prediction`` was written for ``key`` and still matches the size and sha256 its record holds (the
+    preprocessed files' checksum records)."""
+    if key["model_sha256"] is None or not record.is_file():
         return False
     try:
         recorded = read_json(record)
-        return (isinstance(recorded, dict) and {k: recorded.get(k) for k in key} == key
-                and recorded.get("prediction_sha256") == sha256_file(prediction))
-    except (OSError, ValueError):  # unreadable or not JSON: not verifiable, so segmented again
+        return ({k: recorded.get(k) for k in key} == key and set(recorded.get("checksums", {})) == {prediction.name}
+                and first_mismatch(record.parent, recorded["checksums"]) is None)
+    except (OSError, ValueError, TypeError, AttributeError):  # unreadable or malformed: not verifiable, so redone
         return False
 
 
@@ -323,7 +324,7 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
                    mirror: bool, predictions: Path | None) -> dict[str, dict[str, dict[str, float]]]:
     """model name -> case -> metric. Each test scan is read once and segmented by every model whose prediction of it
     is not already in ``predictions`` as asked (:func:`prediction_key`; each prediction has a JSON record next to
-    it with its own sha256): a rerun that adds a strategy segments with the new models only."""
+    it with its own size and sha256): a rerun that adds a strategy segments with the new models only."""
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     checkpoints = {name: sha256_file(m.checkpoint) if m.checkpoint is not None else None for name, m in models.items()}
 
@@ -352,7 +353,7 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
                 if predictions is not None:
                     target, record = paths(name, case)
                     write_image(target, prediction, geometry, raw.info.reader)
-                    write_json(record, {**keys[name], "prediction_sha256": sha256_file(target)})
+                    write_json(record, {**keys[name], "checksums": checksum_files(target.parent, [target.name])})
                 progress.advance()
             else:
                 prediction = read_image(paths(name, case)[0], raw.info.reader)[0]
