@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesiongen.utilities.provenance import code_version
+import lesiongen
+from lesiongen.utilities.provenance import code_version, source_sha256
 
 
 @dataclass
@@ -77,27 +78,16 @@ def run_measured(command: list[str], env: dict[str, str] | None = None, interval
     return Measurement(command, process.returncode, wall, peak / 1024, "".join(lines[-tail_lines:]), timed_out)
 
 
-def _package_state() -> str | None:
-    """The lesiongen package's code as git sees it: its tree at HEAD and a hash of any uncommitted change to it
-    (None outside a git checkout). A commit that only touches documentation leaves it as it is."""
-    import hashlib
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        tree = subprocess.run(["git", "rev-parse", "HEAD:lesiongen"], cwd=root, capture_output=True, text=True,
-                              timeout=10)
-        diff = subprocess.run(["git", "diff", "HEAD", "--", "lesiongen"], cwd=root, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if tree.returncode != 0 or diff.returncode != 0:
-        return None
-    return f"{tree.stdout.strip()}+{hashlib.sha256(diff.stdout).hexdigest()[:16]}"
+def _package_state() -> str:
+    """The lesiongen package's source as it is now (``source_sha256``): a commit that only touches documentation
+    leaves it as it is."""
+    return source_sha256(Path(lesiongen.__file__).resolve().parent)
 
 
 # The code a benchmark ran is the code at its start: a commit made while an hour-long run goes on must not be
 # recorded as what produced its figures.
 _CODE_AT_START = code_version()  # cached: later calls in this process give the same
-_PACKAGE_AT_START = _package_state()
+_PACKAGE_AT_START = _CODE_AT_START["source_sha256"]
 _STARTED = time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -132,13 +122,12 @@ def machine_record(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
 
 
 def benchmark_provenance() -> dict:
-    """What a benchmark's figures came from: lesiongen's version and commit when the benchmark started (and whether
-    the package's code had changed by its end; None: unknown), the machine and the dates."""
+    """What a benchmark's figures came from: lesiongen's version, source hash and commit when the benchmark started
+    (and whether the package's code had changed by its end), the machine and the dates."""
     import platform
     import sys
 
-    changed = None if _PACKAGE_AT_START is None else _package_state() != _PACKAGE_AT_START
-    return {**_CODE_AT_START, "code_changed_during_run": changed, "started": _STARTED,
+    return {**_CODE_AT_START, "code_changed_during_run": _package_state() != _PACKAGE_AT_START, "started": _STARTED,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
             "platform": platform.platform(), "cpu_count": os.cpu_count(), **machine_record(), "from_scratch": True}
 

@@ -301,10 +301,11 @@ def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: 
 
 def prediction_key(checkpoint_sha256: str | None, images_sha256: list[str], mirror: bool) -> dict[str, object]:
     """What a test prediction depends on: the model's checkpoint, the test scan's channels, test-time mirroring and
-    the code that segmented (lesiongen version and commit)."""
+    the code that segmented (lesiongen's version and the sha256 of its source, so that an uncommitted edit counts
+    and a commit of documentation does not)."""
     code = code_version()
     return {"model_sha256": checkpoint_sha256, "images_sha256": images_sha256, "mirror": mirror,
-            "lesiongen_version": code["lesiongen_version"], "git_commit": code["git_commit"]}
+            "lesiongen_version": code["lesiongen_version"], "source_sha256": code["source_sha256"]}
 
 
 def _reusable(prediction: Path, record: Path, key: dict[str, object]) -> bool:
@@ -353,7 +354,8 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
                 if predictions is not None:
                     target, record = paths(name, case)
                     write_image(target, prediction, geometry, raw.info.reader)
-                    write_json(record, {**keys[name], "checksums": checksum_files(target.parent, [target.name])})
+                    write_json(record, {**keys[name], "git_commit": code_version()["git_commit"],  # for reading only
+                                        "checksums": checksum_files(target.parent, [target.name])})
                 progress.advance()
             else:
                 prediction = read_image(paths(name, case)[0], raw.info.reader)[0]

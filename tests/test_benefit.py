@@ -312,6 +312,13 @@ def test_a_test_prediction_is_reused_only_for_the_same_model_scan_mirroring_and_
     assert score() == first and calls == []  # everything as recorded: nothing segmented again
     assert score(mirror=True) == first and len(calls) == 4  # another mirroring: every one again
     score()  # back to the records without mirroring
+    code = benefit_module.code_version()
+    monkeypatch.setattr(benefit_module, "code_version", lambda: {**code, "git_commit": "a commit of documentation"})
+    assert score() == first and calls == []  # the same source: reused
+    monkeypatch.setattr(benefit_module, "code_version", lambda: {**code, "source_sha256": "an edit, not committed"})
+    assert score() == first and len(calls) == 4  # other code: every one again
+    monkeypatch.setattr(benefit_module, "code_version", lambda: code)
+    score()  # back to the records of the code as it is
     # the prediction file changed since its record: that one again
     target = predictions / "b" / "c1.nii.gz"
     write_image(target, np.zeros((6, 7, 8), np.uint8), geometry)

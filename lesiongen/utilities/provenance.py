@@ -18,9 +18,11 @@ _CHUNK = 1 << 20
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
-    """lesiongen's version and, in a git checkout, its commit and whether the working tree had changes."""
-    record: dict[str, Any] = {"lesiongen_version": lesiongen.__version__, "git_commit": None, "git_dirty": None}
+    """lesiongen's version, the sha256 of its source (:func:`source_sha256`) and, in a git checkout, its commit and
+    whether the working tree had changes."""
     source = Path(lesiongen.__file__).resolve().parent
+    record: dict[str, Any] = {"lesiongen_version": lesiongen.__version__, "source_sha256": source_sha256(source),
+                              "git_commit": None, "git_dirty": None}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
@@ -31,6 +33,17 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the version alone says it
         pass
     return record
+
+
+def source_sha256(package: Path) -> str:
+    """sha256 of a package's Python source: every ``.py`` file under ``package``, by relative path and content.
+    Unlike the git commit it changes with uncommitted edits and not with commits that leave the code as it was
+    (documentation, benchmarks), and it exists without git (an installed wheel)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:
