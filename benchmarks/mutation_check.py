@@ -404,6 +404,10 @@ MUTANTS = (
            '        digest.update(path.relative_to(package).as_posix().encode() + b"\\0")\n', "",
            ("tests/test_benchmark_provenance.py::test_the_source_hash_follows_the_python_files_and_nothing_else",),
            "issue 14"),
+    Mutant("compare_runs_gains_without_real_only", "benchmarks/compare_benefit_runs.py",
+           "return values - score_matrix(scores, [real_only_of(m) for m in models], cases, metric) if gains "
+           "else values", "return values",
+           ("tests/test_benefit.py::test_two_runs_compare_what_each_strategy_adds_over_real_only",), "issue 14"),
     Mutant("benefit_prediction_key_without_mirroring", "lesiongen/benefit.py",
            '"images_sha256": images_sha256, "mirror": mirror,', '"images_sha256": images_sha256,',
            ("tests/test_benefit.py::test_a_test_prediction_is_reused_only_for_the_same_model_scan_mirroring_and_file",),

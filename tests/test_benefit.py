@@ -493,3 +493,30 @@ def test_two_runs_are_compared_model_by_model_on_the_same_cases():
     new_dose["seg_diffmask_r2_s0"] = old["seg_none_s0"]  # NEW's own ratio 2: not in the pairing
     (dose,) = runs.compare(new_dose, old, ("dice",), ratios=(4.0, 2.0))
     assert dose.startswith("diffmask r2") and "+2.000 (+2.000 to +2.000)" in dose and "(2 seed(s), 8 cases)" in dose
+
+
+def test_two_runs_compare_what_each_strategy_adds_over_real_only():
+    """compare_benefit_runs --gains: (strategy − real-only of its seed) in NEW minus the same in OLD."""
+    from conftest import load_benchmark
+
+    runs = load_benchmark("compare_benefit_runs")
+    base = {f"c{i}": 0.5 + 0.01 * i for i in range(8)}
+
+    def run(none: float, diffmask: float, seeds=(0, 1)) -> dict:
+        return {f"seg_{name}_s{seed}": {c: {"dice": v + shift + 0.001 * seed} for c, v in base.items()}
+                for name, shift in (("none", none), ("diffmask_r2", diffmask)) for seed in seeds}
+
+    old = run(none=0.0, diffmask=0.05)  # diffmask adds 5 points
+    new = run(none=0.10, diffmask=0.12)  # both higher, diffmask adds 2 points
+    (gain,) = runs.compare(new, old, ("dice",), gains=True)
+    assert gain.startswith("diffmask r2") and "-3.000 (-3.000 to -3.000)" in gain
+    assert "better / worse 0 / 8" in gain and "(2 seed(s), 8 cases)" in gain
+    (plain, _none) = runs.compare(new, old, ("dice",))
+    assert "+7.000" in plain  # without --gains: the models themselves
+    del new["seg_none_s1"]  # seed 1 without its real-only model in NEW: its gain is not known
+    (gain,) = runs.compare(new, old, ("dice",), gains=True)
+    assert "-3.000" in gain and "(1 seed(s), 8 cases)" in gain
+    # two doses: NEW's ratio-4 gains against OLD's ratio-2 ones
+    dose = {name.replace("_r2_", "_r4_"): cases for name, cases in run(none=0.10, diffmask=0.11).items()}
+    (gain,) = runs.compare(dose, old, ("dice",), ratios=(4.0, 2.0), gains=True)
+    assert gain.startswith("diffmask r2") and "-4.000 (-4.000 to -4.000)" in gain
