@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import lesiongen
 from lesiongen.utilities.provenance import code_version, source_sha256
 
 
@@ -81,7 +80,7 @@ def run_measured(command: list[str], env: dict[str, str] | None = None, interval
 def _package_state() -> str:
     """The lesiongen package's source as it is now (``source_sha256``): a commit that only touches documentation
     leaves it as it is."""
-    return source_sha256(Path(lesiongen.__file__).resolve().parent)
+    return source_sha256()
 
 
 # The code a benchmark ran is the code at its start: a commit made while an hour-long run goes on must not be

@@ -64,3 +64,4 @@ def test_the_source_hash_follows_the_python_files_and_nothing_else(tmp_path):
     (package / "sub" / "b.py").rename(package / "b.py")  # the same content as another module
     assert source_sha256(package) not in (first, edited)
     assert code_version()["source_sha256"] == source_sha256(Path(lesiongen.__file__).resolve().parent)
+    assert source_sha256() == code_version()["source_sha256"]  # lesiongen's own by default

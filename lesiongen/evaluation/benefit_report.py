@@ -30,10 +30,15 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def _dice_points(d: dict) -> str:
+    """A paired Dice difference's mean and interval in points, the bracket left open for what follows."""
+    return f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}"
+
+
 def _paired_dice(d: dict) -> str:
     """A paired Dice difference in words: mean, interval and how many test scans went which way."""
-    return (f"{100 * d['mean']:+.1f} Dice points (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}; "
-            f"better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test scans). ")
+    return (f"{_dice_points(d)}; better on {d['cases_better']}, worse on {d['cases_worse']} of {d['n_cases']} test "
+            "scans). ")
 
 
 def schedule_line(check: dict) -> str:
@@ -82,8 +87,7 @@ def _judged(subject: str, d: dict, words: dict[str, str] | None = None) -> list[
     if not (_finite(d["ci_low"]) and _finite(d["ci_high"])):  # NaN is None in the JSON
         return []
     judged = verdict(d["ci_low"], d["ci_high"], d["n_cases"])
-    line = (f"- {subject}: {(words or {}).get(judged, judged)}, {100 * d['mean']:+.1f} Dice points "
-            f"(95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})")
+    line = f"- {subject}: {(words or {}).get(judged, judged)}, {_dice_points(d)})"
     if judged == "no clear effect" and _finite(d["p_value"]) and d["p_value"] < 0.05:
         better = d["mean"] > 0
         line += (f"; {'better' if better else 'worse'} on {d['cases_better' if better else 'cases_worse']} of "

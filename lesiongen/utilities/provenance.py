@@ -35,10 +35,12 @@ def code_version() -> dict[str, Any]:
     return record
 
 
-def source_sha256(package: Path) -> str:
-    """sha256 of a package's Python source: every ``.py`` file under ``package``, by relative path and content.
-    Unlike the git commit it changes with uncommitted edits and not with commits that leave the code as it was
-    (documentation, benchmarks), and it exists without git (an installed wheel)."""
+def source_sha256(package: Path | None = None) -> str:
+    """sha256 of a package's Python source (lesiongen's own by default, as it is on disk now, not cached): every
+    ``.py`` file under ``package``, by relative path and content. Unlike the git commit it changes with uncommitted
+    edits and not with commits that leave the code as it was (documentation, benchmarks), and it exists without git
+    (an installed wheel)."""
+    package = package or Path(lesiongen.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
