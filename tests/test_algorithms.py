@@ -697,6 +697,56 @@ def test_edge_calibration_scales_the_painted_change_to_the_target_step():
     np.testing.assert_array_equal(out[:, rest], painted[:, rest])  # lesion, surroundings, beyond: untouched
 
 
+def test_edge_calibration_amplifies_a_ring_painted_short_up_to_its_max_gain():
+    from lesiongen.models.inpainter import calibrate_edges, class_edges, margin_rings
+
+    rng = np.random.default_rng(4)
+    _, lesion, brain = _ring_case()
+    before = rng.normal(size=(1, 20, 20, 20))
+    (ring1, ring2), _ = margin_rings(lesion, brain, 2)
+    painted = before.copy()
+    painted[:, lesion] += 3.0
+    painted[:, ring1] += 0.1 + 0.2 * rng.random((1, int(ring1.sum())))  # a halo painted short of the target
+    change = painted[0][ring1] - before[0][ring1]
+    was = class_edges(before, lesion, brain, 2)
+    target = np.array([[was[0, 0] + 2.5 * change.mean()], [np.nan]])  # 2.5 times the painted ring
+    exact = calibrate_edges(painted, before, lesion, brain, target, max_gain=3.0)
+    np.testing.assert_allclose(exact[0][ring1] - before[0][ring1], 2.5 * change)  # its shape kept, scaled
+    assert class_edges(exact, lesion, brain, 2)[0, 0] == pytest.approx(target[0, 0], abs=1e-9)
+    capped = calibrate_edges(painted, before, lesion, brain, target, max_gain=1.5)
+    np.testing.assert_allclose(capped[0][ring1] - before[0][ring1], 1.5 * change)
+    np.testing.assert_array_equal(calibrate_edges(painted, before, lesion, brain, target), painted)  # default 1
+    np.testing.assert_array_equal(exact[0][ring2], painted[0][ring2])  # NaN target
+    with pytest.raises(LesiongenError, match="edge_max_gain must be >= 1"):
+        InpainterConfig(edge_max_gain=0.5)
+
+
+def test_insert_mode_amplifies_a_ring_painted_short_by_the_models_edge_max_gain(plans):
+    """The model's ``edge_max_gain`` reaches the edge calibration: with a target far beyond what the network
+    painted, the first ring's change is the painted one times the gain; the second ring (null target) as painted."""
+    from lesiongen.models.inpainter import margin_rings
+
+    n_channels = plans.num_channels
+    banks = {"contrast_bank": {"1": [[1.0] * n_channels]}, "step_bank": {"1": [[1.5] * n_channels]},
+             "edge_bank": {"1": [[[50.0] * n_channels, [None] * n_channels]]}}
+
+    def inserted(gain: float) -> np.ndarray:
+        model = Inpainter(plans, InpainterConfig(**banks, edge_max_gain=gain), "cpu")
+        model.networks["denoiser"] = _FlagNetwork(model.input_layout.offsets()["unconditioned"].start,
+                                                  model.n_channels)
+        return model.inpaint(images, mask, "insert", seed=[0, 1], schedule=InpaintSchedule(guidance_scale=1.0))
+
+    patch = Inpainter(plans, InpainterConfig(), "cpu").patch_size
+    images = (0.1 * np.random.default_rng(2).normal(size=(2, n_channels, *patch))).astype(np.float32)
+    mask = np.zeros((2, *patch), np.uint8)
+    mask[:, 5:10, 6:10, 6:11] = 1
+    (ring1, ring2), _ = margin_rings(mask[0] > 0, np.ones(patch, bool), 2)
+    painted, amplified = inserted(1.0), inserted(2.5)
+    change = painted[:, :, ring1] - images[:, :, ring1]
+    assert change.mean() > 0.1  # the flag network painted the ring, short of the target
+    np.testing.assert_allclose(amplified[:, :, ring1] - images[:, :, ring1], 2.5 * change, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(amplified[:, :, ring2], painted[:, :, ring2])
+
 def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_came_from(plans):
     """Condition and calibration target are drawn as a pair: each inserted lesion gets the contrast condition of one
     training lesion and that same lesion's intensity step."""

@@ -70,6 +70,8 @@ class InpainterConfig:
     edge_bank: dict[str, list[list[list[float | None]]]] = field(default_factory=dict)
     calibrate_edges: bool = True
     edge_rings: str = "chessboard"  # the rings the edge bank was measured in (EDGE_RINGS)
+    # how far the edge calibration may amplify a ring painted short of its target (1: only shrink a spill)
+    edge_max_gain: float = 1.0
 
     def __post_init__(self):
         if self.calibration_target not in CALIBRATION_TARGETS:
@@ -77,6 +79,8 @@ class InpainterConfig:
                                  f"{', '.join(CALIBRATION_TARGETS)}")
         if self.edge_rings not in EDGE_RINGS:
             raise LesiongenError(f"inpainter edge_rings '{self.edge_rings}': choose one of {', '.join(EDGE_RINGS)}")
+        if not self.edge_max_gain >= 1.0:
+            raise LesiongenError(f"inpainter edge_max_gain must be >= 1 (1: never amplify), got {self.edge_max_gain}")
 
 
 def class_contrast(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -155,12 +159,14 @@ def class_edges(image: np.ndarray, lesion: np.ndarray, brain: np.ndarray, margin
 
 
 def calibrate_edges(image: np.ndarray, before: np.ndarray, lesion: np.ndarray, brain: np.ndarray, target: np.ndarray,
-                    other_lesions: np.ndarray | None = None, rings: str = "chessboard") -> np.ndarray:
+                    other_lesions: np.ndarray | None = None, rings: str = "chessboard",
+                    max_gain: float = 1.0) -> np.ndarray:
     """``image`` (c, z, y, x), a lesion inserted into ``before``, with the change (image - before) in each ring of the
-    edit margin scaled per channel by the factor in [0, 1] that gives the edge step ``target`` (rings, C;
+    edit margin scaled per channel by the factor in [0, ``max_gain``] that gives the edge step ``target`` (rings, C;
     :func:`class_edges`): a spill shrinks most where it is strongest and a voxel the inpainter left alone stays.
-    Exact where the painted ring reaches past the target; a ring painted short of it (or against it) is kept as
-    painted (or goes back to ``before``). NaN targets and empty rings stay; only ring voxels change."""
+    Exact where the target is within ``max_gain`` times the painted change; a ring painted further short of it is
+    amplified ``max_gain`` times, one painted against it goes back to ``before``. NaN targets and empty rings stay;
+    only ring voxels change."""
     target = np.asarray(target, dtype=np.float64)
     cut, surroundings = margin_rings(lesion, brain, len(target), other_lesions, rings)
     out = image.copy()
@@ -175,7 +181,7 @@ def calibrate_edges(image: np.ndarray, before: np.ndarray, lesion: np.ndarray, b
         wanted = ring_target + base - was.mean(axis=1)  # the ring's mean change that gives the target step
         mean_change = change.mean(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.clip(wanted / mean_change, 0.0, 1.0)
+            scale = np.clip(wanted / mean_change, 0.0, max_gain)
         scale = np.where(np.isfinite(scale), scale, 1.0)  # NaN target, or nothing painted: as it is
         out[:, ring] = (was + scale[:, None] * change).astype(image.dtype)
     return out
@@ -390,7 +396,8 @@ class Inpainter(LesionModel):
                         # the margin first: the step is measured against a shell that lies in it
                         if not np.isnan(edges[i, k]).all():
                             out[i] = calibrate_edges(out[i], images[i], lesion_k, patch_brain, edges[i, k],
-                                                     lesion_any[i] & ~lesion_k, self.config.edge_rings)
+                                                     lesion_any[i] & ~lesion_k, self.config.edge_rings,
+                                                     self.config.edge_max_gain)
                         out[i] = calibrate_step(out[i], lesion_k, patch_brain, step[i, k]) if by_step else \
                             calibrate_contrast(out[i], lesion_k, patch_brain, contrast[i, k])
         return out

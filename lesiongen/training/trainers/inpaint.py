@@ -48,6 +48,8 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     # the edge bank in Euclidean rings (models.inpainter.EDGE_RINGS) instead of chessboard ones: inserted contrast
     # closer to real, but it cost diffmask 2.2 Dice points in the 4-case benefit run (README), so it is off
     euclidean_edge_rings = False
+    # how far the edge calibration may amplify a ring painted short of the drawn lesion's halo (InpainterConfig)
+    edge_max_gain = 1.0
     sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
     # the model's own sampler is the few-step preset (4 DDIM steps, no jumps, no guidance) instead
     few_step_sampling = False
@@ -60,7 +62,8 @@ class InpaintTrainer(DiffusionTraining, Trainer):
         return "euclidean" if self.euclidean_edge_rings else "chessboard"
 
     def model_config(self) -> InpainterConfig:
-        config = InpainterConfig(margin_voxels=int(self.margin_voxels), edge_rings=self.edge_rings)
+        config = InpainterConfig(margin_voxels=int(self.margin_voxels), edge_rings=self.edge_rings,
+                                 edge_max_gain=float(self.edge_max_gain))
         config.sampling = dataclasses.replace(config.sampling, num_inference_steps=int(self.sampling_steps))
         if self.few_step_sampling or self.few_step_training:
             config.sampling = InpaintSchedule.few_step()
