@@ -64,7 +64,8 @@ def compare(new: dict, old: dict, metrics: tuple[str, ...], ratios: tuple[float,
     ``ratios`` (NEW's, OLD's), NEW's models of the one ratio against OLD's of the other, labelled with OLD's; with
     ``gains``, each synthetic model's difference to the real-only model of its seed, NEW's minus OLD's."""
     if ratios is not None:
-        real_only = {name: cases for name, cases in new.items() if name.startswith("seg_none")}
+        real_only = {name: cases for name, cases in new.items()
+                     if (variant := SegVariant.parse(name)) is not None and variant.strategy == "none"}
         new = as_ratio(new, *ratios) | (real_only if gains else {})
     both = new.keys() & old.keys()
     groups: dict[str, list[str]] = defaultdict(list)
