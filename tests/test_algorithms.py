@@ -747,6 +747,7 @@ def test_insert_mode_amplifies_a_ring_painted_short_by_the_models_edge_max_gain(
     np.testing.assert_allclose(amplified[:, :, ring1] - images[:, :, ring1], 2.5 * change, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(amplified[:, :, ring2], painted[:, :, ring2])
 
+
 def test_inserted_lesions_take_the_step_of_the_training_lesion_their_condition_came_from(plans):
     """Condition and calibration target are drawn as a pair: each inserted lesion gets the contrast condition of one
     training lesion and that same lesion's intensity step."""
