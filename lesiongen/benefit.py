@@ -89,6 +89,9 @@ class BenefitOptions:
     parallel: int = 1  # trainings at the same time (subprocesses sharing the device)
     schedule_check: bool = False  # also train real-only at half the seg steps: was it still improving?
     data_check: bool = False  # also train real-only on half the real cases: did the other half raise Dice?
+    # (trainer, NAME, VALUE): a trainer setting for every training of that trainer (lesiongen_train's --set), e.g.
+    # ("inpaint", "edge_max_gain", "3"); the settings the comparison itself decides (SEG_SETTINGS_SET_HERE) are refused
+    trainer_settings: tuple[tuple[str, str, str], ...] = ()
     output: Path | None = None
 
 
@@ -101,6 +104,7 @@ class TrainingJob:
     ratio: float = 1.0  # seg only
     fade_start: float | None = None  # seg with synthetic cases only (real-only models have nothing to fade)
     real_case_fraction: float = 1.0  # seg real-only only: the share of the real training cases it learns from
+    user_settings: tuple[tuple[str, str], ...] = ()  # (NAME, VALUE) from BenefitOptions.trainer_settings
 
     @property
     def name(self) -> str:
@@ -109,10 +113,11 @@ class TrainingJob:
         return SegVariant.of(self.strategy, self.ratio, self.seed).name
 
     def settings(self) -> dict[str, object]:
+        settings: dict[str, object] = dict(self.user_settings)
         if self.trainer != "seg":
-            return {}
+            return settings
         # fold all validates on its own training cases: nothing to learn from that here, and it costs minutes
-        settings: dict[str, object] = {"synthetic_ratio": self.ratio, "validate": False}
+        settings.update({"synthetic_ratio": self.ratio, "validate": False})
         if self.fade_start is not None:
             settings["synthetic_fade_start"] = self.fade_start
         if self.real_case_fraction < 1.0:
@@ -130,22 +135,43 @@ class TrainingJob:
             command += ["--synthetic", self.strategy, "--synthetic_ratio", str(self.ratio)]
         for key, value in self.settings().items():
             if key != "synthetic_ratio":
-                command += ["--set", f"{key}={str(value).lower()}"]
+                command += ["--set", f"{key}={value if isinstance(value, str) else str(value).lower()}"]
         return command
 
 
 # ------------------------------------------------------------------------------------------------- trainings
+SEG_SETTINGS_SET_HERE = ("synthetic_ratio", "validate", "synthetic_fade_start", "real_case_fraction")
+
+
+def _user_settings(options: BenefitOptions) -> dict[str, tuple[tuple[str, str], ...]]:
+    """trainer -> its (NAME, VALUE) settings from ``options.trainer_settings``; a seg setting the comparison decides
+    is an error (a NAME the trainer lacks is refused when its jobs are built)."""
+    chosen: dict[str, dict[str, str]] = {}
+    for trainer, key, value in options.trainer_settings:
+        if trainer == "seg" and key in SEG_SETTINGS_SET_HERE:
+            raise LesiongenError(f"--set seg {key}={value}: lesiongen_benefit sets {key} itself "
+                                 f"({', '.join(SEG_SETTINGS_SET_HERE)} follow from its own options)")
+        chosen.setdefault(trainer, {})[key] = value
+    return {trainer: tuple(sorted(values.items())) for trainer, values in chosen.items()}
+
+
 def training_jobs(options: BenefitOptions) -> tuple[list[TrainingJob], list[TrainingJob]]:
     """(first phase: generators, inpainter, real-only seg models; second phase: seg models with synthetic cases)."""
     seg_runs = {(s, options.ratio) for s in options.strategies}
     if options.sweep_strategy:
         seg_runs |= {(options.sweep_strategy, r) for r in options.sweep_ratios}
     generators = sorted({STRATEGIES[s].mask_generator for s, _ in seg_runs if STRATEGIES[s].mask_generator})
-    first = [TrainingJob(g, options.generator_steps) for g in generators]
-    if any(STRATEGIES[s].inpainted for s, _ in seg_runs):
-        first.append(TrainingJob("inpaint", options.inpaint_steps))
+    inpainted = any(STRATEGIES[s].inpainted for s, _ in seg_runs)
+    user, trained = _user_settings(options), {*generators, *(["inpaint"] if inpainted else []), "seg"}
+    untrained = sorted(set(user) - trained)
+    if untrained:
+        raise LesiongenError(f"--set {untrained[0]}: this run trains no {untrained[0]}; it trains "
+                             f"{', '.join(sorted(trained))}")
+    first = [TrainingJob(g, options.generator_steps, user_settings=user.get(g, ())) for g in generators]
+    if inpainted:
+        first.append(TrainingJob("inpaint", options.inpaint_steps, user_settings=user.get("inpaint", ())))
     seg = [TrainingJob("seg", options.seg_steps, seed, s, 1.0 if s == "none" else r,
-                       None if s == "none" else options.synthetic_fade_start)
+                       None if s == "none" else options.synthetic_fade_start, user_settings=user.get("seg", ()))
            for s, r in sorted(seg_runs, key=lambda sr: (list(STRATEGIES).index(sr[0]), sr[1]))
            for seed in options.seeds]
     seg = list(dict.fromkeys(seg))  # "none" at every ratio is one run
@@ -154,8 +180,9 @@ def training_jobs(options: BenefitOptions) -> tuple[list[TrainingJob], list[Trai
 
 def seg_schedule(options: BenefitOptions, dataset: PreprocessedDataset) -> int:
     """The seg models' steps: ``--seg_steps``, else the plans' schedule."""
-    return options.seg_steps or _trainer(TrainingJob("seg", None, options.seeds[0], "none"), dataset,
-                                         options.device).total_steps
+    return options.seg_steps or _trainer(TrainingJob("seg", None, options.seeds[0], "none",
+                                                     user_settings=_user_settings(options).get("seg", ())),
+                                         dataset, options.device).total_steps
 
 
 def schedule_check_jobs(options: BenefitOptions, full: int) -> list[TrainingJob]:
@@ -167,7 +194,8 @@ def schedule_check_jobs(options: BenefitOptions, full: int) -> list[TrainingJob]
                              "--strategies")
     if full < 2:
         raise LesiongenError(f"--schedule_check halves the seg schedule; {full} step(s) cannot be halved")
-    return [TrainingJob("seg", full // 2, seed, "none") for seed in options.seeds]
+    seg_settings = _user_settings(options).get("seg", ())
+    return [TrainingJob("seg", full // 2, seed, "none", user_settings=seg_settings) for seed in options.seeds]
 
 
 def data_check_jobs(options: BenefitOptions, n_cases: int) -> list[TrainingJob]:
@@ -178,8 +206,9 @@ def data_check_jobs(options: BenefitOptions, n_cases: int) -> list[TrainingJob]:
                              "none among --strategies")
     if n_cases < 2:
         raise LesiongenError(f"--data_check halves the real training cases; {n_cases} case(s) cannot be halved")
-    return [TrainingJob("seg", options.seg_steps, seed, "none", real_case_fraction=DATA_CHECK_FRACTION)
-            for seed in options.seeds]
+    seg_settings = _user_settings(options).get("seg", ())
+    return [TrainingJob("seg", options.seg_steps, seed, "none", real_case_fraction=DATA_CHECK_FRACTION,
+                        user_settings=seg_settings) for seed in options.seeds]
 
 
 def _trainer(job: TrainingJob, dataset: PreprocessedDataset, device: str):

@@ -379,6 +379,38 @@ def test_a_fade_reaches_the_seg_models_with_synthetic_cases_only():
     assert "--schedule_check tells" in markdown({**report, "provenance": {"models": models}}, 3, 2)
 
 
+def test_a_trainer_setting_reaches_every_training_of_that_trainer_and_no_other(tiny_preprocessed, monkeypatch,
+                                                                              capsys):
+    from lesiongen.benefit import _trainer, data_check_jobs, schedule_check_jobs, training_jobs
+
+    asked = []
+    monkeypatch.setattr(benefit_module, "run_benefit", lambda options: asked.append(options) or pytest.skip())
+    base = ["-d", str(TINY.dataset_id), "--strategies", "none", "diffmask", "--seeds", "0", "--sweep", "none"]
+    with pytest.raises(pytest.skip.Exception):
+        benefit_cli.main(base + ["--set", "inpaint", "edge_max_gain=3", "--set", "seg", "learning_rate=0.005",
+                                 "--set", "inpaint", "euclidean_edge_rings=true"])
+    (options,) = asked
+    first, second = training_jobs(options)
+    jobs = {job.name: job for job in first + second}
+    assert jobs["inpaint"].settings() == {"edge_max_gain": "3", "euclidean_edge_rings": "true"}
+    assert jobs["diffmask"].settings() == {}
+    for job in [jobs["seg_none_s0"], jobs["seg_diffmask_s0"], *schedule_check_jobs(options, 10),
+                *data_check_jobs(options, 4)]:
+        assert job.settings()["learning_rate"] == "0.005"
+    command = jobs["inpaint"].command(options)
+    assert " ".join(command).endswith("--set edge_max_gain=3 --set euclidean_edge_rings=true")
+    trainer = _trainer(jobs["inpaint"], open_preprocessed(TINY.dataset_id), "cpu")
+    assert (trainer.model_config().edge_max_gain, trainer.model_config().edge_rings) == (3.0, "euclidean")
+    with pytest.raises(LesiongenError, match="this run trains no inpaint; it trains seg$"):
+        training_jobs(dataclasses.replace(options, strategies=("none", "copy_paste")))
+    with pytest.raises(LesiongenError, match="lesiongen_benefit sets validate itself"):
+        training_jobs(dataclasses.replace(options, trainer_settings=(("seg", "validate", "true"),)))
+    capsys.readouterr()
+    assert benefit_cli.main(base + ["--set", "inpaint", "edge_max_gain"]) == 1
+    assert "--set inpaint edge_max_gain: expected NAME=VALUE" in capsys.readouterr().err
+    assert len(asked) == 1
+
+
 def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
     nan = float("nan")
     lesion_free = {"dice": 1.0, "lesion_recall": nan}  # no lesion, none predicted: Dice 1 by convention

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument, positive_int,
-                                  run_command)
+from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument, parse_setting,
+                                  positive_int, run_command)
 from lesiongen.inference.strategies import DEFAULT_STRATEGIES, STRATEGIES
+from lesiongen.utilities.errors import LesiongenError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg_steps", type=positive_int, default=None, help="default: the plans' schedule")
     parser.add_argument("--generator_steps", type=positive_int, default=None, help="default: the plans' schedule")
     parser.add_argument("--inpaint_steps", type=positive_int, default=None, help="default: the plans' schedule")
+    parser.add_argument("--set", dest="trainer_settings", nargs=2, action="append", default=[],
+                        metavar=("TRAINER", "NAME=VALUE"),
+                        help="a setting for every training of TRAINER, as lesiongen_train's --set, e.g. --set inpaint "
+                             "edge_max_gain=3 (repeatable; use a results folder of its own to keep the default "
+                             "models)")
     parser.add_argument("--disable_tta", action="store_true", help="segment the test scans without mirroring")
     parser.add_argument("--schedule_check", action="store_true",
                         help="also train real-only at half the seg steps (each seed; under "
@@ -70,11 +76,20 @@ def run(args: argparse.Namespace) -> None:
                              **({} if args.synthetic_fade_start is None else
                                 {"synthetic_fade_start": args.synthetic_fade_start}),
                              device=str(pick_device(args.device)), parallel=args.parallel, output=args.output,
-                             schedule_check=args.schedule_check, data_check=args.data_check)
+                             schedule_check=args.schedule_check, data_check=args.data_check,
+                             trainer_settings=tuple((trainer, *_setting(trainer, text))
+                                                    for trainer, text in args.trainer_settings))
     result = run_benefit(options)
     if not result.fell_back_to_folds:
         print(result.paths["markdown"].read_text())
     print(f"written: {', '.join(str(p) for p in result.paths.values())}")
+
+
+def _setting(trainer: str, text: str) -> tuple[str, str]:
+    try:
+        return parse_setting(text)
+    except argparse.ArgumentTypeError as error:
+        raise LesiongenError(f"--set {trainer} {text}: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

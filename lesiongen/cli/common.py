@@ -104,3 +104,11 @@ def results_dataset_folder(identifier: str) -> Path:
             except LesiongenError:
                 continue
         raise missing from None
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE``; the value is converted to the setting's own type (number or boolean) by the trainer."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
+    return key.strip(), value.strip()

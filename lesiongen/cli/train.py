@@ -9,18 +9,11 @@ from lesiongen.cli.common import (
     add_common_arguments,
     add_device_argument,
     add_plans_argument,
+    parse_setting,
     positive_int,
     run_command,
 )
 from lesiongen.inference.strategies import STRATEGIES
-
-
-def parse_setting(text: str) -> tuple[str, str]:
-    """``NAME=VALUE``; the value is converted to the setting's own type (number or boolean) by the trainer."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
-    return key.strip(), value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
