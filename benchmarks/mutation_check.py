@@ -43,6 +43,8 @@ class Mutant:
 
 
 ALG = "tests/test_algorithms.py"
+TRAINER_SETTINGS_TEST = ("tests/test_benefit.py::"
+                         "test_a_trainer_setting_reaches_every_training_of_that_trainer_and_no_other")
 MUTANTS = (
     # ------------------------------------------------------------------ the breaks the review found (issue 11)
     Mutant("repaint_no_known_replacement", "lesiongen/diffusion/inpainting.py",
@@ -383,7 +385,8 @@ MUTANTS = (
            "return self.share * max(0.0, 1.0 - progress)",
            ("tests/test_seg.py::test_synthetic_share_fades_linearly_after_its_start",), "issue 14"),
     Mutant("benefit_drops_the_fade", "lesiongen/benefit.py",
-           "None if s == \"none\" else options.synthetic_fade_start)", "None)",
+           "None if s == \"none\" else options.synthetic_fade_start, user_settings",
+           "None, user_settings",
            ("tests/test_benefit.py::test_a_fade_reaches_the_seg_models_with_synthetic_cases_only",), "issue 14"),
     Mutant("real_only_seg_depends_on_the_fade", "lesiongen/training/trainers/seg.py",
            'del settings["synthetic_fade_start"]', "pass",
@@ -419,6 +422,17 @@ MUTANTS = (
            "return values - score_matrix(scores, [real_only_of(m) for m in models], cases, metric) if gains "
            "else values", "return values",
            ("tests/test_benefit.py::test_two_runs_compare_what_each_strategy_adds_over_real_only",), "issue 14"),
+    Mutant("benefit_inpainter_without_its_settings", "lesiongen/benefit.py",
+           'TrainingJob("inpaint", options.inpaint_steps, user_settings=user.get("inpaint", ()))',
+           'TrainingJob("inpaint", options.inpaint_steps)',
+           (TRAINER_SETTINGS_TEST,), "issue 14"),
+    Mutant("benefit_schedule_check_without_the_seg_settings", "lesiongen/benefit.py",
+           'TrainingJob("seg", full // 2, seed, "none", user_settings=seg_settings)',
+           'TrainingJob("seg", full // 2, seed, "none")',
+           (TRAINER_SETTINGS_TEST,), "issue 14"),
+    Mutant("benefit_lets_a_setting_override_the_comparison", "lesiongen/benefit.py",
+           'if trainer == "seg" and key in SEG_SETTINGS_SET_HERE:', "if False:",
+           (TRAINER_SETTINGS_TEST,), "issue 14"),
     Mutant("benefit_prediction_key_without_mirroring", "lesiongen/benefit.py",
            '"images_sha256": images_sha256, "mirror": mirror,', '"images_sha256": images_sha256,',
            ("tests/test_benefit.py::test_a_test_prediction_is_reused_only_for_the_same_model_scan_mirroring_and_file",),
