@@ -409,6 +409,11 @@ def test_a_trainer_setting_reaches_every_training_of_that_trainer_and_no_other(t
     assert benefit_cli.main(base + ["--set", "inpaint", "edge_max_gain"]) == 1
     assert "--set inpaint edge_max_gain: expected NAME=VALUE" in capsys.readouterr().err
     assert len(asked) == 1
+    report = {"dataset": "D", "strategies": [], "failed_trainings": [],
+              "settings": {"trainer_settings": [list(s) for s in options.trainer_settings]}}
+    assert "Trainer settings (--set): inpaint edge_max_gain=3, seg learning_rate=0.005, inpaint " \
+        "euclidean_edge_rings=true; every other" in markdown(report, 3, 1)
+    assert "Trainer settings" not in markdown({**report, "settings": {"trainer_settings": []}}, 3, 1)
 
 
 def test_a_training_that_found_no_test_lesion_is_named_in_the_report():

@@ -135,6 +135,10 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if fade_start < 1.0:
         lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "
                   f"first {fade_start:.0%} of its steps, then ever fewer, none at the end.", ""]
+    chosen = report.get("settings", {}).get("trainer_settings") or []
+    if chosen:  # a model variant: the report must not read as the default models'
+        lines += ["Trainer settings (--set): " + ", ".join(f"{trainer} {key}={value}" for trainer, key, value in chosen)
+                  + "; every other setting is the trainers' default.", ""]
     header = ["strategy", "ratio", *(METRIC_HEADINGS[m] for m in METRICS), "Dice vs none (95 % CI)", "p",
               "cases better / worse"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
