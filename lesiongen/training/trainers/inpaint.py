@@ -45,10 +45,10 @@ class InpaintTrainer(DiffusionTraining, Trainer):
     condition_dropout = 0.15
     heal_probability = 0.25
     outside_loss_weight = 0.1
-    # the edge bank in Euclidean rings (models.inpainter.EDGE_RINGS) instead of chessboard ones: inserted contrast
-    # closer to real, but it cost diffmask 2.2 Dice points in the 4-case benefit run (README), so it is off
+    # the edge bank in Euclidean rings (models.inpainter.EDGE_RINGS) instead of chessboard ones, and how far the edge
+    # calibration may amplify a ring painted short of the drawn lesion's halo (InpainterConfig): inserted contrast
+    # closer to real, but neither helped segmentation in the benefit runs (README), so both are off
     euclidean_edge_rings = False
-    # how far the edge calibration may amplify a ring painted short of the drawn lesion's halo (InpainterConfig)
     edge_max_gain = 1.0
     sampling_steps = 16  # DDIM steps of the model's default sampler (before resampling jumps)
     # the model's own sampler is the few-step preset (4 DDIM steps, no jumps, no guidance) instead
