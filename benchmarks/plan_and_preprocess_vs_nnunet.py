@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import require_new_folder, run_measured, write_results  # noqa: E402
 
-from lesiongen.cli.demo import REALISTIC  # noqa: E402
-from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
+from lesiongen.demo.phantom import REALISTIC, DemoConfig, write_demo_dataset  # noqa: E402
 
 
 def main() -> None:

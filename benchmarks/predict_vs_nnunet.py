@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import Measurement, require_new_folder, run_measured, write_results  # noqa: E402
 
-from lesiongen.cli.demo import REALISTIC  # noqa: E402
-from lesiongen.demo.phantom import DemoConfig, write_demo_dataset  # noqa: E402
+from lesiongen.demo.phantom import REALISTIC, DemoConfig, write_demo_dataset  # noqa: E402
 
 TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 _NORM_IMPORTS = {"InstanceNorm3d": "torch.nn.modules.instancenorm.InstanceNorm3d",

@@ -60,8 +60,7 @@ def main() -> None:
 def predict_scans_per_minute(dataset_id: str, args: argparse.Namespace, work: Path) -> list[dict]:
     """Wall time of ``lesiongen_predict -m synth`` on fresh 1 mm healthy phantoms: one process, two parts, and one
     process editing all scans at once."""
-    from lesiongen.cli.demo import REALISTIC
-    from lesiongen.demo.phantom import DemoConfig, write_demo_dataset
+    from lesiongen.demo.phantom import REALISTIC, DemoConfig, write_demo_dataset
 
     config = DemoConfig(dataset_id=902, dataset_name="SynthSpeed", n_lesion_cases=1, n_healthy=args.scans,
                         n_test=0, seed=3, **REALISTIC)

@@ -135,13 +135,14 @@ def test_factor_is_the_same_with_many_tissue_classes():
 def test_demo_report_names_what_the_lesions_border(tiny_plans, tmp_path):
     from types import SimpleNamespace
 
-    from lesiongen.cli.demo import _report
+    from lesiongen.demo.pipeline import demo_report
 
     bank = NeighbourhoodBank([1, 2, 3], [[0.2, 0.7, 0.1], [0.0, 0.9, 0.1]], inner_radius_mm=2.0, shell_mm=3.0,
                              bandwidth=0.1)
     plans = dataclasses.replace(tiny_plans, tissue_labels={"GM": 1, "WM": 2, "CSF": 3}, sphere_priors={
         "1": dataclasses.replace(tiny_plans.sphere_priors["1"], neighbourhood=bank)})
-    lines = _report("demo", SimpleNamespace(cases=[]), plans, {"done": 0, "skipped": 0, "lesion_patches": 0}, tmp_path)
+    counts = {"done": 0, "skipped": 0, "lesion_patches": 0}
+    lines = demo_report("demo", SimpleNamespace(cases=[]), plans, counts, tmp_path)
     assert "    its lesions' 3 mm shells: GM 10%, WM 80%, CSF 10%" in lines
 
 

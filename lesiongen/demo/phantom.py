@@ -52,6 +52,9 @@ _MIN_SHAPE = 16
 _LESION_KINDS = ("periventricular", "deep", "juxtacortical")
 _LESION_KIND_P = (0.45, 0.35, 0.20)
 _SPLIT_SEED = {"training": 0, "test": 1, "healthy": 2}  # part of each subject's seed
+# a realistic size for benchmarks (``lesiongen_make_demo_dataset --realistic``): 1 mm isotropic adult-brain-sized
+# volumes
+REALISTIC = {"shape": (180, 210, 170), "spacing": (1.0, 1.0, 1.0), "lesion_radius_mm": (1.5, 9.0)}
 # a stroke-like thick-slice clinical variant (``lesiongen_make_demo_dataset --anisotropic``): 1 mm in-plane, 5 mm
 # slices over the default's field of view, one to three larger lesions; anisotropic enough (5 mm > 3 x 1 mm, 26
 # slices < a third of the in-plane size) that the planner adds the 2d segmentation configuration
