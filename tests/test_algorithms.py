@@ -22,7 +22,7 @@ from lesiongen.diffusion.guidance import classifier_free_guidance
 from lesiongen.diffusion.inpainting import InpaintSchedule, make_scheduler, repaint
 from lesiongen.diffusion.presets import FEW_STEPS
 from lesiongen.diffusion.schedules import ScheduleConfig
-from lesiongen.models.conditioning import MaskConditioning
+from lesiongen.models.conditioning import MaskConditioning, keep_components_on_controls
 from lesiongen.models.inpainter import Inpainter, InpainterConfig
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator, GANMaskConfig, GANMaskGenerator
 from lesiongen.models.spheres import SphereLesion, render_spheres
@@ -36,7 +36,7 @@ from lesiongen.training.losses import (
     sigmoid_dice_loss,
     softmax_dice_loss,
 )
-from lesiongen.training.trainers.diffmask import (calibrate_threshold, count_and_volume,
+from lesiongen.training.trainers.diffmask import (calibrate_threshold, calibrated_masks, count_and_volume,
                                                   lesion_weighted_loss, size_distance, stack_component_sizes)
 from lesiongen.training.trainers.inpaint import inpainting_loss
 from lesiongen.training.trainers.seg import SEG_LOSS_TERMS
@@ -256,6 +256,66 @@ def test_diffmask_masks_follow_the_sphere_control(plans, sampling):
         np.testing.assert_array_equal(mask, render_spheres(sphere_set, model.patch_size, model.spacing))
     assert masks[0].sum() != masks[1].sum()
     assert model.last_evaluations == (20 if sampling == "model" else FEW_STEPS)
+
+
+def test_diffmask_drops_lesions_off_its_spheres_when_calibrated_so(plans):
+    """An oracle network that draws the sphere and, like a briefly trained one at its patch border, a blob in a
+    corner: a model trained since the rule keeps only the sphere; an older model keeps both, as it was calibrated."""
+    model = _exact_diffmask(plans)
+    control = model.input_layout.offsets()["control"]
+
+    def network(x, t):
+        out = x[:, control].expand(-1, len(model.lesion_labels), *x.shape[2:]).clone()
+        out[:, :, :2, :2, :2] = 1.0
+        return out
+
+    model.networks["denoiser"] = network
+    spheres = [[_sphere((8, 8, 8), 3.0)]]
+    sphere = render_spheres(spheres[0], model.patch_size, model.spacing)
+    assert model.minimum_voxels()[1] <= 8  # the corner blob is large enough to stay otherwise
+    older = model.sample_masks(1, MaskConditioning(spheres=spheres), seed=0)[0]
+    np.testing.assert_array_equal(older[:2, :2, :2], 1)
+    np.testing.assert_array_equal(older[2:, 2:, 2:], sphere[2:, 2:, 2:])
+    model.config.lesions_on_controls_only = True
+    np.testing.assert_array_equal(model.sample_masks(1, MaskConditioning(spheres=spheres), seed=0)[0], sphere)
+
+
+def test_keep_components_on_controls_by_hand():
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1:3, 1:3, 1:3] = 1  # on the control
+    labels[5:7, 5:7, 5:7] = 2  # off it
+    labels[0, 7, 7] = 1  # off it
+    controls = np.zeros_like(labels)
+    controls[2, 2, 2] = 1  # one shared voxel is enough
+    kept = keep_components_on_controls(labels, controls)
+    expected = np.zeros_like(labels)
+    expected[1:3, 1:3, 1:3] = 1
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(keep_components_on_controls(labels, np.zeros_like(labels)), 0)
+
+
+def test_calibration_with_controls_gives_off_sphere_blobs_no_say():
+    """The generator misses a small real lesion and, at a low threshold, grows a blob of the same size at its patch
+    border, off every sphere. Counted, the blob makes the low threshold a perfect match (what calibration chose at
+    1 mm); with the controls it is dropped, as sampling drops it, and both thresholds score the missed lesion."""
+    real = np.zeros((1, 12, 12, 12), np.uint8)
+    real[0, 4:7, 4:7, 4:7] = 1  # 27 voxels, made
+    real[0, 9, 9, 9] = 1  # 1 voxel, missed
+    controls = real.copy()  # each lesion's own sphere (here: the lesion itself)
+    made = np.zeros_like(real)
+    made[0, 4:7, 4:7, 4:7] = 1
+    with_blob = made.copy()
+    with_blob[0, 0, 0, 0] = 1  # the border blob
+    outputs = {-0.5: with_blob, 0.0: made}
+    brain = np.ones_like(real, bool)
+    args = (np.zeros((1, 1, 12, 12, 12), np.float32), real, brain, lambda d, t: outputs[t].copy(), {1: 1},
+            np.array([-0.5, 0.0]))
+    best, scores = calibrate_threshold(*args)
+    assert best == -0.5 and scores[-0.5] == pytest.approx(0.0) and scores[0.0] > 0
+    _, scores = calibrate_threshold(*args, controls=controls)
+    assert scores[-0.5] == pytest.approx(scores[0.0]) == pytest.approx(np.log(27) / 2 + np.log(2), rel=1e-3)
+    np.testing.assert_array_equal(calibrated_masks(np.zeros((1, 1, 12, 12, 12), np.float32), -0.5, brain,
+                                                   lambda d, t: outputs[t].copy(), {1: 1}, controls), made)
 
 
 # ---------------------------------------------------------------------------------------------------- ganmask

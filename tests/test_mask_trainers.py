@@ -743,3 +743,42 @@ def test_a_short_schedule_diffmask_keeps_the_only_few_step_sampler_it_can_run():
     assert calls == {"calibrate": ["ddim_leading"], "distances": []}
     assert model.config.schedule == own and model.config.few_step_variant == "ddim_leading"
     assert model.config.preset_thresholds == pytest.approx({"few_step": 0.3})
+
+
+@pytest.mark.parametrize("on_controls_only", [True, False])
+def test_diffmask_calibration_judges_the_masks_its_sampling_keeps(on_controls_only):
+    """The network makes the large real lesion, misses the small one and, below -0.45, grows a one-voxel blob at the
+    patch border, off every sphere. A model that drops such blobs (every model trained now) is calibrated without
+    them: no threshold matches the real lesions. One that keeps them is calibrated with them, and the blob stands
+    in for the missed lesion exactly."""
+    from types import SimpleNamespace
+
+    from lesiongen.preprocessing.lesion_patches import LesionPatches
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+
+    real = np.zeros((1, 12, 12, 12), np.uint8)
+    real[0, 4:7, 4:7, 4:7] = 1
+    real[0, 9, 9, 9] = 1
+    denoised = np.full((1, 1, 12, 12, 12), -1.0, np.float32)
+    denoised[0, 0, 4:7, 4:7, 4:7] = 0.9
+    denoised[0, 0, 0, 0, 0] = -0.45
+    patches = LesionPatches(np.zeros((1, 1, 12, 12, 12), np.float32), real, np.ones(real.shape, bool), None, ["a"])
+    trainer = SimpleNamespace(data=patches, controls=real.copy(), denoise_patches=lambda *a: (denoised, 20))
+    trainer.sampled_controls = lambda model, index: DiffMaskTrainer.sampled_controls(trainer, model, index)
+    model = SimpleNamespace(binarise=lambda d, t: (d[:, 0] > t).astype(np.uint8), minimum_voxels=lambda: {1: 1},
+                            config=SimpleNamespace(lesions_on_controls_only=on_controls_only))
+    result = DiffMaskTrainer.calibrate(trainer, model, SimpleNamespace(sampler="dpm_solver", num_inference_steps=20,
+                                                                       timestep_spacing=None), np.array([0]))
+    low = result["scores"][-0.5]
+    assert (low > 0.5) if on_controls_only else low == pytest.approx(0.0)
+    above = result["scores"][-0.4]  # the blob gone either way: only the large lesion is left
+    assert above > 0.5 and above == pytest.approx(result["scores"][0.0])
+    assert (low == pytest.approx(above)) is on_controls_only
+
+
+def test_diffmask_trainer_writes_models_that_keep_only_lesions_on_their_spheres(tiny_preprocessed):
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+
+    trainer = DiffMaskTrainer(open_preprocessed(DATASET), 0, "cpu")
+    assert trainer.model_config().lesions_on_controls_only is True

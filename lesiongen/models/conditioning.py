@@ -79,3 +79,14 @@ def drop_small_components(labels: np.ndarray, min_voxels: dict[int, int]) -> np.
         small = small[small > 0]
         out[np.isin(ids, small)] = 0
     return out
+
+
+def keep_components_on_controls(labels: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    """``labels`` (z, y, x) without the connected lesion components (26-connectivity, any class) that share no voxel
+    with the sphere ``controls`` (z, y, x; > 0 inside a sphere): a lesion is made for a sphere it was given, and every
+    real lesion a generator learns from lies in its own sphere."""
+    ids, count = ndimage.label(labels > 0, structure=CONNECTIVITY_26)
+    if count == 0:
+        return labels.copy()
+    on_control = np.unique(ids[(controls > 0) & (ids > 0)])
+    return np.where(np.isin(ids, on_control), labels, 0).astype(labels.dtype)

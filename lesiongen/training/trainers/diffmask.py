@@ -29,7 +29,7 @@ from lesiongen.diffusion.schedules import (ScheduleConfig, distillation_schedule
                                            samples_trained_timesteps, sampling_evaluations, sampling_preset,
                                            sampling_scheduler, short_schedule, training_target)
 from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics, mask_statistics, wasserstein_distances
-from lesiongen.models.conditioning import drop_small_components
+from lesiongen.models.conditioning import drop_small_components, keep_components_on_controls
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
 from lesiongen.planning.plans import DEFAULT_SAMPLING, DISTILLED_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 from lesiongen.training.data import draw_batch, mirrored
@@ -70,7 +70,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     distill_trajectories = 256
 
     def model_config(self) -> DiffMaskConfig:
-        config = DiffMaskConfig(priors=self.priors)
+        config = DiffMaskConfig(priors=self.priors, lesions_on_controls_only=True)
         config.schedule = dataclasses.replace(config.schedule, num_inference_steps=int(self.sampling_steps))
         if self.few_step_sampling or self.few_step_training:
             config.schedule = few_step_sampling(config.schedule)
@@ -224,7 +224,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         evaluations per mask and every candidate's score."""
         denoised, evaluations = self.denoise_patches(model, schedule, index, "calibration")
         best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index], model.binarise,
-                                           model.minimum_voxels(),
+                                           model.minimum_voxels(), controls=self.sampled_controls(model, index),
                                            progress=ProgressLog(logger, "calibration threshold search",
                                                                 unit="thresholds").update)
         return {"threshold": best, "evaluations_per_mask": evaluations, "sampler": schedule.sampler,
@@ -236,8 +236,14 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         """The Wasserstein distance of each mask statistic between the masks one sampler makes at ``threshold``
         for the training patches ``index`` and ``real`` (the statistics of those patches' real lesions)."""
         denoised, _ = self.denoise_patches(model, schedule, index, "few-step choice")
-        masks = calibrated_masks(denoised, threshold, self.data.brain[index], model.binarise, model.minimum_voxels())
+        masks = calibrated_masks(denoised, threshold, self.data.brain[index], model.binarise, model.minimum_voxels(),
+                                 self.sampled_controls(model, index))
         return wasserstein_distances(real, mask_statistics(masks, model.spacing, self.data.tissue_at(index)))
+
+    def sampled_controls(self, model: DiffMaskGenerator, index: np.ndarray) -> np.ndarray | None:
+        """The sphere controls of the training patches ``index`` when the model keeps only lesions on its spheres
+        (so calibration judges the masks sampling gives), else None."""
+        return self.controls[index] if model.config.lesions_on_controls_only else None
 
     def denoise_patches(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
                         purpose: str) -> tuple[np.ndarray, int]:
@@ -281,11 +287,12 @@ def lesion_weighted_loss(error: torch.Tensor, region: torch.Tensor, lesion_weigh
 
 def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarray,
                         binarise: Callable[[np.ndarray, float], np.ndarray], minimum_voxels: dict[int, int],
-                        candidates: np.ndarray = THRESHOLDS, progress: Callable[[int, int], None] | None = None
-                        ) -> tuple[float, dict[float, float]]:
-    """The candidate threshold whose binarised masks (cut to ``brain``, small components dropped) come closest to
-    the real masks' lesions: their mean count per patch and the distribution of their sizes; and every candidate's
-    score. ``progress(done, total)`` is called after each candidate.
+                        candidates: np.ndarray = THRESHOLDS, progress: Callable[[int, int], None] | None = None,
+                        controls: np.ndarray | None = None) -> tuple[float, dict[float, float]]:
+    """The candidate threshold whose binarised masks (cut to ``brain``, small components dropped, and with
+    ``controls`` the components off every sphere, as sampling drops them) come closest to the real masks' lesions:
+    their mean count per patch and the distribution of their sizes; and every candidate's score. ``progress(done,
+    total)`` is called after each candidate.
 
     A score adds the absolute log ratio of the counts and :func:`size_distance` (so twice too many and half as many
     weigh the same, and a threshold that gets the mean size right with too few small lesions still pays); the lower
@@ -295,7 +302,7 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
     real_count = len(real_sizes) / max(len(real), 1)
     scores = {}
     for threshold in candidates:
-        masks = calibrated_masks(denoised, float(threshold), brain, binarise, minimum_voxels)
+        masks = calibrated_masks(denoised, float(threshold), brain, binarise, minimum_voxels, controls)
         sizes = stack_component_sizes(masks)
         count = len(sizes) / max(len(masks), 1)  # mean lesions per patch, as count_and_volume gives
         scores[float(threshold)] = float(size_distance(sizes, real_sizes) +
@@ -306,11 +313,13 @@ def calibrate_threshold(denoised: np.ndarray, real: np.ndarray, brain: np.ndarra
 
 
 def calibrated_masks(denoised: np.ndarray, threshold: float, brain: np.ndarray,
-                     binarise: Callable[[np.ndarray, float], np.ndarray], minimum_voxels: dict[int, int]
-                     ) -> np.ndarray:
-    """The masks (n, z, y, x) as sampling makes them at ``threshold``: binarised, cut to ``brain``, small
-    components dropped."""
+                     binarise: Callable[[np.ndarray, float], np.ndarray], minimum_voxels: dict[int, int],
+                     controls: np.ndarray | None = None) -> np.ndarray:
+    """The masks (n, z, y, x) as sampling makes them at ``threshold``: binarised, without the components off every
+    sphere of ``controls`` (n, z, y, x) when given, cut to ``brain``, small components dropped."""
     masks = binarise(denoised, threshold)
+    if controls is not None:
+        masks = np.stack([keep_components_on_controls(m, c) for m, c in zip(masks, controls)])
     masks[~brain] = 0
     return np.stack([drop_small_components(m, minimum_voxels) for m in masks])
 
