@@ -1,0 +1,193 @@
+"""diffmask's lesions off its spheres: what calibration and whole-scan synthesis make of them, with and without the
+rule that drops them (``DiffMaskConfig.lesions_on_controls_only``), on one trained network.
+
+    python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--draws 2] [-np 2] [--work DIR] [--json FILE]
+
+From scratch in a new work folder: the demo dataset of the benefit runs (8 lesion cases, 8 healthy, 12 test;
+``--realistic``: 180x210x170 voxels at 1 mm), planned and preprocessed with the CPU preset, diffmask trained on every
+training case (fold ``all``, as ``lesiongen_benefit`` trains it) for ``--steps``. The trained model keeps only lesions
+on its spheres and was calibrated so; the same network is calibrated again as models were before (every component
+counted), on the same training patches and noise. Then, on the same denoised masks for both rules:
+
+* the training patches with their real lesions' spheres as controls (what calibration sees): real lesions per patch,
+  lesions made on the spheres, components off every sphere (and how many touch the patch border), their sizes;
+* ``--draws`` single-lesion spheres per training patch drawn from the fold's prior, as whole-scan synthesis draws a
+  lesion: components on and off the sphere per lesion, the made lesion's voxels against the drawn ellipsoid's;
+* each patch's centre lesion alone as the control: the made lesion's voxels against that real lesion's (median log
+  ratio), i.e. whether the threshold gives real lesion sizes for a real lesion's sphere.
+
+Writes ``benchmarks/results/diffmask_off_sphere_<date>.json`` (or ``--json``) with the calibrations, the tables, the
+minutes per step and the provenance (code version, the model's sha256, steps and seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results  # noqa: E402
+
+DATASET, PLANS = "501", "lesiongenPlansCPU"
+
+
+def component_table(masks: np.ndarray, controls: np.ndarray) -> dict:
+    """Per mask: components sharing a voxel with its control (made for a sphere) and the others (off every sphere),
+    how many of those touch the patch border, and the median voxels of each kind."""
+    from lesiongen.utilities.components import label_components
+
+    on, off, off_border = [], [], 0
+    for mask, control in zip(masks, controls):
+        ids, count = label_components(mask > 0)
+        faces = {int(v) for a in range(3) for i in (0, -1) for v in np.unique(np.take(ids, i, axis=a))}
+        for component in range(1, count + 1):
+            voxels = ids == component
+            if (voxels & (control > 0)).any():
+                on.append(int(voxels.sum()))
+            else:
+                off.append(int(voxels.sum()))
+                off_border += component in faces
+    n = max(len(masks), 1)
+    return {"on_sphere_per_mask": len(on) / n, "off_sphere_per_mask": len(off) / n,
+            "off_sphere_touching_border": off_border, "off_sphere_total": len(off),
+            "on_sphere_median_voxels": float(np.median(on)) if on else 0.0,
+            "off_sphere_median_voxels": float(np.median(off)) if off else 0.0}
+
+
+def centre_lesions(masks: np.ndarray, spacing: list[float]) -> tuple[list, np.ndarray]:
+    """Per patch, the real lesion nearest the patch centre (the one the patch was cut around): its sphere and its
+    voxels."""
+    from lesiongen.models.spheres import lesion_spheres_from_mask
+    from lesiongen.utilities.components import label_components
+
+    centre = np.array(masks.shape[1:]) // 2
+    spheres, voxels = [], []
+    for mask in masks:
+        ids, _ = label_components(mask > 0)
+        points = np.argwhere(ids > 0)
+        nearest = ids[tuple(points[np.argmin(((points - centre) ** 2).sum(axis=1))])]
+        lesion = np.where(ids == nearest, mask, 0)
+        spheres.append(lesion_spheres_from_mask(lesion, spacing)[0])
+        voxels.append(int((ids == nearest).sum()))
+    return spheres, np.array(voxels)
+
+
+def analyse(steps: int, draws: int) -> dict:
+    from lesiongen.inference.synthesis import _single_lesion_priors
+    from lesiongen.models.folder import ModelFolder, trainer_folder
+    from lesiongen.models.registry import load_model
+    from lesiongen.models.spheres import lesion_spheres_from_mask, render_ellipsoids, sample_sphere_lesions
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer, calibrated_masks
+    from lesiongen.utilities.files import read_json
+
+    dataset = open_preprocessed(DATASET, PLANS)
+    folder = ModelFolder(trainer_folder(dataset.name, "diffmask", PLANS))
+    model = load_model(folder, "all")
+    trainer = DiffMaskTrainer(dataset, "all", "cpu")
+    trainer.load_training_data()
+    data = trainer.data
+    calibrations = {"drop off-sphere (trained)": model.config.threshold}
+    before = dataclasses.replace(model.config, lesions_on_controls_only=False)
+    older = load_model(folder, "all")
+    older.config = before
+    trainer.extra = {}
+    trainer.finish_training(older)  # the calibration as before, same patches and noise seeds
+    calibrations["keep every component (before)"] = older.config.threshold
+    summary = read_json(folder.path / "fold_all" / "training_summary.json")
+    record = {"thresholds": calibrations, "trained_calibration": summary["calibration"],
+              "before_calibration": trainer.extra["calibration"]}
+
+    # the same denoised masks for both rules
+    spacing, patch = model.spacing, model.patch_size
+    full = [lesion_spheres_from_mask(m, spacing) for m in data.masks]
+    rng = np.random.default_rng(0)
+    priors = _single_lesion_priors(model.priors, int(sorted(model.priors)[0]))
+    index = np.tile(np.arange(len(data)), draws)
+    drawn = [sample_sphere_lesions(priors, patch, spacing, rng, brain=data.brain[i], tissue=data.tissue_at([i])[0]
+                                   if data.tissue is not None else None) for i in index]
+    target = np.array([(render_ellipsoids(s, patch, spacing, model.minimum_voxels()) > 0).sum() for s in drawn])
+    centre_spheres, centre_voxels = centre_lesions(data.masks, spacing)
+    sets = {"real spheres (calibration's patches)": (full, np.arange(len(data))),
+            "one prior sphere per lesion (whole-scan synthesis)": (drawn, index),
+            "the centre lesion's sphere": ([[s] for s in centre_spheres], np.arange(len(data)))}
+    tables: dict = {}
+    for name, (spheres, rows) in sets.items():
+        controls = model.render_controls(spheres)
+        denoised, _ = model.denoise(controls, data.tissue_at(rows), seed=list(range(len(rows))))
+        for rule, threshold in calibrations.items():
+            drop = rule.startswith("drop")
+            masks = calibrated_masks(denoised, threshold, data.brain[rows], model.binarise, model.minimum_voxels(),
+                                     controls if drop else None)
+            table = component_table(masks, controls)
+            made = np.array([int(((m > 0) & np.isin(label_of(m), on_labels(m, c))).sum())
+                             for m, c in zip(masks, controls)])
+            if name.startswith("one prior"):
+                table["made_over_drawn_median_log_ratio"] = float(np.median(np.log((made + 1) / (target + 1))))
+                table["drawn_median_voxels"] = float(np.median(target))
+            if name.startswith("the centre"):
+                table["made_over_real_median_log_ratio"] = float(np.median(np.log((made + 1) / (centre_voxels + 1))))
+            if name.startswith("real spheres"):
+                from lesiongen.utilities.components import label_components
+                table["real_lesions_per_patch"] = float(np.mean([label_components(m > 0)[1] for m in data.masks]))
+            tables.setdefault(name, {})[f"{rule}, threshold {threshold:+.2f}"] = table
+    record["tables"] = tables
+    record["model"] = {"sha256": hashlib.sha256(folder.checkpoint("all").read_bytes()).hexdigest(), "steps": steps,
+                       "seed": summary["provenance"]["seed"], "git_commit": summary["provenance"]["git_commit"]}
+    return record
+
+
+def label_of(mask: np.ndarray) -> np.ndarray:
+    from lesiongen.utilities.components import label_components
+
+    return label_components(mask > 0)[0]
+
+
+def on_labels(mask: np.ndarray, control: np.ndarray) -> np.ndarray:
+    ids = label_of(mask)
+    return np.unique(ids[(control > 0) & (ids > 0)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--realistic", action="store_true")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--draws", type=int, default=2, help="prior spheres drawn per training patch")
+    parser.add_argument("-np", "--num_processes", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with fresh_work_folder(args.work, "lesiongen_off_sphere_") as work:
+        env = work_env(work)
+        minutes: dict[str, float] = {}
+        start = time.perf_counter()
+        write_and_plan_demo(env, minutes, DATASET, [
+            "--n_lesion_cases", "8", "--n_healthy", "8", "--n_test", "12", "--seed", "3",
+            *(["--realistic"] if args.realistic else [])], args.num_processes)
+        run_step("train_diffmask", [console_script("lesiongen_train"), DATASET, "diffmask", "all", "-device", "cpu",
+                                    "-p", PLANS, "--steps", str(args.steps)], env, minutes)
+        os.environ.update(env)  # lesiongen's folders for the analysis in this process
+        analysis_start = time.perf_counter()
+        record = analyse(args.steps, args.draws)
+        minutes["analysis"] = round((time.perf_counter() - analysis_start) / 60, 2)
+        minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
+    for name, rows in record["tables"].items():
+        print(name)
+        for rule, table in rows.items():
+            print(f"  {rule}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in table.items()))
+    write_results("diffmask_off_sphere" + ("_realistic" if args.realistic else ""),
+                  {"settings": vars(args) | {"work": str(args.work), "json": str(args.json)}, "minutes": minutes,
+                   **record}, args.json)
+    print(f"wall time {minutes['wall']:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
