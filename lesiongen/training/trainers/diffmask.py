@@ -223,8 +223,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         """Threshold calibration for one sampler on the training patches ``index``: the best threshold, the
         evaluations per mask and every candidate's score. Components off every sphere count here although sampling
         drops them: a threshold at which the network grows them pays for them, since near a sphere they can join its
-        lesion, which sampling keeps (on the 2 mm demo, judged without them, a 100-step model took -0.1 instead of
-        0.1 and its masks came out twice as far from the held-out lesions in log-volume)."""
+        lesion, which sampling keeps (judged without them, the 2 mm demo's diffmask chose a lower threshold and far
+        worse masks; documentation/training.md)."""
         denoised, evaluations = self.denoise_patches(model, schedule, index, "calibration")
         best, scores = calibrate_threshold(denoised, self.data.masks[index], self.data.brain[index], model.binarise,
                                            model.minimum_voxels(),
