@@ -258,9 +258,9 @@ def test_diffmask_masks_follow_the_sphere_control(plans, sampling):
     assert model.last_evaluations == (20 if sampling == "model" else FEW_STEPS)
 
 
-def test_diffmask_drops_lesions_off_its_spheres_when_calibrated_so(plans):
+def test_diffmask_drops_lesions_off_its_spheres_in_models_trained_with_the_rule(plans):
     """An oracle network that draws the sphere and, like a briefly trained one at its patch border, a blob in a
-    corner: a model trained since the rule keeps only the sphere; an older model keeps both, as it was calibrated."""
+    corner: a model trained since the rule keeps only the sphere; an older model keeps both, as it always did."""
     model = _exact_diffmask(plans)
     control = model.input_layout.offsets()["control"]
 

@@ -78,9 +78,9 @@ class DiffMaskConfig(MaskGeneratorConfig):
     # the sampler of the distilled 4-step student network ("student"), for a model trained with distillation; None:
     # the model has no student
     student_schedule: ScheduleConfig | None = None
-    # drop a sampled lesion component that touches none of the given spheres (its threshold is calibrated so): at
-    # 1 mm a threshold calibrated with them counted sat where the network's patch border rose above it, and those
-    # border blobs stood in for the small lesions it missed; models from before keep them, as calibrated
+    # drop a sampled lesion component that touches none of the given spheres: at 1 mm the calibrated threshold sat
+    # where the network's output rose along the patch border, and those blobs stood in for the small lesions it
+    # missed (the threshold search still counts them, see DiffMaskTrainer.calibrate); models from before keep them
     lesions_on_controls_only: bool = False
 
     def __post_init__(self) -> None:
