@@ -15,7 +15,13 @@ since do):
 * ``--draws`` single-lesion spheres per training patch drawn from the fold's prior, as whole-scan synthesis draws a
   lesion: components on and off the sphere per lesion, the made lesion's voxels against the drawn ellipsoid's;
 * each patch's centre lesion alone as the control: the made lesion's voxels against that real lesion's (median log
-  ratio), i.e. whether the threshold gives real lesion sizes for a real lesion's sphere.
+  ratio), i.e. whether the threshold gives real lesion sizes for a real lesion's sphere;
+* a threshold sweep on masks made as ``sample_masks`` makes them (spheres drawn from the fold's priors for each
+  training patch, ``--draws`` times; the model's sampling rule; cut to the brain, small components dropped): per
+  candidate threshold, the Wasserstein distance of each mask statistic to the training patches' real lesions, their
+  sum and maximum in units of the real statistic's spread, and the masks left empty (synthesis redraws those);
+* the calibration repeated with ``--repeats`` noise draws over every training patch: the threshold each one chooses
+  (how much the choice depends on the noise).
 
 Writes ``benchmarks/results/diffmask_off_sphere_<date>.json`` (or ``--json``) with the calibration, the tables, the
 minutes per step and the provenance (code version, the model's sha256, steps and seed).
@@ -79,7 +85,7 @@ def centre_lesions(masks: np.ndarray, spacing: list[float]) -> tuple[list, np.nd
     return spheres, np.array(voxels)
 
 
-def analyse(steps: int, draws: int) -> dict:
+def analyse(steps: int, draws: int, repeats: int) -> dict:
     from lesiongen.inference.synthesis import _single_lesion_priors
     from lesiongen.models.folder import ModelFolder, trainer_folder
     from lesiongen.models.registry import load_model
@@ -133,9 +139,60 @@ def analyse(steps: int, draws: int) -> dict:
                 table["real_lesions_per_patch"] = float(np.mean([label_components(m > 0)[1] for m in data.masks]))
             tables.setdefault(name, {})[rule] = table
     record["tables"] = tables
+    record["threshold_sweep"] = threshold_sweep(model, data, draws)
+    record["calibration_repeats"] = calibration_repeats(model, data, trainer.controls, repeats)
     record["model"] = {"sha256": hashlib.sha256(folder.checkpoint("all").read_bytes()).hexdigest(), "steps": steps,
                        "seed": summary["provenance"]["seed"], "git_commit": summary["provenance"]["git_commit"]}
     return record
+
+
+def threshold_sweep(model, data, draws: int) -> dict:
+    """Per candidate threshold: masks made as ``sample_masks`` makes them for every training patch (``draws`` sets of
+    prior spheres, one denoising each) against the patches' real lesions; see the module docstring."""
+    from lesiongen.evaluation.mask_metrics import METRICS, mask_statistics, wasserstein_distances
+    from lesiongen.models.conditioning import MaskConditioning, drop_small_components, keep_components_on_controls
+    from lesiongen.training.trainers.diffmask import THRESHOLDS
+
+    n = len(data)
+    conditioning = MaskConditioning(brain=data.brain, tissue=data.tissue, images=data.images)
+    denoised, controls = [], []
+    for draw in range(draws):
+        spheres = model.draw_spheres(n, conditioning, np.random.default_rng(1000 + draw))
+        controls.append(model.render_controls(spheres))
+        denoised.append(model.denoise(controls[-1], data.tissue, seed=2000 + draw)[0])
+    denoised, controls = np.concatenate(denoised), np.concatenate(controls)
+    rows = np.tile(np.arange(n), draws)
+    real = mask_statistics(data.masks, model.spacing, data.tissue)
+    spread = {metric: float(np.std(real.values(metric))) for metric in METRICS}
+    used = [metric for metric in METRICS if spread[metric] > 0]
+    sweep = {}
+    for threshold in THRESHOLDS:
+        masks = model.binarise(denoised, float(threshold))
+        if model.config.lesions_on_controls_only:
+            masks = np.stack([keep_components_on_controls(m, c) for m, c in zip(masks, controls)])
+        masks[~data.brain[rows].astype(bool)] = 0
+        masks = np.stack([drop_small_components(m, model.minimum_voxels()) for m in masks])
+        distances = wasserstein_distances(real, mask_statistics(masks, model.spacing, data.tissue_at(rows)))
+        scaled = [distances[metric] / spread[metric] for metric in used]
+        sweep[f"{threshold:+.1f}"] = {**distances, "sum_in_spreads": float(np.sum(scaled)),
+                                      "max_in_spreads": float(np.max(scaled)),
+                                      "empty_masks": int(sum(not m.any() for m in masks)), "masks": len(masks)}
+    best = {key: min(sweep, key=lambda t: sweep[t][key]) for key in ("sum_in_spreads", "max_in_spreads")}
+    return {"calibrated": f"{model.config.threshold:+.1f}", "best": best, "thresholds": sweep}
+
+
+def calibration_repeats(model, data, controls: np.ndarray, repeats: int) -> dict:
+    """The threshold calibration (every training patch, the real lesions' spheres) chooses with each of ``repeats``
+    noise draws, and its scores."""
+    from lesiongen.training.trainers.diffmask import calibrate_threshold
+
+    chosen, scores = [], []
+    for repeat in range(repeats):
+        denoised, _ = model.denoise(controls, data.tissue, seed=3000 + repeat)
+        best, score = calibrate_threshold(denoised, data.masks, data.brain, model.binarise, model.minimum_voxels())
+        chosen.append(best)
+        scores.append({f"{t:+.1f}": round(v, 4) for t, v in score.items()})
+    return {"patches": len(data), "chosen": chosen, "scores": scores}
 
 
 def main() -> None:
@@ -143,6 +200,7 @@ def main() -> None:
     parser.add_argument("--realistic", action="store_true")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--draws", type=int, default=2, help="prior spheres drawn per training patch")
+    parser.add_argument("--repeats", type=int, default=4, help="noise draws the calibration is repeated with")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
     parser.add_argument("--json", type=Path, default=None)
@@ -158,7 +216,7 @@ def main() -> None:
                                     "-p", PLANS, "--steps", str(args.steps)], env, minutes)
         os.environ.update(env)  # lesiongen's folders for the analysis in this process
         analysis_start = time.perf_counter()
-        record = analyse(args.steps, args.draws)
+        record = analyse(args.steps, args.draws, args.repeats)
         minutes["analysis"] = round((time.perf_counter() - analysis_start) / 60, 2)
         minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     for name, rows in record["tables"].items():
@@ -169,6 +227,14 @@ def main() -> None:
     write_results("diffmask_off_sphere" + ("_realistic" if args.realistic else ""),
                   {"settings": vars(args) | {"work": str(args.work), "json": str(args.json)}, "minutes": minutes,
                    **record}, args.json)
+    sweep = record["threshold_sweep"]
+    print(f"threshold sweep (masks as sample_masks makes them; calibrated {sweep['calibrated']}, best by sum "
+          f"{sweep['best']['sum_in_spreads']}, by max {sweep['best']['max_in_spreads']}):")
+    for threshold, row in sweep["thresholds"].items():
+        print(f"  {threshold}: sum {row['sum_in_spreads']:.3f}, max {row['max_in_spreads']:.3f} (in real spreads), "
+              f"empty {row['empty_masks']}/{row['masks']}")
+    print(f"calibration with {len(record['calibration_repeats']['chosen'])} noise draws chose "
+          f"{record['calibration_repeats']['chosen']}")
     print(f"wall time {minutes['wall']:.1f} min")
 
 
