@@ -1,7 +1,9 @@
 """diffmask's lesions off its spheres: how many its masks hold at the calibrated threshold, with and without the
-sampling rule that drops them (``DiffMaskConfig.lesions_on_controls_only``), on one trained network.
+sampling rule that drops them (``DiffMaskConfig.lesions_on_controls_only``), on one trained network; and whether
+that threshold is where its masks come closest to the real lesions.
 
-    python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--draws 2] [-np 2] [--work DIR] [--json FILE]
+    python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--draws 2] [--repeats 4] [-np 2]
+                                             [--work DIR] [--json FILE]
 
 From scratch in a new work folder: the demo dataset of the benefit runs (8 lesion cases, 8 healthy, 12 test;
 ``--realistic``: 180x210x170 voxels at 1 mm), planned and preprocessed with the CPU preset, diffmask trained on every
