@@ -89,11 +89,11 @@ def centre_lesions(masks: np.ndarray, spacing: list[float]) -> tuple[list, np.nd
 
 def analyse(steps: int, draws: int, repeats: int) -> dict:
     from lesiongen.inference.synthesis import _single_lesion_priors
+    from lesiongen.models.conditioning import keep_components_on_controls
     from lesiongen.models.folder import ModelFolder, trainer_folder
     from lesiongen.models.registry import load_model
     from lesiongen.models.spheres import lesion_spheres_from_mask, render_ellipsoids, sample_sphere_lesions
     from lesiongen.preprocessing.dataset import open_preprocessed
-    from lesiongen.models.conditioning import keep_components_on_controls
     from lesiongen.training.trainers.diffmask import DiffMaskTrainer, calibrated_masks
     from lesiongen.utilities.files import read_json
 
@@ -167,13 +167,14 @@ def threshold_sweep(model, data, draws: int) -> dict:
     real = mask_statistics(data.masks, model.spacing, data.tissue)
     spread = {metric: float(np.std(real.values(metric))) for metric in METRICS}
     used = [metric for metric in METRICS if spread[metric] > 0]
+    minimum_voxels = model.minimum_voxels()
     sweep = {}
     for threshold in THRESHOLDS:
         masks = model.binarise(denoised, float(threshold))
         if model.config.lesions_on_controls_only:
             masks = np.stack([keep_components_on_controls(m, c) for m, c in zip(masks, controls)])
         masks[~data.brain[rows].astype(bool)] = 0
-        masks = np.stack([drop_small_components(m, model.minimum_voxels()) for m in masks])
+        masks = np.stack([drop_small_components(m, minimum_voxels) for m in masks])
         distances = wasserstein_distances(real, mask_statistics(masks, model.spacing, data.tissue_at(rows)))
         scaled = [distances[metric] / spread[metric] for metric in used]
         sweep[f"{threshold:+.1f}"] = {**distances, "sum_in_spreads": float(np.sum(scaled)),
