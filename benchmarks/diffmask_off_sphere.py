@@ -2,7 +2,7 @@
 sampling rule that drops them (``DiffMaskConfig.lesions_on_controls_only``), on one trained network; and whether
 that threshold is where its masks come closest to the real lesions.
 
-    python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--seed 12345] [--draws 2] [--repeats 4]
+    python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--seed N] [--draws 2] [--repeats 4]
                                              [-np 2] [--work DIR] [--json FILE]
 
 From scratch in a new work folder: the demo dataset of the benefit runs (8 lesion cases, 8 healthy, 12 test;
@@ -202,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--realistic", action="store_true")
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=12345, help="diffmask's training seed (lesiongen_train's default)")
+    parser.add_argument("--seed", type=int, default=None, help="diffmask's training seed (default: lesiongen_train's)")
     parser.add_argument("--draws", type=int, default=2, help="prior spheres drawn per training patch")
     parser.add_argument("--repeats", type=int, default=4, help="noise draws the calibration is repeated with")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
@@ -217,7 +217,8 @@ def main() -> None:
             "--n_lesion_cases", "8", "--n_healthy", "8", "--n_test", "12", "--seed", "3",
             *(["--realistic"] if args.realistic else [])], args.num_processes)
         run_step("train_diffmask", [console_script("lesiongen_train"), DATASET, "diffmask", "all", "-device", "cpu",
-                                    "-p", PLANS, "--steps", str(args.steps), "--seed", str(args.seed)], env, minutes)
+                                    "-p", PLANS, "--steps", str(args.steps),
+                                    *(["--seed", str(args.seed)] if args.seed is not None else [])], env, minutes)
         os.environ.update(env)  # lesiongen's folders for the analysis in this process
         analysis_start = time.perf_counter()
         record = analyse(args.steps, args.draws, args.repeats)
