@@ -21,7 +21,8 @@ since do):
 * a threshold sweep on masks made as ``sample_masks`` makes them (spheres drawn from the fold's priors for each
   training patch, ``--draws`` times; the model's sampling rule; cut to the brain, small components dropped): per
   candidate threshold, the Wasserstein distance of each mask statistic to the training patches' real lesions, their
-  sum and maximum in units of the real statistic's spread, and the masks left empty (synthesis redraws those);
+  sum and maximum in units of the real statistic's spread, the made minus the real median of each statistic (which
+  way they differ) and the masks left empty (synthesis redraws those);
 * the calibration repeated with ``--repeats`` noise draws over every training patch: the threshold each one chooses
   (how much the choice depends on the noise).
 
@@ -175,9 +176,14 @@ def threshold_sweep(model, data, draws: int) -> dict:
             masks = np.stack([keep_components_on_controls(m, c) for m, c in zip(masks, controls)])
         masks[~data.brain[rows].astype(bool)] = 0
         masks = np.stack([drop_small_components(m, minimum_voxels) for m in masks])
-        distances = wasserstein_distances(real, mask_statistics(masks, model.spacing, data.tissue_at(rows)))
+        made = mask_statistics(masks, model.spacing, data.tissue_at(rows))
+        distances = wasserstein_distances(real, made)
         scaled = [distances[metric] / spread[metric] for metric in used]
-        sweep[f"{threshold:+.1f}"] = {**distances, "sum_in_spreads": float(np.sum(scaled)),
+        # The distance has no sign: which way the made lesions differ (larger? rounder?) needs the medians.
+        median_shift = {metric: float(np.median(made.values(metric)) - np.median(real.values(metric)))
+                        if made.values(metric).size else None for metric in METRICS}
+        sweep[f"{threshold:+.1f}"] = {**distances, "median_made_minus_real": median_shift,
+                                      "sum_in_spreads": float(np.sum(scaled)),
                                       "max_in_spreads": float(np.max(scaled)),
                                       "empty_masks": int(sum(not m.any() for m in masks)), "masks": len(masks)}
     best = {key: min(sweep, key=lambda t: sweep[t][key]) for key in ("sum_in_spreads", "max_in_spreads")}
