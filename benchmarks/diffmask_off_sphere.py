@@ -3,7 +3,7 @@ sampling rule that drops them (``DiffMaskConfig.lesions_on_controls_only``), on 
 that threshold is where its masks come closest to the real lesions.
 
     python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--seed N] [--draws 2] [--repeats 4]
-                                             [-np 2] [--work DIR] [--json FILE]
+                                             [--samplers ddim:100 ...] [-np 2] [--work DIR] [--json FILE]
 
 From scratch in a new work folder: the demo dataset of the benefit runs (8 lesion cases, 8 healthy, 12 test;
 ``--realistic``: 180x210x170 voxels at 1 mm), planned and preprocessed with the CPU preset, diffmask trained on every
@@ -23,6 +23,8 @@ since do):
   candidate threshold, the Wasserstein distance of each mask statistic to the training patches' real lesions, their
   sum and maximum in units of the real statistic's spread, the made minus the real median of each statistic (which
   way they differ) and the masks left empty (synthesis redraws those);
+* the same sweep with each of ``--samplers`` (e.g. ``ddim:100``) on the same network: whether the made lesions'
+  shape is the sampler's or the network's;
 * the calibration repeated with ``--repeats`` noise draws over every training patch: the threshold each one chooses
   (how much the choice depends on the noise).
 
@@ -37,6 +39,7 @@ import hashlib
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +91,7 @@ def centre_lesions(masks: np.ndarray, spacing: list[float]) -> tuple[list, np.nd
     return spheres, np.array(voxels)
 
 
-def analyse(steps: int, draws: int, repeats: int) -> dict:
+def analyse(steps: int, draws: int, repeats: int, samplers: list[tuple[str, int]]) -> dict:
     from lesiongen.inference.synthesis import _single_lesion_priors
     from lesiongen.models.conditioning import keep_components_on_controls
     from lesiongen.models.folder import ModelFolder, trainer_folder
@@ -143,15 +146,20 @@ def analyse(steps: int, draws: int, repeats: int) -> dict:
             tables.setdefault(name, {})[rule] = table
     record["tables"] = tables
     record["threshold_sweep"] = threshold_sweep(model, data, draws)
+    record["other_samplers"] = {
+        f"{name}:{steps}": threshold_sweep(model, data, draws, replace(model.config.schedule, sampler=name,
+                                                                          num_inference_steps=steps))
+        for name, steps in samplers}
     record["calibration_repeats"] = calibration_repeats(model, data, trainer.controls, repeats)
     record["model"] = {"sha256": hashlib.sha256(folder.checkpoint("all").read_bytes()).hexdigest(), "steps": steps,
                        "seed": summary["provenance"]["seed"], "git_commit": summary["provenance"]["git_commit"]}
     return record
 
 
-def threshold_sweep(model, data, draws: int) -> dict:
+def threshold_sweep(model, data, draws: int, schedule=None) -> dict:
     """Per candidate threshold: masks made as ``sample_masks`` makes them for every training patch (``draws`` sets of
-    prior spheres, one denoising each) against the patches' real lesions; see the module docstring."""
+    prior spheres, one denoising each; with ``schedule``'s sampler, default the model's) against the patches' real
+    lesions; see the module docstring."""
     from lesiongen.evaluation.mask_metrics import METRICS, mask_statistics, wasserstein_distances
     from lesiongen.models.conditioning import MaskConditioning, drop_small_components, keep_components_on_controls
     from lesiongen.training.trainers.diffmask import THRESHOLDS
@@ -162,7 +170,7 @@ def threshold_sweep(model, data, draws: int) -> dict:
     for draw in range(draws):
         spheres = model.draw_spheres(n, conditioning, np.random.default_rng(1000 + draw))
         controls.append(model.render_controls(spheres))
-        denoised.append(model.denoise(controls[-1], data.tissue, seed=2000 + draw)[0])
+        denoised.append(model.denoise(controls[-1], data.tissue, seed=2000 + draw, schedule=schedule)[0])
     denoised, controls = np.concatenate(denoised), np.concatenate(controls)
     rows = np.tile(np.arange(n), draws)
     real = mask_statistics(data.masks, model.spacing, data.tissue)
@@ -204,6 +212,16 @@ def calibration_repeats(model, data, controls: np.ndarray, repeats: int) -> dict
     return {"patches": len(data), "chosen": chosen, "scores": scores}
 
 
+def sampler_steps(text: str) -> tuple[str, int]:
+    """``dpm_solver:50`` -> ("dpm_solver", 50): a sampler of the model's noise schedule and its network evaluations
+    (ddpm is left out: it always takes every training timestep, hours per sweep at 1 mm on a CPU)."""
+    samplers = ("dpm_solver", "ddim")
+    name, _, steps = text.partition(":")
+    if name not in samplers or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': write SAMPLER:STEPS with a sampler of {samplers}")
+    return name, int(steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--realistic", action="store_true")
@@ -211,6 +229,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="diffmask's training seed (default: lesiongen_train's)")
     parser.add_argument("--draws", type=int, default=2, help="prior spheres drawn per training patch")
     parser.add_argument("--repeats", type=int, default=4, help="noise draws the calibration is repeated with")
+    parser.add_argument("--samplers", type=sampler_steps, nargs="*", default=[], metavar="SAMPLER:STEPS",
+                        help="further samplers to sweep the thresholds with on the same network, e.g. ddim:100")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
     parser.add_argument("--json", type=Path, default=None)
@@ -227,7 +247,7 @@ def main() -> None:
                                     *(["--seed", str(args.seed)] if args.seed is not None else [])], env, minutes)
         os.environ.update(env)  # lesiongen's folders for the analysis in this process
         analysis_start = time.perf_counter()
-        record = analyse(args.steps, args.draws, args.repeats)
+        record = analyse(args.steps, args.draws, args.repeats, args.samplers)
         minutes["analysis"] = round((time.perf_counter() - analysis_start) / 60, 2)
         minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     for name, rows in record["tables"].items():
@@ -244,6 +264,11 @@ def main() -> None:
     for threshold, row in sweep["thresholds"].items():
         print(f"  {threshold}: sum {row['sum_in_spreads']:.3f}, max {row['max_in_spreads']:.3f} (in real spreads), "
               f"empty {row['empty_masks']}/{row['masks']}")
+    for sampler, other in record["other_samplers"].items():
+        best = other["best"]["sum_in_spreads"]
+        at_calibrated = other["thresholds"][other["calibrated"]]["sum_in_spreads"]
+        print(f"{sampler}: best by sum {best} ({other['thresholds'][best]['sum_in_spreads']:.3f} in real spreads), "
+              f"at the calibrated {other['calibrated']}: {at_calibrated:.3f}")
     print(f"calibration with {len(record['calibration_repeats']['chosen'])} noise draws chose "
           f"{record['calibration_repeats']['chosen']}")
     print(f"wall time {minutes['wall']:.1f} min")
