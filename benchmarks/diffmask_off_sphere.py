@@ -3,7 +3,8 @@ sampling rule that drops them (``DiffMaskConfig.lesions_on_controls_only``), on 
 that threshold is where its masks come closest to the real lesions.
 
     python benchmarks/diffmask_off_sphere.py [--realistic] [--steps 400] [--seed N] [--draws 2] [--repeats 4]
-                                             [--samplers ddim:100 ...] [-np 2] [--work DIR] [--json FILE]
+                                             [--samplers ddim:100 ...] [--sweep_sets 4] [-np 2] [--work DIR]
+                                             [--json FILE]
 
 From scratch in a new work folder: the demo dataset of the benefit runs (8 lesion cases, 8 healthy, 12 test;
 ``--realistic``: 180x210x170 voxels at 1 mm), planned and preprocessed with the CPU preset, diffmask trained on every
@@ -23,6 +24,7 @@ since do):
   candidate threshold, the Wasserstein distance of each mask statistic to the training patches' real lesions, their
   sum and maximum in units of the real statistic's spread, the made minus the real median of each statistic (which
   way they differ) and the masks left empty (synthesis redraws those);
+* the same sweep on ``--sweep_sets`` further single draws of spheres and noise: whether its lowest is steady;
 * the same sweep with each of ``--samplers`` (e.g. ``ddim:100``) on the same network: whether the made lesions'
   shape is the sampler's or the network's;
 * the calibration repeated with ``--repeats`` noise draws over every training patch: the threshold each one chooses
@@ -91,7 +93,7 @@ def centre_lesions(masks: np.ndarray, spacing: list[float]) -> tuple[list, np.nd
     return spheres, np.array(voxels)
 
 
-def analyse(steps: int, draws: int, repeats: int, samplers: list[tuple[str, int]]) -> dict:
+def analyse(steps: int, draws: int, repeats: int, samplers: list[tuple[str, int]], sweep_sets: int) -> dict:
     from lesiongen.inference.synthesis import _single_lesion_priors
     from lesiongen.models.conditioning import keep_components_on_controls
     from lesiongen.models.folder import ModelFolder, trainer_folder
@@ -150,16 +152,17 @@ def analyse(steps: int, draws: int, repeats: int, samplers: list[tuple[str, int]
         f"{name}:{steps}": threshold_sweep(model, data, draws, replace(model.config.schedule, sampler=name,
                                                                           num_inference_steps=steps))
         for name, steps in samplers}
+    record["independent_sweeps"] = independent_sweeps(model, data, sweep_sets)
     record["calibration_repeats"] = calibration_repeats(model, data, trainer.controls, repeats)
     record["model"] = {"sha256": hashlib.sha256(folder.checkpoint("all").read_bytes()).hexdigest(), "steps": steps,
                        "seed": summary["provenance"]["seed"], "git_commit": summary["provenance"]["git_commit"]}
     return record
 
 
-def threshold_sweep(model, data, draws: int, schedule=None) -> dict:
+def threshold_sweep(model, data, draws: int, schedule=None, first_draw: int = 0) -> dict:
     """Per candidate threshold: masks made as ``sample_masks`` makes them for every training patch (``draws`` sets of
-    prior spheres, one denoising each; with ``schedule``'s sampler, default the model's) against the patches' real
-    lesions; see the module docstring."""
+    prior spheres, one denoising each, numbered from ``first_draw``; with ``schedule``'s sampler, default the model's)
+    against the patches' real lesions; see the module docstring."""
     from lesiongen.evaluation.mask_metrics import METRICS, mask_statistics, wasserstein_distances
     from lesiongen.models.conditioning import MaskConditioning, drop_small_components, keep_components_on_controls
     from lesiongen.training.trainers.diffmask import THRESHOLDS
@@ -167,7 +170,7 @@ def threshold_sweep(model, data, draws: int, schedule=None) -> dict:
     n = len(data)
     conditioning = MaskConditioning(brain=data.brain, tissue=data.tissue, images=data.images)
     denoised, controls = [], []
-    for draw in range(draws):
+    for draw in range(first_draw, first_draw + draws):
         spheres = model.draw_spheres(n, conditioning, np.random.default_rng(1000 + draw))
         controls.append(model.render_controls(spheres))
         denoised.append(model.denoise(controls[-1], data.tissue, seed=2000 + draw, schedule=schedule)[0])
@@ -196,6 +199,14 @@ def threshold_sweep(model, data, draws: int, schedule=None) -> dict:
                                       "empty_masks": int(sum(not m.any() for m in masks)), "masks": len(masks)}
     best = {key: min(sweep, key=lambda t: sweep[t][key]) for key in ("sum_in_spreads", "max_in_spreads")}
     return {"calibrated": f"{model.config.threshold:+.1f}", "best": best, "thresholds": sweep}
+
+
+def independent_sweeps(model, data, sets: int) -> dict:
+    """The sweep on ``sets`` further single draws of spheres and noise, numbered apart from the main sweep's: the
+    lowest sum of each and the sums at the calibrated threshold, to tell a steady lowest from the noise of one draw."""
+    sweeps = [threshold_sweep(model, data, 1, first_draw=4000 + k) for k in range(sets)]
+    sums = [{threshold: row["sum_in_spreads"] for threshold, row in sweep["thresholds"].items()} for sweep in sweeps]
+    return {"lowest": [sweep["best"]["sum_in_spreads"] for sweep in sweeps], "sums_in_spreads": sums}
 
 
 def calibration_repeats(model, data, controls: np.ndarray, repeats: int) -> dict:
@@ -231,6 +242,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="noise draws the calibration is repeated with")
     parser.add_argument("--samplers", type=sampler_steps, nargs="*", default=[], metavar="SAMPLER:STEPS",
                         help="further samplers to sweep the thresholds with on the same network, e.g. ddim:100")
+    parser.add_argument("--sweep_sets", type=int, default=0,
+                        help="further sweeps, each on its own single draw of spheres and noise (is the lowest steady?)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
     parser.add_argument("--json", type=Path, default=None)
@@ -247,7 +260,7 @@ def main() -> None:
                                     *(["--seed", str(args.seed)] if args.seed is not None else [])], env, minutes)
         os.environ.update(env)  # lesiongen's folders for the analysis in this process
         analysis_start = time.perf_counter()
-        record = analyse(args.steps, args.draws, args.repeats, args.samplers)
+        record = analyse(args.steps, args.draws, args.repeats, args.samplers, args.sweep_sets)
         minutes["analysis"] = round((time.perf_counter() - analysis_start) / 60, 2)
         minutes["wall"] = round((time.perf_counter() - start) / 60, 2)
     for name, rows in record["tables"].items():
@@ -269,6 +282,9 @@ def main() -> None:
         at_calibrated = other["thresholds"][other["calibrated"]]["sum_in_spreads"]
         print(f"{sampler}: best by sum {best} ({other['thresholds'][best]['sum_in_spreads']:.3f} in real spreads), "
               f"at the calibrated {other['calibrated']}: {at_calibrated:.3f}")
+    if record["independent_sweeps"]["lowest"]:
+        print(f"lowest sum on {len(record['independent_sweeps']['lowest'])} further draws: "
+              f"{record['independent_sweeps']['lowest']}")
     print(f"calibration with {len(record['calibration_repeats']['chosen'])} noise draws chose "
           f"{record['calibration_repeats']['chosen']}")
     print(f"wall time {minutes['wall']:.1f} min")
