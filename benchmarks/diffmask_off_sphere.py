@@ -149,9 +149,9 @@ def analyse(steps: int, draws: int, repeats: int, samplers: list[tuple[str, int]
     record["tables"] = tables
     record["threshold_sweep"] = threshold_sweep(model, data, draws)
     record["other_samplers"] = {
-        f"{name}:{steps}": threshold_sweep(model, data, draws, replace(model.config.schedule, sampler=name,
-                                                                          num_inference_steps=steps))
-        for name, steps in samplers}
+        f"{name}:{evaluations}": threshold_sweep(model, data, draws, replace(
+            model.config.schedule, sampler=name, num_inference_steps=evaluations))
+        for name, evaluations in samplers}
     record["independent_sweeps"] = independent_sweeps(model, data, sweep_sets)
     record["calibration_repeats"] = calibration_repeats(model, data, trainer.controls, repeats)
     record["model"] = {"sha256": hashlib.sha256(folder.checkpoint("all").read_bytes()).hexdigest(), "steps": steps,
@@ -203,7 +203,7 @@ def threshold_sweep(model, data, draws: int, schedule=None, first_draw: int = 0)
 
 def independent_sweeps(model, data, sets: int) -> dict:
     """The sweep on ``sets`` further single draws of spheres and noise, numbered apart from the main sweep's: the
-    lowest sum of each and the sums at the calibrated threshold, to tell a steady lowest from the noise of one draw."""
+    threshold with the lowest sum in each and every threshold's sum, to tell a steady lowest from one draw's noise."""
     sweeps = [threshold_sweep(model, data, 1, first_draw=4000 + k) for k in range(sets)]
     sums = [{threshold: row["sum_in_spreads"] for threshold, row in sweep["thresholds"].items()} for sweep in sweeps]
     return {"lowest": [sweep["best"]["sum_in_spreads"] for sweep in sweeps], "sums_in_spreads": sums}
@@ -226,7 +226,9 @@ def calibration_repeats(model, data, controls: np.ndarray, repeats: int) -> dict
 def sampler_steps(text: str) -> tuple[str, int]:
     """``dpm_solver:50`` -> ("dpm_solver", 50): a sampler of the model's noise schedule and its network evaluations
     (ddpm is left out: it always takes every training timestep, hours per sweep at 1 mm on a CPU)."""
-    samplers = ("dpm_solver", "ddim")
+    from lesiongen.diffusion.schedules import SAMPLERS
+
+    samplers = tuple(sampler for sampler in SAMPLERS if sampler != "ddpm")
     name, _, steps = text.partition(":")
     if name not in samplers or not steps.isdigit() or int(steps) < 1:
         raise argparse.ArgumentTypeError(f"'{text}': write SAMPLER:STEPS with a sampler of {samplers}")
