@@ -2,7 +2,8 @@
 
     python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
         [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--short_schedule]
-        [--distill_steps N [--distill_trajectories 256]] [--realistic] [-device cpu] [--work DIR] [--json FILE]
+        [--distill_steps N [--distill_trajectories 256] [--distill_real_fraction 0]]
+        [--realistic] [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
 at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
@@ -13,7 +14,8 @@ to them; the few-step sampler itself is chosen then, see ``documentation/few_ste
 few_step_training=true`` (only at the few-step sampler's timesteps, fastWDM3D-style) in a results folder of its own.
 ``--distill_steps N``: diffmask is trained with ``--set distill_steps=N`` (a 4-step student distilled from its
 20-step sampler after training, one more candidate of the few-step choice) and its student is a third mask arm
-(``--sampling distilled``); the default and few-step arms run the same model.
+(``--sampling distilled``); the default and few-step arms run the same model. ``--distill_real_fraction F``: that
+share of each distillation batch is real training patches noised to the student's timesteps.
 Then, on fold 0's held-out lesion patches, each model is evaluated once per sampler (``--sampling default`` and
 ``--sampling few_step``; the short-schedule model with its own, few-step sampler) and evaluation seed (``--seeds``:
 other fake-mask placements, sampling noise and spheres; the table gives the mean and the spread over seeds, and the
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
     steps = {"diffmask": args.diffmask_steps, "inpaint": args.inpaint_steps}
     distill = ["--set", f"distill_steps={args.distill_steps}", "--set",
-               f"distill_trajectories={args.distill_trajectories}"] if args.distill_steps else []
+               f"distill_trajectories={args.distill_trajectories}", "--set",
+               f"distill_real_fraction={args.distill_real_fraction}"] if args.distill_steps else []
     for model in (m for m in MODELS if m in args.models):
         run_step(f"train_{model}", [console_script("lesiongen_train"), "501", model, *common, "--steps",
                                     str(steps[model]), *(distill if model == "diffmask" else [])], env, minutes)
@@ -215,6 +218,9 @@ def main() -> None:
                              "training, and compare it too (--sampling distilled)")
     parser.add_argument("--distill_trajectories", type=int, default=256,
                         help="teacher trajectories the student learns from")
+    parser.add_argument("--distill_real_fraction", type=float, default=0.0,
+                        help="share of each distillation batch that is real training patches (noised to the "
+                             "student's timesteps) instead of teacher trajectories")
     parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("-device", default="cpu")

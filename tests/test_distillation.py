@@ -22,9 +22,11 @@ from lesiongen.utilities.errors import LesiongenError
 
 @pytest.fixture(scope="module")
 def distilled(tiny_preprocessed):
-    """diffmask trained 2 steps on fold 0, then a student distilled for 3 steps from 6 teacher trajectories."""
-    assert train_cli.main([str(TINY.dataset_id), "diffmask", "0", "-device", "cpu", "--steps", "2", "--set",
-                           "distill_steps=3", "--set", "distill_trajectories=6"]) == 0
+    """diffmask trained 2 steps on fold 0, then a student distilled for 3 steps from 6 teacher trajectories, half
+    of each batch real patches."""
+    assert train_cli.main([str(TINY.dataset_id), "diffmask", "0", "-device", "cpu", "--steps", "2", "--batch_size",
+                           "4", "--set", "distill_steps=3", "--set", "distill_trajectories=6", "--set",
+                           "distill_real_fraction=0.5"]) == 0
     path = tiny_preprocessed["results"] / TINY_NAME / "diffmask__lesiongenPlans" / "fold_0" / FINAL
     return tiny_preprocessed, load_checkpoint(path)
 
@@ -37,6 +39,7 @@ def test_the_student_is_saved_with_the_model_and_differs_from_its_teacher(distil
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the student was trained
     record = state["extra"]["distillation"]
     assert (record["steps"], record["trajectories"], record["timesteps"]) == (3, 6, [999, 749, 499, 249])
+    assert record["real_per_batch"] == 2
     assert record["teacher"] == {"sampler": "dpm_solver", "steps": 20, "timestep_spacing": "trailing"}
     assert "distilled" in state["extra"]["calibration"]["few_step_variants"]
 
@@ -126,6 +129,76 @@ def test_distilling_fits_the_banks_targets_and_leaves_the_teacher_alone():
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     assert not student.training
+
+
+class _Constant(nn.Module):
+    """A network whose output is one learnable value everywhere: trained on squared error it settles on the mean
+    of its targets, which makes what a batch is made of measurable."""
+
+    def __init__(self):
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return self.value.expand(x.shape[0], 1, *x.shape[2:])
+
+
+@pytest.mark.parametrize("real_fraction, expected", [(0.0, 0.5), (0.25, 0.125), (0.5, -0.25)])
+def test_the_real_share_of_the_batches_pulls_the_student_towards_the_real_masks(real_fraction, expected):
+    """Teacher targets 0.5 everywhere, real masks empty (-1): a constant student settles on the batch's mean target,
+    (1 - f) * 0.5 + f * (-1) for a real share f of 8 samples."""
+    n, shape = 4, (3, 3, 3)
+    bank = TeacherBank(controls=np.zeros((n, *shape), np.uint8), tissue=None,
+                       states=np.zeros((n, 4, 1, *shape), np.float32),
+                       targets=np.full((n, 4, 1, *shape), 0.5, np.float32), timesteps=(999, 749, 499, 249))
+    drawn: list[np.ndarray] = []
+
+    def real_batch(rng, timesteps):
+        drawn.append(timesteps)
+        b = len(timesteps)
+        return (np.zeros((b, 1, *shape), np.float32), np.full((b, 1, *shape), -1.0, np.float32),
+                np.zeros((b, *shape), np.uint8), None)
+
+    settings = DistillationSettings(steps=300, batch_size=8, learning_rate=0.02, weight_decay=0.0, grad_clip=10.0,
+                                    seed=0, real_fraction=real_fraction)
+    student, record = distill_student(_Constant(), bank, lambda x, c, t: x, lambda error, region: (error.mean(), {}),
+                                      settings, torch.device("cpu"), real_batch=real_batch)
+    assert float(student.value.detach()) == pytest.approx(expected, abs=0.03)
+    assert record["real_per_batch"] == round(8 * real_fraction)
+    assert all(set(t) <= {999, 749, 499, 249} for t in drawn)  # real samples at the student's timesteps only
+
+
+def test_a_real_share_without_real_patches_is_refused():
+    states = np.zeros((1, 4, 1, 2, 2, 2), np.float32)
+    bank = TeacherBank(controls=np.zeros((1, 2, 2, 2), np.uint8), tissue=None, states=states, targets=states,
+                       timesteps=(999, 749, 499, 249))
+    settings = DistillationSettings(steps=1, batch_size=4, learning_rate=0.0, weight_decay=0.0, grad_clip=1.0, seed=0,
+                                    real_fraction=0.1)
+    assert settings.real_per_batch() == 1  # any positive share gives at least one real sample
+    with pytest.raises(ValueError, match="needs real_batch"):
+        distill_student(_Constant(), bank, lambda x, c, t: x, lambda e, r: (e.mean(), {}), settings,
+                        torch.device("cpu"))
+
+
+def test_real_patches_are_noised_to_the_asked_timesteps_by_the_training_schedule(tiny_preprocessed):
+    """The trainer's real part of a batch: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e with x_0 the training
+    patch's mask in [-1, 1] (known answer from the scheduler's alphas)."""
+    from lesiongen.preprocessing.dataset import open_preprocessed
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+
+    trainer = DiffMaskTrainer(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions())
+    trainer.initialize()
+    trainer.load_training_data()
+    timesteps = np.array([999, 249, 249, 499])
+    noisy, clean, controls, tissue = trainer.noised_real_patches(trainer.model, np.random.default_rng(3), timesteps)
+    assert noisy.shape == clean.shape == (4, 1, *trainer.model.patch_size)
+    assert set(np.unique(clean)) == {-1.0, 1.0} and controls.shape == (4, *trainer.model.patch_size)
+    assert (controls[clean[:, 0] > 0] > 0).all()  # each mask comes with its own sphere control
+    abar = trainer.scheduler.alphas_cumprod.numpy()[timesteps].reshape(-1, 1, 1, 1, 1)
+    noise = (noisy - np.sqrt(abar) * clean) / np.sqrt(1 - abar)
+    assert abs(noise.mean()) < 0.05 and noise.std() == pytest.approx(1.0, abs=0.05)
+    assert (tissue is None) == (trainer.data.tissue is None)
 
 
 def test_a_configuration_with_a_student_round_trips_through_json():

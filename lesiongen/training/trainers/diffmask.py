@@ -68,6 +68,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     distill_steps = 0
     # teacher trajectories (20 evaluations each, sampled once) the student learns from
     distill_trajectories = 256
+    # share of each distillation batch that is real training patches noised to the student's timesteps (target:
+    # their real mask) instead of teacher trajectories
+    distill_real_fraction = 0.0
 
     def model_config(self) -> DiffMaskConfig:
         config = DiffMaskConfig(priors=self.priors, lesions_on_controls_only=True)
@@ -85,6 +88,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         if self.distill_steps < 0 or self.distill_trajectories < 1:
             raise LesiongenError(f"--set distill_steps={self.distill_steps} distill_trajectories="
                                  f"{self.distill_trajectories}: expected steps >= 0 and at least 1 trajectory")
+        if not 0.0 <= self.distill_real_fraction <= 1.0:
+            raise LesiongenError(f"--set distill_real_fraction={self.distill_real_fraction}: expected a share in "
+                                 "[0, 1]")
         if self.distill_steps and (self.few_step_sampling or self.few_step_training):
             raise LesiongenError("--set distill_steps: the student learns the default 20-step sampler; it cannot be "
                                  "combined with a few-step own sampler (few_step_sampling / few_step_training, or "
@@ -193,12 +199,13 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         settings = DistillationSettings(steps=self.distill_steps, batch_size=self.batch_size,
                                         learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                                         grad_clip=self.grad_clip,
-                                        seed=derive_seed(self.options.seed, "distillation batches"))
+                                        seed=derive_seed(self.options.seed, "distillation batches"),
+                                        real_fraction=self.distill_real_fraction)
         student, record = distill_student(
             model.networks["denoiser"], bank,
             lambda states, c, t: model.network_input(states, self.to_device(model.condition(c, t))),
             lambda error, region: lesion_weighted_loss(error, region, self.lesion_loss_weight), settings,
-            self.device, self.amp)
+            self.device, self.amp, real_batch=lambda rng, timesteps: self.noised_real_patches(model, rng, timesteps))
         model.config.student_schedule = student_schedule
         model.networks[model.STUDENT] = student
         self.networks[model.STUDENT] = student  # saved with the model: raw weights and (unaveraged) EMA copy
@@ -207,6 +214,19 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
                                                             "steps": teacher.num_inference_steps,
                                                             "timestep_spacing": teacher.timestep_spacing},
                                       "teacher_seconds": bank_seconds}
+
+    def noised_real_patches(self, model: DiffMaskGenerator, rng: np.random.Generator, timesteps: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Random training patches (mirrored as in training) noised to ``timesteps`` by the training schedule:
+        (noisy masks, clean masks, sphere controls, tissue maps or None), the real part of a distillation batch."""
+        index, flips = draw_batch(rng, len(self.data), len(timesteps))
+        controls = mirrored(self.controls[index], flips)
+        tissue = mirrored(self.data.tissue[index], flips) if self.data.tissue is not None else None
+        clean = model.encode_masks(mirrored(self.data.masks[index], flips))
+        noise = rng.standard_normal(clean.shape, dtype=np.float32)
+        noisy = self.scheduler.add_noise(torch.from_numpy(clean), torch.from_numpy(noise),
+                                         torch.from_numpy(np.asarray(timesteps, dtype=np.int64)))
+        return noisy.numpy(), clean, controls, tissue
 
     def calibration_patch_sets(self) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the training patches the thresholds are fitted on (up to ``calibration_patches``) and of those
