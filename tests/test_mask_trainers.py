@@ -273,6 +273,7 @@ def test_torchrun_two_processes_on_cpu(trained, tmp_path, name):
     (["501", "diffmask", "0", "--set", "lesion_loss_weight=heavy"], "lesion_loss_weight=heavy: expected a number"),
     (["501", "diffmask", "0", "--set", "sampling_steps=2.5"], "sampling_steps=2.5: expected a whole number"),
     (["501", "diffmask", "0", "--set", "calibration_patches=0"], "calibration_patches=0: expected at least 1"),
+    (["501", "diffmask", "0", "--set", "choice_draws=0"], "choice_draws=0: expected at least 1"),
 ])
 def test_bad_arguments_give_one_line(trained, capsys, argv, message):
     assert train_cli.main(argv + ["-device", "cpu", "--steps", "1"]) == 1
@@ -296,7 +297,8 @@ def test_diffmask_calibrates_on_as_many_patches_as_set(tiny_preprocessed):
         assert f"calibration: sampling 2 training patches ({sampler}, {evaluations} network evaluations each)" in log
         assert f"calibration sampling: {evaluations}/{evaluations} batched network evaluations (100%)" in log
     # the few-step sampler is chosen on as many other training patches
-    assert "few-step choice: sampling 2 training patches (dpm_solver, 20 network evaluations each)" in log
+    assert ("few-step choice: sampling 2 training patches × 4 noise draws (dpm_solver, 20 network evaluations "
+            "each)") in log
     assert summary["calibration"]["choice_patches"] == 2
 
 
@@ -632,7 +634,7 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
     masks[::2, 5:7, 5:7, 4:7] = 1  # 12 voxels in every other patch: the real statistics have a spread
     patches = LesionPatches(np.zeros((n_patches, 1, 8, 8, 8), np.float32), masks, np.ones(masks.shape, bool), None,
                             [f"case_{i}" for i in range(n_patches)])
-    trainer = SimpleNamespace(calibration_patches=16, data=patches, options=SimpleNamespace(seed=0),
+    trainer = SimpleNamespace(calibration_patches=16, choice_draws=4, data=patches, options=SimpleNamespace(seed=0),
                               calibrate=calibrate, mask_distances=mask_distances, extra={}, distill_steps=0)
     trainer.calibration_patch_sets = lambda: DiffMaskTrainer.calibration_patch_sets(trainer)
     model = SimpleNamespace(spacing=[1.0, 1.0, 1.0], network="denoiser", STUDENT="student",
@@ -682,6 +684,7 @@ def test_diffmask_chooses_the_few_step_sampler_closest_to_the_real_lesions():
     fit, check = trainer.calibration_patch_sets()
     assert choice_patches == {tuple(sorted(check))} and len(check) == len(fit) == 16
     assert not set(check) & set(fit) and not trainer.extra["calibration"]["choice_on_fit_patches"]
+    assert trainer.extra["calibration"]["choice_draws"] == 4
 
     own = few_step_sampling(ScheduleConfig(prediction_type="sample"))
     finish, trainer, model, calls = _calibration_stand_in(own, thresholds, worse)
@@ -743,6 +746,46 @@ def test_a_short_schedule_diffmask_keeps_the_only_few_step_sampler_it_can_run():
     assert calls == {"calibrate": ["ddim_leading"], "distances": []}
     assert model.config.schedule == own and model.config.few_step_variant == "ddim_leading"
     assert model.config.preset_thresholds == pytest.approx({"few_step": 0.3})
+
+
+def test_the_few_step_choice_pools_several_noise_draws_per_patch():
+    """Each of 4 patches holds one real lesion; the network makes it in the first of every 3 draws only. Pooled over
+    the draws, a third of the masks have a lesion: the lesion-count distance is 2/3 (one draw per patch would give
+    0), and each patch's own control and tissue go with each of its draws."""
+    from types import SimpleNamespace
+
+    from lesiongen.evaluation.mask_metrics import mask_statistics
+    from lesiongen.preprocessing.lesion_patches import LesionPatches
+    from lesiongen.training.trainers.diffmask import DiffMaskTrainer
+
+    n, draws = 4, 3
+    real = np.zeros((n, 10, 10, 10), np.uint8)
+    real[:, 3:6, 3:6, 3:6] = 1
+    tissue = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 10, 10, 10), np.uint8)
+    patches = LesionPatches(np.zeros((n, 1, 10, 10, 10), np.float32), real, np.ones(real.shape, bool), tissue,
+                            [f"case_{i}" for i in range(n)])
+    seen = {}
+
+    def denoise(controls, tissue, seed, schedule, progress):
+        seen["controls"], seen["tissue"] = controls, tissue
+        denoised = np.full((len(controls), 1, 10, 10, 10), -1.0, np.float32)
+        denoised[::draws, 0, 3:6, 3:6, 3:6] = 1.0
+        return denoised, 20
+
+    trainer = SimpleNamespace(data=patches, controls=real * (1 + np.arange(n)[:, None, None, None]).astype(np.uint8),
+                              choice_draws=draws, options=SimpleNamespace(seed=0))
+    trainer.denoise_patches = lambda *a, **k: DiffMaskTrainer.denoise_patches(trainer, *a, **k)
+    model = SimpleNamespace(binarise=lambda d, t: (d[:, 0] > t).astype(np.uint8), minimum_voxels=lambda: {1: 1},
+                            config=SimpleNamespace(lesions_on_controls_only=True), spacing=[1.0, 1.0, 1.0],
+                            denoise=denoise)
+    schedule = SimpleNamespace(sampler="dpm_solver", num_inference_steps=20, timestep_spacing=None)
+    index = np.arange(n)
+    distances = DiffMaskTrainer.mask_distances(trainer, model, schedule, 0.0, index,
+                                               mask_statistics(real, [1.0, 1.0, 1.0], tissue))
+    assert distances["lesions_per_patch"] == pytest.approx(2 / 3)
+    assert distances["log_volume_mm3"] == pytest.approx(0.0)  # the lesions it makes are the real ones
+    assert [int(c.max()) for c in seen["controls"]] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert [int(t.max()) for t in seen["tissue"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
 def test_diffmask_threshold_search_counts_components_off_the_spheres():

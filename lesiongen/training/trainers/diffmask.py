@@ -64,6 +64,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     few_step_training = False
     # training patches the threshold is calibrated on, per sampler (own and each preset); fewer is faster and noisier
     calibration_patches = CALIBRATION_PATCHES
+    # noise draws per training patch when the few-step sampler is chosen: a patch's lesion count is whole, so with
+    # one draw on a dozen patches a single patch decided the choice (2 mm demo, 2026-12-06)
+    choice_draws = 4
     # after training, distil the 20-step sampler into a 4-step student network for this many steps (0: no student)
     distill_steps = 0
     # teacher trajectories (20 evaluations each, sampled once) the student learns from
@@ -83,8 +86,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
 
     def apply_settings(self, values: dict) -> None:
         super().apply_settings(values)
-        if self.calibration_patches < 1:
-            raise LesiongenError(f"--set calibration_patches={self.calibration_patches}: expected at least 1")
+        for name in ("calibration_patches", "choice_draws"):
+            if getattr(self, name) < 1:
+                raise LesiongenError(f"--set {name}={getattr(self, name)}: expected at least 1")
         if self.distill_steps < 0 or self.distill_trajectories < 1:
             raise LesiongenError(f"--set distill_steps={self.distill_steps} distill_trajectories="
                                  f"{self.distill_trajectories}: expected steps >= 0 and at least 1 trajectory")
@@ -147,14 +151,15 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
             distances = {name: self.mask_distances(sampler, schedule, candidates[name]["threshold"], check, real)
                          for name, (sampler, schedule) in variants.items()}
             chosen, worst = choose_few_step_variant(distances, reference, real)
-            choice = {"few_step_variant": chosen, "choice_patches": len(check),
+            choice = {"few_step_variant": chosen, "choice_patches": len(check), "choice_draws": self.choice_draws,
                       "choice_on_fit_patches": bool(np.array_equal(np.sort(check), np.sort(fit))),
                       "default_distances": reference,
                       "few_step_variants": {name: {"threshold": candidates[name]["threshold"],
                                                    "distances": distances[name], "worst_excess": worst[name]}
                                             for name in variants}}
-            logger.info("few-step sampler: %s (on %d training patches, worst excess over the %d-evaluation "
-                        "sampler's distances to the real lesions, in real spreads: %s)", chosen, len(check),
+            logger.info("few-step sampler: %s (on %d training patches × %d noise draws, worst excess over the "
+                        "%d-evaluation sampler's distances to the real lesions, in real spreads: %s)", chosen,
+                        len(check), self.choice_draws,
                         details[DEFAULT_SAMPLING]["evaluations_per_mask"],
                         ", ".join(f"{k} {v:+.3f}" for k, v in worst.items()))
         chosen = choice["few_step_variant"]
@@ -257,17 +262,20 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     def mask_distances(self, model: DiffMaskGenerator, schedule: ScheduleConfig, threshold: float,
                        index: np.ndarray, real: MaskStatistics) -> dict[str, float]:
         """The Wasserstein distance of each mask statistic between the masks one sampler makes at ``threshold``
-        for the training patches ``index`` and ``real`` (the statistics of those patches' real lesions)."""
-        denoised, _ = self.denoise_patches(model, schedule, index, "few-step choice")
-        masks = calibrated_masks(denoised, threshold, self.data.brain[index], model.binarise, model.minimum_voxels())
-        return wasserstein_distances(real, mask_statistics(masks, model.spacing, self.data.tissue_at(index)))
+        for the training patches ``index``, ``choice_draws`` noise draws each, pooled, and ``real`` (the statistics
+        of those patches' real lesions)."""
+        denoised, _ = self.denoise_patches(model, schedule, index, "few-step choice", draws=self.choice_draws)
+        drawn = np.repeat(index, self.choice_draws)
+        masks = calibrated_masks(denoised, threshold, self.data.brain[drawn], model.binarise, model.minimum_voxels())
+        return wasserstein_distances(real, mask_statistics(masks, model.spacing, self.data.tissue_at(drawn)))
 
     def denoise_patches(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
-                        purpose: str) -> tuple[np.ndarray, int]:
-        """Denoised masks for the training patches ``index`` from their sphere controls (noise seeded by
-        ``purpose``), and the network evaluations per mask."""
-        logger.info("%s: sampling %d training patches (%s, %d network evaluations each)", purpose, len(index),
-                    schedule.sampler, sampling_evaluations(schedule))
+                        purpose: str, draws: int = 1) -> tuple[np.ndarray, int]:
+        """Denoised masks for the training patches ``index`` from their sphere controls, ``draws`` in a row per
+        patch (noise seeded by ``purpose``), and the network evaluations per mask."""
+        logger.info("%s: sampling %d training patches%s (%s, %d network evaluations each)", purpose, len(index),
+                    f" × {draws} noise draws" if draws > 1 else "", schedule.sampler, sampling_evaluations(schedule))
+        index = np.repeat(index, draws)
         return model.denoise(self.controls[index], self.data.tissue_at(index),
                              seed=derive_seed(self.options.seed, purpose), schedule=schedule,
                              progress=ProgressLog(logger, f"{purpose} sampling",
