@@ -64,9 +64,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
     few_step_training = False
     # training patches the threshold is calibrated on, per sampler (own and each preset); fewer is faster and noisier
     calibration_patches = CALIBRATION_PATCHES
-    # noise draws per training patch when the few-step sampler is chosen: a patch's lesion count is whole, so with
-    # one draw on a dozen patches a single patch decided the choice (2 mm demo, 2026-12-06)
-    choice_draws = 4
+    # noise draws per training patch when the few-step sampler is chosen, pooled: more smooth the scores (a patch's
+    # lesion count is whole) at that multiple of the choice's cost; 4 did not change the 2 mm demo's choice
+    choice_draws = 1
     # after training, distil the 20-step sampler into a 4-step student network for this many steps (0: no student)
     distill_steps = 0
     # teacher trajectories (20 evaluations each, sampled once) the student learns from
