@@ -104,11 +104,16 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         super().load_training_data()
         self.controls = self.sphere_controls(self.data.masks)
 
-    def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        index, flips = draw_batch(self.data_rng, len(self.data), self.batch_size)
-        masks = mirrored(self.data.masks[index], flips)
-        controls = mirrored(self.controls[index], flips)
+    def mirrored_patches(self, rng: np.random.Generator, count: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``count`` random training patches, mirrored as in training: (masks, sphere controls, tissue maps or
+        None)."""
+        index, flips = draw_batch(rng, len(self.data), count)
         tissue = mirrored(self.data.tissue[index], flips) if self.data.tissue is not None else None
+        return mirrored(self.data.masks[index], flips), mirrored(self.controls[index], flips), tissue
+
+    def training_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+        masks, controls, tissue = self.mirrored_patches(self.data_rng, self.batch_size)
         clean = self.to_device(self.model.encode_masks(masks))
         condition = self.to_device(self.model.condition(controls, tissue))
         # where the lesion's shape is decided: the lesion itself and the sphere around it
@@ -157,9 +162,9 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
                       "few_step_variants": {name: {"threshold": candidates[name]["threshold"],
                                                    "distances": distances[name], "worst_excess": worst[name]}
                                             for name in variants}}
-            logger.info("few-step sampler: %s (on %d training patches × %d noise draws, worst excess over the "
-                        "%d-evaluation sampler's distances to the real lesions, in real spreads: %s)", chosen,
-                        len(check), self.choice_draws,
+            logger.info("few-step sampler: %s (on %d training patches%s, worst excess over the %d-evaluation "
+                        "sampler's distances to the real lesions, in real spreads: %s)", chosen, len(check),
+                        f" × {self.choice_draws} noise draws" if self.choice_draws > 1 else "",
                         details[DEFAULT_SAMPLING]["evaluations_per_mask"],
                         ", ".join(f"{k} {v:+.3f}" for k, v in worst.items()))
         chosen = choice["few_step_variant"]
@@ -188,10 +193,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         sampler the model's ``student_schedule``."""
         teacher, student_schedule = distillation_schedules(model.config.schedule)
         rng = np.random.default_rng(derive_seed(self.options.seed, "distillation"))
-        index, flips = draw_batch(rng, len(self.data), self.distill_trajectories)
-        controls = mirrored(self.controls[index], flips)
-        tissue = mirrored(self.data.tissue[index], flips) if self.data.tissue is not None else None
-        logger.info("distillation: sampling %d teacher trajectories (%s, %d network evaluations each)", len(index),
+        _, controls, tissue = self.mirrored_patches(rng, self.distill_trajectories)
+        logger.info("distillation: sampling %d teacher trajectories (%s, %d network evaluations each)", len(controls),
                     teacher.sampler, sampling_evaluations(teacher))
         start = time.perf_counter()
         bank = build_teacher_bank(
@@ -224,10 +227,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Random training patches (mirrored as in training) noised to ``timesteps`` by the training schedule:
         (noisy masks, clean masks, sphere controls, tissue maps or None), the real part of a distillation batch."""
-        index, flips = draw_batch(rng, len(self.data), len(timesteps))
-        controls = mirrored(self.controls[index], flips)
-        tissue = mirrored(self.data.tissue[index], flips) if self.data.tissue is not None else None
-        clean = model.encode_masks(mirrored(self.data.masks[index], flips))
+        masks, controls, tissue = self.mirrored_patches(rng, len(timesteps))
+        clean = model.encode_masks(masks)
         noise = rng.standard_normal(clean.shape, dtype=np.float32)
         noisy = self.scheduler.add_noise(torch.from_numpy(clean), torch.from_numpy(noise),
                                          torch.from_numpy(np.asarray(timesteps, dtype=np.int64)))
