@@ -3,13 +3,14 @@
     python benchmarks/few_step_sampling.py [--diffmask_steps 120] [--inpaint_steps 150] [--batch 8]
         [--max_patches 32] [-n 48] [--seeds 0 1] [--models inpaint diffmask] [--short_schedule]
         [--distill_steps N [--distill_trajectories 256] [--distill_real_fraction 0]]
-        [--realistic] [-device cpu] [--work DIR] [--json FILE]
+        [--realistic] [--n_lesion_cases N] [-device cpu] [--work DIR] [--json FILE]
 
 From scratch in a new work folder (models are never reused): the demo dataset (``--realistic``: 180x210x170 voxels
-at 1 mm), planned and preprocessed with the CPU preset (``-p lesiongenPlansCPU``), diffmask and the inpainter
-trained on fold 0 with their default settings (``--models``: only these of the two; diffmask's threshold is
-calibrated after training for each sampling preset, so both samplers run the same weights with the threshold fitted
-to them; the few-step sampler itself is chosen then, see ``documentation/few_step_sampling.md``).
+at 1 mm; ``--n_lesion_cases``: with more lesion cases), planned and preprocessed with the CPU preset (``-p
+lesiongenPlansCPU``), diffmask and the inpainter trained on fold 0 with their default settings (``--models``: only
+these of the two; diffmask's threshold is calibrated after training for each sampling preset, so both samplers run
+the same weights with the threshold fitted to them; the few-step sampler itself is chosen then, see
+``documentation/few_step_sampling.md``).
 ``--short_schedule``: each model is also trained, same steps and seed, with ``--set
 few_step_training=true`` (only at the few-step sampler's timesteps, fastWDM3D-style) in a results folder of its own.
 ``--distill_steps N``: diffmask is trained with ``--set distill_steps=N`` (a 4-step student distilled from its
@@ -19,7 +20,8 @@ share of each distillation batch is real training patches noised to the student'
 Then, on fold 0's held-out lesion patches, each model is evaluated once per sampler (``--sampling default`` and
 ``--sampling few_step``; the short-schedule model with its own, few-step sampler) and evaluation seed (``--seeds``:
 other fake-mask placements, sampling noise and spheres; the table gives the mean and the spread over seeds, and the
-paired difference to the default, same seed = same masks and patches):
+paired difference to the default, same seed = same masks and patches, with its 95 % bootstrap interval over seeds
+and on how many seeds the arm is above / below the default):
 
 * ``lesiongen_evaluate_inpainting``: network evaluations and seconds per patch (counted by the model), remove mode on
   fake masks over healthy tissue (in-mask SSIM / PSNR after BraTS-style normalisation, in-mask spread ratio), remove
@@ -61,7 +63,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     short_env = dict(env, lesiongen_results=str(work / "results_short_schedule"))
     minutes: dict[str, float] = {}
     start = time.perf_counter()
-    write_and_plan_demo(env, minutes, "501", ["--realistic"] if args.realistic else [], args.num_processes)
+    demo = (["--realistic"] if args.realistic else []) + (
+        ["--n_lesion_cases", str(args.n_lesion_cases)] if args.n_lesion_cases else [])
+    write_and_plan_demo(env, minutes, "501", demo, args.num_processes)
     common = ["0", "-device", args.device, "-p", PLANS, "--batch_size", str(args.batch)]
     steps = {"diffmask": args.diffmask_steps, "inpaint": args.inpaint_steps}
     distill = ["--set", f"distill_steps={args.distill_steps}", "--set",
@@ -178,11 +182,23 @@ def comparison_rows(reports: dict) -> list[dict]:
             row[f"{arm}_over_default"] = other / default if default not in (None, 0) and other is not None else None
             # same seed = same fake masks, spheres and held-out patches in every arm: the paired difference
             # separates the arm from the seed-to-seed spread
-            differences = [o - d for d, o in zip(row["default"]["per_seed"], row[arm]["per_seed"])]
-            row[f"{arm}_minus_default"] = {"mean": float(np.mean(differences)) if differences else None,
-                                           "std": float(np.std(differences)) if differences else None,
-                                           "per_seed": differences}
+            row[f"{arm}_minus_default"] = paired_over_seeds(row[arm]["per_seed"], row["default"]["per_seed"])
     return rows
+
+
+def paired_over_seeds(arm: list[float], default: list[float]) -> dict:
+    """The arm's paired difference to the default over the evaluation seeds: mean, spread, the 95 % bootstrap
+    interval of the mean and the Wilcoxon p over seeds (the benefit command's statistics, seeds in the place of
+    test cases), and on how many seeds the arm is above / below the default."""
+    from lesiongen.evaluation.statistics import paired_difference
+
+    differences = [a - d for d, a in zip(default, arm)]
+    if not differences:
+        return {"mean": None, "std": None, "per_seed": []}
+    paired = paired_difference(np.array([arm[:len(differences)]]), np.array([default[:len(differences)]]))
+    return {"mean": paired.mean, "std": float(np.std(differences)), "per_seed": differences,
+            "ci95": [paired.ci_low, paired.ci_high], "wilcoxon_p": paired.p_value,
+            "seeds_above": paired.cases_better, "seeds_below": paired.cases_worse}
 
 
 def print_table(rows: list[dict], arms: list[str]) -> None:
@@ -192,12 +208,20 @@ def print_table(rows: list[dict], arms: list[str]) -> None:
     def cell(entry: dict) -> str:
         return fmt(entry["mean"]) + (f" ± {entry['std']:.2g}" if len(entry["per_seed"]) > 1 else "")
 
-    header = arms + [f"{arm} / default" for arm in arms[1:]] + [f"{arm} - default, paired" for arm in arms[1:]]
+    def paired_cell(entry: dict) -> str:
+        if len(entry["per_seed"]) < 2 or entry["mean"] is None:
+            return cell(entry)
+        low, high = entry["ci95"]
+        return (f"{fmt(entry['mean'])} ({fmt(low)} to {fmt(high)}; "
+                f"{entry['seeds_above']} above / {entry['seeds_below']} below)")
+
+    header = arms + [f"{arm} / default" for arm in arms[1:]] + [f"{arm} - default, paired (95 % CI; seeds)"
+                                                                for arm in arms[1:]]
     print("| metric | " + " | ".join(header) + " |")
     print("|---" * (len(header) + 1) + "|")
     for row in rows:
         cells = ([cell(row[arm]) for arm in arms] + [fmt(row[f"{arm}_over_default"]) for arm in arms[1:]]
-                 + [cell(row[f"{arm}_minus_default"]) for arm in arms[1:]])
+                 + [paired_cell(row[f"{arm}_minus_default"]) for arm in arms[1:]])
         print(f"| {row['metric']} | " + " | ".join(cells) + " |")
 
 
@@ -222,6 +246,9 @@ def main() -> None:
                         help="share of each distillation batch that is real training patches (noised to the "
                              "student's timesteps) instead of teacher trajectories")
     parser.add_argument("--realistic", action="store_true", help="the 1 mm, 180x210x170 demo dataset (slow)")
+    parser.add_argument("--n_lesion_cases", type=int, default=None,
+                        help="lesion cases of the demo dataset (default: the demo's; more give more training and "
+                             "held-out lesions, so the choice and the comparison are less at the mercy of a few)")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
