@@ -265,18 +265,19 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         """The Wasserstein distance of each mask statistic between the masks one sampler makes at ``threshold``
         for the training patches ``index``, ``choice_draws`` noise draws each, pooled, and ``real`` (the statistics
         of those patches' real lesions)."""
-        denoised, _ = self.denoise_patches(model, schedule, index, "few-step choice", draws=self.choice_draws)
         drawn = np.repeat(index, self.choice_draws)
+        denoised, _ = self.denoise_patches(model, schedule, drawn, "few-step choice")
         masks = calibrated_masks(denoised, threshold, self.data.brain[drawn], model.binarise, model.minimum_voxels())
         return wasserstein_distances(real, mask_statistics(masks, model.spacing, self.data.tissue_at(drawn)))
 
     def denoise_patches(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
-                        purpose: str, draws: int = 1) -> tuple[np.ndarray, int]:
-        """Denoised masks for the training patches ``index`` from their sphere controls, ``draws`` in a row per
-        patch (noise seeded by ``purpose``), and the network evaluations per mask."""
-        logger.info("%s: sampling %d training patches%s (%s, %d network evaluations each)", purpose, len(index),
-                    f" × {draws} noise draws" if draws > 1 else "", schedule.sampler, sampling_evaluations(schedule))
-        index = np.repeat(index, draws)
+                        purpose: str) -> tuple[np.ndarray, int]:
+        """Denoised masks for the training patches ``index`` (a patch repeated is drawn again) from their sphere
+        controls (noise seeded by ``purpose``), and the network evaluations per mask."""
+        patches = len(np.unique(index))
+        logger.info("%s: sampling %d training patches%s (%s, %d network evaluations each)", purpose, patches,
+                    f", {len(index)} masks" if len(index) > patches else "", schedule.sampler,
+                    sampling_evaluations(schedule))
         return model.denoise(self.controls[index], self.data.tissue_at(index),
                              seed=derive_seed(self.options.seed, purpose), schedule=schedule,
                              progress=ProgressLog(logger, f"{purpose} sampling",
