@@ -394,23 +394,84 @@ def test_few_step_choice_weighs_each_statistic_by_the_real_spread_and_takes_the_
     """By hand: real radii 1 and 3 mm (spread 1), log-volumes 2 and 2.5 (spread 0.25), one lesion per patch and
     no tissue map (no spread: left out). Leading is 0.1 further on log-volume (0.4 spreads), trailing 0.2 further on
     radius (0.2 spreads) and 0.05 closer on log-volume: trailing's worst excess is smaller. A variant without
-    lesions (NaN) is not chosen; all alike, the first wins."""
-    from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics
-    from lesiongen.training.trainers.diffmask import choose_few_step_variant
+    lesions (NaN) gets infinity."""
+    from lesiongen.evaluation.mask_metrics import METRICS
+    from lesiongen.training.few_step_choice import worst_excesses
 
-    real = MaskStatistics(log_volume_mm3=[2.0, 2.5], radius_mm=[1.0, 3.0], sphericity=[0.6, 0.6],
-                          tissue_class=[0, 0], lesions_per_patch=[1, 1])
+    spread = {**dict.fromkeys(METRICS, 0.0), "radius_mm": 1.0, "log_volume_mm3": 0.25}
     reference = dict.fromkeys(METRICS, 0.3)
     leading = {**reference, "log_volume_mm3": 0.4, "sphericity": 5.0}  # sphericity has no spread: not counted
     trailing = {**reference, "radius_mm": 0.5, "log_volume_mm3": 0.25}
     empty = dict.fromkeys(METRICS, float("nan"))
-    chosen, worst = choose_few_step_variant({"ddim_leading": leading, "ddim_trailing": trailing, "dpm_solver": empty},
-                                            reference, real)
-    assert chosen == "ddim_trailing"
+    worst = worst_excesses({"ddim_leading": leading, "ddim_trailing": trailing, "dpm_solver": empty}, reference,
+                           spread)
     assert worst["ddim_leading"] == pytest.approx(0.4) and worst["ddim_trailing"] == pytest.approx(0.2)
     assert worst["dpm_solver"] == float("inf")
-    chosen, worst = choose_few_step_variant({"ddim_leading": reference, "ddim_trailing": reference}, reference, real)
-    assert chosen == "ddim_leading" and worst["ddim_trailing"] == 0.0
+
+
+def _radius_statistics(radii):
+    """One lesion per patch (entry), only the radius varies: the one statistic with a real spread."""
+    from lesiongen.evaluation.mask_metrics import MaskStatistics
+
+    n = len(radii)
+    return MaskStatistics(log_volume_mm3=[3.0] * n, radius_mm=list(map(float, radii)), sphericity=[0.6] * n,
+                          tissue_class=[0] * n, lesions_per_patch=[1] * n)
+
+
+def test_few_step_choice_keeps_the_preferred_student_unless_another_sampler_is_closer_on_nearly_every_resample():
+    """Ten choice patches with real radii 0..9 mm; the default sampler and DDIM make the real masks, the student too
+    except on patch 0, where its lesion is 5 mm larger (Wasserstein 0.5 on all ten). DDIM has the smaller worst
+    excess, but only in the resamples that hold patch 0: 1 - 0.9**10 = 65 % of them, below 95 %, so the preferred
+    student stays; without a preference DDIM wins. A student larger on every patch loses in every resample."""
+    from lesiongen.training.few_step_choice import CLEARLY_BETTER, choose_few_step_variant
+
+    real = _radius_statistics(range(10))
+    student = _radius_statistics([5, *range(1, 10)])
+    generated = {"ddim_leading": real, "distilled": student}
+    choice = choose_few_step_variant(generated, real, real, preferred="distilled", resamples=2000)
+    assert choice.chosen == "distilled"
+    assert choice.worst_excess["distilled"] == pytest.approx(0.5 / float(np.std(range(10))))
+    assert choice.beats_preferred["ddim_leading"] == pytest.approx(1 - 0.9 ** 10, abs=0.03)
+    assert choose_few_step_variant(generated, real, real).chosen == "ddim_leading"
+
+    generated["distilled"] = _radius_statistics(np.arange(10) + 5)
+    choice = choose_few_step_variant(generated, real, real, preferred="distilled")
+    assert choice.chosen == "ddim_leading" and choice.beats_preferred["ddim_leading"] == 1.0 >= CLEARLY_BETTER
+
+
+def test_few_step_choice_resamples_each_patch_with_all_its_draws():
+    """Two draws per patch, in a row: the student's second draw of patch 0 is 5 mm off, so it is further exactly in
+    the resamples that hold patch 0 (65 %), as with one draw; resampling draws as if they were patches would mix
+    one patch's draws with another's lesions and give another share."""
+    from lesiongen.training.few_step_choice import choose_few_step_variant
+
+    real = _radius_statistics(range(10))
+    twice = _radius_statistics(np.repeat(np.arange(10), 2))
+    student = _radius_statistics([0, 5, *np.repeat(np.arange(1, 10), 2)])
+    choice = choose_few_step_variant({"ddim_leading": twice, "distilled": student}, twice, real, draws=2,
+                                     preferred="distilled", resamples=2000)
+    assert choice.chosen == "distilled"
+    assert choice.beats_preferred["ddim_leading"] == pytest.approx(1 - 0.9 ** 10, abs=0.03)
+
+
+def test_few_step_choice_ties_go_to_the_earlier_candidate():
+    from lesiongen.training.few_step_choice import choose_few_step_variant
+
+    real = _radius_statistics(range(6))
+    choice = choose_few_step_variant({"ddim_leading": real, "ddim_trailing": real}, real, real)
+    assert choice.chosen == "ddim_leading" and choice.worst_excess["ddim_trailing"] == 0.0
+    assert choice.beats_preferred == {}
+
+
+def test_mask_statistics_of_patches_picks_each_patch_lesions_in_order_repeats_included():
+    from lesiongen.evaluation.mask_metrics import MaskStatistics
+
+    stats = MaskStatistics(log_volume_mm3=[1.0, 2.0, 3.0], radius_mm=[1.0, 2.0, 3.0], sphericity=[0.5, 0.6, 0.7],
+                           tissue_class=[1, 2, 3], lesions_per_patch=[2, 0, 1])  # patch 0: lesions 1, 2; patch 2: 3
+    picked = stats.of_patches([2, 0, 2, 1])
+    assert picked.radius_mm == [3.0, 1.0, 2.0, 3.0] and picked.tissue_class == [3, 1, 2, 3]
+    assert picked.lesions_per_patch == [1, 2, 1, 0]
+    assert stats.of_patches([]).lesions_per_patch == [] and stats.of_patches([1]).radius_mm == []
 
 
 # ------------------------------------------------------------------------------------------------------ losses

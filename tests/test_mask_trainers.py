@@ -595,14 +595,16 @@ def test_ganmask_resume_after_a_crash_reaches_the_same_generator_and_discriminat
 def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, dict[str, float]],
                           n_patches: int = 40, student: bool = False):
     """A trainer and model for DiffMaskTrainer.finish_training without networks: ``calibrate`` answers per
-    schedule with that sampler's threshold, ``mask_distances`` with its Wasserstein distances (the default
-    sampler's plus ``worse``) after checking that it got the threshold calibrated for that sampler and the model
-    running the right network (``student``: the model has a distilled student, named ``distilled``)."""
+    schedule with that sampler's threshold, ``choice_statistics`` with the real lesions' statistics of the patches
+    asked for (``choice_draws`` times each) shifted by 0.1 (the default sampler) plus ``worse`` per statistic, so
+    that each Wasserstein distance is that shift, after checking that it got the threshold calibrated for that
+    sampler and the model running the right network (``student``: the model has a distilled student, named
+    ``distilled``)."""
     from types import SimpleNamespace
 
     from lesiongen.diffusion.presets import FEW_STEP_VARIANTS
     from lesiongen.diffusion.schedules import default_sampling, distillation_schedules, few_step_sampling
-    from lesiongen.evaluation.mask_metrics import METRICS
+    from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics, mask_statistics
     from lesiongen.preprocessing.lesion_patches import LesionPatches
     from lesiongen.training.trainers.diffmask import DiffMaskTrainer
 
@@ -621,12 +623,15 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
         calls["calibrate"].append(name_of(schedule))
         return {"threshold": thresholds[name_of(schedule)], "evaluations_per_mask": 4}
 
-    def mask_distances(model, schedule, threshold, index, real):
+    def choice_statistics(model, schedule, threshold, index):
         name = name_of(schedule)
         assert threshold == thresholds[name]
         assert model.network == ("student" if name == "distilled" else "denoiser")
         calls["distances"].append((name, tuple(sorted(index))))
-        return {metric: 0.1 + worse.get(name, {}).get(metric, 0.0) for metric in METRICS}
+        drawn = mask_statistics(masks[index], [1.0, 1.0, 1.0]).of_patches(
+            np.repeat(np.arange(len(index)), trainer.choice_draws))
+        return MaskStatistics(**{metric: (drawn.values(metric) + 0.1 + worse.get(name, {}).get(metric, 0.0)).tolist()
+                                 for metric in METRICS})
 
     masks = np.zeros((n_patches, 8, 8, 8), np.uint8)
     masks[:, 1:3, 1:3, 1:3] = 1  # 8 voxels, radius sqrt(3) * 0.5 mm
@@ -634,7 +639,7 @@ def _calibration_stand_in(own, thresholds: dict[str, float], worse: dict[str, di
     patches = LesionPatches(np.zeros((n_patches, 1, 8, 8, 8), np.float32), masks, np.ones(masks.shape, bool), None,
                             [f"case_{i}" for i in range(n_patches)])
     trainer = SimpleNamespace(calibration_patches=16, choice_draws=4, data=patches, options=SimpleNamespace(seed=0),
-                              calibrate=calibrate, mask_distances=mask_distances, extra={}, distill_steps=0)
+                              calibrate=calibrate, choice_statistics=choice_statistics, extra={}, distill_steps=0)
     trainer.calibration_patch_sets = lambda: DiffMaskTrainer.calibration_patch_sets(trainer)
     model = SimpleNamespace(spacing=[1.0, 1.0, 1.0], network="denoiser", STUDENT="student",
                             config=SimpleNamespace(schedule=own, threshold=0.0, preset_thresholds={},
@@ -694,8 +699,9 @@ def test_diffmask_chooses_the_few_step_sampler_closest_to_the_real_lesions():
 
 
 def test_a_distilled_student_competes_for_the_few_step_preset_and_keeps_its_own_threshold():
-    """With a student, the distilled sampler (run on the student network) is a fourth candidate: chosen when its
-    worst statistic is the least further, its threshold stored under ``distilled`` either way."""
+    """With a student, the distilled sampler (run on the student network) is a fourth, preferred candidate: chosen
+    when its worst statistic is the least further, replaced when the others are clearly closer, its threshold stored
+    under ``distilled`` either way."""
     from lesiongen.diffusion.schedules import ScheduleConfig
 
     thresholds = {"default": 0.2, "ddim_leading": 0.3, "ddim_trailing": 0.4, "dpm_solver": 0.5, "distilled": -0.1}
@@ -715,6 +721,10 @@ def test_a_distilled_student_competes_for_the_few_step_preset_and_keeps_its_own_
     finish()
     assert model.config.few_step_variant == "ddim_leading"
     assert model.config.preset_thresholds == pytest.approx({"default": 0.2, "few_step": 0.3, "distilled": -0.1})
+    # the student is preferred, and replaced only because the others are closer in every resample of the patches
+    record = trainer.extra["calibration"]
+    assert record["preferred"] == "distilled" and "beats_preferred" not in record["few_step_variants"]["distilled"]
+    assert record["few_step_variants"]["ddim_leading"]["beats_preferred"] == 1.0
 
 
 def test_with_few_training_patches_the_few_step_sampler_is_chosen_on_the_fitted_ones():
@@ -753,7 +763,7 @@ def test_the_few_step_choice_pools_several_noise_draws_per_patch():
     0), and each patch's own control and tissue go with each of its draws."""
     from types import SimpleNamespace
 
-    from lesiongen.evaluation.mask_metrics import mask_statistics
+    from lesiongen.evaluation.mask_metrics import mask_statistics, wasserstein_distances
     from lesiongen.preprocessing.lesion_patches import LesionPatches
     from lesiongen.training.trainers.diffmask import DiffMaskTrainer
 
@@ -779,8 +789,9 @@ def test_the_few_step_choice_pools_several_noise_draws_per_patch():
                             denoise=denoise)
     schedule = SimpleNamespace(sampler="dpm_solver", num_inference_steps=20, timestep_spacing=None)
     index = np.arange(n)
-    distances = DiffMaskTrainer.mask_distances(trainer, model, schedule, 0.0, index,
-                                               mask_statistics(real, [1.0, 1.0, 1.0], tissue))
+    drawn = DiffMaskTrainer.choice_statistics(trainer, model, schedule, 0.0, index)
+    assert drawn.lesions_per_patch == [1, 0, 0] * n  # each patch's draws in a row
+    distances = wasserstein_distances(mask_statistics(real, [1.0, 1.0, 1.0], tissue), drawn)
     assert distances["lesions_per_patch"] == pytest.approx(2 / 3)
     assert distances["log_volume_mm3"] == pytest.approx(0.0)  # the lesions it makes are the real ones
     assert [int(c.max()) for c in seen["controls"]] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]

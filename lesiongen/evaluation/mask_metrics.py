@@ -68,6 +68,18 @@ class MaskStatistics:
             raise KeyError(f"unknown metric {metric!r}; expected one of {METRICS}")
         return np.asarray(getattr(self, metric), dtype=np.float64)
 
+    def of_patches(self, patches: Sequence[int] | np.ndarray) -> MaskStatistics:
+        """The statistics of the patches ``patches`` (positions in ``lesions_per_patch``; a repeated patch counts
+        again, as a bootstrap resample needs), in that order: lesions are listed patch by patch."""
+        counts = np.asarray(self.lesions_per_patch, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        patches = np.asarray(patches, dtype=np.int64)
+        lesions = (np.concatenate([np.arange(starts[p], starts[p + 1]) for p in patches]) if patches.size
+                   else np.zeros(0, np.int64))
+        per_lesion = {name: np.asarray(getattr(self, name))[lesions].tolist()
+                      for name in ("log_volume_mm3", "radius_mm", "sphericity", "tissue_class")}
+        return MaskStatistics(**per_lesion, lesions_per_patch=[self.lesions_per_patch[p] for p in patches])
+
 
 # ------------------------------------------------------------------------------------------- statistics
 

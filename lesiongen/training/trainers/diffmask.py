@@ -28,13 +28,14 @@ from lesiongen.diffusion.presets import DISTILLED_VARIANT, FEW_STEP_VARIANTS
 from lesiongen.diffusion.schedules import (ScheduleConfig, distillation_schedules, few_step_sampling,
                                            samples_trained_timesteps, sampling_evaluations, sampling_preset,
                                            sampling_scheduler, short_schedule, training_target)
-from lesiongen.evaluation.mask_metrics import METRICS, MaskStatistics, mask_statistics, wasserstein_distances
+from lesiongen.evaluation.mask_metrics import MaskStatistics, mask_statistics
 from lesiongen.models.conditioning import drop_small_components
 from lesiongen.models.mask_generators import DiffMaskConfig, DiffMaskGenerator
 from lesiongen.planning.plans import DEFAULT_SAMPLING, DISTILLED_SAMPLING, FEW_STEP_SAMPLING, SAMPLING_PRESETS
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.distillation import DistillationSettings, build_teacher_bank, distill_student
+from lesiongen.training.few_step_choice import BOOTSTRAP_RESAMPLES, CLEARLY_BETTER, choose_few_step_variant
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.components import component_sizes, label_components
 from lesiongen.utilities.errors import LesiongenError
@@ -130,7 +131,7 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         few-step preset is the 4-step sampler of :data:`FEW_STEP_VARIANTS` whose masks, at their thresholds, come
         closest to the real ones (:func:`choose_few_step_variant`) on other training patches than the thresholds
         were fitted on (the same ones when there are too few). A distilled student (``distill_steps``) is trained
-        first and is one more few-step candidate."""
+        first and is the preferred few-step candidate: kept unless another is clearly closer."""
         if self.distill_steps > 0:
             self.distill(model)
         fit, check = self.calibration_patch_sets()
@@ -152,21 +153,32 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
         choice: dict = {"few_step_variant": next(iter(variants))}
         if len(variants) > 1 and DEFAULT_SAMPLING in details:  # a short-schedule model runs only its own sampler
             real = mask_statistics(self.data.masks[check], model.spacing, self.data.tissue_at(check))
-            reference = self.mask_distances(model, default, details[DEFAULT_SAMPLING]["threshold"], check, real)
-            distances = {name: self.mask_distances(sampler, schedule, candidates[name]["threshold"], check, real)
+            reference = self.choice_statistics(model, default, details[DEFAULT_SAMPLING]["threshold"], check)
+            generated = {name: self.choice_statistics(sampler, schedule, candidates[name]["threshold"], check)
                          for name, (sampler, schedule) in variants.items()}
-            chosen, worst = choose_few_step_variant(distances, reference, real)
-            choice = {"few_step_variant": chosen, "choice_patches": len(check), "choice_draws": self.choice_draws,
+            result = choose_few_step_variant(
+                generated, reference, real, draws=self.choice_draws,
+                preferred=DISTILLED_VARIANT if DISTILLED_VARIANT in variants else None,
+                seed=derive_seed(self.options.seed, "few-step choice bootstrap"))
+            choice = {"few_step_variant": result.chosen, "choice_patches": len(check),
+                      "choice_draws": self.choice_draws,
                       "choice_on_fit_patches": bool(np.array_equal(np.sort(check), np.sort(fit))),
-                      "default_distances": reference,
+                      "default_distances": result.reference_distances, "preferred": result.preferred,
                       "few_step_variants": {name: {"threshold": candidates[name]["threshold"],
-                                                   "distances": distances[name], "worst_excess": worst[name]}
+                                                   "distances": result.distances[name],
+                                                   "worst_excess": result.worst_excess[name],
+                                                   **({"beats_preferred": result.beats_preferred[name]}
+                                                      if name in result.beats_preferred else {})}
                                             for name in variants}}
             logger.info("few-step sampler: %s (on %d training patches%s, worst excess over the %d-evaluation "
-                        "sampler's distances to the real lesions, in real spreads: %s)", chosen, len(check),
+                        "sampler's distances to the real lesions, in real spreads: %s)%s", result.chosen, len(check),
                         f" × {self.choice_draws} noise draws" if self.choice_draws > 1 else "",
                         details[DEFAULT_SAMPLING]["evaluations_per_mask"],
-                        ", ".join(f"{k} {v:+.3f}" for k, v in worst.items()))
+                        ", ".join(f"{k} {v:+.3f}" for k, v in result.worst_excess.items()),
+                        "" if not result.beats_preferred else
+                        f"; {result.preferred} is replaced only by a sampler closer in {CLEARLY_BETTER:.0%} of "
+                        f"{BOOTSTRAP_RESAMPLES} resamples of the patches: "
+                        + ", ".join(f"{k} {v:.0%}" for k, v in result.beats_preferred.items()))
         chosen = choice["few_step_variant"]
         details[FEW_STEP_SAMPLING] = candidates[chosen]
         if own == few_step_sampling(own):  # the model's own sampler is the few-step preset: it follows the choice
@@ -260,15 +272,14 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
                 "steps": schedule.num_inference_steps, "timestep_spacing": schedule.timestep_spacing,
                 "scores": scores}
 
-    def mask_distances(self, model: DiffMaskGenerator, schedule: ScheduleConfig, threshold: float,
-                       index: np.ndarray, real: MaskStatistics) -> dict[str, float]:
-        """The Wasserstein distance of each mask statistic between the masks one sampler makes at ``threshold``
-        for the training patches ``index``, ``choice_draws`` noise draws each, pooled, and ``real`` (the statistics
-        of those patches' real lesions)."""
+    def choice_statistics(self, model: DiffMaskGenerator, schedule: ScheduleConfig, threshold: float,
+                          index: np.ndarray) -> MaskStatistics:
+        """The lesion statistics of the masks one sampler makes at ``threshold`` for the training patches ``index``,
+        ``choice_draws`` noise draws each, in a row per patch."""
         drawn = np.repeat(index, self.choice_draws)
         denoised, _ = self.denoise_patches(model, schedule, drawn, "few-step choice")
         masks = calibrated_masks(denoised, threshold, self.data.brain[drawn], model.binarise, model.minimum_voxels())
-        return wasserstein_distances(real, mask_statistics(masks, model.spacing, self.data.tissue_at(drawn)))
+        return mask_statistics(masks, model.spacing, self.data.tissue_at(drawn))
 
     def denoise_patches(self, model: DiffMaskGenerator, schedule: ScheduleConfig, index: np.ndarray,
                         purpose: str) -> tuple[np.ndarray, int]:
@@ -282,25 +293,6 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
                              seed=derive_seed(self.options.seed, purpose), schedule=schedule,
                              progress=ProgressLog(logger, f"{purpose} sampling",
                                                   unit="batched network evaluations").update)
-
-
-def choose_few_step_variant(distances: dict[str, dict[str, float]], reference: dict[str, float],
-                            real: MaskStatistics) -> tuple[str, dict[str, float]]:
-    """The few-step variant whose worst excess over ``reference`` (the default sampler's Wasserstein distances to
-    the real lesions) is smallest, and every variant's worst excess.
-
-    The excess of a statistic is its distance minus the reference's, in units of the real statistic's standard
-    deviation, so the five statistics weigh alike; statistics without spread among the real lesions (a single
-    lesion, no tissue map) are left out. A variant whose masks had no lesion (NaN distances) is never chosen
-    unless all are alike; ties go to the earlier variant (the preset of models trained before the choice).
-    """
-    spread = {metric: float(np.std(real.values(metric))) for metric in METRICS}
-    used = [metric for metric in METRICS if spread[metric] > 0]
-    worst = {}
-    for name, values in distances.items():
-        excess = [(values[m] - (reference[m] if np.isfinite(reference[m]) else 0.0)) / spread[m] for m in used]
-        worst[name] = float("inf") if not np.all(np.isfinite(excess)) else max(excess, default=0.0)
-    return min(worst, key=worst.get), worst
 
 
 def lesion_weighted_loss(error: torch.Tensor, region: torch.Tensor, lesion_weight: float
