@@ -35,7 +35,7 @@ from lesiongen.planning.plans import DEFAULT_SAMPLING, DISTILLED_SAMPLING, FEW_S
 from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.diffusion import DiffusionTraining
 from lesiongen.training.distillation import DistillationSettings, build_teacher_bank, distill_student
-from lesiongen.training.few_step_choice import BOOTSTRAP_RESAMPLES, CLEARLY_BETTER, choose_few_step_variant
+from lesiongen.training.few_step_choice import choose_few_step_variant
 from lesiongen.training.trainers.masks import MaskTrainer
 from lesiongen.utilities.components import component_sizes, label_components
 from lesiongen.utilities.errors import LesiongenError
@@ -170,15 +170,8 @@ class DiffMaskTrainer(DiffusionTraining, MaskTrainer):
                                                    **({"beats_preferred": result.beats_preferred[name]}
                                                       if name in result.beats_preferred else {})}
                                             for name in variants}}
-            logger.info("few-step sampler: %s (on %d training patches%s, worst excess over the %d-evaluation "
-                        "sampler's distances to the real lesions, in real spreads: %s)%s", result.chosen, len(check),
-                        f" × {self.choice_draws} noise draws" if self.choice_draws > 1 else "",
-                        details[DEFAULT_SAMPLING]["evaluations_per_mask"],
-                        ", ".join(f"{k} {v:+.3f}" for k, v in result.worst_excess.items()),
-                        "" if not result.beats_preferred else
-                        f"; {result.preferred} is replaced only by a sampler closer in {CLEARLY_BETTER:.0%} of "
-                        f"{BOOTSTRAP_RESAMPLES} resamples of the patches: "
-                        + ", ".join(f"{k} {v:.0%}" for k, v in result.beats_preferred.items()))
+            logger.info("few-step sampler: %s (on %d training patches%s; %s)", result.chosen, len(check),
+                        f" × {self.choice_draws} noise draws" if self.choice_draws > 1 else "", result.describe())
         chosen = choice["few_step_variant"]
         details[FEW_STEP_SAMPLING] = candidates[chosen]
         if own == few_step_sampling(own):  # the model's own sampler is the few-step preset: it follows the choice
