@@ -116,7 +116,7 @@ def diffmask_calibration(env: dict) -> dict:
     calibration = extra["calibration"]
     return {**{key: calibration.get(key) for key in ("threshold", "few_step_variant", "few_step_variants",
                                                      "choice_patches", "choice_on_fit_patches", "default_distances",
-                                                     "presets")},
+                                                     "preferred", "presets")},
             "distillation": extra.get("distillation")}
 
 
@@ -262,6 +262,11 @@ def main() -> None:
         worst = {name: round(v["worst_excess"], 3) for name, v in reports["calibration"]["few_step_variants"].items()}
         print(f"diffmask's few-step sampler, chosen after training: {reports['calibration']['few_step_variant']} "
               f"(worst excess over the default's distances, in real spreads: {worst})")
+        beats = {name: v["beats_preferred"] for name, v in reports["calibration"]["few_step_variants"].items()
+                 if "beats_preferred" in v}
+        if beats:
+            print(f"  {reports['calibration']['preferred']} was preferred; share of resamples of the choice patches "
+                  f"in which each other sampler was closer: {beats}")
     print(f"wall time {reports['minutes']['wall']:.1f} min")
     models = {f"{name} ({arm})": model for section in ("masks", "inpainting") for arm in reports[section]
               for report in reports[section][arm][:1] for name, model in report["provenance"]["models"].items()}
