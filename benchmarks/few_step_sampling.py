@@ -192,11 +192,13 @@ def paired_over_seeds(arm: list[float], default: list[float]) -> dict:
     test cases), and on how many seeds the arm is above / below the default."""
     from lesiongen.evaluation.statistics import paired_difference
 
-    differences = [a - d for d, a in zip(default, arm)]
-    if not differences:
+    seeds = min(len(arm), len(default))
+    if not seeds:
         return {"mean": None, "std": None, "per_seed": []}
-    paired = paired_difference(np.array([arm[:len(differences)]]), np.array([default[:len(differences)]]))
-    return {"mean": paired.mean, "std": float(np.std(differences)), "per_seed": differences,
+    arm_values, default_values = np.array([arm[:seeds]], float), np.array([default[:seeds]], float)
+    paired = paired_difference(arm_values, default_values)
+    differences = (arm_values - default_values)[0]
+    return {"mean": paired.mean, "std": float(np.std(differences)), "per_seed": differences.tolist(),
             "ci95": [paired.ci_low, paired.ci_high], "wilcoxon_p": paired.p_value,
             "seeds_above": paired.cases_better, "seeds_below": paired.cases_worse}
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,8 @@ class MaskStatistics:
         patches = np.asarray(patches, dtype=np.int64)
         lesions = (np.concatenate([np.arange(starts[p], starts[p + 1]) for p in patches]) if patches.size
                    else np.zeros(0, np.int64))
-        per_lesion = {name: np.asarray(getattr(self, name))[lesions].tolist()
-                      for name in ("log_volume_mm3", "radius_mm", "sphericity", "tissue_class")}
+        per_lesion = {item.name: np.asarray(getattr(self, item.name))[lesions].tolist()
+                      for item in fields(self) if item.name != "lesions_per_patch"}
         return MaskStatistics(**per_lesion, lesions_per_patch=[self.lesions_per_patch[p] for p in patches])
 
 
