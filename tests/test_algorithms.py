@@ -368,6 +368,42 @@ def test_calibration_picks_the_threshold_that_matches_count_and_volume():
     assert best == pytest.approx(0.5)
 
 
+def _two_cube_patches(levels: tuple[float, float]) -> np.ndarray:
+    """Two "denoised" patches (2, 1, 12, 12, 12), background -1, each with two 27-voxel cubes apart: the first at
+    ``levels[0]``, the second at ``levels[1]``."""
+    denoised = np.full((2, 1, 12, 12, 12), -1.0, np.float32)
+    denoised[:, 0, 1:4, 1:4, 1:4] = levels[0]
+    denoised[:, 0, 7:10, 7:10, 7:10] = levels[1]
+    return denoised
+
+
+def _above(d: np.ndarray, threshold: float) -> np.ndarray:
+    return (d[:, 0] > threshold).astype(np.uint8)
+
+
+def test_calibration_pays_for_too_many_lesions_of_the_right_size():
+    """Below 0.35 each patch has the real lesion's size twice over: the sizes alone are perfect there, and only the
+    count's log ratio makes the lowest threshold that drops the extra cube (0.4) win."""
+    real = np.zeros((2, 12, 12, 12), np.uint8)
+    real[:, 1:4, 1:4, 1:4] = 1
+    best, scores = calibrate_threshold(_two_cube_patches((0.9, 0.35)), real, np.ones_like(real, bool), _above,
+                                       {1: 1})
+    assert best == pytest.approx(0.4)
+    assert scores[0.3] == pytest.approx(np.log(2.001 / 1.001)) and scores[0.4] == pytest.approx(0.0)
+
+
+def test_calibration_judges_only_what_lies_in_the_brain():
+    """A bright cube outside the brain would make 0.4 the threshold that leaves one real-sized lesion; cut to the
+    brain, as sampling cuts its masks, every threshold below the in-brain cube's 0.4 does, and the lowest wins."""
+    real = np.zeros((2, 12, 12, 12), np.uint8)
+    real[:, 1:4, 1:4, 1:4] = 1
+    brain = np.ones_like(real, bool)
+    brain[:, 6:, 6:, 6:] = False  # the second cube lies outside
+    best, scores = calibrate_threshold(_two_cube_patches((0.4, 0.9)), real, brain, _above, {1: 1})
+    assert best == pytest.approx(-0.8) and scores[0.3] == pytest.approx(0.0)
+    assert scores[0.5] == pytest.approx(np.log(27) + abs(np.log(0.001 / 1.001)))  # nothing left: 1 voxel, 0 lesions
+
+
 def test_size_distance_by_hand_and_a_threshold_it_picks_that_count_and_mean_volume_would_not():
     real = np.zeros((1, 12, 12, 12), np.uint8)
     real[0, 1, 1, 1] = 1  # a 1-voxel lesion and a 27-voxel one

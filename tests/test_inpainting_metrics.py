@@ -236,6 +236,21 @@ def test_lesion_contrast_zero_spread_shell_and_empty_lesion():
         lesion_contrast(image, np.zeros(SHAPE, dtype=bool), np.ones(SHAPE, dtype=bool))
 
 
+def test_lesion_contrast_shell_is_the_brain_voxels_beside_the_lesion():
+    """A one-voxel lesion (10) with a 1-voxel shell: its six face neighbours, of which the one outside the brain
+    (-100) does not count; the other five, 1..5, have mean 3 and standard deviation √2."""
+    image = np.zeros((1, 5, 5, 5))
+    lesion = np.zeros((5, 5, 5), dtype=bool)
+    lesion[2, 2, 2] = True
+    image[0, 2, 2, 2] = 10.0
+    for value, (z, y, x) in enumerate([(1, 2, 2), (3, 2, 2), (2, 1, 2), (2, 3, 2), (2, 2, 1)], start=1):
+        image[0, z, y, x] = value
+    image[0, 2, 2, 3] = -100.0
+    brain = np.ones((5, 5, 5), dtype=bool)
+    brain[:, :, 3:] = False
+    assert lesion_contrast(image, lesion, brain, shell_voxels=1) == pytest.approx([7 / math.sqrt(2)])
+
+
 def test_contrast_agreement_of_a_shifted_distribution():
     from lesiongen.evaluation.evaluate_inpainting import contrast_agreement
 

@@ -82,6 +82,16 @@ def test_single_voxel_sphericity_is_that_of_a_cube():
     assert stats.sphericity == pytest.approx([math.pi ** (1 / 3) * 6 ** (2 / 3) / 6])
 
 
+def test_sphericity_takes_each_face_area_from_the_other_two_spacings():
+    """Two voxels along z at spacing (1, 2, 3) mm: 12 mm³; faces 2 × 6 (across z) + 4 × 3 (across y) + 4 × 2 (across
+    x) = 32 mm²."""
+    mask = np.zeros((1, 4, 3, 3), dtype=np.int16)
+    mask[0, 1:3, 1, 1] = 1
+    stats = mask_statistics(mask, (1.0, 2.0, 3.0))
+    assert stats.sphericity == pytest.approx([math.pi ** (1 / 3) * 72 ** (2 / 3) / 32])
+    assert stats.log_volume_mm3 == pytest.approx([math.log(12)])
+
+
 def test_radius_of_single_voxel_and_three_voxel_line():
     mask = np.zeros((2, 5, 5, 5), dtype=np.int16)
     mask[0, 2, 2, 2] = 1

@@ -47,3 +47,10 @@ def test_wilcoxon_edge_cases():
     assert wilcoxon_p(np.array([-2.0, -1.0, 1.0, 2.0])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same"):
         paired_difference(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_wilcoxon_drops_zero_differences_before_ranking():
+    """Zeros are dropped, then the 7 others ranked 1..7: the one negative has rank 7, and of the 2**7 sign patterns
+    19 have a negative rank sum <= 7, so the exact two-sided p is 2 * 19 / 128 (ranking the zeros first, Pratt's
+    way, gives 0.156)."""
+    assert wilcoxon_p(np.array([0.0, 0.0, 0.0, 1, 2, 3, 4, 5, 6, -7])) == pytest.approx(2 * 19 / 128)
