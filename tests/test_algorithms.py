@@ -36,6 +36,7 @@ from lesiongen.training.losses import (
     sigmoid_dice_loss,
     softmax_dice_loss,
 )
+from lesiongen.training.data import mirrored
 from lesiongen.training.trainers.diffmask import (calibrate_threshold, count_and_volume,
                                                   lesion_weighted_loss, size_distance, stack_component_sizes)
 from lesiongen.training.trainers.inpaint import inpainting_loss
@@ -343,6 +344,17 @@ def test_gan_losses_by_hand():
     adversarial = (math.log(4 / 3) + math.log(2)) / 2
     assert parts == pytest.approx({"adversarial": adversarial, "bce": bce, "dice": dice})
     assert float(loss) == pytest.approx(2.0 * adversarial + 10.0 * (bce + dice))
+
+
+def test_mirroring_flips_only_the_spatial_axes_whatever_comes_before_them():
+    """A (b, c, z, y, x) batch: each sample flipped along the spatial axes of its row (z and x, then y), its channels
+    kept in place, as a (b, z, y, x) batch of one of its channels is flipped by the same rows."""
+    batch = np.arange(2 * 2 * 3 * 4 * 5).reshape(2, 2, 3, 4, 5)
+    flips = np.array([[True, False, True], [False, True, False]])
+    out = mirrored(batch, flips)
+    assert np.array_equal(out[0], batch[0][:, ::-1, :, ::-1]) and np.array_equal(out[1], batch[1][:, :, ::-1])
+    assert np.array_equal(mirrored(batch[:, 1], flips), out[:, 1])
+    assert np.array_equal(batch, np.arange(batch.size).reshape(batch.shape))  # the input is not flipped in place
 
 
 # ----------------------------------------------------------------------------------------- threshold calibration

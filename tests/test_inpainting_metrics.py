@@ -155,6 +155,19 @@ def test_ssim_map_of_image_with_itself_is_all_ones():
     assert other.shape == SHAPE and other[_brain()].max() < 1.0  # the zero backgrounds agree, tissue not
 
 
+def test_ssim_map_is_scikit_images_gaussian_ssim_away_from_the_border():
+    """Wang et al.'s constants and population statistics: inside the 5-voxel border (where the padding differs)
+    the map equals scikit-image's Gaussian-window SSIM (a dependency of batchgenerators), voxel for voxel."""
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = rng.random((20, 20, 20))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    _, reference = metrics.structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                                 use_sample_covariance=False, full=True)
+    inner = (slice(5, -5),) * 3
+    assert ssim_map(a, b)[inner] == pytest.approx(reference[inner], abs=1e-12)
+
+
 def test_ssim_outside_ignores_changes_within_margin():
     original = np.stack([_scan(10), _scan(11)])
     mask = _mask()

@@ -292,3 +292,11 @@ def test_diffusion_memory_estimate_matches_the_peak_measured_on_a_gpu():
         # the batch planned now for the default 8 GB target stays within it by the same estimate
         batch = topology.diffusion_batch_size(topology.diffusion_topology(patch), patch, inputs, 8.0, cap=64)
         assert batch < stage["batch_size"]
+
+
+def test_intensity_properties_are_nnunets_statistics_of_the_samples():
+    """0..1000: mean and median 500, population std, and the 0.5 / 99.5 percentiles 5 and 995 (the CT clip range)."""
+    props = IntensityProperties.of(np.arange(1001.0))
+    assert (props.mean, props.median, props.min, props.max) == (500.0, 500.0, 0.0, 1000.0)
+    assert (props.percentile_00_5, props.percentile_99_5) == pytest.approx((5.0, 995.0))
+    assert props.std == pytest.approx(np.sqrt((1001**2 - 1) / 12))

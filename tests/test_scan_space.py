@@ -85,6 +85,20 @@ def test_without_brain_mask_crops_to_the_nonzero_region():
     assert scan.crop_bbox == mask_bbox(np.any(images != 0, axis=0))
 
 
+def test_each_normalisation_scheme_by_hand():
+    """rescale maps min..max to 0..1; CT clips to the fingerprint's range, then takes its mean and std; nonorm
+    leaves the values."""
+    images = np.array([[2.0, 4.0, 6.0, 10.0], [-500.0, 0.0, 50.0, 500.0], [3.0, -1.0, 7.0, 0.5]],
+                      dtype=np.float32).reshape(3, 1, 1, 4)
+    schemes = [ChannelNormalization(0, "rescale_to_0_1", RESCALE_0_1, False),
+               ChannelNormalization(1, "CT", CT, False, clip_lower=-100.0, clip_upper=100.0, mean=0.0, std=50.0),
+               ChannelNormalization(2, "nonorm", NO_NORM, False)]
+    out = normalize(images.copy(), schemes, np.ones((1, 1, 4), bool))
+    assert out[0].ravel() == pytest.approx([0.0, 0.25, 0.5, 1.0])
+    assert out[1].ravel() == pytest.approx([-2.0, 0.0, 1.0, 2.0])
+    assert out[2].ravel() == pytest.approx(images[2].ravel())
+
+
 @pytest.mark.parametrize("scheme, use_brain_mask", [(ZSCORE, True), (ZSCORE, False), (RESCALE_0_1, False),
                                                     (NO_NORM, False), (CT, False)])
 def test_denormalise_inverts_normalisation(scheme, use_brain_mask):
