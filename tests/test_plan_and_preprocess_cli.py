@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lesiongen.cli.plan_and_preprocess import main_plan_and_preprocess
 from lesiongen.fingerprint.fingerprint import load_fingerprint
 from lesiongen.planning.plans import load_plans
 from lesiongen.preprocessing import preprocessor
 from lesiongen.preprocessing.patches import extract_lesion_patches
-from lesiongen.preprocessing.resampling import resample_images, resample_labels
+from lesiongen.preprocessing.resampling import new_shape, resample_images, resample_labels
 from lesiongen.preprocessing.storage import load_array
 
 COMMAND = Path(sys.executable).parent / "lesiongen_plan_and_preprocess"
@@ -145,6 +146,20 @@ def test_resampling_changes_shape_and_keeps_labels():
     volume_before = (labels == 1).sum() * 4.0
     volume_after = (out == 1).sum() * 8.0
     assert abs(volume_after - volume_before) / volume_before < 0.15
+
+
+def test_resampling_copies_slices_along_an_axis_over_three_times_coarser_and_splines_the_rest():
+    """nnU-Net's rule: a scan whose coarsest axis is more than 3x the others is resampled in plane with third-order
+    splines and across its slices by nearest neighbour, so (6, 1, 1) mm to (3, 1, 1) mm gives every slice twice,
+    unchanged; a (2, 1, 1) mm scan is splined along every axis. Sizes round to the nearest voxel."""
+    images = np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32)
+    coarse = resample_images(images, [6.0, 1.0, 1.0], [3.0, 1.0, 1.0])
+    assert coarse.shape == (1, 6, 8, 8)
+    assert np.allclose(coarse[0], np.repeat(images[0], 2, axis=0), atol=1e-5)
+    fine = resample_images(images, [2.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    spline = ndimage.zoom(images[0], (2, 1, 1), order=3, mode="nearest", grid_mode=True)
+    assert np.allclose(fine[0], spline, atol=1e-5) and not np.allclose(spline, np.repeat(images[0], 2, axis=0))
+    assert new_shape((10, 10, 10), [1.0, 1.0, 1.0], [0.6, 0.6, 0.6]) == [17, 17, 17]  # 16.7 voxels
 
 
 def test_cpu_preset_plans_share_the_preprocessed_data(tiny_preprocessed):

@@ -11,6 +11,8 @@ import pytest
 from lesiongen.fingerprint.spheres import minimum_enclosing_sphere, voxel_points_mm
 from lesiongen.models.spheres import (
     SphereLesion,
+    _nearest_allowed,
+    _place,
     lesion_spheres_from_mask,
     render_ellipsoids,
     render_spheres,
@@ -307,3 +309,25 @@ def test_tiny_lesions_never_vanish_and_later_lesions_overwrite():
     # cut by the border: rendering clips to the patch instead of failing
     edge = SphereLesion(1, [0.0, 0.0, 0.0], 4.0, [4.0, 3.0, 2.0], eye)
     assert render_ellipsoids([edge], (6, 6, 6), (1.0, 1.0, 1.0))[0, 0, 0] == 1
+
+
+def test_placement_takes_a_clear_candidate_else_the_least_overlapping_one():
+    """Two allowed centres on a line, an earlier lesion of radius 3 mm at x = 0: for a 1 mm lesion x = 9 is clear
+    and x = 0 is not; beside a 20 mm lesion both overlap and x = 9 overlaps least. Either way x = 9, whatever the
+    seed (unless all 8 tries draw x = 0: 1 in 256)."""
+    allowed = np.zeros((1, 1, 10), bool)
+    allowed[0, 0, [0, 9]] = True
+    spacing = np.ones(3)
+    for earlier_radius in (3.0, 20.0):
+        picks = {int(_place(allowed, np.zeros(3, int), None, spacing, 1.0, [np.zeros(3)], [earlier_radius],
+                            np.random.default_rng(seed))[2]) for seed in range(20)}
+        assert picks == {9}
+
+
+def test_the_nearest_allowed_centre_is_nearest_in_millimetres():
+    """At spacing (3, 1, 1) mm the allowed voxel one slice away (3 mm) is further than the one two voxels along x
+    (2 mm)."""
+    allowed = np.zeros((3, 1, 3), bool)
+    allowed[1, 0, 0] = allowed[0, 0, 2] = True
+    nearest = _nearest_allowed(allowed, np.zeros(3, int), np.array([0, 0, 0]), np.array([3.0, 1.0, 1.0]))
+    assert nearest.tolist() == [0, 0, 2]
