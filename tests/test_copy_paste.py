@@ -8,9 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lesiongen.inference.copy_paste import MAX_MARGIN_VOXELS, copy_paste
+from lesiongen.inference.copy_paste import MAX_MARGIN_VOXELS, copy_paste, donor_lesions
 from lesiongen.planning.plans import Categorical
 from lesiongen.preprocessing.lesion_patches import LesionPatches
+from lesiongen.utilities.cropping import insert_patch
 
 PATCH = [12, 12, 12]
 DONOR_BACKGROUND = np.array([0.5, -1.0], np.float32)
@@ -73,3 +74,71 @@ def test_pasted_lesions_and_their_carved_margin_stay_off_tissue_real_lesions_avo
         else:
             assert (label > 0)[csf].any() and not np.array_equal(out[:, csf], scan[:, csf])
     assert pasted == 3
+
+
+def test_the_donor_side_of_the_harmonisation_shell_is_cut_to_the_donors_brain(one_lesion_prior):
+    """The donor patch's last x column lies outside its brain and holds -10: it falls in the shell of a margin of 2
+    or 3 voxels (beyond the ramp), so counted it would shift the pasted intensities; cut to the donor's brain, the
+    paste is the clean donor's."""
+    clean, edged = _donor(), _donor()
+    edged.images[0][:, :, :, -1] = -10.0
+    edged.brain[0][:, :, -1] = False
+    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
+    brain = np.ones(scan.shape[1:], bool)
+    margins = set()
+    for seed in range(6):
+        expected, _, records = copy_paste(scan, brain, None, clean, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
+                                          np.random.default_rng(seed))
+        out, _, _ = copy_paste(scan, brain, None, edged, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
+                               np.random.default_rng(seed))
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+        margins.add(records[0]["margin_voxels"])
+    assert margins & {2, 3}
+
+
+def test_the_carved_margin_takes_every_width_from_one_to_the_largest(one_lesion_prior):
+    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
+    brain = np.ones(scan.shape[1:], bool)
+    margins = {copy_paste(scan, brain, None, _donor(), one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
+                          np.random.default_rng(seed))[2][0]["margin_voxels"] for seed in range(30)}
+    assert margins == set(range(1, MAX_MARGIN_VOXELS + 1))
+
+
+def test_a_later_paste_keeps_the_labels_of_the_lesions_pasted_before(one_lesion_prior):
+    """Two lesions in a 16-voxel scan: their 12-voxel patches overlap, so the second patch's empty voxels lie over
+    the first lesion. The label map is the union of the drawn lesions, each placed alone at its centre (the same
+    draws: copy_paste takes them from donor_lesions with the same generator)."""
+    two = {"1": dataclasses.replace(one_lesion_prior["1"], lesions_per_case=Categorical({"2": 1.0}))}
+    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 16, 16, 16)).copy()
+    brain = np.ones(scan.shape[1:], bool)
+    for seed in range(3):
+        _, label, records = copy_paste(scan, brain, None, _donor(), two, PATCH, (1.0, 1.0, 1.0),
+                                       np.random.default_rng(seed))
+        union = np.zeros(brain.shape, bool)
+        for drawn in donor_lesions(brain, None, _donor(), two, PATCH, (1.0, 1.0, 1.0), np.random.default_rng(seed)):
+            union |= insert_patch(np.zeros(brain.shape, bool), drawn.lesion > 0, drawn.centre)
+        assert len(records) == 2 and np.array_equal(label > 0, union)
+
+
+def test_the_carved_margin_carries_no_voxel_from_outside_the_donors_brain(one_lesion_prior):
+    """The donor's brain ends two columns past its lesion, where its patch holds -10: the ramp of a margin of 2 or 3
+    voxels reaches there, and the recipient keeps its own voxels there instead of blending in the donor's
+    background; inside the donor's brain the paste is the clean donor's."""
+    clean, cut = _donor(), _donor()
+    cut.images[0][:, :, :, 9:] = -10.0
+    cut.brain[0][:, :, 9:] = False
+    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
+    brain = np.ones(scan.shape[1:], bool)
+    widths = set()
+    for seed in range(6):
+        expected, label, records = copy_paste(scan, brain, None, clean, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
+                                              np.random.default_rng(seed))
+        out, _, _ = copy_paste(scan, brain, None, cut, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
+                               np.random.default_rng(seed))
+        zs, ys, xs = np.nonzero(label)
+        outside = np.zeros(brain.shape, bool)
+        outside[:, :, xs.max() + 2:] = True  # the donor's x >= 9, its lesion ending at x = 7
+        np.testing.assert_allclose(out[:, outside], scan[:, outside])
+        np.testing.assert_allclose(out[:, ~outside], expected[:, ~outside], atol=1e-6)
+        widths.add(records[0]["margin_voxels"])
+    assert widths & {2, 3}

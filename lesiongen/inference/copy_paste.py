@@ -78,8 +78,10 @@ def copy_paste(images: np.ndarray, brain: np.ndarray, tissue: np.ndarray | None,
         donor, lesion, value, centre, margin = drawn.donor, drawn.lesion, drawn.label, drawn.centre, drawn.margin
         recipient = extract_patch(out, centre, patch_size, fill=0.0)
         recipient_brain = extract_patch(brain, centre, patch_size, fill=False)
-        # the recipient's tissue that lesions avoid stays as it is
-        paste_into = recipient_brain if drawn.avoided is None else recipient_brain & ~drawn.avoided
+        # the recipient's tissue that lesions avoid stays as it is, and so does its brain where the carved margin
+        # reaches past the donor's brain (a cortical lesion's margin would carry background)
+        paste_into = recipient_brain & (donors.brain[donor] | (lesion > 0))
+        paste_into = paste_into if drawn.avoided is None else paste_into & ~drawn.avoided
         shell = edit_region(lesion > 0, margin + 2) & ~edit_region(lesion > 0, margin) & recipient_brain
         donor_shell = shell & donors.brain[donor]
         if not shell.any() or not donor_shell.any():
