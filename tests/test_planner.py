@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from lesiongen.io.dataset import DatasetInfo
 from lesiongen.planning import channels, topology
 from lesiongen.planning.planner import plan_dataset, target_spacing
 from lesiongen.planning.plans import CT, ZSCORE, load_plans, save_plans
+from lesiongen.planning.priors import fit_beta, fit_lognormal
 
 from conftest import BENCHMARKS
 
@@ -300,3 +302,16 @@ def test_intensity_properties_are_nnunets_statistics_of_the_samples():
     assert (props.mean, props.median, props.min, props.max) == (500.0, 500.0, 0.0, 1000.0)
     assert (props.percentile_00_5, props.percentile_99_5) == pytest.approx((5.0, 995.0))
     assert props.std == pytest.approx(np.sqrt((1001**2 - 1) / 12))
+
+
+def test_fitted_prior_distributions_by_hand():
+    """Beta by the method of moments: 0.1, 0.3, 0.5 have mean 0.3 and variance 0.08 / 3, so alpha + beta =
+    0.21 / (0.08 / 3) - 1 = 6.875, alpha 0.3 of it. Log-normal: the mean and population s.d. of the logs, values
+    first raised to the floor (which is also the smallest value then)."""
+    beta = fit_beta([0.1, 0.3, 0.5])
+    assert (beta.alpha, beta.beta) == pytest.approx((0.3 * 6.875, 0.7 * 6.875))
+    lognormal = fit_lognormal([1.0, math.e, math.e**2], floor=0.5)
+    assert (lognormal.mu, lognormal.sigma) == pytest.approx((1.0, math.sqrt(2 / 3)))
+    assert (lognormal.minimum, lognormal.maximum) == pytest.approx((1.0, math.e**2))
+    floored = fit_lognormal([0.1, 1.0], floor=0.5)
+    assert (floored.mu, floored.minimum) == pytest.approx((math.log(0.5) / 2, 0.5))
