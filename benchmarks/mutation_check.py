@@ -459,6 +459,13 @@ MUTANTS = (
     Mutant("lognormal_sigma_of_the_values", "lesiongen/planning/priors.py",
            "float(logs.std())", "float(data.std())",
            ("tests/test_planner.py::test_fitted_prior_distributions_by_hand",)),
+    Mutant("small_lesions_judged_in_voxels", "lesiongen/evaluation/segmentation_metrics.py",
+           "small = ref_sizes * voxel_mm3 < small_lesion_mm3", "small = ref_sizes < small_lesion_mm3",
+           ("tests/test_segmentation_metrics.py::test_small_lesions_are_judged_by_their_volume_in_cubic_millimetres",)),
+    Mutant("pooled_recall_is_the_mean_of_the_cases", "lesiongen/evaluation/segmentation_metrics.py",
+           'totals["recall"] = _ratio(totals["tp_lesions"], totals["n_ref_lesions"])',
+           'totals["recall"] = mean.get("lesion_recall", math.nan)',
+           ("tests/test_segmentation_metrics.py::test_pooled_recall_weighs_every_lesion_not_every_case",)),
     # ------------------------------------------------------------------- synthetic cases faded out (issue 14)
     Mutant("synthetic_share_never_fades", "lesiongen/training/seg_data.py",
            "share = self.synthetic_share.at(number)", "share = self.synthetic_share.share",

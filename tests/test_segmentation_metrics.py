@@ -354,3 +354,27 @@ def test_nan_to_none_makes_strict_json_possible():
     converted = nan_to_none({1: {"hd95": math.nan, "x": [1.0, math.inf]}})
     assert converted == {"1": {"hd95": None, "x": [1.0, None]}}
     json.dumps(converted, allow_nan=False)
+
+
+def test_small_lesions_are_judged_by_their_volume_in_cubic_millimetres():
+    """At 2 mm a voxel is 8 mm³: a 13-voxel lesion (104 mm³) is not small under the 100 mm³ default, a 12-voxel one
+    (96 mm³) is."""
+    reference = np.zeros((12, 12, 12), dtype=np.uint8)
+    reference[0, 0, 0:12] = 1
+    reference[0, 1, 0] = 1  # 13 voxels
+    reference[6, 6, 0:12] = 1  # 12 voxels
+    m = case_metrics(reference, reference, (2.0, 2.0, 2.0), [1])[1]
+    assert (m["n_ref_lesions"], m["n_small_ref_lesions"]) == (2, 1)
+
+
+def test_pooled_recall_weighs_every_lesion_not_every_case():
+    """One case with its one lesion found, another with none of its three: pooled recall 1 / 4, while the mean of
+    the cases' recalls is 1 / 2."""
+    one = np.zeros((12, 12, 12), dtype=np.uint8)
+    one[1:3, 1:3, 1:3] = 1
+    three = np.zeros_like(one)
+    three[1, 1, 1] = three[5, 5, 5] = three[9, 9, 9] = 1
+    summary = aggregate({"found": case_metrics(one, one, ISO, [1]),
+                         "missed": case_metrics(three, np.zeros_like(three), ISO, [1])})[1]
+    assert summary["mean"]["lesion_recall"] == pytest.approx(0.5)
+    assert summary["totals"]["recall"] == pytest.approx(0.25)
