@@ -76,23 +76,29 @@ def test_pasted_lesions_and_their_carved_margin_stay_off_tissue_real_lesions_avo
     assert pasted == 3
 
 
+def _pastes_beside_a_donor_brain_edge(prior, first_outside: int):
+    """Per seed 0..5: (recipient scan, the clean donor's paste, its label map, its margin, the paste of a donor
+    whose brain ends before column ``first_outside``, holding -10 from there on)."""
+    clean, cut = _donor(), _donor()
+    cut.images[0][:, :, :, first_outside:] = -10.0
+    cut.brain[0][:, :, first_outside:] = False
+    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
+    brain = np.ones(scan.shape[1:], bool)
+    for seed in range(6):
+        expected, label, records = copy_paste(scan, brain, None, clean, prior, PATCH, (1.0, 1.0, 1.0),
+                                              np.random.default_rng(seed))
+        out, _, _ = copy_paste(scan, brain, None, cut, prior, PATCH, (1.0, 1.0, 1.0), np.random.default_rng(seed))
+        yield scan, expected, label, records[0]["margin_voxels"], out
+
+
 def test_the_donor_side_of_the_harmonisation_shell_is_cut_to_the_donors_brain(one_lesion_prior):
     """The donor patch's last x column lies outside its brain and holds -10: it falls in the shell of a margin of 2
     or 3 voxels (beyond the ramp), so counted it would shift the pasted intensities; cut to the donor's brain, the
     paste is the clean donor's."""
-    clean, edged = _donor(), _donor()
-    edged.images[0][:, :, :, -1] = -10.0
-    edged.brain[0][:, :, -1] = False
-    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
-    brain = np.ones(scan.shape[1:], bool)
     margins = set()
-    for seed in range(6):
-        expected, _, records = copy_paste(scan, brain, None, clean, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
-                                          np.random.default_rng(seed))
-        out, _, _ = copy_paste(scan, brain, None, edged, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
-                               np.random.default_rng(seed))
+    for _, expected, _, margin, out in _pastes_beside_a_donor_brain_edge(one_lesion_prior, PATCH[2] - 1):
         np.testing.assert_allclose(out, expected, atol=1e-6)
-        margins.add(records[0]["margin_voxels"])
+        margins.add(margin)
     assert margins & {2, 3}
 
 
@@ -124,21 +130,11 @@ def test_the_carved_margin_carries_no_voxel_from_outside_the_donors_brain(one_le
     """The donor's brain ends two columns past its lesion, where its patch holds -10: the ramp of a margin of 2 or 3
     voxels reaches there, and the recipient keeps its own voxels there instead of blending in the donor's
     background; inside the donor's brain the paste is the clean donor's."""
-    clean, cut = _donor(), _donor()
-    cut.images[0][:, :, :, 9:] = -10.0
-    cut.brain[0][:, :, 9:] = False
-    scan = np.broadcast_to(RECIPIENT[:, None, None, None], (2, 24, 24, 24)).copy()
-    brain = np.ones(scan.shape[1:], bool)
     widths = set()
-    for seed in range(6):
-        expected, label, records = copy_paste(scan, brain, None, clean, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
-                                              np.random.default_rng(seed))
-        out, _, _ = copy_paste(scan, brain, None, cut, one_lesion_prior, PATCH, (1.0, 1.0, 1.0),
-                               np.random.default_rng(seed))
-        zs, ys, xs = np.nonzero(label)
-        outside = np.zeros(brain.shape, bool)
-        outside[:, :, xs.max() + 2:] = True  # the donor's x >= 9, its lesion ending at x = 7
+    for scan, expected, label, margin, out in _pastes_beside_a_donor_brain_edge(one_lesion_prior, 9):
+        outside = np.zeros(label.shape, bool)
+        outside[:, :, np.nonzero(label)[2].max() + 2:] = True  # the donor's x >= 9, its lesion ending at x = 7
         np.testing.assert_allclose(out[:, outside], scan[:, outside])
         np.testing.assert_allclose(out[:, ~outside], expected[:, ~outside], atol=1e-6)
-        widths.add(records[0]["margin_voxels"])
+        widths.add(margin)
     assert widths & {2, 3}
