@@ -313,3 +313,20 @@ def test_contrast_mean_ratio_interval_by_hand():
     assert result["contrast_mean_ratio"] == pytest.approx([1.5])
     assert result["contrast_mean_ratio_ci95"] == [pytest.approx([1.0, 2.0])]
     assert result["contrast_inserted"] == [[2.0], [4.0]]
+
+
+def test_contrast_agreement_units_floor_and_interval_by_hand():
+    """The distance is in units of the *real* spread: real 1..4, inserted twice them: W = (1 + 2 + 3 + 4) / 4 = 2.5,
+    over the real s.d. √1.25 (the inserted one is twice that). Fully separated samples of 20: no relabelling of
+    2,000 comes as far, so p = 1 / 2,001, the permutation test's floor. Real contrast always 2, inserted {2, 2, 4}:
+    each side is resampled at its own size, so a bootstrap mean of the inserted is 4 with chance 1 / 27 (3.7 %) and
+    the 95 % interval of the ratio runs from 1 to 2 (a 90 % one would end at 5 / 3)."""
+    from lesiongen.evaluation.evaluate_inpainting import contrast_agreement
+
+    real = np.array([[1.0], [2.0], [3.0], [4.0]])
+    scaled = contrast_agreement(real, 2 * real)
+    assert scaled["contrast_wasserstein_over_real_std"] == pytest.approx([2.5 / np.sqrt(1.25)])
+    separated = contrast_agreement(np.zeros((20, 1)), np.full((20, 1), 10.0))
+    assert separated["contrast_wasserstein_p"] == pytest.approx([1 / 2001])
+    interval = contrast_agreement(np.full((8, 1), 2.0), np.array([[2.0], [2.0], [4.0]]))
+    assert interval["contrast_mean_ratio_ci95"] == [pytest.approx([1.0, 2.0])]
