@@ -481,6 +481,12 @@ MUTANTS = (
            "[d / s if s > 0 else None for d, s in zip(distance, real_std)]",
            "[d / s if s > 0 else None for d, s in zip(distance, inserted.std(axis=0))]",
            ("tests/test_inpainting_metrics.py::test_contrast_agreement_units_floor_and_interval_by_hand",)),
+    Mutant("rescale_denormalised_without_its_minimum", "lesiongen/inference/scan_space.py",
+           'max(params["high"] - params["low"], 1e-8) + params["low"]', 'max(params["high"] - params["low"], 1e-8)',
+           ("tests/test_scan_space.py::test_denormalise_inverts_normalisation",)),
+    Mutant("paste_back_box_without_the_margin", "lesiongen/inference/scan_space.py",
+           "box = [[max(a - margin_voxels, 0), min(b + margin_voxels, n)]", "box = [[a, b]",
+           ("tests/test_scan_space.py::test_the_margin_is_the_whole_cube_around_the_change_on_the_same_grid",)),
     # ------------------------------------------------------------------- synthetic cases faded out (issue 14)
     Mutant("synthetic_share_never_fades", "lesiongen/training/seg_data.py",
            "share = self.synthetic_share.at(number)", "share = self.synthetic_share.share",

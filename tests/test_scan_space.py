@@ -103,6 +103,7 @@ def test_each_normalisation_scheme_by_hand():
                                                     (NO_NORM, False), (CT, False)])
 def test_denormalise_inverts_normalisation(scheme, use_brain_mask):
     images, brain, _ = phantom()
+    images = images + 5.0  # a minimum above 0, so that rescaling's offset has to be undone too
     scan = to_model_space(images, (1.0, 1.0, 1.0), make_plans((1.0, 1.0, 1.0), (scheme, scheme), use_brain_mask),
                           brain)
     crop = (slice(None), *bbox_slices(scan.crop_bbox))
@@ -203,6 +204,21 @@ def test_margin_zero_stays_within_the_footprint():
     _, _, scan, blob, out0 = _blob_edit(None, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), margin=0)
     images, _, _, _, out3 = _blob_edit(None, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), margin=3)
     assert np.any(out0 != images, axis=0).sum() < np.any(out3 != images, axis=0).sum()
+
+
+def test_the_margin_is_the_whole_cube_around_the_change_on_the_same_grid():
+    """One changed voxel, the model grid the scan's own, margin 2, the edit pasted as it is (not as a change): the
+    5 x 5 x 5 cube around the voxel takes the edited values, nothing else changes."""
+    images, brain, _ = phantom()
+    scan = to_model_space(images, (1.0, 1.0, 1.0), make_plans((1.0, 1.0, 1.0), use_brain_mask=False), brain)
+    centre = tuple(int(round(c)) for c in ndimage.center_of_mass(scan.brain))
+    changed = np.zeros(scan.model_shape, bool)
+    changed[centre] = True
+    out = paste_back(images, scan.images + 1.0, changed, scan, margin_voxels=2, as_change=False)
+    moved = np.any(out != images, axis=0)
+    offset = [a for a, _ in scan.crop_bbox]
+    cube = tuple(slice(c + o - 2, c + o + 3) for c, o in zip(centre, offset))
+    assert moved.sum() == 125 and moved[cube].all()
 
 
 def test_integer_originals_stay_integer_and_clip():
