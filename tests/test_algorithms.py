@@ -358,6 +358,10 @@ def test_mirroring_flips_only_the_spatial_axes_whatever_comes_before_them():
 
 
 # ----------------------------------------------------------------------------------------- threshold calibration
+def _above(d: np.ndarray, threshold: float) -> np.ndarray:
+    return (d[:, 0] > threshold).astype(np.uint8)
+
+
 def test_calibration_picks_the_threshold_that_matches_count_and_volume():
     size = 12
     grid = np.indices((size,) * 3) - size // 2
@@ -367,16 +371,12 @@ def test_calibration_picks_the_threshold_that_matches_count_and_volume():
     real = np.zeros((4, size, size, size), np.uint8)
     real[:, 5:8, 5:8, 5:8] = 1  # one lesion of 27 voxels per patch
     brain = np.ones_like(real, bool)
-
-    def binarise(d, threshold):
-        return (d[:, 0] > threshold).astype(np.uint8)
-
-    best, scores = calibrate_threshold(denoised, real, brain, binarise, {1: 1})
+    best, scores = calibrate_threshold(denoised, real, brain, _above, {1: 1})
     assert best == pytest.approx(0.5)  # 27 voxels: thresholds 0.5 and 0.6 tie, the lower one wins
     assert scores[0.5] == pytest.approx(0.0) and scores[0.4] > 0 and scores[0.7] > 0
-    assert count_and_volume(binarise(denoised, 0.3)) == (1.0, 125.0)
+    assert count_and_volume(_above(denoised, 0.3)) == (1.0, 125.0)
     brain[:, :, :, 7:] = False  # cut to the brain before scoring: 18 voxels remain at 0.5, 27 at 0.3
-    best, _ = calibrate_threshold(denoised, real[:, :, :, :] * brain, brain, binarise, {1: 1})
+    best, _ = calibrate_threshold(denoised, real[:, :, :, :] * brain, brain, _above, {1: 1})
     assert best == pytest.approx(0.5)
 
 
@@ -387,10 +387,6 @@ def _two_cube_patches(levels: tuple[float, float]) -> np.ndarray:
     denoised[:, 0, 1:4, 1:4, 1:4] = levels[0]
     denoised[:, 0, 7:10, 7:10, 7:10] = levels[1]
     return denoised
-
-
-def _above(d: np.ndarray, threshold: float) -> np.ndarray:
-    return (d[:, 0] > threshold).astype(np.uint8)
 
 
 def test_calibration_pays_for_too_many_lesions_of_the_right_size():
