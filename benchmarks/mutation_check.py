@@ -564,6 +564,45 @@ MUTANTS = (
     Mutant("case_subset_rounds_down", "lesiongen/preprocessing/splits.py",
            "math.floor(fraction * len(cases) + 0.5)", "int(fraction * len(cases))",
            ("tests/test_mask_trainers.py::test_a_share_of_the_cases_is_seeded_rounded_half_up_and_in_order",), "own"),
+    # a second probe (2026-12-07): schedule and distillation lines no test exercised
+    Mutant("default_sampling_keeps_the_few_step_spacing", "lesiongen/diffusion/schedules.py",
+           "timestep_spacing=None, clean_final_step=False)", "clean_final_step=False)",
+           ("tests/test_schedules.py::test_the_default_sampler_of_a_few_step_model_samples_at_the_default_timesteps",)),
+    Mutant("dpm_solver_never_clips", "lesiongen/diffusion/schedules.py",
+           "thresholding=config.clip_sample, sample_max_value=1.0)", "thresholding=False, sample_max_value=1.0)",
+           ("tests/test_schedules.py::test_dpm_solver_clips_an_overshooting_clean_estimate_to_the_mask_range",)),
+    Mutant("ddim_always_ends_clean", "lesiongen/diffusion/schedules.py",
+           "set_alpha_to_one=config.clean_final_step)", "set_alpha_to_one=True)",
+           ("tests/test_schedules.py::"
+            "test_ddim_without_a_clean_final_step_ends_at_the_first_training_timesteps_noise_level",)),
+    Mutant("ddpm_samples_only_the_inference_steps", "lesiongen/diffusion/schedules.py",
+           'return config.num_train_timesteps if config.sampler == "ddpm" else config.num_inference_steps',
+           "return config.num_inference_steps",
+           ("tests/test_schedules.py::test_ddpm_evaluates_every_training_timestep_and_its_step_noise_follows_the_seed",)),
+    Mutant("ddpm_step_noise_unseeded", "lesiongen/diffusion/schedules.py",
+           '    if config.sampler == "ddpm" else {}', "    if False else {}",
+           ("tests/test_schedules.py::test_ddpm_evaluates_every_training_timestep_and_its_step_noise_follows_the_seed",)),
+    Mutant("trained_timesteps_kept_as_given", "lesiongen/diffusion/schedules.py",
+           "self.trained_timesteps = tuple(sorted({int(t) for t in self.trained_timesteps}, reverse=True))",
+           "self.trained_timesteps = tuple(int(t) for t in self.trained_timesteps)",
+           ("tests/test_schedules.py::test_trained_timesteps_are_kept_once_each_noisiest_first",)),
+    Mutant("distillation_targets_are_the_next_states", "lesiongen/training/distillation.py",
+           "targets=student_targets(trajectories, timesteps, student), timesteps=timesteps)",
+           "targets=trajectories[:, 1:], timesteps=timesteps)",
+           ("tests/test_distillation.py::test_a_teacher_path_of_one_clean_mask_asks_every_student_step_for_that_mask",)),
+    Mutant("distillation_final_mask_of_another_trajectory", "lesiongen/training/distillation.py",
+           "finals=bank.final[items], controls=bank.controls[items],",
+           "finals=bank.final[items[::-1]], controls=bank.controls[items],",
+           ("tests/test_distillation.py::"
+            "test_a_batch_keeps_each_samples_parts_from_one_trajectory_and_flags_the_last_step",)),
+    Mutant("distillation_flags_the_first_step_as_last", "lesiongen/training/distillation.py",
+           "last_step=steps == len(timesteps) - 1)", "last_step=steps == 0)",
+           ("tests/test_distillation.py::"
+            "test_a_batch_keeps_each_samples_parts_from_one_trajectory_and_flags_the_last_step",)),
+    Mutant("distillation_loss_region_without_the_final_lesion", "lesiongen/training/distillation.py",
+           "region = (batch.controls > 0) | (batch.finals > 0).any(axis=1)", "region = (batch.controls > 0)",
+           ("tests/test_distillation.py::"
+            "test_the_students_loss_weighs_the_sphere_and_the_lesion_its_trajectory_ends_on",)),
 )
 
 

@@ -14,9 +14,10 @@ from torch import nn
 
 from conftest import TINY, TINY_NAME, trained_model
 from lesiongen.cli import train as train_cli
-from lesiongen.diffusion.schedules import ScheduleConfig, distillation_schedules
+from lesiongen.diffusion.schedules import ScheduleConfig, distillation_schedules, training_scheduler
 from lesiongen.models.checkpoint import FINAL, load_checkpoint
-from lesiongen.training.distillation import DistillationSettings, TeacherBank, distill_student
+from lesiongen.training.distillation import (DistillationSettings, TeacherBank, build_teacher_bank, distill_student,
+                                             student_batch)
 from lesiongen.utilities.errors import LesiongenError
 
 
@@ -219,3 +220,62 @@ def test_the_last_steps_estimate_is_judged_as_sampled_clamped_and_the_others_as_
     prediction = torch.tensor([1.5, -2.0, 0.3, 1.7]).view(2, 1, 2, 1, 1)
     out = as_sampled(prediction, torch.tensor([True, False]))
     assert out.flatten().tolist() == pytest.approx([1.0, -1.0, 0.3, 1.7])
+
+
+def test_a_teacher_path_of_one_clean_mask_asks_every_student_step_for_that_mask():
+    """Teacher states on one deterministic DDIM path of x0 (x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, eps fixed): the
+    clean estimate whose step lands on the next state is x0 at every student step, the last one included."""
+    student = distillation_schedules(ScheduleConfig(prediction_type="sample"))[1]
+    alphas = training_scheduler(student).alphas_cumprod.double().numpy()
+    rng = np.random.default_rng(0)
+    x0 = np.where(rng.random((2, 1, 4, 4, 4)) < 0.3, 1.0, -1.0)
+    eps = rng.normal(size=x0.shape)
+    timesteps = (999, 749, 499, 249)
+    path = [np.sqrt(alphas[t]) * x0 + np.sqrt(1 - alphas[t]) * eps for t in timesteps]
+    trajectories = np.stack([*path, x0], axis=1).astype(np.float32)
+    bank = build_teacher_bank(lambda controls, tissue: trajectories, np.zeros((2, 4, 4, 4), np.uint8), None, student)
+    assert bank.timesteps == timesteps
+    np.testing.assert_array_equal(bank.states, trajectories[:, :-1])
+    np.testing.assert_allclose(bank.targets, np.repeat(x0[:, None], 4, axis=1), atol=1e-4)
+
+
+def test_a_batch_keeps_each_samples_parts_from_one_trajectory_and_flags_the_last_step():
+    """Trajectory i at student step k holds the state i + 10 k, the target 0.5 above it and the control i: every part
+    of a drawn sample must come from the same trajectory and step, its final mask be that trajectory's last target,
+    and exactly the samples of the last step be flagged."""
+    n, shape, timesteps = 5, (2, 2, 2), (999, 749, 499, 249)
+    states = (np.arange(n)[:, None] + 10.0 * np.arange(4)[None, :]).astype(np.float32)
+    states = np.broadcast_to(states[:, :, None, None, None, None], (n, 4, 1, *shape)).copy()
+    controls = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, *shape)).copy()
+    bank = TeacherBank(controls=controls, tissue=None, states=states, targets=states + 0.5, timesteps=timesteps)
+    batch = student_batch(bank, np.random.default_rng(0), 64)
+    item = batch.controls[:, 0, 0, 0].astype(np.float32)
+    step = ((batch.states[:, 0, 0, 0, 0] - item) / 10).astype(int)
+    assert set(step) == {0, 1, 2, 3} and set(item) == set(range(n))
+    np.testing.assert_array_equal(batch.timesteps, np.asarray(timesteps)[step])
+    np.testing.assert_array_equal(batch.targets[:, 0, 0, 0, 0], batch.states[:, 0, 0, 0, 0] + 0.5)
+    np.testing.assert_array_equal(batch.finals[:, 0, 0, 0, 0], item + 30.5)
+    np.testing.assert_array_equal(batch.last_step, step == 3)
+
+
+def test_the_students_loss_weighs_the_sphere_and_the_lesion_its_trajectory_ends_on():
+    """The loss region is the sphere control or the teacher's final lesion: here a lesion reaching past its sphere."""
+    n, shape = 3, (4, 4, 4)
+    controls = np.zeros((n, *shape), np.uint8)
+    controls[:, 1:3, 1:3, 1:3] = 1
+    targets = np.full((n, 4, 1, *shape), -1.0, np.float32)
+    targets[:, -1, 0, 1:3, 1:3, 0:4] = 1.0  # the final lesion, longer than the sphere along x
+    bank = TeacherBank(controls=controls, tissue=None, states=np.zeros_like(targets), targets=targets,
+                       timesteps=(999, 749, 499, 249))
+    regions: list[torch.Tensor] = []
+
+    def loss_fn(error, region):
+        regions.append(region)
+        return (error * region).mean(), {}
+
+    settings = DistillationSettings(steps=1, batch_size=4, learning_rate=0.01, weight_decay=0.0, grad_clip=1.0, seed=0)
+    distill_student(_Constant(), bank, lambda x, c, t: x, loss_fn, settings, torch.device("cpu"))
+    expected = np.zeros(shape, bool)
+    expected[1:3, 1:3, 0:4] = True
+    assert regions[0].shape == (4, 1, *shape)
+    assert all(np.array_equal(r[0].numpy() > 0, expected) for r in regions[0])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from lesiongen.diffusion.presets import FEW_STEPS
-from lesiongen.diffusion.schedules import (PREDICTION_TYPES, ScheduleConfig, add_noise, few_step_sampling, sample,
-                                           training_scheduler, training_target)
+from lesiongen.diffusion.schedules import (PREDICTION_TYPES, ScheduleConfig, add_noise, default_sampling, draw_noise,
+                                           few_step_sampling, sample, sampling_scheduler, training_scheduler,
+                                           training_target)
 
 
 def _mask() -> torch.Tensor:
@@ -59,6 +62,58 @@ def test_few_step_sampler_with_an_exact_network_ends_on_the_clean_mask(predictio
         assert torch.equal(out, x0)
     else:
         assert float((out - x0).abs().max()) < 1e-3
+
+
+def test_ddim_without_a_clean_final_step_ends_at_the_first_training_timesteps_noise_level():
+    """An exact x0 network keeps DDIM (eta 0) on one path, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, with eps fixed by
+    the starting noise: the default DDIM stops at t = 0 of that path, the clean final step on x0 itself."""
+    x0 = _mask()
+    config = ScheduleConfig(sampler="ddim", prediction_type="sample")
+    alphas = training_scheduler(config).alphas_cumprod.double()
+    first = int(sampling_scheduler(config).timesteps[0])
+    start = draw_noise(tuple(x0.shape), torch.Generator().manual_seed(0)).double()
+    eps = (start - alphas[first].sqrt() * x0) / (1 - alphas[first]).sqrt()
+    out, _ = sample(lambda x, t: x0, tuple(x0.shape), config, torch.Generator().manual_seed(0), torch.device("cpu"))
+    expected = alphas[0].sqrt() * x0 + (1 - alphas[0]).sqrt() * eps
+    assert float((out - expected).abs().max()) < 1e-5
+    assert float((out - x0).abs().max()) > 0.05
+    clean, _ = sample(lambda x, t: x0, tuple(x0.shape), dataclasses.replace(config, clean_final_step=True),
+                      torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(clean, x0)
+
+
+@pytest.mark.parametrize("clip, expected", [(True, 1.0), (False, 3.0)])
+def test_dpm_solver_clips_an_overshooting_clean_estimate_to_the_mask_range(clip, expected):
+    """An x0 network that says 3 everywhere: DPM-Solver++ ends on its estimate, clipped to [-1, 1] when asked."""
+    config = ScheduleConfig(prediction_type="sample", clip_sample=clip)
+    out, _ = sample(lambda x, t: torch.full_like(x, 3.0), (1, 1, 4, 4, 4), config,
+                    torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.allclose(out, torch.full_like(out, expected))
+
+
+def test_ddpm_evaluates_every_training_timestep_and_its_step_noise_follows_the_seed():
+    config = ScheduleConfig(sampler="ddpm", num_train_timesteps=50)
+
+    def run(seed: int) -> tuple[torch.Tensor, int]:
+        return sample(lambda x, t: 0.1 * x, (1, 1, 4, 4, 4), config, torch.Generator().manual_seed(seed),
+                      torch.device("cpu"))
+
+    (first, evaluations), (again, _), (other, _) = run(0), run(0), run(1)
+    assert evaluations == 50
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_the_default_sampler_of_a_few_step_model_samples_at_the_default_timesteps():
+    few = few_step_sampling(ScheduleConfig(prediction_type="sample"))
+    default = default_sampling(few)
+    assert (default.timestep_spacing, default.clean_final_step) == (None, False)
+    assert sampling_scheduler(default).timesteps.tolist() == sampling_scheduler(ScheduleConfig()).timesteps.tolist()
+    assert sampling_scheduler(few).timesteps.tolist() == [750, 500, 250, 0]
+
+
+def test_trained_timesteps_are_kept_once_each_noisiest_first():
+    assert ScheduleConfig(trained_timesteps=(249, 999, 499, 749, 249)).trained_timesteps == (999, 749, 499, 249)
 
 
 def test_training_targets_match_the_prediction_type():
