@@ -603,6 +603,108 @@ MUTANTS = (
            "region = (batch.controls > 0) | (batch.finals > 0).any(axis=1)", "region = (batch.controls > 0)",
            ("tests/test_distillation.py::"
             "test_the_students_loss_weighs_the_sphere_and_the_lesion_its_trajectory_ends_on",)),
+    Mutant("lesions_outside_brain_mask_dropped", "lesiongen/preprocessing/preprocessor.py",
+           "seg[~brain & (seg == 0)] = OUTSIDE_BRAIN",
+           "seg[~brain] = OUTSIDE_BRAIN",
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_lesion_voxel_outside_the_brain_mask_but_inside_its_box_stays_a_lesion",)),
+    Mutant("preprocessed_images_stored_half_precision", "lesiongen/preprocessing/preprocessor.py",
+           "save_array(folder / files[0], images)",
+           "save_array(folder / files[0], images.astype(np.float16))",
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_resampled_case_records_its_cropped_shape_before_resampling_and_keeps_float32_values",)),
+    Mutant("shape_after_crop_is_the_resampled_shape", "lesiongen/preprocessing/preprocessor.py",
+           '"shape_after_crop": list(brain.shape),',
+           '"shape_after_crop": list(images.shape[1:]),',
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_resampled_case_records_its_cropped_shape_before_resampling_and_keeps_float32_values",)),
+    Mutant("class_locations_first_voxels_only", "lesiongen/preprocessing/preprocessor.py",
+           "coords = coords[rng.choice(len(coords), LOCATIONS_PER_CLASS, replace=False)]",
+           "coords = coords[:LOCATIONS_PER_CLASS]",
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_large_lesion_class_keeps_a_seeded_sample_of_its_voxels_from_all_of_it",)),
+    Mutant("signature_ignores_lesion_patch_size", "lesiongen/preprocessing/preprocessor.py",
+           '"lesion_patch_size": plans.lesion_patch_size,',
+           '"lesion_patch_size": None,',
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_the_plans_signature_follows_what_changes_preprocessed_files_and_nothing_else",)),
+    Mutant("patch_centre_floored", "lesiongen/preprocessing/patches.py",
+           "centre = np.round(centroid).astype(int)",
+           "centre = np.floor(centroid).astype(int)",
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_lesion_patch_is_centred_on_the_nearest_voxel_and_keeps_only_whole_lesions_of_every_class",)),
+    Mutant("cut_lesions_of_other_classes_kept", "lesiongen/preprocessing/patches.py",
+           "lesion, n = ndimage.label(mask > 0, structure=CONNECTIVITY_26)",
+           "lesion, n = ndimage.label(mask == label, structure=CONNECTIVITY_26)",
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_lesion_patch_is_centred_on_the_nearest_voxel_and_keeps_only_whole_lesions_of_every_class",)),
+    Mutant("border_check_ignores_last_axis", "lesiongen/preprocessing/patches.py",
+           "or mask[:, :, 0].any() or mask[:, :, -1].any())",
+           "or mask[:, :, 0].any() or mask[:, :, 0].any())",
+           ("tests/test_plan_and_preprocess_cli.py::"
+            "test_a_lesion_patch_is_centred_on_the_nearest_voxel_and_keeps_only_whole_lesions_of_every_class",)),
+    Mutant("brain_mask_not_among_case_files", "lesiongen/io/dataset.py",
+           "[*self.images, self.label, self.tissue, self.brain_mask]",
+           "[*self.images, self.label, self.tissue]",
+           ("tests/test_plan_and_preprocess_cli.py::test_an_edited_brain_mask_makes_its_case_stale",)),
+    Mutant("loaded_brain_excludes_healthy_background", "lesiongen/preprocessing/lesion_patches.py",
+           "(raw_masks >= 0)",
+           "(raw_masks > 0)",
+           ("tests/test_lesion_patches.py::"
+            "test_a_loaded_patchs_brain_is_its_nonzero_tissue_and_its_lesions_not_padding_or_background",)),
+    Mutant("fill_median_includes_lesion_voxels", "lesiongen/preprocessing/lesion_patches.py",
+           "healthy = brain & ~region",
+           "healthy = brain",
+           ("tests/test_lesion_patches.py::"
+            "test_a_filled_lesion_takes_the_median_of_the_healthy_voxels_of_its_tissue_class_around_it",)),
+    Mutant("fill_with_the_lesions_own_median", "lesiongen/preprocessing/lesion_patches.py",
+           "out[c][target] = np.median(image[c][source]) if source.any() else 0.0",
+           "out[c][target] = np.median(image[c][target]) if source.any() else 0.0",
+           ("tests/test_lesion_patches.py::"
+            "test_a_filled_lesion_takes_the_median_of_the_healthy_voxels_of_its_tissue_class_around_it",)),
+    Mutant("relocated_shape_partly_outside_brain", "lesiongen/preprocessing/lesion_patches.py",
+           "brain[moved].all()",
+           "brain[moved].any()",
+           ("tests/test_lesion_patches.py::"
+            "test_a_relocated_shape_lies_wholly_in_the_brain_off_the_avoided_voxels_and_moves_both_ways",)),
+    Mutant("relocation_shifts_positive_only", "lesiongen/preprocessing/lesion_patches.py",
+           "shift = rng.integers(-size // 2, size // 2 + 1)",
+           "shift = rng.integers(0, size // 2 + 1)",
+           ("tests/test_lesion_patches.py::"
+            "test_a_relocated_shape_lies_wholly_in_the_brain_off_the_avoided_voxels_and_moves_both_ways",)),
+    Mutant("file_size_of_the_last_chunk_only", "lesiongen/preprocessing/storage.py",
+           "size += len(chunk)",
+           "size = len(chunk)",
+           ("tests/faults/test_fault_checksums.py::"
+            "test_a_record_of_a_file_read_in_several_chunks_holds_its_whole_size_and_hash",)),
+    Mutant("folds_not_shuffled", "lesiongen/preprocessing/splits.py",
+           "order = np.random.default_rng(seed).permutation(len(cases))",
+           "order = np.arange(len(cases))",
+           ("tests/test_mask_trainers.py::test_splits_cover_every_case_once_and_are_reused",)),
+    Mutant("splits_depend_on_input_order", "lesiongen/preprocessing/splits.py",
+           "cases = sorted(case_ids)",
+           "cases = list(case_ids)",
+           ("tests/test_mask_trainers.py::test_splits_cover_every_case_once_and_are_reused",)),
+    Mutant("direction_sign_ignored", "lesiongen/io/images.py",
+           "if not np.allclose(self.direction, other.direction, rtol=0, atol=atol):",
+           "if not np.allclose(np.abs(self.direction), np.abs(other.direction), rtol=0, atol=atol):",
+           ("tests/test_integrity.py::"
+            "test_a_flipped_axis_or_an_origin_half_a_voxel_off_is_another_grid_and_rounding_is_not",)),
+    Mutant("origin_tolerance_a_voxel_wide", "lesiongen/io/images.py",
+           "atol=max(atol, rtol * max(self.spacing) * 10)",
+           "atol=max(atol, rtol * max(self.spacing) * 10000)",
+           ("tests/test_integrity.py::"
+            "test_a_flipped_axis_or_an_origin_half_a_voxel_off_is_another_grid_and_rounding_is_not",)),
+    Mutant("legacy_plans_file_preferred", "lesiongen/planning/plans.py",
+           "legacy if identifier == PLANS_NAME and not path.is_file() and legacy.is_file() else path",
+           "legacy if identifier == PLANS_NAME and legacy.is_file() else path",
+           ("tests/test_planner.py::"
+            "test_the_default_plans_file_wins_over_the_01_name_which_is_read_only_when_alone",)),
+    Mutant("old_plans_default_to_few_step", "lesiongen/planning/plans.py",
+           "return DEFAULT_SAMPLING",
+           "return FEW_STEP_SAMPLING",
+           ("tests/test_planner.py::"
+            "test_a_diffusion_stage_planned_before_the_sampling_field_samples_with_the_default_preset",)),
 )
 
 

@@ -174,3 +174,15 @@ def test_unknown_dataset_id_is_a_clear_error(lesiongen_folders, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "no dataset folder with ID 777" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit, differs", [
+    (lambda g: ImageGeometry(g.spacing, g.origin, (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), g.shape),
+     "direction"),  # one axis flipped: the same |direction|, mirrored voxels
+    (lambda g: ImageGeometry(g.spacing, (g.origin[0] + 1.5, *g.origin[1:]), g.direction, g.shape), "origin"),
+    (lambda g: ImageGeometry(g.spacing, (g.origin[0] + 1e-5, *g.origin[1:]), g.direction, g.shape), None),
+])
+def test_a_flipped_axis_or_an_origin_half_a_voxel_off_is_another_grid_and_rounding_is_not(edit, differs):
+    grid = ImageGeometry((3.0, 3.0, 3.0), (10.0, -20.0, 5.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (8, 8, 8))
+    message = grid.matches(edit(grid))
+    assert (message is None) if differs is None else message.startswith(differs)

@@ -65,6 +65,8 @@ def test_splits_cover_every_case_once_and_are_reused(tmp_path):
     for s in splits:
         assert not set(s["train"]) & set(s["val"])
     assert make_splits(cases) == splits  # seeded
+    assert make_splits(cases[::-1]) == splits  # the cases' order does not matter, only their ids
+    assert make_splits(cases, seed=1) != splits  # shuffled by the seed, not contiguous runs of sorted ids
     (tmp_path / "splits_final.json").write_text(json.dumps([{"train": ["c1"], "val": ["c0"]}] * 2))
     assert load_or_create_splits(tmp_path, cases)[0] == {"train": ["c1"], "val": ["c0"]}  # written once, then read
     assert fold_cases(splits, "all")[0] == sorted(cases)

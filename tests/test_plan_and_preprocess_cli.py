@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,13 +14,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import TINY, TINY_NAME
+
 from lesiongen.cli.plan_and_preprocess import main_plan_and_preprocess
 from lesiongen.fingerprint.fingerprint import load_fingerprint
+from lesiongen.io.dataset import CaseFiles
+from lesiongen.io.images import read_image, write_image
 from lesiongen.planning.plans import load_plans
 from lesiongen.preprocessing import preprocessor
 from lesiongen.preprocessing.patches import extract_lesion_patches
 from lesiongen.preprocessing.resampling import new_shape, resample_images, resample_labels
 from lesiongen.preprocessing.storage import load_array
+from lesiongen.utilities.cropping import bbox_slices, brain_region, extract_patch, mask_bbox
+from lesiongen.workflow import open_dataset
 
 COMMAND = Path(sys.executable).parent / "lesiongen_plan_and_preprocess"
 
@@ -193,3 +200,98 @@ def test_plan_takes_a_lesion_margin_and_says_it_was_given(tiny_preprocessed):
     finally:
         assert main_plan(["-d", "501"]) == 0
     assert open_preprocessed(501).plans.lesion_patch_size == planned.lesion_patch_size
+
+
+def test_a_lesion_patch_is_centred_on_the_nearest_voxel_and_keeps_only_whole_lesions_of_every_class():
+    """A 65-voxel lesion (centroid 19.54 / 19.49 / 19.49) gets the patch centred at (20, 19, 19); in its 16^3 patch
+    a lesion of its class cut by the x border and one of class 2 cut by the y border are zeroed, a whole class-2 lesion
+    inside is kept."""
+    seg = np.zeros((40, 40, 40), dtype=np.int8)
+    seg[18:22, 18:22, 18:22] = 1
+    seg[22, 19, 19] = 1
+    seg[19:21, 19:21, 25:30] = 1  # crosses the patch's far x border (the patch spans x 11..26)
+    seg[19:21, 25:30, 12:14] = 2  # crosses its far y border
+    seg[13:15, 13:15, 13:15] = 2  # whole, inside
+    images = np.zeros((1, 40, 40, 40), np.float32)
+    result = extract_lesion_patches(images, seg, None, [16, 16, 16], [1, 2])
+    index = next(i for i, p in enumerate(result.patches) if p.lesion_voxels == 65)
+    record, mask = result.patches[index], result.masks[index]
+    assert record.centre == [20, 19, 19]
+    assert (record.cut_lesions_zeroed, record.lesions_in_patch) == (2, 2)
+    whole = seg.copy()
+    whole[19:21, 19:21, 25:30] = whole[19:21, 25:30, 12:14] = 0
+    expected = extract_patch(whole, np.array([20, 19, 19]), [16, 16, 16], fill=-1)
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_lesion_voxel_outside_the_brain_mask_but_inside_its_box_stays_a_lesion(tiny_preprocessed, tmp_path):
+    """Only background outside the brain becomes -1; a lesion voxel there (a tight brain mask at a cortical lesion)
+    is kept, so the preprocessed label holds every lesion voxel of the (unresampled, 3 mm) raw label."""
+    dataset = open_dataset(TINY.dataset_id)
+    plans = load_plans(tiny_preprocessed["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
+    case = dataset.split("training")[0]
+    label, geometry = read_image(case.label)
+    images = np.stack([read_image(path)[0] for path in case.images])
+    brain = brain_region(images, read_image(case.brain_mask)[0] if case.brain_mask else None)
+    outside = np.zeros_like(brain)
+    outside[bbox_slices(mask_bbox(brain))] = True
+    outside &= ~brain
+    label[tuple(np.argwhere(outside)[0])] = 1
+    write_image(tmp_path / "label.nii.gz", label, geometry)
+    edited = dataclasses.replace(case, label=tmp_path / "label.nii.gz")
+    problems, _ = preprocessor.preprocess_case(edited, "training", dataset.info, plans, tmp_path / "out",
+                                               preprocessor.plans_signature(plans))
+    assert not [p for p in problems if not p.is_warning]
+    seg = load_array(tmp_path / "out" / "training" / f"{case.case_id}_seg.b2nd")
+    assert (seg == 1).sum() == (label == 1).sum()
+
+
+def test_the_plans_signature_follows_what_changes_preprocessed_files_and_nothing_else(tiny_plans):
+    signature = preprocessor.plans_signature(tiny_plans)
+    patch = [s + 8 for s in tiny_plans.lesion_patch_size]
+    spacing = [s * 2 for s in tiny_plans.target_spacing]
+    for changed in (dataclasses.replace(tiny_plans, lesion_patch_size=patch),
+                    dataclasses.replace(tiny_plans, target_spacing=spacing)):
+        assert preprocessor.plans_signature(changed) != signature
+    assert preprocessor.plans_signature(dataclasses.replace(tiny_plans, plans_name="other")) == signature
+
+
+def test_a_large_lesion_class_keeps_a_seeded_sample_of_its_voxels_from_all_of_it():
+    """Over 10,000 voxels of a class: 10,000 distinct ones of that class, drawn from every slice (not the first
+    10,000 in storage order), the same for the same seed."""
+    seg = np.zeros((40, 20, 20), np.int8)
+    seg[:, :, :15] = 1  # 12,000 voxels
+    first = preprocessor._class_locations(seg, [1], np.random.default_rng(0))["class_1"]
+    assert first.shape == (preprocessor.LOCATIONS_PER_CLASS, 3) and len(np.unique(first, axis=0)) == len(first)
+    assert (seg[tuple(first.T)] == 1).all()
+    assert set(first[:, 0]) == set(range(40))
+    again = preprocessor._class_locations(seg, [1], np.random.default_rng(0))["class_1"]
+    np.testing.assert_array_equal(first, again)
+
+
+def test_an_edited_brain_mask_makes_its_case_stale(tmp_path):
+    """The brain mask decides the crop, the normalisation and the -1 voxels: editing it must redo the case."""
+    files = {name: tmp_path / f"{name}.nii.gz" for name in ("image", "label", "brain")}
+    for path in files.values():
+        path.write_bytes(b"0")
+    case = CaseFiles("c", [files["image"]], label=files["label"], brain_mask=files["brain"])
+    before = preprocessor._case_signature(case, "plans")
+    files["brain"].write_bytes(b"01")
+    assert preprocessor._case_signature(case, "plans") != before
+
+
+def test_a_resampled_case_records_its_cropped_shape_before_resampling_and_keeps_float32_values(tiny_preprocessed,
+                                                                                                 tmp_path):
+    """Validation maps predictions back through the crop shape: it is the shape before resampling (here 3 mm to
+    6 mm), not the stored one; the stored intensities are float32, not rounded to a coarser type."""
+    dataset = open_dataset(TINY.dataset_id)
+    plans = load_plans(tiny_preprocessed["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
+    coarse = dataclasses.replace(plans, target_spacing=[6.0, 6.0, 6.0])
+    case = dataset.split("training")[0]
+    preprocessor.preprocess_case(case, "training", dataset.info, coarse, tmp_path, preprocessor.plans_signature(coarse))
+    properties = json.loads((tmp_path / "training" / f"{case.case_id}.json").read_text())
+    cropped = [stop - start for start, stop in properties["crop_bbox"]]
+    images = load_array(tmp_path / "training" / f"{case.case_id}.b2nd")
+    assert properties["shape_after_crop"] == cropped
+    assert list(images.shape[1:]) == new_shape(cropped, [3.0, 3.0, 3.0], [6.0, 6.0, 6.0]) != cropped
+    assert images.dtype == np.float32 and not np.array_equal(images, images.astype(np.float16).astype(np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,7 +15,8 @@ from lesiongen.fingerprint.lesions import LesionComponent
 from lesiongen.io.dataset import DatasetInfo
 from lesiongen.planning import channels, topology
 from lesiongen.planning.planner import plan_dataset, target_spacing
-from lesiongen.planning.plans import CT, ZSCORE, load_plans, save_plans
+from lesiongen.planning.plans import (CT, DEFAULT_SAMPLING, FEW_STEP_SAMPLING, LEGACY_PLANS_FILE, PLANS_NAME, ZSCORE,
+                                      StagePlan, load_plans, plans_file_name, plans_path, save_plans)
 from lesiongen.planning.priors import fit_beta, fit_lognormal
 
 from conftest import BENCHMARKS
@@ -315,3 +317,26 @@ def test_fitted_prior_distributions_by_hand():
     assert (lognormal.minimum, lognormal.maximum) == pytest.approx((1.0, math.e**2))
     floored = fit_lognormal([0.1, 1.0], floor=0.5)
     assert (floored.mu, floored.minimum) == pytest.approx((math.log(0.5) / 2, 0.5))
+
+
+def test_the_default_plans_file_wins_over_the_01_name_which_is_read_only_when_alone(tmp_path):
+    legacy, current = tmp_path / LEGACY_PLANS_FILE, tmp_path / plans_file_name(PLANS_NAME)
+    legacy.write_text("{}")
+    assert plans_path(tmp_path) == legacy
+    current.write_text("{}")
+    assert plans_path(tmp_path) == current
+    assert plans_path(tmp_path, "lesiongenPlansCPU") == tmp_path / plans_file_name("lesiongenPlansCPU")
+
+
+def test_a_diffusion_stage_planned_before_the_sampling_field_samples_with_the_default_preset():
+    stage = StagePlan(patch_size=[8, 8, 8], batch_size=2, networks={}, num_epochs=1, iterations_per_epoch=1,
+                      estimated_memory_gb=0.1)
+    assert stage.planned_sampling("plans") == DEFAULT_SAMPLING
+    assert dataclasses.replace(stage, sampling=FEW_STEP_SAMPLING).planned_sampling("plans") == FEW_STEP_SAMPLING
+
+
+def test_kernels_are_3_along_axes_within_twice_the_finest_spacing_and_1_along_coarser_ones():
+    """nnU-Net's rule: a 1.5 mm axis next to 1 mm ones convolves in 3D from the first stage; a 3 mm axis starts with
+    a kernel of 1 and gets 3 once in-plane pooling has brought the others to 2 mm."""
+    assert topology.unet_topology([1.5, 1.0, 1.0], [64, 64, 64]).kernel_sizes[0] == [3, 3, 3]
+    assert topology.unet_topology([3.0, 1.0, 1.0], [64, 64, 64]).kernel_sizes[:2] == [[1, 3, 3], [3, 3, 3]]

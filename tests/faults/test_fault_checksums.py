@@ -4,6 +4,7 @@ line naming it; a full disk or read-only folder during preprocessing ends in one
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from _faults_common import (  # noqa: F401
 )
 from lesiongen.cli.plan_and_preprocess import main_preprocess
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
-from lesiongen.preprocessing.storage import CHECKSUMS, first_mismatch, load_array
+from lesiongen.preprocessing.storage import CHECKSUMS, file_record, first_mismatch, load_array
 from lesiongen.training.seg_data import SegCase
 from lesiongen.utilities.errors import LesiongenError
 
@@ -160,3 +161,9 @@ def test_read_only_folder_while_preprocessing(preprocessed_copy, capsys):
     line = one_error_line(err)
     assert line.startswith(f"{data / 'training' / case}") and line.endswith(": read-only (or no permission)")
     assert not leftovers(preprocessed_copy["preprocessed"])
+
+
+def test_a_record_of_a_file_read_in_several_chunks_holds_its_whole_size_and_hash(tmp_path):
+    data = os.urandom(5 * 2**19 + 3)  # 2.5 MiB and 3 bytes: three chunks, the last short
+    (tmp_path / "big.bin").write_bytes(data)
+    assert file_record(tmp_path / "big.bin") == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
