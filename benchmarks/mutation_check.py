@@ -705,6 +705,56 @@ MUTANTS = (
            "return FEW_STEP_SAMPLING",
            ("tests/test_planner.py::"
             "test_a_diffusion_stage_planned_before_the_sampling_field_samples_with_the_default_preset",)),
+    Mutant("kernels_grow_only_on_the_finest_axis", "lesiongen/planning/topology.py",
+           "current_spacing[a] / finest < 2 else 1",
+           "current_spacing[a] / finest <= 1 else 1",
+           ("tests/test_planner.py::"
+            "test_kernels_are_3_along_axes_within_twice_the_finest_spacing_and_1_along_coarser_ones",)),
+    Mutant("mirroring_never_drawn", "lesiongen/training/data.py",
+           "flips = rng.random((batch_size, 3)) < 0.5 if mirror",
+           "flips = rng.random((batch_size, 3)) < 0.0 if mirror",
+           ("tests/test_algorithms.py::"
+            "test_each_axis_is_mirrored_for_about_half_the_samples_and_never_when_mirroring_is_off",)),
+    Mutant("markdown_vs_none_column_shows_the_metric", "lesiongen/evaluation/compare.py",
+           'cells += [_cell(row[f"{m}_vs_none"]) for m in PAIRED_OVER_CASES]',
+           "cells += [_cell(row[m]) for m in PAIRED_OVER_CASES]",
+           ("tests/test_compare.py::"
+            "test_the_comparison_table_shows_the_paired_difference_in_its_vs_none_column",)),
+    Mutant("report_table_better_worse_swapped", "lesiongen/evaluation/benefit_report.py",
+           'f"{d[\'cases_better\']} / {d[\'cases_worse\']}"',
+           'f"{d[\'cases_worse\']} / {d[\'cases_better\']}"',
+           ("tests/test_benefit.py::"
+            "test_report_table_shows_the_paired_dice_its_p_and_the_cases_better_before_worse",)),
+    Mutant("small_components_found_across_classes", "lesiongen/models/conditioning.py",
+           "ndimage.label(labels == label, structure=CONNECTIVITY_26)",
+           "ndimage.label(labels > 0, structure=CONNECTIVITY_26)",
+           ("tests/test_algorithms.py::test_small_components_are_dropped_per_class",)),
+    Mutant("implausible_radius_in_voxels", "lesiongen/inference/synthesis.py",
+           "np.argwhere(mask > 0) * np.asarray(spacing))",
+           "np.argwhere(mask > 0))",
+           ("tests/test_algorithms.py::test_implausible_masks_are_named",)),
+    Mutant("placement_ignores_the_placement_weights", "lesiongen/inference/synthesis.py",
+           "p=weights[label])",
+           "p=None)",
+           ("tests/test_algorithms.py::test_drawn_lesions_are_placed_where_the_placement_weights_are",)),
+    Mutant("given_lesion_patch_takes_its_neighbours", "lesiongen/inference/synthesis.py",
+           "extract_patch(ids, centre, patch_size, fill=0) == index, value, 0)",
+           "extract_patch(ids, centre, patch_size, fill=0) > 0, value, 0)",
+           ("tests/test_scan_space.py::"
+            "test_each_given_lesion_gets_a_patch_of_its_own_without_its_neighbours",)),
+    Mutant("overlapping_patches_batched_together", "lesiongen/inference/synthesis.py",
+           "< n for a, b, n in zip(centre, other, patch_size))",
+           "< n // 2 for a, b, n in zip(centre, other, patch_size))",
+           ("tests/test_algorithms.py::test_patches_overlap_exactly_when_their_boxes_share_a_voxel",)),
+    Mutant("realmask_pasted_not_inpainted", "lesiongen/inference/strategies.py",
+           'Strategy("realmask", None, True,',
+           'Strategy("realmask", None, False,',
+           ("tests/test_seg.py::test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them",)),
+    Mutant("sphere_strategy_draws_diffmask_masks", "lesiongen/inference/strategies.py",
+           'Strategy("sphere", "spheremask", True,',
+           'Strategy("sphere", "diffmask", True,',
+           ("tests/test_benefit.py::"
+            "test_each_strategy_trains_the_models_it_paints_or_draws_with_and_no_other",)),
 )
 
 

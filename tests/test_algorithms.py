@@ -36,7 +36,7 @@ from lesiongen.training.losses import (
     sigmoid_dice_loss,
     softmax_dice_loss,
 )
-from lesiongen.training.data import mirrored
+from lesiongen.training.data import draw_batch, mirrored
 from lesiongen.training.trainers.diffmask import (calibrate_threshold, count_and_volume,
                                                   lesion_weighted_loss, size_distance, stack_component_sizes)
 from lesiongen.training.trainers.inpaint import inpainting_loss
@@ -357,6 +357,13 @@ def test_mirroring_flips_only_the_spatial_axes_whatever_comes_before_them():
     assert np.array_equal(batch, np.arange(batch.size).reshape(batch.shape))  # the input is not flipped in place
 
 
+
+def test_each_axis_is_mirrored_for_about_half_the_samples_and_never_when_mirroring_is_off():
+    index, flips = draw_batch(np.random.default_rng(0), n_patches=7, batch_size=4000)
+    assert set(index) == set(range(7))
+    assert np.allclose(flips.mean(axis=0), 0.5, atol=0.03)
+    assert not draw_batch(np.random.default_rng(0), 7, 100, mirror=False)[1].any()
+
 # ----------------------------------------------------------------------------------------- threshold calibration
 def _above(d: np.ndarray, threshold: float) -> np.ndarray:
     return (d[:, 0] > threshold).astype(np.uint8)
@@ -675,6 +682,12 @@ def test_small_components_are_dropped_per_class():
     labels[5:7, 0:2, 5] = 2  # 4 voxels of class 2
     out = drop_small_components(labels, {1: 2, 2: 5})
     assert int((out == 1).sum()) == 8 and not out[5, 5, 5] and not (out == 2).any()
+    # a small class-1 lesion touching a large class-2 one is still its own component: dropped, the other kept
+    touching = np.zeros((8, 8, 8), np.uint8)
+    touching[2:4, 2:4, 2:4] = 2
+    touching[4, 2, 2] = 1
+    out = drop_small_components(touching, {1: 2, 2: 5})
+    assert not (out == 1).any() and int((out == 2).sum()) == 8
 
 
 def test_placement_follows_the_tissue_probabilities(plans):
@@ -1010,6 +1023,8 @@ def test_implausible_masks_are_named(plans):
     far = np.zeros(patch, np.uint8)
     far[2, 8, 8] = far[13, 8, 8] = 1  # radius 5.5 mm
     assert implausible_mask(far, prior(max_radius=3.0), spacing) == "radius 5.5 mm above 4.5 mm"
+    # at 2 mm voxels the same two voxels lie 22 mm apart: the radius is judged in mm
+    assert implausible_mask(far, prior(max_radius=6.0), [2.0, 2.0, 2.0]) == "radius 11.0 mm above 9.0 mm"
 
 
 TWO_STEPS = InpaintSchedule(num_inference_steps=2, n_jumps=0, guidance_scale=1.0)
@@ -1071,6 +1086,27 @@ def test_inserted_lesions_and_their_margins_stay_off_tissue_real_lesions_avoid(p
     assert np.array_equal(edit.images[:, beside], images[:, beside]) == recorded
 
 
+def test_drawn_lesions_are_placed_where_the_placement_weights_are(plans):
+    """Lesions of a class that lies only on tissue class 2 (the first half of x here): every drawn centre falls
+    there, none on the other half's tissue 1."""
+    import dataclasses
+
+    from lesiongen.inference.synthesis import synthesize_model_space
+    from lesiongen.models.mask_generators import MaskGeneratorConfig, SphereMaskGenerator
+    from lesiongen.planning.plans import Categorical
+
+    prior = dataclasses.replace(plans.sphere_priors["1"], tissue_probability=Categorical({"2": 1.0}),
+                                neighbourhood=None, lesion_tissue=None)
+    generator = SphereMaskGenerator(plans, MaskGeneratorConfig(priors={"1": prior}))
+    inpainter, images, brain = _flag_inpainter_and_scan(plans)
+    tissue = np.ones(brain.shape, np.uint8)
+    tissue[:, :, : brain.shape[2] // 2] = 2
+    edit = synthesize_model_space(images, brain, tissue, plans, inpainter, generator, n_lesions=6, seed=3,
+                                  schedule=TWO_STEPS)
+    centres = [record["centre_model_voxel"] for record in edit.lesions]
+    assert len(centres) == 6 and all(tissue[tuple(c)] == 2 for c in centres)
+
+
 def test_synthesis_replaces_implausible_masks_by_the_sphere_prior(plans):
     """A generator that always fills its patch: every lesion takes the sphere prior's ellipsoid, and says so."""
     from lesiongen.inference.synthesis import SPHERE_FALLBACK, synthesize_model_space
@@ -1087,3 +1123,13 @@ def test_synthesis_replaces_implausible_masks_by_the_sphere_prior(plans):
     assert len(edit.lesions) == 2 and all(r["mask_source"] == SPHERE_FALLBACK for r in edit.lesions)
     assert all(len(r["rejected_masks"]) == 3 for r in edit.lesions)
     assert 0 < edit.label.sum() < 0.5 * edit.label.size
+
+
+def test_patches_overlap_exactly_when_their_boxes_share_a_voxel():
+    """16-voxel patches span centre - 8 .. centre + 7: centres 15 apart share a voxel, 16 apart do not."""
+    from lesiongen.inference.synthesis import patches_overlap
+
+    assert patches_overlap((0, 0, 0), (15, 0, 0), (16, 16, 16))
+    assert patches_overlap((20, 5, 5), (5, 19, 20), (16, 16, 16))
+    assert not patches_overlap((0, 0, 0), (16, 0, 0), (16, 16, 16))
+    assert not patches_overlap((20, 5, 5), (5, 19, 21), (16, 16, 16))

@@ -557,3 +557,27 @@ def test_two_runs_compare_what_each_strategy_adds_over_real_only():
     dose = {name.replace("_r2_", "_r4_"): cases for name, cases in run(none=0.10, diffmask=0.11).items()}
     (gain,) = runs.compare(dose, old, ("dice",), ratios=(4.0, 2.0), gains=True)
     assert gain.startswith("diffmask r2") and "-4.000 (-4.000 to -4.000)" in gain
+
+
+def test_report_table_shows_the_paired_dice_its_p_and_the_cases_better_before_worse():
+    metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in METRICS}
+    report = {"dataset": "D", "strategies": [
+        {"strategy": "sphere", "ratio": 2.0, **metrics, "vs_none": _paired(0.031, 0.004, 0.060, 0.02, 10, 2)}]}
+    header, _, row = markdown(report, 12, 3).splitlines()[4:7]
+    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert columns["Dice vs none (95 % CI)"] == "+3.1 (+0.4 to +6.0)"
+    assert (columns["p"], columns["cases better / worse"]) == ("0.020", "10 / 2")
+
+
+def test_each_strategy_trains_the_models_it_paints_or_draws_with_and_no_other():
+    from lesiongen.benefit import training_jobs
+
+    def first_trainers(strategy: str) -> list[str]:
+        first, _ = training_jobs(BenefitOptions(dataset="501", strategies=("none", strategy), seeds=(0,),
+                                                sweep_strategy=None))
+        return [job.trainer for job in first]
+
+    assert first_trainers("sphere") == ["spheremask", "inpaint", "seg"]
+    assert first_trainers("diffmask") == ["diffmask", "inpaint", "seg"]
+    assert first_trainers("realmask") == ["inpaint", "seg"]
+    assert first_trainers("copy_paste") == ["seg"]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from lesiongen.evaluation.compare import METRICS, answer, compare
+from lesiongen.evaluation.compare import METRICS, answer, compare, write_comparison
 
 
 def _case(dice: float, f1: float) -> dict[str, float]:
@@ -71,3 +71,12 @@ def test_too_few_validation_cases_get_no_verdict():
     rows = compare(*_results({"none": none, "sphere": better}))
     assert rows[1]["paired_vs_none"]["dice"]["ci_low"] > 0
     assert answer(rows)[0].startswith("- **sphere**: too few cases to judge (3 < 6), +5.0 Dice points")
+
+
+def test_the_comparison_table_shows_the_paired_difference_in_its_vs_none_column(tmp_path):
+    folds, _ = _results({"none": {"0": {"a": _case(0.5, 0.5)}, "1": {"b": _case(0.7, 0.5)}},
+                         "sphere": {"0": {"a": _case(0.6, 0.5)}, "1": {"b": _case(0.9, 0.5)}}})
+    paths = write_comparison(compare(folds), tmp_path)
+    header, _, _, sphere = paths["markdown"].read_text().split("\n\n")[2].splitlines()[:4]
+    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in sphere.split("|")]))
+    assert columns["Dice"] == "0.75 ± 0.15" and columns["Dice vs none"] == "0.15 ± 0.05"

@@ -375,3 +375,18 @@ def test_paste_back_as_change_leaves_an_unedited_region_exactly_original():
     edited[:, changed] += 1.0
     out = paste_back(images, edited, changed, scan)
     assert (out > images + 1e-3).any()
+
+
+def test_each_given_lesion_gets_a_patch_of_its_own_without_its_neighbours():
+    """Two lesions close enough to share a patch: each patch mask holds its own lesion only, centred on it."""
+    from lesiongen.inference.synthesis import _given_lesions
+
+    images = np.ones((2, 24, 24, 24), np.float32)
+    scan = to_model_space(images, (1.0, 1.0, 1.0), make_plans((1.0, 1.0, 1.0)), np.ones((24, 24, 24), bool))
+    label = np.zeros((24, 24, 24), np.uint8)
+    label[10:13, 10:13, 8:11] = 1
+    label[10:13, 10:13, 13:16] = 1  # two voxels of background between them along x
+    lesions = _given_lesions(label, scan, [16, 16, 16])
+    assert [(value, centre.tolist()) for value, centre, _ in lesions] == [(1, [11, 11, 9]), (1, [11, 11, 14])]
+    for _, centre, mask in lesions:
+        assert int(mask.sum()) == 27 and mask[8 - 1:8 + 2, 8 - 1:8 + 2, 8 - 1:8 + 2].all()

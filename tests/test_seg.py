@@ -213,7 +213,7 @@ def test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them(tiny_pr
     is the inpainter's (here one that writes +5 into the mask and nothing else)."""
     from lesiongen.inference.synthesis import run_jobs
     from lesiongen.preprocessing.splits import fold_cases, load_or_create_splits
-    from lesiongen.training.synthetic import _copy_paste_maker, _healthy, _real_mask_maker
+    from lesiongen.training.synthetic import _healthy, _maker
 
     class MarkingInpainter:
         margin_voxels = 0
@@ -225,8 +225,8 @@ def test_realmask_paints_copy_paste_lesions_where_copy_paste_pastes_them(tiny_pr
     train_cases, _ = fold_cases(load_or_create_splits(dataset.folder, dataset.case_ids()), 0)
     images, brain, tissue = _healthy(dataset, dataset.case_ids("healthy")[0])
     (pasted, pasted_label, pasted_records), (painted, painted_label, painted_records) = run_jobs(
-        [_copy_paste_maker(dataset, train_cases)(images, brain, tissue, 3),
-         _real_mask_maker(dataset, train_cases, MarkingInpainter())(images, brain, tissue, 3)])
+        [_maker(dataset, "copy_paste", train_cases, {})(images, brain, tissue, 3),  # the strategies' own makers
+         _maker(dataset, "realmask", train_cases, {"inpainter": MarkingInpainter()})(images, brain, tissue, 3)])
     assert len(painted_records) >= 2
     assert [(r["donor_case"], r["centre_model_voxel"]) for r in painted_records] == \
         [(r["donor_case"], r["centre_model_voxel"]) for r in pasted_records]
