@@ -78,6 +78,11 @@ def tiny_dataset(_tiny_dataset_template, lesiongen_folders) -> Path:
     return target
 
 
+def table_row(header: str, row: str) -> dict[str, str]:
+    """A markdown table row as {column heading: cell}, both stripped."""
+    return dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+
+
 def folder_digest(folder: Path) -> str:
     """Content hash of every file below ``folder`` (to prove nothing was written or changed)."""
     digest = hashlib.sha256()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import TINY, TINY_NAME
+from conftest import TINY, TINY_NAME, table_row
 from lesiongen import benefit as benefit_module
 from lesiongen.benefit import BenefitOptions, check_no_leak, failed_trainings, held_out_cases
 from lesiongen.evaluation.benefit_report import answer, markdown
@@ -440,7 +440,7 @@ def test_report_table_shows_the_signed_volume_difference_in_its_column():
     report = {"dataset": "D", "strategies": [
         {"strategy": "none", "ratio": 1.0, **{m: {"mean": v, "std_over_seeds": 0.0} for m, v in values.items()}}]}
     header, _, row = markdown(report, 12, 3).splitlines()[4:7]
-    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    columns = table_row(header, row)
     assert columns["vol diff mm3 (pred - ref)"] == "-55.0" and columns["abs vol diff mm3"] == "345.0"
     assert columns["HD95 mm"] == "12.3" and columns["Dice"] == "0.800"
 
@@ -564,7 +564,7 @@ def test_report_table_shows_the_paired_dice_its_p_and_the_cases_better_before_wo
     report = {"dataset": "D", "strategies": [
         {"strategy": "sphere", "ratio": 2.0, **metrics, "vs_none": _paired(0.031, 0.004, 0.060, 0.02, 10, 2)}]}
     header, _, row = markdown(report, 12, 3).splitlines()[4:7]
-    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    columns = table_row(header, row)
     assert columns["Dice vs none (95 % CI)"] == "+3.1 (+0.4 to +6.0)"
     assert (columns["p"], columns["cases better / worse"]) == ("0.020", "10 / 2")
 

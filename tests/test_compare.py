@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import table_row
 
 from lesiongen.evaluation.compare import METRICS, answer, compare, write_comparison
 
@@ -78,5 +79,5 @@ def test_the_comparison_table_shows_the_paired_difference_in_its_vs_none_column(
                          "sphere": {"0": {"a": _case(0.6, 0.5)}, "1": {"b": _case(0.9, 0.5)}}})
     paths = write_comparison(compare(folds), tmp_path)
     header, _, _, sphere = paths["markdown"].read_text().split("\n\n")[2].splitlines()[:4]
-    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in sphere.split("|")]))
+    columns = table_row(header, sphere)
     assert columns["Dice"] == "0.75 ± 0.15" and columns["Dice vs none"] == "0.15 ± 0.05"

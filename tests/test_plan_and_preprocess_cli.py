@@ -224,12 +224,17 @@ def test_a_lesion_patch_is_centred_on_the_nearest_voxel_and_keeps_only_whole_les
     np.testing.assert_array_equal(mask, expected)
 
 
+def _first_training_case(folders: dict) -> tuple:
+    """(raw dataset, default plans, its first training case) of the preprocessed tiny dataset."""
+    dataset = open_dataset(TINY.dataset_id)
+    plans = load_plans(folders["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
+    return dataset, plans, dataset.split("training")[0]
+
+
 def test_a_lesion_voxel_outside_the_brain_mask_but_inside_its_box_stays_a_lesion(tiny_preprocessed, tmp_path):
     """Only background outside the brain becomes -1; a lesion voxel there (a tight brain mask at a cortical lesion)
     is kept, so the preprocessed label holds every lesion voxel of the (unresampled, 3 mm) raw label."""
-    dataset = open_dataset(TINY.dataset_id)
-    plans = load_plans(tiny_preprocessed["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
-    case = dataset.split("training")[0]
+    dataset, plans, case = _first_training_case(tiny_preprocessed)
     label, geometry = read_image(case.label)
     images = np.stack([read_image(path)[0] for path in case.images])
     brain = brain_region(images, read_image(case.brain_mask)[0] if case.brain_mask else None)
@@ -284,10 +289,8 @@ def test_a_resampled_case_records_its_cropped_shape_before_resampling_and_keeps_
                                                                                                  tmp_path):
     """Validation maps predictions back through the crop shape: it is the shape before resampling (here 3 mm to
     6 mm), not the stored one; the stored intensities are float32, not rounded to a coarser type."""
-    dataset = open_dataset(TINY.dataset_id)
-    plans = load_plans(tiny_preprocessed["preprocessed"] / TINY_NAME / "lesiongenPlans.json")
+    dataset, plans, case = _first_training_case(tiny_preprocessed)
     coarse = dataclasses.replace(plans, target_spacing=[6.0, 6.0, 6.0])
-    case = dataset.split("training")[0]
     preprocessor.preprocess_case(case, "training", dataset.info, coarse, tmp_path, preprocessor.plans_signature(coarse))
     properties = json.loads((tmp_path / "training" / f"{case.case_id}.json").read_text())
     cropped = [stop - start for start, stop in properties["crop_bbox"]]
