@@ -755,6 +755,15 @@ MUTANTS = (
            'Strategy("sphere", "diffmask", True,',
            ("tests/test_benefit.py::"
             "test_each_strategy_trains_the_models_it_paints_or_draws_with_and_no_other",)),
+    # ------------------------------------------------------------------ the SYNTHESIS_VERSION guard
+    # what a seed makes changes while SYNTHESIS_VERSION stays: cached synthetic cases would be reused wrongly
+    Mutant("synthetic_redraw_seed_changes_silently", "lesiongen/training/synthetic.py",
+           'derive_seed(key["seed"], "attempt", attempt)', 'derive_seed(key["seed"], "redraw", attempt)',
+           ("tests/test_synthesis_reference.py",)),
+    Mutant("inpainting_noise_seed_changes_silently", "lesiongen/inference/synthesis.py",
+           "np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**31)),",
+           "np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**30)),",
+           ("tests/test_synthesis_reference.py",)),
 )
 
 

@@ -45,7 +45,8 @@ from lesiongen.utilities.seeding import derive_seed
 logger = logging.getLogger(__name__)
 
 # bump when what a seed and set of models produce changes, so cached cases are made again (5: copy_paste keeps the
-# recipient's voxels where its carved margin reaches past the donor's brain)
+# recipient's voxels where its carved margin reaches past the donor's brain); tests/test_synthesis_reference.py
+# fails when the output changes and this does not
 SYNTHESIS_VERSION = 5
 EMPTY_RETRIES = 3  # a draw may give no lesion (e.g. every mask below the minimum lesion size): redraw
 MAX_EMPTY_FRACTION = 0.1  # default: more lesion-free synthetic cases than this is an error, not a warning

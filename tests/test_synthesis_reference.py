@@ -1,0 +1,170 @@
+"""A guard for SYNTHESIS_VERSION: what a seed makes is compared with a recorded reference.
+
+Synthetic training cases are cached under a key that holds ``SYNTHESIS_VERSION``; a change to what a seed and set of
+models make that forgets to bump it leaves stale cases in use (copy_paste's margin fix did, until version 5). Here
+the strategies whose lesion masks come from numpy draws alone (copy_paste, sphere, realmask) make two cases each
+from 2-step-trained models of the tiny dataset, and the edit (label voxels exactly, edited voxels and their values
+within a tolerance far above float noise across CPUs and thread counts) is compared with
+``data/synthesis_reference.npz``. The reference also records its inputs (healthy scans, donor lesions, priors,
+the models' weights, the plans' patch and spacing) so that a change upstream of synthesis is told apart from one
+in it.
+
+Regenerate the reference after a deliberate change with
+``LESIONGEN_UPDATE_SYNTHESIS_REFERENCE=1 python -m pytest tests/test_synthesis_reference.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, TINY_NAME
+from lesiongen.cli import train as train_cli
+from lesiongen.models.registry import load_trained_model
+from lesiongen.planning.priors import fold_sphere_priors
+from lesiongen.preprocessing.dataset import open_preprocessed
+from lesiongen.preprocessing.lesion_patches import load_lesion_patches
+from lesiongen.preprocessing.storage import load_array
+from lesiongen.training.base import plans_sha256
+from lesiongen.training.synthetic import SYNTHESIS_VERSION, make_synthetic_cases
+
+REFERENCE = Path(__file__).parent / "data" / "synthesis_reference.npz"
+UPDATE = os.environ.get("LESIONGEN_UPDATE_SYNTHESIS_REFERENCE") == "1"
+GUARDED = ("copy_paste", "sphere", "realmask")  # the learned generators' masks would follow 2-step-trained weights
+CASES = 2
+SEED = 11
+# edited values differ by less than 1e-6 between 1 and 2 threads here; a change to synthesis moves them by tenths
+VALUE_TOLERANCE = 1e-3
+INPUT_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def guarded_edits(tiny_preprocessed) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(the edits of every guarded strategy's cases, the inputs' summary)."""
+    for name in ("spheremask", "inpaint"):
+        fast = ["--set", "sampling_steps=4"] if name == "inpaint" else []
+        assert train_cli.main([str(TINY.dataset_id), name, "0", "--steps", "2", *fast, "-device", "cpu"]) == 0
+    dataset = open_preprocessed(TINY.dataset_id)
+    train_cases = load_trained_model(TINY_NAME, "inpaint", "lesiongenPlans", 0, "cpu").provenance["train_cases"]
+    edits: dict[str, np.ndarray] = {}
+    sources: set[str] = set()
+    for strategy in GUARDED:
+        made = make_synthetic_cases(dataset, 0, strategy, CASES, train_cases, plans_sha256(dataset.plans), seed=SEED)
+        for case in made.cases:
+            record = json.loads(Path(f"{case.stem}.json").read_text())
+            source = record["key"]["source_healthy_case"]
+            sources.add(source)
+            healthy = load_array(dataset.data_folder / "healthy" / f"{source}.b2nd")
+            images, seg = load_array(f"{case.stem}.b2nd"), load_array(f"{case.stem}_seg.b2nd")
+            labelled, edited = np.flatnonzero(seg > 0), np.flatnonzero(images != healthy)
+            prefix = f"{strategy}/{case.case_id}"
+            edits.update({f"{prefix}/label_index": labelled, f"{prefix}/label_value": seg.flat[labelled],
+                          f"{prefix}/edited_index": edited, f"{prefix}/edited_value": images.flat[edited]})
+    return edits, _inputs(dataset, train_cases, sorted(sources))
+
+
+def _inputs(dataset, train_cases: list[str], sources: list[str]) -> dict[str, float]:
+    """Scalars that change when what synthesis starts from changes (not when synthesis itself does)."""
+    inputs = {f"healthy/{s}/square_sum": _square_sum(load_array(dataset.data_folder / "healthy" / f"{s}.b2nd"))
+              for s in sources}
+    donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
+    inputs.update({"donors/mask_voxels": float((donors.masks > 0).sum()),
+                   "donors/square_sum": _square_sum(donors.images)})
+    for label, prior in fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans).items():
+        inputs[f"priors/{label}/absolute_sum"] = _absolute_sum(dataclasses.asdict(prior))
+    for name in ("spheremask", "inpaint"):
+        model = load_trained_model(TINY_NAME, name, "lesiongenPlans", 0, "cpu")
+        for role, network in model.networks.items():
+            inputs[f"{name}/{role}/weights_square_sum"] = sum(_square_sum(p.detach().numpy())
+                                                               for p in network.parameters())
+    inputs.update({"plans/lesion_patch_size": float(np.prod(dataset.plans.lesion_patch_size)),
+                   "plans/target_spacing": float(np.prod(dataset.plans.target_spacing))})
+    return inputs
+
+
+def _square_sum(values: np.ndarray) -> float:
+    return float(np.square(values.astype(np.float64)).sum())
+
+
+def _absolute_sum(tree) -> float:
+    """Sum of the absolute values of every number in a nest of dicts and lists."""
+    if isinstance(tree, dict):
+        return sum(_absolute_sum(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_absolute_sum(v) for v in tree)
+    return abs(float(tree)) if isinstance(tree, (int, float)) else 0.0
+
+
+def _write_reference(edits: dict[str, np.ndarray], inputs: dict[str, float]) -> None:
+    REFERENCE.parent.mkdir(exist_ok=True)
+    meta = {"synthesis_version": SYNTHESIS_VERSION, "inputs": inputs}
+    np.savez_compressed(REFERENCE, meta=np.array(json.dumps(meta, sort_keys=True)), **edits)
+
+
+def _read_reference() -> tuple[dict, dict[str, np.ndarray]]:
+    with np.load(REFERENCE, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    return json.loads(str(arrays.pop("meta"))), arrays
+
+
+REGENERATE = "LESIONGEN_UPDATE_SYNTHESIS_REFERENCE=1 python -m pytest tests/test_synthesis_reference.py"
+
+
+def edit_differences(edits: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[str]:
+    """How the edits differ from the reference's: labels and edited voxels exactly, values within the tolerance."""
+    if set(edits) != set(reference):
+        return [f"cases {sorted(set(edits) ^ set(reference))} made in only one of them"]
+    problems = []
+    for key, value in sorted(edits.items()):
+        stored = reference[key]
+        if key.endswith("/edited_value") and stored.shape == value.shape:
+            largest = float(np.abs(value.astype(np.float64) - stored).max(initial=0))
+            if largest > VALUE_TOLERANCE:
+                problems.append(f"{key} by up to {largest:.3g}")
+        elif not np.array_equal(value, stored):
+            problems.append(key)
+    return problems
+
+
+def test_what_a_seed_makes_matches_the_reference_of_its_synthesis_version(guarded_edits):
+    edits, inputs = guarded_edits
+    if UPDATE:
+        _write_reference(edits, inputs)
+        pytest.skip(f"{REFERENCE} written (SYNTHESIS_VERSION {SYNTHESIS_VERSION})")
+    meta, reference = _read_reference()
+    if meta["synthesis_version"] != SYNTHESIS_VERSION:
+        pytest.fail(f"SYNTHESIS_VERSION is {SYNTHESIS_VERSION}, the reference was made at "
+                    f"{meta['synthesis_version']}: regenerate it with {REGENERATE}")
+    moved = [k for k in sorted(set(inputs) | set(meta["inputs"]))
+             if k not in inputs or k not in meta["inputs"]
+             or not np.isclose(inputs[k], meta["inputs"][k], rtol=INPUT_RTOL, atol=0)]
+    if moved:
+        pytest.fail(f"what synthesis starts from changed ({', '.join(moved[:5])}), upstream of it: check that "
+                    f"synthesis did not change as well, then regenerate the reference with {REGENERATE}")
+    differences = edit_differences(edits, reference)
+    assert not differences, (
+        f"synthetic cases differ from the reference of SYNTHESIS_VERSION {SYNTHESIS_VERSION} "
+        f"({', '.join(differences[:6])}) although what they start from did not: what a seed makes changed, so "
+        f"cached cases would be reused wrongly. Bump SYNTHESIS_VERSION in lesiongen/training/synthetic.py, then "
+        f"regenerate with {REGENERATE}")
+
+
+def test_a_changed_edit_value_or_voxel_is_a_difference():
+    """The comparison itself: float noise passes, a moved value, an extra voxel or a relabelled voxel does not."""
+    reference = {"copy_paste/syn_000/edited_index": np.array([3, 5]), "copy_paste/syn_000/edited_value": np.array(
+        [0.5, -1.0], np.float32), "copy_paste/syn_000/label_index": np.array([3]),
+        "copy_paste/syn_000/label_value": np.array([1], np.int8)}
+    same = {**reference, "copy_paste/syn_000/edited_value": np.array([0.5 + 1e-5, -1.0], np.float32)}
+    assert edit_differences(same, reference) == []
+    moved = {**reference, "copy_paste/syn_000/edited_value": np.array([0.55, -1.0], np.float32)}
+    assert edit_differences(moved, reference) == ["copy_paste/syn_000/edited_value by up to 0.05"]
+    extra = {**reference, "copy_paste/syn_000/edited_index": np.array([3, 5, 6])}
+    assert edit_differences(extra, reference) == ["copy_paste/syn_000/edited_index"]
+    relabelled = {**reference, "copy_paste/syn_000/label_value": np.array([2], np.int8)}
+    assert edit_differences(relabelled, reference) == ["copy_paste/syn_000/label_value"]
+    assert edit_differences({}, reference)[0].startswith("cases")
