@@ -44,7 +44,7 @@ INPUT_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def guarded_edits(tiny_preprocessed) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def guarded_edits(tiny_preprocessed) -> tuple[dict[str, np.ndarray], dict[str, float | str]]:
     """(the edits of every guarded strategy's cases, the inputs' summary)."""
     for name in ("spheremask", "inpaint"):
         fast = ["--set", "sampling_steps=4"] if name == "inpaint" else []
@@ -68,7 +68,7 @@ def guarded_edits(tiny_preprocessed) -> tuple[dict[str, np.ndarray], dict[str, f
     return edits, _inputs(dataset, train_cases, sorted(sources))
 
 
-def _inputs(dataset, train_cases: list[str], sources: list[str]) -> dict[str, float]:
+def _inputs(dataset, train_cases: list[str], sources: list[str]) -> dict[str, float | str]:
     """Scalars that change when what synthesis starts from changes (not when synthesis itself does)."""
     inputs = {f"healthy/{s}/square_sum": _square_sum(load_array(dataset.data_folder / "healthy" / f"{s}.b2nd"))
               for s in sources}
@@ -79,6 +79,9 @@ def _inputs(dataset, train_cases: list[str], sources: list[str]) -> dict[str, fl
         inputs[f"priors/{label}/absolute_sum"] = _absolute_sum(dataclasses.asdict(prior))
     for name in ("spheremask", "inpaint"):
         model = load_trained_model(TINY_NAME, name, "lesiongenPlans", 0, "cpu")
+        config = dataclasses.asdict(model.config)  # e.g. the inpainter's calibration and edge settings
+        inputs[f"{name}/config/absolute_sum"] = _absolute_sum(config)
+        inputs[f"{name}/config/words"] = " ".join(_words(config))
         for role, network in model.networks.items():
             inputs[f"{name}/{role}/weights_square_sum"] = sum(_square_sum(p.detach().numpy())
                                                                for p in network.parameters())
@@ -100,7 +103,16 @@ def _absolute_sum(tree) -> float:
     return abs(float(tree)) if isinstance(tree, (int, float)) else 0.0
 
 
-def _write_reference(edits: dict[str, np.ndarray], inputs: dict[str, float]) -> None:
+def _words(tree) -> list[str]:
+    """Every string in a nest of dicts and lists, keys included, in order."""
+    if isinstance(tree, dict):
+        return [word for key, value in tree.items() for word in (str(key), *_words(value))]
+    if isinstance(tree, (list, tuple)):
+        return [word for value in tree for word in _words(value)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def _write_reference(edits: dict[str, np.ndarray], inputs: dict[str, float | str]) -> None:
     REFERENCE.parent.mkdir(exist_ok=True)
     meta = {"synthesis_version": SYNTHESIS_VERSION, "inputs": inputs}
     np.savez_compressed(REFERENCE, meta=np.array(json.dumps(meta, sort_keys=True)), **edits)
@@ -113,6 +125,12 @@ def _read_reference() -> tuple[dict, dict[str, np.ndarray]]:
 
 
 REGENERATE = "LESIONGEN_UPDATE_SYNTHESIS_REFERENCE=1 python -m pytest tests/test_synthesis_reference.py"
+
+
+def _same_input(value: float | str | None, recorded: float | str | None) -> bool:
+    if isinstance(value, float) and isinstance(recorded, float):
+        return bool(np.isclose(value, recorded, rtol=INPUT_RTOL, atol=0))
+    return value == recorded
 
 
 def edit_differences(edits: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[str]:
@@ -141,8 +159,7 @@ def test_what_a_seed_makes_matches_the_reference_of_its_synthesis_version(guarde
         pytest.fail(f"SYNTHESIS_VERSION is {SYNTHESIS_VERSION}, the reference was made at "
                     f"{meta['synthesis_version']}: regenerate it with {REGENERATE}")
     moved = [k for k in sorted(set(inputs) | set(meta["inputs"]))
-             if k not in inputs or k not in meta["inputs"]
-             or not np.isclose(inputs[k], meta["inputs"][k], rtol=INPUT_RTOL, atol=0)]
+             if not _same_input(inputs.get(k), meta["inputs"].get(k))]
     if moved:
         pytest.fail(f"what synthesis starts from changed ({', '.join(moved[:5])}), upstream of it: check that "
                     f"synthesis did not change as well, then regenerate the reference with {REGENERATE}")
