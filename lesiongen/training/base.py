@@ -326,12 +326,13 @@ class Trainer:
                   "seed": self.options.seed, "settings": json_plain(self.settings())}
         for key, value in wanted.items():
             recorded = provenance.get(key)
-            if recorded != value and isinstance(recorded, dict) and isinstance(value, dict):
+            if recorded == value:
+                continue
+            if isinstance(recorded, dict) and isinstance(value, dict):  # the settings: only those that differ
                 return "; ".join(f"{key}: {name} is {recorded.get(name)!r}, {value.get(name)!r} asked"
                                  for name in sorted(recorded.keys() | value.keys())
                                  if recorded.get(name) != value.get(name))
-            if recorded != value:
-                return f"{key} is {recorded!r}, {value!r} asked"
+            return f"{key} is {recorded!r}, {value!r} asked"
         # the models it would use now, where they are now: after a results folder was copied or moved, the
         # recorded paths may still lead to the old, unchanged files while the ones in use were retrained
         current = self.models_to_use()
