@@ -5,9 +5,9 @@ models make that forgets to bump it leaves stale cases in use (copy_paste's marg
 the strategies whose lesion masks come from numpy draws alone (copy_paste, sphere, realmask) make two cases each
 from 2-step-trained models of the tiny dataset, and the edit (label voxels exactly, edited voxels and their values
 within a tolerance far above float noise across CPUs and thread counts) is compared with
-``data/synthesis_reference.npz``. The reference also records its inputs (healthy scans, donor lesions, priors,
-the models' weights, the plans' patch and spacing) so that a change upstream of synthesis is told apart from one
-in it.
+``data/synthesis_reference.npz``. The reference also records its inputs (healthy scans, donor lesions, the
+models' configuration - spheremask's is the fold's sphere priors - and weights, the plans' patch and spacing) so that
+a change upstream of synthesis is told apart from one in it.
 
 Regenerate the reference after a deliberate change with
 ``LESIONGEN_UPDATE_SYNTHESIS_REFERENCE=1 python -m pytest tests/test_synthesis_reference.py``.
@@ -26,7 +26,6 @@ import pytest
 from conftest import TINY, TINY_NAME
 from lesiongen.cli import train as train_cli
 from lesiongen.models.registry import load_trained_model
-from lesiongen.planning.priors import fold_sphere_priors
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
 from lesiongen.preprocessing.storage import load_array
@@ -52,34 +51,33 @@ def guarded_edits(tiny_preprocessed) -> tuple[dict[str, np.ndarray], dict[str, f
     dataset = open_preprocessed(TINY.dataset_id)
     train_cases = load_trained_model(TINY_NAME, "inpaint", "lesiongenPlans", 0, "cpu").provenance["train_cases"]
     edits: dict[str, np.ndarray] = {}
-    sources: set[str] = set()
+    healthy_square_sums: dict[str, float] = {}
     for strategy in GUARDED:
         made = make_synthetic_cases(dataset, 0, strategy, CASES, train_cases, plans_sha256(dataset.plans), seed=SEED)
         for case in made.cases:
             record = json.loads(Path(f"{case.stem}.json").read_text())
             source = record["key"]["source_healthy_case"]
-            sources.add(source)
             healthy = load_array(dataset.data_folder / "healthy" / f"{source}.b2nd")
+            healthy_square_sums[f"healthy/{source}/square_sum"] = _square_sum(healthy)
             images, seg = load_array(f"{case.stem}.b2nd"), load_array(f"{case.stem}_seg.b2nd")
             labelled, edited = np.flatnonzero(seg > 0), np.flatnonzero(images != healthy)
             prefix = f"{strategy}/{case.case_id}"
             edits.update({f"{prefix}/label_index": labelled, f"{prefix}/label_value": seg.flat[labelled],
                           f"{prefix}/edited_index": edited, f"{prefix}/edited_value": images.flat[edited]})
-    return edits, _inputs(dataset, train_cases, sorted(sources))
+    return edits, {**healthy_square_sums, **_inputs(dataset, train_cases)}
 
 
-def _inputs(dataset, train_cases: list[str], sources: list[str]) -> dict[str, float | str]:
-    """Scalars that change when what synthesis starts from changes (not when synthesis itself does)."""
-    inputs = {f"healthy/{s}/square_sum": _square_sum(load_array(dataset.data_folder / "healthy" / f"{s}.b2nd"))
-              for s in sources}
+def _inputs(dataset, train_cases: list[str]) -> dict[str, float | str]:
+    """Scalars (besides the healthy scans') that change when what synthesis starts from changes, not when synthesis
+    itself does."""
     donors = load_lesion_patches(dataset.lesion_patch_folder, train_cases)
-    inputs.update({"donors/mask_voxels": float((donors.masks > 0).sum()),
-                   "donors/square_sum": _square_sum(donors.images)})
-    for label, prior in fold_sphere_priors(dataset.fingerprint, train_cases, dataset.plans).items():
-        inputs[f"priors/{label}/absolute_sum"] = _absolute_sum(dataclasses.asdict(prior))
+    inputs: dict[str, float | str] = {"donors/mask_voxels": float((donors.masks > 0).sum()),
+                                      "donors/square_sum": _square_sum(donors.images)}
     for name in ("spheremask", "inpaint"):
         model = load_trained_model(TINY_NAME, name, "lesiongenPlans", 0, "cpu")
-        config = dataclasses.asdict(model.config)  # e.g. the inpainter's calibration and edge settings
+        # spheremask's: the fold's sphere priors (copy_paste and realmask draw with them too); the inpainter's: its
+        # calibration and edge settings
+        config = dataclasses.asdict(model.config)
         inputs[f"{name}/config/absolute_sum"] = _absolute_sum(config)
         inputs[f"{name}/config/words"] = " ".join(_words(config))
         for role, network in model.networks.items():
