@@ -324,7 +324,7 @@ def test_segmentation_batches_draw_synthetic_cases_at_their_step_s_share(tiny_pr
         assert drawn == [expected] * 3, step
 
 
-def test_seg_records_the_fade_and_refuses_a_start_outside_0_1(tiny_preprocessed):
+def test_seg_records_the_fade_and_refuses_a_start_outside_0_1_or_a_balanced_start_it_cannot_use(tiny_preprocessed):
     from lesiongen.training.base import TrainingOptions
     from lesiongen.training.registry import trainer_class
 
@@ -339,6 +339,10 @@ def test_seg_records_the_fade_and_refuses_a_start_outside_0_1(tiny_preprocessed)
     assert trainer.extra["synthetic_share_over_the_run"] == pytest.approx(share * 0.75)
     with pytest.raises(LesiongenError, match="synthetic_fade_start=1.5"):
         trainer.apply_settings({"synthetic_fade_start": 1.5})
+    with pytest.raises(LesiongenError, match="balanced_ce_until=-0.1: a fraction of the steps"):
+        trainer.apply_settings({"synthetic_fade_start": 0.5, "balanced_ce_until": -0.1})
+    with pytest.raises(LesiongenError, match="balanced_ce_until: only with the dice_ce loss; weighted has its own"):
+        trainer.apply_settings({"balanced_ce_until": 0.5, "loss": "weighted"})
 
 
 def test_seg_learns_from_a_seeded_share_of_the_real_cases_with_real_data_only(tiny_preprocessed, caplog):

@@ -15,8 +15,8 @@ from lesiongen.models.checkpoint import FORMAT_VERSION, save_checkpoint
 from lesiongen.models.networks import build_network
 from lesiongen.planning.plans import NetworkPlan
 from lesiongen.training.base import Trainer, load_fitting_weights
-from lesiongen.training.losses import balanced_cross_entropy, generalized_dice_loss
-from lesiongen.training.trainers.seg import SEG_LOSSES
+from lesiongen.training.losses import balanced_cross_entropy, blended_cross_entropy, generalized_dice_loss
+from lesiongen.training.trainers.seg import SEG_LOSSES, SegTrainer, balanced_ce_share
 from lesiongen.utilities.errors import LesiongenError
 
 LN3 = math.log(3)
@@ -53,6 +53,36 @@ def test_weighted_loss_option_names_its_terms():
     values = {name: float(term(LOGITS, target)) for name, term in SEG_LOSSES["weighted"].items()}
     assert values == pytest.approx({"balanced_ce": float(balanced_cross_entropy(LOGITS, LABELS)),
                                     "generalized_dice": 5 / 12})
+
+
+BALANCED_CE = (2 * math.log(4 / 3) + math.log(2)) / 3 / 2 + math.log(4 / 3) / 2  # by hand, as above
+PLAIN_CE = (2 * math.log(4 / 3) + math.log(2) + math.log(4 / 3)) / 4
+
+
+def test_blended_cross_entropy_by_hand():
+    assert float(blended_cross_entropy(LOGITS, LABELS, 0.25)) == pytest.approx(0.25 * BALANCED_CE + 0.75 * PLAIN_CE,
+                                                                             abs=1e-6)
+    assert float(blended_cross_entropy(LOGITS, LABELS, 1.0)) == pytest.approx(BALANCED_CE, abs=1e-6)
+    assert float(blended_cross_entropy(LOGITS, LABELS, 0.0)) == pytest.approx(PLAIN_CE, abs=1e-6)
+
+
+def test_balanced_ce_share_falls_linearly_to_0_at_its_fraction_of_the_steps():
+    assert [balanced_ce_share(step, 1000, 0.5) for step in (0, 100, 250, 499, 500, 900)] == pytest.approx(
+        [1.0, 0.8, 0.5, 0.002, 0.0, 0.0])
+    assert balanced_ce_share(0, 1000, 0.0) == 0.0  # nnU-Net's plain cross-entropy throughout
+
+
+@pytest.mark.parametrize(("loss", "step", "until", "expected"), [
+    ("dice_ce", 0, 0.5, {"ce": BALANCED_CE}), ("dice_ce", 250, 0.5, {"ce": (BALANCED_CE + PLAIN_CE) / 2}),
+    ("dice_ce", 500, 0.5, {"ce": PLAIN_CE}), ("dice_ce", 0, 0.0, {"ce": PLAIN_CE}),
+    ("weighted", 0, 0.0, {"balanced_ce": BALANCED_CE, "generalized_dice": 5 / 12})])
+def test_seg_loss_at_a_step_blends_dice_ce_cross_entropy_from_balanced_to_plain(loss, step, until, expected):
+    trainer = SimpleNamespace(loss=loss, step=step, total_steps=1000, balanced_ce_until=until)
+    terms = SegTrainer.loss_terms(trainer)
+    values = {name: float(term(LOGITS, LABELS[:, None])) for name, term in terms.items()}
+    if loss == "dice_ce":  # the Dice term is nnU-Net's whatever the step
+        assert values.pop("dice") == pytest.approx(float(SEG_LOSSES["dice_ce"]["dice"](LOGITS, LABELS[:, None])))
+    assert values == pytest.approx(expected, abs=1e-6)
 
 
 def _unet(in_channels: int, n_classes: int, seed: int) -> torch.nn.Module:

@@ -40,6 +40,14 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return F.cross_entropy(logits, labels.long(), weight=weights)
 
 
+def blended_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balanced_share: float) -> torch.Tensor:
+    """``balanced_share`` x class-balanced cross-entropy + (1 - ``balanced_share``) x plain cross-entropy."""
+    plain = F.cross_entropy(logits, labels.long())
+    if balanced_share <= 0:
+        return plain
+    return balanced_share * balanced_cross_entropy(logits, labels) + (1 - balanced_share) * plain
+
+
 def generalized_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Generalised Dice (Sudre et al. 2017) over all classes, background included, for (b, ...) labels: batch-wide
     intersections and sums, each class weighted by 1 / (its reference voxels)^2, so a tiny lesion class counts as

@@ -37,7 +37,9 @@ from lesiongen.preprocessing.splits import case_subset
 from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import Trainer, plans_sha256
 from lesiongen.training.losses import (
+    LossTerm,
     balanced_cross_entropy,
+    blended_cross_entropy,
     deep_supervision_loss,
     generalized_dice_loss,
     softmax_dice_loss,
@@ -73,6 +75,9 @@ class SegTrainer(Trainer):
     synthetic_batch_scans = -1
     validate = True  # predict and score the validation cases after training (fold all: its own training cases)
     loss = "dice_ce"  # dice_ce (nnU-Net's) or weighted (generalised Dice + balanced cross-entropy); see SEG_LOSSES
+    # dice_ce only: over this fraction of the steps the cross-entropy moves linearly from class-balanced (step 0) to
+    # plain, so that a short schedule leaves the all-background start sooner; 0: plain throughout (nnU-Net's)
+    balanced_ce_until = 0.0
     # train on this seeded share of the fold's training cases (real-only; lesiongen_benefit --data_check): one point
     # of a learning curve. The validation cases stay the fold's.
     real_case_fraction = 1.0
@@ -116,6 +121,12 @@ class SegTrainer(Trainer):
         if self.loss not in SEG_LOSSES:
             raise LesiongenError(f"--loss {self.loss}: unknown segmentation loss; choose one of "
                                  f"{', '.join(SEG_LOSSES)}")
+        if not 0.0 <= self.balanced_ce_until <= 1.0:
+            raise LesiongenError(f"--set balanced_ce_until={self.balanced_ce_until}: a fraction of the steps, from 0 "
+                                 f"to 1 (0: plain cross-entropy throughout)")
+        if self.balanced_ce_until > 0 and self.loss != "dice_ce":
+            raise LesiongenError(f"--set balanced_ce_until: only with the dice_ce loss; {self.loss} has its own "
+                                 f"cross-entropy")
         if not 0.0 <= self.synthetic_fade_start <= 1.0:
             raise LesiongenError(f"--set synthetic_fade_start={self.synthetic_fade_start}: a fraction of the steps, "
                                  f"from 0 to 1 (1: no fade)")
@@ -187,7 +198,16 @@ class SegTrainer(Trainer):
         batch = next(self.batches)
         data = self.to_device(batch["data"].astype(np.float32))
         target = self.to_device(batch["seg"].round().astype(np.int64))  # (b, 1, ...) labels
-        return deep_supervision_loss(self.trained["unet"](data), target, SEG_LOSSES[self.loss])
+        return deep_supervision_loss(self.trained["unet"](data), target, self.loss_terms())
+
+    def loss_terms(self) -> dict[str, LossTerm]:
+        """The loss at this step: ``loss``'s terms; dice_ce's cross-entropy blended from class-balanced towards
+        plain over the first ``balanced_ce_until`` of the steps."""
+        share = balanced_ce_share(self.step, self.total_steps, self.balanced_ce_until) if self.loss == "dice_ce" \
+            else 0.0
+        if share == 0:
+            return SEG_LOSSES[self.loss]
+        return {**SEG_LOSS_TERMS, "ce": lambda logits, labels: blended_cross_entropy(logits, labels[:, 0], share)}
 
     # ---------------------------------------------------------------------------------------- validation
     def finish_training(self, model: Segmenter) -> None:
@@ -222,6 +242,14 @@ class SegTrainer(Trainer):
                    "strategy": self.strategy, "fold": str(self.fold), "provenance": json_plain(self.provenance())}
         write_json(self.output_folder / "summary.json", json_plain(summary))
         return summary["mean"]
+
+
+def balanced_ce_share(step: int, total_steps: int, until: float) -> float:
+    """The class-balanced share of dice_ce's cross-entropy at ``step``: 1 at step 0, falling linearly to 0 at
+    ``until`` x ``total_steps`` and 0 after; 0 throughout when ``until`` is 0."""
+    if until <= 0:
+        return 0.0
+    return max(0.0, 1.0 - step / (until * total_steps))
 
 
 SEG_LOSS_TERMS = {
