@@ -764,6 +764,16 @@ MUTANTS = (
            "np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**31)),",
            "np.asarray(centre), image_patch, brain_patch, mask, int(rng.integers(2**30)),",
            ("tests/test_synthesis_reference.py",)),
+    Mutant("balanced_ce_share_not_clipped", "lesiongen/training/trainers/seg.py",
+           "return max(0.0, 1.0 - step / (until * total_steps))", "return 1.0 - step / (until * total_steps)",
+           ("tests/test_seg_options.py::test_balanced_ce_share_falls_linearly_to_0_at_its_fraction_of_the_steps",)),
+    Mutant("blended_cross_entropy_plain", "lesiongen/training/losses.py",
+           "return balanced_share * balanced_cross_entropy(logits, labels) + (1 - balanced_share) * plain",
+           "return plain", ("tests/test_seg_options.py::test_blended_cross_entropy_by_hand",)),
+    Mutant("seg_loss_ignores_the_balanced_start", "lesiongen/training/trainers/seg.py",
+           'return {**SEG_LOSS_TERMS, "ce": lambda logits, labels: blended_cross_entropy(logits, labels[:, 0], share)}',
+           "return SEG_LOSSES[self.loss]",
+           ("tests/test_seg_options.py::test_seg_loss_at_a_step_blends_dice_ce_cross_entropy_from_balanced_to_plain",)),
 )
 
 
