@@ -430,7 +430,9 @@ def test_a_training_that_found_no_test_lesion_is_named_in_the_report():
     }
     assert failed_trainings(scores) == ["seg_none_s0"]
     report = {"dataset": "D", "strategies": [], "failed_trainings": ["seg_none_s0"]}
-    assert "**Warning**: seg_none_s0 found no test lesion" in markdown(report, 3, 2)
+    warning = markdown(report, 3, 2)
+    assert "**Warning**: seg_none_s0 found no test lesion" in warning
+    assert "--set seg balanced_ce_until=0.5" in warning  # the remedy measured on a short schedule
     assert "Warning" not in markdown({**report, "failed_trainings": []}, 3, 2)
 
 

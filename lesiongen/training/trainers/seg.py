@@ -4,7 +4,8 @@ Network: dynamic-network-architectures' PlainConvUNet with the planned topology 
 ``configuration="2d"`` (``-c 2d``, anisotropic data) the plans' 2D stage: a 2D UNet trained on single slices and
 applied slice by slice. Loss: soft Dice (batch Dice, background excluded) + cross-entropy at every resolution with
 nnU-Net's weights; with ``loss="weighted"`` (``--loss weighted``) generalised Dice + class-balanced cross-entropy
-for lesions that fill a tiny fraction of the scan. SGD with
+for lesions that fill a tiny fraction of the scan; with ``--set balanced_ce_until=F`` dice_ce's cross-entropy starts
+class-balanced and becomes plain at F of the steps (short schedules). SGD with
 Nesterov momentum 0.99, lr 1e-2, poly decay, gradient clipping at 12. Batches: foreground oversampling and
 batchgenerators augmentation (spatial, noise, blur, brightness, contrast, gamma, mirroring), in ``num_workers``
 background processes. With ``--synthetic STRATEGY`` a share ``R / (1 + R)`` of the samples (``R`` = the synthetic
