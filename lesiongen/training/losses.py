@@ -43,8 +43,6 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 def blended_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balanced_share: float) -> torch.Tensor:
     """``balanced_share`` x class-balanced cross-entropy + (1 - ``balanced_share``) x plain cross-entropy."""
     plain = F.cross_entropy(logits, labels.long())
-    if balanced_share <= 0:
-        return plain
     return balanced_share * balanced_cross_entropy(logits, labels) + (1 - balanced_share) * plain
 
 

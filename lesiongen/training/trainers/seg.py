@@ -203,9 +203,8 @@ class SegTrainer(Trainer):
 
     def loss_terms(self) -> dict[str, LossTerm]:
         """The loss at this step: ``loss``'s terms; dice_ce's cross-entropy blended from class-balanced towards
-        plain over the first ``balanced_ce_until`` of the steps."""
-        share = balanced_ce_share(self.step, self.total_steps, self.balanced_ce_until) if self.loss == "dice_ce" \
-            else 0.0
+        plain over the first ``balanced_ce_until`` of the steps (above 0 with dice_ce only: apply_settings)."""
+        share = balanced_ce_share(self.step, self.total_steps, self.balanced_ce_until)
         if share == 0:
             return SEG_LOSSES[self.loss]
         return {**SEG_LOSS_TERMS, "ce": lambda logits, labels: blended_cross_entropy(logits, labels[:, 0], share)}
