@@ -774,6 +774,10 @@ MUTANTS = (
            'return {**SEG_LOSS_TERMS, "ce": lambda logits, labels: blended_cross_entropy(logits, labels[:, 0], share)}',
            "return SEG_LOSSES[self.loss]",
            ("tests/test_seg_options.py::test_seg_loss_at_a_step_blends_dice_ce_cross_entropy_from_balanced_to_plain",)),
+    Mutant("seg_training_loss_skips_the_balanced_start", "lesiongen/training/trainers/seg.py",
+           'return deep_supervision_loss(self.trained["unet"](data), target, self.loss_terms())',
+           'return deep_supervision_loss(self.trained["unet"](data), target, SEG_LOSSES[self.loss])',
+           ("tests/test_seg.py::test_seg_training_loss_uses_the_balanced_start",)),
 )
 
 

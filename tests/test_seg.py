@@ -345,6 +345,35 @@ def test_seg_records_the_fade_and_refuses_a_start_outside_0_1_or_a_balanced_star
         trainer.apply_settings({"balanced_ce_until": 0.5, "loss": "weighted"})
 
 
+class _QuarterLesion(torch.nn.Module):
+    """A network whose every voxel says lesion with probability 1/4: plain cross-entropy then depends on the batch's
+    lesion fraction, the class-balanced one is (ln 4 + ln 4/3) / 2 whatever it is."""
+
+    def forward(self, x):
+        logits = torch.zeros((x.shape[0], 2, *x.shape[2:]))
+        logits[:, 1] = -np.log(3)
+        return logits
+
+
+@pytest.mark.parametrize("until", [0.0, 1.0])
+def test_seg_training_loss_uses_the_balanced_start(tiny_preprocessed, until):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import trainer_class
+
+    trainer = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=10))
+    trainer.apply_settings({"balanced_ce_until": until})
+    trainer.initialize()
+    trainer.load_training_data()
+    trainer.trained["unet"] = _QuarterLesion()
+    _, parts = trainer.training_loss()  # step 0: all balanced when until > 0
+    trainer.batches.close()
+    balanced = (np.log(4) + np.log(4 / 3)) / 2
+    if until:
+        assert parts["ce"] == pytest.approx(balanced, abs=1e-5)
+    else:  # plain: background voxels, at -ln 3/4 each, outnumber the lesion's
+        assert parts["ce"] < balanced - 0.1
+
+
 def test_seg_learns_from_a_seeded_share_of_the_real_cases_with_real_data_only(tiny_preprocessed, caplog):
     from lesiongen.training.base import TrainingOptions
     from lesiongen.training.registry import trainer_class
