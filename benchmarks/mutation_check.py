@@ -778,6 +778,18 @@ MUTANTS = (
            'return deep_supervision_loss(self.trained["unet"](data), target, self.loss_terms())',
            'return deep_supervision_loss(self.trained["unet"](data), target, SEG_LOSSES[self.loss])',
            ("tests/test_seg.py::test_seg_training_loss_uses_the_balanced_start",)),
+    Mutant("found_no_lesion_ignores_recall", "lesiongen/evaluation/compare.py",
+           'all(c["lesion_recall"] == 0 and c["dice"] == 0 for c in with_lesions)',
+           'all(c["dice"] == 0 for c in with_lesions)',
+           ("tests/test_compare.py::test_found_no_lesion_needs_zero_dice_and_recall_on_every_case_with_lesions",)),
+    Mutant("seg_validation_never_finds_a_failed_start", "lesiongen/training/trainers/seg.py",
+           'summary["found_no_lesion"] = found_no_lesion(per_case_metrics(summary).values())',
+           'summary["found_no_lesion"] = False',
+           ("tests/test_seg.py::test_seg_validation_that_finds_no_lesion_says_so",)),
+    Mutant("comparison_forgets_failed_folds", "lesiongen/evaluation/compare.py",
+           'row["folds_without_lesions"] = sorted((failed or {}).get(strategy, []))',
+           'row["folds_without_lesions"] = []',
+           ("tests/test_compare.py::test_a_fold_that_found_no_validation_lesion_is_named_in_the_comparison",)),
 )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lesiongen.evaluation.benefit_report import DATA_CHECK, REPORT, SCHEDULE_CHECK, write_report
-from lesiongen.evaluation.compare import METRICS, class_means, run_comparison
+from lesiongen.evaluation.compare import METRICS, class_means, found_no_lesion, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
 from lesiongen.evaluation.segmentation_metrics import case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference
@@ -393,15 +393,8 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
 
 
 def failed_trainings(scores: dict) -> list[str]:
-    """The models that found no test lesion at all: Dice and lesion recall 0 on every test case that has lesions.
-    Such a training did not learn (at short schedules a seed can stay at all background); its zeros pull down
-    every row and paired difference its seed is in, so the report names it."""
-    failed = []
-    for name, cases in scores.items():
-        with_lesions = [c for c in cases.values() if math.isfinite(c["lesion_recall"])]
-        if with_lesions and all(c["lesion_recall"] == 0 and c["dice"] == 0 for c in with_lesions):
-            failed.append(name)
-    return failed
+    """The models that found no test lesion at all (:func:`found_no_lesion`): the report names them."""
+    return [name for name, cases in scores.items() if found_no_lesion(cases.values())]
 
 
 def _matrix(scores: dict, names: list[str], cases: list[str], metric: str) -> np.ndarray:

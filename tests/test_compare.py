@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from conftest import table_row
 
-from lesiongen.evaluation.compare import METRICS, answer, compare, write_comparison
+from lesiongen.evaluation.compare import (METRICS, answer, compare, found_no_lesion, run_comparison,
+                                         write_comparison)
+from lesiongen.utilities.files import write_json
 
 
 def _case(dice: float, f1: float) -> dict[str, float]:
@@ -81,3 +83,38 @@ def test_the_comparison_table_shows_the_paired_difference_in_its_vs_none_column(
     header, _, _, sphere = paths["markdown"].read_text().split("\n\n")[2].splitlines()[:4]
     columns = table_row(header, sphere)
     assert columns["Dice"] == "0.75 ± 0.15" and columns["Dice vs none"] == "0.15 ± 0.05"
+
+
+def _summary(dice_recall: dict[str, tuple[float, float]]) -> dict:
+    """A fold's summary.json as the seg trainer writes it (label "1"; None where JSON holds NaN)."""
+    per_case = {case: {"1": {m: None for m in METRICS} | {"dice": dice, "lesion_recall": recall}}
+                for case, (dice, recall) in dice_recall.items()}
+    mean = {m: None for m in METRICS} | {"dice": float(np.mean([d for d, _ in dice_recall.values()]))}
+    return {"per_case": per_case, "mean": {"1": {"mean": mean}}}
+
+
+def test_found_no_lesion_needs_zero_dice_and_recall_on_every_case_with_lesions():
+    free = {"dice": 1.0, "lesion_recall": math.nan}  # no reference lesion, none predicted
+    assert found_no_lesion([{"dice": 0.0, "lesion_recall": 0.0}, free, {"dice": 0.0, "lesion_recall": 0.0}])
+    assert not found_no_lesion([{"dice": 0.0, "lesion_recall": 0.0}, {"dice": 0.0, "lesion_recall": 0.5}])
+    assert not found_no_lesion([{"dice": 0.0, "lesion_recall": 0.0}, {"dice": 0.2, "lesion_recall": 0.0}])
+    assert not found_no_lesion([free, free])  # no case with a lesion: nothing to judge
+
+
+def test_a_fold_that_found_no_validation_lesion_is_named_in_the_comparison(lesiongen_folders, tmp_path):
+    root = lesiongen_folders["results"] / "Dataset501_D"
+    folds = {("none", "0"): {"a": (0.0, 0.0), "b": (0.0, 0.0), "c": (1.0, None)},  # learnt nothing
+             ("none", "1"): {"d": (0.6, 1.0), "e": (0.0, 0.0)},
+             ("sphere", "0"): {"a": (0.5, 1.0), "b": (0.0, 0.0), "c": (1.0, None)}}
+    for (strategy, fold), cases in folds.items():
+        folder = root / f"seg_{strategy}__lesiongenPlans" / f"fold_{fold}"
+        folder.mkdir(parents=True)
+        write_json(folder / "summary.json", _summary(cases))
+        (folder / "checkpoint_final.pt").write_bytes(b"weights")
+    rows, paths = run_comparison("Dataset501_D", "lesiongenPlans", output=tmp_path / "out")
+    assert {row["strategy"]: row["folds_without_lesions"] for row in rows} == {"none": ["0"], "sphere": []}
+    table = paths["markdown"].read_text()
+    assert "**Warning**: none fold 0 found no validation lesion at all" in table
+    assert "--set balanced_ce_until=0.5" in table
+    write_comparison([{**row, "folds_without_lesions": []} for row in rows], tmp_path / "clean")
+    assert "Warning" not in (tmp_path / "clean" / "comparison.md").read_text()

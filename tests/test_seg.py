@@ -494,3 +494,35 @@ def test_a_missing_generator_is_named_with_the_command_that_trains_it(seg_runs):
     assert strategy_checkpoints(dataset, 1, "copy_paste") == {}
     with pytest.raises(LesiongenError, match=f"run lesiongen_train {TINY_NAME} spheremask 1$"):
         make_synthetic_cases(dataset, 1, "sphere", 1, ["demo_000"], plans_sha256(dataset.plans))
+
+
+class _Constant:
+    """A segmenter that says ``label`` everywhere, whatever the scan."""
+
+    label_values = [0, 1]
+
+    def __init__(self, label: int):
+        self.label = label
+
+    def predict_probabilities(self, data, mirror=False):
+        probabilities = np.zeros((2, *data.shape[1:]), dtype=np.float32)
+        probabilities[self.label] = 1.0
+        return probabilities
+
+
+def test_seg_validation_that_finds_no_lesion_says_so(tiny_preprocessed, caplog):
+    from lesiongen.training.base import TrainingOptions
+    from lesiongen.training.registry import trainer_class
+
+    trainer = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=2))
+    with caplog.at_level(logging.WARNING, logger="lesiongen.training"):
+        trainer.validate_cases(_Constant(0))  # all background: every validation lesion missed
+    summary = json.loads((trainer.output_folder / "summary.json").read_text())
+    assert summary["found_no_lesion"] is True
+    assert any(case["1"]["lesion_recall"] == 0 for case in summary["per_case"].values())  # cases with lesions
+    assert "found no lesion in any validation case" in caplog.text and "balanced_ce_until=0.5" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lesiongen.training"):
+        trainer.validate_cases(_Constant(1))  # all lesion: poor, but it finds them
+    assert json.loads((trainer.output_folder / "summary.json").read_text())["found_no_lesion"] is False
+    assert "found no lesion" not in caplog.text

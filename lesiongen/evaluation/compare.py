@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,15 @@ def class_means(per_class: list[dict]) -> dict[str, float]:
     return out
 
 
+def found_no_lesion(cases: Iterable[dict[str, float]]) -> bool:
+    """Whether a model found no lesion at all: Dice and lesion recall 0 on every case whose reference has lesions
+    (``cases``: one metric dict per case, averaged over classes; False when no case has a lesion). At short
+    schedules a training can stay at all background; its zeros are then noise in every mean and paired
+    difference it enters, so reports name it."""
+    with_lesions = [c for c in cases if math.isfinite(c["lesion_recall"])]
+    return bool(with_lesions) and all(c["lesion_recall"] == 0 and c["dice"] == 0 for c in with_lesions)
+
+
 def fold_metrics(summary: dict) -> dict[str, float]:
     """One value per metric for a fold: the mean over cases, averaged over lesion classes."""
     return class_means([cls["mean"] for cls in summary["mean"].values()])
@@ -61,10 +71,11 @@ def per_case_metrics(summary: dict) -> dict[str, dict[str, float]]:
 @dataclasses.dataclass
 class FoldResults:
     """What the finished ``seg`` folds hold, per strategy: fold -> metric, validation case -> metric, fold -> model
-    record."""
+    record, and the folds that found no validation lesion (:func:`found_no_lesion`)."""
     folds: dict[str, dict[str, dict[str, float]]]
     cases: dict[str, dict[str, dict[str, float]]]
     models: dict[str, dict[str, dict]]
+    failed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> FoldResults:
@@ -73,6 +84,7 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> Fold
     found: dict[str, dict[str, dict[str, float]]] = {}
     cases: dict[str, dict[str, dict[str, float]]] = {}
     models: dict[str, dict[str, dict]] = {}
+    failed: dict[str, list[str]] = {}
     for folder in sorted(root.glob(f"seg_*__{plans_name}")):
         variant = SegVariant.parse(folder.name[: -len(f"__{plans_name}")])
         if variant is None:
@@ -84,12 +96,15 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> Fold
             if (folds is None or fold in folds) and checkpoint.is_file():
                 summary = read_json(summary_file)
                 found.setdefault(strategy, {})[fold] = fold_metrics(summary)
-                cases.setdefault(strategy, {}).update(per_case_metrics(summary))
+                fold_cases = per_case_metrics(summary)
+                cases.setdefault(strategy, {}).update(fold_cases)
+                if found_no_lesion(fold_cases.values()):  # judged here, not read: older summaries lack the flag
+                    failed.setdefault(strategy, []).append(fold)
                 models.setdefault(strategy, {})[fold] = model_record(checkpoint, summary.get("provenance"))
     if not found:
         raise LesiongenError(f"{root}: no finished seg folds (summary.json) to compare; run lesiongen_train "
                              f"{dataset_name} seg FOLD --synthetic STRATEGY first")
-    return FoldResults(found, cases, models)
+    return FoldResults(found, cases, models, failed)
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -109,9 +124,11 @@ def paired_over_cases(cases: dict[str, dict[str, float]], baseline: dict[str, di
 
 
 def compare(results: dict[str, dict[str, dict[str, float]]],
-            cases: dict[str, dict[str, dict[str, float]]] | None = None) -> list[dict]:
+            cases: dict[str, dict[str, dict[str, float]]] | None = None,
+            failed: dict[str, list[str]] | None = None) -> list[dict]:
     """One row per strategy: each metric's mean ± std over folds, the paired difference to ``none`` over the folds
-    both have and, given the validation ``cases``, over the cases both have (``paired_vs_none``)."""
+    both have and, given the validation ``cases``, over the cases both have (``paired_vs_none``), and the folds
+    that found no validation lesion (``folds_without_lesions``, from ``failed``)."""
     rows = []
     baseline = results.get("none", {})
     cases = cases or {}
@@ -125,6 +142,7 @@ def compare(results: dict[str, dict[str, dict[str, float]]],
             row[f"{metric}_vs_none"] = _stats(paired) if strategy != "none" and paired else (math.nan, math.nan)
         if strategy != "none" and "none" in cases:
             row["paired_vs_none"] = paired_over_cases(cases.get(strategy, {}), cases["none"])
+        row["folds_without_lesions"] = sorted((failed or {}).get(strategy, []))
         rows.append(row)
     return rows
 
@@ -177,11 +195,16 @@ def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = N
         cells += [_difference_cell(row, m) for m in PAIRED_OVER_CASES]
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = answer(rows)
+    failed = [f"{row['strategy']} fold {fold}" for row in rows for fold in row.get("folds_without_lesions", [])]
+    warning = (f"\n**Warning**: {', '.join(failed)} found no validation lesion at all (Dice and lesion recall 0 on "
+               "every case with lesions): those trainings did not learn, and their zeros are in the means above. "
+               "Train longer (--steps), or start from a class-balanced cross-entropy (--set balanced_ce_until=0.5; "
+               "documentation/segmentation.md).\n") if failed else ""
     markdown = "# Segmentation with and without synthetic lesions\n\nMean ± std over folds; \"vs none\" is the " \
                "paired difference to real data only over the folds both have (Dice ×1, not percent points); " \
                "\"over cases\": over the validation cases both have, with a 95 % bootstrap interval and the " \
                "Wilcoxon signed-rank p.\n\n" + "\n".join(lines) + "\n" + \
-               ("\n## Answer\n\n" + "\n".join(verdicts) + "\n" if verdicts else "")
+               ("\n## Answer\n\n" + "\n".join(verdicts) + "\n" if verdicts else "") + warning
     paths = {"markdown": folder / "comparison.md", "csv": folder / "comparison.csv",
              "json": folder / "comparison.json", "png": folder / "comparison.png"}
     folder.mkdir(parents=True, exist_ok=True)
@@ -230,6 +253,6 @@ def _plot(rows: list[dict], path: Path) -> None:
 def run_comparison(dataset_name: str, plans_name: str, folds: list[str] | None = None,
                    output: Path | None = None) -> tuple[list[dict], dict[str, Path]]:
     found = collect(dataset_name, plans_name, folds)
-    rows = compare(found.folds, found.cases)
+    rows = compare(found.folds, found.cases, found.failed)
     provenance = {**code_version(), "plans_name": plans_name, "models": found.models}
     return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison", provenance)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lesiongen.evaluation.compare import found_no_lesion, per_case_metrics
 from lesiongen.evaluation.segmentation_metrics import aggregate, case_metrics
 from lesiongen.inference.segment import probabilities_to_labels
 from lesiongen.inference.strategies import SegVariant, strategy as get_strategy
@@ -240,6 +241,12 @@ class SegTrainer(Trainer):
             progress.advance()
         summary = {"per_case": per_case, "mean": aggregate(per_case), "labels": self.plans.lesion_labels,
                    "strategy": self.strategy, "fold": str(self.fold), "provenance": json_plain(self.provenance())}
+        summary["found_no_lesion"] = found_no_lesion(per_case_metrics(summary).values())
+        if summary["found_no_lesion"]:
+            logger.warning("%s fold %s found no lesion in any validation case (Dice and lesion recall 0): the "
+                           "training did not start. Train longer (--steps), or start from a class-balanced "
+                           "cross-entropy (--set balanced_ce_until=0.5; documentation/segmentation.md)",
+                           self.folder_name, self.fold)
         write_json(self.output_folder / "summary.json", json_plain(summary))
         return summary["mean"]
 
