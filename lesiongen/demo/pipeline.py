@@ -128,7 +128,8 @@ def _segmentation(dataset: PreprocessedDataset, options: DemoRunOptions) -> list
     _, paths = run_comparison(dataset.name, dataset.plans.plans_name, ["0"])
     return [f"  seg fold 0 trained {options.seg_steps} steps with real data only and with synthetic cases (sphere "
             "masks + the inpainter, half as many as real cases); validation Dice, lesion F1 ...:",
-            *("    " + line for line in paths["markdown"].read_text().splitlines() if line.startswith(("|", "- "))),
+            *("    " + line for line in paths["markdown"].read_text().splitlines()
+              if line.startswith(("|", "- ", "**Warning**"))),
             f"  comparison: {paths['markdown'].parent}",
             "  one fold, one seed, short CPU runs: this shows the machinery; lesiongen_benefit answers whether "
             "synthetic lesions help (held-out test scans, several seeds, confidence intervals)"]
