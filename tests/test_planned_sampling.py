@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -62,11 +63,14 @@ def test_the_diffusion_trainers_take_the_planned_sampler_and_the_setting_overrid
     assert (inpaint.model_config().sampling == InpaintSchedule.few_step()) is not few
 
 
-def test_the_inpaint_trainers_edge_settings_reach_the_model_it_writes(tiny_preprocessed):
+def test_the_inpaint_trainers_edge_settings_reach_the_model_it_writes(tiny_preprocessed, caplog):
     inpaint = InpaintTrainer(open_preprocessed(str(TINY.dataset_id)), 0, "cpu")
     assert (inpaint.model_config().edge_rings, inpaint.model_config().edge_max_gain) == ("chessboard", 1.0)
-    inpaint.apply_settings({"edge_max_gain": "2.5", "euclidean_edge_rings": "true"})  # --set
+    with caplog.at_level(logging.INFO, logger="lesiongen.training"):
+        inpaint.apply_settings({"edge_max_gain": "2.5", "euclidean_edge_rings": "true"})  # --set
     assert (inpaint.model_config().edge_rings, inpaint.model_config().edge_max_gain) == ("euclidean", 2.5)
+    # the log shows the values as parsed, not the strings typed
+    assert "settings changed: {'edge_max_gain': 2.5, 'euclidean_edge_rings': True}" in caplog.text
 
 
 def test_a_model_trained_under_few_step_plans_samples_in_few_steps_by_default(tiny_preprocessed):

@@ -197,8 +197,8 @@ class Trainer:
                 raise LesiongenError(f"--set {key}: {self.name} has no such setting; it has {', '.join(known)}")
             setattr(self, key, parse_setting_value(value, known[key], key) if isinstance(value, str)
                     else type(known[key])(value))
-        if values:
-            logger.info("settings changed: %s", values)
+        if values:  # the parsed values, as training will use them
+            logger.info("settings changed: %s", {key: getattr(self, key) for key in values})
 
     # ------------------------------------------------------------------------------------ subclass hooks
     def model_config(self) -> Any:
