@@ -790,6 +790,14 @@ MUTANTS = (
            'row["folds_without_lesions"] = sorted((failed or {}).get(strategy, []))',
            'row["folds_without_lesions"] = []',
            ("tests/test_compare.py::test_a_fold_that_found_no_validation_lesion_is_named_in_the_comparison",)),
+    Mutant("demo_seg_without_balanced_start", "lesiongen/demo/pipeline.py",
+           '"mirror_validation": False, "balanced_ce_until": 0.5}',
+           '"mirror_validation": False}',
+           ("tests/test_seg.py::test_seg_training_loss_uses_the_balanced_start",)),
+    Mutant("settings_log_shows_the_typed_strings", "lesiongen/training/base.py",
+           '{key: getattr(self, key) for key in values})',
+           'values)',
+           ("tests/test_planned_sampling.py::test_the_inpaint_trainers_edge_settings_reach_the_model_it_writes",)),
 )
 
 

@@ -12,6 +12,7 @@ import torch
 from conftest import TINY, TINY_NAME, count_inpaint_calls
 from lesiongen.cli import compare as compare_cli
 from lesiongen.cli import train as train_cli
+from lesiongen.demo.pipeline import DEMO_SEG_SETTINGS
 from lesiongen.io.images import read_image
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.preprocessing.storage import load_array
@@ -355,20 +356,21 @@ class _QuarterLesion(torch.nn.Module):
         return logits
 
 
-@pytest.mark.parametrize("until", [0.0, 1.0])
-def test_seg_training_loss_uses_the_balanced_start(tiny_preprocessed, until):
+@pytest.mark.parametrize("settings", [{"balanced_ce_until": 0.0}, {"balanced_ce_until": 1.0}, DEMO_SEG_SETTINGS],
+                         ids=["plain", "balanced", "lesiongen_demo"])
+def test_seg_training_loss_uses_the_balanced_start(tiny_preprocessed, settings):
     from lesiongen.training.base import TrainingOptions
     from lesiongen.training.registry import trainer_class
 
     trainer = trainer_class("seg")(open_preprocessed(TINY.dataset_id), 0, "cpu", TrainingOptions(total_steps=10))
-    trainer.apply_settings({"balanced_ce_until": until})
+    trainer.apply_settings(settings)
     trainer.initialize()
     trainer.load_training_data()
     trainer.trained["unet"] = _QuarterLesion()
     _, parts = trainer.training_loss()  # step 0: all balanced when until > 0
     trainer.batches.close()
     balanced = (np.log(4) + np.log(4 / 3)) / 2
-    if until:
+    if settings["balanced_ce_until"]:
         assert parts["ce"] == pytest.approx(balanced, abs=1e-5)
     else:  # plain: background voxels, at -ln 3/4 each, outnumber the lesion's
         assert parts["ce"] < balanced - 0.1
