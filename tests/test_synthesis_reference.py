@@ -5,9 +5,12 @@ models make that forgets to bump it leaves stale cases in use (copy_paste's marg
 the strategies whose lesion masks come from numpy draws alone (copy_paste, sphere, realmask) make two cases each
 from 2-step-trained models of the tiny dataset, and the edit (label voxels exactly, edited voxels and their values
 within a tolerance far above float noise across CPUs and thread counts) is compared with
-``data/synthesis_reference.npz``. The reference also records its inputs (healthy scans, donor lesions, the
-models' configuration - spheremask's is the fold's sphere priors - and weights, the plans' patch and spacing) so that
-a change upstream of synthesis is told apart from one in it.
+``data/synthesis_reference.npz``. diffmask is guarded with an oracle denoiser in place of its network (a 2-step-trained
+one's masks are all implausible, and a thresholded network output is not bit-stable across CPUs): the masks then
+follow the sphere draws, the noise seed, the sampler, the binarisation and the plausibility gate, which is what a
+seed's diffmask case depends on besides the trained weights. The reference also records its inputs (healthy scans,
+donor lesions, the models' configuration - spheremask's is the fold's sphere priors - and weights, the plans' patch
+and spacing) so that a change upstream of synthesis is told apart from one in it.
 
 Regenerate the reference after a deliberate change with
 ``LESIONGEN_UPDATE_SYNTHESIS_REFERENCE=1 python -m pytest tests/test_synthesis_reference.py``.
@@ -22,19 +25,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from conftest import TINY, TINY_NAME
 from lesiongen.cli import train as train_cli
+from lesiongen.models.mask_generators import DiffMaskConfig
 from lesiongen.models.registry import load_trained_model
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
 from lesiongen.preprocessing.storage import load_array
 from lesiongen.training.base import plans_sha256
+from lesiongen.training import synthetic
 from lesiongen.training.synthetic import SYNTHESIS_VERSION, make_synthetic_cases
 
 REFERENCE = Path(__file__).parent / "data" / "synthesis_reference.npz"
 UPDATE = os.environ.get("LESIONGEN_UPDATE_SYNTHESIS_REFERENCE") == "1"
-GUARDED = ("copy_paste", "sphere", "realmask")  # the learned generators' masks would follow 2-step-trained weights
+GUARDED = ("copy_paste", "sphere", "realmask", "diffmask")  # diffmask with OracleDenoiser
 CASES = 2
 SEED = 11
 # edited values differ by less than 1e-6 between 1 and 2 threads here; a change to synthesis moves them by tenths
@@ -42,18 +49,48 @@ VALUE_TOLERANCE = 1e-3
 INPUT_RTOL = 1e-4
 
 
+FAST_TRAINING = {"spheremask": [], "inpaint": ["--set", "sampling_steps=4"],
+                 "diffmask": ["--set", "calibration_patches=1"]}  # diffmask's network and threshold are replaced
+
+
+class OracleDenoiser(torch.nn.Module):
+    """diffmask's denoiser replaced by arithmetic: the clean-mask estimate is the sphere cue smoothed over 3 voxels
+    plus half the noisy mask, so a mask is the spheres with edges the noise decides. Elementwise and pooling
+    arithmetic only: the same masks on every CPU and thread count."""
+
+    def __init__(self, offsets: dict[str, slice]):
+        super().__init__()
+        self.noisy, self.control = offsets["noisy"], offsets["control"]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cue = F.avg_pool3d(x[:, self.control], 3, stride=1, padding=1, count_include_pad=False)
+        return (2 * cue + 0.5 * x[:, self.noisy]).clamp(-1, 1)
+
+
+def _with_oracle(model):
+    """A loaded diffmask model with OracleDenoiser and the configuration its trainer starts from (threshold 0): what
+    it makes no longer depends on 2-step-trained weights or a threshold calibrated with them."""
+    if model.kind == "diffmask":
+        model.networks["denoiser"] = OracleDenoiser(model.input_layout.offsets())
+        model.config = DiffMaskConfig(priors=model.config.priors, lesions_on_controls_only=True)
+    return model
+
+
 @pytest.fixture(scope="module")
 def guarded_edits(tiny_preprocessed) -> tuple[dict[str, np.ndarray], dict[str, float | str]]:
     """(the edits of every guarded strategy's cases, the inputs' summary)."""
-    for name in ("spheremask", "inpaint"):
-        fast = ["--set", "sampling_steps=4"] if name == "inpaint" else []
+    for name, fast in FAST_TRAINING.items():
         assert train_cli.main([str(TINY.dataset_id), name, "0", "--steps", "2", *fast, "-device", "cpu"]) == 0
     dataset = open_preprocessed(TINY.dataset_id)
     train_cases = load_trained_model(TINY_NAME, "inpaint", "lesiongenPlans", 0, "cpu").provenance["train_cases"]
     edits: dict[str, np.ndarray] = {}
     healthy_square_sums: dict[str, float] = {}
-    for strategy in GUARDED:
-        made = make_synthetic_cases(dataset, 0, strategy, CASES, train_cases, plans_sha256(dataset.plans), seed=SEED)
+    load_fold_model = synthetic._load_fold_model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic, "_load_fold_model", lambda *args: _with_oracle(load_fold_model(*args)))
+        made_sets = {strategy: make_synthetic_cases(dataset, 0, strategy, CASES, train_cases,
+                                                    plans_sha256(dataset.plans), seed=SEED) for strategy in GUARDED}
+    for strategy, made in made_sets.items():
         for case in made.cases:
             record = json.loads(Path(f"{case.stem}.json").read_text())
             source = record["key"]["source_healthy_case"]
@@ -83,6 +120,10 @@ def _inputs(dataset, train_cases: list[str]) -> dict[str, float | str]:
         for role, network in model.networks.items():
             inputs[f"{name}/{role}/weights_square_sum"] = sum(_square_sum(p.detach().numpy())
                                                                for p in network.parameters())
+    oracle = dataclasses.asdict(_with_oracle(load_trained_model(TINY_NAME, "diffmask", "lesiongenPlans", 0,
+                                                                "cpu")).config)
+    inputs.update({"diffmask/oracle_config/absolute_sum": _absolute_sum(oracle),
+                   "diffmask/oracle_config/words": " ".join(_words(oracle))})
     inputs.update({"plans/lesion_patch_size": float(np.prod(dataset.plans.lesion_patch_size)),
                    "plans/target_spacing": float(np.prod(dataset.plans.target_spacing))})
     return inputs
