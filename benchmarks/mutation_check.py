@@ -768,6 +768,9 @@ MUTANTS = (
            "noise_seed = [int(rng.integers(2**31)) for rng in rngs]",
            "noise_seed = [int(rng.integers(2**30)) for rng in rngs]",
            ("tests/test_synthesis_reference.py",)),
+    Mutant("ganmask_noise_scale_changes_silently", "lesiongen/models/mask_generators.py",
+           "NOISE_CELL_VOXELS: ClassVar[int] = 4", "NOISE_CELL_VOXELS: ClassVar[int] = 3",
+           ("tests/test_synthesis_reference.py",)),
     Mutant("diffmask_sampler_steps_change_silently", "lesiongen/models/mask_generators.py",
            "return self._run_sampler(controls, tissue, seed, schedule or self.config.schedule, progress)",
            "return self._run_sampler(controls, tissue, seed, dataclasses.replace(schedule or self.config.schedule, "

@@ -5,12 +5,12 @@ models make that forgets to bump it leaves stale cases in use (copy_paste's marg
 the strategies whose lesion masks come from numpy draws alone (copy_paste, sphere, realmask) make two cases each
 from 2-step-trained models of the tiny dataset, and the edit (label voxels exactly, edited voxels and their values
 within a tolerance far above float noise across CPUs and thread counts) is compared with
-``data/synthesis_reference.npz``. diffmask is guarded with an oracle denoiser in place of its network (a 2-step-trained
-one's masks are all implausible, and a thresholded network output is not bit-stable across CPUs): the masks then
-follow the sphere draws, the noise seed, the sampler, the binarisation and the plausibility gate, which is what a
-seed's diffmask case depends on besides the trained weights. The reference also records its inputs (healthy scans,
-donor lesions, the models' configuration - spheremask's is the fold's sphere priors - and weights, the plans' patch
-and spacing) so that a change upstream of synthesis is told apart from one in it.
+``data/synthesis_reference.npz``. The learned generators (diffmask, unetmask, ganmask) are guarded with an oracle in
+place of their network (a 2-step-trained one's masks are all implausible, and a thresholded network output is not
+bit-stable across CPUs): the masks then follow the sphere draws, the noise seed, the sampler, the binarisation and the
+plausibility gate, which is what a seed's case depends on besides the trained weights. The reference also records
+its inputs (healthy scans, donor lesions, the models' configuration - spheremask's is the fold's sphere priors - and
+weights, the plans' patch and spacing) so that a change upstream of synthesis is told apart from one in it.
 
 Regenerate the reference after a deliberate change with
 ``LESIONGEN_UPDATE_SYNTHESIS_REFERENCE=1 python -m pytest tests/test_synthesis_reference.py``.
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from conftest import TINY, TINY_NAME
 from lesiongen.cli import train as train_cli
-from lesiongen.models.mask_generators import DiffMaskConfig
+from lesiongen.models.mask_generators import DiffMaskConfig, GANMaskConfig, UNetMaskConfig
 from lesiongen.models.registry import load_trained_model
 from lesiongen.preprocessing.dataset import open_preprocessed
 from lesiongen.preprocessing.lesion_patches import load_lesion_patches
@@ -41,7 +41,7 @@ from lesiongen.training.synthetic import SYNTHESIS_VERSION, make_synthetic_cases
 
 REFERENCE = Path(__file__).parent / "data" / "synthesis_reference.npz"
 UPDATE = os.environ.get("LESIONGEN_UPDATE_SYNTHESIS_REFERENCE") == "1"
-GUARDED = ("copy_paste", "sphere", "realmask", "diffmask")  # diffmask with OracleDenoiser
+GUARDED = ("copy_paste", "sphere", "realmask", "diffmask", "unetmask", "ganmask")  # the last three: OracleMaskNetwork
 CASES = 2
 SEED = 11
 # edited values differ by less than 1e-6 between 1 and 2 threads here; a change to synthesis moves them by tenths
@@ -49,30 +49,43 @@ VALUE_TOLERANCE = 1e-3
 INPUT_RTOL = 1e-4
 
 
-FAST_TRAINING = {"spheremask": [], "inpaint": ["--set", "sampling_steps=4"],
-                 "diffmask": ["--set", "calibration_patches=1"]}  # diffmask's network and threshold are replaced
+FAST_TRAINING = {"spheremask": [], "inpaint": ["--set", "sampling_steps=4"], "unetmask": [],
+                 # their networks and thresholds are replaced by the oracle's
+                 "diffmask": ["--set", "calibration_patches=1"], "ganmask": []}
+# per learned generator: its network's name, the input part holding its randomness (None: it has none), the
+# configuration its trainer starts from
+ORACLES = {"diffmask": ("denoiser", "noisy", lambda priors: DiffMaskConfig(priors=priors,
+                                                                           lesions_on_controls_only=True)),
+           "unetmask": ("unet", None, lambda priors: UNetMaskConfig(priors=priors)),
+           "ganmask": ("generator", "noise", lambda priors: GANMaskConfig(priors=priors))}
 
 
-class OracleDenoiser(torch.nn.Module):
-    """diffmask's denoiser replaced by arithmetic: the clean-mask estimate is the sphere cue smoothed over 3 voxels
-    plus half the noisy mask, so a mask is the spheres with edges the noise decides. Elementwise and pooling
-    arithmetic only: the same masks on every CPU and thread count."""
+class OracleMaskNetwork(torch.nn.Module):
+    """A mask generator's network replaced by arithmetic: twice the sphere cue smoothed over 3 voxels plus half the
+    first channel of its random input (diffmask's noisy mask, ganmask's noise fields; unetmask has none), so a mask
+    is the spheres with edges the noise decides (above 0: a logit above 0, or diffmask's clean-mask estimate, clipped
+    to [-1, 1], above its threshold 0). Elementwise and pooling arithmetic only: the same masks on every CPU and
+    thread count."""
 
-    def __init__(self, offsets: dict[str, slice]):
+    def __init__(self, offsets: dict[str, slice], random_part: str | None, clip: bool):
         super().__init__()
-        self.noisy, self.control = offsets["noisy"], offsets["control"]
+        self.control, self.random, self.clip = offsets["control"], random_part and offsets[random_part], clip
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cue = F.avg_pool3d(x[:, self.control], 3, stride=1, padding=1, count_include_pad=False)
-        return (2 * cue + 0.5 * x[:, self.noisy]).clamp(-1, 1)
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        value = 2 * F.avg_pool3d(x[:, self.control], 3, stride=1, padding=1, count_include_pad=False)
+        if self.random is not None:
+            value = value + 0.5 * x[:, self.random][:, :1]
+        return value.clamp(-1, 1) if self.clip else value
 
 
 def _with_oracle(model):
-    """A loaded diffmask model with OracleDenoiser and the configuration its trainer starts from (threshold 0): what
-    it makes no longer depends on 2-step-trained weights or a threshold calibrated with them."""
-    if model.kind == "diffmask":
-        model.networks["denoiser"] = OracleDenoiser(model.input_layout.offsets())
-        model.config = DiffMaskConfig(priors=model.config.priors, lesions_on_controls_only=True)
+    """A loaded learned mask generator with OracleMaskNetwork and the configuration its trainer starts from: what it
+    makes no longer depends on 2-step-trained weights or a threshold calibrated with them."""
+    if model.kind in ORACLES:
+        network, random_part, config = ORACLES[model.kind]
+        model.networks[network] = OracleMaskNetwork(model.input_layout.offsets(), random_part,
+                                                    clip=model.kind == "diffmask")
+        model.config = config(model.config.priors)
     return model
 
 
@@ -120,10 +133,11 @@ def _inputs(dataset, train_cases: list[str]) -> dict[str, float | str]:
         for role, network in model.networks.items():
             inputs[f"{name}/{role}/weights_square_sum"] = sum(_square_sum(p.detach().numpy())
                                                                for p in network.parameters())
-    oracle = dataclasses.asdict(_with_oracle(load_trained_model(TINY_NAME, "diffmask", "lesiongenPlans", 0,
-                                                                "cpu")).config)
-    inputs.update({"diffmask/oracle_config/absolute_sum": _absolute_sum(oracle),
-                   "diffmask/oracle_config/words": " ".join(_words(oracle))})
+    for name in ORACLES:
+        oracle = dataclasses.asdict(_with_oracle(load_trained_model(TINY_NAME, name, "lesiongenPlans", 0,
+                                                                    "cpu")).config)
+        inputs.update({f"{name}/oracle_config/absolute_sum": _absolute_sum(oracle),
+                       f"{name}/oracle_config/words": " ".join(_words(oracle))})
     inputs.update({"plans/lesion_patch_size": float(np.prod(dataset.plans.lesion_patch_size)),
                    "plans/target_spacing": float(np.prod(dataset.plans.target_spacing))})
     return inputs
