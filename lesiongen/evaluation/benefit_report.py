@@ -11,7 +11,7 @@ import io
 import math
 from pathlib import Path
 
-from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS
+from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, no_lesion_remedy
 from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3
 from lesiongen.evaluation.statistics import verdict
 from lesiongen.fingerprint.lesions import SHELL_MM
@@ -171,9 +171,8 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if report.get("failed_trainings"):
         lines += ["", f"**Warning**: {', '.join(report['failed_trainings'])} found no test lesion at all (Dice and "
                       "lesion recall 0 on every test case with lesions): those trainings did not learn, and their "
-                      "zeros are in the means and paired differences above. Train longer (--seg_steps), or start "
-                      "from a class-balanced cross-entropy (--set seg balanced_ce_until=0.5; "
-                      "documentation/segmentation.md)."]
+                      "zeros are in the means and paired differences above. "
+                      f"{no_lesion_remedy('--seg_steps', '--set seg')}."]
     if "sweep" in report:
         lines += ["", f"Synthetic ratio sweep ({report['sweep']['strategy']}): Dice "
                       + ", ".join(f"{r['ratio']:g}: {_cell(r['dice']['mean'])}" for r in report["sweep"]["rows"])]

@@ -58,6 +58,12 @@ def found_no_lesion(cases: Iterable[dict[str, float]]) -> bool:
     return bool(with_lesions) and all(c["lesion_recall"] == 0 and c["dice"] == 0 for c in with_lesions)
 
 
+def no_lesion_remedy(steps_option: str, set_option: str) -> str:
+    """What to do about a training that found no lesion, in the options of the command that reports it."""
+    return (f"Train longer ({steps_option}), or start from a class-balanced cross-entropy ({set_option} "
+            "balanced_ce_until=0.5; documentation/segmentation.md)")
+
+
 def fold_metrics(summary: dict) -> dict[str, float]:
     """One value per metric for a fold: the mean over cases, averaged over lesion classes."""
     return class_means([cls["mean"] for cls in summary["mean"].values()])
@@ -198,8 +204,7 @@ def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = N
     failed = [f"{row['strategy']} fold {fold}" for row in rows for fold in row.get("folds_without_lesions", [])]
     warning = (f"\n**Warning**: {', '.join(failed)} found no validation lesion at all (Dice and lesion recall 0 on "
                "every case with lesions): those trainings did not learn, and their zeros are in the means above. "
-               "Train longer (--steps), or start from a class-balanced cross-entropy (--set balanced_ce_until=0.5; "
-               "documentation/segmentation.md).\n") if failed else ""
+               f"{no_lesion_remedy('--steps', '--set')}.\n") if failed else ""
     markdown = "# Segmentation with and without synthetic lesions\n\nMean ± std over folds; \"vs none\" is the " \
                "paired difference to real data only over the folds both have (Dice ×1, not percent points); " \
                "\"over cases\": over the validation cases both have, with a 95 % bootstrap interval and the " \

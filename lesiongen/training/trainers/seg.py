@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesiongen.evaluation.compare import found_no_lesion, per_case_metrics
+from lesiongen.evaluation.compare import found_no_lesion, no_lesion_remedy, per_case_metrics
 from lesiongen.evaluation.segmentation_metrics import aggregate, case_metrics
 from lesiongen.inference.segment import probabilities_to_labels
 from lesiongen.inference.strategies import SegVariant, strategy as get_strategy
@@ -244,9 +244,8 @@ class SegTrainer(Trainer):
         summary["found_no_lesion"] = found_no_lesion(per_case_metrics(summary).values())
         if summary["found_no_lesion"]:
             logger.warning("%s fold %s found no lesion in any validation case (Dice and lesion recall 0): the "
-                           "training did not start. Train longer (--steps), or start from a class-balanced "
-                           "cross-entropy (--set balanced_ce_until=0.5; documentation/segmentation.md)",
-                           self.folder_name, self.fold)
+                           "training did not start. %s", self.folder_name, self.fold,
+                           no_lesion_remedy("--steps", "--set"))
         write_json(self.output_folder / "summary.json", json_plain(summary))
         return summary["mean"]
 
