@@ -810,6 +810,20 @@ MUTANTS = (
            '{key: getattr(self, key) for key in values})',
            'values)',
            ("tests/test_planned_sampling.py::test_the_inpaint_trainers_edge_settings_reach_the_model_it_writes",)),
+    Mutant("small_lesion_removal_takes_the_boundary", "lesiongen/models/postprocessing.py",
+           "* voxel_mm3 < min_volume_mm3", "* voxel_mm3 <= min_volume_mm3",
+           ("tests/test_postprocessing.py::"
+            "test_remove_small_lesions_removes_the_components_below_the_volume_of_each_class",)),
+    Mutant("postprocessing_choice_ignores_dice", "lesiongen/evaluation/postprocessing.py",
+           'if scores[i]["dice"] >= baseline["dice"] and ', "if ",
+           ("tests/test_postprocessing.py::"
+            "test_the_chosen_volume_raises_lesion_f1_without_lowering_dice_and_ties_go_to_the_smaller",)),
+    Mutant("predict_skips_the_postprocessing", "lesiongen/inference/run_predict.py",
+           "prediction = postprocessing.apply(prediction, loaded.spacing)", "pass",
+           ("tests/test_postprocessing.py::test_predict_applies_the_model_folder_s_postprocessing_unless_disabled",)),
+    Mutant("stale_postprocessing_applied", "lesiongen/models/postprocessing.py",
+           "if not checkpoint.is_file() or sha256_file(checkpoint) != digest:", "if not checkpoint.is_file():",
+           ("tests/test_postprocessing.py::test_a_postprocessing_chosen_for_other_checkpoints_is_not_applied",)),
 )
 
 

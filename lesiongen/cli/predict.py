@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg = parser.add_argument_group("seg")
     seg.add_argument("--save_probabilities", action="store_true", help="also CASE.npz with class probabilities")
     seg.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    seg.add_argument("--disable_postprocessing", action="store_true",
+                     help="keep every predicted lesion, even when the model folder has a postprocessing.json "
+                          "(lesiongen_determine_postprocessing)")
     seg.add_argument("--synthetic", default="none",
                      help="which seg models: those trained with this synthetic strategy (default none)")
     seg.add_argument("-c", dest="configuration", default=None,
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> None:
                              volume_range_mm3=tuple(args.volume_range) if args.volume_range else None,
                              tissue_classes=args.tissue_classes, preview=args.preview, synthetic=args.synthetic,
                              save_probabilities=args.save_probabilities, mirror=not args.disable_tta,
+                             postprocess=not args.disable_postprocessing,
                              force=args.force, configuration=args.configuration, sampling=args.sampling,
                              brain_model=args.brain_model,
                              batch_scans=args.batch_scans or default_batch_scans(device.type))

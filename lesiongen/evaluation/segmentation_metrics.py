@@ -297,16 +297,17 @@ def _reference_labels(path: Path) -> list[int]:
     return [int(v) for v in values if v != 0]
 
 
-def _evaluate_pair(item: tuple[str, Path, Path], labels: list[int], small_lesion_mm3: float) -> dict:
-    """Worker: read one reference/prediction pair, check they share a grid, compute :func:`case_metrics`."""
+def read_label_pair(reference_path: Path, prediction_path: Path,
+                    reader: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(reference, prediction, spacing in array order) of two label maps that must share a grid; a problem is one
+    line naming the file (a plain :class:`LesiongenError`, which survives a process pool)."""
     from lesiongen.io.images import read_image
 
-    _, reference_path, prediction_path = item
     try:
-        reference, ref_geometry = read_image(reference_path)
-        prediction, pred_geometry = read_image(prediction_path)
+        reference, ref_geometry = read_image(reference_path, reader)
+        prediction, pred_geometry = read_image(prediction_path, reader)
     except LesiongenError as exc:
-        raise LesiongenError(str(exc).splitlines()[0]) from None  # plain class: survives the process pool
+        raise LesiongenError(str(exc).splitlines()[0]) from None
     require_label_values(reference, reference_path, "reference")
     require_label_values(prediction, prediction_path, "prediction")
     problem = ref_geometry.matches(pred_geometry)
@@ -314,7 +315,14 @@ def _evaluate_pair(item: tuple[str, Path, Path], labels: list[int], small_lesion
         problem = f"shape {reference.shape} differs from {prediction.shape}"
     if problem is not None:
         raise LesiongenError(f"{prediction_path}: {problem} (reference vs prediction)")
-    return case_metrics(reference, prediction, ref_geometry.spacing_zyx, labels, small_lesion_mm3)
+    return reference, prediction, tuple(ref_geometry.spacing_zyx)
+
+
+def _evaluate_pair(item: tuple[str, Path, Path], labels: list[int], small_lesion_mm3: float) -> dict:
+    """Worker: read one reference/prediction pair, check they share a grid, compute :func:`case_metrics`."""
+    _, reference_path, prediction_path = item
+    reference, prediction, spacing = read_label_pair(reference_path, prediction_path)
+    return case_metrics(reference, prediction, spacing, labels, small_lesion_mm3)
 
 
 def evaluate_folders(reference_dir: Path, prediction_dir: Path, labels: list[int] | None = None,

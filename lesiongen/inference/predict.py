@@ -68,6 +68,8 @@ class PredictOptions:
     configuration: str | None = None  # seg: 3d or 2d; None: 3d, or with a model folder given, the folder's own
     save_probabilities: bool = False
     mirror: bool = True
+    # the model folder's postprocessing.json (lesiongen_determine_postprocessing), when it has a valid one
+    postprocess: bool = True
     # all modes: predict scans far from the training data (spacing, extent; see check_plausible) with a warning
     force: bool = False
     # synth / remove: the inpainter's and diffmask's sampler, "model" (each model's own) or a sampling preset

@@ -17,13 +17,14 @@ import torch
 from lesiongen.inference.brain_extraction import check_brain_extraction_labels, extract_brain
 from lesiongen.inference.predict import InputCase, LoadedCase, PredictOptions, one_by_one, run_cases, write_channels
 from lesiongen.inference.segment import segment
-from lesiongen.inference.strategies import STRATEGIES, SegVariant
+from lesiongen.inference.strategies import SegVariant, seg_variant_name
 from lesiongen.inference.synthesis import (EditJob, SynthesisResult, count_fallbacks, removal_job, run_jobs,
                                            synthesis_job)
 from lesiongen.io.images import write_image
 from lesiongen.models.folder import PLANS_JSON, ModelFolder, trainer_folder_name
 from lesiongen.models.inpainter import Inpainter
 from lesiongen.models.mask_generators import MaskGenerator
+from lesiongen.models.postprocessing import POSTPROCESSING_JSON, Postprocessing, load_postprocessing
 from lesiongen.models.registry import MASK_GENERATORS, load_model
 from lesiongen.models.segmenter import Segmenter
 from lesiongen.models.sliding_window import resample_logits_to_shape
@@ -99,12 +100,7 @@ def _require_seg_folder(folder: ModelFolder, needed_by: str) -> ModelFolder:
 
 
 def _seg_variant_name(options: PredictOptions) -> str:
-    """The seg model folder's trainer part for ``--synthetic`` (STRATEGY[_rRATIO][_sSEED]) and ``-c``."""
-    variant = SegVariant.parse(f"seg_{options.synthetic}")
-    if variant is None:
-        raise LesiongenError(f"--synthetic {options.synthetic}: not a seg variant (STRATEGY, STRATEGY_rRATIO, "
-                             f"STRATEGY_sSEED; strategies {', '.join(STRATEGIES)})")
-    return dataclasses.replace(variant, configuration=options.configuration or variant.configuration).name
+    return seg_variant_name(options.synthetic, options.configuration)
 
 
 def _seg_folds(folder: ModelFolder, folds: list | None) -> list:
@@ -122,8 +118,10 @@ def predict(models: PredictionModels, cases: list[InputCase], out: Path, options
     n_channels = len(models.main.plans().channel_names)
     if options.mode in ("seg", "brainmask"):
         segmenters = [load_model(models.main, f, device, expect=Segmenter) for f in _seg_folds(models.main, folds)]
-        make_work = _seg_work if options.mode == "seg" else _brainmask_work
-        work = make_work(segmenters, out, options)
+        if options.mode == "seg":
+            work = _seg_work(segmenters, out, options, _postprocessing(models.main, options))
+        else:
+            work = _brainmask_work(segmenters, out, options)
     else:
         fold = (folds or [models.main.default_fold()])[0]
         inpainter = load_model(models.main, fold, device, expect=Inpainter).with_sampling(options.sampling)
@@ -261,13 +259,26 @@ def _remove_work(inpainter: Inpainter, out: Path, options: PredictOptions):
     return work
 
 
-def _seg_work(models: list[Segmenter], out: Path, options: PredictOptions):
+def _postprocessing(folder: ModelFolder, options: PredictOptions) -> Postprocessing | None:
+    if not options.postprocess:
+        return None
+    postprocessing = load_postprocessing(folder)
+    if postprocessing is not None and postprocessing.min_lesion_volume_mm3 > 0:
+        logger.info("postprocessing (%s): predicted lesions below %g mm3 are removed; --disable_postprocessing "
+                    "keeps them", POSTPROCESSING_JSON, postprocessing.min_lesion_volume_mm3)
+    return postprocessing
+
+
+def _seg_work(models: list[Segmenter], out: Path, options: PredictOptions,
+              postprocessing: Postprocessing | None = None):
     plans = models[0].plans
 
     def work(loaded: LoadedCase) -> None:
         case_id = loaded.case.case_id
         prediction, probabilities, scan = segment(loaded.images, loaded.spacing, models, loaded.brain,
                                                   mirror=options.mirror)
+        if postprocessing is not None:  # the probabilities stay the network's
+            prediction = postprocessing.apply(prediction, loaded.spacing)
         if options.save_probabilities:
             full = _probabilities_on_original_grid(probabilities, scan)
             with atomic_path(out / f"{case_id}.npz") as tmp:

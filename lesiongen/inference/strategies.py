@@ -3,6 +3,7 @@ whether the inpainter paints them in. Segmentation training, the nnU-Net export 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -86,3 +87,12 @@ class SegVariant:
             return None
         return cls(match["strategy"], float(match["ratio"] or 1.0), int(match["seed"]) if match["seed"] else None,
                    match["configuration"] or SEG_3D)
+
+
+def seg_variant_name(synthetic: str, configuration: str | None = None) -> str:
+    """The seg model folder's trainer part for a command's ``--synthetic`` (STRATEGY[_rRATIO][_sSEED]) and ``-c``."""
+    variant = SegVariant.parse(f"seg_{synthetic}")
+    if variant is None:
+        raise LesiongenError(f"--synthetic {synthetic}: not a seg variant (STRATEGY, STRATEGY_rRATIO, "
+                             f"STRATEGY_sSEED; strategies {', '.join(STRATEGIES)})")
+    return dataclasses.replace(variant, configuration=configuration or variant.configuration).name

@@ -30,6 +30,7 @@ from lesiongen.io.dataset import find_dataset_folder
 from lesiongen.paths import results_root as default_results_root
 from lesiongen.models.checkpoint import FINAL, load_checkpoint
 from lesiongen.models.folder import DATASET_JSON, PLANS_JSON
+from lesiongen.models.postprocessing import POSTPROCESSING_JSON
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import PARTIAL_SUFFIX, atomic_path
 
@@ -126,6 +127,8 @@ def _files_to_export(dataset_folder: Path, trainers: list[str] | None, folds: li
                 raise LesiongenError(f"{trainer_folder / name}: missing; a model folder needs it (for results of "
                                      "an older lesiongen, copy the dataset's preprocessed dataset.json there)")
             files.append(trainer_folder / name)
+        if _is_plain_file(trainer_folder / POSTPROCESSING_JSON):  # checked against the folds' checkpoints on use
+            files.append(trainer_folder / POSTPROCESSING_JSON)
         for fold_folder in _fold_folders(trainer_folder, folds):
             if not _is_plain_file(fold_folder / FINAL):
                 raise LesiongenError(f"{fold_folder / FINAL}: final checkpoint missing (training not finished?); "
