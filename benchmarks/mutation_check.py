@@ -824,6 +824,11 @@ MUTANTS = (
     Mutant("stale_postprocessing_applied", "lesiongen/models/postprocessing.py",
            "if not checkpoint.is_file() or sha256_file(checkpoint) != digest:", "if not checkpoint.is_file():",
            ("tests/test_postprocessing.py::test_a_postprocessing_chosen_for_other_checkpoints_is_not_applied",)),
+    Mutant("benefit_scores_ignore_min_lesion_volume", "lesiongen/benefit.py",
+           "prediction = remove_small_lesions(prediction, reference_geometry.spacing_zyx, min_lesion_volume_mm3)[0]",
+           "pass",
+           ("tests/test_benefit.py::"
+            "test_small_predicted_lesions_are_left_out_of_the_scores_only_with_min_lesion_volume",)),
 )
 
 

@@ -72,7 +72,8 @@ def compare(before: dict, after: dict) -> dict:
 
 
 def print_table(title: str, comparison: dict) -> None:
-    print(f"\n{title}\n| metric | as predicted | postprocessed | difference (95 % CI; p; better / worse) |\n|---|---|---|---|")
+    print(f"\n{title}\n| metric | as predicted | postprocessed | difference (95 % CI; p; better / worse) |\n"
+          "|---|---|---|---|")
     for metric, row in comparison.items():
         print(f"| {metric} | {row['as_predicted']:.3f} | {row['postprocessed']:.3f} | {row['difference']:+.3f} "
               f"({row['ci'][0]:+.3f} to {row['ci'][1]:+.3f}; {row['p']:.3g}; {row['better']} / {row['worse']}) |")

@@ -44,6 +44,7 @@ from lesiongen.io.dataset import CaseFiles, RawDataset, load_dataset
 from lesiongen.io.images import read_channels, read_image, write_image
 from lesiongen.models.checkpoint import FINAL, load_checkpoint
 from lesiongen.models.folder import ModelFolder, trainer_folder
+from lesiongen.models.postprocessing import remove_small_lesions
 from lesiongen.models.registry import load_model
 from lesiongen.models.segmenter import Segmenter
 from lesiongen.paths import results_root, results_root_at
@@ -83,6 +84,9 @@ class BenefitOptions:
     generator_steps: int | None = None
     inpaint_steps: int | None = None
     mirror: bool = True  # test-time mirroring when segmenting the test scans
+    # predicted test lesions below this volume are left out when scoring, for every model alike (as
+    # lesiongen_determine_postprocessing chooses on cross-validation folds; the stored predictions stay whole)
+    min_lesion_volume_mm3: float = 0.0
     # seg's synthetic_fade_start for the models with synthetic cases (1: the synthetic share constant throughout)
     synthetic_fade_start: float = SegTrainer.synthetic_fade_start
     device: str = "cpu"
@@ -351,10 +355,12 @@ def _reusable(prediction: Path, record: Path, key: dict[str, object]) -> bool:
 
 
 def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[CaseFiles], labels: list[int],
-                   mirror: bool, predictions: Path | None) -> dict[str, dict[str, dict[str, float]]]:
+                   mirror: bool, predictions: Path | None,
+                   min_lesion_volume_mm3: float = 0.0) -> dict[str, dict[str, dict[str, float]]]:
     """model name -> case -> metric. Each test scan is read once and segmented by every model whose prediction of it
     is not already in ``predictions`` as asked (:func:`prediction_key`; each prediction has a JSON record next to
-    it with its own size and sha256): a rerun that adds a strategy segments with the new models only."""
+    it with its own size and sha256): a rerun that adds a strategy segments with the new models only. Predicted
+    lesions below ``min_lesion_volume_mm3`` are removed before scoring (the stored prediction stays as predicted)."""
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     checkpoints = {name: sha256_file(m.checkpoint) if m.checkpoint is not None else None for name, m in models.items()}
 
@@ -388,6 +394,7 @@ def score_test_set(models: dict[str, Segmenter], raw: RawDataset, cases: list[Ca
                 progress.advance()
             else:
                 prediction = read_image(paths(name, case)[0], raw.info.reader)[0]
+            prediction = remove_small_lesions(prediction, reference_geometry.spacing_zyx, min_lesion_volume_mm3)[0]
             scores[name][case.case_id] = case_scores(reference, prediction, reference_geometry.spacing_zyx, labels)
     return scores
 
@@ -500,7 +507,8 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     check_no_leak([m.provenance for m in models.values()] + [s.get("provenance", {}) for s in others.values()],
                   raw, cases, options)
     start = time.perf_counter()
-    scores = score_test_set(models, raw, cases, dataset.plans.lesion_labels, options.mirror, folder / "predictions")
+    scores = score_test_set(models, raw, cases, dataset.plans.lesion_labels, options.mirror, folder / "predictions",
+                            options.min_lesion_volume_mm3)
     case_ids = [c.case_id for c in cases]
     failed = failed_trainings(scores)
     if failed:

@@ -334,6 +334,41 @@ def test_a_test_prediction_is_reused_only_for_the_same_model_scan_mirroring_and_
     assert benefit_module.score_test_set(models, raw, cases, [1], False, None)["a"]["c1"] == first["a"]["c1"]
 
 
+def test_small_predicted_lesions_are_left_out_of_the_scores_only_with_min_lesion_volume(tmp_path, monkeypatch):
+    from lesiongen.io.dataset import CaseFiles
+    from lesiongen.io.images import ImageGeometry, read_image, write_image
+
+    geometry = ImageGeometry.simple((8, 8, 8), (1.0, 1.0, 2.0))  # 2 mm3 voxels
+    lesion = np.zeros((8, 8, 8), np.uint8)
+    lesion[1:4, 1:4, 1:4] = 1
+    write_image(tmp_path / "c0_0000.nii.gz", lesion.astype(np.float32), geometry)
+    write_image(tmp_path / "c0.nii.gz", lesion, geometry)
+    cases = [CaseFiles("c0", [tmp_path / "c0_0000.nii.gz"], tmp_path / "c0.nii.gz")]
+    (tmp_path / "a.pt").write_bytes(b"a")
+    calls = []
+
+    def fake_segment(images, spacing, segmenters, mirror):
+        calls.append(1)
+        prediction = lesion.copy()
+        prediction[6, 6, 6] = prediction[6, 6, 7] = 1  # a false lesion of 2 voxels, 4 mm3
+        return prediction, None, None
+
+    monkeypatch.setattr(benefit_module, "segment", fake_segment)
+    raw = dataclasses.make_dataclass("Raw", ["info"])(dataclasses.make_dataclass("Info", ["reader", "file_ending"])(
+        None, ".nii.gz"))
+    models = {"a": _ThresholdSegmenter(tmp_path / "a.pt", 0.5)}
+
+    def score(volume):
+        return benefit_module.score_test_set(models, raw, cases, [1], False, tmp_path / "predictions", volume)["a"]
+
+    whole = score(0.0)["c0"]
+    assert whole["lesion_precision"] == pytest.approx(0.5) and whole["dice"] == pytest.approx(54 / 56)
+    assert score(4.0)["c0"] == whole  # 4 mm3 is not below 4
+    cleaned = score(4.5)["c0"]
+    assert cleaned["lesion_precision"] == 1.0 and cleaned["dice"] == 1.0 and calls == [1]  # scored again, not segmented
+    assert read_image(tmp_path / "predictions" / "a" / "c0.nii.gz")[0].sum() == 29  # stored as predicted
+
+
 def test_the_trainings_log_how_many_of_those_to_train_are_done(monkeypatch, caplog):
     class FakeTrainer:
         def __init__(self, job):
@@ -445,6 +480,9 @@ def test_report_table_shows_the_signed_volume_difference_in_its_column():
     columns = table_row(header, row)
     assert columns["vol diff mm3 (pred - ref)"] == "-55.0" and columns["abs vol diff mm3"] == "345.0"
     assert columns["HD95 mm"] == "12.3" and columns["Dice"] == "0.800"
+    assert "Postprocessing" not in markdown(report, 12, 3)
+    report["settings"] = {"min_lesion_volume_mm3": 4.5}  # a report scored without small lesions says so
+    assert "predicted test lesions below 4.5 mm3 were removed before scoring" in markdown(report, 12, 3)
 
 
 OTHER = dataclasses.replace(TINY, dataset_id=TINY.dataset_id + 1, dataset_name="TinyOther", n_test=0, seed=8)

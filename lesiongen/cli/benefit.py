@@ -4,6 +4,7 @@ statistics, a ratio sweep; md/csv/json/png report."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from lesiongen.cli.common import (add_common_arguments, add_device_argument, add_plans_argument, parse_setting,
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "edge_max_gain=3 (repeatable; use a results folder of its own to keep the default "
                              "models)")
     parser.add_argument("--disable_tta", action="store_true", help="segment the test scans without mirroring")
+    parser.add_argument("--min_lesion_volume", type=float, default=0.0, metavar="MM3",
+                        help="score every model's test predictions without their lesions below this volume "
+                             "(as lesiongen_determine_postprocessing chooses on cross-validation folds; "
+                             "default 0: as predicted)")
     parser.add_argument("--schedule_check", action="store_true",
                         help="also train real-only at half the seg steps (each seed; under "
                              "$lesiongen_results/schedule_check, the dataset's models stay as they are) and report "
@@ -67,12 +72,15 @@ def run(args: argparse.Namespace) -> None:
     from lesiongen.benefit import BenefitOptions, run_benefit
     from lesiongen.utilities.devices import pick_device
 
+    if not math.isfinite(args.min_lesion_volume) or args.min_lesion_volume < 0:
+        raise LesiongenError(f"--min_lesion_volume {args.min_lesion_volume}: a volume in mm3, 0 or more")
     sweep = None if args.sweep_strategy in (None, "none") else args.sweep_strategy
     options = BenefitOptions(dataset=args.dataset, plans=args.plans, strategies=tuple(args.strategies),
                              seeds=tuple(args.seeds), ratio=args.ratio, sweep_strategy=sweep,
                              sweep_ratios=tuple(args.sweep_ratios), test_dataset=args.test_dataset,
                              seg_steps=args.seg_steps, generator_steps=args.generator_steps,
                              inpaint_steps=args.inpaint_steps, mirror=not args.disable_tta,
+                             min_lesion_volume_mm3=args.min_lesion_volume,
                              **({} if args.synthetic_fade_start is None else
                                 {"synthetic_fade_start": args.synthetic_fade_start}),
                              device=str(pick_device(args.device)), parallel=args.parallel, output=args.output,

@@ -135,6 +135,10 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if fade_start < 1.0:
         lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "
                   f"first {fade_start:.0%} of its steps, then ever fewer, none at the end.", ""]
+    min_volume = report.get("settings", {}).get("min_lesion_volume_mm3", 0.0)
+    if min_volume > 0:
+        lines += [f"Postprocessing: predicted test lesions below {min_volume:g} mm3 were removed before scoring, for "
+                  "every model alike (--min_lesion_volume).", ""]
     chosen = report.get("settings", {}).get("trainer_settings") or []
     if chosen:  # a model variant: the report must not read as the default models'
         lines += ["Trainer settings (--set): " + ", ".join(f"{trainer} {key}={value}" for trainer, key, value in chosen)
