@@ -21,16 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import (  # noqa: E402
-    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
+    add_benefit_demo_arguments, benefit_demo_arguments, console_script, fresh_work_folder, run_step, work_env,
+    write_and_plan_demo, write_results,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--realistic", action="store_true")
-    parser.add_argument("--n_lesion_cases", type=int, default=8)
-    parser.add_argument("--n_healthy", type=int, default=8)
-    parser.add_argument("--n_test", type=int, default=12)
+    add_benefit_demo_arguments(parser)
     parser.add_argument("--plans", default="lesiongenPlansCPU", help="lesiongenPlans for the planned networks")
     parser.add_argument("-np", "--num_processes", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="work folder, new or empty (default: temporary)")
@@ -41,9 +39,8 @@ def main() -> None:
         env = work_env(work)
         minutes: dict[str, float] = {}
         start = time.perf_counter()
-        write_and_plan_demo(env, minutes, "501", [
-            "--n_lesion_cases", str(args.n_lesion_cases), "--n_healthy", str(args.n_healthy), "--n_test",
-            str(args.n_test), "--seed", "3", *(["--realistic"] if args.realistic else [])], args.num_processes)
+        write_and_plan_demo(env, minutes, "501", benefit_demo_arguments(
+            args.realistic, args.n_lesion_cases, args.n_healthy, args.n_test), args.num_processes)
         run_step("benefit", [console_script("lesiongen_benefit"), "-d", "501", "-p", args.plans, "-o",
                              str(work / "benefit"), *benefit_args], env, minutes, stream=True)
         report = json.loads((work / "benefit" / "benefit.json").read_text())

@@ -47,7 +47,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results  # noqa: E402
+from measure import (  # noqa: E402
+    benefit_demo_arguments, console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
+)
 
 DATASET, PLANS = "501", "lesiongenPlansCPU"
 
@@ -254,9 +256,7 @@ def main() -> None:
         env = work_env(work)
         minutes: dict[str, float] = {}
         start = time.perf_counter()
-        write_and_plan_demo(env, minutes, DATASET, [
-            "--n_lesion_cases", "8", "--n_healthy", "8", "--n_test", "12", "--seed", "3",
-            *(["--realistic"] if args.realistic else [])], args.num_processes)
+        write_and_plan_demo(env, minutes, DATASET, benefit_demo_arguments(args.realistic), args.num_processes)
         run_step("train_diffmask", [console_script("lesiongen_train"), DATASET, "diffmask", "all", "-device", "cpu",
                                     "-p", PLANS, "--steps", str(args.steps),
                                     *(["--seed", str(args.seed)] if args.seed is not None else [])], env, minutes)

@@ -188,6 +188,26 @@ def console_script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+BENEFIT_DEMO_SEED = 3  # the benefit benchmarks' demo dataset: the same seed and sizes give the same test scans
+
+
+def add_benefit_demo_arguments(parser, n_test: int = 12) -> None:
+    """The sizes of the benefit benchmarks' demo dataset (:func:`benefit_demo_arguments`)."""
+    parser.add_argument("--realistic", action="store_true", help="the 1 mm variant (180x210x170 voxels)")
+    parser.add_argument("--n_lesion_cases", type=int, default=8)
+    parser.add_argument("--n_healthy", type=int, default=8)
+    parser.add_argument("--n_test", type=int, default=n_test)
+
+
+def benefit_demo_arguments(realistic: bool, n_lesion_cases: int = 8, n_healthy: int = 8,
+                           n_test: int = 12) -> list[str]:
+    """``lesiongen_make_demo_dataset``'s arguments for the dataset the benefit benchmarks share (augmentation_benefit,
+    postprocessing, diffmask_off_sphere): one seed, so that runs of the same sizes hold the same scans and one
+    run's predictions can be scored against another's test labels."""
+    return ["--n_lesion_cases", str(n_lesion_cases), "--n_healthy", str(n_healthy), "--n_test", str(n_test),
+            "--seed", str(BENEFIT_DEMO_SEED), *(["--realistic"] if realistic else [])]
+
+
 def write_and_plan_demo(env: dict, minutes: dict, dataset_id: str, demo_arguments: list[str],
                         num_processes: int) -> None:
     """The first two steps of every from-scratch benchmark: ``lesiongen_make_demo_dataset`` with

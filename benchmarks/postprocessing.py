@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from measure import (  # noqa: E402
-    console_script, fresh_work_folder, run_step, work_env, write_and_plan_demo, write_results,
+    add_benefit_demo_arguments, benefit_demo_arguments, console_script, fresh_work_folder, run_step, work_env,
+    write_and_plan_demo, write_results,
 )
 
-from lesiongen.evaluation.compare import class_means  # noqa: E402
-from lesiongen.evaluation.segmentation_metrics import case_metrics  # noqa: E402
+from lesiongen.evaluation.compare import case_scores  # noqa: E402
+from lesiongen.evaluation.segmentation_metrics import read_label_pair  # noqa: E402
 from lesiongen.evaluation.statistics import paired_difference  # noqa: E402
-from lesiongen.io.images import read_image  # noqa: E402
 from lesiongen.models.postprocessing import remove_small_lesions  # noqa: E402
 from lesiongen.utilities.provenance import sha256_file  # noqa: E402
 
@@ -48,12 +48,10 @@ def score(predictions: Path, references: Path, min_volume_mm3: float) -> dict[st
     below ``min_volume_mm3``."""
     scores = {}
     for reference_path in sorted(references.glob("*.nii.gz")):
-        reference, geometry = read_image(reference_path)
-        prediction, _ = read_image(predictions / reference_path.name)
-        spacing = geometry.spacing_zyx
+        reference, prediction, spacing = read_label_pair(reference_path, predictions / reference_path.name)
         kept, _ = remove_small_lesions(prediction.astype(np.uint8), spacing, min_volume_mm3)
         labels = [int(v) for v in np.unique(reference) if v != 0] or [1]
-        scores[reference_path.name] = class_means(list(case_metrics(reference, kept, spacing, labels).values()))
+        scores[reference_path.name] = case_scores(reference, kept, spacing, labels)
     return scores
 
 
@@ -81,10 +79,7 @@ def print_table(title: str, comparison: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--realistic", action="store_true")
-    parser.add_argument("--n_lesion_cases", type=int, default=8)
-    parser.add_argument("--n_healthy", type=int, default=8)
-    parser.add_argument("--n_test", type=int, default=6)
+    add_benefit_demo_arguments(parser, n_test=6)
     parser.add_argument("--folds", nargs="+", default=["0", "1"])
     parser.add_argument("--seg_steps", type=int, default=2000)
     parser.add_argument("-np", "--num_processes", type=int, default=2)
@@ -97,9 +92,8 @@ def main() -> None:
         env = work_env(work)
         minutes: dict[str, float] = {}
         start = time.perf_counter()
-        write_and_plan_demo(env, minutes, DATASET, [
-            "--n_lesion_cases", str(args.n_lesion_cases), "--n_healthy", str(args.n_healthy), "--n_test",
-            str(args.n_test), "--seed", "3", *(["--realistic"] if args.realistic else [])], args.num_processes)
+        write_and_plan_demo(env, minutes, DATASET, benefit_demo_arguments(
+            args.realistic, args.n_lesion_cases, args.n_healthy, args.n_test), args.num_processes)
         for fold in args.folds:
             run_step(f"seg_fold_{fold}", [console_script("lesiongen_train"), DATASET, "seg", fold, "-p", PLANS,
                                           "--steps", str(args.seg_steps), "--set", "mirror_validation=false",

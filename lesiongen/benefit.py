@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from lesiongen.evaluation.benefit_report import DATA_CHECK, REPORT, SCHEDULE_CHECK, write_report
-from lesiongen.evaluation.compare import METRICS, class_means, found_no_lesion, run_comparison
+from lesiongen.evaluation.compare import METRICS, case_scores, found_no_lesion, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
-from lesiongen.evaluation.segmentation_metrics import case_metrics
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
@@ -326,10 +325,6 @@ def lesion_censuses(dataset: PreprocessedDataset, options: BenefitOptions, train
 
 
 # ------------------------------------------------------------------------------------------------- scoring
-def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: list[int]) -> dict[str, float]:
-    """Every metric of one case, averaged over the lesion classes (as lesiongen_compare averages folds)."""
-    per_class = case_metrics(reference, prediction, spacing, labels)
-    return class_means([per_class[label] for label in labels])
 
 
 def prediction_key(checkpoint_sha256: str | None, images_sha256: list[str], mirror: bool) -> dict[str, object]:

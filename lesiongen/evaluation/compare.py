@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesiongen.evaluation.segmentation_metrics import case_metrics
 from lesiongen.evaluation.statistics import paired_difference, verdict
 from lesiongen.inference.strategies import STRATEGIES, SegVariant
 from lesiongen.models.checkpoint import FINAL
@@ -47,6 +48,12 @@ def class_means(per_class: list[dict]) -> dict[str, float]:
         values = [v for v in values if v is not None and math.isfinite(v)]
         out[metric] = float(np.mean(values)) if values else math.nan
     return out
+
+
+def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: list[int]) -> dict[str, float]:
+    """Every metric of one case, averaged over the lesion classes (as the fold table averages them)."""
+    per_class = case_metrics(reference, prediction, spacing, labels)
+    return class_means([per_class[label] for label in labels])
 
 
 def found_no_lesion(cases: Iterable[dict[str, float]]) -> bool:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.compare import class_means
-from lesiongen.evaluation.segmentation_metrics import case_metrics, read_label_pair
+from lesiongen.evaluation.compare import case_scores
+from lesiongen.evaluation.segmentation_metrics import read_label_pair
+from lesiongen.evaluation.statistics import nanmean
 from lesiongen.io.dataset import load_dataset
 from lesiongen.models.checkpoint import FINAL
 from lesiongen.models.folder import ModelFolder
@@ -66,7 +67,7 @@ def _score_case(case: ValidationCase, labels: list[int], volumes: list[float]) -
     scores = []
     for volume in volumes:
         kept, removed = remove_small_lesions(prediction, spacing, volume)
-        metrics = class_means(list(case_metrics(reference, kept, spacing, labels).values()))
+        metrics = case_scores(reference, kept, spacing, labels)
         scores.append({**{name: metrics[name] for name in SCORED}, "lesions_removed": removed})
     return scores
 
@@ -117,8 +118,7 @@ def determine_postprocessing(folder: ModelFolder, folds: list[str] | None = None
     table = []
     for i, volume in enumerate(volumes):
         rows = [scores[i] for scores in per_case]
-        mean = {name: float(np.nanmean([row[name] for row in rows])) if any(np.isfinite(row[name]) for row in rows)
-                else float("nan") for name in SCORED}
+        mean = {name: float(nanmean(np.array([row[name] for row in rows], dtype=float))) for name in SCORED}
         table.append({"min_lesion_volume_mm3": volume, "voxels": round(volume / voxel_mm3), **mean,
                       "lesions_removed": int(sum(row["lesions_removed"] for row in rows))})
     chosen = choose(table, volumes)
