@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from lesiongen.evaluation.benefit_report import DATA_CHECK, REPORT, SCHEDULE_CHECK, write_report
-from lesiongen.evaluation.compare import METRICS, case_scores, found_no_lesion, run_comparison
+from lesiongen.evaluation.compare import found_no_lesion, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
+from lesiongen.evaluation.segmentation_metrics import REPORTED_METRICS, case_scores
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
@@ -415,7 +416,7 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule:
 
     def row(strategy: str, ratio: float) -> dict:
         out = {"strategy": strategy, "ratio": 1.0 if strategy == "none" else ratio}
-        for metric in METRICS:
+        for metric in REPORTED_METRICS:
             per_seed = nanmean(_matrix(scores, names(strategy, ratio), cases, metric), axis=1)
             out[metric] = {"mean": float(nanmean(per_seed)), "std_over_seeds": float(np.nanstd(per_seed))
                            if np.isfinite(per_seed).any() else math.nan}
@@ -423,7 +424,7 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule:
             baseline = names("none", 1.0)
             out["vs_none"] = {metric: dataclasses.asdict(paired_difference(
                 _matrix(scores, names(strategy, ratio), cases, metric), _matrix(scores, baseline, cases, metric)))
-                for metric in METRICS}
+                for metric in REPORTED_METRICS}
         return out
 
     def against_real_only(check: str) -> tuple[float, dict]:

@@ -19,7 +19,7 @@ from lesiongen.evaluation.benefit_report import answer, markdown
 from lesiongen.cli import benefit as benefit_cli
 from lesiongen.cli import train as train_cli
 from lesiongen.demo.phantom import write_demo_dataset
-from lesiongen.evaluation.compare import METRICS
+from lesiongen.evaluation.segmentation_metrics import REPORTED_METRICS
 from lesiongen.io.dataset import load_dataset
 from lesiongen.io.images import read_image
 from lesiongen.preprocessing.dataset import open_preprocessed
@@ -43,7 +43,7 @@ def test_report_compares_each_strategy_with_real_data_only(benefit):
     assert [r["strategy"] for r in report["strategies"]] == ["none", "copy_paste"]
     assert report["test_cases"] == ["test_000"] and report["test_dataset"] == TINY_NAME
     paired = report["strategies"][1]["vs_none"]
-    assert set(paired) == set(METRICS) and paired["dice"]["n_cases"] == 1 and paired["dice"]["n_seeds"] == 1
+    assert set(paired) == set(REPORTED_METRICS) and paired["dice"]["n_cases"] == 1 and paired["dice"]["n_seeds"] == 1
     dice = {name: cases["test_000"]["dice"] for name, cases in report["per_case"].items()}
     assert paired["dice"]["mean"] == pytest.approx(dice["seg_copy_paste_r0.33_s0"] - dice["seg_none_s0"], abs=1e-12)
     assert [r["ratio"] for r in report["sweep"]["rows"]] == [0.33, 0.67]
@@ -162,7 +162,7 @@ def _real_only_check_scores(check: str, cases: list[str], half: dict[str, float]
     """Per-case scores of real-only at two seeds and of a check's models: Dice ``half`` for the check's models,
     ``half + gain`` for the full ones, every other metric 0.5."""
     def case(dice: float) -> dict[str, float]:
-        return {**{metric: 0.5 for metric in METRICS}, "dice": dice}
+        return {**{metric: 0.5 for metric in REPORTED_METRICS}, "dice": dice}
     return {**{f"seg_none_s{s}": {c: case(half[c] + gain[c]) for c in cases} for s in (0, 1)},
             **{f"{check}/seg_none_s{s}": {c: case(half[c]) for c in cases} for s in (0, 1)}}
 
@@ -232,7 +232,7 @@ def test_the_synthetic_strategies_are_compared_with_each_other_paired():
         return HALF_DICE[CASES[i]] + offsets[strategy][i]
 
     scores = {SegVariant.of(strategy, 1.0, seed).name:
-              {c: {**{m: 0.5 for m in METRICS}, "dice": dice(strategy, seed, i)} for i, c in enumerate(CASES)}
+              {c: {**{m: 0.5 for m in REPORTED_METRICS}, "dice": dice(strategy, seed, i)} for i, c in enumerate(CASES)}
               for strategy in offsets for seed in (0, 1)}
     options = BenefitOptions(dataset="D", strategies=tuple(offsets), seeds=(0, 1), sweep_strategy=None)
     pairs = summarise(scores, options, CASES)["between_strategies"]
@@ -543,7 +543,7 @@ def test_the_answer_follows_the_interval_and_names_a_significant_wilcoxon_inside
     assert lines[3].startswith("- **realmask** (ratio 2): no clear effect, -1.0") and "Wilcoxon" not in lines[3]
     one_seed = answer(report, n_seeds=1)
     assert len(one_seed) == 5 and "One training seed" in one_seed[-1]
-    metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in METRICS}
+    metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in REPORTED_METRICS}
     table = markdown({"dataset": "D", "strategies": [{**row, **metrics} for row in report["strategies"]]}, 12, 3)
     assert table.endswith("\n".join(lines) + "\n") and "Does it help?" in table
 
@@ -600,7 +600,7 @@ def test_two_runs_compare_what_each_strategy_adds_over_real_only():
 
 
 def test_report_table_shows_the_paired_dice_its_p_and_the_cases_better_before_worse():
-    metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in METRICS}
+    metrics = {m: {"mean": 0.5, "std_over_seeds": 0.0} for m in REPORTED_METRICS}
     report = {"dataset": "D", "strategies": [
         {"strategy": "sphere", "ratio": 2.0, **metrics, "vs_none": _paired(0.031, 0.004, 0.060, 0.02, 10, 2)}]}
     header, _, row = markdown(report, 12, 3).splitlines()[4:7]

@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 from conftest import table_row
 
-from lesiongen.evaluation.compare import (METRICS, answer, compare, found_no_lesion, run_comparison,
+from lesiongen.evaluation.compare import (answer, compare, found_no_lesion, run_comparison,
                                          write_comparison)
+from lesiongen.evaluation.segmentation_metrics import REPORTED_METRICS
 from lesiongen.utilities.files import write_json
 
 
 def _case(dice: float, f1: float) -> dict[str, float]:
-    return {m: math.nan for m in METRICS} | {"dice": dice, "lesion_f1": f1}
+    return {m: math.nan for m in REPORTED_METRICS} | {"dice": dice, "lesion_f1": f1}
 
 
 def _fold(cases: dict[str, dict[str, float]]) -> dict[str, float]:
     return {m: float(np.nanmean([c[m] for c in cases.values()])) if m in ("dice", "lesion_f1") else math.nan
-            for m in METRICS}
+            for m in REPORTED_METRICS}
 
 
 def _results(per_strategy: dict[str, dict[str, dict[str, dict[str, float]]]]):
@@ -87,9 +88,9 @@ def test_the_comparison_table_shows_the_paired_difference_in_its_vs_none_column(
 
 def _summary(dice_recall: dict[str, tuple[float, float]]) -> dict:
     """A fold's summary.json as the seg trainer writes it (label "1"; None where JSON holds NaN)."""
-    per_case = {case: {"1": {m: None for m in METRICS} | {"dice": dice, "lesion_recall": recall}}
+    per_case = {case: {"1": {m: None for m in REPORTED_METRICS} | {"dice": dice, "lesion_recall": recall}}
                 for case, (dice, recall) in dice_recall.items()}
-    mean = {m: None for m in METRICS} | {"dice": float(np.mean([d for d, _ in dice_recall.values()]))}
+    mean = {m: None for m in REPORTED_METRICS} | {"dice": float(np.mean([d for d, _ in dice_recall.values()]))}
     return {"per_case": per_case, "mean": {"1": {"mean": mean}}}
 
 

@@ -188,3 +188,40 @@ def test_a_shared_model_takes_its_postprocessing_along_and_it_still_applies(seg_
     installed = install_model_from_zip(archive)
     assert load_postprocessing(ModelFolder(installed[0])).min_lesion_volume_mm3 == \
         pytest.approx(postprocessing["min_lesion_volume_mm3"])
+
+
+def test_compare_shows_the_strategies_as_predict_delivers_them_after_postprocessing(seg_model, postprocessing,
+                                                                                     tmp_path):
+    """none has a postprocessing that removes every speck of its validation predictions (Dice and F1 become 1); a
+    copy of it as sphere has none, so after postprocessing sphere keeps its fold's scores and trails none by them."""
+    from lesiongen.evaluation.compare import run_comparison
+
+    none_folder = model_folder(seg_model).path
+    sphere_folder = none_folder.with_name("seg_sphere__lesiongenPlans")
+    shutil.copytree(none_folder, sphere_folder)
+    try:
+        (sphere_folder / POSTPROCESSING_JSON).unlink()
+        rows, paths = run_comparison(TINY_NAME, "lesiongenPlans", None, tmp_path / "comparison")
+        report = json.loads(paths["json"].read_text())
+        markdown = paths["markdown"].read_text()
+    finally:
+        shutil.rmtree(sphere_folder)
+    after = report["postprocessed"]
+    volume = postprocessing["min_lesion_volume_mm3"]
+    assert after["min_lesion_volume_mm3"] == {"none": pytest.approx(volume)}
+    before = {row["strategy"]: row for row in rows}
+    rows_after = {row["strategy"]: row for row in after["rows"]}
+    assert before["none"]["dice"][0] < 0.5  # the 2-step network's own scores, which its summary holds
+    assert rows_after["none"]["dice"] == [pytest.approx(1.0), pytest.approx(0.0)]
+    assert rows_after["none"]["lesion_f1"] == [pytest.approx(1.0), pytest.approx(0.0)]
+    for metric in ("dice", "lesion_f1", "hd95"):
+        assert rows_after["sphere"][metric] == pytest.approx(list(before["sphere"][metric]), nan_ok=True)
+    paired = rows_after["sphere"]["paired_vs_none"]["dice"]
+    assert paired["n_cases"] == seg_model["n_validation"]
+    assert paired["mean"] == pytest.approx(before["sphere"]["dice"][0] - 1.0)
+    assert "## After postprocessing" in markdown and f"none below {volume:g} mm3" in markdown
+    # without a postprocessing, the comparison has no second table
+    (none_folder / POSTPROCESSING_JSON).unlink()
+    _, paths = run_comparison(TINY_NAME, "lesiongenPlans", None, tmp_path / "plain")
+    assert "postprocessed" not in json.loads(paths["json"].read_text())
+    assert "After postprocessing" not in paths["markdown"].read_text()

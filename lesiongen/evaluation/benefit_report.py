@@ -11,8 +11,9 @@ import io
 import math
 from pathlib import Path
 
-from lesiongen.evaluation.compare import IN_MILLIMETRES, METRIC_HEADINGS, METRICS, no_lesion_remedy
-from lesiongen.evaluation.segmentation_metrics import SMALL_LESION_MM3
+from lesiongen.evaluation.compare import no_lesion_remedy
+from lesiongen.evaluation.segmentation_metrics import (IN_MILLIMETRES, REPORTED_METRIC_HEADINGS, REPORTED_METRICS,
+                                                      SMALL_LESION_MM3)
 from lesiongen.evaluation.statistics import verdict
 from lesiongen.fingerprint.lesions import SHELL_MM
 from lesiongen.utilities.files import atomic_path, nan_to_none, write_json
@@ -143,12 +144,12 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if chosen:  # a model variant: the report must not read as the default models'
         lines += ["Trainer settings (--set): " + ", ".join(f"{trainer} {key}={value}" for trainer, key, value in chosen)
                   + "; every other setting is the trainers' default.", ""]
-    header = ["strategy", "ratio", *(METRIC_HEADINGS[m] for m in METRICS), "Dice vs none (95 % CI)", "p",
-              "cases better / worse"]
+    header = ["strategy", "ratio", *(REPORTED_METRIC_HEADINGS[m] for m in REPORTED_METRICS),
+              "Dice vs none (95 % CI)", "p", "cases better / worse"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["strategies"]:
         cells = [row["strategy"], f"{row['ratio']:g}"] + [
-            _cell(row[m]["mean"], digits=1 if m in IN_MILLIMETRES else 3) for m in METRICS]
+            _cell(row[m]["mean"], digits=1 if m in IN_MILLIMETRES else 3) for m in REPORTED_METRICS]
         d = row.get("vs_none", {}).get("dice")
         cells += ([f"{100 * d['mean']:+.1f} ({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})",
                    _cell(d["p_value"]), f"{d['cases_better']} / {d['cases_worse']}"] if d else ["–", "–", "–"])
@@ -186,14 +187,16 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
 def _csv(report: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["strategy", "ratio"] + [f"{m}_mean" for m in METRICS] + [f"{m}_std_over_seeds" for m in METRICS]
-                    + [f"{m}_vs_none_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high", "p_value")])
+    paired_keys = ("mean", "ci_low", "ci_high", "p_value")
+    writer.writerow(["strategy", "ratio"] + [f"{m}_mean" for m in REPORTED_METRICS]
+                    + [f"{m}_std_over_seeds" for m in REPORTED_METRICS]
+                    + [f"{m}_vs_none_{k}" for m in REPORTED_METRICS for k in paired_keys])
     rows = report["strategies"] + (report["sweep"]["rows"] if "sweep" in report else [])
     for row in rows:
         vs = row.get("vs_none", {})
-        writer.writerow([row["strategy"], row["ratio"]] + [row[m]["mean"] for m in METRICS]
-                        + [row[m]["std_over_seeds"] for m in METRICS]
-                        + [vs.get(m, {}).get(k, "") for m in METRICS for k in ("mean", "ci_low", "ci_high", "p_value")])
+        writer.writerow([row["strategy"], row["ratio"]] + [row[m]["mean"] for m in REPORTED_METRICS]
+                        + [row[m]["std_over_seeds"] for m in REPORTED_METRICS]
+                        + [vs.get(m, {}).get(k, "") for m in REPORTED_METRICS for k in paired_keys])
     return buffer.getvalue()
 
 

@@ -6,6 +6,11 @@ Dice and lesion F1 also get the paired difference over the validation cases both
 one fold that held it out) with a 95 % bootstrap interval and a Wilcoxon p (``statistics.paired_difference``), and
 the answer in words by the rule ``lesiongen_benefit`` uses. One training run per fold: the interval varies the
 cases, not the training run, which a held-out test set with several seeds (``lesiongen_benefit``) adds.
+
+When a strategy's model folder has a current ``postprocessing.json`` (``lesiongen_determine_postprocessing``), a
+second table compares the strategies as ``lesiongen_predict -m seg`` delivers them: that strategy's validation
+predictions scored again without the lesions its postprocessing removes, the others as they were scored. So "does
+synthetic data help?" is also answered after the specks real-only models predict are cleaned up.
 """
 
 from __future__ import annotations
@@ -13,47 +18,29 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.segmentation_metrics import case_metrics
-from lesiongen.evaluation.statistics import paired_difference, verdict
+from lesiongen.evaluation.postprocessing import postprocessed_validation
+from lesiongen.evaluation.segmentation_metrics import REPORTED_METRICS, REPORTED_METRIC_HEADINGS, class_means
+from lesiongen.evaluation.statistics import nanmean, paired_difference, verdict
 from lesiongen.inference.strategies import STRATEGIES, SegVariant
 from lesiongen.models.checkpoint import FINAL
+from lesiongen.models.folder import ModelFolder
+from lesiongen.models.postprocessing import load_postprocessing
 from lesiongen.paths import results_root
 from lesiongen.utilities.errors import LesiongenError
 from lesiongen.utilities.files import atomic_path, nan_to_none, read_json, write_json
 from lesiongen.utilities.provenance import code_version, model_record
 
-# every metric a comparison reports, with its column heading
-METRIC_HEADINGS = {"dice": "Dice", "lesion_f1": "lesion F1", "lesion_recall": "recall",
-                   "lesion_precision": "precision", "small_lesion_recall": "small recall", "hd95": "HD95 mm",
-                   "abs_volume_difference_mm3": "abs vol diff mm3",
-                   "volume_difference_mm3": "vol diff mm3 (pred - ref)"}
-METRICS = tuple(METRIC_HEADINGS)
-IN_MILLIMETRES = {"hd95", "abs_volume_difference_mm3", "volume_difference_mm3"}  # shown to 0.1, not 0.001
+logger = logging.getLogger(__name__)
+
 STRATEGY_ORDER = tuple(STRATEGIES)
 PAIRED_OVER_CASES = ("dice", "lesion_f1")  # metrics with a per-case paired difference and interval
-
-
-def class_means(per_class: list[dict]) -> dict[str, float]:
-    """metric -> the mean over lesion classes of each class's value (``per_class``: one metric dict per class),
-    leaving out undefined ones (NaN, or null in a JSON summary); NaN where no class has a value."""
-    out = {}
-    for metric in METRICS:
-        values = [cls.get(metric) for cls in per_class]
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        out[metric] = float(np.mean(values)) if values else math.nan
-    return out
-
-
-def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: list[int]) -> dict[str, float]:
-    """Every metric of one case, averaged over the lesion classes (as the fold table averages them)."""
-    per_class = case_metrics(reference, prediction, spacing, labels)
-    return class_means([per_class[label] for label in labels])
 
 
 def found_no_lesion(cases: Iterable[dict[str, float]]) -> bool:
@@ -82,13 +69,24 @@ def per_case_metrics(summary: dict) -> dict[str, dict[str, float]]:
 
 
 @dataclasses.dataclass
+class FoldScores:
+    """strategy -> fold -> metric (each fold's mean over its cases) and strategy -> validation case -> metric."""
+    folds: dict[str, dict[str, dict[str, float]]]
+    cases: dict[str, dict[str, dict[str, float]]]
+
+
+@dataclasses.dataclass
 class FoldResults:
     """What the finished ``seg`` folds hold, per strategy: fold -> metric, validation case -> metric, fold -> model
-    record, and the folds that found no validation lesion (:func:`found_no_lesion`)."""
+    record, and the folds that found no validation lesion (:func:`found_no_lesion`). ``postprocessed`` holds the
+    same per strategy as ``lesiongen_predict -m seg`` delivers it, after the model folder's postprocessing when it
+    has a current one (``postprocessing``: strategy -> the volume below which predicted lesions went; absent: none)."""
     folds: dict[str, dict[str, dict[str, float]]]
     cases: dict[str, dict[str, dict[str, float]]]
     models: dict[str, dict[str, dict]]
     failed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    postprocessing: dict[str, float] = dataclasses.field(default_factory=dict)
+    postprocessed: FoldScores | None = None
 
 
 def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> FoldResults:
@@ -98,6 +96,7 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> Fold
     cases: dict[str, dict[str, dict[str, float]]] = {}
     models: dict[str, dict[str, dict]] = {}
     failed: dict[str, list[str]] = {}
+    folders: dict[str, Path] = {}
     for folder in sorted(root.glob(f"seg_*__{plans_name}")):
         variant = SegVariant.parse(folder.name[: -len(f"__{plans_name}")])
         if variant is None:
@@ -114,10 +113,44 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> Fold
                 if found_no_lesion(fold_cases.values()):  # judged here, not read: older summaries lack the flag
                     failed.setdefault(strategy, []).append(fold)
                 models.setdefault(strategy, {})[fold] = model_record(checkpoint, summary.get("provenance"))
+                folders[strategy] = folder
     if not found:
         raise LesiongenError(f"{root}: no finished seg folds (summary.json) to compare; run lesiongen_train "
                              f"{dataset_name} seg FOLD --synthetic STRATEGY first")
-    return FoldResults(found, cases, models, failed)
+    results = FoldResults(found, cases, models, failed)
+    _postprocess(results, folders)
+    return results
+
+
+def _postprocess(results: FoldResults, folders: dict[str, Path]) -> None:
+    """Fill ``results.postprocessing`` and ``results.postprocessed`` when a strategy's model folder has a current
+    postprocessing: its folds' validation predictions scored again without the lesions it removes; the other
+    strategies as their folds scored them. A strategy whose validation predictions cannot be scored is left out of
+    the postprocessed figures, with a warning."""
+    volumes = {}
+    for strategy, folder in folders.items():
+        postprocessing = load_postprocessing(ModelFolder(folder))
+        if postprocessing is not None and postprocessing.min_lesion_volume_mm3 > 0:
+            volumes[strategy] = postprocessing.min_lesion_volume_mm3
+    if not volumes:
+        return
+    scores = FoldScores({}, {})
+    for strategy in results.folds:
+        if strategy not in volumes:
+            scores.folds[strategy], scores.cases[strategy] = results.folds[strategy], results.cases.get(strategy, {})
+            continue
+        try:
+            per_fold = postprocessed_validation(ModelFolder(folders[strategy]), sorted(results.folds[strategy]),
+                                                volumes[strategy])
+        except LesiongenError as exc:
+            logger.warning("seg_%s left out of the postprocessed comparison: %s", strategy, exc)
+            continue
+        scores.folds[strategy] = {fold: {metric: float(nanmean(np.array([c[metric] for c in fold_cases.values()])))
+                                         for metric in REPORTED_METRICS}
+                                  for fold, fold_cases in per_fold.items()}
+        scores.cases[strategy] = {case: metrics for fold_cases in per_fold.values()
+                                  for case, metrics in fold_cases.items()}
+    results.postprocessing, results.postprocessed = volumes, scores
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -149,7 +182,7 @@ def compare(results: dict[str, dict[str, dict[str, float]]],
     for strategy in order:
         folds = results[strategy]
         row = {"strategy": strategy, "folds": sorted(folds)}
-        for metric in METRICS:
+        for metric in REPORTED_METRICS:
             row[metric] = _stats([f[metric] for f in folds.values()])
             paired = [folds[k][metric] - baseline[k][metric] for k in folds if k in baseline]
             row[f"{metric}_vs_none"] = _stats(paired) if strategy != "none" and paired else (math.nan, math.nan)
@@ -197,16 +230,37 @@ def _cell(pair: tuple[float, float], scale: float = 1.0) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean * scale:.3g} ± {std * scale:.2g}"
 
 
-def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = None) -> dict[str, Path]:
-    header = ["strategy", "folds"] + [METRIC_HEADINGS[m] for m in METRICS] + \
-        [f"{METRIC_HEADINGS[m]} vs none" for m in PAIRED_OVER_CASES] + \
-        [f"{METRIC_HEADINGS[m]} vs none over cases (95 % CI; p; n)" for m in PAIRED_OVER_CASES]
+def _table(rows: list[dict]) -> list[str]:
+    header = ["strategy", "folds"] + [REPORTED_METRIC_HEADINGS[m] for m in REPORTED_METRICS] + \
+        [f"{REPORTED_METRIC_HEADINGS[m]} vs none" for m in PAIRED_OVER_CASES] + \
+        [f"{REPORTED_METRIC_HEADINGS[m]} vs none over cases (95 % CI; p; n)" for m in PAIRED_OVER_CASES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["strategy"], ",".join(row["folds"])] + [_cell(row[m]) for m in METRICS]
+        cells = [row["strategy"], ",".join(row["folds"])] + [_cell(row[m]) for m in REPORTED_METRICS]
         cells += [_cell(row[f"{m}_vs_none"]) for m in PAIRED_OVER_CASES]
         cells += [_difference_cell(row, m) for m in PAIRED_OVER_CASES]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _postprocessed_section(postprocessed: dict) -> str:
+    """The markdown of the comparison after each model folder's postprocessing (``postprocessed``: its JSON)."""
+    volumes = postprocessed["min_lesion_volume_mm3"]
+    applied = ", ".join(f"{strategy} below {volume:g} mm3" for strategy, volume in volumes.items())
+    verdicts = postprocessed["answer"]
+    return ("\n## After postprocessing\n\nAs lesiongen_predict -m seg delivers each model: predicted lesions removed "
+            f"where the model folder's postprocessing.json says ({applied}); every other strategy as predicted. "
+            "The volumes were chosen on these validation cases (lesiongen_determine_postprocessing), so their "
+            "figures are optimistic, as nnU-Net's postprocessed cross-validation is.\n\n"
+            + "\n".join(_table(postprocessed["rows"])) + "\n"
+            + ("\n" + "\n".join(verdicts) + "\n" if verdicts else ""))
+
+
+def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = None,
+                     postprocessed: dict | None = None) -> dict[str, Path]:
+    """comparison.md / .csv / .json / .png in ``folder``; ``postprocessed`` (``{"min_lesion_volume_mm3": strategy ->
+    volume, "rows": ..., "answer": ...}``) adds the table after postprocessing to the markdown and JSON, and its rows
+    to the CSV (``postprocessed`` column)."""
     verdicts = answer(rows)
     failed = [f"{row['strategy']} fold {fold}" for row in rows for fold in row.get("folds_without_lesions", [])]
     warning = (f"\n**Warning**: {', '.join(failed)} found no validation lesion at all (Dice and lesion recall 0 on "
@@ -215,8 +269,9 @@ def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = N
     markdown = "# Segmentation with and without synthetic lesions\n\nMean ± std over folds; \"vs none\" is the " \
                "paired difference to real data only over the folds both have (Dice ×1, not percent points); " \
                "\"over cases\": over the validation cases both have, with a 95 % bootstrap interval and the " \
-               "Wilcoxon signed-rank p.\n\n" + "\n".join(lines) + "\n" + \
-               ("\n## Answer\n\n" + "\n".join(verdicts) + "\n" if verdicts else "") + warning
+               "Wilcoxon signed-rank p.\n\n" + "\n".join(_table(rows)) + "\n" + \
+               ("\n## Answer\n\n" + "\n".join(verdicts) + "\n" if verdicts else "") + warning + \
+               (_postprocessed_section(postprocessed) if postprocessed else "")
     paths = {"markdown": folder / "comparison.md", "csv": folder / "comparison.csv",
              "json": folder / "comparison.json", "png": folder / "comparison.png"}
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,17 +280,22 @@ def write_comparison(rows: list[dict], folder: Path, provenance: dict | None = N
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     paired_keys = ("mean", "ci_low", "ci_high", "p_value", "n_cases")
-    writer.writerow(["strategy", "folds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] +
-                    [f"{m}_vs_none_{s}" for m in METRICS for s in ("mean", "std")] +
+    writer.writerow(["strategy", "postprocessed", "folds"] +
+                    [f"{m}_{s}" for m in REPORTED_METRICS for s in ("mean", "std")] +
+                    [f"{m}_vs_none_{s}" for m in REPORTED_METRICS for s in ("mean", "std")] +
                     [f"{m}_vs_none_cases_{k}" for m in PAIRED_OVER_CASES for k in paired_keys])
-    for row in rows:
-        paired = row.get("paired_vs_none", {})
-        writer.writerow([row["strategy"], " ".join(row["folds"])] + [v for m in METRICS for v in row[m]] +
-                        [v for m in METRICS for v in row[f"{m}_vs_none"]] +
-                        [paired[m][k] if m in paired else "" for m in PAIRED_OVER_CASES for k in paired_keys])
+    tables = [(rows, False)] + ([(postprocessed["rows"], True)] if postprocessed else [])
+    for table, after in tables:
+        for row in table:
+            paired = row.get("paired_vs_none", {})
+            writer.writerow([row["strategy"], after, " ".join(row["folds"])] +
+                            [v for m in REPORTED_METRICS for v in row[m]] +
+                            [v for m in REPORTED_METRICS for v in row[f"{m}_vs_none"]] +
+                            [paired[m][k] if m in paired else "" for m in PAIRED_OVER_CASES for k in paired_keys])
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(buffer.getvalue())
     write_json(paths["json"], nan_to_none({"rows": rows, "answer": verdicts,
+                                           **({"postprocessed": postprocessed} if postprocessed else {}),
                                            "provenance": provenance or code_version()}))
     _plot(rows, paths["png"])
     return paths
@@ -266,5 +326,10 @@ def run_comparison(dataset_name: str, plans_name: str, folds: list[str] | None =
                    output: Path | None = None) -> tuple[list[dict], dict[str, Path]]:
     found = collect(dataset_name, plans_name, folds)
     rows = compare(found.folds, found.cases, found.failed)
+    postprocessed = None
+    if found.postprocessed is not None:
+        after = compare(found.postprocessed.folds, found.postprocessed.cases)
+        postprocessed = {"min_lesion_volume_mm3": found.postprocessing, "rows": after, "answer": answer(after)}
     provenance = {**code_version(), "plans_name": plans_name, "models": found.models}
-    return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison", provenance)
+    return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison", provenance,
+                                  postprocessed)

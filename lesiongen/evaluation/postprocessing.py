@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiongen.evaluation.compare import case_scores
-from lesiongen.evaluation.segmentation_metrics import read_label_pair
+from lesiongen.evaluation.segmentation_metrics import case_scores, read_label_pair
 from lesiongen.evaluation.statistics import nanmean
-from lesiongen.io.dataset import load_dataset
+from lesiongen.io.dataset import RawDataset, load_dataset
 from lesiongen.models.checkpoint import FINAL
 from lesiongen.models.folder import ModelFolder
 from lesiongen.models.postprocessing import POSTPROCESSING_JSON, remove_small_lesions
@@ -62,14 +61,33 @@ def choose(scores: list[dict[str, float]], volumes: list[float]) -> float:
 
 
 def _score_case(case: ValidationCase, labels: list[int], volumes: list[float]) -> list[dict[str, float]]:
-    """Worker: one validation case's scores (averaged over lesion classes) after each candidate volume."""
+    """Worker: one validation case's reported metrics (averaged over lesion classes) and how many predicted lesions
+    went, after each candidate volume."""
     reference, prediction, spacing = read_label_pair(case.reference, case.prediction, case.reader)
     scores = []
     for volume in volumes:
         kept, removed = remove_small_lesions(prediction, spacing, volume)
-        metrics = case_scores(reference, kept, spacing, labels)
-        scores.append({**{name: metrics[name] for name in SCORED}, "lesions_removed": removed})
+        scores.append({**case_scores(reference, kept, spacing, labels), "lesions_removed": removed})
     return scores
+
+
+def fold_validation_cases(folder: ModelFolder, fold: str, raw: RawDataset) -> list[ValidationCase]:
+    """The validation predictions a trained fold wrote, each with its reference label of ``raw``."""
+    summary_path = folder.path / f"fold_{fold}" / "summary.json"
+    if not folder.checkpoint(fold).is_file() or not summary_path.is_file():
+        raise LesiongenError(f"{summary_path.parent}: no finished, validated training (fold_{fold}/{FINAL} "
+                             "and summary.json); train it with validation first")
+    references = {c.case_id: c.label for c in raw.split("training")}
+    cases = []
+    for case_id in read_json(summary_path).get("per_case", {}):
+        prediction = summary_path.parent / VALIDATION / f"{case_id}{raw.info.file_ending}"
+        if not prediction.is_file():
+            raise LesiongenError(f"{prediction}: validation prediction missing; retrain fold {fold} or leave "
+                                 "it out with -f")
+        if case_id not in references:
+            raise LesiongenError(f"{prediction}: case {case_id} is not a training case of {raw.folder}")
+        cases.append(ValidationCase(fold, case_id, references[case_id], prediction, raw.info.reader))
+    return cases
 
 
 def validation_cases(folder: ModelFolder, folds: list[str] | None) -> tuple[list[ValidationCase], dict[str, str]]:
@@ -81,27 +99,26 @@ def validation_cases(folder: ModelFolder, folds: list[str] | None) -> tuple[list
         raise LesiongenError(f"{folder.path}: fold all validates on its own training cases; choose the "
                              "postprocessing on cross-validation folds (-f 0 1 2 3 4)")
     raw = load_dataset(folder.plans().dataset_name)
-    references = {c.case_id: c.label for c in raw.split("training")}
-    cases: list[ValidationCase] = []
-    checkpoints: dict[str, str] = {}
-    for fold in chosen:
-        summary_path = folder.path / f"fold_{fold}" / "summary.json"
-        checkpoint = folder.checkpoint(fold)
-        if not checkpoint.is_file() or not summary_path.is_file():
-            raise LesiongenError(f"{summary_path.parent}: no finished, validated training (fold_{fold}/{FINAL} "
-                                 "and summary.json); train it with validation first")
-        for case_id in read_json(summary_path).get("per_case", {}):
-            prediction = summary_path.parent / VALIDATION / f"{case_id}{raw.info.file_ending}"
-            if not prediction.is_file():
-                raise LesiongenError(f"{prediction}: validation prediction missing; retrain fold {fold} or leave "
-                                     "it out with -f")
-            if case_id not in references:
-                raise LesiongenError(f"{prediction}: case {case_id} is not a training case of {raw.folder}")
-            cases.append(ValidationCase(fold, case_id, references[case_id], prediction, raw.info.reader))
-        checkpoints[fold] = sha256_file(checkpoint)
+    cases = [case for fold in chosen for case in fold_validation_cases(folder, fold, raw)]
     if not cases:
         raise LesiongenError(f"{folder.path}: no validation predictions in the folds {', '.join(chosen) or '(none)'}")
-    return cases, checkpoints
+    return cases, {fold: sha256_file(folder.checkpoint(fold)) for fold in chosen}
+
+
+def postprocessed_validation(folder: ModelFolder, folds: list[str], volume: float,
+                             num_processes: int = 1) -> dict[str, dict[str, dict[str, float]]]:
+    """fold -> validation case -> every reported metric (averaged over lesion classes) of the folds' validation
+    predictions with the predicted lesions below ``volume`` mm³ removed: what ``lesiongen_predict -m seg`` delivers
+    with that postprocessing. Scored on the cases the volume may have been chosen on, as nnU-Net reports its
+    postprocessed cross-validation."""
+    raw = load_dataset(folder.plans().dataset_name)
+    cases = [case for fold in folds for case in fold_validation_cases(folder, str(fold), raw)]
+    per_case = map_cases(_score_case, cases, num_processes, f"scoring {folder.path.name}'s validation cases",
+                         extra_args=(folder.plans().lesion_labels, [volume]))
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for case, (score,) in zip(cases, per_case):
+        scores.setdefault(case.fold, {})[case.case_id] = {k: v for k, v in score.items() if k != "lesions_removed"}
+    return scores
 
 
 def determine_postprocessing(folder: ModelFolder, folds: list[str] | None = None, num_processes: int = 1) -> dict:

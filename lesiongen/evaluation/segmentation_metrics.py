@@ -216,6 +216,34 @@ def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequenc
             for label in labels}
 
 
+# ------------------------------------------------------------------------------- reported per case
+# the metrics the comparison tables report (lesiongen_compare, lesiongen_benefit, the postprocessing choice), with
+# their column headings; each is averaged over lesion classes per case
+REPORTED_METRIC_HEADINGS = {"dice": "Dice", "lesion_f1": "lesion F1", "lesion_recall": "recall",
+                            "lesion_precision": "precision", "small_lesion_recall": "small recall",
+                            "hd95": "HD95 mm", "abs_volume_difference_mm3": "abs vol diff mm3",
+                            "volume_difference_mm3": "vol diff mm3 (pred - ref)"}
+REPORTED_METRICS = tuple(REPORTED_METRIC_HEADINGS)
+IN_MILLIMETRES = {"hd95", "abs_volume_difference_mm3", "volume_difference_mm3"}  # shown to 0.1, not 0.001
+
+
+def class_means(per_class: list[dict]) -> dict[str, float]:
+    """metric -> the mean over lesion classes of each class's value (``per_class``: one metric dict per class),
+    leaving out undefined ones (NaN, or null in a JSON summary); NaN where no class has a value."""
+    out = {}
+    for metric in REPORTED_METRICS:
+        values = [cls.get(metric) for cls in per_class]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        out[metric] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+def case_scores(reference: np.ndarray, prediction: np.ndarray, spacing, labels: list[int]) -> dict[str, float]:
+    """Every reported metric of one case, averaged over the lesion classes (as the fold table averages them)."""
+    per_class = case_metrics(reference, prediction, spacing, labels)
+    return class_means([per_class[label] for label in labels])
+
+
 # ------------------------------------------------------------------------------------------ aggregate
 
 
