@@ -607,6 +607,12 @@ def test_report_table_shows_the_paired_dice_its_p_and_the_cases_better_before_wo
     columns = table_row(header, row)
     assert columns["Dice vs none (95 % CI)"] == "+3.1 (+0.4 to +6.0)"
     assert (columns["p"], columns["cases better / worse"]) == ("0.020", "10 / 2")
+    assert (columns["lesion F1 vs none (95 % CI)"], columns["p (F1)"]) == ("–", "–")  # not in this report
+    report["strategies"][0]["vs_none"]["lesion_f1"] = {**_paired(0.14, 0.02, 0.25, 0.031, 6, 0)["dice"]}
+    header, _, row = markdown(report, 12, 3).splitlines()[4:7]
+    columns = table_row(header, row)
+    assert (columns["lesion F1 vs none (95 % CI)"], columns["p (F1)"]) == ("+0.14 (+0.02 to +0.25)", "0.031")
+    assert columns["Dice vs none (95 % CI)"] == "+3.1 (+0.4 to +6.0)"
 
 
 def test_each_strategy_trains_the_models_it_paints_or_draws_with_and_no_other():

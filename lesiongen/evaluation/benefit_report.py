@@ -121,9 +121,9 @@ def answer(report: dict, n_seeds: int) -> list[str]:
 
 def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     lines = [f"# Does synthetic data help? ({report['dataset']}, {n_cases} test case(s), {n_seeds} seed(s))", "",
-             "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only in "
-             "Dice points (x100), with the 95 % bootstrap interval over test cases and seeds and the Wilcoxon "
-             "signed-rank p over cases (seed means).", ""]
+             "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only (Dice "
+             "in points, x100; lesion F1 as is), with the 95 % bootstrap interval over test cases and seeds and the "
+             "Wilcoxon signed-rank p over cases (seed means).", ""]
     steps = sorted({m["steps_trained"] for name, m in report.get("provenance", {}).get("models", {}).items()
                     if m.get("trainer") == "seg" and m.get("steps_trained") is not None
                     and not name.startswith((f"{SCHEDULE_CHECK}/", f"{DATA_CHECK}/"))})
@@ -144,8 +144,9 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if chosen:  # a model variant: the report must not read as the default models'
         lines += ["Trainer settings (--set): " + ", ".join(f"{trainer} {key}={value}" for trainer, key, value in chosen)
                   + "; every other setting is the trainers' default.", ""]
+    # Dice decides the answer; lesion F1 is where synthetic cases have changed most (fewer false-positive lesions)
     header = ["strategy", "ratio", *(REPORTED_METRIC_HEADINGS[m] for m in REPORTED_METRICS),
-              "Dice vs none (95 % CI)", "p", "cases better / worse"]
+              "Dice vs none (95 % CI)", "p", "cases better / worse", "lesion F1 vs none (95 % CI)", "p (F1)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["strategies"]:
         cells = [row["strategy"], f"{row['ratio']:g}"] + [
@@ -153,6 +154,9 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
         d = row.get("vs_none", {}).get("dice")
         cells += ([f"{100 * d['mean']:+.1f} ({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f})",
                    _cell(d["p_value"]), f"{d['cases_better']} / {d['cases_worse']}"] if d else ["–", "–", "–"])
+        f1 = row.get("vs_none", {}).get("lesion_f1")
+        cells += ([f"{f1['mean']:+.2f} ({f1['ci_low']:+.2f} to {f1['ci_high']:+.2f})", _cell(f1["p_value"])]
+                  if f1 and _finite(f1["mean"]) else ["–", "–"])
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = answer(report, n_seeds)
     if verdicts:
