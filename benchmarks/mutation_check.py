@@ -830,7 +830,7 @@ MUTANTS = (
            ("tests/test_benefit.py::"
             "test_small_predicted_lesions_are_left_out_of_the_scores_only_with_min_lesion_volume",)),
     Mutant("compare_postprocessed_table_not_postprocessed", "lesiongen/evaluation/postprocessing.py",
-           "extra_args=(folder.plans().lesion_labels, [volume]))", "extra_args=(folder.plans().lesion_labels, [0.0]))",
+           "extra_args=(plans.lesion_labels, [volume]))", "extra_args=(plans.lesion_labels, [0.0]))",
            ("tests/test_postprocessing.py::"
             "test_compare_shows_the_strategies_as_predict_delivers_them_after_postprocessing",)),
     Mutant("compare_postprocesses_every_strategy", "lesiongen/evaluation/compare.py",

@@ -31,8 +31,7 @@ from measure import (  # noqa: E402
     write_and_plan_demo, write_results,
 )
 
-from lesiongen.evaluation.segmentation_metrics import case_scores  # noqa: E402
-from lesiongen.evaluation.segmentation_metrics import read_label_pair  # noqa: E402
+from lesiongen.evaluation.segmentation_metrics import case_scores, read_label_pair  # noqa: E402
 from lesiongen.evaluation.statistics import paired_difference  # noqa: E402
 from lesiongen.models.postprocessing import remove_small_lesions  # noqa: E402
 from lesiongen.utilities.provenance import sha256_file  # noqa: E402

@@ -70,9 +70,11 @@ def per_case_metrics(summary: dict) -> dict[str, dict[str, float]]:
 
 @dataclasses.dataclass
 class FoldScores:
-    """strategy -> fold -> metric (each fold's mean over its cases) and strategy -> validation case -> metric."""
+    """strategy -> fold -> metric (each fold's mean over its cases), strategy -> validation case -> metric, and
+    strategy -> the volume below which its postprocessing removed predicted lesions (absent: none removed)."""
     folds: dict[str, dict[str, dict[str, float]]]
     cases: dict[str, dict[str, dict[str, float]]]
+    volumes: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -80,12 +82,11 @@ class FoldResults:
     """What the finished ``seg`` folds hold, per strategy: fold -> metric, validation case -> metric, fold -> model
     record, and the folds that found no validation lesion (:func:`found_no_lesion`). ``postprocessed`` holds the
     same per strategy as ``lesiongen_predict -m seg`` delivers it, after the model folder's postprocessing when it
-    has a current one (``postprocessing``: strategy -> the volume below which predicted lesions went; absent: none)."""
+    has a current one (None when no strategy has one)."""
     folds: dict[str, dict[str, dict[str, float]]]
     cases: dict[str, dict[str, dict[str, float]]]
     models: dict[str, dict[str, dict]]
     failed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    postprocessing: dict[str, float] = dataclasses.field(default_factory=dict)
     postprocessed: FoldScores | None = None
 
 
@@ -118,22 +119,22 @@ def collect(dataset_name: str, plans_name: str, folds: list[str] | None) -> Fold
         raise LesiongenError(f"{root}: no finished seg folds (summary.json) to compare; run lesiongen_train "
                              f"{dataset_name} seg FOLD --synthetic STRATEGY first")
     results = FoldResults(found, cases, models, failed)
-    _postprocess(results, folders)
+    results.postprocessed = _postprocessed(results, folders)
     return results
 
 
-def _postprocess(results: FoldResults, folders: dict[str, Path]) -> None:
-    """Fill ``results.postprocessing`` and ``results.postprocessed`` when a strategy's model folder has a current
+def _postprocessed(results: FoldResults, folders: dict[str, Path]) -> FoldScores | None:
+    """The strategies as ``lesiongen_predict -m seg`` delivers them, when a model folder has a current
     postprocessing: its folds' validation predictions scored again without the lesions it removes; the other
-    strategies as their folds scored them. A strategy whose validation predictions cannot be scored is left out of
-    the postprocessed figures, with a warning."""
+    strategies as their folds scored them. A strategy whose validation predictions cannot be scored is left out,
+    with a warning."""
     volumes = {}
     for strategy, folder in folders.items():
         postprocessing = load_postprocessing(ModelFolder(folder))
         if postprocessing is not None and postprocessing.min_lesion_volume_mm3 > 0:
             volumes[strategy] = postprocessing.min_lesion_volume_mm3
     if not volumes:
-        return
+        return None
     scores = FoldScores({}, {})
     for strategy in results.folds:
         if strategy not in volumes:
@@ -145,12 +146,13 @@ def _postprocess(results: FoldResults, folders: dict[str, Path]) -> None:
         except LesiongenError as exc:
             logger.warning("seg_%s left out of the postprocessed comparison: %s", strategy, exc)
             continue
+        scores.volumes[strategy] = volumes[strategy]
         scores.folds[strategy] = {fold: {metric: float(nanmean(np.array([c[metric] for c in fold_cases.values()])))
                                          for metric in REPORTED_METRICS}
                                   for fold, fold_cases in per_fold.items()}
         scores.cases[strategy] = {case: metrics for fold_cases in per_fold.values()
                                   for case, metrics in fold_cases.items()}
-    results.postprocessing, results.postprocessed = volumes, scores
+    return scores
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -329,7 +331,7 @@ def run_comparison(dataset_name: str, plans_name: str, folds: list[str] | None =
     postprocessed = None
     if found.postprocessed is not None:
         after = compare(found.postprocessed.folds, found.postprocessed.cases)
-        postprocessed = {"min_lesion_volume_mm3": found.postprocessing, "rows": after, "answer": answer(after)}
+        postprocessed = {"min_lesion_volume_mm3": found.postprocessed.volumes, "rows": after, "answer": answer(after)}
     provenance = {**code_version(), "plans_name": plans_name, "models": found.models}
     return rows, write_comparison(rows, output or results_root() / dataset_name / "comparison", provenance,
                                   postprocessed)

@@ -111,10 +111,11 @@ def postprocessed_validation(folder: ModelFolder, folds: list[str], volume: floa
     predictions with the predicted lesions below ``volume`` mm³ removed: what ``lesiongen_predict -m seg`` delivers
     with that postprocessing. Scored on the cases the volume may have been chosen on, as nnU-Net reports its
     postprocessed cross-validation."""
-    raw = load_dataset(folder.plans().dataset_name)
+    plans = folder.plans()
+    raw = load_dataset(plans.dataset_name)
     cases = [case for fold in folds for case in fold_validation_cases(folder, str(fold), raw)]
     per_case = map_cases(_score_case, cases, num_processes, f"scoring {folder.path.name}'s validation cases",
-                         extra_args=(folder.plans().lesion_labels, [volume]))
+                         extra_args=(plans.lesion_labels, [volume]))
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for case, (score,) in zip(cases, per_case):
         scores.setdefault(case.fold, {})[case.case_id] = {k: v for k, v in score.items() if k != "lesions_removed"}
