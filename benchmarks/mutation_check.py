@@ -822,13 +822,22 @@ MUTANTS = (
            "prediction = postprocessing.apply(prediction, loaded.spacing)", "pass",
            ("tests/test_postprocessing.py::test_predict_applies_the_model_folder_s_postprocessing_unless_disabled",)),
     Mutant("stale_postprocessing_applied", "lesiongen/models/postprocessing.py",
-           "if not checkpoint.is_file() or sha256_file(checkpoint) != digest:", "if not checkpoint.is_file():",
+           "if not folder.checkpoint(fold).is_file() or sha256_file(folder.checkpoint(fold)) != digest)",
+           "if not folder.checkpoint(fold).is_file())",
            ("tests/test_postprocessing.py::test_a_postprocessing_chosen_for_other_checkpoints_is_not_applied",)),
     Mutant("benefit_scores_ignore_min_lesion_volume", "lesiongen/benefit.py",
            "prediction = remove_small_lesions(prediction, reference_geometry.spacing_zyx, min_lesion_volume_mm3)[0]",
            "pass",
            ("tests/test_benefit.py::"
             "test_small_predicted_lesions_are_left_out_of_the_scores_only_with_min_lesion_volume",)),
+    Mutant("benefit_cv_postprocessing_not_applied", "lesiongen/benefit.py",
+           'postprocessing["min_lesion_volume_mm3"])', "options.min_lesion_volume_mm3)",
+           ("tests/test_postprocessing.py::"
+            "test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation",)),
+    Mutant("benefit_uses_a_stale_cv_postprocessing", "lesiongen/benefit.py",
+           "    if stale is not None:\n        raise", "    if False:\n        raise",
+           ("tests/test_postprocessing.py::"
+            "test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation",)),
     Mutant("compare_postprocessed_table_not_postprocessed", "lesiongen/evaluation/postprocessing.py",
            "extra_args=(plans.lesion_labels, [volume]))", "extra_args=(plans.lesion_labels, [0.0]))",
            ("tests/test_postprocessing.py::"

@@ -38,13 +38,14 @@ from lesiongen.evaluation.lesion_census import lesion_census, lesion_surrounding
 from lesiongen.evaluation.segmentation_metrics import REPORTED_METRICS, case_scores
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
-from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant,
+from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant, seg_variant_name,
                                            strategy as get_strategy)
 from lesiongen.io.dataset import CaseFiles, RawDataset, load_dataset
 from lesiongen.io.images import read_channels, read_image, write_image
 from lesiongen.models.checkpoint import FINAL, load_checkpoint
 from lesiongen.models.folder import ModelFolder, trainer_folder
-from lesiongen.models.postprocessing import remove_small_lesions
+from lesiongen.models.postprocessing import (DETERMINE_COMMAND, POSTPROCESSING_JSON, read_postprocessing,
+                                             remove_small_lesions)
 from lesiongen.models.registry import load_model
 from lesiongen.models.segmenter import Segmenter
 from lesiongen.paths import results_root, results_root_at
@@ -87,6 +88,9 @@ class BenefitOptions:
     # predicted test lesions below this volume are left out when scoring, for every model alike (as
     # lesiongen_determine_postprocessing chooses on cross-validation folds; the stored predictions stay whole)
     min_lesion_volume_mm3: float = 0.0
+    # instead: the volume lesiongen_determine_postprocessing chose for the dataset's real-only seg model on its
+    # cross-validation folds (:func:`scoring_postprocessing`)
+    cv_postprocessing: bool = False
     # seg's synthetic_fade_start for the models with synthetic cases (1: the synthetic share constant throughout)
     synthetic_fade_start: float = SegTrainer.synthetic_fade_start
     device: str = "cpu"
@@ -294,6 +298,35 @@ def check_no_leak(provenances: list[dict], raw: RawDataset, cases: list[CaseFile
                                  f"{provenance.get('variant')}; the test set must be held out")
 
 
+# ------------------------------------------------------------------------------------------------- postprocessing
+def scoring_postprocessing(options: BenefitOptions, dataset_name: str) -> dict:
+    """How every model's test predictions are postprocessed before scoring: ``{"min_lesion_volume_mm3": ...,
+    "chosen_by": ...}``. With ``options.cv_postprocessing``, the volume lesiongen_determine_postprocessing chose for
+    the dataset's real-only seg model on its cross-validation folds (``seg_none__PLANS/postprocessing.json``, current
+    for the folds' checkpoints; with its folds, validation cases and sha256), as nnU-Net applies the postprocessing
+    found on cross-validation to the test set; the fold ``all`` models compared here have no validation of their
+    own to choose on. Otherwise ``options.min_lesion_volume_mm3``. Checked before any training, so a missing
+    choice fails at once, not after hours."""
+    if not options.cv_postprocessing:
+        return {"min_lesion_volume_mm3": options.min_lesion_volume_mm3, "chosen_by": "--min_lesion_volume"}
+    if options.min_lesion_volume_mm3 > 0:
+        raise LesiongenError("--cv_postprocessing takes the volume chosen on cross-validation; leave out "
+                             "--min_lesion_volume")
+    folder = ModelFolder(trainer_folder(dataset_name, seg_variant_name("none"), options.plans))
+    path = folder.path / POSTPROCESSING_JSON
+    determine = f"{DETERMINE_COMMAND} -d {options.dataset} -p {options.plans}"
+    if not path.is_file():
+        raise LesiongenError(f"{folder.path}: no {POSTPROCESSING_JSON} for --cv_postprocessing; train real-only "
+                             f"folds (lesiongen_train {options.dataset} seg FOLD -p {options.plans}) and run "
+                             f"{determine}, or give --min_lesion_volume")
+    chosen, record, stale = read_postprocessing(folder)
+    if stale is not None:
+        raise LesiongenError(f"{path}: chosen for another fold_{stale} checkpoint than the one there now; rerun "
+                             f"{determine}")
+    return {"min_lesion_volume_mm3": chosen.min_lesion_volume_mm3, "chosen_by": str(path),
+            "folds": record.get("folds"), "n_cases": record.get("n_cases"), "sha256": sha256_file(path)}
+
+
 # ------------------------------------------------------------------------------------------------- census
 def lesion_censuses(dataset: PreprocessedDataset, options: BenefitOptions, train_cases: list[str]) -> dict[str, dict]:
     """The lesions the seg models learnt from: the real training cases', and each strategy's synthetic cases' at the
@@ -471,6 +504,7 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     dataset = open_preprocessed(options.dataset, options.plans)
     raw, cases = held_out_cases(options)
     folder = options.output or results_root() / dataset.name / REPORT
+    postprocessing = scoring_postprocessing(options, dataset.name) if cases else None
     if not cases:
         logger.warning("%s has no labelled test scans (imagesTs + labelsTs): comparing the trained folds instead "
                        "(lesiongen_compare); give --test_dataset ID for another dataset's scans", raw.folder)
@@ -504,7 +538,7 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
                   raw, cases, options)
     start = time.perf_counter()
     scores = score_test_set(models, raw, cases, dataset.plans.lesion_labels, options.mirror, folder / "predictions",
-                            options.min_lesion_volume_mm3)
+                            postprocessing["min_lesion_volume_mm3"])
     case_ids = [c.case_id for c in cases]
     failed = failed_trainings(scores)
     if failed:
@@ -516,7 +550,7 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         if DATA_CHECK in checks else None
     report = {"dataset": dataset.name, "plans": options.plans, "test_dataset": raw.name, "test_cases": case_ids,
               **summarise(scores, options, case_ids, schedule, data),
-              "failed_trainings": failed,
+              "failed_trainings": failed, "postprocessing": postprocessing,
               "lesion_census": lesion_censuses(dataset, options, train_cases), "per_case": scores,
               "trainings": outcome, "minutes": {"training": minutes_training,
                                                 "testing": (time.perf_counter() - start) / 60},

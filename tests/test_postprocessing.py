@@ -225,3 +225,48 @@ def test_compare_shows_the_strategies_as_predict_delivers_them_after_postprocess
     _, paths = run_comparison(TINY_NAME, "lesiongenPlans", None, tmp_path / "plain")
     assert "postprocessed" not in json.loads(paths["json"].read_text())
     assert "After postprocessing" not in paths["markdown"].read_text()
+
+
+def test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation(seg_model, postprocessing,
+                                                                                          tmp_path, capsys,
+                                                                                          monkeypatch):
+    """lesiongen_benefit --cv_postprocessing: every model's test predictions lose the lesions below the volume that
+    lesiongen_determine_postprocessing chose for the real-only seg model's folds (here the test label plus three
+    one-voxel specks, which that volume removes: perfect scores); without a current choice it stops at once, before
+    training, with one line naming the file and the command that makes it."""
+    from lesiongen import benefit as benefit_module
+    from lesiongen.cli import benefit as benefit_cli
+
+    reference, geometry = read_image(seg_model["raw"] / TINY_NAME / "labelsTs" / "test_000.nii.gz")
+    speckled = reference.astype(np.uint8)
+    for voxel in specks_far_from_lesions(reference, 3):
+        speckled[voxel] = 1
+    monkeypatch.setattr(benefit_module, "segment", lambda *args, **kwargs: (speckled.copy(), None, None))
+    args = ["-d", str(TINY.dataset_id), "--strategies", "none", "--seeds", "0", "--sweep", "none", "--seg_steps", "2",
+            "--disable_tta", "-device", "cpu"]
+    assert benefit_cli.main([*args, "-o", str(tmp_path / "as_predicted")]) == 0
+    as_predicted = json.loads((tmp_path / "as_predicted" / "benefit.json").read_text())["per_case"]["seg_none_s0"]
+    assert as_predicted["test_000"]["lesion_precision"] < 1 and as_predicted["test_000"]["dice"] < 1
+    out = tmp_path / "benefit"
+    assert benefit_cli.main([*args, "--cv_postprocessing", "-o", str(out)]) == 0
+    report = json.loads((out / "benefit.json").read_text())
+    volume = postprocessing["min_lesion_volume_mm3"]
+    path = model_folder(seg_model).path / POSTPROCESSING_JSON
+    assert volume > 0 and report["postprocessing"]["min_lesion_volume_mm3"] == pytest.approx(volume)
+    assert report["postprocessing"]["folds"] == ["0"] and report["postprocessing"]["chosen_by"] == str(path)
+    scores = report["per_case"]["seg_none_s0"]["test_000"]
+    assert scores["dice"] == pytest.approx(1.0) and scores["lesion_f1"] == pytest.approx(1.0)
+    assert np.array_equal(read_image(out / "predictions" / "seg_none_s0" / "test_000.nii.gz")[0], speckled)
+    assert f"below {volume:g} mm3 were removed before scoring, for every model alike, as " \
+           f"lesiongen_determine_postprocessing chose" in (out / "benefit.md").read_text()
+    # a choice for checkpoints that have changed since, or none at all: one line, nothing trained or written
+    path.write_text(json.dumps(dict(postprocessing, checkpoints={"0": "0" * 64})))
+    capsys.readouterr()
+    assert benefit_cli.main([*args, "--cv_postprocessing", "-o", str(tmp_path / "stale")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and str(path) in error and "rerun lesiongen_determine_postprocessing" in error
+    path.unlink()
+    assert benefit_cli.main([*args, "--cv_postprocessing", "-o", str(tmp_path / "missing")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and f"no {POSTPROCESSING_JSON} for --cv_postprocessing" in error
+    assert not (tmp_path / "stale").exists() and not (tmp_path / "missing").exists()

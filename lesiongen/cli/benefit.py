@@ -45,10 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "edge_max_gain=3 (repeatable; use a results folder of its own to keep the default "
                              "models)")
     parser.add_argument("--disable_tta", action="store_true", help="segment the test scans without mirroring")
-    parser.add_argument("--min_lesion_volume", type=float, default=0.0, metavar="MM3",
-                        help="score every model's test predictions without their lesions below this volume "
-                             "(as lesiongen_determine_postprocessing chooses on cross-validation folds; "
-                             "default 0: as predicted)")
+    postprocessing = parser.add_mutually_exclusive_group()
+    postprocessing.add_argument("--min_lesion_volume", type=float, default=0.0, metavar="MM3",
+                                help="score every model's test predictions without their lesions below this volume "
+                                     "(as lesiongen_determine_postprocessing chooses on cross-validation folds; "
+                                     "default 0: as predicted)")
+    postprocessing.add_argument("--cv_postprocessing", action="store_true",
+                                help="score every model's test predictions with the postprocessing "
+                                     "lesiongen_determine_postprocessing chose for this dataset's real-only seg model "
+                                     "on its cross-validation folds (lesiongen_train DATASET seg FOLD, then "
+                                     "lesiongen_determine_postprocessing -d DATASET)")
     parser.add_argument("--schedule_check", action="store_true",
                         help="also train real-only at half the seg steps (each seed; under "
                              "$lesiongen_results/schedule_check, the dataset's models stay as they are) and report "
@@ -80,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
                              sweep_ratios=tuple(args.sweep_ratios), test_dataset=args.test_dataset,
                              seg_steps=args.seg_steps, generator_steps=args.generator_steps,
                              inpaint_steps=args.inpaint_steps, mirror=not args.disable_tta,
-                             min_lesion_volume_mm3=args.min_lesion_volume,
+                             min_lesion_volume_mm3=args.min_lesion_volume, cv_postprocessing=args.cv_postprocessing,
                              **({} if args.synthetic_fade_start is None else
                                 {"synthetic_fade_start": args.synthetic_fade_start}),
                              device=str(pick_device(args.device)), parallel=args.parallel, output=args.output,

@@ -119,6 +119,25 @@ def answer(report: dict, n_seeds: int) -> list[str]:
     return lines
 
 
+def _postprocessing_lines(report: dict) -> list[str]:
+    """What was removed from the test predictions before scoring and who chose it (reports before the
+    ``postprocessing`` key held the volume in their settings)."""
+    chosen = report.get("postprocessing") or {
+        "min_lesion_volume_mm3": report.get("settings", {}).get("min_lesion_volume_mm3", 0.0)}
+    volume = chosen["min_lesion_volume_mm3"]
+    if chosen.get("folds") is None:  # given by the user
+        return [f"Postprocessing: predicted test lesions below {volume:g} mm3 were removed before scoring, for every "
+                "model alike (--min_lesion_volume).", ""] if volume > 0 else []
+    folds, n_cases = chosen["folds"], chosen.get("n_cases")
+    source = (f"as lesiongen_determine_postprocessing chose on the real-only seg model's cross-validation "
+              f"({'fold' if len(folds) == 1 else 'folds'} {', '.join(map(str, folds))}, {n_cases} validation "
+              f"case{'' if n_cases == 1 else 's'}; {chosen['chosen_by']})")
+    if volume > 0:
+        return [f"Postprocessing: predicted test lesions below {volume:g} mm3 were removed before scoring, for every "
+                f"model alike, {source}.", ""]
+    return [f"Postprocessing: none, {source}: no candidate volume raised lesion F1 there without lowering Dice.", ""]
+
+
 def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     lines = [f"# Does synthetic data help? ({report['dataset']}, {n_cases} test case(s), {n_seeds} seed(s))", "",
              "Mean over seeds of the mean over test cases. \"vs none\": paired difference to real data only (Dice "
@@ -136,10 +155,7 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if fade_start < 1.0:
         lines += [f"Synthetic cases fade out: each model with synthetic cases drew them at its ratio's share for the "
                   f"first {fade_start:.0%} of its steps, then ever fewer, none at the end.", ""]
-    min_volume = report.get("settings", {}).get("min_lesion_volume_mm3", 0.0)
-    if min_volume > 0:
-        lines += [f"Postprocessing: predicted test lesions below {min_volume:g} mm3 were removed before scoring, for "
-                  "every model alike (--min_lesion_volume).", ""]
+    lines += _postprocessing_lines(report)
     chosen = report.get("settings", {}).get("trainer_settings") or []
     if chosen:  # a model variant: the report must not read as the default models'
         lines += ["Trainer settings (--set): " + ", ".join(f"{trainer} {key}={value}" for trainer, key, value in chosen)

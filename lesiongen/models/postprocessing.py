@@ -58,9 +58,9 @@ def remove_small_lesions(labels: np.ndarray, spacing: list[float] | tuple[float,
     return result, removed
 
 
-def load_postprocessing(folder: ModelFolder) -> Postprocessing | None:
-    """The folder's postprocessing; None without ``postprocessing.json`` or when it was chosen for checkpoints
-    that have changed since (with a warning). A file that cannot be read is an error naming it."""
+def read_postprocessing(folder: ModelFolder) -> tuple[Postprocessing, dict, str | None] | None:
+    """(the folder's postprocessing, the record it is stored in, the first fold whose checkpoint is not the one it was
+    chosen for, else None); None without ``postprocessing.json``. A file that cannot be read is an error naming it."""
     path = folder.path / POSTPROCESSING_JSON
     if not path.is_file():
         return None
@@ -73,10 +73,20 @@ def load_postprocessing(folder: ModelFolder) -> Postprocessing | None:
                              f"{DETERMINE_COMMAND} or delete it") from None
     if not math.isfinite(volume) or volume < 0:
         raise LesiongenError(f"{path}: min_lesion_volume_mm3 {volume} is not a volume; rerun {DETERMINE_COMMAND}")
-    for fold, digest in checkpoints.items():
-        checkpoint = folder.checkpoint(fold)
-        if not checkpoint.is_file() or sha256_file(checkpoint) != digest:
-            logger.warning("%s: chosen for another fold_%s/%s than the one there now; not applied (rerun %s)",
-                           path, fold, checkpoint.name, DETERMINE_COMMAND)
-            return None
-    return Postprocessing(volume)
+    stale = next((fold for fold, digest in checkpoints.items()
+                  if not folder.checkpoint(fold).is_file() or sha256_file(folder.checkpoint(fold)) != digest), None)
+    return Postprocessing(volume), record, stale
+
+
+def load_postprocessing(folder: ModelFolder) -> Postprocessing | None:
+    """The folder's postprocessing; None without ``postprocessing.json`` or when it was chosen for checkpoints
+    that have changed since (with a warning). A file that cannot be read is an error naming it."""
+    found = read_postprocessing(folder)
+    if found is None:
+        return None
+    postprocessing, _, stale = found
+    if stale is not None:
+        logger.warning("%s: chosen for another fold_%s/%s than the one there now; not applied (rerun %s)",
+                       folder.path / POSTPROCESSING_JSON, stale, folder.checkpoint(stale).name, DETERMINE_COMMAND)
+        return None
+    return postprocessing
