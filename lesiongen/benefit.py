@@ -452,7 +452,7 @@ def summarise(scores: dict, options: BenefitOptions, cases: list[str], schedule:
         for metric in REPORTED_METRICS:
             per_seed = nanmean(_matrix(scores, names(strategy, ratio), cases, metric), axis=1)
             out[metric] = {"mean": float(nanmean(per_seed)), "std_over_seeds": float(np.nanstd(per_seed))
-                           if np.isfinite(per_seed).any() else math.nan}
+                           if np.isfinite(per_seed).any() else math.nan, "per_seed": [float(v) for v in per_seed]}
         if strategy != "none" and "none" in options.strategies:
             baseline = names("none", 1.0)
             out["vs_none"] = {metric: dataclasses.asdict(paired_difference(

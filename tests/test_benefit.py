@@ -252,6 +252,17 @@ def test_the_synthetic_strategies_are_compared_with_each_other_paired():
     worse = dict(pairs[2], dice=dict(pairs[2]["dice"], ci_low=-0.03, ci_high=-0.01))
     assert answer({"strategies": [], "between_strategies": [worse]}, 2)[0].startswith(
         "- **diffmask against sphere**: worse, -1.5 Dice points (95 % CI -3.0 to -1.0)")
+    # each seed's Dice: diffmask's second seed carries 2 of its 7 points over none
+    summary = summarise(scores, options, CASES)
+    per_seed = {row["strategy"]: row["dice"]["per_seed"] for row in summary["strategies"]}
+    base = float(np.mean(list(HALF_DICE.values())))
+    assert per_seed["none"] == pytest.approx([base, base])
+    assert per_seed["diffmask"] == pytest.approx([base + 0.07, base + 0.02])
+    text = markdown({**summary, "dataset": "D", "settings": {"seeds": [0, 1]}}, len(CASES), 2)
+    rows = text.split("Dice per training seed")[1].splitlines()
+    assert "| strategy | seed 0 | seed 1 |" in rows
+    assert f"| diffmask | {base + 0.07:.3f} (+7.0) | {base + 0.02:.3f} (+2.0) |" in rows
+    assert f"| none | {base:.3f} | {base:.3f} |" in rows
 
 
 def test_a_rerun_trains_nothing_again_and_reuses_the_test_predictions(benefit, capsys):

@@ -119,6 +119,25 @@ def answer(report: dict, n_seeds: int) -> list[str]:
     return lines
 
 
+def _per_seed_lines(report: dict) -> list[str]:
+    """Each strategy's Dice per training seed, and for the synthetic ones the difference to real-only trained with
+    the same seed: a difference that one training run carries shows here (reports before ``per_seed``: nothing)."""
+    rows = [row for row in report["strategies"] if len(row["dice"].get("per_seed", [])) > 1]
+    if not rows:
+        return []
+    seeds = report.get("settings", {}).get("seeds") or list(range(len(rows[0]["dice"]["per_seed"])))
+    none = next((row["dice"]["per_seed"] for row in report["strategies"] if row["strategy"] == "none"), None)
+    lines = ["", "Dice per training seed (mean over the test scans; in brackets the difference to real-only trained "
+                 "with the same seed, in points)", "", "| strategy | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for row in rows:
+        cells = [_cell(value) + (f" ({100 * (value - base):+.1f})" if none and row["strategy"] != "none"
+                                 and _finite(value) and _finite(base) else "")
+                 for value, base in zip(row["dice"]["per_seed"], none or row["dice"]["per_seed"])]
+        lines.append(f"| {row['strategy']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _postprocessing_lines(report: dict) -> list[str]:
     """What was removed from the test predictions before scoring and who chose it (reports before the
     ``postprocessing`` key held the volume in their settings)."""
@@ -178,6 +197,7 @@ def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
     if verdicts:
         lines += ["", "Does it help? (Dice against real data only, then the synthetic strategies against each other; "
                       "the 95 % interval over test scans and training seeds decides)", "", *verdicts]
+    lines += _per_seed_lines(report)
     if report.get("lesion_census"):
         lines += ["", f"Lesions the seg models learnt from (preprocessed space; small: < {SMALL_LESION_MM3:g} mm3; "
                       "synthetic cases at the table's ratio, every seed's)", "",
