@@ -839,8 +839,7 @@ MUTANTS = (
            ("tests/test_postprocessing.py::"
             "test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation",)),
     Mutant("benefit_per_seed_difference_against_itself", "lesiongen/evaluation/benefit_report.py",
-           'for value, base in zip(row["dice"]["per_seed"], none or row["dice"]["per_seed"])]',
-           'for value, base in zip(row["dice"]["per_seed"], row["dice"]["per_seed"])]',
+           "for value, base in zip(values, against)]", "for value, base in zip(values, values)]",
            ("tests/test_benefit.py::test_the_synthetic_strategies_are_compared_with_each_other_paired",)),
     Mutant("compare_postprocessed_table_not_postprocessed", "lesiongen/evaluation/postprocessing.py",
            "extra_args=(plans.lesion_labels, [volume]))", "extra_args=(plans.lesion_labels, [0.0]))",

@@ -315,11 +315,12 @@ def scoring_postprocessing(options: BenefitOptions, dataset_name: str) -> dict:
     folder = ModelFolder(trainer_folder(dataset_name, seg_variant_name("none"), options.plans))
     path = folder.path / POSTPROCESSING_JSON
     determine = f"{DETERMINE_COMMAND} -d {options.dataset} -p {options.plans}"
-    if not path.is_file():
+    found = read_postprocessing(folder)
+    if found is None:
         raise LesiongenError(f"{folder.path}: no {POSTPROCESSING_JSON} for --cv_postprocessing; train real-only "
                              f"folds (lesiongen_train {options.dataset} seg FOLD -p {options.plans}) and run "
                              f"{determine}, or give --min_lesion_volume")
-    chosen, record, stale = read_postprocessing(folder)
+    chosen, record, stale = found
     if stale is not None:
         raise LesiongenError(f"{path}: chosen for another fold_{stale} checkpoint than the one there now; rerun "
                              f"{determine}")

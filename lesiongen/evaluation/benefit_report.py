@@ -131,9 +131,10 @@ def _per_seed_lines(report: dict) -> list[str]:
                  "with the same seed, in points)", "", "| strategy | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|" + "---|" * len(seeds)]
     for row in rows:
-        cells = [_cell(value) + (f" ({100 * (value - base):+.1f})" if none and row["strategy"] != "none"
-                                 and _finite(value) and _finite(base) else "")
-                 for value, base in zip(row["dice"]["per_seed"], none or row["dice"]["per_seed"])]
+        values = row["dice"]["per_seed"]
+        against = none if none and row["strategy"] != "none" else [math.nan] * len(values)
+        cells = [_cell(value) + (f" ({100 * (value - base):+.1f})" if _finite(value) and _finite(base) else "")
+                 for value, base in zip(values, against)]
         lines.append(f"| {row['strategy']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -143,18 +144,17 @@ def _postprocessing_lines(report: dict) -> list[str]:
     ``postprocessing`` key held the volume in their settings)."""
     chosen = report.get("postprocessing") or {
         "min_lesion_volume_mm3": report.get("settings", {}).get("min_lesion_volume_mm3", 0.0)}
-    volume = chosen["min_lesion_volume_mm3"]
-    if chosen.get("folds") is None:  # given by the user
-        return [f"Postprocessing: predicted test lesions below {volume:g} mm3 were removed before scoring, for every "
-                "model alike (--min_lesion_volume).", ""] if volume > 0 else []
-    folds, n_cases = chosen["folds"], chosen.get("n_cases")
-    source = (f"as lesiongen_determine_postprocessing chose on the real-only seg model's cross-validation "
-              f"({'fold' if len(folds) == 1 else 'folds'} {', '.join(map(str, folds))}, {n_cases} validation "
-              f"case{'' if n_cases == 1 else 's'}; {chosen['chosen_by']})")
+    volume, folds = chosen["min_lesion_volume_mm3"], chosen.get("folds")
+    if folds is None and volume <= 0:  # nothing given, nothing removed
+        return []
+    source = " (--min_lesion_volume)" if folds is None else (
+        f", as lesiongen_determine_postprocessing chose on the real-only seg model's cross-validation "
+        f"({'fold' if len(folds) == 1 else 'folds'} {', '.join(map(str, folds))}, {chosen.get('n_cases')} validation "
+        f"case{'' if chosen.get('n_cases') == 1 else 's'}; {chosen['chosen_by']})")
     if volume > 0:
         return [f"Postprocessing: predicted test lesions below {volume:g} mm3 were removed before scoring, for every "
-                f"model alike, {source}.", ""]
-    return [f"Postprocessing: none, {source}: no candidate volume raised lesion F1 there without lowering Dice.", ""]
+                f"model alike{source}.", ""]
+    return [f"Postprocessing: none{source}: no candidate volume raised lesion F1 there without lowering Dice.", ""]
 
 
 def markdown(report: dict, n_cases: int, n_seeds: int) -> str:
