@@ -833,11 +833,27 @@ MUTANTS = (
     Mutant("benefit_cv_postprocessing_not_applied", "lesiongen/benefit.py",
            'postprocessing["min_lesion_volume_mm3"])', "options.min_lesion_volume_mm3)",
            ("tests/test_postprocessing.py::"
-            "test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation",)),
-    Mutant("benefit_uses_a_stale_cv_postprocessing", "lesiongen/benefit.py",
-           "    if stale is not None:\n        raise", "    if False:\n        raise",
+            "test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them",)),
+    Mutant("benefit_reuses_a_stale_cv_postprocessing", "lesiongen/benefit.py",
+           "if stale is None and sorted(", "if sorted(",
            ("tests/test_postprocessing.py::"
-            "test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation",)),
+            "test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them",)),
+    Mutant("benefit_cv_folds_not_validated", "lesiongen/benefit.py",
+           '"validate": self.fold != FOLD}', '"validate": False}',
+           ("tests/test_postprocessing.py::"
+            "test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them",
+            "tests/test_postprocessing.py::"
+            "test_cv_postprocessing_trains_the_first_seed_s_real_only_model_on_every_fold_by_default")),
+    Mutant("benefit_cv_folds_validation_always_mirrored", "lesiongen/benefit.py",
+           "mirror_validation=options.mirror,", "mirror_validation=True,",
+           ("tests/test_postprocessing.py::"
+            "test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them",
+            "tests/test_postprocessing.py::"
+            "test_cv_postprocessing_trains_the_first_seed_s_real_only_model_on_every_fold_by_default")),
+    Mutant("benefit_cv_folds_trained_as_fold_all", "lesiongen/benefit.py",
+           "(dataset, job.fold, device, options, **variant)", "(dataset, FOLD, device, options, **variant)",
+           ("tests/test_postprocessing.py::"
+            "test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them",)),
     Mutant("benefit_per_seed_difference_against_itself", "lesiongen/evaluation/benefit_report.py",
            "for value, base in zip(values, against)]", "for value, base in zip(values, values)]",
            ("tests/test_benefit.py::test_the_synthetic_strategies_are_compared_with_each_other_paired",)),

@@ -35,22 +35,22 @@ import numpy as np
 from lesiongen.evaluation.benefit_report import DATA_CHECK, REPORT, SCHEDULE_CHECK, write_report
 from lesiongen.evaluation.compare import found_no_lesion, run_comparison
 from lesiongen.evaluation.lesion_census import lesion_census, lesion_surroundings
+from lesiongen.evaluation.postprocessing import determine_postprocessing
 from lesiongen.evaluation.segmentation_metrics import REPORTED_METRICS, case_scores
 from lesiongen.evaluation.statistics import nanmean, paired_difference
 from lesiongen.inference.segment import segment
-from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant, seg_variant_name,
-                                           strategy as get_strategy)
+from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant, strategy as get_strategy)
 from lesiongen.io.dataset import CaseFiles, RawDataset, load_dataset
 from lesiongen.io.images import read_channels, read_image, write_image
 from lesiongen.models.checkpoint import FINAL, load_checkpoint
 from lesiongen.models.folder import ModelFolder, trainer_folder
-from lesiongen.models.postprocessing import (DETERMINE_COMMAND, POSTPROCESSING_JSON, read_postprocessing,
-                                             remove_small_lesions)
+from lesiongen.models.postprocessing import POSTPROCESSING_JSON, read_postprocessing, remove_small_lesions
 from lesiongen.models.registry import load_model
 from lesiongen.models.segmenter import Segmenter
 from lesiongen.paths import results_root, results_root_at
 from lesiongen.planning.plans import PLANS_NAME
 from lesiongen.preprocessing.dataset import PreprocessedDataset, open_preprocessed
+from lesiongen.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from lesiongen.preprocessing.storage import checksum_files, first_mismatch, load_array
 from lesiongen.training.base import TrainingOptions
 from lesiongen.training.registry import trainer_class
@@ -88,9 +88,10 @@ class BenefitOptions:
     # predicted test lesions below this volume are left out when scoring, for every model alike (as
     # lesiongen_determine_postprocessing chooses on cross-validation folds; the stored predictions stay whole)
     min_lesion_volume_mm3: float = 0.0
-    # instead: the volume lesiongen_determine_postprocessing chose for the dataset's real-only seg model on its
-    # cross-validation folds (:func:`scoring_postprocessing`)
+    # instead: the volume lesiongen_determine_postprocessing chooses on the cross-validation folds of the first seed's
+    # real-only model, which this run trains as it trains that model (:func:`cv_fold_jobs`, :func:`cv_postprocessing`)
     cv_postprocessing: bool = False
+    cv_folds: tuple[int, ...] = ()  # the folds trained and chosen on (empty: every fold of the splits)
     # seg's synthetic_fade_start for the models with synthetic cases (1: the synthetic share constant throughout)
     synthetic_fade_start: float = SegTrainer.synthetic_fade_start
     device: str = "cpu"
@@ -113,19 +114,27 @@ class TrainingJob:
     fade_start: float | None = None  # seg with synthetic cases only (real-only models have nothing to fade)
     real_case_fraction: float = 1.0  # seg real-only only: the share of the real training cases it learns from
     user_settings: tuple[tuple[str, str], ...] = ()  # (NAME, VALUE) from BenefitOptions.trainer_settings
+    fold: str = FOLD  # a cross-validation fold: seg real-only for --cv_postprocessing, validating its held-out cases
+    mirror_validation: bool = True  # such a fold's validation predictions mirrored as the test scans are
+
+    @property
+    def variant(self) -> str:
+        """The model folder's trainer part."""
+        return self.trainer if self.trainer != "seg" else SegVariant.of(self.strategy, self.ratio, self.seed).name
 
     @property
     def name(self) -> str:
-        if self.trainer != "seg":
-            return self.trainer
-        return SegVariant.of(self.strategy, self.ratio, self.seed).name
+        return self.variant if self.fold == FOLD else f"{self.variant}/fold_{self.fold}"
 
     def settings(self) -> dict[str, object]:
         settings: dict[str, object] = dict(self.user_settings)
         if self.trainer != "seg":
             return settings
-        # fold all validates on its own training cases: nothing to learn from that here, and it costs minutes
-        settings.update({"synthetic_ratio": self.ratio, "validate": False})
+        # fold all validates on its own training cases: nothing to learn from that here, and it costs minutes; a
+        # cross-validation fold's validation predictions are what the postprocessing is chosen on
+        settings.update({"synthetic_ratio": self.ratio, "validate": self.fold != FOLD})
+        if self.fold != FOLD:
+            settings["mirror_validation"] = self.mirror_validation
         if self.fade_start is not None:
             settings["synthetic_fade_start"] = self.fade_start
         if self.real_case_fraction < 1.0:
@@ -133,7 +142,7 @@ class TrainingJob:
         return settings
 
     def command(self, options: BenefitOptions) -> list[str]:
-        command = [sys.executable, "-m", "lesiongen.cli.train", options.dataset, self.trainer, FOLD, "-device",
+        command = [sys.executable, "-m", "lesiongen.cli.train", options.dataset, self.trainer, self.fold, "-device",
                    options.device, "-p", options.plans]
         if self.steps is not None:
             command += ["--steps", str(self.steps)]
@@ -148,7 +157,8 @@ class TrainingJob:
 
 
 # ------------------------------------------------------------------------------------------------- trainings
-SEG_SETTINGS_SET_HERE = ("synthetic_ratio", "validate", "synthetic_fade_start", "real_case_fraction")
+SEG_SETTINGS_SET_HERE = ("synthetic_ratio", "validate", "mirror_validation", "synthetic_fade_start",
+                         "real_case_fraction")
 
 
 def _user_settings(options: BenefitOptions) -> dict[str, tuple[tuple[str, str], ...]]:
@@ -222,7 +232,7 @@ def data_check_jobs(options: BenefitOptions, n_cases: int) -> list[TrainingJob]:
 def _trainer(job: TrainingJob, dataset: PreprocessedDataset, device: str):
     options = TrainingOptions(total_steps=job.steps, **({"seed": job.seed} if job.seed is not None else {}))
     variant = {"strategy": job.strategy} if job.trainer == "seg" else {}
-    trainer = trainer_class(job.trainer)(dataset, FOLD, device, options, **variant)
+    trainer = trainer_class(job.trainer)(dataset, job.fold, device, options, **variant)
     trainer.apply_settings(job.settings())
     return trainer
 
@@ -255,7 +265,7 @@ def run_trainings(jobs: list[TrainingJob], options: BenefitOptions, logs: Path, 
     while pending or running:
         while pending and len(running) < options.parallel:
             job = pending.pop(0)
-            log = logs / f"{job.name}.log"
+            log = logs / f"{job.name.replace('/', '_')}.log"
             with open(log, "w") as handle:
                 running.append((job, subprocess.Popen(job.command(options), env=env, stdout=handle,
                                                       stderr=subprocess.STDOUT), log))
@@ -299,33 +309,55 @@ def check_no_leak(provenances: list[dict], raw: RawDataset, cases: list[CaseFile
 
 
 # ------------------------------------------------------------------------------------------------- postprocessing
-def scoring_postprocessing(options: BenefitOptions, dataset_name: str) -> dict:
+def cv_fold_jobs(options: BenefitOptions, dataset: PreprocessedDataset) -> list[TrainingJob]:
+    """For ``--cv_postprocessing``: the first seed's real-only seg model once more on each cross-validation fold
+    (``options.cv_folds``, default every fold of the dataset's splits), with its steps and settings, each validating
+    on the fold's held-out training cases, mirrored as the test scans are. They share that model's folder, so it
+    becomes a model folder as nnU-Net's: the folds, fold ``all`` and the postprocessing chosen on the folds."""
+    splits = load_or_create_splits(dataset.folder, dataset.case_ids())
+    folds = options.cv_folds or tuple(range(len(splits)))
+    wrong = [f for f in folds if not 0 <= f < len(splits)]
+    if wrong:
+        raise LesiongenError(f"--cv_postprocessing {wrong[0]}: {dataset.folder / SPLITS_FILE} has folds "
+                             f"0-{len(splits) - 1}")
+    seg_settings = _user_settings(options).get("seg", ())
+    return [TrainingJob("seg", options.seg_steps, options.seeds[0], "none", fold=str(fold),
+                        mirror_validation=options.mirror, user_settings=seg_settings)
+            for fold in dict.fromkeys(folds)]
+
+
+def cv_postprocessing(folder: ModelFolder, folds: list[str]) -> tuple[dict, str]:
+    """(the record of the postprocessing chosen on ``folds``' validation cases, "reused" or "chosen now"): the
+    folder's ``postprocessing.json`` when it was chosen on exactly these folds' current checkpoints, else chosen
+    again (lesiongen_determine_postprocessing's rule) and written there. This command owns the file, so one it
+    cannot read is chosen again too."""
+    try:
+        found = read_postprocessing(folder)
+    except LesiongenError as error:
+        logger.warning("%s; choosing again", error)
+        found = None
+    if found is not None:
+        _, record, stale = found
+        if stale is None and sorted(record.get("folds", [])) == sorted(folds):
+            return record, "reused"
+    return determine_postprocessing(folder, folds), "chosen now"
+
+
+def scoring_postprocessing(options: BenefitOptions, dataset_name: str, cv_jobs: list[TrainingJob]) -> dict:
     """How every model's test predictions are postprocessed before scoring: ``{"min_lesion_volume_mm3": ...,
-    "chosen_by": ...}``. With ``options.cv_postprocessing``, the volume lesiongen_determine_postprocessing chose for
-    the dataset's real-only seg model on its cross-validation folds (``seg_none__PLANS/postprocessing.json``, current
-    for the folds' checkpoints; with its folds, validation cases and sha256), as nnU-Net applies the postprocessing
-    found on cross-validation to the test set; the fold ``all`` models compared here have no validation of their
-    own to choose on. Otherwise ``options.min_lesion_volume_mm3``. Checked before any training, so a missing
-    choice fails at once, not after hours."""
+    "chosen_by": ...}``. With ``options.cv_postprocessing``, the volume chosen on the cross-validation folds
+    ``cv_jobs`` trained (:func:`cv_postprocessing`; with the folds, validation cases, the file's sha256 and whether
+    this run chose it), as nnU-Net applies the postprocessing found on cross-validation to the test set: the fold
+    ``all`` models compared here have no validation of their own to choose on. Otherwise
+    ``options.min_lesion_volume_mm3``."""
     if not options.cv_postprocessing:
         return {"min_lesion_volume_mm3": options.min_lesion_volume_mm3, "chosen_by": "--min_lesion_volume"}
-    if options.min_lesion_volume_mm3 > 0:
-        raise LesiongenError("--cv_postprocessing takes the volume chosen on cross-validation; leave out "
-                             "--min_lesion_volume")
-    folder = ModelFolder(trainer_folder(dataset_name, seg_variant_name("none"), options.plans))
+    folder = ModelFolder(trainer_folder(dataset_name, cv_jobs[0].variant, options.plans))
+    record, state = cv_postprocessing(folder, [job.fold for job in cv_jobs])
     path = folder.path / POSTPROCESSING_JSON
-    determine = f"{DETERMINE_COMMAND} -d {options.dataset} -p {options.plans}"
-    found = read_postprocessing(folder)
-    if found is None:
-        raise LesiongenError(f"{folder.path}: no {POSTPROCESSING_JSON} for --cv_postprocessing; train real-only "
-                             f"folds (lesiongen_train {options.dataset} seg FOLD -p {options.plans}) and run "
-                             f"{determine}, or give --min_lesion_volume")
-    chosen, record, stale = found
-    if stale is not None:
-        raise LesiongenError(f"{path}: chosen for another fold_{stale} checkpoint than the one there now; rerun "
-                             f"{determine}")
-    return {"min_lesion_volume_mm3": chosen.min_lesion_volume_mm3, "chosen_by": str(path),
-            "folds": record.get("folds"), "n_cases": record.get("n_cases"), "sha256": sha256_file(path)}
+    return {"min_lesion_volume_mm3": float(record["min_lesion_volume_mm3"]), "chosen_by": str(path),
+            "folds": record.get("folds"), "n_cases": record.get("n_cases"), "sha256": sha256_file(path),
+            "choice": state}
 
 
 # ------------------------------------------------------------------------------------------------- census
@@ -505,14 +537,17 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     dataset = open_preprocessed(options.dataset, options.plans)
     raw, cases = held_out_cases(options)
     folder = options.output or results_root() / dataset.name / REPORT
-    postprocessing = scoring_postprocessing(options, dataset.name) if cases else None
     if not cases:
         logger.warning("%s has no labelled test scans (imagesTs + labelsTs): comparing the trained folds instead "
                        "(lesiongen_compare); give --test_dataset ID for another dataset's scans", raw.folder)
         _, paths = run_comparison(dataset.name, options.plans, None, folder)
         return BenefitResult(paths, fell_back_to_folds=True)
+    if options.cv_postprocessing and options.min_lesion_volume_mm3 > 0:
+        raise LesiongenError("--cv_postprocessing chooses the volume on cross-validation folds; leave out "
+                             "--min_lesion_volume")
     started = time.perf_counter()
     first, second = training_jobs(options)
+    cv_jobs = cv_fold_jobs(options, dataset) if options.cv_postprocessing else []
     # the checks' real-only models, each check in a results tree of its own (named as the check)
     checks: dict[str, list[TrainingJob]] = {}
     full_steps = seg_schedule(options, dataset) if options.schedule_check else None
@@ -520,12 +555,13 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         checks[SCHEDULE_CHECK] = schedule_check_jobs(options, full_steps)
     if options.data_check:
         checks[DATA_CHECK] = data_check_jobs(options, len(dataset.case_ids()))
-    outcome = run_trainings(first, options, folder / "logs", "generators, inpainter, real only")
+    outcome = run_trainings(first + cv_jobs, options, folder / "logs", "generators, inpainter, real only")
     outcome.update(run_trainings(second, options, folder / "logs", "with synthetic cases"))
     for check, jobs in checks.items():
         with results_root_at(results_root() / check):
             checked = run_trainings(jobs, options, folder / "logs" / check, check)
         outcome.update({f"{check}/{name}": state for name, state in checked.items()})
+    postprocessing = scoring_postprocessing(options, dataset.name, cv_jobs)
     minutes_training = (time.perf_counter() - started) / 60
     seg_jobs = [j for j in first + second if j.trainer == "seg"]
     models = {j.name: load_model(ModelFolder(trainer_folder(dataset.name, j.name, options.plans)), FOLD,
@@ -533,8 +569,10 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     models.update({f"{check}/{j.name}": load_model(
         ModelFolder(trainer_folder(dataset.name, j.name, options.plans, root=results_root() / check)), FOLD,
         options.device, expect=Segmenter) for check, jobs in checks.items() for j in jobs})
-    others = {j.name: load_checkpoint(trainer_folder(dataset.name, j.name, options.plans) / f"fold_{FOLD}" / FINAL)
-              for j in first if j.trainer != "seg"}
+    # the generators, the inpainter and the cross-validation folds the postprocessing was chosen on
+    other_checkpoints = {j.name: trainer_folder(dataset.name, j.variant, options.plans) / f"fold_{j.fold}" / FINAL
+                         for j in [*first, *cv_jobs] if j.trainer != "seg" or j.fold != FOLD}
+    others = {name: load_checkpoint(path) for name, path in other_checkpoints.items()}
     check_no_leak([m.provenance for m in models.values()] + [s.get("provenance", {}) for s in others.values()],
                   raw, cases, options)
     start = time.perf_counter()
@@ -559,7 +597,7 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
                            for k, v in dataclasses.asdict(options).items()},
               "provenance": {**code_version(), "models": {
                   **{name: m.record() for name, m in models.items()},
-                  **{name: model_record(trainer_folder(dataset.name, name, options.plans) / f"fold_{FOLD}" / FINAL,
-                                        state.get("provenance")) for name, state in others.items()}}}}
+                  **{name: model_record(other_checkpoints[name], state.get("provenance"))
+                     for name, state in others.items()}}}}
     return BenefitResult(write_report(report, folder, len(cases), len(options.seeds)), report)
 

@@ -227,46 +227,105 @@ def test_compare_shows_the_strategies_as_predict_delivers_them_after_postprocess
     assert "After postprocessing" not in paths["markdown"].read_text()
 
 
-def test_benefit_scores_the_test_scans_with_the_volume_chosen_on_real_only_cross_validation(seg_model, postprocessing,
-                                                                                          tmp_path, capsys,
-                                                                                          monkeypatch):
-    """lesiongen_benefit --cv_postprocessing: every model's test predictions lose the lesions below the volume that
-    lesiongen_determine_postprocessing chose for the real-only seg model's folds (here the test label plus three
-    one-voxel specks, which that volume removes: perfect scores); without a current choice it stops at once, before
-    training, with one line naming the file and the command that makes it."""
-    from lesiongen import benefit as benefit_module
-    from lesiongen.cli import benefit as benefit_cli
-
-    reference, geometry = read_image(seg_model["raw"] / TINY_NAME / "labelsTs" / "test_000.nii.gz")
+def speckled_label(path) -> tuple[np.ndarray, object]:
+    """A label with three one-voxel false lesions added, and its geometry."""
+    reference, geometry = read_image(path)
     speckled = reference.astype(np.uint8)
     for voxel in specks_far_from_lesions(reference, 3):
         speckled[voxel] = 1
+    return speckled, geometry
+
+
+def test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them(tiny_preprocessed,
+                                                                                               tmp_path, capsys,
+                                                                                               monkeypatch):
+    """lesiongen_benefit --cv_postprocessing trains the first seed's real-only seg model on the asked folds (its
+    validation mirrored as the test scans are), chooses the volume on their validation predictions and scores every
+    model's test predictions without the lesions below it. Oracle: each validation prediction and the test
+    prediction are the reference label plus three one-voxel specks, so the smallest candidate (2 voxels) is chosen
+    and the test scores become exactly 1. Reruns reuse the fold and the choice; a choice for other checkpoints, or
+    a file that cannot be read, is chosen again."""
+    from lesiongen import benefit as benefit_module
+    from lesiongen.cli import benefit as benefit_cli
+    from lesiongen.training.trainers.seg import SegTrainer
+
+    raw = tiny_preprocessed["raw"] / TINY_NAME
+    speckled, _ = speckled_label(raw / "labelsTs" / "test_000.nii.gz")
     monkeypatch.setattr(benefit_module, "segment", lambda *args, **kwargs: (speckled.copy(), None, None))
+    validate_cases, mirrored = SegTrainer.validate_cases, []
+
+    def oracle_validation(trainer, model):
+        mean = validate_cases(trainer, model)
+        mirrored.append(trainer.mirror_validation)
+        for path in (trainer.output_folder / "validation").glob("*.nii.gz"):
+            write_image(path, *speckled_label(raw / "labelsTr" / path.name))
+        return mean
+
+    monkeypatch.setattr(SegTrainer, "validate_cases", oracle_validation)
     args = ["-d", str(TINY.dataset_id), "--strategies", "none", "--seeds", "0", "--sweep", "none", "--seg_steps", "2",
             "--disable_tta", "-device", "cpu"]
     assert benefit_cli.main([*args, "-o", str(tmp_path / "as_predicted")]) == 0
     as_predicted = json.loads((tmp_path / "as_predicted" / "benefit.json").read_text())["per_case"]["seg_none_s0"]
     assert as_predicted["test_000"]["lesion_precision"] < 1 and as_predicted["test_000"]["dice"] < 1
-    out = tmp_path / "benefit"
-    assert benefit_cli.main([*args, "--cv_postprocessing", "-o", str(out)]) == 0
-    report = json.loads((out / "benefit.json").read_text())
-    volume = postprocessing["min_lesion_volume_mm3"]
-    path = model_folder(seg_model).path / POSTPROCESSING_JSON
-    assert volume > 0 and report["postprocessing"]["min_lesion_volume_mm3"] == pytest.approx(volume)
-    assert report["postprocessing"]["folds"] == ["0"] and report["postprocessing"]["chosen_by"] == str(path)
+    assert not mirrored  # fold all is not validated
+
+    def run(name: str) -> dict:
+        assert benefit_cli.main([*args, "--cv_postprocessing", "1", "-o", str(tmp_path / name)]) == 0
+        return json.loads((tmp_path / name / "benefit.json").read_text())
+
+    report = run("benefit")
+    folder = ModelFolder(tiny_preprocessed["results"] / TINY_NAME / "seg_none_s0__lesiongenPlans")
+    path = folder.path / POSTPROCESSING_JSON
+    record = json.loads(path.read_text())
+    n_validation = len(list((folder.path / "fold_1" / "validation").glob("*.nii.gz")))
+    assert mirrored == [False] and report["trainings"]["seg_none_s0/fold_1"] == "trained"
+    assert not (folder.path / "fold_0").exists()  # only the asked fold
+    assert record["folds"] == ["1"] and record["n_cases"] == n_validation > 0
+    assert record["min_lesion_volume_mm3"] == pytest.approx(2 * 27.0)  # the specks go, nothing else
+    chosen = report["postprocessing"]
+    assert chosen["min_lesion_volume_mm3"] == pytest.approx(2 * 27.0) and chosen["choice"] == "chosen now"
+    assert chosen["folds"] == ["1"] and chosen["chosen_by"] == str(path)
+    assert "seg_none_s0/fold_1" in report["provenance"]["models"]
     scores = report["per_case"]["seg_none_s0"]["test_000"]
     assert scores["dice"] == pytest.approx(1.0) and scores["lesion_f1"] == pytest.approx(1.0)
-    assert np.array_equal(read_image(out / "predictions" / "seg_none_s0" / "test_000.nii.gz")[0], speckled)
-    assert f"below {volume:g} mm3 were removed before scoring, for every model alike, as " \
-           f"lesiongen_determine_postprocessing chose" in (out / "benefit.md").read_text()
-    # a choice for checkpoints that have changed since, or none at all: one line, nothing trained or written
-    path.write_text(json.dumps(dict(postprocessing, checkpoints={"0": "0" * 64})))
+    assert np.array_equal(read_image(tmp_path / "benefit" / "predictions" / "seg_none_s0" / "test_000.nii.gz")[0],
+                          speckled)
+    assert "below 54 mm3 were removed before scoring, for every model alike, as lesiongen_determine_postprocessing " \
+           "chose" in (tmp_path / "benefit" / "benefit.md").read_text()
+    # a rerun: the fold is as asked and so is the choice
+    again = run("again")
+    assert again["trainings"]["seg_none_s0/fold_1"] == "up to date" and again["postprocessing"]["choice"] == "reused"
+    assert len(mirrored) == 1
+    # chosen for another checkpoint, or unreadable: chosen again from the fold's validation, which stays
+    path.write_text(json.dumps(dict(record, checkpoints={"1": "0" * 64})))
+    stale = run("stale")["postprocessing"]
+    assert stale["choice"] == "chosen now" and stale["min_lesion_volume_mm3"] == pytest.approx(54.0)
+    assert json.loads(path.read_text())["checkpoints"] == record["checkpoints"]
+    path.write_text("{")
+    assert run("unreadable")["postprocessing"]["choice"] == "chosen now" and len(mirrored) == 1
+    # a fold the splits do not have: one line, before anything is trained or written
     capsys.readouterr()
-    assert benefit_cli.main([*args, "--cv_postprocessing", "-o", str(tmp_path / "stale")]) == 1
+    assert benefit_cli.main([*args, "--cv_postprocessing", "7", "-o", str(tmp_path / "no_fold")]) == 1
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and str(path) in error and "rerun lesiongen_determine_postprocessing" in error
-    path.unlink()
-    assert benefit_cli.main([*args, "--cv_postprocessing", "-o", str(tmp_path / "missing")]) == 1
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and f"no {POSTPROCESSING_JSON} for --cv_postprocessing" in error
-    assert not (tmp_path / "stale").exists() and not (tmp_path / "missing").exists()
+    assert error.count("\n") == 0 and "--cv_postprocessing 7" in error and "splits_final.json has folds 0-3" in error
+    assert not (tmp_path / "no_fold").exists()
+
+
+def test_cv_postprocessing_trains_the_first_seed_s_real_only_model_on_every_fold_by_default(tiny_preprocessed):
+    """The folds are the dataset's splits (4 for the 4-case tiny dataset), each trained as the compared real-only
+    model of the first seed (steps, settings, seed) but validating, mirrored as the test scans are."""
+    from lesiongen.benefit import BenefitOptions, cv_fold_jobs
+    from lesiongen.preprocessing.dataset import open_preprocessed
+
+    dataset = open_preprocessed(str(TINY.dataset_id), "lesiongenPlans")
+    options = BenefitOptions(dataset=str(TINY.dataset_id), seeds=(2, 0), seg_steps=5, cv_postprocessing=True,
+                             trainer_settings=(("seg", "balanced_ce_until", "0.5"),))
+    jobs = cv_fold_jobs(options, dataset)
+    assert [job.fold for job in jobs] == ["0", "1", "2", "3"]
+    assert [job.name for job in jobs] == [f"seg_none_s2/fold_{fold}" for fold in range(4)]
+    assert jobs[1].settings() == {"balanced_ce_until": "0.5", "synthetic_ratio": 1.0, "validate": True,
+                                  "mirror_validation": True}
+    command = jobs[1].command(options)
+    assert command[command.index("seg") + 1] == "1" and command[command.index("--seed") + 1] == "2"
+    unmirrored = cv_fold_jobs(BenefitOptions(dataset=str(TINY.dataset_id), mirror=False, cv_folds=(3, 0, 3)), dataset)
+    assert [job.fold for job in unmirrored] == ["3", "0"] and unmirrored[0].settings()["mirror_validation"] is False

@@ -50,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="score every model's test predictions without their lesions below this volume "
                                      "(as lesiongen_determine_postprocessing chooses on cross-validation folds; "
                                      "default 0: as predicted)")
-    postprocessing.add_argument("--cv_postprocessing", action="store_true",
-                                help="score every model's test predictions with the postprocessing "
-                                     "lesiongen_determine_postprocessing chose for this dataset's real-only seg model "
-                                     "on its cross-validation folds (lesiongen_train DATASET seg FOLD, then "
-                                     "lesiongen_determine_postprocessing -d DATASET)")
+    postprocessing.add_argument("--cv_postprocessing", nargs="*", type=int, default=None, metavar="FOLD",
+                                help="also train the first seed's real-only seg model on the cross-validation folds "
+                                     "(default: every fold of the splits; as that model, validating the held-out "
+                                     "cases), choose the smallest lesion kept on their validation cases as "
+                                     "lesiongen_determine_postprocessing does, and score every model's test "
+                                     "predictions without the lesions below it; reruns reuse the folds and the "
+                                     "choice while they are as asked")
     parser.add_argument("--schedule_check", action="store_true",
                         help="also train real-only at half the seg steps (each seed; under "
                              "$lesiongen_results/schedule_check, the dataset's models stay as they are) and report "
@@ -86,7 +88,9 @@ def run(args: argparse.Namespace) -> None:
                              sweep_ratios=tuple(args.sweep_ratios), test_dataset=args.test_dataset,
                              seg_steps=args.seg_steps, generator_steps=args.generator_steps,
                              inpaint_steps=args.inpaint_steps, mirror=not args.disable_tta,
-                             min_lesion_volume_mm3=args.min_lesion_volume, cv_postprocessing=args.cv_postprocessing,
+                             min_lesion_volume_mm3=args.min_lesion_volume,
+                             cv_postprocessing=args.cv_postprocessing is not None,
+                             cv_folds=tuple(args.cv_postprocessing or ()),
                              **({} if args.synthetic_fade_start is None else
                                 {"synthetic_fade_start": args.synthetic_fade_start}),
                              device=str(pick_device(args.device)), parallel=args.parallel, output=args.output,
