@@ -854,6 +854,14 @@ MUTANTS = (
            "(dataset, job.fold, device, options, **variant)", "(dataset, FOLD, device, options, **variant)",
            ("tests/test_postprocessing.py::"
             "test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volume_chosen_on_them",)),
+    Mutant("benefit_parallel_command_trains_fold_all", "lesiongen/benefit.py",
+           'options.dataset, self.trainer, self.fold, "-device",', 'options.dataset, self.trainer, FOLD, "-device",',
+           ("tests/test_benefit.py::"
+            "test_trainings_side_by_side_train_what_the_jobs_describe_a_cross_validation_fold_included",)),
+    Mutant("benefit_parallel_log_named_by_the_fold_path", "lesiongen/benefit.py",
+           "log = logs / f\"{job.name.replace('/', '_')}.log\"", "log = logs / f\"{job.name}.log\"",
+           ("tests/test_benefit.py::"
+            "test_trainings_side_by_side_train_what_the_jobs_describe_a_cross_validation_fold_included",)),
     Mutant("benefit_per_seed_difference_against_itself", "lesiongen/evaluation/benefit_report.py",
            "for value, base in zip(values, against)]", "for value, base in zip(values, values)]",
            ("tests/test_benefit.py::test_the_synthetic_strategies_are_compared_with_each_other_paired",)),
