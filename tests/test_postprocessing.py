@@ -291,11 +291,15 @@ def test_benefit_trains_real_only_folds_and_scores_the_test_scans_with_the_volum
     assert np.array_equal(read_image(tmp_path / "benefit" / "predictions" / "seg_none_s0" / "test_000.nii.gz")[0],
                           speckled)
     assert "below 54 mm3 were removed before scoring, for every model alike, as lesiongen_determine_postprocessing " \
-           "chose" in (tmp_path / "benefit" / "benefit.md").read_text()
+           f"chose on the real-only seg model's cross-validation (fold 1, {n_validation} validation case" \
+           in (tmp_path / "benefit" / "benefit.md").read_text()
+    assert f"{path}; chosen by this run)" in (tmp_path / "benefit" / "benefit.md").read_text()
     # a rerun: the fold is as asked and so is the choice
     again = run("again")
     assert again["trainings"]["seg_none_s0/fold_1"] == "up to date" and again["postprocessing"]["choice"] == "reused"
     assert len(mirrored) == 1
+    assert f"{path}; chosen by an earlier run on the same fold checkpoints)" in \
+        (tmp_path / "again" / "benefit.md").read_text()
     # chosen for another checkpoint, or unreadable: chosen again from the fold's validation, which stays
     path.write_text(json.dumps(dict(record, checkpoints={"1": "0" * 64})))
     stale = run("stale")["postprocessing"]

@@ -139,6 +139,10 @@ def _per_seed_lines(report: dict) -> list[str]:
     return lines
 
 
+# lesiongen_benefit --cv_postprocessing's "choice" -> how the report says it
+CV_CHOICE = {"chosen now": "; chosen by this run", "reused": "; chosen by an earlier run on the same fold checkpoints"}
+
+
 def _postprocessing_lines(report: dict) -> list[str]:
     """What was removed from the test predictions before scoring and who chose it (reports before the
     ``postprocessing`` key held the volume in their settings)."""
@@ -150,7 +154,8 @@ def _postprocessing_lines(report: dict) -> list[str]:
     source = " (--min_lesion_volume)" if folds is None else (
         f", as lesiongen_determine_postprocessing chose on the real-only seg model's cross-validation "
         f"({'fold' if len(folds) == 1 else 'folds'} {', '.join(map(str, folds))}, {chosen.get('n_cases')} validation "
-        f"case{'' if chosen.get('n_cases') == 1 else 's'}; {chosen['chosen_by']})")
+        f"case{'' if chosen.get('n_cases') == 1 else 's'}; {chosen['chosen_by']}"
+        f"{CV_CHOICE.get(chosen.get('choice'), '')})")
     if volume > 0:
         return [f"Postprocessing: predicted test lesions below {volume:g} mm3 were removed before scoring, for every "
                 f"model alike{source}.", ""]
