@@ -556,12 +556,13 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
     if options.data_check:
         checks[DATA_CHECK] = data_check_jobs(options, len(dataset.case_ids()))
     outcome = run_trainings(first + cv_jobs, options, folder / "logs", "generators, inpainter, real only")
+    # chosen before the longer second phase, so a fold that cannot be used stops the run early
+    postprocessing = scoring_postprocessing(options, dataset.name, cv_jobs)
     outcome.update(run_trainings(second, options, folder / "logs", "with synthetic cases"))
     for check, jobs in checks.items():
         with results_root_at(results_root() / check):
             checked = run_trainings(jobs, options, folder / "logs" / check, check)
         outcome.update({f"{check}/{name}": state for name, state in checked.items()})
-    postprocessing = scoring_postprocessing(options, dataset.name, cv_jobs)
     minutes_training = (time.perf_counter() - started) / 60
     seg_jobs = [j for j in first + second if j.trainer == "seg"]
     models = {j.name: load_model(ModelFolder(trainer_folder(dataset.name, j.name, options.plans)), FOLD,
