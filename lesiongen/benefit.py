@@ -42,7 +42,7 @@ from lesiongen.inference.segment import segment
 from lesiongen.inference.strategies import (DEFAULT_STRATEGIES, STRATEGIES, SegVariant, strategy as get_strategy)
 from lesiongen.io.dataset import CaseFiles, RawDataset, load_dataset
 from lesiongen.io.images import read_channels, read_image, write_image
-from lesiongen.models.checkpoint import FINAL, load_checkpoint
+from lesiongen.models.checkpoint import load_checkpoint
 from lesiongen.models.folder import ModelFolder, trainer_folder
 from lesiongen.models.postprocessing import POSTPROCESSING_JSON, read_postprocessing, remove_small_lesions
 from lesiongen.models.registry import load_model
@@ -571,7 +571,7 @@ def run_benefit(options: BenefitOptions) -> BenefitResult:
         ModelFolder(trainer_folder(dataset.name, j.name, options.plans, root=results_root() / check)), FOLD,
         options.device, expect=Segmenter) for check, jobs in checks.items() for j in jobs})
     # the generators, the inpainter and the cross-validation folds the postprocessing was chosen on
-    other_checkpoints = {j.name: trainer_folder(dataset.name, j.variant, options.plans) / f"fold_{j.fold}" / FINAL
+    other_checkpoints = {j.name: ModelFolder(trainer_folder(dataset.name, j.variant, options.plans)).checkpoint(j.fold)
                          for j in [*first, *cv_jobs] if j.trainer != "seg" or j.fold != FOLD}
     others = {name: load_checkpoint(path) for name, path in other_checkpoints.items()}
     check_no_leak([m.provenance for m in models.values()] + [s.get("provenance", {}) for s in others.values()],
